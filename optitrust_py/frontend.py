@@ -70,7 +70,7 @@ def _split_includes(text: str) -> tuple[list[str], str, bool]:
     includes: list[str] = []
     out: list[str] = []
     simple = True
-    for line in text.split("\n"):
+    for line in _strip_comments(text).split("\n"):
         m = _INCLUDE_RE.match(line)
         if m:
             includes.append(f"#include {m.group(1)}")
@@ -81,6 +81,18 @@ def _split_includes(text: str) -> tuple[list[str], str, bool]:
             simple = False
         out.append(line)
     return includes, "\n".join(out), simple
+
+
+_COMMENT_RE = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+
+
+def _strip_comments(text: str) -> str:
+    """Blank out comments (keeping line breaks, so locations stay right);
+    string and character literals are left alone."""
+    def blank(m: re.Match[str]) -> str:
+        t = m.group(0)
+        return t if t[0] in "\"'" else " " + "\n" * t.count("\n")
+    return _COMMENT_RE.sub(blank, text)
 
 
 def _fake_header(include: str) -> bool:
@@ -95,7 +107,7 @@ def _headers_text() -> str:
     text serves any include set."""
     parts = [f'# 1 "{HEADER_MARK}"']
     for h in sorted(FAKE_INCLUDE.glob("*.h")):
-        parts.extend(ln for ln in h.read_text().splitlines() if not ln.lstrip().startswith("#"))
+        parts.extend(ln for ln in _strip_comments(h.read_text()).splitlines() if not ln.lstrip().startswith("#"))
     return "\n".join(parts)
 
 

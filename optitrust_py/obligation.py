@@ -1,0 +1,44 @@
+"""Validity obligations: the facts a transformation claims make it correct.
+
+A transformation never checks itself beyond its structural preconditions; it
+returns the new program and these obligations, and the checker of the
+requested level discharges them. Until the level-2 checker exists, every
+obligation is reported as *not proved* — loudly, never as a pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .ir import Expr
+from .tree import Path
+
+# The kinds of obligation, and what each one claims.
+KINDS = {
+    "commute": "two instruction sequences can run in either order (no write/write or read/write overlap)",
+    "divides": "a size divides another under the contract's requires",
+    "swap_loops": "no dependence between iterations flips direction when the loops are swapped",
+    "fission": "no dependence from a later iteration of the first part to an earlier one of the second",
+    "pure": "an expression has no side effect and reads nothing written in between",
+    "inline": "the callee's body, with parameters bound to the arguments, computes what the call did",
+}
+
+
+@dataclass(frozen=True)
+class Obligation:
+    """One claim, with the places it is about (paths into the program the
+    step produced, unless `before` is set)."""
+
+    kind: str
+    claim: str
+    function: str
+    paths: tuple[Path, ...] = ()
+    exprs: tuple[Expr, ...] = ()
+    before: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown obligation kind {self.kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "claim": self.claim, "function": self.function}
