@@ -146,7 +146,7 @@ def _head_text(s: Any) -> str:
     """What `instr 'TEXT'` searches: a simple statement's text, or a compound
     statement's first line (so 'for (int j' matches the loop, not its body)."""
     text = stmt_text(s)
-    if isinstance(s, (ir.ExprStmt, ir.DeclStmt, ir.Return, ir.Jump, ir.Opaque)):
+    if isinstance(s, (ir.ExprStmt, ir.DeclStmt, ir.Return, ir.Jump)):
         return text
     return next((ln for ln in text.split("\n") if not ln.lstrip().startswith("#pragma")), text)
 
@@ -154,7 +154,7 @@ def _head_text(s: Any) -> str:
 _EXPR_TYPES = (ir.Const, ir.Var, ir.Unop, ir.Binop, ir.Assign, ir.Ternary, ir.Index, ir.Call,
                ir.Member, ir.Cast, ir.SizeofType, ir.Comma, ir.InitList, ir.CompoundLit)
 _STMT_TYPES = (ir.Block, ir.ExprStmt, ir.DeclStmt, ir.For, ir.GenericFor, ir.While, ir.DoWhile, ir.If,
-               ir.Switch, ir.Return, ir.Jump, ir.Opaque)
+               ir.Switch, ir.Return, ir.Jump)
 
 
 def _is_expr(n: Any) -> bool:

@@ -1,0 +1,240 @@
+"""The `otp` command. Every user-facing error becomes a one-paragraph message
+and an exit status (2: bad input or refused step, 1: a check failed, 3: an
+internal error); a traceback only with --debug."""
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+from rich.console import Console
+
+from .checks import run_checks
+from .errors import OtpError, ScriptError
+from .frontend import parse_file
+from .outputs import CodeCache, write_run
+from .printer import to_c
+from .report import failed_checks, print_steps, print_summary
+from .runner import new_session, run_script
+from .session import Session
+
+_state = {"debug": False}
+LEVELS = (1,)
+
+
+def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    def set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        _state["debug"] = _state["debug"] or value
+        return value
+    return click.option("--debug", is_flag=True, expose_value=False, callback=set_debug, is_eager=True,
+                        help="Show Python tracebacks for errors.")(f)
+
+
+def parse_sizes(text: Optional[str]) -> dict[str, float]:
+    """`N=256,D=64` -> {"N": 256, "D": 64}."""
+    out: dict[str, float] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not eq or not name.isidentifier():
+            raise OtpError(f"--size: cannot read {part.strip()!r}; expected NAME=VALUE[,NAME=VALUE...], e.g. N=256,D=64")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise OtpError(f"--size: {name}={value!r} is not a number") from None
+    return out
+
+
+def _check_level(level: int) -> None:
+    if level not in LEVELS:
+        raise OtpError(f"--level {level} is not available in this version of otp: only level 1 "
+                       f"(well-formedness) and --exec are implemented; the resource checker (level 2) "
+                       f"and functional equivalence (level 3) are not, so no step is proved valid yet")
+
+
+def _console(no_color: bool) -> Console:
+    return Console(no_color=no_color, highlight=False, force_terminal=None if not no_color else False,
+                   soft_wrap=True)
+
+
+@click.group()
+@_debug_option
+def cli() -> None:
+    """otp: rewrite naive C kernels into fast C, one checked step at a time."""
+
+
+@cli.command()
+@click.argument("script")
+@click.option("--level", type=int, default=1, show_default=True, help="Check level for each step.")
+@click.option("--exec", "run_exec", is_flag=True, help="Build and run every step against the original.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--size", "sizes", help="Sizes for --exec, e.g. N=256,D=64 (override the script's).")
+@click.option("--step", "stop_after", type=int, help="Stop after step N.")
+@click.option("--out", "out_dir", default="out", show_default=True, help="Folder for the step files.")
+@click.option("--quiet", is_flag=True, help="Only the summary, no diffs.")
+@click.option("--no-color", is_flag=True, help="Plain text output.")
+@_debug_option
+def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[str], stop_after: Optional[int],
+        out_dir: str, quiet: bool, no_color: bool) -> None:
+    """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
+    _check_level(level)
+    session = new_session(script, target, stop_after, parse_sizes(sizes))
+    _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
+                    no_color)
+
+
+@cli.command()
+@click.argument("c_file")
+@click.argument("transformations", nargs=-1, required=True)
+@click.option("--spec", help="Contract file (default: specs/<stem>.spec beside the C file's folder).")
+@click.option("--level", type=int, default=1, show_default=True)
+@click.option("--exec", "run_exec", is_flag=True)
+@click.option("--size", "sizes")
+@click.option("--out", "out_dir", default="out", show_default=True)
+@click.option("--quiet", is_flag=True)
+@click.option("--no-color", is_flag=True)
+@_debug_option
+def apply(c_file: str, transformations: tuple[str, ...], spec: Optional[str], level: int, run_exec: bool,
+          sizes: Optional[str], out_dir: str, quiet: bool, no_color: bool) -> None:
+    """Apply transformations given on the command line, e.g.
+    otp apply c_sources/matmul.c "loop.tile('matmul > for i', 32)"."""
+    from .registry import find
+
+    _check_level(level)
+    calls = [_parse_call(t) for t in transformations]
+    session = Session(Path.cwd(), "cpu", None, parse_sizes(sizes))
+
+    def body() -> Optional[OtpError]:
+        with session:
+            try:
+                session.load(c_file, spec)
+                for name, args, kwargs in calls:
+                    find(name)(*args, **kwargs)
+            except OtpError as e:
+                return e
+        return None
+    _run_and_report(session, body, c_file, level, run_exec, out_dir, quiet, no_color)
+
+
+def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """`loop.tile('f > for i', 32)` -> ("loop.tile", [...], {...}); literals only."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)):
+            raise ValueError
+        args = [ast.literal_eval(a) for a in node.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+    except (SyntaxError, ValueError):
+        raise OtpError(f"cannot read transformation {text!r}: expected family.name(literal arguments), "
+                       f"e.g. \"loop.tile('matmul > for i', 32)\"") from None
+    return f"{node.func.value.id}.{node.func.attr}", args, kwargs
+
+
+def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
+                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool) -> None:
+    console = _console(no_color)
+    error = body()
+    code = CodeCache()
+    if session.program is not None and error is None:
+        run_checks(session, level, run_exec)
+    dest = write_run(session, name, Path(out_dir), str(error) if error else None, code)
+    if not quiet:
+        print_steps(console, session, code)
+    print_summary(console, session, level, run_exec)
+    console.print(f"wrote {dest}/", style="dim")
+    if error is not None:
+        raise error
+    failures = failed_checks(session)
+    if failures:
+        raise _Failed(failures)
+
+
+class _Failed(OtpError):
+    exit_code = 1
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("\n".join(failures))
+
+
+@cli.command()
+@click.argument("scripts", nargs=-1)
+@click.option("--level", type=int, default=1, show_default=True)
+@click.option("--exec", "run_exec", is_flag=True)
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--size", "sizes")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--no-color", is_flag=True)
+@_debug_option
+def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
+          no_color: bool) -> None:
+    """Check every step of SCRIPTS (default: every script in scripts/)."""
+    _check_level(level)
+    paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
+    if not paths:
+        raise ScriptError("no scripts given and none found in ./scripts/")
+    console = _console(no_color)
+    results: list[dict[str, Any]] = []
+    worst = 0
+    for script in paths:
+        session = new_session(script, target, None, parse_sizes(sizes))
+        error = run_script(session, script)
+        if error is None:
+            run_checks(session, level, run_exec)
+        failures = failed_checks(session)
+        status = 2 if error else 1 if failures else 0
+        worst = max(worst, status)
+        unproved = sum(len(s.all_obligations()) for s in session.steps)
+        results.append({"script": script, "steps": len(session.steps), "ok": status == 0,
+                        "error": str(error) if error else None, "failures": failures,
+                        "unproved_obligations": unproved, "level": level, "exec": run_exec})
+        if not as_json:
+            mark = "[green]✓[/]" if status == 0 else "[bold red]✗[/]"
+            console.print(f"{mark} {script}: {len(session.steps)} steps, level {level}"
+                          f"{' + exec' if run_exec else ''}, [yellow]{unproved} obligations not proved[/]")
+            for f in ([str(error)] if error else []) + failures:
+                console.print(f"    [red]{f}[/]", markup=True)
+    if as_json:
+        click.echo(json.dumps({"level": level, "exec": run_exec, "scripts": results}, indent=1))
+    if worst:
+        sys.exit(worst)
+
+
+@cli.command(name="print")
+@click.argument("c_file")
+@_debug_option
+def print_cmd(c_file: str) -> None:
+    """Print C_FILE back through otp's IR (parse, then print)."""
+    click.echo(to_c(parse_file(c_file)), nl=False)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except OtpError as e:
+        if _state["debug"]:
+            raise
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if _state["debug"]:
+            raise
+        click.echo(f"internal error: {type(e).__name__}: {e}\n(this is a bug in otp; rerun with --debug "
+                   f"for the traceback)", err=True)
+        sys.exit(3)

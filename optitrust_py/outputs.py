@@ -1,0 +1,99 @@
+"""Writing a run's files: `out/<script>/NN_<step>.c`, `final.c`, `trace.json`.
+
+Everything goes to a fresh temporary folder first, which then replaces the
+old one, so an interrupted run never leaves a half-written or stale mix."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from . import ir
+from .printer import to_c
+from .session import Session, Step
+
+
+class CodeCache:
+    """Printed text of each program, printed once: steps share programs."""
+
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[ir.Program, str]] = {}
+
+    def __call__(self, program: ir.Program) -> str:
+        hit = self._texts.get(id(program))
+        if hit is None or hit[0] is not program:
+            hit = (program, to_c(program))
+            self._texts[id(program)] = hit
+        return hit[1]
+
+
+def unified_diff(before: str, after: str, name: str, context: int = 3) -> list[str]:
+    return list(difflib.unified_diff(before.splitlines(), after.splitlines(), f"a/{name}", f"b/{name}",
+                                     n=context, lineterm=""))
+
+
+def step_json(step: Step, code: CodeCache) -> dict[str, Any]:
+    before, after = code(step.before), code(step.after)
+    return {
+        "number": step.number,
+        "name": step.name,
+        "args": list(step.args),
+        "target": step.target,
+        "line": step.line,
+        "time_s": round(step.time_s, 6),
+        "fp": step.fp,
+        "error": step.error,
+        "obligations": [dict(o.to_json(), status="not proved (level 2 not run)") for o in step.obligations],
+        "checks": {k: (v.to_json() if hasattr(v, "to_json") else v) for k, v in step.checks.items()},
+        "diff": "\n".join(unified_diff(before, after, "code.c")),
+        "code": after,
+        "substeps": [step_json(s, code) for s in step.substeps],
+    }
+
+
+def trace_json(session: Session, script: str, error: Optional[str], code: CodeCache) -> dict[str, Any]:
+    return {
+        "script": script,
+        "source": str(session.source_path) if session.source_path else None,
+        "spec": str(session.spec_path) if session.spec_path else None,
+        "target": session.target,
+        "sizes": session.sizes,
+        "original": code(session.original) if session.original else None,
+        "steps": [step_json(s, code) for s in session.steps],
+        "error": error,
+    }
+
+
+def step_file_name(step: Step) -> str:
+    return f"{int(step.number):02d}_{step.name.replace('.', '_')}.c"
+
+
+def write_run(session: Session, script: str, out_root: Path, error: Optional[str], code: CodeCache) -> Path:
+    """Write the run's files into `out_root/<script stem>/` atomically."""
+    dest = out_root / Path(script).stem
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=out_root))
+    try:
+        if session.original is not None:
+            (tmp / "00_original.c").write_text(code(session.original))
+        for step in session.steps:
+            if step.error is None:
+                (tmp / step_file_name(step)).write_text(code(step.after))
+        if session.program is not None:
+            (tmp / "final.c").write_text(code(session.program))
+        (tmp / "trace.json").write_text(json.dumps(trace_json(session, script, error, code), indent=1))
+        old = None
+        if dest.exists():
+            old = out_root / f".{dest.name}.old-{os.getpid()}"
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

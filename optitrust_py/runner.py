@@ -1,0 +1,53 @@
+"""Running a transformation script inside a session, turning whatever goes
+wrong in it into an OtpError that points at the script's line."""
+from __future__ import annotations
+
+import runpy
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from .errors import OtpError, ScriptError
+from .ir import Loc
+from .session import Session, StopScript
+
+
+def new_session(script: str | Path, target: str = "cpu", stop_after: Optional[int] = None,
+                sizes: Optional[dict[str, float]] = None) -> Session:
+    path = Path(script)
+    if not path.is_file():
+        raise ScriptError(f"no such script: {script}")
+    if path.suffix != ".py":
+        raise ScriptError(f"{script}: a transformation script is a Python file (.py)")
+    if stop_after is not None and stop_after < 1:
+        raise ScriptError(f"--step counts from 1, got {stop_after}")
+    return Session(path.resolve().parent, target, stop_after, sizes)
+
+
+def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
+    """Execute the script; return the error that stopped it (None if it ran
+    to the end or to `--step N`). Steps recorded before an error stay in
+    the session so their code can still be written out."""
+    path = Path(script).resolve()
+    with session:
+        try:
+            runpy.run_path(str(path), run_name="__otp_script__")
+        except StopScript:
+            pass
+        except OtpError as e:
+            return e
+        except SyntaxError as e:
+            return ScriptError(f"invalid Python: {e.msg}", Loc(str(script), e.lineno or 1, e.offset or 1))
+        except Exception as e:  # the user's script raised: show where, not a traceback
+            return _script_exception(e, path, str(script))
+    if session.program is None:
+        return ScriptError(f"{script} never called load(): nothing to transform")
+    return None
+
+
+def _script_exception(e: Exception, path: Path, shown: str) -> ScriptError:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path]
+    loc = Loc(shown, frames[-1].lineno or 1, 1) if frames else None
+    err = ScriptError(f"the script raised {type(e).__name__}: {e}", loc)
+    err.__cause__ = e
+    return err
