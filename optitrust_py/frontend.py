@@ -51,10 +51,11 @@ def parse_text(text: str, filename: str = "<input>") -> ir.Program:
         source = _headers_text() + f'\n# 1 "{filename}"\n' + blanked
     else:
         source = _preprocess(text, filename)
+    parser = _parser()
     try:
-        ast = _parser().parse(source, filename)
+        ast = parser.parse(source, filename)
     except c_parser.ParseError as e:
-        raise _parse_error(str(e), filename) from None
+        raise _parse_error(_with_position(str(e), parser, filename), filename) from None
     items = tuple(_Converter(filename).top_level(ast))
     return ir.Program(tuple(includes), items, filename)
 
@@ -120,14 +121,31 @@ def _preprocess(text: str, filename: str) -> str:
     proc = subprocess.run(cmd, input=f'# 1 "{filename}"\n' + text, capture_output=True, text=True)
     if proc.returncode != 0:
         first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
-        raise _parse_error(first.replace(" error:", "", 1), filename)
+        raise _parse_error(re.sub(r" (fatal )?error:", "", first, count=1), filename)
     return proc.stdout
+
+
+def _with_position(message: str, parser: c_parser.CParser, filename: str) -> str:
+    """Some pycparser errors carry no position; take it from the next token."""
+    if re.match(r"^.*?:\d+:", message):
+        return message
+    try:
+        tok = parser._tokens.peek(1)
+    except Exception:  # pycparser internals differ between versions: keep the bare message
+        return message
+    if tok is None:
+        return message
+    text = message.split(": ", 1)[-1]
+    return f"{filename}:{tok.lineno}:{tok.column}: {text} before '{tok.value}'"
 
 
 def _parse_error(message: str, filename: str) -> ParseError:
     m = re.match(r"^(.*?):(\d+):(\d+):\s*(.*)$", message)
     if m:
-        return ParseError(m.group(4).strip() or "syntax error", ir.Loc(m.group(1), int(m.group(2)), int(m.group(3))))
+        text = m.group(4).strip()
+        if text.startswith("before:"):
+            text = f"syntax error before '{text[len('before:'):].strip()}'"
+        return ParseError(text or "syntax error", ir.Loc(m.group(1), int(m.group(2)), int(m.group(3))))
     m = re.match(r"^(.*?):(\d+):\s*(.*)$", message)
     if m:
         return ParseError(m.group(3).strip(), ir.Loc(m.group(1), int(m.group(2)), 1))

@@ -1,0 +1,4 @@
+"""`python -m optitrust_py` is the `otp` command."""
+from .cli import main
+
+main()
