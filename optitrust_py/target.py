@@ -86,7 +86,7 @@ def parse(target: str) -> list[Selector]:
         text = m.group("text") if m.group("text") is not None else m.group("dtext")
         kw = m.group("kw")
         if kw is None:
-            kind = "function" if (i == 0 and text is None) else "instr"
+            kind = "function" if text is None else "instr"
         else:
             kind = kw
         value = text if text is not None else m.group("name")
