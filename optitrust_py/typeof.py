@@ -63,7 +63,7 @@ def typedefs_of(program: ir.Program) -> dict[str, ir.CType]:
 # ----------------------------------------------------------------- environments
 
 
-def _param_type(t: ir.CType) -> ir.CType:
+def param_type(t: ir.CType) -> ir.CType:
     """A parameter declared as an array or function is a pointer."""
     if isinstance(t, ir.Array):
         return ir.Ptr(t.of, t.quals)
@@ -72,13 +72,14 @@ def _param_type(t: ir.CType) -> ir.CType:
     return t
 
 
-def env_at(program: ir.Program, path: Path) -> dict[str, ir.CType]:
+def env_at(program: ir.Program, path: Path, globals: bool = True) -> dict[str, ir.CType]:
     """Names visible at `path` (a path from the program root) with their
-    declared types: globals and functions of the program, then the enclosing
-    function's parameters, loop indices, and the locals declared before the
-    place in each enclosing block. Header names are not included."""
+    declared types: globals and functions of the program (unless `globals`
+    is false), then the enclosing function's parameters, loop indices, and
+    the locals declared before the place in each enclosing block. Header
+    names are not included."""
     env: dict[str, ir.CType] = {}
-    for item in program.items:
+    for item in program.items if globals else ():
         if isinstance(item, ir.FuncDef):
             env[item.name] = item.decl.type
         elif isinstance(item, ir.Decl) and item.name and "typedef" not in item.storage:
@@ -88,7 +89,7 @@ def env_at(program: ir.Program, path: Path) -> dict[str, ir.CType]:
         if isinstance(node, ir.FuncDef) and name == "body":
             for p in node.params:
                 if p.name:
-                    env[p.name] = _param_type(p.type)
+                    env[p.name] = param_type(p.type)
         elif isinstance(node, (ir.Block, ir.Case)) and name == "stmts" and index is not None:
             for s in node.stmts[:index]:
                 if isinstance(s, ir.DeclStmt) and s.decl.name and "typedef" not in s.decl.storage:
