@@ -6,9 +6,10 @@ check, benchmarks).
   `name`, one entry per diagnostic (an empty list means the text compiles).
 - `compile_exe(text, name, flags)` / `compile_shared(...)` build an executable
   or a shared object and return its path. Builds are cached under
-  `<system temp>/otp-build-<uid>/`, keyed by a hash of the text, the flags,
-  gcc's identity and `include/otp.h`: an identical build is reused within a
-  process and across runs. A build that fails raises `BuildFailed` (gcc's
+  `<system temp>/otp-build-<uid>/` (`$OTP_BUILD_CACHE` overrides), keyed by
+  a hash of the text, the flags, gcc's identity and `include/otp.h`: an
+  identical build is reused within a process and across runs; builds unused
+  for a week are removed. A build that fails raises `BuildFailed` (gcc's
   diagnostics, about the user's code); gcc missing or unusable raises
   `ToolError`.
 - `compile_many(...)` / `parallel_map(...)` run several builds at once on a
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
@@ -88,13 +90,15 @@ def _gcc_identity(gcc: str) -> str:
     """gcc's path and version: part of every cache key."""
     try:
         out = subprocess.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True,
-                             text=True, env=_env(), timeout=60)
+                             text=True, env=run_env(), timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
         raise ToolError(f"cannot run {gcc}: {e}") from None
     return f"{gcc} {out.stdout.strip()}"
 
 
-def _env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+def run_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment gcc and built programs run in: the caller's, with
+    LC_ALL=C (plain messages) and `extra` (e.g. SANITIZE_ENV)."""
     env = dict(os.environ)
     env["LC_ALL"] = "C"  # plain ASCII quotes in messages
     env.pop("GCC_COLORS", None)
@@ -155,9 +159,9 @@ def syntax_check(c_text: str, name: str, flags: Sequence[str] = ()) -> list[str]
     return list(_syntax_check_cached(c_text, name, tuple(flags)))
 
 
-def _run_gcc(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+def _run_gcc(cmd: list[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+        return subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=600, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise ToolError(f"gcc took more than 10 minutes: {' '.join(cmd)}") from None
     except OSError as e:
@@ -173,7 +177,27 @@ def cache_dir() -> Path:
     uid = getattr(os, "getuid", lambda: 0)()
     d = Path(root) if root else Path(tempfile.gettempdir()) / f"otp-build-{uid}"
     d.mkdir(parents=True, exist_ok=True)
+    _prune(str(d))
     return d
+
+
+CACHE_MAX_AGE_S = 7 * 24 * 3600
+
+
+@functools.lru_cache(maxsize=None)
+def _prune(d: str) -> None:
+    """Once per process and cache dir: drop builds not used for a week."""
+    cutoff = time.time() - CACHE_MAX_AGE_S
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return
+    for e in entries:
+        try:
+            if e.is_file() and e.stat().st_atime < cutoff and e.stat().st_mtime < cutoff:
+                os.unlink(e.path)
+        except OSError:
+            pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -207,6 +231,7 @@ def _compile(c_text: str, name: str, flags: Sequence[str], kind: str) -> Path:
     out = d / f"{key}{suffix}"
     with _lock_for(key):
         if out.is_file():
+            os.utime(out)  # keep it from being pruned
             return out
         src = d / f"{key}.c"
         src_tmp = d / f"{key}.{os.getpid()}.{threading.get_ident()}.c"
@@ -215,7 +240,7 @@ def _compile(c_text: str, name: str, flags: Sequence[str], kind: str) -> Path:
         tmp_out = d / f"{key}.{os.getpid()}.{threading.get_ident()}.tmp"
         kind_flags = ["-shared", "-fPIC"] if kind == "shared" else []
         cmd = [gcc, *_common_flags(c_text), *kind_flags, *flags, str(src), "-o", str(tmp_out), "-lm"]
-        proc = _run_gcc(cmd)
+        proc = _run_gcc(cmd, cwd=d)  # debug info names files relative to the cache
         if proc.returncode != 0:
             tmp_out.unlink(missing_ok=True)
             diags = _diagnostics(proc.stderr, str(src), name)
@@ -242,7 +267,7 @@ def check_sanitizers() -> None:
         exe = compile_exe("int main(void) { return 0; }\n", "<sanitizer probe>",
                           EXEC_FLAGS + SANITIZE_FLAGS)
         proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
-                              env=_env(SANITIZE_ENV))
+                              env=run_env(SANITIZE_ENV))
     except BuildFailed as e:
         raise ToolError("gcc cannot build with -fsanitize=address,undefined here "
                         f"(libasan/libubsan missing?): {e.diagnostics[:3]}") from None

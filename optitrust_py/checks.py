@@ -2,6 +2,7 @@
 their results on the steps (`step.checks["level1"]`, `step.checks["exec"]`)."""
 from __future__ import annotations
 
+from .execcheck import check_steps
 from .level1 import check_program
 from .session import Session, Step
 
@@ -25,17 +26,13 @@ def run_checks(session: Session, level: int, run_exec: bool) -> None:
 
 
 def run_exec_checks(session: Session) -> None:
-    from .execcheck import check_steps  # noqa: the exec check needs gcc only when asked for
-
+    """Each step against the step before it, bit-exact unless the step may
+    round differently (then FP_TOLERANCE), so a difference is blamed on the
+    step that made it."""
     steps = [s for s in session.steps if s.error is None]
     if not steps or session.original is None:
         return
-    tolerances = []
-    inexact = False
-    for s in steps:
-        inexact = inexact or s.inexact()
-        tolerances.append(FP_TOLERANCE if inexact else 0.0)
-    results = check_steps(session.original, [s.after for s in steps], session.contracts, session.sizes,
-                          tolerances)
-    for s, r in zip(steps, results):
+    report = check_steps(session.original, [s.after for s in steps], session.contracts, session.sizes,
+                         [FP_TOLERANCE if s.inexact() else 0.0 for s in steps])
+    for s, r in zip(steps, report.steps):
         s.checks["exec"] = r
