@@ -112,6 +112,13 @@ def _headers_text() -> str:
     return "\n".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
+def header_declarations() -> tuple[ir.Decl, ...]:
+    """The fake headers' declarations (prototypes, typedefs), for type inference."""
+    ast = _parser().parse(_headers_text(), HEADER_MARK)
+    return tuple(d for d in _Converter(HEADER_MARK).top_level(ast) if isinstance(d, ir.Decl))
+
+
 def _preprocess(text: str, filename: str) -> str:
     gcc = shutil.which("gcc")
     if gcc is None:

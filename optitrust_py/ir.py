@@ -212,6 +212,10 @@ class OpaqueExpr:
     loc: Optional[Loc] = _loc()
 
 
+# The modelled expressions (OpaqueExpr is not one: it may not be targeted).
+EXPR_TYPES = (Const, Var, Unop, Binop, Assign, Ternary, Index, Call, Member, Cast,
+              SizeofType, Comma, InitList, CompoundLit)
+
 Expr = Union[Const, Var, Unop, Binop, Assign, Ternary, Index, Call, Member, Cast,
              SizeofType, Comma, InitList, CompoundLit, OpaqueExpr]
 
@@ -421,7 +425,7 @@ class Program:
 
     includes: tuple[str, ...]
     items: tuple[TopLevel, ...]
-    file: str = "<input>"
+    file: str = field(default="<input>", compare=False)
 
     def functions(self) -> tuple[FuncDef, ...]:
         return tuple(i for i in self.items if isinstance(i, FuncDef))

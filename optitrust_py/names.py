@@ -16,7 +16,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from . import ir
-from .tree import _fields, _is_node, children, walk
+from .tree import children, map_children, walk
 
 # Library functions without side effects on the program's state (errno aside).
 PURE_FUNCTIONS = frozenset({
@@ -51,23 +51,6 @@ def fresh_name(taken: Iterable[str], base: str) -> str:
 
 
 # ----------------------------------------------------------------- scoped rebuild
-
-
-def _map_children(node: Any, fn: Callable[[Any], Any]) -> Any:
-    """`node` with `fn` applied to each direct sub-node (same object when
-    nothing changed)."""
-    changes: dict[str, Any] = {}
-    for name in _fields(type(node)):
-        value = getattr(node, name)
-        if isinstance(value, tuple):
-            new = tuple(fn(v) if _is_node(v) else v for v in value)
-            if any(a is not b for a, b in zip(new, value)):
-                changes[name] = new
-        elif _is_node(value):
-            new_value = fn(value)
-            if new_value is not value:
-                changes[name] = new_value
-    return dataclasses.replace(node, **changes) if changes else node
 
 
 class _Scoped:
@@ -116,7 +99,7 @@ class _Scoped:
         if isinstance(node, ir.Member):
             base = self.go(node.base, state)
             return node if base is node.base else dataclasses.replace(node, base=base)
-        return _map_children(node, lambda c: self.go(c, state))
+        return map_children(node, lambda c: self.go(c, state))
 
     def decls(self, decls: tuple[ir.Decl, ...], state: Any,
               after: tuple[Any, ...]) -> tuple[tuple[ir.Decl, ...], Any]:

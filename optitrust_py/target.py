@@ -151,14 +151,12 @@ def _head_text(s: Any) -> str:
     return next((ln for ln in text.split("\n") if not ln.lstrip().startswith("#pragma")), text)
 
 
-_EXPR_TYPES = (ir.Const, ir.Var, ir.Unop, ir.Binop, ir.Assign, ir.Ternary, ir.Index, ir.Call,
-               ir.Member, ir.Cast, ir.SizeofType, ir.Comma, ir.InitList, ir.CompoundLit)
 _STMT_TYPES = (ir.Block, ir.ExprStmt, ir.DeclStmt, ir.For, ir.GenericFor, ir.While, ir.DoWhile, ir.If,
                ir.Switch, ir.Return, ir.Jump)
 
 
 def _is_expr(n: Any) -> bool:
-    return isinstance(n, _EXPR_TYPES)
+    return isinstance(n, ir.EXPR_TYPES)
 
 
 def _is_stmt(n: Any) -> bool:

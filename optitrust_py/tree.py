@@ -76,22 +76,26 @@ def splice(node: Any, path: Path, new: tuple[Any, ...]) -> Any:
     return replace(node, path[:-1], new_parent)
 
 
-def map_nodes(node: Any, fn: Callable[[Any], Any]) -> Any:
-    """Rebuild bottom-up, applying `fn` to every node after its children."""
+def map_children(node: Any, fn: Callable[[Any], Any]) -> Any:
+    """`node` with `fn` applied to each direct sub-node (the same object when
+    nothing changed, so unchanged subtrees stay shared)."""
     changes: dict[str, Any] = {}
     for name in _fields(type(node)):
         value = getattr(node, name)
         if isinstance(value, tuple):
-            new_items = tuple(map_nodes(i, fn) if _is_node(i) else i for i in value)
+            new_items = tuple(fn(i) if _is_node(i) else i for i in value)
             if any(a is not b for a, b in zip(new_items, value)):
                 changes[name] = new_items
         elif _is_node(value):
-            new_value = map_nodes(value, fn)
+            new_value = fn(value)
             if new_value is not value:
                 changes[name] = new_value
-    if changes:
-        node = dataclasses.replace(node, **changes)
-    return fn(node)
+    return dataclasses.replace(node, **changes) if changes else node
+
+
+def map_nodes(node: Any, fn: Callable[[Any], Any]) -> Any:
+    """Rebuild bottom-up, applying `fn` to every node after its children."""
+    return fn(map_children(node, lambda c: map_nodes(c, fn)))
 
 
 def enclosing(path: Path, root: Any, cls: type | tuple[type, ...]) -> list[Path]:

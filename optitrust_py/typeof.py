@@ -35,9 +35,7 @@ CHAR = ir.Base(("char",))
 @functools.lru_cache(maxsize=1)
 def header_decls() -> dict[str, ir.Decl]:
     """Every declaration of the fake system headers, by name (parsed once)."""
-    text = "\n".join(ln for ln in frontend._headers_text().split("\n") if not ln.lstrip().startswith("#"))
-    program = frontend.parse_text(text, "<otp-header-protos>")
-    return {d.name: d for d in program.items if isinstance(d, ir.Decl) and d.name}
+    return {d.name: d for d in frontend.header_declarations() if d.name}
 
 
 def header_typedefs() -> dict[str, ir.CType]:

@@ -13,8 +13,6 @@ from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, get, replace, splice
 from optitrust_py.typeof import resolve, type_of, typedefs_of, env_at, unqualified, visible_names
 
-_EXPRS = (ir.Const, ir.Var, ir.Unop, ir.Binop, ir.Assign, ir.Ternary, ir.Index, ir.Call, ir.Member, ir.Cast,
-          ir.SizeofType, ir.Comma, ir.InitList, ir.CompoundLit)
 _STMTS = (ir.ExprStmt, ir.DeclStmt, ir.For, ir.GenericFor, ir.While, ir.DoWhile, ir.If, ir.Switch,
           ir.Return, ir.Jump, ir.Opaque, ir.Case, ir.Label)
 _LOOPS = (ir.For, ir.GenericFor, ir.While, ir.DoWhile)
@@ -98,7 +96,7 @@ def bind(program: ir.Program, target: str, name: str, type: Union[str, ir.CType,
     variable declared inside the statement.
     """
     res = Resolver(program)
-    m = res.one(target, "expression", _EXPRS)
+    m = res.one(target, "expression", ir.EXPR_TYPES)
     e: ir.Expr = m.node
     text = expr_text(e)
     if not is_identifier(name):
