@@ -71,7 +71,8 @@ def print_summary(console: Console, session: Session, level: int, exec_run: bool
     for col in ("step", "transformation", "line", "checks", "time"):
         table.add_column(col)
     for s in session.steps:
-        table.add_row(s.number, s.call, str(s.line or ""), badges(s), f"{s.time_s * 1000:.0f} ms")
+        table.add_row(Text(s.number), Text(s.call), Text(str(s.line or "")), badges(s),
+                      Text(f"{s.time_s * 1000:.0f} ms"))
     console.print(table)
     unproved = sum(len(s.all_obligations()) for s in session.steps)
     if unproved:
