@@ -36,6 +36,27 @@ def unified_diff(before: str, after: str, name: str, context: int = 3) -> list[s
                                      n=context, lineterm=""))
 
 
+def display_diff(before: str, after: str, context: int = 3) -> list[tuple[str, str]]:
+    """A diff for people: lines that only moved in or out a nesting level are
+    matched (shown as context, tag "~"), so tiling a loop shows the two new
+    loop headers rather than the whole re-indented body. Tags: " " same,
+    "~" re-indented, "-" removed, "+" added, "@" hunk header."""
+    a, b = before.splitlines(), after.splitlines()
+    sm = difflib.SequenceMatcher(None, [x.strip() for x in a], [y.strip() for y in b], autojunk=False)
+    out: list[tuple[str, str]] = []
+    for group in sm.get_grouped_opcodes(context):
+        _, i1, _, j1, _ = group[0]
+        _, _, i2, _, j2 = group[-1]
+        out.append(("@", f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@"))
+        for tag, a1, a2, b1, b2 in group:
+            if tag == "equal":
+                out.extend(("~" if a[a1 + k] != line else " ", line) for k, line in enumerate(b[b1:b2]))
+            else:
+                out.extend(("-", line) for line in a[a1:a2])
+                out.extend(("+", line) for line in b[b1:b2])
+    return out
+
+
 def step_json(step: Step, code: CodeCache) -> dict[str, Any]:
     before, after = code(step.before), code(step.after)
     return {

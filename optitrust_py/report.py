@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .outputs import CodeCache, unified_diff
+from .outputs import CodeCache, display_diff
 from .session import Session, Step
 
 
@@ -42,11 +42,14 @@ def _header(step: Step, total: int, indent: str = "") -> Text:
     return t
 
 
-def _diff_text(lines: list[str]) -> Text:
+_STYLES = {"+": "green", "-": "red", "@": "cyan", "~": "dim", " ": ""}
+
+
+def _diff_text(lines: list[tuple[str, str]]) -> Text:
     t = Text()
-    for ln in lines[2:]:
-        style = "green" if ln.startswith("+") else "red" if ln.startswith("-") else "cyan" if ln.startswith("@@") else ""
-        t.append(ln + "\n", style)
+    for tag, line in lines:
+        prefix = "" if tag == "@" else (" " if tag == "~" else tag)
+        t.append(prefix + line + "\n", _STYLES[tag])
     return t
 
 
@@ -59,7 +62,7 @@ def print_steps(console: Console, session: Session, code: CodeCache) -> None:
         if step.error is not None:
             console.print(Text(f"    {step.error}", "red"))
         else:
-            diff = unified_diff(code(step.before), code(step.after), "code.c")
+            diff = display_diff(code(step.before), code(step.after))
             console.print(_diff_text(diff) if diff else Text("    (no change)\n", "dim"))
         problems = [p for c in step.checks.values() for p in getattr(c, "problems", ())]
         for p in problems:
