@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 import click
 from rich.console import Console
 
-from .checks import run_checks
 from .errors import OtpError, ScriptError
 from .frontend import parse_file
 from .outputs import CodeCache, write_run
@@ -141,6 +140,8 @@ def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
                     run_exec: bool, out_dir: str, quiet: bool, no_color: bool) -> None:
+    from .checks import run_checks  # gcc and the harness only for commands that check
+
     console = _console(no_color)
     error = body()
     code = CodeCache()
@@ -177,6 +178,8 @@ class _Failed(OtpError):
 def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
           no_color: bool) -> None:
     """Check every step of SCRIPTS (default: every script in scripts/)."""
+    from .checks import run_checks
+
     _check_level(level)
     paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
     if not paths:
