@@ -89,7 +89,11 @@ class CKit:
     def run(self, program: ir.Program, function: str, args: Sequence[Arg]) -> list[bytes]:
         """Build `program` as a shared object, call `function` on fresh copies
         of `args`, and return every array argument's bytes afterwards."""
-        lib = ctypes.CDLL(str(compile_shared(to_c(program), Path(program.file).name, SHARED_FLAGS)))
+        return self.run_text(to_c(program), Path(program.file).name, function, args)
+
+    def run_text(self, c_text: str, name: str, function: str, args: Sequence[Arg]) -> list[bytes]:
+        """`run` on C text as written (not printed by otp)."""
+        lib = ctypes.CDLL(str(compile_shared(c_text, name, SHARED_FLAGS)))
         fn = getattr(lib, function)
         fn.restype = None
         arrays, cargs = [], []
