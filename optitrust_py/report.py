@@ -80,8 +80,9 @@ def print_summary(console: Console, session: Session, level: int, exec_run: bool
     unproved = sum(len(s.all_obligations()) for s in session.steps)
     if unproved:
         console.print(Text(f"⚠ {unproved} validity obligation{'s' if unproved > 1 else ''} not proved: "
-                           f"level {level} checks well-formedness only; the resource checker (level 2) "
-                           f"discharges obligations.", "bold yellow"))
+                           f"level {level} checks well-formedness only, and the resource checker that "
+                           f"discharges obligations (level 2) is not implemented yet. These steps are "
+                           f"tested (--exec), not proved.", "bold yellow"))
     if not exec_run:
         console.print(Text("outputs not compared: add --exec to run each step against the original", "dim"))
 
