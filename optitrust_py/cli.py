@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from .errors import OtpError, ScriptError
 from .frontend import parse_file
@@ -140,13 +141,11 @@ def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
                     run_exec: bool, out_dir: str, quiet: bool, no_color: bool) -> None:
-    from .checks import run_checks  # gcc and the harness only for commands that check
-
     console = _console(no_color)
     error = body()
     code = CodeCache()
-    if session.program is not None and error is None:
-        run_checks(session, level, run_exec)
+    if session.steps:
+        error = error or _checked(session, level, run_exec)
     dest = write_run(session, name, Path(out_dir), str(error) if error else None, code)
     if not quiet:
         print_steps(console, session, code)
@@ -157,6 +156,18 @@ def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], na
     failures = failed_checks(session)
     if failures:
         raise _Failed(failures)
+
+
+def _checked(session: Session, level: int, run_exec: bool) -> Optional[OtpError]:
+    """Run the checks; an error they raise (e.g. sizes missing for --exec)
+    is returned so the steps are still written and reported."""
+    from .checks import run_checks  # gcc and the harness only for commands that check
+
+    try:
+        run_checks(session, level, run_exec)
+    except OtpError as e:
+        return e
+    return None
 
 
 class _Failed(OtpError):
@@ -178,8 +189,6 @@ class _Failed(OtpError):
 def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
           no_color: bool) -> None:
     """Check every step of SCRIPTS (default: every script in scripts/)."""
-    from .checks import run_checks
-
     _check_level(level)
     paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
     if not paths:
@@ -189,9 +198,7 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
     worst = 0
     for script in paths:
         session = new_session(script, target, None, parse_sizes(sizes))
-        error = run_script(session, script)
-        if error is None:
-            run_checks(session, level, run_exec)
+        error = run_script(session, script) or _checked(session, level, run_exec)
         failures = failed_checks(session)
         status = 2 if error else 1 if failures else 0
         worst = max(worst, status)
@@ -200,11 +207,12 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
                         "error": str(error) if error else None, "failures": failures,
                         "unproved_obligations": unproved, "level": level, "exec": run_exec})
         if not as_json:
-            mark = "[green]✓[/]" if status == 0 else "[bold red]✗[/]"
-            console.print(f"{mark} {script}: {len(session.steps)} steps, level {level}"
-                          f"{' + exec' if run_exec else ''}, [yellow]{unproved} obligations not proved[/]")
+            line = Text("✓ " if status == 0 else "✗ ", "green" if status == 0 else "bold red")
+            line.append(f"{script}: {len(session.steps)} steps, level {level}{' + exec' if run_exec else ''}, ")
+            line.append(f"{unproved} obligations not proved", "yellow")
+            console.print(line)
             for f in ([str(error)] if error else []) + failures:
-                console.print(f"    [red]{f}[/]", markup=True)
+                console.print(Text(f"    {f}", "red"))
     if as_json:
         click.echo(json.dumps({"level": level, "exec": run_exec, "scripts": results}, indent=1))
     if worst:

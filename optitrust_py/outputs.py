@@ -98,6 +98,9 @@ def write_run(session: Session, script: str, out_root: Path, error: Optional[str
     dest = out_root / Path(script).stem
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=out_root))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         if session.original is not None:
             (tmp / "00_original.c").write_text(code(session.original))

@@ -81,8 +81,8 @@ def print_summary(console: Console, session: Session, level: int, exec_run: bool
     if unproved:
         console.print(Text(f"⚠ {unproved} validity obligation{'s' if unproved > 1 else ''} not proved: "
                            f"level {level} checks well-formedness only, and the resource checker that "
-                           f"discharges obligations (level 2) is not implemented yet. These steps are "
-                           f"tested (--exec), not proved.", "bold yellow"))
+                           f"discharges obligations (level 2) is not implemented yet: these steps are not "
+                           f"proved valid (--exec tests them on random inputs).", "bold yellow"))
     if not exec_run:
         console.print(Text("outputs not compared: add --exec to run each step against the original", "dim"))
 

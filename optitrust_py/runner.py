@@ -35,6 +35,8 @@ def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
         except StopScript:
             pass
         except OtpError as e:
+            if e.loc is None:
+                e.loc = _script_line(e, path, str(script))
             return e
         except SyntaxError as e:
             return ScriptError(f"invalid Python: {e.msg}", Loc(str(script), e.lineno or 1, e.offset or 1))
@@ -45,9 +47,13 @@ def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
     return None
 
 
-def _script_exception(e: Exception, path: Path, shown: str) -> ScriptError:
+def _script_line(e: BaseException, path: Path, shown: str) -> Optional[Loc]:
+    """The line of the script that was running when `e` was raised."""
     frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path]
-    loc = Loc(shown, frames[-1].lineno or 1, 1) if frames else None
-    err = ScriptError(f"the script raised {type(e).__name__}: {e}", loc)
+    return Loc(shown, frames[-1].lineno or 1, 1) if frames else None
+
+
+def _script_exception(e: Exception, path: Path, shown: str) -> ScriptError:
+    err = ScriptError(f"the script raised {type(e).__name__}: {e}", _script_line(e, path, shown))
     err.__cause__ = e
     return err

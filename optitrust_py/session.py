@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, Callable, Optional
 
 from . import ir
-from .errors import OtpError, ScriptError
+from .errors import OtpError, ScriptError, TransformError
 from .obligation import Obligation
 from .target import Resolver
 
@@ -71,7 +73,7 @@ class StepFailed(OtpError):
     """A transformation refused or failed inside a script; names the step."""
 
     def __init__(self, step: Step, cause: OtpError) -> None:
-        where = f" (line {step.line})" if step.line else ""
+        where = f" (line {step.line} of the code before the step)" if step.line else ""
         super().__init__(f"step {step.number} {step.call}{where} failed: {cause.message}", cause.loc)
         self.step = step
         self.cause = cause
@@ -110,7 +112,7 @@ class Session:
 
     def resolve(self, path: str | FsPath) -> FsPath:
         p = FsPath(path)
-        return p if p.is_absolute() else self.base_dir / p
+        return FsPath(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
 
     def load(self, c_file: str | FsPath, spec: str | FsPath | None = None,
              sizes: Optional[dict[str, float]] = None) -> ir.Program:
@@ -226,8 +228,19 @@ class Transformation:
         self.composite = composite
         self.name = _family(fn)
 
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Wrong arguments are the user's mistake, not a crash of otp."""
+        params = list(inspect.signature(self.fn).parameters.values())
+        shown = [p.replace(annotation=inspect.Parameter.empty) for p in params[(0 if self.composite else 1):]]
+        try:
+            inspect.Signature(shown).bind(*args, **kwargs)
+        except TypeError as e:
+            usage = ", ".join(str(p) for p in shown)
+            raise TransformError(f"{self.name}: {e} (usage: {self.name}({usage}))") from None
+
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         session = current_session()
+        self.check_arguments(args, kwargs)
         if self.composite:
             session.run_step(self.name, args, kwargs, lambda: self.fn(*args, **kwargs))
         else:
@@ -236,6 +249,7 @@ class Transformation:
     def apply(self, program: ir.Program, *args: Any, **kwargs: Any) -> Rewrite:
         """Run on `program` outside a script; raises the transformation's error
         itself (not wrapped as a step failure)."""
+        self.check_arguments(args, kwargs)
         if not self.composite:
             result = self.fn(program, *args, **kwargs)
             assert isinstance(result, Rewrite)

@@ -424,7 +424,8 @@ def test_script_raising(tmp_path):
 def test_script_calling_a_transformation_wrongly(tmp_path):
     s = script(tmp_path / "arity.py", 'loop.tile("matmul > for i")\n')
     err = assert_clean_error(otp("run", s, "--out", tmp_path / "o"))
-    assert f"{s}:4:1: error: the script raised TypeError" in err and "size" in err
+    assert f"{s}:4:1: error: loop.tile: missing a required argument: 'size'" in err
+    assert "usage: loop.tile(target, size, outer=None, mode='divides')" in err
 
 
 def test_script_syntax_error(tmp_path):
