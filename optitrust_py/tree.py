@@ -93,16 +93,6 @@ def map_children(node: Any, fn: Callable[[Any], Any]) -> Any:
     return dataclasses.replace(node, **changes) if changes else node
 
 
-def map_nodes(node: Any, fn: Callable[[Any], Any]) -> Any:
-    """Rebuild bottom-up, applying `fn` to every node after its children."""
-    return fn(map_children(node, lambda c: map_nodes(c, fn)))
-
-
-def enclosing(path: Path, root: Any, cls: type | tuple[type, ...]) -> list[Path]:
-    """Paths of the ancestors of `path` (outermost first) that are `cls`."""
-    return [path[:i] for i in range(len(path)) if isinstance(get(root, path[:i]), cls)]
-
-
 def function_path(program: Program, name: str) -> Path:
     for i, item in enumerate(program.items):
         if getattr(getattr(item, "decl", None), "name", None) == name and hasattr(item, "body"):
