@@ -19,6 +19,8 @@ KINDS = {
     "divides": "a size divides another under the contract's requires",
     "swap_loops": "no dependence between iterations flips direction when the loops are swapped",
     "fission": "no dependence from a later iteration of the first part to an earlier one of the second",
+    "fusion": "no dependence from a later iteration of the first loop to an earlier one of the second",
+    "in_range": "a split point lies in the loop's range: start <= at <= stop (exprs: start, at, stop)",
     "pure": "an expression has no side effect and reads nothing written in between",
     "inline": "the callee's body, with parameters bound to the arguments, computes what the call did",
 }

@@ -278,3 +278,377 @@ def test_fission_refusals(ck):
         }"""))
     assert refusal(loop.fission.apply, q, "f > for i > after 'if'") == (
         "loop.fission: 'continue;' leaves the body of for i (line 2) early")
+
+
+def matvec_args(ck, N, D):
+    return [N, D, ck.floats(D * N), ck.floats(N), ck.floats(D)]
+
+
+# ----------------------------------------------------------------- fusion
+
+
+def test_fusion_undoes_fission_on_matmul(ck):
+    p = ck.load("matmul.c")
+    q = loop.fission.apply(p, "matmul > for j > after 'C[i * N + j] = 0.0f'").program
+    r = loop.fusion.apply(q, "matmul > for j#1")
+    assert r.program == p
+    assert ck.function_text(r.program, "matmul") == c("""
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] = 0.0f;
+              for (int k = 0; k < K; k++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];
+              }
+            }
+          }
+        }""")
+    (ob,) = r.obligations
+    assert ob.kind == "fusion" and ob.function == "matmul"
+    assert ob.paths == ((("items", 0), ("body", None), ("stmts", 0), ("body", None), ("stmts", 0)),)
+    assert r.fp == "exact"
+    ck.check(q, r.program, "matmul", matmul_args(ck, 3, 5, 4))
+
+
+def test_fusion_attention_zeroing_with_accumulation(ck):
+    # swap the weighted-sum nest so that its outer loop is for d, then fuse it
+    # with the loop that zeroes out[...] right before it
+    a = ck.load("attention.c")
+    s = loop.swap.apply(a, "attention > for j#5").program
+    r = loop.fusion.apply(s, "attention > for d#2")
+    assert ck.contains(ck.function_text(r.program, "attention"), """
+          for (int d = 0; d < D; d++) {
+            out[(h * S + i) * D + d] = 0.0f;
+            for (int j = 0; j <= i; j++) {
+              out[(h * S + i) * D + d] += scores[j] * v[(h * S + j) * D + d];
+            }
+          }
+        }""")
+    assert [o.kind for o in r.obligations] == ["fusion"]
+    ck.check(a, r.program, "attention", attention_args(ck))
+
+
+def test_fusion_renames_the_second_index(ck):
+    p = ck.parse(c("""
+        void f(int n, float *x, float *y) {
+          for (int i = 0; i < n; i++) {
+            x[i] = 2.0f * x[i];
+          }
+          for (int j = 0; j < n; j++) {
+            float t = x[j] + 1.0f;
+            y[j] = t * t;
+          }
+        }"""))
+    r = loop.fusion.apply(p, "f > for i")
+    assert ck.function_text(r.program, "f") == c("""
+        void f(int n, float *x, float *y) {
+          for (int i = 0; i < n; i++) {
+            x[i] = 2.0f * x[i];
+            float t = x[i] + 1.0f;
+            y[i] = t * t;
+          }
+        }""")
+    ck.check(p, r.program, "f", [9, ck.floats(9), ck.floats(9)])
+
+
+def test_fusion_refusals(ck):
+    sm = ck.load("softmax.c")
+    assert refusal(loop.fusion.apply, sm, "softmax > for j#1") == (
+        "loop.fusion: the statement after for j (line 6) is not a canonical for loop "
+        "('float sum = 0.0f;', line 11)")
+    p = ck.load("matmul.c")
+    assert refusal(loop.fusion.apply, p, "matmul > for k") == (
+        "loop.fusion: for k (line 5) is the last statement of its block; there is no loop after it")
+    a = ck.load("attention.c")
+    assert refusal(loop.fusion.apply, a, "attention > for d#2") == (
+        "loop.fusion: for d (line 29) and for j (line 32) have different ranges: stop 'D' vs 'i + 1'")
+    q = ck.parse(c("""
+        void f(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            float t = x[i];
+            x[i] = t * t;
+          }
+          for (int i = 0; i < n; i++) {
+            x[i] = x[i] + t;
+          }
+        }"""))
+    assert refusal(loop.fusion.apply, q, "f > for i#1") == (
+        "loop.fusion: 't' is declared in the body of for i (line 2) and used or redeclared in the body of "
+        "for i (line 6); rename it first")
+    w = ck.parse(c("""
+        void f(int n, int k, float *x) {
+          for (int k = 0; k < n; k++) {
+            x[k] = 0.0f;
+          }
+          for (int j = 0; j < n; j++) {
+            x[j] += k;
+          }
+        }"""))
+    assert refusal(loop.fusion.apply, w, "f > for k") == (
+        "loop.fusion: for j (line 5) uses a variable 'k' that the index of for k (line 2) would capture; "
+        "rename one of them first")
+    e = ck.parse(c("""
+        void f(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            if (x[i] < 0.0f) {
+              continue;
+            }
+            x[i] = 1.0f;
+          }
+          for (int i = 0; i < n; i++) {
+            x[i] += 1.0f;
+          }
+        }"""))
+    assert refusal(loop.fusion.apply, e, "f > for i#1") == (
+        "loop.fusion: 'continue;' leaves the body of for i (line 2) early")
+    g = ck.parse(c("""
+        void f(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            x[i] = 0.0f;
+          }
+          for (long i = 0; i < n; i++) {
+            x[i] += 1.0f;
+          }
+        }"""))
+    assert "have different types" in refusal(loop.fusion.apply, g, "f > for i#1")
+
+
+# ----------------------------------------------------------------- unroll
+
+
+def test_unroll_fully_after_tile_on_matmul(ck):
+    p = ck.load("matmul.c")
+    t = loop.tile.apply(p, "matmul > for k", 4).program
+    r = loop.unroll.apply(t, "matmul > for k")
+    assert ck.function_text(r.program, "matmul") == c("""
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] = 0.0f;
+              for (int bk = 0; bk < K; bk += 4) {
+                C[i * N + j] += A[i * K + bk] * B[bk * N + j];
+                C[i * N + j] += A[i * K + (bk + 1)] * B[(bk + 1) * N + j];
+                C[i * N + j] += A[i * K + (bk + 2)] * B[(bk + 2) * N + j];
+                C[i * N + j] += A[i * K + (bk + 3)] * B[(bk + 3) * N + j];
+              }
+            }
+          }
+        }""")
+    assert r.obligations == () and r.fp == "exact"
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 5, 8))
+
+
+def test_unroll_fully_literal_bounds_with_locals(ck):
+    p = ck.parse(c("""
+        void f(float *x, float *y) {
+          for (int c = 1; c <= 3; c++) {
+            float t = x[c];
+            y[c] = t * t;
+          }
+        }"""))
+    r = loop.unroll.apply(p, "f > for c")
+    assert ck.function_text(r.program, "f") == c("""
+        void f(float *x, float *y) {
+          {
+            float t = x[1];
+            y[1] = t * t;
+          }
+          {
+            float t = x[2];
+            y[2] = t * t;
+          }
+          {
+            float t = x[3];
+            y[3] = t * t;
+          }
+        }""")
+    ck.check(p, r.program, "f", [ck.floats(4), ck.floats(4)])
+
+
+@pytest.mark.parametrize("N", [10, 8, 3])
+def test_unroll_by_factor_matvec(ck, N):
+    p = ck.load("matvec.c")
+    r = loop.unroll.apply(p, "matvec > for j", factor=4)
+    assert ck.function_text(r.program, "matvec") == c("""
+        void matvec(int N, int D, const float *W, const float *x, float *y) {
+          for (int i = 0; i < D; i++) {
+            y[i] = 0.0f;
+            for (int j = 0; j < N / 4 * 4; j += 4) {
+              y[i] += W[i * N + j] * x[j];
+              y[i] += W[i * N + (j + 1)] * x[j + 1];
+              y[i] += W[i * N + (j + 2)] * x[j + 2];
+              y[i] += W[i * N + (j + 3)] * x[j + 3];
+            }
+            for (int j = N / 4 * 4; j < N; j++) {
+              y[i] += W[i * N + j] * x[j];
+            }
+          }
+        }""")
+    assert r.obligations == ()
+    ck.check(p, r.program, "matvec", matvec_args(ck, N, 3))
+
+
+def test_unroll_by_factor_from_nonzero_start_softmax(ck):
+    p = ck.load("softmax.c")
+    r = loop.unroll.apply(p, "softmax > for j#1", 3)
+    text = ck.function_text(r.program, "softmax")
+    assert ck.contains(text, """
+        for (int j = 1; j < 1 + (C - 1) / 3 * 3; j += 3) {
+          if (x[i * C + j] > max_val) {
+            max_val = x[i * C + j];
+          }
+          if (x[i * C + (j + 1)] > max_val) {
+            max_val = x[i * C + (j + 1)];
+          }
+          if (x[i * C + (j + 2)] > max_val) {
+            max_val = x[i * C + (j + 2)];
+          }
+        }
+        for (int j = 1 + (C - 1) / 3 * 3; j < C; j++) {""")
+    for C in (1, 7, 8):
+        ck.check(p, r.program, "softmax", [2, C, ck.floats(2 * C), ck.floats(2 * C)])
+
+
+def test_unroll_by_factor_triangular_with_locals_attention(ck):
+    a = ck.load("attention.c")
+    r = loop.unroll.apply(a, "attention > for j#1", factor=2)
+    assert ck.contains(ck.function_text(r.program, "attention"), """
+          for (int j = 0; j < (i + 1) / 2 * 2; j += 2) {
+            {
+              float s = 0.0f;
+              for (int d = 0; d < D; d++) {
+                s += q[(h * S + i) * D + d] * k[(h * S + j) * D + d];
+              }
+              scores[j] = s / sqrtf(D);
+            }
+            {
+              float s = 0.0f;
+              for (int d = 0; d < D; d++) {
+                s += q[(h * S + i) * D + d] * k[(h * S + (j + 1)) * D + d];
+              }
+              scores[j + 1] = s / sqrtf(D);
+            }
+          }
+          for (int j = (i + 1) / 2 * 2; j <= i; j++) {
+            float s = 0.0f;""")
+    ck.check(a, r.program, "attention", attention_args(ck, S=6))
+
+
+@pytest.mark.parametrize("factor", [0, -2, 2.5, "4", True])
+def test_unroll_refuses_bad_factors(ck, factor):
+    p = ck.load("matvec.c")
+    assert "loop.unroll: the factor must be a positive integer" in refusal(loop.unroll.apply, p, "matvec > for j",
+                                                                          factor)
+
+
+def test_unroll_refusals(ck):
+    p = ck.load("matmul.c")
+    assert refusal(loop.unroll.apply, p, "matmul > for i") == (
+        "loop.unroll: the iteration count of for i (line 2), from '0' to 'M', is not a compile-time constant; "
+        "give a factor")
+    t = ck.load("transformer.c")
+    assert refusal(loop.unroll.apply, t, "transformer_token > for i#1", 2) == (
+        "loop.unroll: for i (line 59) has step '2'; only unit-step loops can be unrolled")
+    q = ck.parse(c("""
+        void f(float *x) {
+          for (int i = 0; i < 4; i++) {
+            if (x[i] < 0.0f) {
+              break;
+            }
+            x[i] = 1.0f;
+          }
+        }"""))
+    assert refusal(loop.unroll.apply, q, "f > for i") == "loop.unroll: 'break;' leaves the body of for i (line 2) early"
+    e = ck.parse("void f(float *x) { for (int i = 3; i < 3; i++) { x[i] = 0.0f; } }")
+    assert "runs no iteration (0)" in refusal(loop.unroll.apply, e, "f > for i")
+    g = ck.parse("void f(float *x) {\n#pragma omp simd\n  for (int i = 0; i < 4; i++) { x[i] = 0.0f; }\n}")
+    assert "has pragmas (#pragma omp simd)" in refusal(loop.unroll.apply, g, "f > for i")
+    w = ck.parse("void f(int n, float *x) { for (int i = 0; i < n; i++) { x[i] = 0.0f; n--; } }")
+    assert "the body writes 'n', which the bounds of for i (line 2) read" in refusal(loop.unroll.apply, w,
+                                                                                      "f > for i", 2)
+
+
+# ----------------------------------------------------------------- split
+
+
+def test_split_matvec_in_halves(ck):
+    p = ck.load("matvec.c")
+    r = loop.split.apply(p, "matvec > for j", "N / 2")
+    assert ck.function_text(r.program, "matvec") == c("""
+        void matvec(int N, int D, const float *W, const float *x, float *y) {
+          for (int i = 0; i < D; i++) {
+            y[i] = 0.0f;
+            for (int j = 0; j < N / 2; j++) {
+              y[i] += W[i * N + j] * x[j];
+            }
+            for (int j = N / 2; j < N; j++) {
+              y[i] += W[i * N + j] * x[j];
+            }
+          }
+        }""")
+    (ob,) = r.obligations
+    assert ob.kind == "in_range" and ob.function == "matvec"
+    assert ob.exprs == (ir.Const("0"), ir.Binop("/", ir.Var("N"), ir.Const("2")), ir.Var("N"))
+    base = (("items", 0), ("body", None), ("stmts", 0), ("body", None))
+    assert ob.paths == (base + (("stmts", 1),), base + (("stmts", 2),))
+    assert r.fp == "exact"
+    for N in (1, 7):
+        ck.check(p, r.program, "matvec", matvec_args(ck, N, 3))
+
+
+def test_split_matmul_at_an_integer(ck):
+    p = ck.load("matmul.c")
+    r = loop.split.apply(p, "matmul > for k", 3)
+    assert ck.contains(ck.function_text(r.program, "matmul"), """
+              for (int k = 0; k < 3; k++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];
+              }
+              for (int k = 3; k < K; k++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];
+              }""")
+    assert r.obligations[0].exprs == (ir.Const("0"), ir.Const("3"), ir.Var("K"))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 2, 3, 5))  # K = 5 >= 3
+
+
+def test_split_triangular_loop_of_attention(ck):
+    a = ck.load("attention.c")
+    r = loop.split.apply(a, "attention > for j#4", "i / 2")
+    assert ck.contains(ck.function_text(r.program, "attention"), """
+          for (int j = 0; j < i / 2; j++) {
+            scores[j] = scores[j] / sum;
+          }
+          for (int j = i / 2; j <= i; j++) {
+            scores[j] = scores[j] / sum;
+          }""")
+    ck.check(a, r.program, "attention", attention_args(ck))
+
+
+def test_split_refusals(ck):
+    p = ck.load("matvec.c")
+    assert refusal(loop.split.apply, p, "matvec > for j", "j + 1") == (
+        "loop.split: the split point 'j + 1' uses the index of for j (line 4)")
+    assert refusal(loop.split.apply, p, "matvec > for j", "Q") == (
+        "loop.split: the split point 'Q' uses 'Q', which is not declared in matvec")
+    assert "loop.split: cannot read the split point 'N +'" in refusal(loop.split.apply, p, "matvec > for j", "N +")
+    assert refusal(loop.split.apply, p, "matvec > for j", "N < 2") == (
+        "loop.split: the split point 'N < 2' is not an integer expression")
+    for bad in (2.5, True, None):
+        assert "must be an integer or a C expression" in refusal(loop.split.apply, p, "matvec > for j", bad)
+    t = ck.load("transformer.c")
+    assert refusal(loop.split.apply, t, "transformer_token > for i#1", "dim / 2") == (
+        "loop.split: for i (line 59) has step '2'; only unit-step loops can be split")
+    w = ck.parse(c("""
+        void f(int n, int m, float *x) {
+          for (int i = 0; i < n; i++) {
+            x[i] = 0.0f;
+            m = m + 1;
+          }
+        }"""))
+    assert refusal(loop.split.apply, w, "f > for i", "m") == (
+        "loop.split: the body of for i (line 2) writes 'm', which the split point 'm' reads")
+
+
+def test_unroll_refuses_a_huge_full_unroll(ck) -> None:  # type: ignore[no-untyped-def]
+    p = ck.parse("void f(float *x) {\n  for (int i = 0; i < 100000; i++) {\n    x[i] = 0;\n  }\n}\n")
+    with pytest.raises(TransformError, match="runs 100000 iterations; unrolling more than 256"):
+        loop.unroll.apply(p, "f > for i")

@@ -1,21 +1,23 @@
-"""Loop transformations: tile, swap, fission."""
+"""Loop transformations: tile, swap, fission, fusion, unroll, split."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
 from optitrust_py import ir
-from optitrust_py.errors import TransformError
-from optitrust_py.names import (declared_names, free_vars, fresh_name, has_side_effects, is_identifier,
+from optitrust_py.errors import SpecError, TransformError
+from optitrust_py.names import (declared_names, free_vars, fresh_name, has_side_effects, is_identifier, subst,
                                 writes_of)
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, primitive
+from optitrust_py.spec import parse_formula
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, block_of, children, get, replace, splice
 
 ONE = ir.Const("1")
 TILE_MODES = ("divides", "min", "guard")
+MAX_FULL_UNROLL = 256  # full unrolling beyond this bloats the code for no gain
 
 
 def _where(res: Resolver, path: Path, loop: ir.For) -> str:
@@ -280,3 +282,332 @@ def fission(program: ir.Program, target: str) -> Rewrite:
     ob = Obligation("fission", f"{where} can run its first {len(first)} statement(s) for all iterations "
                     f"before the rest", pt.function, (loop_path, block + (("stmts", k + 1),)))
     return Rewrite(new, (ob,))
+
+
+# ----------------------------------------------------------------- fusion
+
+
+def _next_stmt(name: str, res: Resolver, path: Path, loop: ir.For, program: ir.Program) -> tuple[Path, ir.Stmt]:
+    block, k = _in_block(name, res, path, loop)
+    stmts = get(program, block).stmts
+    if k + 1 >= len(stmts):
+        raise TransformError(f"{name}: {_where(res, path, loop)} is the last statement of its block; there is "
+                             f"no loop after it", loop.loc)
+    return block + (("stmts", k + 1),), stmts[k + 1]
+
+
+def _top_decls(body: ir.Block) -> list[str]:
+    return [s.decl.name for s in body.stmts if isinstance(s, ir.DeclStmt) and s.decl.name]
+
+
+@primitive
+def fusion(program: ir.Program, target: str) -> Rewrite:
+    """Fuse a loop with the loop right after it: one loop running both bodies.
+
+    Before (`loop.fusion("matmul > for j")`, after a fission of matmul):
+
+        for (int j = 0; j < N; j++) {
+          C[i * N + j] = 0.0f;
+        }
+        for (int j = 0; j < N; j++) {
+          for (int k = 0; k < K; k++) { ... }
+        }
+
+    After (obligation fusion on the fused loop):
+
+        for (int j = 0; j < N; j++) {
+          C[i * N + j] = 0.0f;
+          for (int k = 0; k < K; k++) { ... }
+        }
+
+    The two loops must be consecutive statements of one block with the same
+    start, stop, step and index type (compared structurally, after renaming
+    the second loop's index to the first's) and the same pragmas. Refused when
+    the second loop uses a name the first body declares (or redeclares it),
+    when the second body uses a variable named like the first index, when a
+    body leaves the loop early (break, continue, return, goto), when a body
+    writes what the bounds read, or when a loop has a contract. The claim
+    left to the checker: no dependence goes from a later iteration of the
+    first loop to an earlier iteration of the second.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    first: ir.For = m.node
+    where = _where(res, m.path, first)
+    next_path, nxt = _next_stmt("loop.fusion", res, m.path, first, program)
+    if not isinstance(nxt, ir.For):
+        text = stmt_text(nxt).splitlines()[0] if not isinstance(nxt, ir.Opaque) else nxt.text
+        raise TransformError(f"loop.fusion: the statement after {where} is not a canonical for loop "
+                             f"('{text}', line {res.line(next_path)})", first.loc)
+    second: ir.For = nxt
+    next_where = _where(res, next_path, second)
+    renamed = second
+    if second.index != first.index:
+        if first.index in free_vars(second.body) | free_vars(second.stop) | free_vars(second.step):
+            raise TransformError(f"loop.fusion: {next_where} uses a variable '{first.index}' that the index of "
+                                 f"{where} would capture; rename one of them first", second.loc)
+        sub = {second.index: ir.Var(first.index)}
+        renamed = dataclasses.replace(second, index=first.index, stop=subst(second.stop, sub),
+                                      step=subst(second.step, sub), body=subst(second.body, sub))
+    for label, x, y in (("start", first.start, renamed.start), ("stop", first.stop, renamed.stop),
+                        ("step", first.step, renamed.step)):
+        if x != y:
+            raise TransformError(f"loop.fusion: {where} and {next_where} have different ranges: {label} "
+                                 f"'{expr_text(x)}' vs '{expr_text(y)}'", first.loc)
+    if first.itype != second.itype:
+        raise TransformError(f"loop.fusion: the indices of {where} and {next_where} have different types",
+                             first.loc)
+    if first.pragmas != second.pragmas:
+        raise TransformError(f"loop.fusion: {where} and {next_where} have different pragmas; fuse them before "
+                             f"annotating them", first.loc)
+    for p, lp in ((m.path, first), (next_path, second)):
+        if lp.contract:
+            raise TransformError(f"loop.fusion: {_where(res, p, lp)} has a loop contract, which would have to be "
+                                 f"merged; remove it (level 3 infers loop contracts)", lp.loc)
+        esc = _escapes(lp.body.stmts)
+        if esc is not None:
+            raise TransformError(f"loop.fusion: '{stmt_text(esc).splitlines()[0]}' leaves the body of "
+                                 f"{_where(res, p, lp)} early", getattr(esc, "loc", None) or lp.loc)
+    declared = _top_decls(first.body)
+    clash = sorted(set(declared) & (free_vars(renamed.body) | set(_top_decls(renamed.body))))
+    if clash:
+        raise TransformError(f"loop.fusion: '{clash[0]}' is declared in the body of {where} and used or "
+                             f"redeclared in the body of {next_where}; rename it first", first.loc)
+    _check_bounds_stable("loop.fusion", res, m.path, first, first.body, renamed.body)
+    fused = dataclasses.replace(first, body=ir.Block(first.body.stmts + renamed.body.stmts, first.body.loc))
+    block, k = block_of(m.path)
+    parent = get(program, block)
+    new = replace(program, block, dataclasses.replace(parent, stmts=parent.stmts[:k] + (fused,)
+                                                      + parent.stmts[k + 2:]))
+    ob = Obligation("fusion", f"no iteration of {next_where} touches a cell that a later iteration of {where} "
+                    f"writes, nor writes one that it reads (both bodies can run iteration by iteration)",
+                    m.function, (m.path,))
+    return Rewrite(new, (ob,))
+
+
+# ----------------------------------------------------------------- unroll
+
+
+def _const_offset(e: ir.Expr) -> tuple[Optional[ir.Expr], int]:
+    """`e` as `rest + k` with k an integer constant (rest None when `e` is a
+    constant): `bi + 4` is (bi, 4), `3 + 1` is (None, 4), `n` is (n, 0)."""
+    if isinstance(e, ir.Const) and e.kind == "int":
+        try:
+            return None, int(e.text.rstrip("uUlL"), 0)
+        except ValueError:
+            return e, 0
+    if isinstance(e, ir.Binop) and e.op in ("+", "-"):
+        left, kl = _const_offset(e.left)
+        right, kr = _const_offset(e.right)
+        if right is None:
+            return left, (kl + kr if e.op == "+" else kl - kr)
+        if e.op == "+" and left is None:
+            return right, kl + kr
+    return e, 0
+
+
+def _trip_count(loop: ir.For) -> Optional[int]:
+    """The iteration count of a unit-step loop when it is a compile-time
+    constant: both bounds integer literals, or `stop` is `start + C`."""
+    a, ka = _const_offset(loop.start)
+    b, kb = _const_offset(loop.stop)
+    if a == b:
+        return kb - ka
+    return None
+
+
+def _plus(e: ir.Expr, k: int) -> ir.Expr:
+    rest, base = _const_offset(e)
+    if rest is None:
+        return ir.Const(str(base + k))
+    if k == 0:
+        return e
+    return ir.Binop("+", e, ir.Const(str(k))) if k > 0 else ir.Binop("-", e, ir.Const(str(-k)))
+
+
+def _copies(loop: ir.For, index_values: list[ir.Expr]) -> tuple[ir.Stmt, ...]:
+    """The body once per index value; each copy in its own block when the
+    body declares locals."""
+    wrap = bool(_top_decls(loop.body))
+    out: list[ir.Stmt] = []
+    for v in index_values:
+        body = subst(loop.body, {loop.index: v})
+        if wrap:
+            out.append(ir.Block(body.stmts))
+        else:
+            out.extend(body.stmts)
+    return tuple(out)
+
+
+@primitive
+def unroll(program: ir.Program, target: str, factor: Optional[int] = None) -> Rewrite:
+    """Unroll a unit-step loop, fully or by a factor.
+
+    Fully (`factor=None`), when the iteration count is a compile-time
+    constant (literal bounds, or `stop` is `start + C` as after a tiling):
+
+        for (int k = bk; k < bk + 3; k++) {       C[j] += A[bk] * B[bk];
+          C[j] += A[k] * B[k];               ->   C[j] += A[bk + 1] * B[bk + 1];
+        }                                         C[j] += A[bk + 2] * B[bk + 2];
+
+    By a factor (`loop.unroll("matvec > for j", factor=4)`):
+
+        for (int j = 0; j < N; j++) {
+          y[i] += W[i * N + j] * x[j];
+        }
+
+    becomes
+
+        for (int j = 0; j < N / 4 * 4; j += 4) {
+          y[i] += W[i * N + j] * x[j];
+          y[i] += W[i * N + (j + 1)] * x[j + 1];
+          y[i] += W[i * N + (j + 2)] * x[j + 2];
+          y[i] += W[i * N + (j + 3)] * x[j + 3];
+        }
+        for (int j = N / 4 * 4; j < N; j++) {
+          y[i] += W[i * N + j] * x[j];
+        }
+
+    (in general the main loop stops, and the remainder starts, at
+    `a + (b - a) / f * f` for a loop from a to b). Each copy of the body is
+    its own block `{...}` when the body declares locals. The iterations run
+    in the same order as before, so unrolling is always valid: it declares
+    no obligation. Refused when the factor is not a positive integer, the
+    step is not 1, the body leaves the loop early (break, continue, return,
+    goto, labels), the body writes what the bounds read, or the loop has
+    pragmas or a contract.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or factor <= 0):
+        raise TransformError(f"loop.unroll: the factor must be a positive integer (or None to unroll fully), "
+                             f"got {factor!r}", loop.loc)
+    if loop.step != ONE:
+        raise TransformError(f"loop.unroll: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
+                             f"can be unrolled", loop.loc)
+    if loop.pragmas:
+        raise TransformError(f"loop.unroll: {where} has pragmas (#pragma {loop.pragmas[0]}); unroll it before "
+                             f"annotating it", loop.loc)
+    if loop.contract:
+        raise TransformError(f"loop.unroll: {where} has a loop contract, which would no longer describe a "
+                             f"loop; remove it (level 3 infers loop contracts)", loop.loc)
+    esc = _escapes(loop.body.stmts)
+    if esc is not None:
+        raise TransformError(f"loop.unroll: '{stmt_text(esc).splitlines()[0]}' leaves the body of {where} "
+                             f"early", getattr(esc, "loc", None) or loop.loc)
+    _check_bounds_stable("loop.unroll", res, m.path, loop, loop.body)
+    if loop.index in free_vars(loop.start):
+        raise TransformError(f"loop.unroll: the start of {where} uses another variable named '{loop.index}'; "
+                             f"rename the index first", loop.loc)
+    _in_block("loop.unroll", res, m.path, loop)
+    if factor is None:
+        n = _trip_count(loop)
+        if n is None:
+            raise TransformError(f"loop.unroll: the iteration count of {where}, from '{expr_text(loop.start)}' "
+                                 f"to '{expr_text(loop.stop)}', is not a compile-time constant; give a factor",
+                                 loop.loc)
+        if n <= 0:
+            raise TransformError(f"loop.unroll: {where} runs no iteration ({n}); there is nothing to unroll",
+                                 loop.loc)
+        if n > MAX_FULL_UNROLL:
+            raise TransformError(f"loop.unroll: {where} runs {n} iterations; unrolling more than "
+                                 f"{MAX_FULL_UNROLL} completely is refused: give a factor", loop.loc)
+        new = splice(program, m.path, _copies(loop, [_plus(loop.start, k) for k in range(n)]))
+        return Rewrite(new)
+    i = ir.Var(loop.index)
+    f = ir.Const(str(factor))
+    split_at = _plus_expr(loop.start, ir.Binop("*", ir.Binop("/", _minus(loop.stop, loop.start), f), f))
+    main = dataclasses.replace(loop, stop=split_at, step=f, inclusive=False,
+                               body=ir.Block(_copies(loop, [_plus(i, k) for k in range(factor)]), loop.body.loc))
+    rest = dataclasses.replace(loop, start=split_at, loc=None)
+    return Rewrite(splice(program, m.path, (main, rest)))
+
+
+def _plus_expr(a: ir.Expr, x: ir.Expr) -> ir.Expr:
+    return x if a == ir.Const("0") else ir.Binop("+", a, x)
+
+
+# ----------------------------------------------------------------- split
+
+
+@primitive
+def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
+    """Split the range of a unit-step loop in two at `at`.
+
+    Before (`loop.split("matvec > for j", "N / 2")`):
+
+        for (int j = 0; j < N; j++) {
+          body(j);
+        }
+
+    After (obligation in_range: 0 <= N / 2 <= N):
+
+        for (int j = 0; j < N / 2; j++) {
+          body(j);
+        }
+        for (int j = N / 2; j < N; j++) {
+          body(j);
+        }
+
+    `at` is an integer or a C expression (read as a contract formula). The
+    split keeps the iterations and their order only when start <= at <= stop,
+    which is left to the checker. Refused when `at` uses the loop index or a
+    name that does not exist, when the body writes what `at` or the bounds
+    read, when the step is not 1, when the body leaves the loop early (break,
+    continue, return, goto), or when the loop has a contract. Both loops keep
+    the pragmas.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if isinstance(at, bool) or not isinstance(at, (int, str)):
+        raise TransformError(f"loop.split: the split point must be an integer or a C expression, got {at!r}",
+                             loop.loc)
+    if isinstance(at, int):
+        point: ir.Expr = ir.Const(str(at)) if at >= 0 else ir.Unop("-", ir.Const(str(-at)))
+    else:
+        try:
+            point = parse_formula(at)
+        except SpecError as e:
+            raise TransformError(f"loop.split: cannot read the split point {at!r}: {e.message}", loop.loc) from None
+        if not isinstance(point, ir.EXPR_TYPES) or isinstance(point, ir.Binop) and point.op in _NOT_INTEGER_OPS:
+            raise TransformError(f"loop.split: the split point {at!r} is not an integer expression", loop.loc)
+    at_text = expr_text(point)
+    if loop.step != ONE:
+        raise TransformError(f"loop.split: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
+                             f"can be split", loop.loc)
+    if loop.index in free_vars(point):
+        raise TransformError(f"loop.split: the split point '{at_text}' uses the index of {where}", loop.loc)
+    if has_side_effects(point):
+        raise TransformError(f"loop.split: the split point '{at_text}' has side effects", loop.loc)
+    fn = program.items[m.path[0][1]]
+    known = declared_names(fn) | declared_names(program.items)
+    unknown = sorted(free_vars(point) - known)
+    if unknown:
+        raise TransformError(f"loop.split: the split point '{at_text}' uses '{unknown[0]}', which is not declared "
+                             f"in {m.function}", loop.loc)
+    if loop.contract:
+        raise TransformError(f"loop.split: {where} has a loop contract, which would have to be split; "
+                             f"remove it (level 3 infers loop contracts)", loop.loc)
+    esc = _escapes(loop.body.stmts)
+    if esc is not None:
+        raise TransformError(f"loop.split: '{stmt_text(esc).splitlines()[0]}' leaves the body of {where} "
+                             f"early", getattr(esc, "loc", None) or loop.loc)
+    _check_bounds_stable("loop.split", res, m.path, loop, loop.body)
+    hit = sorted(writes_of(loop.body) & free_vars(point))
+    if hit:
+        raise TransformError(f"loop.split: the body of {where} writes '{hit[0]}', which the split point "
+                             f"'{at_text}' reads", loop.loc)
+    block, k = _in_block("loop.split", res, m.path, loop)
+    a = dataclasses.replace(loop, stop=point, inclusive=False)
+    b = dataclasses.replace(loop, start=point, body=ir.Block(loop.body.stmts), loc=None)
+    ob = Obligation("in_range", f"{expr_text(loop.start)} <= {at_text} <= {expr_text(loop.stop)} (the split "
+                    f"point lies in the range of {where})", m.function,
+                    (m.path, block + (("stmts", k + 1),)), (loop.start, point, loop.stop))
+    return Rewrite(splice(program, m.path, (a, b)), (ob,))
+
+
+_NOT_INTEGER_OPS = frozenset({"<", "<=", ">", ">=", "==", "!=", "&&", "||"})
