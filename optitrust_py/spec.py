@@ -28,7 +28,7 @@ from pathlib import Path as FsPath
 from typing import Callable, Optional, Sequence, TypeVar, Union
 
 from . import ir
-from .contract import (LOOP_MODES, MODES, Binder, Contract, LoopContract, Resource, Shape,
+from .contract import (LOOP_MODES, Binder, Contract, LoopContract, Resource, Shape,
                        free_names, subject_base)
 from .errors import SpecError
 from .ir import Expr, Loc

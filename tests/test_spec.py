@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optitrust_py import ir
-from optitrust_py.contract import (Binder, Contract, LoopContract, Resource, Shape, c_div, c_mod,
+from optitrust_py.contract import (Binder, LoopContract, Resource, Shape, c_div, c_mod,
                                    evaluate)
 from optitrust_py.errors import SpecError
 from optitrust_py.frontend import parse_file, parse_text

@@ -89,9 +89,7 @@ def tile(program: ir.Program, target: str, size: int, outer: Optional[str] = Non
         raise TransformError(f"loop.tile: the tile size must be a positive integer, got {size}", loop.loc)
     if mode not in TILE_MODES:
         raise TransformError(f"loop.tile: mode must be one of {', '.join(TILE_MODES)}, got {mode!r}", loop.loc)
-    if loop.step != ONE:
-        raise TransformError(f"loop.tile: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
-                             f"can be tiled", loop.loc)
+    _require_unit_step("loop.tile", "tiled", where, loop)
     if loop.pragmas:
         raise TransformError(f"loop.tile: {where} has pragmas (#pragma {loop.pragmas[0]}); tile it before "
                              f"annotating it", loop.loc)
@@ -191,6 +189,19 @@ def swap(program: ir.Program, target: str) -> Rewrite:
     return Rewrite(replace(program, m.path, new_outer), (ob,))
 
 
+def _refuse_early_exit(name: str, where: str, stmts: tuple[ir.Stmt, ...], loop: ir.For) -> None:
+    esc = _escapes(stmts)
+    if esc is not None:
+        raise TransformError(f"{name}: '{stmt_text(esc).splitlines()[0]}' leaves the body of {where} early",
+                             getattr(esc, "loc", None) or loop.loc)
+
+
+def _require_unit_step(name: str, verb: str, where: str, loop: ir.For) -> None:
+    if loop.step != ONE:
+        raise TransformError(f"{name}: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
+                             f"can be {verb}", loop.loc)
+
+
 def _escapes(stmts: tuple[ir.Stmt, ...]) -> Optional[ir.Stmt]:
     """A statement that leaves or skips the rest of the enclosing loop body:
     break/continue not inside a nested loop (or switch, for break), return,
@@ -267,10 +278,7 @@ def fission(program: ir.Program, target: str) -> Rewrite:
         line = res.line(loop_path + (("body", None), ("stmts", first.index(decl))))
         raise TransformError(f"loop.fission: '{crossing[0]}' is declared before the cut (line {line}) and used "
                              f"after it, in the body of {where}; hoist it out of the loop first", decl.loc)
-    esc = _escapes(stmts)
-    if esc is not None:
-        raise TransformError(f"loop.fission: '{stmt_text(esc).splitlines()[0]}' leaves the body of {where} "
-                             f"early", getattr(esc, "loc", None) or loop.loc)
+    _refuse_early_exit("loop.fission", where, stmts, loop)
     _check_bounds_stable("loop.fission", res, loop_path, loop, loop.body)
     if loop.contract:
         raise TransformError(f"loop.fission: {where} has a loop contract, which would have to be split; "
@@ -364,10 +372,7 @@ def fusion(program: ir.Program, target: str) -> Rewrite:
         if lp.contract:
             raise TransformError(f"loop.fusion: {_where(res, p, lp)} has a loop contract, which would have to be "
                                  f"merged; remove it (level 3 infers loop contracts)", lp.loc)
-        esc = _escapes(lp.body.stmts)
-        if esc is not None:
-            raise TransformError(f"loop.fusion: '{stmt_text(esc).splitlines()[0]}' leaves the body of "
-                                 f"{_where(res, p, lp)} early", getattr(esc, "loc", None) or lp.loc)
+        _refuse_early_exit("loop.fusion", _where(res, p, lp), lp.body.stmts, lp)
     declared = _top_decls(first.body)
     clash = sorted(set(declared) & (free_vars(renamed.body) | set(_top_decls(renamed.body))))
     if clash:
@@ -484,19 +489,14 @@ def unroll(program: ir.Program, target: str, factor: Optional[int] = None) -> Re
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or factor <= 0):
         raise TransformError(f"loop.unroll: the factor must be a positive integer (or None to unroll fully), "
                              f"got {factor!r}", loop.loc)
-    if loop.step != ONE:
-        raise TransformError(f"loop.unroll: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
-                             f"can be unrolled", loop.loc)
+    _require_unit_step("loop.unroll", "unrolled", where, loop)
     if loop.pragmas:
         raise TransformError(f"loop.unroll: {where} has pragmas (#pragma {loop.pragmas[0]}); unroll it before "
                              f"annotating it", loop.loc)
     if loop.contract:
         raise TransformError(f"loop.unroll: {where} has a loop contract, which would no longer describe a "
                              f"loop; remove it (level 3 infers loop contracts)", loop.loc)
-    esc = _escapes(loop.body.stmts)
-    if esc is not None:
-        raise TransformError(f"loop.unroll: '{stmt_text(esc).splitlines()[0]}' leaves the body of {where} "
-                             f"early", getattr(esc, "loc", None) or loop.loc)
+    _refuse_early_exit("loop.unroll", where, loop.body.stmts, loop)
     _check_bounds_stable("loop.unroll", res, m.path, loop, loop.body)
     if loop.index in free_vars(loop.start):
         raise TransformError(f"loop.unroll: the start of {where} uses another variable named '{loop.index}'; "
@@ -576,9 +576,7 @@ def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
         if not isinstance(point, ir.EXPR_TYPES) or isinstance(point, ir.Binop) and point.op in _NOT_INTEGER_OPS:
             raise TransformError(f"loop.split: the split point {at!r} is not an integer expression", loop.loc)
     at_text = expr_text(point)
-    if loop.step != ONE:
-        raise TransformError(f"loop.split: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
-                             f"can be split", loop.loc)
+    _require_unit_step("loop.split", "split", where, loop)
     if loop.index in free_vars(point):
         raise TransformError(f"loop.split: the split point '{at_text}' uses the index of {where}", loop.loc)
     if has_side_effects(point):
@@ -592,10 +590,7 @@ def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
     if loop.contract:
         raise TransformError(f"loop.split: {where} has a loop contract, which would have to be split; "
                              f"remove it (level 3 infers loop contracts)", loop.loc)
-    esc = _escapes(loop.body.stmts)
-    if esc is not None:
-        raise TransformError(f"loop.split: '{stmt_text(esc).splitlines()[0]}' leaves the body of {where} "
-                             f"early", getattr(esc, "loc", None) or loop.loc)
+    _refuse_early_exit("loop.split", where, loop.body.stmts, loop)
     _check_bounds_stable("loop.split", res, m.path, loop, loop.body)
     hit = sorted(writes_of(loop.body) & free_vars(point))
     if hit:
