@@ -1,0 +1,2 @@
+"""Parallel loops: OpenMP parallel_for, simd, privatize_reduction."""
+from __future__ import annotations
