@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from optitrust_py.errors import TransformError
+from optitrust_py.errors import TargetError, TransformError
 from optitrust_py.target import Resolver
 from optitrust_py.tree import get
 from transformations import function
@@ -182,3 +182,225 @@ def test_inline_refuses_a_hidden_global(ck):
         """), "g.c")
     assert refusal(function.inline.apply, p, "f > call mul") == (
         "function.inline: mul uses the global 'scale', which a local of f hides at line 11")
+
+
+# ----------------------------------------------------------------- extract
+
+
+def matmul_args(ck, M=3, N=4, K=5):
+    return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]
+
+
+def rmsnorm_args(ck, R=3, C=6):
+    return [R, C, ck.floats(R * C), ck.floats(C), ck.floats(R * C)]
+
+
+def test_extract_matmul_k_loop(ck):
+    p = ck.load("matmul.c")
+    r = function.extract.apply(p, "matmul > for k", "matmul_k")
+    assert ck.function_text(r.program, "matmul_k") == c("""
+        void matmul_k(int N, int K, const float *A, const float *B, float *C, int i, int j) {
+          for (int k = 0; k < K; k++) {
+            C[i * N + j] += A[i * K + k] * B[k * N + j];
+          }
+        }""").strip()
+    assert ck.contains(ck.function_text(r.program, "matmul"), """
+          C[i * N + j] = 0.0f;
+          matmul_k(N, K, A, B, C, i, j);""")
+    assert [f.name for f in r.program.functions()] == ["matmul_k", "matmul"]
+    (ob,) = r.obligations
+    assert ob.kind == "inline" and ob.function == "matmul"
+    assert get(r.program, ob.paths[0]).expr.name == "matmul_k" and get(r.program, ob.paths[1]).name == "matmul_k"
+    assert r.fp == "exact"
+    ck.check(p, r.program, "matmul", matmul_args(ck))
+
+
+def test_extract_rmsnorm_normalisation(ck):
+    p = ck.load("rmsnorm.c")
+    r = function.extract.apply(p, "rmsnorm > for j#2", "rmsnorm_scale")
+    assert ck.contains(ck.function_text(r.program, "rmsnorm_scale"), """
+        void rmsnorm_scale(int C, const float *x, const float *w, float *y, int i, float ss) {
+          for (int j = 0; j < C; j++) {
+            y[i * C + j] = w[j] * (ss * x[i * C + j]);
+          }
+        }""")
+    assert ck.contains(ck.function_text(r.program, "rmsnorm"), """
+        ss = 1.0f / sqrtf(ss);
+        rmsnorm_scale(C, x, w, y, i, ss);""")
+    ck.check(p, r.program, "rmsnorm", rmsnorm_args(ck))
+
+
+def test_extract_range_passes_written_scalars_by_pointer(ck):
+    p = ck.load("rmsnorm.c")
+    r = function.extract.apply(p, "rmsnorm > for j#1", "sum_squares", count=3)
+    assert ck.function_text(r.program, "sum_squares") == c("""
+        void sum_squares(int C, const float *x, int i, float *ss) {
+          for (int j = 0; j < C; j++) {
+            *ss += x[i * C + j] * x[i * C + j];
+          }
+          *ss = *ss / C + 1e-5f;
+          *ss = 1.0f / sqrtf(*ss);
+        }""").strip()
+    assert ck.contains(ck.function_text(r.program, "rmsnorm"), """
+        float ss = 0.0f;
+        sum_squares(C, x, i, &ss);
+        for (int j = 0; j < C; j++) {""")
+    ck.check(p, r.program, "rmsnorm", rmsnorm_args(ck))
+
+
+def test_extract_then_inline_gives_back_the_code(ck):
+    p = ck.load("matmul.c")
+    q = function.extract.apply(p, "matmul > for k", "matmul_k").program
+    back = function.inline.apply(q, "matmul > call matmul_k").program
+    assert ck.contains(ck.function_text(back, "matmul"), """
+          C[i * N + j] = 0.0f;
+          {
+            int N_1 = N;
+            int K_1 = K;
+            const float *A_1 = A;
+            const float *B_1 = B;
+            float *C_1 = C;
+            int i_1 = i;
+            int j_1 = j;
+            for (int k = 0; k < K_1; k++) {
+              C_1[i_1 * N_1 + j_1] += A_1[i_1 * K_1 + k] * B_1[k * N_1 + j_1];
+            }
+          }""")
+    ck.check(p, back, "matmul", matmul_args(ck))
+    r = ck.load("rmsnorm.c")
+    q = function.extract.apply(r, "rmsnorm > for j#1", "sum_squares", count=3).program
+    back = function.inline.apply(q, "rmsnorm > call sum_squares").program
+    assert ck.contains(ck.function_text(back, "rmsnorm"), """
+          float *ss_1 = &ss;
+          for (int j = 0; j < C_1; j++) {
+            *ss_1 += x_1[i_1 * C_1 + j] * x_1[i_1 * C_1 + j];
+          }""")
+    ck.check(r, back, "rmsnorm", rmsnorm_args(ck))
+
+
+def test_extract_attention_heads_of_transformer(ck):
+    p = ck.load("transformer.c")
+    r = function.extract.apply(p, "transformer_token > for h", "attention_heads")
+    assert ck.function_text(r.program, "attention_heads").startswith(
+        "void attention_heads(int H, int SMAX, int pos, float *k_cache, float *v_cache, int head_size, int kv_dim, "
+        "int kv_mul, float *xb, float *q, float *att, int l) {")
+    assert ck.contains(ck.function_text(r.program, "transformer_token"), """
+        attention_heads(H, SMAX, pos, k_cache, v_cache, head_size, kv_dim, kv_mul, xb, q, att, l);""")
+    ck.check(p, r.program, "transformer_token", token_args(ck))
+
+
+LOCALS = c("""
+    void sums(int n, float *y) {
+      if (n <= 0) {
+        return;
+      }
+      float buf[4];
+      float acc = 0.0f;
+      float *pa = &acc;
+      int at = -1;
+      for (int i = 0; i < 4; i++) {
+        buf[i] = y[i];
+      }
+      for (int i = 0; i < 4; i++) {
+        if (buf[i] > 0.0f) {
+          at = i;
+          break;
+        }
+      }
+      for (int i = 0; i < 4; i++) {
+        *pa += buf[i] * sizeof(buf);
+        y[i] = acc;
+      }
+      y[0] = acc + n + at;
+    }
+    """)
+
+
+def test_extract_arrays_and_aliased_scalars(ck):
+    p = ck.parse(LOCALS, "locals.c")
+    r = function.extract.apply(p, "sums > for i#1", "load", count=2)
+    assert ck.contains(ck.function_text(r.program, "load"), """
+        void load(float *y, float *buf, int *at) {
+          for (int i = 0; i < 4; i++) {
+            buf[i] = y[i];
+          }
+          for (int i = 0; i < 4; i++) {
+            if (buf[i] > 0.0f) {
+              *at = i;
+              break;
+            }
+          }
+        }""")
+    assert ck.contains(ck.function_text(r.program, "sums"), """
+          int at = -1;
+          load(y, buf, &at);
+          for (int i = 0; i < 4; i++) {""")
+    ck.check(p, r.program, "sums", [3, ck.floats(4)])
+    # acc's address is taken in sums (pa = &acc), so the write through pa must reach the caller's acc
+    q = function.extract.apply(p, "sums > 'y[i] = acc'", "store")
+    assert ck.function_text(q.program, "store") == c("""
+        void store(float *y, float *acc, int i) {
+          y[i] = *acc;
+        }""").strip()
+    ck.check(p, q.program, "sums", [3, ck.floats(4)])
+    # a struct's array field can be reached without '&' (p = s.a): structs are passed by pointer
+    st = ck.parse(c("""
+        struct acc {
+          float a[2];
+          int n;
+        };
+
+        void f(float *y) {
+          struct acc s = {{0.0f, 0.0f}, 3};
+          float *p = s.a;
+          p[0] = y[0];
+          y[1] = s.a[0] + s.n;
+        }
+        """), "struct.c")
+    r = function.extract.apply(st, "f > 'y[1] ='", "g")
+    assert ck.contains(ck.function_text(r.program, "g"), "y[1] = (*s).a[0] + (*s).n;")
+    assert ck.contains(ck.function_text(r.program, "f"), "g(y, &s);")
+    ck.check(st, r.program, "f", [ck.floats(2)])
+
+
+def test_extract_refusals(ck):
+    m = ck.load("matmul.c")
+    assert refusal(function.extract.apply, m, "matmul > for k", "matmul") == (
+        "function.extract: a function or global named 'matmul' already exists; choose another name")
+    assert refusal(function.extract.apply, m, "matmul > for k", "sqrtf") == (
+        "function.extract: a function or global named 'sqrtf' already exists; choose another name")
+    assert refusal(function.extract.apply, m, "matmul > for k", "j") == (
+        "function.extract: the local 'j' of matmul would hide the new function at line 5; choose another name")
+    assert refusal(function.extract.apply, m, "matmul > for k", "for") == (
+        "function.extract: 'for' is not a valid C function name")
+    assert refusal(function.extract.apply, m, "matmul > for k", "inner", count=2) == (
+        "function.extract: there are only 1 statement(s) from 'for (int k = 0; k < K; k++) {' (line 5) to the "
+        "end of its block, not 2")
+    assert refusal(function.extract.apply, m, "matmul > for k", "inner", count=0) == (
+        "function.extract: count must be a positive integer (the number of statements to extract), got 0")
+    with pytest.raises(TargetError, match="must name a statement"):
+        function.extract.apply(m, "matmul > expr 'A[i * K + k]'", "inner")
+    r = ck.load("rmsnorm.c")
+    assert refusal(function.extract.apply, r, "rmsnorm > def ss", "init", count=2) == (
+        "function.extract: 'ss' is declared in the extracted code ('float ss = 0.0f;' (line 5) and the 1 "
+        "statement(s) after it) and used after it; extract the statements that use it too, or declare it before")
+    p = ck.parse(LOCALS, "locals.c")
+    assert refusal(function.extract.apply, p, "sums > 'if (n <= 0)'", "guard") == (
+        "function.extract: 'return;' in the extracted code ('if (n <= 0) {' (line 2)) leaves it or is a jump "
+        "target")
+    assert refusal(function.extract.apply, p, "sums > 'if (buf[i] > 0.0f)'", "hit") == (
+        "function.extract: 'break;' in the extracted code ('if (buf[i] > 0.0f) {' (line 13)) leaves it or is a "
+        "jump target")
+    assert refusal(function.extract.apply, p, "sums > for i#3", "acc_loop") == (
+        "function.extract: the extracted code ('for (int i = 0; i < 4; i++) {' (line 18)) applies 'sizeof' to the local array 'buf', "
+        "which becomes a pointer in acc_loop")
+    rec = ck.parse(c("""
+        void down(int n, float *x) {
+          if (n > 0) {
+            x[n] = 0.0f;
+            down(n - 1, x);
+          }
+        }
+        """), "rec.c")
+    assert refusal(function.extract.apply, rec, "down > 'if (n > 0)'", "step") == (
+        "function.extract: the extracted code ('if (n > 0) {' (line 2)) uses 'down', which is not declared before down")

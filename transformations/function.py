@@ -1,18 +1,22 @@
-"""Function transformations: inline."""
+"""Function transformations: inline, extract (its inverse), specialize."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, get_args
 
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
-from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_effects, rename_binders
+from optitrust_py.names import (declared_names, free_vars, fresh_name, has_side_effects, is_identifier,
+                                rename_binders, subst)
 from optitrust_py.obligation import Obligation
-from optitrust_py.printer import expr as expr_text
+from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
-from optitrust_py.tree import function_path, get, replace, walk
-from optitrust_py.typeof import (param_type, env_at, resolve, type_of, typedefs_of, unqualified,
+from optitrust_py.tree import block_of, children, function_path, get, replace, walk
+from optitrust_py.typeof import (param_type, env_at, header_decls, resolve, type_of, typedefs_of, unqualified,
                                  visible_names)
+from transformations.loop import _escapes
+
+VOID = ir.Base(("void",))
 
 
 def _returns(body: ir.Block) -> list[ir.Return]:
@@ -159,3 +163,234 @@ def _converted(program: ir.Program, cpath: tuple, callee: ir.FuncDef, value: ir.
     if t is not None and resolve(t, tds) == resolve(ret, tds):
         return value
     return ir.Cast(ret, value)
+
+
+# ----------------------------------------------------------------- extract
+
+
+def _own_bases(e: ir.Expr) -> set[str]:
+    """The variables whose own storage the lvalue `e` designates, not what
+    they point to: `x` for `x`, `s.f` and `s.a[i]`; nothing for `p[i]`,
+    `*p` or `p->f` (nor `a[i]`: an array is passed as a pointer anyway)."""
+    if isinstance(e, ir.Var):
+        return {e.name}
+    if isinstance(e, ir.Member) and not e.arrow or isinstance(e, ir.Index) and not isinstance(e.base, ir.Var):
+        return _own_bases(e.base)
+    return set()
+
+
+def _touched(node: Any) -> tuple[set[str], set[str]]:
+    """The variables whose own storage `node` assigns or increments, and
+    those whose address it takes."""
+    assigned: set[str] = set()
+    addressed: set[str] = set()
+    for _, n in walk(node):
+        if isinstance(n, ir.Assign):
+            assigned |= _own_bases(n.lhs)
+        elif isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--"):
+            assigned |= _own_bases(n.arg)
+        elif isinstance(n, ir.Unop) and n.op == "&":
+            addressed |= _own_bases(n.arg)
+    return assigned, addressed
+
+
+def _top_names(items: tuple[ir.TopLevel, ...]) -> set[str]:
+    """The names that top-level items declare (functions, globals, prototypes,
+    typedefs, enum constants), and those of the system headers."""
+    funcs = {i.name for i in items if isinstance(i, ir.FuncDef)}
+    return funcs | declared_names(tuple(i for i in items if not isinstance(i, ir.FuncDef))) | set(header_decls())
+
+
+def _stray_case(node: Any) -> Optional[ir.Case]:
+    """A `case`/`default` label in `node` outside any switch of `node`."""
+    if isinstance(node, ir.Case):
+        return node
+    if isinstance(node, ir.Switch):
+        return None
+    return next((c for _, ch in children(node) if (c := _stray_case(ch)) is not None), None)
+
+
+def _local_types(fn: ir.FuncDef) -> set[str]:
+    """Typedef names and struct/enum tags declared inside a function."""
+    out: set[str] = set()
+    for _, n in walk(fn.body):
+        if isinstance(n, ir.Decl) and "typedef" in n.storage and n.name:
+            out.add(n.name)
+        elif isinstance(n, (ir.StructT, ir.EnumT)) and n.name and (getattr(n, "fields", None) is not None
+                                                                   or getattr(n, "values", None) is not None):
+            out.add(n.name)
+    return out
+
+
+def _unusable_type(t: ir.CType, local_types: set[str]) -> Optional[str]:
+    """Why a parameter of type `t` cannot be declared at top level; None if it can."""
+    for _, n in walk(t):
+        if isinstance(n, ir.Base) and n.names[-1] in local_types or \
+                isinstance(n, (ir.StructT, ir.EnumT)) and n.name in local_types:
+            return "a type declared inside the function"
+        if isinstance(n, ir.StructT) and n.fields is not None or isinstance(n, ir.EnumT) and n.values is not None:
+            return "a struct or enum type defined in place"
+        if isinstance(n, ir.Array) and n.size is not None and not isinstance(n.size, ir.Const):
+            return "an array type of variable size"
+    return None
+
+
+def _first_line(s: ir.Stmt) -> str:
+    return stmt_text(s).splitlines()[0].strip()
+
+
+@primitive
+def extract(program: ir.Program, target: str, name: str, count: int = 1) -> Rewrite:
+    """Move statements into a new function and call it in their place: the
+    inverse of inline (also called outlining).
+
+    `target` names one statement directly in a block; `count` statements
+    from it (itself and the `count - 1` that follow, default 1) are moved.
+
+    Before (`function.extract("matmul > for k", "matmul_k")`):
+
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] = 0.0f;
+              for (int k = 0; k < K; k++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];
+              }
+            }
+          }
+        }
+
+    After (obligation inline):
+
+        void matmul_k(int N, int K, const float *A, const float *B, float *C, int i, int j) {
+          for (int k = 0; k < K; k++) {
+            C[i * N + j] += A[i * K + k] * B[k * N + j];
+          }
+        }
+
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] = 0.0f;
+              matmul_k(N, K, A, B, C, i, j);
+            }
+          }
+        }
+
+    The new function returns void and is defined right before the enclosing
+    one (not `static`, so that inlining its calls later leaves no unused
+    static function behind). Its parameters are the local variables the
+    statements use (parameters, loop indices, locals of the enclosing
+    function), in their order of declaration, under their own names and
+    declared types:
+
+    - an array (`float buf[16]`) is passed as a pointer to its first element
+      (`float *buf`), so the statements work on the same cells;
+    - a scalar or pointer the statements only read is passed by value;
+    - one they assign or increment (`s += ...`, `p++`), or whose address is
+      taken anywhere in the enclosing function (so that another pointer may
+      reach it), and every struct or union (whose array fields may be
+      reached without `&`), is passed by pointer: the parameter is `T *s`,
+      its uses become `*s`, the argument is `&s`. This is right whether or
+      not the variable is used afterwards, so no liveness is needed.
+
+    Globals, functions and header names stay as they are. Refused when
+    `name` is not an identifier or names an existing function, global or
+    header declaration, or a local visible at the call; when the statements
+    leave the range (`return`, `break`/`continue` of an enclosing loop,
+    `goto`, labels, `case`), contain code otp does not model, declare a
+    local used after them, use a global declared after the enclosing
+    function (or the function itself), apply `sizeof` or `&` to a local
+    array, or use a variable whose type cannot be written at top level
+    (declared inside the function, defined in place, variable-size
+    multidimensional array). The claim left to the checker is that of
+    inline: the new function's body, with its parameters bound to the
+    arguments, computes what the statements did.
+    """
+    res = Resolver(program)
+    m = res.one(target, "statement", get_args(ir.Stmt))
+    line = res.line(m.path)
+    what = f"'{_first_line(m.node)}' (line {line})"
+    if not is_identifier(name):
+        raise TransformError(f"function.extract: {name!r} is not a valid C function name", m.node.loc)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise TransformError(f"function.extract: count must be a positive integer (the number of statements "
+                             f"to extract), got {count!r}", m.node.loc)
+    try:
+        block_path, k = block_of(m.path)
+    except ValueError:
+        block_path, k = (), -1
+    block = get(program, block_path) if block_path else None
+    if not isinstance(block, ir.Block):
+        raise TransformError(f"function.extract: {what} is not a statement of a block", m.node.loc)
+    if k + count > len(block.stmts):
+        raise TransformError(f"function.extract: there are only {len(block.stmts) - k} statement(s) from {what} "
+                             f"to the end of its block, not {count}", m.node.loc)
+    stmts = block.stmts[k:k + count]
+    body = ir.Block(stmts)
+    what = f"the extracted code ({what}" + (f" and the {count - 1} statement(s) after it)" if count > 1 else ")")
+    for _, n in walk(body):
+        if isinstance(n, (ir.Opaque, ir.OpaqueExpr)):
+            raise TransformError(f"function.extract: {what} contains code otp does not model ('{n.text}')",
+                                 m.node.loc)
+    leaving = _escapes(stmts) or _stray_case(body)
+    if leaving is not None:
+        raise TransformError(f"function.extract: '{_first_line(leaving)}' in {what} leaves it or is a "
+                             f"jump target", getattr(leaving, "loc", None) or m.node.loc)
+    declared = {s.decl.name for s in stmts if isinstance(s, ir.DeclStmt) and s.decl.name}
+    used_after = sorted(declared & free_vars(block.stmts[k + count:]))
+    if used_after:
+        raise TransformError(f"function.extract: '{used_after[0]}' is declared in {what} and used after it; "
+                             f"extract the statements that use it too, or declare it before", m.node.loc)
+    caller_idx = m.path[0][1]
+    caller: ir.FuncDef = program.items[caller_idx]
+    locals_ = env_at(program, m.path, globals=False)
+    if name in _top_names(program.items):
+        raise TransformError(f"function.extract: a function or global named '{name}' already exists; choose "
+                             f"another name", m.node.loc)
+    if name in locals_:
+        raise TransformError(f"function.extract: the local '{name}' of {m.function} would hide the new function "
+                             f"at line {line}; choose another name", m.node.loc)
+    used = free_vars(stmts)
+    before = _top_names(program.items[:caller_idx])
+    late = sorted(used - set(locals_) - before)
+    if late:
+        raise TransformError(f"function.extract: {what} uses '{late[0]}', which is not declared before "
+                             f"{m.function}", m.node.loc)
+    tds = typedefs_of(program)
+    assigned, _ = _touched(body)
+    _, addressed = _touched(caller)
+    local_types = _local_types(caller)
+    params: list[ir.Decl] = []
+    args: list[ir.Expr] = []
+    deref: dict[str, ir.Expr] = {}
+    for v, t in locals_.items():
+        if v not in used:
+            continue
+        if isinstance(resolve(t, tds), ir.Array):
+            for _, n in walk(body):
+                if isinstance(n, ir.Unop) and n.op in ("&", "sizeof", "_Alignof") and n.arg == ir.Var(v):
+                    raise TransformError(f"function.extract: {what} applies '{n.op}' to the local array '{v}', "
+                                         f"which becomes a pointer in {name}", m.node.loc)
+            params.append(ir.Decl(v, param_type(t)))
+            args.append(ir.Var(v))
+        elif v in assigned or v in addressed or isinstance(resolve(t, tds), ir.StructT):
+            params.append(ir.Decl(v, ir.Ptr(t)))
+            args.append(ir.Unop("&", ir.Var(v)))
+            deref[v] = ir.Unop("*", ir.Var(v))
+        else:
+            params.append(ir.Decl(v, t))
+            args.append(ir.Var(v))
+        why = _unusable_type(params[-1].type, local_types)
+        if why is not None:
+            raise TransformError(f"function.extract: {what} uses '{v}', whose type is {why}; it cannot be a "
+                                 f"parameter of {name}", m.node.loc)
+    ftype = ir.FuncT(VOID, tuple(params) or (ir.Decl(None, VOID),))
+    new_fn = ir.FuncDef(ir.Decl(name, ftype), ir.Block(subst(stmts, deref)))
+    call = ir.ExprStmt(ir.Call(ir.Var(name), tuple(args)))
+    new = replace(program, block_path, ir.Block(block.stmts[:k] + (call,) + block.stmts[k + count:], block.loc))
+    new = ir.Program(new.includes, new.items[:caller_idx] + (new_fn,) + new.items[caller_idx:], new.file)
+    call_path = (("items", caller_idx + 1),) + m.path[1:]
+    ob = Obligation("inline", f"the body of {name}, with its parameters bound to the arguments, computes what "
+                    f"{what} did", m.function, (call_path, (("items", caller_idx),)), tuple(args))
+    return Rewrite(new, (ob,))
