@@ -652,3 +652,64 @@ def test_unroll_refuses_a_huge_full_unroll(ck) -> None:  # type: ignore[no-untyp
     p = ck.parse("void f(float *x) {\n  for (int i = 0; i < 100000; i++) {\n    x[i] = 0;\n  }\n}\n")
     with pytest.raises(TransformError, match="runs 100000 iterations; unrolling more than 256"):
         loop.unroll.apply(p, "f > for i")
+
+
+def moe_args(ck, T=2, dim=4, hidden=6, E=4, K=2):
+    return [T, dim, hidden, E, K, ck.floats(T * dim), ck.floats(E * dim), ck.floats(E * hidden * dim),
+            ck.floats(E * dim * hidden), ck.floats(E * hidden * dim), ck.floats(T * dim)]
+
+
+# ----------------------------------------------------------------- fission between all instructions
+
+
+def test_fission_all_softmax(ck):
+    p = ck.load("softmax.c")
+    r = loop.fission.apply(p, "softmax > for j#2")
+    assert ck.contains(ck.function_text(r.program, "softmax"), """
+        float sum = 0.0f;
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = expf(x[i * C + j] - max_val);
+        }
+        for (int j = 0; j < C; j++) {
+          sum += y[i * C + j];
+        }
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = y[i * C + j] / sum;
+        }""")
+    (ob,) = r.obligations
+    base = (("items", 0), ("body", None), ("stmts", 0), ("body", None))
+    assert ob.kind == "fission" and ob.paths == (base + (("stmts", 3),), base + (("stmts", 4),))
+    ck.check(p, r.program, "softmax", [3, 7, ck.floats(21), ck.floats(21)])
+
+
+def test_fission_all_moe_three_parts_pairwise_obligations(ck):
+    p = ck.load("moe.c")
+    r = loop.fission.apply(p, "moe > for i#2")
+    assert ck.contains(ck.function_text(r.program, "moe"), """
+      int e = sel[s];
+      for (int i = 0; i < hidden; i++) {
+        hb[i] = 0.0f;
+      }
+      for (int i = 0; i < hidden; i++) {
+        hb2[i] = 0.0f;
+      }
+      for (int i = 0; i < hidden; i++) {
+        for (int j = 0; j < dim; j++) {""")
+    assert [o.kind for o in r.obligations] == ["fission"] * 3
+    ends = [(o.paths[0][-1][1], o.paths[1][-1][1]) for o in r.obligations]
+    assert ends == [(1, 2), (1, 3), (2, 3)]
+    assert r.obligations[1].claim == ("in for i (line 51), statement 1 can run for all iterations before "
+                                      "statement 3")
+    ck.check(p, r.program, "moe", moe_args(ck))
+
+
+def test_fission_all_refusals(ck):
+    a = ck.load("attention.c")
+    assert refusal(loop.fission.apply, a, "attention > for j#1") == (
+        "loop.fission: 's' is declared before a cut (line 9) and used after it, in the body of for j (line 8); "
+        "hoist it out of the loop first")
+    p = ck.load("matmul.c")
+    assert refusal(loop.fission.apply, p, "matmul > for k") == (
+        "loop.fission: the body of for k (line 5) has fewer than two instructions; there is nothing to split")
+    with pytest.raises(TargetError, match="must name a loop"):
+        loop.fission.apply(p, "matmul > 'C[i * N + j] = 0.0f'")

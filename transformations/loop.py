@@ -12,7 +12,7 @@ from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.spec import parse_formula
-from optitrust_py.target import Resolver
+from optitrust_py.target import Resolver, parse as parse_target
 from optitrust_py.tree import Path, block_of, children, get, replace, splice
 
 ONE = ir.Const("1")
@@ -232,7 +232,8 @@ def _escapes(stmts: tuple[ir.Stmt, ...]) -> Optional[ir.Stmt]:
 
 @primitive
 def fission(program: ir.Program, target: str) -> Rewrite:
-    """Split a loop in two at a point of its body.
+    """Split a loop in two at a point of its body, or, when `target` names
+    the loop itself, into one loop per instruction of its body.
 
     Before (`loop.fission("matmul > for j > after 'C[i * N + j] = 0.0f'")`):
 
@@ -250,46 +251,74 @@ def fission(program: ir.Program, target: str) -> Rewrite:
           for (int k = 0; k < K; k++) { ... }
         }
 
-    The point must be directly in the loop's body, strictly between two
-    statements. Refused when the first part declares a local that the second
-    uses, when the body leaves the loop early (break, continue, return, goto),
-    when it writes what the bounds read, or when the loop has a contract.
-    Both loops keep the pragmas.
+    Between all instructions (`loop.fission("softmax > for j#2")`):
+
+        for (int j = 0; j < C; j++) {        for (int j = 0; j < C; j++) {
+          y[i * C + j] = expf(...);      ->    y[i * C + j] = expf(...);
+          sum += y[i * C + j];               }
+        }                                    for (int j = 0; j < C; j++) {
+                                               sum += y[i * C + j];
+                                             }
+
+    A loop of n instructions becomes n loops, with one fission obligation
+    for each pair of them (part p, part q > p: no dependence from a later
+    iteration of p to an earlier one of q), which is exactly the condition.
+    A point must be directly in the loop's body, strictly between two
+    statements. Refused when a part declares a local that a later part uses
+    (hoist it first with `loop.hoist`), when the body has fewer than two
+    instructions, when it leaves the loop early (break, continue, return,
+    goto), when it writes what the bounds read, or when the loop has a
+    contract. Every loop keeps the pragmas.
     """
     res = Resolver(program)
-    pt = res.point(target)
-    loop_path = pt.block[:-1]
-    if not pt.block or pt.block[-1] != ("body", None) or not isinstance(get(program, loop_path), ir.For):
-        raise TransformError(f"loop.fission: the point {target!r} (line {pt.line}) is not directly in the body "
-                             f"of a canonical for loop")
-    loop: ir.For = get(program, loop_path)
+    if parse_target(target)[-1].position:
+        pt = res.point(target)
+        loop_path, function = pt.block[:-1], pt.function
+        if not pt.block or pt.block[-1] != ("body", None) or not isinstance(get(program, loop_path), ir.For):
+            raise TransformError(f"loop.fission: the point {target!r} (line {pt.line}) is not directly in the "
+                                 f"body of a canonical for loop")
+        loop: ir.For = get(program, loop_path)
+        if pt.index <= 0 or pt.index >= len(loop.body.stmts):
+            edge = "start" if pt.index <= 0 else "end"
+            raise TransformError(f"loop.fission: the point {target!r} is at the {edge} of the body of "
+                                 f"{_where(res, loop_path, loop)}; there would be an empty loop", loop.loc)
+        cuts: tuple[int, ...] = (pt.index,)
+    else:
+        m = res.one(target, "loop (to split between all its instructions) or a point 'before/after ...'",
+                    (ir.For,))
+        loop_path, function, loop = m.path, m.function, m.node
+        if len(loop.body.stmts) < 2:
+            raise TransformError(f"loop.fission: the body of {_where(res, loop_path, loop)} has fewer than two "
+                                 f"instructions; there is nothing to split", loop.loc)
+        cuts = tuple(range(1, len(loop.body.stmts)))
     where = _where(res, loop_path, loop)
     stmts = loop.body.stmts
-    if pt.index <= 0 or pt.index >= len(stmts):
-        edge = "start" if pt.index <= 0 else "end"
-        raise TransformError(f"loop.fission: the point {target!r} is at the {edge} of the body of {where}; "
-                             f"there would be an empty loop", loop.loc)
     _in_block("loop.fission", res, loop_path, loop)
-    first, second = stmts[:pt.index], stmts[pt.index:]
-    declared = {s.decl.name for s in first if isinstance(s, ir.DeclStmt) and s.decl.name}
-    crossing = sorted(declared & free_vars(second))
-    if crossing:
-        decl = next(s for s in first if isinstance(s, ir.DeclStmt) and s.decl.name == crossing[0])
-        line = res.line(loop_path + (("body", None), ("stmts", first.index(decl))))
-        raise TransformError(f"loop.fission: '{crossing[0]}' is declared before the cut (line {line}) and used "
-                             f"after it, in the body of {where}; hoist it out of the loop first", decl.loc)
+    bounds = tuple(zip((0,) + cuts, cuts + (len(stmts),)))
+    for k, s in enumerate(stmts):
+        later = stmts[next(b for a, b in bounds if a <= k < b):]
+        if isinstance(s, ir.DeclStmt) and s.decl.name and s.decl.name in free_vars(later):
+            cut = "the cut" if len(cuts) == 1 else "a cut"
+            raise TransformError(f"loop.fission: '{s.decl.name}' is declared before {cut} (line "
+                                 f"{res.line(loop_path + (('body', None), ('stmts', k)))}) and used after it, in "
+                                 f"the body of {where}; hoist it out of the loop first", s.loc)
     _refuse_early_exit("loop.fission", where, stmts, loop)
     _check_bounds_stable("loop.fission", res, loop_path, loop, loop.body)
     if loop.contract:
         raise TransformError(f"loop.fission: {where} has a loop contract, which would have to be split; "
                              f"remove it (level 3 infers loop contracts)", loop.loc)
-    a = dataclasses.replace(loop, body=ir.Block(first, loop.body.loc))
-    b = dataclasses.replace(loop, body=ir.Block(second))
-    new = splice(program, loop_path, (a, b))
+    parts = tuple(dataclasses.replace(loop, body=ir.Block(stmts[a:b], loop.body.loc if a == 0 else None))
+                  for a, b in bounds)
     block, k = block_of(loop_path)
-    ob = Obligation("fission", f"{where} can run its first {len(first)} statement(s) for all iterations "
-                    f"before the rest", pt.function, (loop_path, block + (("stmts", k + 1),)))
-    return Rewrite(new, (ob,))
+
+    def span(p: int) -> str:
+        a, b = bounds[p]
+        return f"statement {a + 1}" if b == a + 1 else f"statements {a + 1}-{b}"
+
+    obs = tuple(Obligation("fission", f"in {where}, {span(p)} can run for all iterations before {span(q)}",
+                           function, (block + (("stmts", k + p),), block + (("stmts", k + q),)))
+                for p in range(len(parts)) for q in range(p + 1, len(parts)))
+    return Rewrite(splice(program, loop_path, parts), obs)
 
 
 # ----------------------------------------------------------------- fusion
