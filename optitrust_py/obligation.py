@@ -20,9 +20,20 @@ KINDS = {
     "swap_loops": "no dependence between iterations flips direction when the loops are swapped",
     "fission": "no dependence from a later iteration of the first part to an earlier one of the second",
     "fusion": "no dependence from a later iteration of the first loop to an earlier one of the second",
+    "loop_invariant": "an instruction moved before a loop has the same effect once as at every iteration: it "
+                      "reads no cell the loop writes (itself included) and no other instruction writes its cells",
+    "nonempty": "a loop runs at least once: start < stop (exprs: start, stop)",
+    "ordered_bounds": "a loop's start is at most its stop, so it runs stop - start times (exprs: start, stop)",
+    "positive": "an integer expression is positive under the contract's requires (exprs: the expression)",
     "in_range": "a split point lies in the loop's range: start <= at <= stop (exprs: start, at, stop)",
     "pure": "an expression has no side effect and reads nothing written in between",
+    "lanes": "the iterations of a vectorized loop run W at a time, statement by statement in lockstep, without breaking a dependence between them",
     "inline": "the callee's body, with parameters bound to the arguments, computes what the call did",
+    "equals": "an expression has a given value each time it is evaluated there, under the contract's requires "
+              "(exprs: the expression, the value)",
+    "parallel": "distinct iterations of a loop touch disjoint cells (shared reads aside), except for its declared reductions, whose updates may be reordered",
+    "unaliased": "no other access of a region (nor a call in it) touches the memory of an lvalue, which may be "
+                 "read before the region and written after it",
 }
 
 

@@ -1,2 +1,451 @@
-"""Explicit x86 SIMD intrinsics (AVX2, AVX-512) for register-blocked inner loops."""
+"""Explicit x86 SIMD intrinsics (AVX2, AVX-512) for the lane loops of a
+register-blocked kernel.
+
+Intrinsics only compile where their instruction set is enabled, and only run
+on a CPU that has it. So `vectorize` never edits a function in place: it adds
+a copy compiled for the instruction set (`#pragma GCC target`), and the
+original function, still plain C, calls the copy when the CPU it runs on has
+the set (`__builtin_cpu_supports`). The file compiles with any x86-64 gcc, and
+runs everywhere: fast where it can.
+"""
 from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from pathlib import Path as FsPath
+from typing import Optional
+
+import z3
+
+from optitrust_py import ir
+from optitrust_py.errors import TransformError
+from optitrust_py.names import free_vars, fresh_name, has_side_effects, subst, writes_of
+from optitrust_py.obligation import Obligation
+from optitrust_py.printer import expr as expr_text, stmt_text
+from optitrust_py.session import Rewrite, primitive
+from optitrust_py.smt import int_term, proves
+from optitrust_py.target import Resolver
+from optitrust_py.tree import Path, get, replace, walk
+from optitrust_py.typeof import env_at, type_of, typedefs_of, unqualified
+from transformations.loop import _trip_count
+
+FLOAT = ir.Base(("float",))
+INCLUDE = "#include <immintrin.h>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Isa:
+    name: str
+    width: int          # float lanes per vector
+    vtype: str          # the C vector type
+    prefix: str         # of the intrinsics' names
+    gcc_target: str     # for `#pragma GCC target`
+    cpu_feature: str    # for `__builtin_cpu_supports`
+
+    def op(self, name: str, *args: ir.Expr) -> ir.Call:
+        return ir.Call(ir.Var(f"{self.prefix}_{name}_ps"), args)
+
+
+ISAS = {
+    "avx512": Isa("avx512", 16, "__m512", "_mm512", "avx512f", "avx512f"),
+    "avx2": Isa("avx2", 8, "__m256", "_mm256", "avx2", "avx2"),
+}
+_ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+
+@lru_cache(maxsize=1)
+def host_isa() -> Optional[str]:
+    """The widest instruction set of this machine that `vectorize` knows."""
+    try:
+        flags = set(FsPath("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else None
+
+
+def _pick_isa(isa: Optional[str]) -> Isa:
+    if isa is None:
+        isa = host_isa()
+        if isa is None:
+            raise TransformError("vector.vectorize: this machine has neither AVX2 nor AVX-512; "
+                                 "name the instruction set to generate for (isa='avx2' or isa='avx512')")
+    if isa not in ISAS:
+        raise TransformError(f"vector.vectorize: unknown instruction set {isa!r}; known: {', '.join(ISAS)}")
+    return ISAS[isa]
+
+
+def _chain(e: ir.Expr) -> tuple[Optional[str], list[ir.Expr]]:
+    """`a[i][j]` -> ("a", [i, j]); (None, []) for anything else."""
+    idx: list[ir.Expr] = []
+    while isinstance(e, ir.Index):
+        idx.insert(0, e.index)
+        e = e.base
+    return (e.name, idx) if isinstance(e, ir.Var) and idx else (None, [])
+
+
+def _unit_stride(index: ir.Expr, lane: str) -> bool:
+    """Proved with Z3: stepping the lane index by one steps `index` by one."""
+    t = int_term(index)
+    if t is None:
+        return False
+    x = z3.Int(lane)
+    return proves(z3.substitute(t, (x, x + 1)) - t == 1)
+
+
+def _is_float(t: ir.CType, program: ir.Program) -> bool:
+    return unqualified(t) == FLOAT
+
+
+class _Lanes:
+    """Rewrites one lane loop: `W * chunks` iterations become `chunks`
+    vector iterations, statement by statement."""
+
+    def __init__(self, program: ir.Program, fn_path: Path, path: Path, loop: ir.For, isa: Isa,
+                 vector_arrays: dict[str, int], taken: set[str]) -> None:
+        self.program, self.path, self.loop, self.isa = program, path, loop, isa
+        self.fn_path = fn_path
+        self.vector_arrays = vector_arrays
+        self.taken = taken
+        trip = _trip_count(loop)
+        # None: a count only known at run time, the last `count % W` iterations
+        # then stay scalar in a remainder loop
+        self.chunks = trip // isa.width if trip is not None and trip % isa.width == 0 else None
+        self.written = writes_of(loop.body)
+        self.locals: set[str] = set()
+        self.reductions: list[tuple[str, str]] = []
+        self.env = env_at(program, path + (("body", None), ("stmts", 0)))
+        self.typedefs = typedefs_of(program)
+        if self.chunks == 1:
+            self.chunk: ir.Expr = ir.Const("0")
+            self.first_lane = loop.start
+        elif self.chunks is None:
+            self.chunk = self.first_lane = ir.Var(self._fresh(loop.index + "v"))
+        else:
+            self.chunk = ir.Var(self._fresh(loop.index + "v"))
+            first: ir.Expr = ir.Binop("*", ir.Const(str(isa.width)), self.chunk)
+            self.first_lane = first if loop.start == ir.Const("0") else ir.Binop("+", loop.start, first)
+
+    def _fresh(self, base: str) -> str:
+        name = fresh_name(self.taken, base)
+        self.taken.add(name)
+        return name
+
+    def refuse(self, what: str) -> TransformError:
+        return TransformError(f"vector.vectorize: cannot vectorize for {self.loop.index} "
+                              f"(line {Resolver(self.program).line(self.path)}): {what}", self.loop.loc)
+
+    # ---------------------------------------------------------------- values
+
+    def _type(self, e: ir.Expr) -> ir.CType:
+        return type_of(e, self.env, self.typedefs)
+
+    def _invariant(self, e: ir.Expr) -> bool:
+        names = free_vars(e)
+        return (self.loop.index not in names and not names & (self.written | self.locals)
+                and not has_side_effects(e))
+
+    def value(self, e: ir.Expr) -> ir.Expr:
+        """The vector of the values `e` takes in the lanes of one chunk."""
+        if self._invariant(e):
+            return self.isa.op("set1", e)
+        if isinstance(e, ir.Var) and e.name in self.locals:
+            return e
+        if isinstance(e, ir.Index):
+            return self._load(e)
+        if isinstance(e, ir.Binop) and e.op in _ARITH and _is_float(self._type(e), self.program):
+            return self.isa.op(_ARITH[e.op], self.value(e.left), self.value(e.right))
+        if isinstance(e, ir.Unop) and e.op == "-" and _is_float(self._type(e), self.program):
+            return self.isa.op("mul", self.isa.op("set1", ir.Const("-1.0f", "float")), self.value(e.arg))
+        if isinstance(e, ir.Cast) and _is_float(e.type, self.program) and _is_float(self._type(e.arg), self.program):
+            return self.value(e.arg)
+        if isinstance(e, ir.Var) and e.name == self.loop.index:
+            raise self.refuse(f"the lane index '{e.name}' is used as a value")
+        raise self.refuse(f"no vector form for '{expr_text(e)}'")
+
+    def _vector_slot(self, e: ir.Expr) -> Optional[ir.Expr]:
+        """`acc[i][j]` with `acc` a vector array: `acc[i][chunk]`."""
+        name, idx = _chain(e)
+        if name not in self.vector_arrays:
+            return None
+        if idx[-1] != ir.Var(self.loop.index):
+            raise self.refuse(f"'{expr_text(e)}': a vector array must be indexed by the lane index last")
+        assert isinstance(e, ir.Index)
+        return dataclasses.replace(e, index=self.chunk)
+
+    def _address(self, e: ir.Expr) -> ir.Expr:
+        """`&x[...]` of the first lane of a contiguous access."""
+        name, idx = _chain(e)
+        lane = self.loop.index
+        if name is None or any(lane in free_vars(i) for i in idx[:-1]) or not _is_float(self._type(e), self.program):
+            raise self.refuse(f"'{expr_text(e)}' is not a contiguous float access")
+        names = set().union(*(free_vars(i) for i in idx)) - {lane}
+        if names & (self.written | self.locals) or not _unit_stride(idx[-1], lane):
+            raise self.refuse(f"'{expr_text(e)}' does not step by one element per lane (not proved)")
+        assert isinstance(e, ir.Index)
+        return ir.Unop("&", subst(e, {lane: self.first_lane}))
+
+    def _load(self, e: ir.Expr) -> ir.Expr:
+        slot = self._vector_slot(e)
+        return slot if slot is not None else self.isa.op("loadu", self._address(e))
+
+    # ---------------------------------------------------------------- statements
+
+    def stmt(self, s: ir.Stmt) -> ir.Stmt:
+        if isinstance(s, ir.DeclStmt) and s.decl.init is not None and _is_float(s.decl.type, self.program) \
+                and not s.decl.storage:
+            value = self.value(s.decl.init)
+            self.locals.add(s.decl.name or "")
+            return ir.DeclStmt(dataclasses.replace(s.decl, type=ir.Base((self.isa.vtype,)), init=value))
+        if not (isinstance(s, ir.ExprStmt) and isinstance(s.expr, ir.Assign)):
+            raise self.refuse(f"'{stmt_text(s).strip()}' is not an assignment")
+        a = s.expr
+        op = a.op[:-1] if a.op != "=" else ""
+        if op and op not in _ARITH:
+            raise self.refuse(f"no vector form for the operator '{a.op}'")
+        rhs = self.value(a.rhs)
+        if isinstance(a.lhs, ir.Var) and a.lhs.name in self.locals:
+            return ir.ExprStmt(ir.Assign("=", a.lhs, self.isa.op(_ARITH[op], a.lhs, rhs) if op else rhs))
+        if isinstance(a.lhs, ir.Var):
+            return self._reduction(a, rhs)
+        slot = self._vector_slot(a.lhs)
+        if slot is not None:
+            return ir.ExprStmt(ir.Assign("=", slot, self.isa.op(_ARITH[op], slot, rhs) if op else rhs))
+        addr = self._address(a.lhs)
+        if op:
+            rhs = self.isa.op(_ARITH[op], self.isa.op("loadu", addr), rhs)
+        return ir.ExprStmt(self.isa.op("storeu", addr, rhs))
+
+    def _reduction(self, a: ir.Assign, rhs: ir.Expr) -> ir.Stmt:
+        assert isinstance(a.lhs, ir.Var)
+        name = a.lhs.name
+        uses = sum(1 for _, n in walk(self.loop.body) if n == ir.Var(name))
+        if a.op != "+=" or uses != 1 or not _is_float(self._type(a.lhs), self.program):
+            raise self.refuse(f"'{expr_text(a)}': a scalar may only be summed into (`{name} += ...`), "
+                              f"and not otherwise used in the loop")
+        acc = self._fresh(f"{name}_v")
+        self.reductions.append((name, acc))
+        return ir.ExprStmt(ir.Assign("=", ir.Var(acc), self.isa.op("add", ir.Var(acc), rhs)))
+
+    def rewrite(self) -> ir.Stmt:
+        body = ir.Block(tuple(self.stmt(s) for s in self.loop.body.stmts))
+        width = ir.Const(str(self.isa.width))
+        rest: tuple[ir.Stmt, ...] = ()
+        if self.chunks == 1:
+            core: ir.Stmt = body
+        elif self.chunks is None:
+            assert isinstance(self.chunk, ir.Var)
+            loop = self.loop
+            core = ir.For(self.chunk.name, loop.start, ir.Binop("-", loop.stop, ir.Const(str(self.isa.width - 1))),
+                          body, width)
+            count = loop.stop if loop.start == ir.Const("0") else ir.Binop("-", loop.stop, loop.start)
+            done: ir.Expr = ir.Binop("*", ir.Binop("/", count, width), width)
+            if loop.start != ir.Const("0"):
+                done = ir.Binop("+", loop.start, done)
+            rest = (dataclasses.replace(loop, start=done, inclusive=False),)
+        else:
+            assert isinstance(self.chunk, ir.Var)
+            core = ir.For(self.chunk.name, ir.Const("0"), ir.Const(str(self.chunks)), body)
+        pre: list[ir.Stmt] = []
+        post: list[ir.Stmt] = []
+        for name, acc in self.reductions:
+            pre.append(ir.DeclStmt(ir.Decl(acc, ir.Base((self.isa.vtype,)), self.isa.op("setzero"))))
+            lanes, lane = self._fresh(f"{name}_lanes"), self._fresh("l")
+            post.append(ir.DeclStmt(ir.Decl(lanes, ir.Array(FLOAT, width))))
+            post.append(ir.ExprStmt(self.isa.op("storeu", ir.Var(lanes), ir.Var(acc))))
+            post.append(ir.For(lane, ir.Const("0"), width, ir.Block((
+                ir.ExprStmt(ir.Assign("+=", ir.Var(name), ir.Index(ir.Var(lanes), ir.Var(lane)))),))))
+        if not pre and not rest:
+            return core
+        return ir.Block((*pre, core, *post, *rest))
+
+
+def _lane_loops(region: ir.For, width: int) -> list[Path]:
+    """Innermost unit-step loops whose constant trip count is a multiple of
+    the vector width."""
+    out = []
+    for p, n in walk(region):
+        if not isinstance(n, ir.For) or n.step != ir.Const("1"):
+            continue
+        if not _innermost(n):
+            continue
+        trip = _trip_count(n)
+        if trip and trip % width == 0:
+            out.append(p)
+    return out
+
+
+def _innermost(loop: ir.For) -> bool:
+    return not any(isinstance(m, (ir.For, ir.GenericFor, ir.While, ir.DoWhile)) for _, m in walk(loop.body))
+
+
+def _vector_arrays(fn: ir.FuncDef, loops: list[ir.For], width: int) -> dict[str, int]:
+    """Local float arrays that live in vector registers: last dimension a
+    constant multiple of the width, every use inside a lane loop that starts
+    at 0 and spans that dimension, indexed by the lane index last."""
+    out: dict[str, int] = {}
+    for _, d in walk(fn.body):
+        if not (isinstance(d, ir.DeclStmt) and isinstance(d.decl.type, ir.Array) and d.decl.init is None):
+            continue
+        t: ir.CType = d.decl.type
+        while isinstance(t, ir.Array) and isinstance(t.of, ir.Array):
+            t = t.of
+        assert isinstance(t, ir.Array)
+        if unqualified(t.of) != FLOAT or not (isinstance(t.size, ir.Const) and t.size.kind == "int"):
+            continue
+        last = int(t.size.text, 0)
+        name = d.decl.name or ""
+        if last % width:
+            continue
+        dims = _rank(d.decl.type)
+        total = sum(1 for _, n in walk(fn.body) if n == ir.Var(name))
+        fitting = 0
+        for loop in loops:
+            if loop.start != ir.Const("0") or _trip_count(loop) != last:
+                continue
+            fitting += sum(1 for _, n in walk(loop.body)
+                           if isinstance(n, ir.Index) and _chain(n)[0] == name and len(_chain(n)[1]) == dims
+                           and n.index == ir.Var(loop.index))
+        if total and fitting == total:
+            out[name] = last
+    return out
+
+
+def _rank(t: ir.CType) -> int:
+    return 1 + _rank(t.of) if isinstance(t, ir.Array) else 0
+
+
+def _retype(t: ir.CType, isa: Isa) -> ir.CType:
+    if isinstance(t, ir.Array) and isinstance(t.of, ir.Array):
+        return dataclasses.replace(t, of=_retype(t.of, isa))
+    assert isinstance(t, ir.Array) and isinstance(t.size, ir.Const)
+    return ir.Array(ir.Base((isa.vtype,)), ir.Const(str(int(t.size.text, 0) // isa.width)))
+
+
+def _pragmas_before(program: ir.Program, index: int) -> tuple[str, ...]:
+    out = []
+    while index > 0 and isinstance(program.items[index - 1], ir.Pragma):
+        index -= 1
+        out.append(program.items[index].text)  # type: ignore[union-attr]
+    return tuple(out)
+
+
+def _dispatch(fn: ir.FuncDef, variant: str, isa: Isa) -> ir.Stmt:
+    call = ir.Call(ir.Var(variant), tuple(ir.Var(p.name or "") for p in fn.params))
+    void = fn.type.ret == ir.Base(("void",))
+    then = (ir.ExprStmt(call), ir.Return(None)) if void else (ir.Return(call),)
+    return ir.If(ir.Call(ir.Var("__builtin_cpu_supports"), (ir.Const(f'"{isa.cpu_feature}"', "string"),)),
+                 ir.Block(then))
+
+
+@primitive
+def vectorize(program: ir.Program, target: str, isa: Optional[str] = None) -> Rewrite:
+    """Turn the lane loops inside a loop into x86 SIMD intrinsics.
+
+    A lane loop is an innermost unit-step loop of the target whose constant
+    trip count is a multiple of the vector width W (16 floats for AVX-512, 8
+    for AVX2). Its statements (float `=`, `+=`, `-=`, `*=`, `/=` and local
+    float temporaries) run W lanes at a time: an access that steps by one
+    element per lane (proved with Z3) becomes a load or store, a value the
+    loop does not change becomes a broadcast, `+ - * /` become vector
+    operations, and a scalar summed into (`s += ...`) gets a vector of
+    partial sums added to it after the loop. A local float array whose last
+    dimension is only indexed by lane indices becomes an array of vectors,
+    which gcc keeps in registers once the loops around are unrolled.
+
+    Before (`vector.vectorize("matmul > for bj", isa="avx512")`):
+
+        void matmul(...) {
+          ...
+          for (int bj = 0; bj < N; bj += 32) {
+            float acc[8][32];
+            ...
+                for (int jj = 0; jj < 32; jj++) {
+                  acc[ii][jj] += A[(bi + ii) * K + k] * Bp[k * 32 + jj];
+                }
+
+    After:
+
+        #pragma GCC push_options
+        #pragma GCC target("avx512f")
+        static void matmul_avx512(...) {
+          ...
+            __m512 acc[8][2];
+            ...
+                for (int jjv = 0; jjv < 2; jjv++) {
+                  acc[ii][jjv] = _mm512_add_ps(acc[ii][jjv],
+                      _mm512_mul_ps(_mm512_set1_ps(A[(bi + ii) * K + k]),
+                                    _mm512_loadu_ps(&Bp[k * 32 + 16 * jjv])));
+                }
+        }
+        #pragma GCC pop_options
+        void matmul(...) {
+          if (__builtin_cpu_supports("avx512f")) {
+            matmul_avx512(M, N, K, A, B, C);
+            return;
+          }
+          ...the function as it was...
+        }
+
+    Lanes compute exactly what the scalar iterations computed, in the same
+    order, so the step is exact (`mul` then `add`: gcc may contract them to
+    an FMA only where it may contract the scalar code too); summing into a
+    scalar reassociates. `isa` defaults to this machine's widest set. The
+    obligation: running the W iterations of a chunk statement by statement
+    in lockstep does not break a dependence between them. The target must be
+    in a plain-C function (a function already vectorized for the set is
+    edited in place); a lane loop with a statement that has no vector form
+    (a call, integer arithmetic, a gather) is refused with that statement.
+    """
+    chosen = _pick_isa(isa)
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    fn_index = m.path[0][1]
+    assert fn_index is not None
+    fn = program.items[fn_index]
+    assert isinstance(fn, ir.FuncDef)
+    in_place = f'GCC target("{chosen.gcc_target}")' in _pragmas_before(program, fn_index)
+    lane_paths = [()] if _innermost(m.node) else _lane_loops(m.node, chosen.width)
+    if not lane_paths:
+        raise TransformError(f"vector.vectorize: no innermost loop in for {m.node.index} (line {m.line}) has a "
+                             f"constant trip count that is a multiple of {chosen.width} ({chosen.name} vectors "
+                             f"of {chosen.width} floats); target an innermost loop to vectorize it with a "
+                             f"remainder loop", m.node.loc)
+    bounds = free_vars(m.node.start) | free_vars(m.node.stop)
+    if lane_paths == [()] and (m.node.step != ir.Const("1") or bounds & writes_of(m.node.body)):
+        raise TransformError(f"vector.vectorize: for {m.node.index} (line {m.line}) must step by 1 and have "
+                             f"bounds its body does not change", m.node.loc)
+    full = [m.path + p for p in lane_paths]
+    loops = [get(program, p) for p in full]
+    arrays = _vector_arrays(fn, loops, chosen.width)
+    taken = {n for _, x in walk(fn) for n in ([x.name] if isinstance(x, ir.Var) else
+                                            [x.decl.name] if isinstance(x, ir.DeclStmt) and x.decl.name else
+                                            [x.index] if isinstance(x, ir.For) else [])}
+    fp = "exact"
+    new = program
+    for p, loop in sorted(zip(full, loops), key=lambda pl: pl[0], reverse=True):
+        lanes = _Lanes(program, m.path[:1], p, loop, chosen, arrays, set(taken))
+        new = replace(new, p, lanes.rewrite())
+        if lanes.reductions:
+            fp = "reassoc"
+    body = get(new, m.path[:1]).body
+    for p, d in list(walk(body)):
+        if isinstance(d, ir.DeclStmt) and d.decl.name in arrays:
+            body = replace(body, p, ir.DeclStmt(dataclasses.replace(d.decl, type=_retype(d.decl.type, chosen))))
+    obligation = Obligation("lanes", f"the iterations of each vectorized loop inside for {m.node.index} can run "
+                                     f"{chosen.width} at a time, statement by statement", fn.name, (m.path,))
+    includes = program.includes if INCLUDE in program.includes else program.includes + (INCLUDE,)
+    if in_place:
+        items = list(program.items)
+        items[fn_index] = dataclasses.replace(fn, body=body)
+        return Rewrite(ir.Program(includes, tuple(items), program.file), (obligation,), fp)
+    variant = fresh_name({f.name for f in program.functions()}, f"{fn.name}_{chosen.name}")
+    vdecl = dataclasses.replace(fn.decl, name=variant, storage=("static",))
+    vfn = dataclasses.replace(fn, decl=vdecl, body=body)
+    plain = dataclasses.replace(fn, body=ir.Block((_dispatch(fn, variant, chosen),) + fn.body.stmts))
+    items = (program.items[:fn_index]
+             + (ir.Pragma("GCC push_options"), ir.Pragma(f'GCC target("{chosen.gcc_target}")'), vfn,
+                ir.Pragma("GCC pop_options"), plain)
+             + program.items[fn_index + 1:])
+    obligation = dataclasses.replace(obligation, function=variant,
+                                     paths=(((("items", fn_index + 2),) + m.path[1:]),))
+    return Rewrite(ir.Program(includes, items, program.file), (obligation,), fp)

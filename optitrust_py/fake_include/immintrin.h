@@ -1,0 +1,18 @@
+#ifndef OTP_FAKE_IMMINTRIN_H
+#define OTP_FAKE_IMMINTRIN_H
+/* The x86 vector types and the intrinsics otp emits, declared for otp's
+   parser and type inference only; gcc compiles against the real header. */
+typedef struct { float lane[16]; } __m512;
+typedef struct { float lane[8]; } __m256;
+__m512 _mm512_loadu_ps(const void *); void _mm512_storeu_ps(void *, __m512);
+__m512 _mm512_set1_ps(float); __m512 _mm512_setzero_ps(void);
+__m512 _mm512_add_ps(__m512, __m512); __m512 _mm512_sub_ps(__m512, __m512);
+__m512 _mm512_mul_ps(__m512, __m512); __m512 _mm512_div_ps(__m512, __m512);
+__m512 _mm512_fmadd_ps(__m512, __m512, __m512);
+__m256 _mm256_loadu_ps(const float *); void _mm256_storeu_ps(float *, __m256);
+__m256 _mm256_set1_ps(float); __m256 _mm256_setzero_ps(void);
+__m256 _mm256_add_ps(__m256, __m256); __m256 _mm256_sub_ps(__m256, __m256);
+__m256 _mm256_mul_ps(__m256, __m256); __m256 _mm256_div_ps(__m256, __m256);
+__m256 _mm256_fmadd_ps(__m256, __m256, __m256);
+int __builtin_cpu_supports(const char *);
+#endif

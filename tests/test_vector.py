@@ -1,0 +1,122 @@
+"""vector.vectorize on real kernels: exact lanes, remainders, reductions,
+vector arrays in registers, both instruction sets, and its refusals."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from optitrust_py.errors import TransformError
+from optitrust_py.frontend import parse_file
+from transformations import loop, vector
+
+DATA = Path(__file__).parent / "data"
+needs_avx512 = pytest.mark.skipif(vector.host_isa() != "avx512", reason="this machine has no AVX-512")
+
+
+def _ikj(ck):
+    p = ck.load("matmul.c")
+    p = loop.fission.apply(p, "matmul > for j > after 'C[i * N + j] = 0.0f'").program
+    return loop.swap.apply(p, "matmul > for j#2").program
+
+
+def _close(ck, before, after, fn, args, tol=1e-5):
+    want, got = ck.run(before, fn, args), ck.run(after, fn, args)
+    for w, g in zip(want, got):
+        a, b = struct.unpack(f"{len(w) // 4}f", w), struct.unpack(f"{len(g) // 4}f", g)
+        scale = max(1.0, max(abs(x) for x in a))
+        assert max(abs(x - y) for x, y in zip(a, b)) <= tol * scale
+
+
+@needs_avx512
+def test_constant_lane_loops_in_a_region_are_exact(ck):
+    p = _ikj(ck)
+    p = loop.tile.apply(p, "matmul > for k > for j", 16).program
+    r = vector.vectorize.apply(p, "matmul > for i", isa="avx512")
+    text = ck.function_text(r.program, "matmul_avx512")
+    assert ck.contains(text, """
+        {
+          _mm512_storeu_ps(&C[i * N + bj], _mm512_add_ps(_mm512_loadu_ps(&C[i * N + bj]), _mm512_mul_ps(_mm512_set1_ps(A[i * K + k]), _mm512_loadu_ps(&B[k * N + bj]))));
+        }""")
+    assert ck.contains(ck.function_text(r.program, "matmul"), """
+        if (__builtin_cpu_supports("avx512f")) {
+          matmul_avx512(M, N, K, A, B, C);
+          return;
+        }""")
+    assert r.fp == "exact" and [o.kind for o in r.obligations] == ["lanes"]
+    assert "#include <immintrin.h>" in r.program.includes
+    ck.check(p, r.program, "matmul", [5, 32, 7, ck.floats(5 * 7), ck.floats(7 * 32), ck.floats(5 * 32)])
+
+
+@needs_avx512
+def test_vector_arrays_become_registers(ck):
+    p = parse_file(DATA / "matmul_blocked.c")
+    r = vector.vectorize.apply(p, "matmul > for bi", isa="avx512")
+    text = ck.function_text(r.program, "matmul_avx512")
+    assert "__m512 acc[8][2];" in text
+    assert "acc[ii][jjv] = _mm512_add_ps(acc[ii][jjv], _mm512_mul_ps(_mm512_set1_ps(A[(bi + ii) * K + k]), " \
+           "_mm512_loadu_ps(&B[k * N + bj + 16 * jjv])));" in text
+    ck.check(p, r.program, "matmul", [16, 64, 9, ck.floats(16 * 9), ck.floats(9 * 64), ck.floats(16 * 64)])
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_runtime_count_gets_a_remainder_loop(ck, isa):
+    if isa == "avx512" and vector.host_isa() != "avx512":
+        pytest.skip("this machine has no AVX-512")
+    p = ck.load("rmsnorm.c")
+    r = vector.vectorize.apply(p, "rmsnorm > for i > for j#2", isa=isa)
+    w = vector.ISAS[isa].width
+    text = ck.function_text(r.program, f"rmsnorm_{isa}")
+    assert ck.contains(text, f"""
+        for (int jv = 0; jv < C - {w - 1}; jv += {w}) {{""")
+    assert ck.contains(text, f"""
+        for (int j = C / {w} * {w}; j < C; j++) {{
+          y[i * C + j] = w[j] * (ss * x[i * C + j]);
+        }}""")
+    assert r.fp == "exact"
+    for cols in (37, 16, 5):
+        ck.check(p, r.program, "rmsnorm", [3, cols, ck.floats(3 * cols), ck.floats(cols), ck.floats(3 * cols)])
+
+
+@needs_avx512
+def test_a_sum_gets_vector_partial_sums_and_reassociates(ck):
+    p = ck.load("rmsnorm.c")
+    r = vector.vectorize.apply(p, "rmsnorm > for i > for j#1", isa="avx512")
+    text = ck.function_text(r.program, "rmsnorm_avx512")
+    assert ck.contains(text, """
+        __m512 ss_v = _mm512_setzero_ps();
+        for (int jv = 0; jv < C - 15; jv += 16) {
+          ss_v = _mm512_add_ps(ss_v, _mm512_mul_ps(_mm512_loadu_ps(&x[i * C + jv]), _mm512_loadu_ps(&x[i * C + jv])));
+        }
+        float ss_lanes[16];
+        _mm512_storeu_ps(ss_lanes, ss_v);""")
+    assert r.fp == "reassoc"
+    ck.roundtrip(r.program)
+    ck.compiles(r.program)
+    _close(ck, p, r.program, "rmsnorm", [4, 100, ck.floats(400), ck.floats(100), ck.floats(400)])
+
+
+def test_refuses_a_call_without_vector_form(ck):
+    p = ck.load("softmax.c")
+    with pytest.raises(TransformError, match=r"no vector form for 'expf\(x\[i \* C \+ j\] - max_val\)'"):
+        vector.vectorize.apply(p, "softmax > for i > for j#2", isa="avx2")
+
+
+def test_refuses_a_strided_access(ck):
+    p = ck.load("matmul.c")
+    with pytest.raises(TransformError, match=r"'B\[k \* N \+ j\]' does not step by one element per lane"):
+        vector.vectorize.apply(p, "matmul > for k", isa="avx2")
+
+
+def test_refuses_a_branch_and_a_region_without_lane_loops(ck):
+    p = ck.load("softmax.c")
+    with pytest.raises(TransformError, match="is not an assignment"):
+        vector.vectorize.apply(p, "softmax > for i > for j#1", isa="avx512")
+    with pytest.raises(TransformError, match="no innermost loop in for i .* multiple of 8"):
+        vector.vectorize.apply(p, "softmax > for i", isa="avx2")
+
+
+def test_refuses_an_unknown_instruction_set(ck):
+    with pytest.raises(TransformError, match="unknown instruction set 'neon'"):
+        vector.vectorize.apply(ck.load("rmsnorm.c"), "rmsnorm > for i > for j#2", isa="neon")
