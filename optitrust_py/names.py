@@ -290,6 +290,26 @@ def writes_of(node: Any) -> set[str]:
     return out
 
 
+def reads_of(node: Any) -> set[str]:
+    """Free names whose value or cells `node` may read: its free variables,
+    except the base of a plain `=` target (`a[i] = e` reads `i` and `e`, not
+    `a`'s cells; `x = e` does not read `x`). Other targets count as read."""
+    def strip(n: Any) -> Any:
+        if isinstance(n, ir.Assign) and n.op == "=":
+            parts: list[ir.Expr] = []
+            lhs = n.lhs
+            while isinstance(lhs, (ir.Index, ir.Member)) and not (isinstance(lhs, ir.Member) and lhs.arrow):
+                if isinstance(lhs, ir.Index):
+                    parts.append(lhs.index)
+                lhs = lhs.base
+            if not isinstance(lhs, ir.Var):
+                parts.append(lhs)
+            return ir.Comma(tuple(strip(p) for p in parts) + (strip(n.rhs),))
+        return map_children(n, strip)
+
+    return free_vars(strip(node)) if node is not None else set()
+
+
 def has_side_effects(expr: Any, pure_functions: Iterable[str] = PURE_FUNCTIONS) -> bool:
     """Whether evaluating `expr` may change state: an assignment, `++`/`--`,
     a call to a function not in `pure_functions`, or an opaque expression."""

@@ -713,3 +713,91 @@ def test_fission_all_refusals(ck):
         "loop.fission: the body of for k (line 5) has fewer than two instructions; there is nothing to split")
     with pytest.raises(TargetError, match="must name a loop"):
         loop.fission.apply(p, "matmul > 'C[i * N + j] = 0.0f'")
+
+
+# ----------------------------------------------------------------- move_out
+
+
+def test_move_out_scale_of_attention_to_the_top(ck):
+    from transformations import variable
+    a = ck.load("attention.c")
+    b = variable.bind.apply(a, "attention > for j#1 > expr 'sqrtf(D)'", "scale").program
+    r = loop.move_out.apply(b, "attention > for j#1 > def scale")
+    assert ck.contains(ck.function_text(r.program, "attention"), """
+        for (int i = 0; i < S; i++) {
+          float scale = sqrtf(D);
+          for (int j = 0; j <= i; j++) {
+            float s = 0.0f;
+            for (int d = 0; d < D; d++) {
+              s += q[(h * S + i) * D + d] * k[(h * S + j) * D + d];
+            }
+            scores[j] = s / scale;
+          }""")
+    inv, com, ne = r.obligations
+    loop_j = (("items", 0), ("body", None), ("stmts", 1), ("body", None), ("stmts", 0), ("body", None))
+    assert inv.kind == "loop_invariant" and inv.paths == (loop_j + (("stmts", 0),), loop_j + (("stmts", 1),))
+    assert com.kind == "commute" and len(com.paths) == 3  # the moved instruction and the two before it
+    assert ne.kind == "nonempty" and ne.exprs == (ir.Const("0"), ir.Binop("+", ir.Var("i"), ir.Const("1")))
+    r2 = loop.move_out.apply(r.program, "attention > for i > def scale")
+    assert [o.kind for o in r2.obligations] == ["loop_invariant", "nonempty"]  # first of the body: no commute
+    r3 = loop.move_out.apply(r2.program, "attention > for h > def scale")
+    assert ck.contains(ck.function_text(r3.program, "attention"), """
+          float *scores = malloc(S * sizeof(float));
+          float scale = sqrtf(D);
+          for (int h = 0; h < H; h++) {""")
+    ck.check(a, r3.program, "attention", attention_args(ck))
+
+
+def test_move_out_literal_bounds_need_no_nonempty(ck):
+    p = ck.parse(c("""
+        void f(float *x, float *y, float *z) {
+          for (int i = 0; i < 4; i++) {
+            y[i] = 2.0f * x[i];
+            z[0] = x[4];
+          }
+        }"""))
+    r = loop.move_out.apply(p, "f > 'z[0] = x[4]'")
+    assert ck.function_text(r.program, "f") == c("""
+        void f(float *x, float *y, float *z) {
+          z[0] = x[4];
+          for (int i = 0; i < 4; i++) {
+            y[i] = 2.0f * x[i];
+          }
+        }""")
+    assert [o.kind for o in r.obligations] == ["loop_invariant", "commute"]
+    ck.check(p, r.program, "f", [ck.floats(5), ck.floats(4), ck.floats(1)])
+
+
+def test_move_out_refusals(ck):
+    g = ck.load("gqa_decode.c")
+    assert refusal(loop.move_out.apply, g, "gqa_decode > for h > def g") == (
+        "loop.move_out: 'int g = h / (H / KVH);' (line 13) reads the index of for h (line 12)")
+    a = ck.load("attention.c")
+    assert refusal(loop.move_out.apply, a, "attention > for i > def max_val") == (
+        "loop.move_out: 'float max_val = -INFINITY;' (line 15) writes 'max_val', which the body of for i (line 7) "
+        "also writes")
+    rms = ck.load("rmsnorm.c")
+    assert refusal(loop.move_out.apply, rms, "rmsnorm > for i > 'ss = 1.0f / sqrtf(ss)'") == (
+        "loop.move_out: 'ss = 1.0f / sqrtf(ss);' (line 10) uses 'ss', which is declared before it in the body "
+        "of for i (line 4)")
+    t = ck.load("transformer.c")
+    assert "calls 'rmsnorm_vec', whose effects otp cannot see" in refusal(
+        loop.move_out.apply, t, "transformer_token > for l > 'rmsnorm_vec(dim'#1")
+    p = ck.parse(c("""
+        void f(int n, float a, float b, float c, float *x, float *y) {
+          for (int i = 0; i < n; i++) {
+            b = a * 2.0f;
+            a = x[i];
+            c = c * 2.0f;
+            y[i] = b + c;
+          }
+        }"""))
+    assert refusal(loop.move_out.apply, p, "f > 'b = a * 2.0f'") == (
+        "loop.move_out: 'b = a * 2.0f;' (line 3) reads 'a', which the body of for i (line 2) writes")
+    assert refusal(loop.move_out.apply, p, "f > 'c = c * 2.0f'") == (
+        "loop.move_out: 'c = c * 2.0f;' (line 5) reads 'c', which it writes itself: running it once is not "
+        "running it at every iteration")
+    assert refusal(loop.move_out.apply, p, "f > 'a = x[i]'") == (
+        "loop.move_out: 'a = x[i];' (line 4) reads the index of for i (line 2)")
+    e = ck.parse("void f(float *x) { for (int i = 2; i < 2; i++) { x[0] = 1.0f; } }")
+    assert refusal(loop.move_out.apply, e, "f > 'x[0] = 1.0f'") == "loop.move_out: for i (line 2) runs no iteration"

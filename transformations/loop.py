@@ -1,4 +1,4 @@
-"""Loop transformations: tile, swap, fission, fusion, unroll, split."""
+"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,14 +6,15 @@ from typing import Optional
 
 from optitrust_py import ir
 from optitrust_py.errors import SpecError, TransformError
-from optitrust_py.names import (declared_names, free_vars, fresh_name, has_side_effects, is_identifier, subst,
-                                writes_of)
+from optitrust_py.names import (PURE_FUNCTIONS, declared_names, free_vars, fresh_name, has_side_effects,
+                                is_identifier, reads_of, subst, writes_of)
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.spec import parse_formula
 from optitrust_py.target import Resolver, parse as parse_target
-from optitrust_py.tree import Path, block_of, children, get, replace, splice
+from optitrust_py.tree import Path, block_of, children, get, replace, splice, walk
+from optitrust_py.typeof import visible_names
 
 ONE = ir.Const("1")
 TILE_MODES = ("divides", "min", "guard")
@@ -635,3 +636,137 @@ def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
 
 
 _NOT_INTEGER_OPS = frozenset({"<", "<=", ">", ">=", "==", "!=", "&&", "||"})
+
+
+# ----------------------------------------------------------------- move_out
+
+
+def _head(s: ir.Stmt) -> str:
+    return stmt_text(s).splitlines()[0]
+
+
+def _in_loop_body(name: str, res: Resolver, program: ir.Program, path: Path, s: ir.Stmt) -> tuple[Path, ir.For, int]:
+    """The loop whose body has `s` (at `path`) as a top-level statement, and its position there."""
+    loop = get(program, path[:-2]) if len(path) > 2 else None
+    if path[-2:-1] != (("body", None),) or path[-1][0] != "stmts" or not isinstance(loop, ir.For):
+        raise TransformError(f"{name}: '{_head(s)}' (line {res.line(path)}) is not directly in the body of a "
+                             f"canonical for loop", getattr(s, "loc", None))
+    k = path[-1][1]
+    assert k is not None
+    return path[:-2], loop, k
+
+
+def _refuse_unseen_effects(name: str, what: str, node: object, loc: Optional[ir.Loc]) -> None:
+    """Effects otp cannot see syntactically: calls to functions that are not
+    known to be pure, and code kept as opaque text."""
+    for _, n in walk(node):
+        if isinstance(n, ir.Call) and n.name not in PURE_FUNCTIONS:
+            raise TransformError(f"{name}: {what} calls '{n.name or expr_text(n.func)}', whose effects otp "
+                                 f"cannot see", loc)
+        if isinstance(n, (ir.Opaque, ir.OpaqueExpr)):
+            raise TransformError(f"{name}: {what} contains code otp does not model ('{n.text}')", loc)
+
+
+def _nonempty(name: str, loop: ir.For, where: str, function: str, path: Path) -> tuple[Obligation, ...]:
+    """Nothing when the loop provably runs (literal bounds), else the
+    obligation that it does; refused when it provably does not."""
+    n = _trip_count(loop)
+    if n is not None and n <= 0:
+        raise TransformError(f"{name}: {where} runs no iteration", loop.loc)
+    if n is not None:
+        return ()
+    return (Obligation("nonempty", f"{where} runs at least once: {expr_text(loop.start)} < "
+                       f"{expr_text(loop.stop)}", function, (path,), (loop.start, loop.stop)),)
+
+
+@primitive
+def move_out(program: ir.Program, target: str) -> Rewrite:
+    """Move a loop-invariant instruction of a loop body to right before the
+    loop, so that it runs once instead of at every iteration.
+
+    Before (`loop.move_out("attention > for j#1 > def scale")`, after
+    `variable.bind("attention > for j#1 > expr 'sqrtf(D)'", "scale")`):
+
+        for (int j = 0; j <= i; j++) {
+          float s = 0.0f;
+          for (int d = 0; d < D; d++) { ... }
+          float scale = sqrtf(D);
+          scores[j] = s / scale;
+        }
+
+    After:
+
+        float scale = sqrtf(D);
+        for (int j = 0; j <= i; j++) {
+          float s = 0.0f;
+          for (int d = 0; d < D; d++) { ... }
+          scores[j] = s / scale;
+        }
+
+    Checked structurally, on variable names: the instruction does not use the
+    loop index nor a local declared before it in the body; it reads nothing
+    that the loop writes, itself included (so running it once is running it
+    at every iteration); no other instruction of the body writes what it
+    writes; the instructions before it do not read what it writes; it calls
+    no function that is not known pure; the body does not leave the loop
+    early; a moved declaration's name is not visible nor declared where the
+    loop is. Obligations: loop_invariant (the same on memory cells, through
+    pointers), commute with the instructions before it when it is not the
+    first one, and nonempty (start < stop): the moved instruction now runs
+    even when the loop runs zero times, so the loop must provably run. That
+    obligation is the choice made over guarding the instruction with
+    `if (start < stop)`, which could not keep a declaration in scope for the
+    loop and would clutter the code; contracts usually state sizes >= 1.
+    A loop with literal bounds needs no such obligation (and one that runs no
+    iteration is refused).
+    """
+    res = Resolver(program)
+    m = res.one(target, "instruction", (ir.ExprStmt, ir.DeclStmt, ir.For, ir.If, ir.Block))
+    instr: ir.Stmt = m.node
+    loop_path, loop, k = _in_loop_body("loop.move_out", res, program, m.path, instr)
+    where = _where(res, loop_path, loop)
+    what = f"'{_head(instr)}' (line {m.line})"
+    stmts = loop.body.stmts
+    prefix, rest = ir.Block(stmts[:k]), ir.Block(stmts[:k] + stmts[k + 1:])
+    _refuse_early_exit("loop.move_out", where, stmts, loop)
+    _refuse_unseen_effects("loop.move_out", what, instr, instr.loc)
+    used = free_vars(instr)
+    if loop.index in used:
+        raise TransformError(f"loop.move_out: {what} reads the index of {where}", instr.loc)
+    local = sorted(used & set(_top_decls(prefix)))
+    if local:
+        raise TransformError(f"loop.move_out: {what} uses '{local[0]}', which is declared before it in the body "
+                             f"of {where}", instr.loc)
+    reads = reads_of(instr)
+    writes = writes_of(instr) & used
+    if isinstance(instr, ir.DeclStmt) and instr.decl.name:
+        writes.add(instr.decl.name)
+    for hit, why in ((reads & writes_of(rest), f"reads '{{}}', which the body of {where} writes"),
+                     (reads & writes, "reads '{}', which it writes itself: running it once is not running it at "
+                                      "every iteration"),
+                     (writes & writes_of(rest), f"writes '{{}}', which the body of {where} also writes"),
+                     (writes & reads_of(prefix), f"writes '{{}}', which the instructions before it in the body "
+                                                 f"of {where} read")):
+        if hit:
+            raise TransformError(f"loop.move_out: {what} {why.format(sorted(hit)[0])}", instr.loc)
+    block, j = _in_block("loop.move_out", res, loop_path, loop)
+    if isinstance(instr, ir.DeclStmt) and instr.decl.name:
+        name = instr.decl.name
+        if name in visible_names(program, loop_path) or name in _top_decls(get(program, block)):
+            raise TransformError(f"loop.move_out: a name '{name}' is already visible or declared where {where} "
+                                 f"is; rename the local first", instr.loc)
+    _check_bounds_stable("loop.move_out", res, loop_path, loop, loop.body)
+    if loop.contract:
+        raise TransformError(f"loop.move_out: {where} has a loop contract, which would no longer describe its "
+                             f"body; remove it (level 3 infers loop contracts)", loop.loc)
+    new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=rest.stmts))
+    instr_path, new_path = block + (("stmts", j),), block + (("stmts", j + 1),)
+    text = _head(instr)
+    obs = [Obligation("loop_invariant", f"'{text}' has the same effect run once before {where} as at each of "
+                      f"its iterations", m.function, (instr_path, new_path))]
+    if k:
+        obs.append(Obligation("commute", f"'{text}' commutes with the {k} instruction(s) before it in "
+                              f"the body of {where}", m.function,
+                              (instr_path,) + tuple(new_path + (("body", None), ("stmts", i)) for i in range(k))))
+    obs.extend(_nonempty("loop.move_out", loop, where, m.function, new_path))
+    return Rewrite(splice(program, loop_path, (instr, new_loop)), tuple(obs))
