@@ -163,6 +163,19 @@ def is_arithmetic(t: ir.CType, typedefs: Optional[Mapping[str, ir.CType]] = None
     return _arith_info(t, header_typedefs() if typedefs is None else typedefs) is not None
 
 
+def integer_range(t: ir.CType, typedefs: Optional[Mapping[str, ir.CType]] = None) -> Optional[tuple[int, int]]:
+    """The smallest and largest values of an integer type (LP64), None when
+    `t` is not an integer type."""
+    info = _arith_info(t, header_typedefs() if typedefs is None else typedefs)
+    if info is None or info[0] != "int":
+        return None
+    _, rank, unsigned = info
+    if rank == 0:
+        return 0, 1
+    bits = _BITS[rank]
+    return (0, 2 ** bits - 1) if unsigned else (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
+
+
 def _int_type(rank: int, unsigned: bool) -> ir.Base:
     names = {1: ("char",), 2: ("short",), 3: ("int",), 4: ("long",), 5: ("long", "long")}[rank]
     return ir.Base(("unsigned",) + names if unsigned else names)

@@ -8,7 +8,8 @@ import pytest
 from optitrust_py.errors import TargetError, TransformError
 from optitrust_py.target import Resolver
 from optitrust_py.tree import get
-from transformations import function
+from optitrust_py import ir
+from transformations import function, loop
 
 
 def refusal(fn, *args, **kwargs) -> str:
@@ -404,3 +405,224 @@ def test_extract_refusals(ck):
         """), "rec.c")
     assert refusal(function.extract.apply, rec, "down > 'if (n > 0)'", "step") == (
         "function.extract: the extracted code ('if (n > 0) {' (line 2)) uses 'down', which is not declared before down")
+
+
+# ----------------------------------------------------------------- specialize
+
+
+def test_specialize_matmul_dispatches_on_K(ck):
+    p = ck.load("matmul.c")
+    r = function.specialize.apply(p, "matmul", "K", 5)
+    assert ck.function_text(r.program, "matmul_K5") == c("""
+        void matmul_K5(int M, int N, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] = 0.0f;
+              for (int k = 0; k < 5; k++) {
+                C[i * N + j] += A[i * 5 + k] * B[k * N + j];
+              }
+            }
+          }
+        }""").strip()
+    assert ck.contains(ck.function_text(r.program, "matmul"), """
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          if (K == 5) {
+            matmul_K5(M, N, A, B, C);
+            return;
+          }
+          for (int i = 0; i < M; i++) {""")
+    assert [f.name for f in r.program.functions()] == ["matmul_K5", "matmul"]
+    assert r.obligations == () and r.fp == "exact"
+    ck.check(p, r.program, "matmul", matmul_args(ck, K=5))  # through the copy
+    ck.check(p, r.program, "matmul", matmul_args(ck, K=3))  # through the original body
+    # the literal bound now lets the k loop be unrolled completely
+    q = loop.unroll.apply(r.program, "matmul_K5 > for k").program
+    assert ck.contains(ck.function_text(q, "matmul_K5"), """
+          C[i * N + j] += A[i * 5 + 4] * B[4 * N + j];""")
+    ck.check(p, q, "matmul", matmul_args(ck, K=5))
+
+
+def test_specialize_transformer_matvec_calls(ck):
+    p = ck.load("transformer.c")
+    r = function.specialize.apply(p, "transformer_token > call matvec#1", "n", 8)
+    assert ck.function_text(r.program, "matvec_n8") == c("""
+        void matvec_n8(int d, const float *W, const float *x, float *y) {
+          for (int i = 0; i < d; i++) {
+            y[i] = 0.0f;
+            for (int j = 0; j < 8; j++) {
+              y[i] += W[i * 8 + j] * x[j];
+            }
+          }
+        }""").strip()
+    assert ck.contains(ck.function_text(r.program, "transformer_token"), """
+        matvec_n8(dim, &wq[l * dim * dim], xb, q);
+        matvec(dim, kv_dim, &wk[l * kv_dim * dim], xb, k);""")
+    (ob,) = r.obligations
+    assert ob.kind == "equals" and ob.function == "transformer_token"
+    assert ob.exprs == (ir.Var("dim"), ir.Const("8"))
+    assert get(r.program, ob.paths[0]).name == "matvec_n8"
+    ck.check(p, r.program, "transformer_token", token_args(ck, dim=8))
+    # the next call reuses the same copy
+    r2 = function.specialize.apply(r.program, "transformer_token > call matvec#1", "n", 8)
+    assert [f.name for f in r2.program.functions()].count("matvec_n8") == 1
+    assert ck.contains(ck.function_text(r2.program, "transformer_token"), """
+        matvec_n8(dim, &wq[l * dim * dim], xb, q);
+        matvec_n8(kv_dim, &wk[l * kv_dim * dim], xb, k);""")
+    ck.check(p, r2.program, "transformer_token", token_args(ck, dim=8))
+
+
+HEAD = c("""
+    void matvec(int N, int D, const float *W, const float *x, float *y) {
+      for (int i = 0; i < D; i++) {
+        y[i] = 0.0f;
+        for (int j = 0; j < N; j++) {
+          y[i] += W[i * N + j] * x[j];
+        }
+      }
+    }
+
+    void head(const float *W, const float *x, float *y) {
+      matvec(6, 4, W, x, y);
+    }
+    """)
+
+
+def test_specialize_call_with_constant_arguments(ck):
+    p = ck.parse(HEAD, "head.c")
+    r = function.specialize.apply(p, "head > call matvec", "N", 6)
+    assert r.obligations == ()
+    r = function.specialize.apply(r.program, "head > call matvec_N6", "D", 4)
+    assert ck.function_text(r.program, "matvec_N6_D4") == c("""
+        void matvec_N6_D4(const float *W, const float *x, float *y) {
+          for (int i = 0; i < 4; i++) {
+            y[i] = 0.0f;
+            for (int j = 0; j < 6; j++) {
+              y[i] += W[i * 6 + j] * x[j];
+            }
+          }
+        }""").strip()
+    assert ck.contains(ck.function_text(r.program, "head"), "matvec_N6_D4(W, x, y);")
+    assert r.obligations == ()
+    ck.check(p, r.program, "head", [ck.floats(24), ck.floats(6), ck.floats(4)])
+
+
+def test_specialize_a_function_returning_a_value(ck):
+    p = ck.parse(DOT, "dot.c")
+    r = function.specialize.apply(p, "dot", "n", 4, name="dot4")
+    assert ck.contains(ck.function_text(r.program, "dot"), """
+        float dot(int n, const float *a, const float *b) {
+          if (n == 4) {
+            return dot4(a, b);
+          }""")
+    assert ck.contains(ck.function_text(r.program, "dot4"), "for (int i = 0; i < 4; i++) {")
+    for n in (4, 6):
+        ck.check(p, r.program, "rows", [n, 5, ck.floats(n * 5), ck.floats(n), ck.floats(5)])
+    # a parameter of another integer type gets a cast constant, so its arithmetic keeps its type
+    u = ck.parse(c("""
+        void scale(unsigned n, float *x) {
+          for (unsigned i = 0; i < n; i++) {
+            x[i] = x[i] * (n - 5);
+          }
+        }
+        """), "u.c")
+    r = function.specialize.apply(u, "scale", "n", 3)
+    assert ck.contains(ck.function_text(r.program, "scale_n3"), "x[i] = x[i] * ((unsigned)3 - 5);")
+    assert ck.contains(ck.function_text(r.program, "scale"), "if (n == (unsigned)3) {")
+    ck.check(u, r.program, "scale", [3, ck.floats(3)])
+
+
+def test_specialize_refusals(ck):
+    m = ck.load("matmul.c")
+    assert refusal(function.specialize.apply, m, "matmul", "X", 5) == (
+        "function.specialize: 'X' is not a parameter of matmul (parameters: M, N, K, A, B, C)")
+    assert refusal(function.specialize.apply, m, "matmul", "K", "N") == (
+        "function.specialize: the value must be an integer constant, got 'N'")
+    assert refusal(function.specialize.apply, m, "matmul", "K", 2.5) == (
+        "function.specialize: the value must be an integer constant, got 2.5")
+    assert refusal(function.specialize.apply, m, "matmul", "A", 0) == (
+        "function.specialize: 'A' has type 'const float *'; only integer parameters can be specialized")
+    assert refusal(function.specialize.apply, m, "matmul", "K", 2 ** 40) == (
+        "function.specialize: 1099511627776 does not fit in the type 'int' of 'K'")
+    assert refusal(function.specialize.apply, m, "matmul", "K", 5, name="matmul") == (
+        "function.specialize: a function or global named 'matmul' already exists (and is not this "
+        "specialization); choose another name")
+    assert refusal(function.specialize.apply, m, "matmul", "K", 5, name="5x") == (
+        "function.specialize: '5x' is not a valid C function name")
+    t = ck.load("transformer.c")
+    assert refusal(function.specialize.apply, t, "transformer_token > call sqrtf", "x", 1) == (
+        f"function.specialize: sqrtf is not defined in {t.file}; only functions defined there can be specialized")
+    h = ck.parse(HEAD, "head.c")
+    assert refusal(function.specialize.apply, h, "head > call matvec", "N", 8) == (
+        "function.specialize: the argument for 'N' at the call to matvec (line 11) is 6, not 8")
+    p = ck.parse(c("""
+        void clear(int n, float *x);
+
+        void early(int n, float *x) {
+          clear(n, x);
+        }
+
+        void clear(int n, float *x) {
+          while (n > 0) {
+            n--;
+            x[n] = 0.0f;
+          }
+        }
+
+        int counter(int n) {
+          static int calls = 0;
+          calls += n;
+          return calls;
+        }
+
+        void down(int n, float *x) {
+          if (n > 0) {
+            down(n - 1, x);
+          }
+        }
+
+        int user(int n, float *x) {
+          down(n++, x);
+          return n;
+        }
+        """), "bad.c")
+    assert refusal(function.specialize.apply, p, "clear", "n", 4) == (
+        "function.specialize: clear assigns 'n' or takes its address, so it does not hold 4 throughout the body")
+    assert refusal(function.specialize.apply, p, "early > call clear", "x", 4) == (
+        "function.specialize: 'x' has type 'float *'; only integer parameters can be specialized")
+    assert refusal(function.specialize.apply, p, "counter", "n", 1) == (
+        "function.specialize: counter has a static local 'calls' (line 15), which the copy would not share")
+    assert refusal(function.specialize.apply, p, "down", "n", 1) == (
+        "function.specialize: down calls itself")
+    assert refusal(function.specialize.apply, p, "user > call down", "n", 1) == (
+        "function.specialize: down calls itself")
+    q = ck.parse(c("""
+        void fill(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            x[i] = 1.0f;
+          }
+        }
+
+        void caller(int n, float *x) {
+          fill(n++, x);
+        }
+
+        void later(float *x);
+
+        void first(float *x) {
+          later(x);
+        }
+
+        void later(float *x) {
+          fill(3, x);
+        }
+        """), "calls.c")
+    assert refusal(function.specialize.apply, q, "caller > call fill", "n", 3) == (
+        "function.specialize: the argument 'n++' for 'n' at the call to fill (line 8) has side effects, which "
+        "the specialized call would drop")
+    assert refusal(function.specialize.apply, q, "caller > call fill", "n", 3, name="n") == (
+        "function.specialize: the local 'n' of caller would hide the copy at the call to fill (line 8); choose "
+        "another name")
+    assert refusal(function.specialize.apply, q, "fill", "n", 3, name="x") == (
+        "function.specialize: a parameter of fill is named 'x'; choose another name")
+    with pytest.raises(TargetError, match="must name a call or a function definition"):
+        function.specialize.apply(q, "fill > for i", "n", 3)

@@ -1,6 +1,7 @@
 """Function transformations: inline, extract (its inverse), specialize."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, get_args
 
 from optitrust_py import ir
@@ -8,13 +9,13 @@ from optitrust_py.errors import TransformError
 from optitrust_py.names import (declared_names, free_vars, fresh_name, has_side_effects, is_identifier,
                                 rename_binders, subst)
 from optitrust_py.obligation import Obligation
-from optitrust_py.printer import expr as expr_text, stmt_text
+from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
 from optitrust_py.tree import block_of, children, function_path, get, replace, walk
-from optitrust_py.typeof import (param_type, env_at, header_decls, resolve, type_of, typedefs_of, unqualified,
-                                 visible_names)
-from transformations.loop import _escapes
+from optitrust_py.typeof import (param_type, env_at, header_decls, integer_range, resolve, type_of, typedefs_of,
+                                 unqualified, visible_names)
+from transformations.loop import _const_offset, _escapes
 
 VOID = ir.Base(("void",))
 
@@ -394,3 +395,189 @@ def extract(program: ir.Program, target: str, name: str, count: int = 1) -> Rewr
     ob = Obligation("inline", f"the body of {name}, with its parameters bound to the arguments, computes what "
                     f"{what} did", m.function, (call_path, (("items", caller_idx),)), tuple(args))
     return Rewrite(new, (ob,))
+
+
+# ----------------------------------------------------------------- specialize
+
+
+def _literal(value: int, t: ir.CType, tds: dict[str, ir.CType]) -> ir.Expr:
+    """`value` as a C expression of type `t`: a literal, cast to `t` when the
+    literal's own type differs (so the arithmetic that uses it is unchanged)."""
+    lit: ir.Expr = ir.Const(str(abs(value)))
+    if value < 0:
+        lit = ir.Unop("-", lit)
+    return lit if resolve(type_of(lit, {}), tds) == resolve(t, tds) else ir.Cast(t, lit)
+
+
+@primitive
+def specialize(program: ir.Program, target: str, param: str, value: int, name: Optional[str] = None) -> Rewrite:
+    """Make a copy of a function for one constant value of an integer
+    parameter: the parameter is removed and the constant put in its place,
+    so that later steps see literal sizes (full unrolling, exact tiling).
+
+    The copy is named `name`, by default `<function>_<param><value>` (`m`
+    for a minus sign), and is defined right before the function; it keeps
+    the function's storage class and drops its contract. Two forms:
+
+    (a) `target` names a call: that call is redirected to the copy.
+    Before (`function.specialize("transformer_token > call matvec#1", "n", 8)`):
+
+        matvec(dim, dim, &wq[l * dim * dim], xb, q);
+
+    After (obligation equals: dim == 8 at the call):
+
+        void matvec_n8(int d, const float *W, const float *x, float *y) {
+          for (int i = 0; i < d; i++) {
+            y[i] = 0.0f;
+            for (int j = 0; j < 8; j++) {
+              y[i] += W[i * 8 + j] * x[j];
+            }
+          }
+        }
+        ...
+        matvec_n8(dim, &wq[l * dim * dim], xb, q);
+
+    When the argument is an integer constant it must be `value` and there
+    is no obligation; otherwise it must have no side effect (it is no longer
+    evaluated) and the obligation `equals` asks the checker to prove that it
+    is `value` there (from the caller's contract). A copy that already
+    exists under `name` and is exactly this specialization is reused.
+
+    (b) `target` names the function itself: it dispatches to the copy.
+    Before (`function.specialize("matmul", "K", 512)`):
+
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) { ... }
+        }
+
+    After (no obligation):
+
+        void matmul_K512(int M, int N, const float *A, const float *B, float *C) { ... K replaced by 512 ... }
+
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          if (K == 512) {
+            matmul_K512(M, N, A, B, C);
+            return;
+          }
+          for (int i = 0; i < M; i++) { ... }
+        }
+
+    (`return matmul_K512(...);` for a function that returns a value.) This
+    form is always correct, so it declares no obligation: the copy is only
+    called when the parameter equals the constant, the body never writes
+    the parameter nor takes its address (refused otherwise), so the
+    parameter holds that constant throughout and replacing its uses by the
+    constant (cast to its type when the literal's type differs) changes no
+    value; the other parameters are passed through unchanged, and the copy
+    has no static local whose state it would split from the original's.
+    The same reasoning makes form (a) correct once the argument equals the
+    constant.
+
+    Refused when `param` is not a parameter of the function or not of an
+    integer type, when `value` is not an integer constant or does not fit
+    that type, when the body writes `param` or takes its address, when the
+    function is not defined in the program, is variadic or unprototyped,
+    has an unnamed parameter, a static local, or calls itself, when `name`
+    is not an identifier or names something else that exists (or a local
+    visible where the copy is called), when the call comes before the
+    function's definition, or when the argument is a different constant or
+    has side effects.
+    """
+    res = Resolver(program)
+    m = res.one(target, "call or a function definition", (ir.Call, ir.FuncDef))
+    call: Optional[ir.Call] = m.node if isinstance(m.node, ir.Call) else None
+    loc = m.node.loc
+    g = m.node if call is None else program.function(call.name) if call.name else None
+    if g is None:
+        fname = call.name or expr_text(call.func)
+        raise TransformError(f"function.specialize: {fname} is not defined in {program.file}; only functions "
+                             f"defined there can be specialized", loc)
+    gname = g.name
+    ftype = g.type
+    if ftype.params is None or ftype.variadic:
+        raise TransformError(f"function.specialize: {gname} has no prototype or takes a variable number of "
+                             f"arguments", loc)
+    params = [p for p in ftype.params if not (p.name is None and p.type == VOID)]
+    if any(p.name is None for p in params):
+        raise TransformError(f"function.specialize: a parameter of {gname} has no name", loc)
+    names = [p.name for p in params]
+    if param not in names:
+        raise TransformError(f"function.specialize: '{param}' is not a parameter of {gname} (parameters: "
+                             f"{', '.join(n for n in names if n) or 'none'})", loc)
+    k = names.index(param)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransformError(f"function.specialize: the value must be an integer constant, got {value!r}", loc)
+    tds = typedefs_of(program)
+    ptype = unqualified(params[k].type)
+    span = integer_range(ptype, tds)
+    if span is None:
+        raise TransformError(f"function.specialize: '{param}' has type '{type_name(ptype)}'; only integer "
+                             f"parameters can be specialized", loc)
+    if not span[0] <= value <= span[1]:
+        raise TransformError(f"function.specialize: {value} does not fit in the type '{type_name(ptype)}' of "
+                             f"'{param}'", loc)
+    assigned, addressed = _touched(g.body)
+    if param in assigned | addressed:
+        raise TransformError(f"function.specialize: {gname} assigns '{param}' or takes its address, so it does "
+                             f"not hold {value} throughout the body", g.loc)
+    gpath = function_path(program, gname)
+    for p, n in walk(g.body, gpath + (("body", None),)):
+        if isinstance(n, ir.DeclStmt) and "static" in n.decl.storage:
+            raise TransformError(f"function.specialize: {gname} has a static local '{n.decl.name}' (line "
+                                 f"{res.line(p)}), which the copy would not share", n.loc)
+    if gname in free_vars(g.body):
+        raise TransformError(f"function.specialize: {gname} calls itself", g.loc)
+    if name is None:
+        name = f"{gname}_{param}{value if value >= 0 else f'm{-value}'}"
+    if not is_identifier(name):
+        raise TransformError(f"function.specialize: {name!r} is not a valid C function name", loc)
+    literal = _literal(value, ptype, tds)
+    bind = {param: literal}
+    rest = tuple(dataclasses.replace(p, type=subst(p.type, bind)) for p in params if p.name != param)
+    copy = ir.FuncDef(dataclasses.replace(g.decl, name=name, type=dataclasses.replace(
+        ftype, params=rest or (ir.Decl(None, VOID),)), loc=None), subst(g.body, bind))
+    existing = program.function(name)
+    if existing is not None and existing != copy or existing is None and name in _top_names(program.items):
+        raise TransformError(f"function.specialize: a function or global named '{name}' already exists (and is "
+                             f"not this specialization); choose another name", loc)
+    g_idx = gpath[0][1]
+    obligations: tuple[Obligation, ...] = ()
+    if call is not None:
+        where = f"the call to {gname} (line {res.line(m.path)})"
+        caller_idx = m.path[0][1]
+        if caller_idx < g_idx:
+            raise TransformError(f"function.specialize: {where} comes before the definition of {gname}; move "
+                                 f"{gname} before {m.function}", loc)
+        if len(call.args) != len(params):
+            raise TransformError(f"function.specialize: {where} passes {len(call.args)} arguments to {gname}, "
+                                 f"which takes {len(params)}", loc)
+        if name in env_at(program, m.path, globals=False):
+            raise TransformError(f"function.specialize: the local '{name}' of {m.function} would hide the copy at "
+                                 f"{where}; choose another name", loc)
+        arg = call.args[k]
+        unknown, known = _const_offset(arg)
+        if unknown is None and known != value:
+            raise TransformError(f"function.specialize: the argument for '{param}' at {where} is {known}, not "
+                                 f"{value}", loc)
+        if unknown is not None and has_side_effects(arg):
+            raise TransformError(f"function.specialize: the argument '{expr_text(arg)}' for '{param}' at {where} "
+                                 f"has side effects, which the specialized call would drop", loc)
+        new = replace(program, m.path, dataclasses.replace(call, func=ir.Var(name),
+                                                           args=call.args[:k] + call.args[k + 1:]))
+        if unknown is not None:
+            shift = 0 if existing is not None else 1
+            obligations = (Obligation("equals", f"'{expr_text(arg)}' equals {value} at {where}", m.function,
+                                      ((("items", caller_idx + shift),) + m.path[1:],), (arg, literal)),)
+    else:
+        if name in names:
+            raise TransformError(f"function.specialize: a parameter of {gname} is named '{name}'; choose another "
+                                 f"name", loc)
+        forward = ir.Call(ir.Var(name), tuple(ir.Var(p.name) for p in rest if p.name))
+        then: tuple[ir.Stmt, ...] = (ir.ExprStmt(forward), ir.Return()) \
+            if resolve(ftype.ret, tds) == VOID else (ir.Return(forward),)
+        guard = ir.If(ir.Binop("==", ir.Var(param), literal), ir.Block(then))
+        new = replace(program, gpath, dataclasses.replace(g, body=dataclasses.replace(
+            g.body, stmts=(guard,) + g.body.stmts)))
+    if existing is None:
+        new = ir.Program(new.includes, new.items[:g_idx] + (copy,) + new.items[g_idx:], new.file)
+    return Rewrite(new, obligations)
