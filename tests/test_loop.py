@@ -801,3 +801,108 @@ def test_move_out_refusals(ck):
         "loop.move_out: 'a = x[i];' (line 4) reads the index of for i (line 2)")
     e = ck.parse("void f(float *x) { for (int i = 2; i < 2; i++) { x[0] = 1.0f; } }")
     assert refusal(loop.move_out.apply, e, "f > 'x[0] = 1.0f'") == "loop.move_out: for i (line 2) runs no iteration"
+
+
+# ----------------------------------------------------------------- hoist
+
+
+def test_hoist_attention_score_then_fission_all(ck):
+    a = ck.load("attention.c")
+    r = loop.hoist.apply(a, "attention > for j#1 > def s")
+    assert ck.contains(ck.function_text(r.program, "attention"), """
+        for (int i = 0; i < S; i++) {
+          float *s_h = malloc((i + 1) * sizeof(float));
+          for (int j = 0; j <= i; j++) {
+            s_h[j] = 0.0f;
+            for (int d = 0; d < D; d++) {
+              s_h[j] += q[(h * S + i) * D + d] * k[(h * S + j) * D + d];
+            }
+            scores[j] = s_h[j] / sqrtf(D);
+          }
+          free(s_h);
+          float max_val = -INFINITY;""")
+    assert r.obligations == () and r.fp == "exact"
+    ck.check(a, r.program, "attention", attention_args(ck))
+    f = loop.fission.apply(r.program, "attention > for j#1")
+    assert ck.contains(ck.function_text(f.program, "attention"), """
+          for (int j = 0; j <= i; j++) {
+            s_h[j] = 0.0f;
+          }
+          for (int j = 0; j <= i; j++) {
+            for (int d = 0; d < D; d++) {""")
+    assert len(f.obligations) == 3
+    ck.check(a, f.program, "attention", attention_args(ck, S=6))
+
+
+def test_hoist_on_the_stack_after_a_tile_of_moe(ck):
+    m = ck.load("moe.c")
+    t = loop.tile.apply(m, "moe > for i#3", 2).program
+    r = loop.hoist.apply(t, "moe > for i#3 > def val", name="v2")
+    assert ck.contains(ck.function_text(r.program, "moe"), """
+      for (int bi = 0; bi < hidden; bi += 2) {
+        float v2[2];
+        for (int i = bi; i < bi + 2; i++) {
+          v2[i - bi] = hb[i];
+          v2[i - bi] = v2[i - bi] * (1.0f / (1.0f + expf(-v2[i - bi])));
+          hb[i] = v2[i - bi] * hb2[i];
+        }
+      }""")
+    ck.check(m, r.program, "moe", moe_args(ck, hidden=6))
+
+
+def test_hoist_a_local_array_adds_stdlib(ck):
+    p = ck.parse(c("""
+        void f(int n, int D, const float *x, float *y) {
+          for (int i = 1; i < n; i++) {
+            float t[D];
+            for (int d = 0; d < D; d++) {
+              t[d] = 2.0f * x[i * D + d];
+            }
+            for (int d = 0; d < D; d++) {
+              y[i * D + d] = t[d] + t[D - 1 - d];
+            }
+          }
+        }"""))
+    r = loop.hoist.apply(p, "f > def t")
+    assert r.program.includes == ("#include <stdlib.h>",)
+    assert ck.function_text(r.program, "f") == c("""
+        void f(int n, int D, const float *x, float *y) {
+          float (*t_h)[D] = malloc((n - 1) * sizeof(float [D]));
+          for (int i = 1; i < n; i++) {
+            for (int d = 0; d < D; d++) {
+              t_h[i - 1][d] = 2.0f * x[i * D + d];
+            }
+            for (int d = 0; d < D; d++) {
+              y[i * D + d] = t_h[i - 1][d] + t_h[i - 1][D - 1 - d];
+            }
+          }
+          free(t_h);
+        }""")
+    ck.check(p, r.program, "f", [4, 3, ck.floats(12), ck.floats(12)])
+
+
+def test_hoist_refusals(ck):
+    t = ck.load("transformer.c")
+    assert refusal(loop.hoist.apply, t, "transformer_token > for i#1 > def freq") == (
+        "loop.hoist: for i (line 59) has step '2'; only unit-step loops can be hoisted out of")
+    p = ck.parse(c("""
+        void f(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            float a[2] = {x[i], 0.0f};
+            float b[i + 1];
+            static float c;
+            b[0] = a[0];
+            c = b[0];
+            x[i] = c;
+          }
+        }"""))
+    assert refusal(loop.hoist.apply, p, "f > def a") == (
+        "loop.hoist: 'float a[2] = {x[i], 0.0f};' (line 3) has an initializer that cannot become an assignment; "
+        "initialize it with instructions first")
+    assert refusal(loop.hoist.apply, p, "f > def b") == (
+        "loop.hoist: the type of 'float b[i + 1];' (line 4) depends on 'i', which changes in for i (line 2)")
+    assert refusal(loop.hoist.apply, p, "f > def c") == (
+        "loop.hoist: 'static float c;' (line 5) has storage class 'static'; only automatic locals can be hoisted")
+    q = ck.parse("void f(float *x) {\n  {\n    float t = x[0];\n    x[1] = t;\n  }\n}")
+    assert refusal(loop.hoist.apply, q, "f > def t") == (
+        "loop.hoist: 'float t = x[0];' (line 3) is not directly in the body of a canonical for loop")

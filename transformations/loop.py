@@ -1,4 +1,4 @@
-"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out."""
+"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,7 @@ from optitrust_py.session import Rewrite, primitive
 from optitrust_py.spec import parse_formula
 from optitrust_py.target import Resolver, parse as parse_target
 from optitrust_py.tree import Path, block_of, children, get, replace, splice, walk
-from optitrust_py.typeof import visible_names
+from optitrust_py.typeof import unqualified, visible_names
 
 ONE = ir.Const("1")
 TILE_MODES = ("divides", "min", "guard")
@@ -52,6 +52,21 @@ def _check_bounds_stable(name: str, res: Resolver, path: Path, loop: ir.For, *bo
 
 def _minus(b: ir.Expr, a: ir.Expr) -> ir.Expr:
     return b if a == ir.Const("0") else ir.Binop("-", b, a)
+
+
+def _fresh_local(name: str, role: str, requested: Optional[str], base: str, program: ir.Program, path: Path,
+                 function: str, loc: Optional[ir.Loc]) -> str:
+    """The name of a new variable of the function at `path`: `requested`,
+    which must be a C name unused in the function, or a fresh `base`."""
+    fn = program.items[path[0][1]]
+    taken = declared_names(fn) | free_vars(fn)
+    if requested is None:
+        return fresh_name(taken, base)
+    if not is_identifier(requested):
+        raise TransformError(f"{name}: {requested!r} is not a valid C name for the {role}", loc)
+    if requested in taken:
+        raise TransformError(f"{name}: the {role} name '{requested}' is already used in {function}", loc)
+    return requested
 
 
 @primitive
@@ -95,15 +110,8 @@ def tile(program: ir.Program, target: str, size: int, outer: Optional[str] = Non
         raise TransformError(f"loop.tile: {where} has pragmas (#pragma {loop.pragmas[0]}); tile it before "
                              f"annotating it", loop.loc)
     _check_bounds_stable("loop.tile", res, m.path, loop, loop.body)
-    fn = program.items[m.path[0][1]]
-    taken = declared_names(fn) | free_vars(fn)
-    if outer is None:
-        outer = fresh_name(taken, "b" + loop.index)
-    elif not is_identifier(outer):
-        raise TransformError(f"loop.tile: {outer!r} is not a valid C name for the outer index", loop.loc)
-    elif outer in taken:
-        raise TransformError(f"loop.tile: the outer index name '{outer}' is already used in {m.function}",
-                             loop.loc)
+    outer = _fresh_local("loop.tile", "outer index", outer, "b" + loop.index, program, m.path, m.function,
+                         loop.loc)
     bi = ir.Var(outer)
     end = ir.Binop("+", bi, ir.Const(str(size)))
     body = loop.body
@@ -770,3 +778,102 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
                               (instr_path,) + tuple(new_path + (("body", None), ("stmts", i)) for i in range(k))))
     obs.extend(_nonempty("loop.move_out", loop, where, m.function, new_path))
     return Rewrite(splice(program, loop_path, (instr, new_loop)), tuple(obs))
+
+
+# ----------------------------------------------------------------- hoist
+
+STDLIB = "#include <stdlib.h>"
+
+
+@primitive
+def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewrite:
+    """Give each iteration of a loop its own copy of a local declared in the
+    body, in an array declared before the loop, indexed by the iteration
+    number; what makes the local's instructions separable by `fission`.
+
+    Before (`loop.hoist("attention > for j#1 > def s")`):
+
+        for (int j = 0; j <= i; j++) {
+          float s = 0.0f;
+          for (int d = 0; d < D; d++) {
+            s += q[...] * k[...];
+          }
+          scores[j] = s / sqrtf(D);
+        }
+
+    After (the iteration count, i + 1, is known only at run time):
+
+        float *s_h = malloc((i + 1) * sizeof(float));
+        for (int j = 0; j <= i; j++) {
+          s_h[j] = 0.0f;
+          for (int d = 0; d < D; d++) {
+            s_h[j] += q[...] * k[...];
+          }
+          scores[j] = s_h[j] / sqrtf(D);
+        }
+        free(s_h);
+
+    Iteration `i` of a loop from `a` uses slot `i - a` (just `i` when a is
+    0). When the iteration count is a compile-time constant n (literal
+    bounds, or `bi .. bi + n` after a tile), the array is on the stack,
+    `T x_h[n];`; otherwise it is allocated with malloc and freed right after
+    the loop, as the c_sources do for scratch buffers (`<stdlib.h>` is
+    included when missing). A local array `float t[D]` becomes `float
+    t_h[n][D]` or `float (*t_h)[D] = malloc(count * sizeof(float [D]))`,
+    used as `t_h[i - a][d]`. An initializer becomes an assignment at the
+    same place, and a `const` on the local is dropped. The name is `name`,
+    by default `<local>_h` made fresh. No obligation: every iteration still
+    works on storage of its own, and `i - a` lies in 0 .. n-1 because the
+    loop has unit step and its body writes neither the index (canonical
+    loop) nor its bounds (checked). Refused for a loop whose step is not 1,
+    that provably runs no iteration, leaves its body early (break, continue,
+    return, goto) or has a contract; for a local with a storage class, of
+    function type, an array with an initializer, or whose type depends on
+    the index or on what the body writes or declares.
+    """
+    res = Resolver(program)
+    m = res.one(target, "declaration", (ir.DeclStmt,))
+    d: ir.Decl = m.node.decl
+    loop_path, loop, k = _in_loop_body("loop.hoist", res, program, m.path, m.node)
+    where = _where(res, loop_path, loop)
+    what = f"'{_head(m.node)}' (line {m.line})"
+    _require_unit_step("loop.hoist", "hoisted out of", where, loop)
+    if d.storage or d.name is None:
+        kind = f"has storage class '{' '.join(d.storage)}'" if d.storage else "declares no variable"
+        raise TransformError(f"loop.hoist: {what} {kind}; only automatic locals can be hoisted", m.node.loc)
+    if isinstance(d.type, ir.FuncT):
+        raise TransformError(f"loop.hoist: {what} declares a function", m.node.loc)
+    if d.init is not None and (isinstance(d.type, ir.Array) or isinstance(d.init, ir.InitList)):
+        raise TransformError(f"loop.hoist: {what} has an initializer that cannot become an assignment; "
+                             f"initialize it with instructions first", m.node.loc)
+    stmts = loop.body.stmts
+    varying = free_vars(d.type) & ({loop.index} | writes_of(loop.body) | set(_top_decls(ir.Block(stmts[:k]))))
+    if varying:
+        raise TransformError(f"loop.hoist: the type of {what} depends on '{sorted(varying)[0]}', which changes "
+                             f"in {where}", m.node.loc)
+    _refuse_early_exit("loop.hoist", where, stmts, loop)
+    _check_bounds_stable("loop.hoist", res, loop_path, loop, loop.body)
+    if loop.contract:
+        raise TransformError(f"loop.hoist: {where} has a loop contract, which would no longer describe its "
+                             f"body; remove it (level 3 infers loop contracts)", loop.loc)
+    n = _trip_count(loop)
+    if n is not None and n <= 0:
+        raise TransformError(f"loop.hoist: {where} runs no iteration", loop.loc)
+    _in_block("loop.hoist", res, loop_path, loop)
+    hname = _fresh_local("loop.hoist", "array", name, f"{d.name}_h", program, m.path, m.function, m.node.loc)
+    elem = unqualified(d.type)
+    slot = ir.Index(ir.Var(hname), _minus(ir.Var(loop.index), loop.start))
+    init = (ir.ExprStmt(ir.Assign("=", slot, d.init), m.node.loc),) if d.init is not None else ()
+    body = stmts[:k] + init + subst(stmts[k + 1:], {d.name: slot})
+    new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=body))
+    includes = program.includes
+    if n is not None:
+        new: tuple[ir.Stmt, ...] = (ir.DeclStmt(ir.Decl(hname, ir.Array(elem, ir.Const(str(n))))), new_loop)
+    else:
+        size = ir.Binop("*", _minus(loop.stop, loop.start), ir.SizeofType(elem))
+        new = (ir.DeclStmt(ir.Decl(hname, ir.Ptr(elem), ir.Call(ir.Var("malloc"), (size,)))), new_loop,
+               ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(hname),))))
+        if STDLIB not in includes:
+            includes += (STDLIB,)
+    out = splice(program, loop_path, new)
+    return Rewrite(dataclasses.replace(out, includes=includes))
