@@ -27,12 +27,13 @@ def run_checks(session: Session, level: int, run_exec: bool) -> None:
 
 def run_exec_checks(session: Session) -> None:
     """Each step against the step before it, bit-exact unless the step may
-    round differently (then FP_TOLERANCE), so a difference is blamed on the
+    round differently (then FP_TOLERANCE) or is lossy (then the larger of
+    that and the tolerance it declares), so a difference is blamed on the
     step that made it."""
     steps = [s for s in session.steps if s.error is None]
     if not steps or session.original is None:
         return
     report = check_steps(session.original, [s.after for s in steps], session.contracts, session.sizes,
-                         [FP_TOLERANCE if s.inexact() else 0.0 for s in steps])
+                         [max(s.lossy_tolerance(), FP_TOLERANCE if s.inexact() else 0.0) for s in steps])
     for s, r in zip(steps, report.steps):
         s.checks["exec"] = r

@@ -29,6 +29,13 @@ KINDS = {
     "pure": "an expression has no side effect and reads nothing written in between",
     "lanes": "the iterations of a vectorized loop run W at a time, statement by statement in lockstep, without breaking a dependence between them",
     "inline": "the callee's body, with parameters bound to the arguments, computes what the call did",
+    "delinearize": "a flattened array holds the stated shape d0 x ... x dn-1 and each index its accesses split into "
+                   "lies within its dimension, 0 <= ik < dk (exprs: the shape)",
+    "in_region": "every access of a loop to an array lies in a region, whose sizes are >= 1 and which lies within "
+                 "the array (exprs: the origins, then the sizes)",
+    "no_alias": "inside a piece of code the cells of an array region are reached only through the array's name",
+    "covers": "a loop writes every cell of a region before the region is copied back",
+    "in_type_range": "every value stored into an array is within the range of its new element type",
     "equals": "an expression has a given value each time it is evaluated there, under the contract's requires "
               "(exprs: the expression, the value)",
     "parallel": "distinct iterations of a loop touch disjoint cells (shared reads aside), except for its declared reductions, whose updates may be reordered",

@@ -67,6 +67,7 @@ def step_json(step: Step, code: CodeCache) -> dict[str, Any]:
         "line": step.line,
         "time_s": round(step.time_s, 6),
         "fp": step.fp,
+        "tolerance": step.lossy_tolerance(),
         "error": step.error,
         "obligations": [dict(o.to_json(), status="not proved (level 2 not run)") for o in step.obligations],
         "checks": {k: (v.to_json() if hasattr(v, "to_json") else v) for k, v in step.checks.items()},

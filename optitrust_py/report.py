@@ -22,7 +22,9 @@ def badges(step: Step) -> Text:
     if ex is not None:
         t.append("  ")
         t.append(f"{'✓' if ex.ok else '✗'} exec {ex.short()}", "green" if ex.ok else "bold red")
-    if step.inexact():
+    if step.lossy_tolerance():
+        t.append(f"  lossy (rel tol {step.lossy_tolerance():.2g})", "yellow")
+    elif step.inexact():
         t.append("  ≈fp", "yellow")
     n = len(step.all_obligations())
     if n:

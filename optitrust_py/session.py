@@ -28,13 +28,16 @@ from .target import Resolver
 class Rewrite:
     """What a transformation returns: the new program and why it is valid.
 
-    `fp` is "exact" when every float operation happens in the same order, or
+    `fp` is "exact" when every float operation happens in the same order,
     "reassoc" when float results may round differently (checked with a
-    tolerance)."""
+    tolerance), or "lossy" when the step changes values on purpose (storage
+    in a narrower type): `tolerance` is then the relative error it declares,
+    which the exec check allows and reports."""
 
     program: ir.Program
     obligations: tuple[Obligation, ...] = ()
     fp: str = "exact"
+    tolerance: float = 0.0
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Step:
     after: ir.Program
     obligations: tuple[Obligation, ...] = ()
     fp: str = "exact"
+    tolerance: float = 0.0
     time_s: float = 0.0
     substeps: list["Step"] = field(default_factory=list)
     error: Optional[str] = None
@@ -67,6 +71,12 @@ class Step:
 
     def inexact(self) -> bool:
         return self.fp != "exact" or any(s.inexact() for s in self.substeps)
+
+    def lossy_tolerance(self) -> float:
+        """The relative error that this step and its sub-steps declare as
+        lossy, summed (0.0 when none is lossy)."""
+        own = self.tolerance if self.fp == "lossy" else 0.0
+        return own + sum(s.lossy_tolerance() for s in self.substeps)
 
 
 class StepFailed(OtpError):
@@ -174,7 +184,7 @@ class Session:
         self._open.pop()
         if rewrite is not None:
             self.program = rewrite.program
-            step.obligations, step.fp = rewrite.obligations, rewrite.fp
+            step.obligations, step.fp, step.tolerance = rewrite.obligations, rewrite.fp, rewrite.tolerance
         step.after = self.current()
         step.time_s = time.perf_counter() - t0
         self._record(step)
@@ -261,7 +271,9 @@ class Transformation:
             except StepFailed as e:
                 raise e.cause from None
             step = s.steps[-1]
-            return Rewrite(step.after, step.all_obligations(), "reassoc" if step.inexact() else "exact")
+            lossy = step.lossy_tolerance()
+            fp = "lossy" if lossy else "reassoc" if step.inexact() else "exact"
+            return Rewrite(step.after, step.all_obligations(), fp, lossy)
 
 
 def primitive(fn: Callable[..., Rewrite]) -> Transformation:

@@ -1,2 +1,836 @@
-"""Data-layout transformations of arrays: reorder_dims, tile_dim, local_buffer, set_precision."""
+"""Data-layout transformations of arrays: local_buffer, tile_dim, reorder_dims, set_precision.
+
+They work on two kinds of arrays:
+
+- C arrays declared in the function, `float Bp[64][N];`: the shape is the
+  type and every use is a full access `Bp[k][j]`;
+- flattened arrays: a pointer (a parameter, or `float *s = malloc(...)`) or a
+  1-D array, with a shape the caller states as C expressions
+  (`shape=["K", "N"]`). Every access must *delinearise*: the terms of its
+  index (a sum of products) that have the last dimension as a factor form
+  the outer part, the others the last index, recursively: `k * N + j` is
+  (k, j) for the shape (K, N); `(h * S + i) * D + d` and
+  `h * S * D + i * D + d` are (h, i, d) for (H, S, D). The split is an
+  identity of integers; it names the element the access touches only when
+  each index lies within its dimension (0 <= ik < dk) and the array holds
+  d0 * ... * d(n-1) elements, which the step declares as a `delinearize`
+  obligation. An access whose index has no term carrying the dimension
+  (`B[j]` for the shape (K, N)) is refused.
+
+Every transformation refuses an array that escapes where it works: used
+other than through full accesses (passed to a call other than `free`, its
+address taken, copied to another pointer, indexed with fewer indices than
+its dimensions), or an access whose index reads the array itself or has a
+side effect. Layout changes (tile_dim, reorder_dims, set_precision) only
+apply to arrays the function allocates (a local array, or a local pointer
+initialised by malloc/calloc): the layout of a parameter belongs to the
+caller. Work on a parameter through a local copy made by local_buffer.
+"""
 from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+from optitrust_py import ir
+from optitrust_py.errors import SpecError, TransformError
+from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_effects, is_identifier, writes_of
+from optitrust_py.obligation import Obligation
+from optitrust_py.printer import expr as expr_text, type_name
+from optitrust_py.session import Rewrite, primitive
+from optitrust_py.spec import parse_formula
+from optitrust_py.target import Resolver, parse as parse_target
+from optitrust_py.tree import Path, get, map_children, replace, splice, walk
+from optitrust_py.typeof import param_type, unqualified
+from transformations.loop import ONE, _const_offset, _in_block, _refuse_early_exit, _where
+
+Shape = tuple[ir.Expr, ...]
+ZERO = ir.Const("0")
+_INCDEC = ("++", "--", "p++", "p--")
+_ALLOCATORS = ("malloc", "calloc")
+
+
+# ----------------------------------------------------------------- arrays and their accesses
+
+
+@dataclass(frozen=True)
+class _Array:
+    """An array as the family sees it: its declaration, shape and element
+    type; `flat` when its accesses are one index to delinearise."""
+
+    name: str
+    function: str
+    decl: ir.Decl
+    decl_path: Optional[Path]  # None for a parameter
+    shape: Shape
+    elem: ir.CType
+    flat: bool
+
+    @property
+    def rank(self) -> int:
+        return 1 if self.flat else len(self.shape)
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join(expr_text(d) for d in self.shape) + ")"
+
+
+@dataclass(frozen=True)
+class _Access:
+    """A full access: where it is, its per-dimension indices, and whether it
+    is read, written (`=`) or updated (`+=`, `++`, ...)."""
+
+    path: Path
+    index: tuple[ir.Expr, ...]
+    role: str
+
+
+def _exprs(who: str, texts: Sequence[Union[str, int]], what: str, loc: Optional[ir.Loc]) -> Shape:
+    out = []
+    for t in texts:
+        if isinstance(t, bool) or not isinstance(t, (str, int)):
+            raise TransformError(f"{who}: each {what} must be a C expression or an integer, got {t!r}", loc)
+        try:
+            out.append(parse_formula(str(t)))
+        except SpecError as e:
+            raise TransformError(f"{who}: cannot read the {what} {t!r}: {e.message}", loc) from None
+    return tuple(out)
+
+
+def _find_array(program: ir.Program, fn_path: Path, name: str, shape: Optional[Sequence[Union[str, int]]],
+                who: str, need_shape: bool = True) -> _Array:
+    """The array `name` of a function; a pointer without a given shape is
+    refused unless `need_shape` is false (then its shape is empty: accesses
+    are taken as they are, one index each)."""
+    fn: ir.FuncDef = get(program, fn_path)
+    found: list[tuple[Optional[Path], ir.Decl]] = [(None, p) for p in fn.params if p.name == name]
+    found += [(p, n.decl) for p, n in walk(fn.body, fn_path + (("body", None),))
+              if isinstance(n, ir.DeclStmt) and n.decl.name == name]
+    loops = [n for _, n in walk(fn.body) if isinstance(n, ir.For) and n.index == name]
+    if not found:
+        raise TransformError(f"{who}: no array named '{name}' in {fn.name}", fn.loc)
+    if len(found) + len(loops) > 1:
+        raise TransformError(f"{who}: '{name}' is declared {len(found) + len(loops)} times in {fn.name}; "
+                             f"rename all but one first", fn.loc)
+    path, decl = found[0]
+    t = param_type(decl.type) if path is None else decl.type
+    sizes: list[Optional[ir.Expr]] = []
+    while isinstance(t, ir.Array):
+        sizes.append(t.size)
+        t = t.of
+    loc = decl.loc or fn.loc
+    if sizes and shape is None:
+        if any(s is None for s in sizes):
+            raise TransformError(f"{who}: '{name}' is an array of unknown size; give its shape", loc)
+        return _Array(name, fn.name, decl, path, tuple(sizes), t, flat=False)  # type: ignore[arg-type]
+    if len(sizes) > 1:
+        raise TransformError(f"{who}: '{name}' is a {len(sizes)}-dimensional C array: its shape is its type, "
+                             f"do not give shape=", loc)
+    if not sizes:
+        if not isinstance(t, ir.Ptr):
+            raise TransformError(f"{who}: '{name}' is not an array nor a pointer", loc)
+        t = t.to
+    if shape is None and not need_shape:
+        return _Array(name, fn.name, decl, path, (), t, flat=True)
+    if shape is None:
+        raise TransformError(f"{who}: '{name}' is a pointer: give the shape it is used with, e.g. "
+                             f"shape=[\"K\", \"N\"]", loc)
+    if isinstance(shape, str) or not isinstance(shape, (list, tuple)) or not shape:
+        raise TransformError(f"{who}: shape must be a non-empty list of dimensions, got {shape!r}", loc)
+    return _Array(name, fn.name, decl, path, _exprs(who, shape, "dimension", loc), t, flat=True)
+
+
+def _terms(e: ir.Expr, sign: int = 1) -> list[tuple[int, ir.Expr]]:
+    """`e` as a signed sum: `a - b * c` is [(1, a), (-1, b * c)]."""
+    if isinstance(e, ir.Binop) and e.op in ("+", "-"):
+        return _terms(e.left, sign) + _terms(e.right, sign if e.op == "+" else -sign)
+    if isinstance(e, ir.Unop) and e.op == "-":
+        return _terms(e.arg, -sign)
+    return [(sign, e)]
+
+
+def _factors(e: ir.Expr) -> list[ir.Expr]:
+    if isinstance(e, ir.Binop) and e.op == "*":
+        return _factors(e.left) + _factors(e.right)
+    return [e]
+
+
+def _sum(terms: Sequence[tuple[int, ir.Expr]]) -> ir.Expr:
+    out: Optional[ir.Expr] = None
+    for sign, t in terms:
+        if out is None:
+            out = t if sign > 0 else ir.Unop("-", t)
+        else:
+            out = ir.Binop("+" if sign > 0 else "-", out, t)
+    return ZERO if out is None else out
+
+
+def _product(factors: Sequence[ir.Expr]) -> ir.Expr:
+    if not factors:
+        return ONE
+    out = factors[0]
+    for f in factors[1:]:
+        out = ir.Binop("*", out, f)
+    return out
+
+
+def _delinearize(index: ir.Expr, shape: Shape) -> Optional[tuple[ir.Expr, ...]]:
+    """The per-dimension indices of a flattened index, or None when some
+    level has no term carrying its dimension (a zero index is all zeros)."""
+    if len(shape) <= 1:
+        return (index,)
+    if index == ZERO:
+        return (ZERO,) * len(shape)
+    last = shape[-1]
+    outer, inner = [], []
+    for sign, t in _terms(index):
+        fs = _factors(t)
+        if last in fs:
+            k = fs.index(last)
+            outer.append((sign, _product(fs[:k] + fs[k + 1:])))
+        else:
+            inner.append((sign, t))
+    if not outer:
+        return None
+    rest = _delinearize(_sum(outer), shape[:-1])
+    return None if rest is None else rest + (_sum(inner),)
+
+
+def _linearize(index: Sequence[ir.Expr], shape: Shape) -> ir.Expr:
+    """The Horner form `(i0 * d1 + i1) * d2 + i2`."""
+    out = index[0]
+    for i, d in zip(index[1:], shape[1:]):
+        scaled = ir.Binop("*", out, d)
+        out = i if out == ZERO else (scaled if i == ZERO else ir.Binop("+", scaled, i))
+    return out
+
+
+def _access_expr(arr: _Array, index: Sequence[ir.Expr]) -> ir.Expr:
+    if arr.flat:
+        return ir.Index(ir.Var(arr.name), _linearize(index, arr.shape))
+    out: ir.Expr = ir.Var(arr.name)
+    for i in index:
+        out = ir.Index(out, i)
+    return out
+
+
+def _chain(e: ir.Index) -> tuple[tuple[ir.Expr, ...], ir.Expr]:
+    """`a[i][j]` as ((i, j), a)."""
+    index: list[ir.Expr] = []
+    base: ir.Expr = e
+    while isinstance(base, ir.Index):
+        index.append(base.index)
+        base = base.base
+    return tuple(reversed(index)), base
+
+
+def _role(program: ir.Program, path: Path) -> str:
+    parent = get(program, path[:-1])
+    if isinstance(parent, ir.Assign) and path[-1] == ("lhs", None):
+        return "write" if parent.op == "=" else "update"
+    if isinstance(parent, ir.Unop) and parent.op in _INCDEC:
+        return "update"
+    return "read"
+
+
+def _misuse(program: ir.Program, path: Path, arr: _Array) -> str:
+    parent = get(program, path[:-1])
+    if isinstance(parent, ir.Call):
+        return "is passed to a call"
+    if isinstance(parent, ir.Unop) and parent.op == "&":
+        return "has its address taken"
+    if isinstance(parent, ir.Index) and path[-1] == ("base", None):
+        return f"is indexed with fewer than its {arr.rank} dimensions"
+    return "is used as a pointer value (copied, compared or offset)"
+
+
+def _is_free(program: ir.Program, path: Path) -> bool:
+    parent = get(program, path[:-1])
+    return isinstance(parent, ir.Call) and parent.name == "free" and len(parent.args) == 1
+
+
+def _accesses(program: ir.Program, res: Resolver, arr: _Array, root: Path, who: str) -> list[_Access]:
+    """Every access to `arr` under `root`; refuses a use that is not one and
+    a flattened index that does not delinearise."""
+    me = ir.Var(arr.name)
+    nodes = list(walk(get(program, root), root))
+    out: list[_Access] = []
+    direct: set[Path] = set()
+    for path, n in nodes:
+        if not isinstance(n, ir.Index):
+            continue
+        index, base = _chain(n)
+        if base != me or len(index) != arr.rank:
+            continue
+        text, line = expr_text(n), res.line(path)
+        direct.add(path + (("base", None),) * arr.rank)
+        parent = get(program, path[:-1])
+        if isinstance(parent, ir.Unop) and parent.op in ("&", "sizeof"):
+            raise TransformError(f"{who}: '{arr.name}' {'has its address taken' if parent.op == '&' else 'is measured'}"
+                                 f" in '{expr_text(parent)}' (line {line})", n.loc)
+        for i in index:
+            if arr.name in free_vars(i) or has_side_effects(i):
+                why = "reads the array itself" if arr.name in free_vars(i) else "has a side effect"
+                raise TransformError(f"{who}: the index of '{text}' (line {line}) {why}", n.loc)
+        if arr.flat:
+            split = _delinearize(index[0], arr.shape)
+            if split is None:
+                raise TransformError(f"{who}: '{text}' (line {line}) does not delinearise for the shape "
+                                     f"{arr.shape_text()}: no term of its index is a multiple of "
+                                     f"'{expr_text(arr.shape[-1])}'", n.loc)
+            index = split
+        out.append(_Access(path, index, _role(program, path)))
+    for path, n in nodes:
+        if n == me and path not in direct and not _is_free(program, path):
+            where = get(program, path[:-1])
+            raise TransformError(f"{who}: '{arr.name}' {_misuse(program, path, arr)} in "
+                                 f"'{expr_text(where) if isinstance(where, ir.EXPR_TYPES) else arr.name}' "
+                                 f"(line {res.line(path)})", getattr(where, "loc", None))
+    return out
+
+
+def _rewrite(program: ir.Program, accesses: Sequence[_Access], make: Callable[[_Access], ir.Expr]) -> ir.Program:
+    """Replace each access by `make(access)` (accesses never nest: an index
+    reading the array is refused)."""
+    for a in accesses:
+        program = replace(program, a.path, dataclasses.replace(make(a), loc=get(program, a.path).loc))
+    return program
+
+
+def _delinearize_obligation(arr: _Array, accesses: Sequence[_Access]) -> tuple[Obligation, ...]:
+    if not arr.flat or not accesses:
+        return ()
+    distinct = list(dict.fromkeys(f"({', '.join(expr_text(i) for i in a.index)})" for a in accesses))
+    shown = ", ".join(distinct[:4])
+    more = f" and {len(distinct) - 4} more" if len(distinct) > 4 else ""
+    return (Obligation("delinearize", f"'{arr.name}' holds the shape {arr.shape_text()} and each index of its "
+                       f"accesses {shown}{more} lies within its dimension", arr.function,
+                       tuple(a.path for a in accesses), arr.shape, before=True),)
+
+
+# ----------------------------------------------------------------- linear index arithmetic
+
+
+@dataclass(frozen=True)
+class _Lin:
+    """An integer expression as a sum of coefficient * atom plus a constant;
+    the atoms are the parts that are not linear (`N`, `N / 16`, `i * j`)."""
+
+    terms: tuple[tuple[ir.Expr, int], ...] = ()
+    const: int = 0
+
+    def plus(self, other: "_Lin", k: int = 1) -> "_Lin":
+        terms = dict(self.terms)
+        for atom, c in other.terms:
+            terms[atom] = terms.get(atom, 0) + k * c
+        return _Lin(tuple((a, c) for a, c in terms.items() if c), self.const + k * other.const)
+
+    def expr(self) -> ir.Expr:
+        parts = [(1 if c > 0 else -1, a if abs(c) == 1 else ir.Binop("*", ir.Const(str(abs(c))), a))
+                 for a, c in self.terms]
+        if self.const:
+            parts.append((1 if self.const > 0 else -1, ir.Const(str(abs(self.const)))))
+        return _sum(parts)
+
+
+def _lin(e: ir.Expr) -> _Lin:
+    rest, k = _const_offset(e) if isinstance(e, ir.Const) else (e, 0)
+    if rest is None:
+        return _Lin((), k)
+    if isinstance(e, ir.Binop) and e.op in ("+", "-"):
+        return _lin(e.left).plus(_lin(e.right), 1 if e.op == "+" else -1)
+    if isinstance(e, ir.Unop) and e.op == "-":
+        return _Lin().plus(_lin(e.arg), -1)
+    if isinstance(e, ir.Binop) and e.op == "*":
+        left, right = _lin(e.left), _lin(e.right)
+        if not left.terms:
+            return _Lin().plus(right, left.const)
+        if not right.terms:
+            return _Lin().plus(left, right.const)
+    return _Lin(((e, 1),), 0)
+
+
+# ----------------------------------------------------------------- local_buffer
+
+
+def _loops_between(program: ir.Program, top: Path, path: Path) -> dict[str, ir.For]:
+    """The canonical loops from `top` (included) down to `path`, by index."""
+    out: dict[str, ir.For] = {}
+    for k in range(len(top), len(path)):
+        n = get(program, path[:k])
+        if isinstance(n, ir.For) and path[k] == ("body", None):
+            out[n.index] = n
+    return out
+
+
+def _bounds(e: _Lin, loops: dict[str, ir.For], varying: set[str]) -> Optional[tuple[_Lin, _Lin]]:
+    """Inclusive lower and upper bounds of `e` over the iterations of
+    `loops`, in terms of names that do not vary inside them; None when `e`
+    is not affine in unit-step loop indices with such bounds."""
+    lo = hi = _Lin((), e.const)
+    for atom, c in e.terms:
+        if isinstance(atom, ir.Var) and atom.name in loops:
+            loop = loops[atom.name]
+            start, stop = _bounds(_lin(loop.start), loops, varying), _bounds(_lin(loop.stop), loops, varying)
+            if loop.step != ONE or start is None or stop is None:
+                return None
+            low, high = start[0], stop[1].plus(_Lin((), -1))
+        elif free_vars(atom) & varying or has_side_effects(atom):
+            return None
+        else:
+            low = high = _Lin(((atom, 1),))
+        lo, hi = (lo.plus(low, c), hi.plus(high, c)) if c > 0 else (lo.plus(high, c), hi.plus(low, c))
+    return lo, hi
+
+
+def _widen(cur: Optional[_Lin], new: _Lin, lower: bool) -> Optional[_Lin]:
+    """The lesser (or greater) of two bounds that differ by a constant;
+    None when they do not."""
+    if cur is None:
+        return new
+    diff = new.plus(cur, -1)
+    if diff.terms:
+        return None
+    return new if (diff.const < 0) == lower else cur
+
+
+def _infer_region(program: ir.Program, res: Resolver, top: Path, arr: _Array, accesses: Sequence[_Access],
+                  varying: set[str], who: str, where: str) -> tuple[list[_Lin], list[_Lin]]:
+    lo: list[Optional[_Lin]] = [None] * len(arr.shape)
+    hi: list[Optional[_Lin]] = [None] * len(arr.shape)
+    for a in accesses:
+        loops = _loops_between(program, top, a.path)
+        for d, i in enumerate(a.index):
+            b = _bounds(_lin(i), loops, varying)
+            text = f"'{expr_text(get(program, a.path))}' (line {res.line(a.path)})"
+            if b is None:
+                raise TransformError(f"{who}: cannot infer the region of '{arr.name}' that {where} touches: index "
+                                     f"{d} of {text} is not affine in loop indices with bounds invariant in the "
+                                     f"loop; give region=[\"origin:size\", ...]")
+            lo[d], hi[d] = _widen(lo[d], b[0], True), _widen(hi[d], b[1], False)
+            if lo[d] is None or hi[d] is None:
+                raise TransformError(f"{who}: cannot infer the region of '{arr.name}' that {where} touches: the "
+                                     f"range of index {d} of {text} is not comparable with that of the other "
+                                     f"accesses; give region=[\"origin:size\", ...]")
+    origins = [x for x in lo if x is not None]
+    return origins, [h.plus(o, -1).plus(_Lin((), 1)) for h, o in zip(hi, origins) if h is not None]
+
+
+def _given_region(region: Sequence[str], arr: _Array, varying: set[str], who: str,
+                  loc: Optional[ir.Loc]) -> tuple[list[_Lin], list[_Lin]]:
+    if isinstance(region, str) or not isinstance(region, (list, tuple)) or len(region) != len(arr.shape):
+        raise TransformError(f"{who}: region must be a list of {len(arr.shape)} \"origin:size\" strings, one "
+                             f"per dimension of '{arr.name}' {arr.shape_text()}, got {region!r}", loc)
+    origins, sizes = [], []
+    for r in region:
+        if not isinstance(r, str) or ":" not in r:
+            raise TransformError(f"{who}: each region entry is \"origin:size\" (e.g. \"bk:64\"), got {r!r}", loc)
+        origin, size = _exprs(who, r.rsplit(":", 1), "region bound", loc)
+        for e in (origin, size):
+            if free_vars(e) & varying or has_side_effects(e):
+                raise TransformError(f"{who}: the region bound '{expr_text(e)}' varies inside the loop", loc)
+        origins.append(_lin(origin))
+        sizes.append(_lin(size))
+    return origins, sizes
+
+
+def _nest(indices: Sequence[str], sizes: Sequence[ir.Expr], body: ir.Stmt) -> ir.Stmt:
+    for i, n in reversed(list(zip(indices, sizes))):
+        body = ir.For(i, ZERO, n, ir.Block((body,)))
+    return body
+
+
+def _md_type(elem: ir.CType, sizes: Sequence[ir.Expr]) -> ir.CType:
+    for n in reversed(sizes):
+        elem = ir.Array(elem, n)
+    return elem
+
+
+def _contract_naming(program: ir.Program, root: Path, name: str) -> Optional[Path]:
+    """A loop under `root` whose contract mentions `name`."""
+    for path, n in walk(get(program, root), root):
+        if isinstance(n, ir.For) and any(name in re.findall(r"[A-Za-z_]\w*", c.text) for c in n.contract):
+            return path
+    return None
+
+
+@primitive
+def local_buffer(program: ir.Program, target: str, array: str, name: Optional[str] = None,
+                 shape: Optional[list[Union[str, int]]] = None, region: Optional[list[str]] = None) -> Rewrite:
+    """Make a loop work on a local copy of the tile of an array it touches.
+
+    The packing step of GotoBLAS matmul, or keeping a tile of Q in a small
+    local array in attention: the loop's accesses go to a contiguous buffer
+    declared right before it, filled before the loop (when the loop reads
+    the array) and copied back after it (when it writes it).
+
+    Before (`matrix.local_buffer("matmul > for bk > for i", "B", shape=["K", "N"])`,
+    after tiling k by 64 and moving `for bk` outermost):
+
+        for (int bk = 0; bk < K; bk += 64) {
+          for (int i = 0; i < M; i++) {
+            for (int k = bk; k < bk + 64; k++) {
+              for (int j = 0; j < N; j++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];
+              }
+            }
+          }
+        }
+
+    After (obligations in_region, no_alias, delinearize):
+
+        for (int bk = 0; bk < K; bk += 64) {
+          float B_local[64][N];
+          for (int i0 = 0; i0 < 64; i0++) {
+            for (int i1 = 0; i1 < N; i1++) {
+              B_local[i0][i1] = B[(bk + i0) * N + i1];
+            }
+          }
+          for (int i = 0; i < M; i++) {
+            for (int k = bk; k < bk + 64; k++) {
+              for (int j = 0; j < N; j++) {
+                C[i * N + j] += A[i * K + k] * B_local[k - bk][j];
+              }
+            }
+          }
+        }
+
+    The region is, per dimension of the array, an origin and a size. By
+    default it is inferred: each index of each access must be affine in the
+    indices of unit-step loops inside the target (the target included), with
+    bounds that do not vary in the loop; its range over those loops gives
+    the dimension's extent (the union over the accesses, when their bounds
+    differ by constants). Otherwise give `region=["bk:64", "0:N"]`: one
+    "origin:size" per dimension, C expressions that do not vary in the loop.
+    Dimensions of size 1 are dropped from the buffer. The buffer, named
+    `name` (default `<array>_local`), has the array's element type without
+    qualifiers; a size that is not a constant makes it a variable-length
+    array. Copying moves values unchanged, so the step is exact.
+
+    Obligations: `in_region` (every access of the loop lies in the region,
+    whose sizes are at least 1 and which lies within the array), `no_alias`
+    (inside the loop no other name reaches the region's cells), `covers`
+    when the loop writes the array without reading it (no copy-in: it must
+    write the whole region), and `delinearize` for a flattened array.
+    Refused: a loop that is not a statement of a block or leaves early
+    (return, goto, break), no access to the array in the loop, escapes (see
+    the module), a region that cannot be inferred or varies in the loop, a
+    region of one element (use variable.bind), a loop whose contract names
+    the array, and a name already in use.
+    """
+    who = "matrix.local_buffer"
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    arr = _find_array(program, m.path[:1], array, shape, who)
+    accesses = _accesses(program, res, arr, m.path, who)
+    if not accesses:
+        raise TransformError(f"{who}: {where} does not access '{array}'", loop.loc)
+    block, k = _in_block(who, res, m.path, loop)
+    _refuse_early_exit(who, where, loop.body.stmts, loop)
+    hit = _contract_naming(program, m.path, array)
+    if hit is not None:
+        raise TransformError(f"{who}: the loop contract of {_where(res, hit, get(program, hit))} names '{array}', "
+                             f"whose accesses would move to the buffer; remove it", loop.loc)
+    fn = get(program, m.path[:1])
+    taken = declared_names(fn) | free_vars(fn)
+    name = f"{array}_local" if name is None else name
+    if not is_identifier(name) or name in taken:
+        why = "is not a valid C name" if not is_identifier(name) else f"is already used in {m.function}"
+        raise TransformError(f"{who}: the buffer name '{name}' {why}", loop.loc)
+    varying = declared_names(loop) | writes_of(loop)
+    if region is None:
+        origins, sizes = _infer_region(program, res, m.path, arr, accesses, varying, who, where)
+    else:
+        origins, sizes = _given_region(region, arr, varying, who, loop.loc)
+    for s in sizes:
+        if not s.terms and s.const < 1:
+            raise TransformError(f"{who}: the region of '{array}' has a dimension of size {s.const}", loop.loc)
+    keep = [d for d, s in enumerate(sizes) if s != _Lin((), 1)]
+    if not keep:
+        raise TransformError(f"{who}: {where} touches a single element of '{array}'; bind it to a variable "
+                             f"instead (variable.bind)", loop.loc)
+    buf_shape = tuple(sizes[d].expr() for d in keep)
+    decl = ir.Decl(name, _md_type(unqualified(arr.elem), buf_shape))
+    buf = _Array(name, m.function, decl, None, buf_shape, unqualified(arr.elem), flat=False)
+    new = _rewrite(program, accesses, lambda a: _access_expr(
+        buf, [_lin(a.index[d]).plus(origins[d], -1).expr() for d in keep]))
+    indices: list[str] = []
+    for d in keep:
+        indices.append(fresh_name(taken | {name} | set(indices), f"i{len(indices)}"))
+    at = {d: ir.Var(i) for d, i in zip(keep, indices)}
+    inside = _access_expr(buf, list(at.values()))
+    outside = _access_expr(arr, [o.plus(_lin(at[d])).expr() if d in at else o.expr()
+                                 for d, o in enumerate(origins)])
+    roles = {a.role for a in accesses}
+    copy_in = roles != {"write"}
+    stmts: list[ir.Stmt] = [ir.DeclStmt(decl)]
+    if copy_in:
+        stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", inside, outside))))
+    new_loop = block + (("stmts", k + len(stmts)),)
+    stmts.append(get(new, m.path))
+    if roles != {"read"}:
+        stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", outside, inside))))
+    new = splice(new, m.path, tuple(stmts))
+    shown = " x ".join(f"[{expr_text(o.expr())}, {expr_text(o.plus(s).expr())})" for o, s in zip(origins, sizes))
+    obligations = [
+        Obligation("in_region", f"every access of {where} to '{array}' lies in {shown}, and that region (sizes "
+                   f">= 1) lies within '{array}' {arr.shape_text()}", m.function, (new_loop,),
+                   tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes)),
+        Obligation("no_alias", f"inside {where}, no name other than '{array}' reaches the cells of {shown}",
+                   m.function, (new_loop,)),
+    ]
+    if not copy_in:
+        obligations.append(Obligation("covers", f"{where} writes every cell of {shown} before '{name}' is copied "
+                                      f"back to '{array}'", m.function, (new_loop,)))
+    return Rewrite(new, tuple(obligations) + _delinearize_obligation(arr, accesses))
+
+
+# ----------------------------------------------------------------- layout changes of local arrays
+
+
+def _allocation(e: Optional[ir.Expr]) -> Optional[ir.Call]:
+    """The malloc/calloc call that initialises a pointer (under a cast)."""
+    while isinstance(e, ir.Cast):
+        e = e.arg
+    return e if isinstance(e, ir.Call) and e.name in _ALLOCATORS else None
+
+
+def _local_array(program: ir.Program, target: str, who: str, shape: Optional[Sequence[Union[str, int]]],
+                 need_shape: bool = True) -> tuple[Path, _Array, list[_Access]]:
+    """The local array a layout change targets (`f > def Bp`), and all its
+    accesses in the function."""
+    sels = parse_target(target)
+    fn = program.function(sels[0].value)
+    last = sels[-1]
+    if fn is not None and last.kind == "def" and any(p.name == last.value for p in fn.params):
+        raise TransformError(f"{who}: '{last.value}' is a parameter of {fn.name}: its layout is its caller's; "
+                             f"change the layout of a local copy instead (matrix.local_buffer)", fn.loc)
+    res = Resolver(program)
+    m = res.one(target, "local array declaration (e.g. 'f > def Bp')", (ir.DeclStmt,))
+    decl: ir.Decl = m.node.decl
+    arr = _find_array(program, m.path[:1], decl.name or "", shape, who, need_shape)
+    if isinstance(decl.type, ir.Ptr) and _allocation(decl.init) is None:
+        raise TransformError(f"{who}: '{arr.name}' is a pointer not initialised by malloc or calloc in its "
+                             f"declaration (line {res.line(m.path)}): the function does not own its layout", decl.loc)
+    if isinstance(decl.type, ir.Array) and decl.init is not None:
+        raise TransformError(f"{who}: '{arr.name}' has an initializer (line {res.line(m.path)}), laid out for "
+                             f"its current shape", decl.loc)
+    hit = _contract_naming(program, m.path[:1], arr.name)
+    if hit is not None:
+        raise TransformError(f"{who}: the loop contract of {_where(res, hit, get(program, hit))} names "
+                             f"'{arr.name}'; remove it (level 3 infers loop contracts)", decl.loc)
+    return m.path, arr, _accesses(program, res, arr, m.path[:1], who)
+
+
+def _relayout(program: ir.Program, decl_path: Path, arr: _Array, accesses: Sequence[_Access], shape: Shape,
+              index: Callable[[tuple[ir.Expr, ...]], tuple[ir.Expr, ...]]) -> ir.Program:
+    """Rewrite every access for the new `shape`, and the declaration of a C
+    array (a flattened one keeps its allocation)."""
+    new_arr = dataclasses.replace(arr, shape=shape)
+    program = _rewrite(program, accesses, lambda a: _access_expr(new_arr, index(a.index)))
+    if arr.flat:
+        return program
+    return replace(program, decl_path + (("decl", None),),
+                   dataclasses.replace(arr.decl, type=_md_type(arr.elem, shape)))
+
+
+def _int_arg(who: str, value: object, what: str, loc: Optional[ir.Loc]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransformError(f"{who}: {what} must be an integer, got {value!r}", loc)
+    return value
+
+
+@primitive
+def tile_dim(program: ir.Program, target: str, dim: int, size: Union[int, str],
+             shape: Optional[list[Union[str, int]]] = None) -> Rewrite:
+    """Split dimension `dim` of a local array into blocks of `size`.
+
+    Before (`matrix.tile_dim("matmul > def B_local", 1, 16)`):
+
+        float B_local[64][N];
+        ... B_local[k - bk][j] ...
+
+    After (obligation divides: 16 divides N):
+
+        float B_local[64][N / 16][16];
+        ... B_local[k - bk][j / 16][j % 16] ...
+
+    The step names the same cells when `size` divides the dimension, which
+    is left to the checker (a `divides` obligation), or refused when both
+    are constants and it does not (a constant quotient is folded:
+    `float Bp[64][256]` becomes `float Bp[64][16][16]`). The indices are
+    non-negative (a C array access stays within its dimensions; a flattened
+    array declares `delinearize`), so `/` and `%` split them exactly. A
+    flattened array (`shape=` given) keeps its allocation and cells: its
+    accesses are rewritten in Horner form for the new shape, which is what
+    a following reorder_dims needs. Refused: a parameter, a pointer not
+    allocated in its declaration, an array with an initializer, escapes (see
+    the module), a dimension out of range, a size that is not a positive
+    integer or expression, and a loop contract naming the array.
+    """
+    who = "matrix.tile_dim"
+    decl_path, arr, accesses = _local_array(program, target, who, shape)
+    loc = arr.decl.loc
+    n = len(arr.shape)
+    if not 0 <= _int_arg(who, dim, "dim", loc) < n:
+        raise TransformError(f"{who}: '{arr.name}' has {n} dimension(s) {arr.shape_text()}; dim must be in "
+                             f"0..{n - 1}, got {dim}", loc)
+    (step,) = _exprs(who, [size], "tile size", loc)
+    extent = arr.shape[dim]
+    a, b = _lin(extent), _lin(step)
+    if not b.terms and b.const <= 0:
+        raise TransformError(f"{who}: the tile size must be positive, got {expr_text(step)}", loc)
+    obligations: tuple[Obligation, ...] = ()
+    if not a.terms and not b.terms:
+        if a.const % b.const:
+            raise TransformError(f"{who}: {b.const} does not divide dimension {dim} of '{arr.name}' "
+                                 f"({a.const})", loc)
+        blocks: ir.Expr = ir.Const(str(a.const // b.const))
+    else:
+        blocks = ir.Binop("/", extent, step)
+        obligations = (Obligation("divides", f"{expr_text(step)} divides {expr_text(extent)} (dimension {dim} "
+                                  f"of '{arr.name}')", arr.function, (decl_path,), (step, extent)),)
+    shape_ = arr.shape[:dim] + (blocks, step) + arr.shape[dim + 1:]
+
+    def split(index: tuple[ir.Expr, ...]) -> tuple[ir.Expr, ...]:
+        i = index[dim]
+        return index[:dim] + (ir.Binop("/", i, step), ir.Binop("%", i, step)) + index[dim + 1:]
+
+    new = _relayout(program, decl_path, arr, accesses, shape_, split)
+    return Rewrite(new, obligations + _delinearize_obligation(arr, accesses))
+
+
+@primitive
+def reorder_dims(program: ir.Program, target: str, order: list[int],
+                 shape: Optional[list[Union[str, int]]] = None) -> Rewrite:
+    """Permute the dimensions of a local array: new dimension k is old
+    dimension `order[k]`, in the declaration and in every access.
+
+    Before (`matrix.reorder_dims("matmul > def B_local", [1, 0, 2])`):
+
+        float B_local[64][N / 16][16];
+        ... B_local[k - bk][j / 16][j % 16] ...
+
+    After (no obligation for a C array: a permutation of indices is a
+    bijection between the cells):
+
+        float B_local[N / 16][64][16];
+        ... B_local[j / 16][k - bk][j % 16] ...
+
+    For a flattened array allocated by malloc, give its current shape; the
+    accesses are rewritten in Horner form for the permuted shape (the
+    allocation, d0 * ... * d(n-1) elements, is unchanged) and the step
+    declares `delinearize`, on which the bijection rests. Refused: a
+    parameter, a pointer not allocated in its declaration, an array with an
+    initializer, escapes (see the module), an order that is not a
+    permutation of 0..n-1, and a loop contract naming the array.
+    """
+    who = "matrix.reorder_dims"
+    decl_path, arr, accesses = _local_array(program, target, who, shape)
+    n = len(arr.shape)
+    if not isinstance(order, (list, tuple)) or sorted(_int_arg(who, o, "each entry of order", arr.decl.loc)
+                                                      for o in order) != list(range(n)):
+        raise TransformError(f"{who}: order must be a permutation of 0..{n - 1} (the dimensions of '{arr.name}' "
+                             f"{arr.shape_text()}), got {order!r}", arr.decl.loc)
+    shape_ = tuple(arr.shape[o] for o in order)
+    new = _relayout(program, decl_path, arr, accesses, shape_, lambda index: tuple(index[o] for o in order))
+    return Rewrite(new, _delinearize_obligation(arr, accesses))
+
+
+# ----------------------------------------------------------------- set_precision
+
+UNIT_ROUNDOFF = {"_Float16": 2.0 ** -11, "float": 2.0 ** -24, "double": 2.0 ** -53}
+"""The floating types set_precision knows, with their unit roundoff."""
+
+LOSSY_FACTOR = 8
+"""Default tolerance of set_precision, in units of the new type's roundoff:
+a value read back has one rounding error, and a few operations on values
+read back can add a few more."""
+
+
+def _float_name(t: ir.CType) -> Optional[str]:
+    return " ".join(t.names) if isinstance(t, ir.Base) and " ".join(t.names) in UNIT_ROUNDOFF else None
+
+
+def _retyped(e: ir.Expr, old: ir.CType, new: ir.CType) -> tuple[ir.Expr, int]:
+    """`e` with `sizeof(old)` and casts to `old *` retyped to `new`, and how
+    many `sizeof(old)` it had."""
+    count = 0
+
+    def go(n: object) -> object:
+        nonlocal count
+        if isinstance(n, ir.SizeofType) and unqualified(n.type) == old:
+            count += 1
+            return dataclasses.replace(n, type=new)
+        if isinstance(n, ir.Cast) and isinstance(n.type, ir.Ptr) and unqualified(n.type.to) == old:
+            return dataclasses.replace(n, type=ir.Ptr(new, n.type.quals), arg=go(n.arg))
+        return map_children(n, go)
+
+    return go(e), count  # type: ignore[return-value]
+
+
+@primitive
+def set_precision(program: ir.Program, target: str, ctype: str, tolerance: Optional[float] = None) -> Rewrite:
+    """Store the elements of a local array in a narrower floating type.
+
+    Halves the memory traffic of a scratch buffer or a packed tile; the
+    arithmetic stays in the old type: every read is cast back explicitly,
+    stores and updates (`+=`) convert on assignment.
+
+    Before (`matrix.set_precision("attention > def scores", "_Float16")`):
+
+        float *scores = malloc(S * sizeof(float));
+        ...
+        scores[j] = expf(scores[j] - max_val);
+        sum += scores[j];
+
+    After (fp "lossy", obligation in_type_range):
+
+        _Float16 *scores = malloc(S * sizeof(_Float16));
+        ...
+        scores[j] = expf((float)scores[j] - max_val);
+        sum += (float)scores[j];
+
+    This step changes values on purpose: it is marked `lossy` with a
+    relative `tolerance` (default LOSSY_FACTOR times the unit roundoff of
+    the new type, 2^-11 for _Float16), which the execution check allows and
+    reports. Long reductions over values read back round more: give a
+    larger tolerance for them. Obligation `in_type_range`: every value stored
+    is within the new type's range (65504 for _Float16), or it becomes an
+    infinity. Types known: _Float16, float, double (UNIT_ROUNDOFF); the new
+    one must be narrower than the old. Refused: a parameter, a pointer not
+    allocated in its declaration or whose allocation does not say
+    `sizeof(old type)`, an array with an initializer, escapes (see the
+    module), a loop contract naming the array, an unknown or not narrower
+    type, and a tolerance that is not a positive number.
+    """
+    who = "matrix.set_precision"
+    decl_path, arr, accesses = _local_array(program, target, who, None, need_shape=False)
+    loc = arr.decl.loc
+    old = _float_name(arr.elem)
+    if ctype not in UNIT_ROUNDOFF:
+        raise TransformError(f"{who}: unknown floating type {ctype!r} (known: {', '.join(UNIT_ROUNDOFF)})", loc)
+    if old is None or UNIT_ROUNDOFF[ctype] <= UNIT_ROUNDOFF[old]:
+        raise TransformError(f"{who}: '{arr.name}' holds {type_name(arr.elem)}, which {ctype} does not narrow",
+                             loc)
+    tol = LOSSY_FACTOR * UNIT_ROUNDOFF[ctype] if tolerance is None else tolerance
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise TransformError(f"{who}: tolerance must be a positive number, got {tolerance!r}", loc)
+    new_elem = dataclasses.replace(arr.elem, names=(ctype,))
+    plain_old, plain_new = unqualified(arr.elem), unqualified(new_elem)
+    reads = [a for a in accesses if a.role == "read"]
+    new = _rewrite(program, reads, lambda a: ir.Cast(plain_old, get(program, a.path)))
+    if isinstance(arr.decl.type, ir.Ptr):
+        init, sizes = _retyped(arr.decl.init, plain_old, plain_new)  # type: ignore[arg-type]
+        if not sizes:
+            raise TransformError(f"{who}: the allocation of '{arr.name}' does not say sizeof({old}); write it "
+                                 f"as n * sizeof({old})", loc)
+        decl_ = dataclasses.replace(arr.decl, type=dataclasses.replace(arr.decl.type, to=new_elem), init=init)
+    else:
+        decl_ = dataclasses.replace(arr.decl, type=_md_type(new_elem, arr.shape))
+    new = replace(new, decl_path + (("decl", None),), decl_)
+    ob = Obligation("in_type_range", f"every value stored into '{arr.name}' is within the range of {ctype}",
+                    arr.function, (decl_path,))
+    return Rewrite(new, (ob,), fp="lossy", tolerance=float(tol))
