@@ -906,3 +906,87 @@ def test_hoist_refusals(ck):
     q = ck.parse("void f(float *x) {\n  {\n    float t = x[0];\n    x[1] = t;\n  }\n}")
     assert refusal(loop.hoist.apply, q, "f > def t") == (
         "loop.hoist: 'float t = x[0];' (line 3) is not directly in the body of a canonical for loop")
+
+
+# ----------------------------------------------------------------- shift, scale
+
+
+def test_shift_softmax_max_loop_to_start_at_zero(ck):
+    p = ck.load("softmax.c")
+    r = loop.shift.apply(p, "softmax > for j#1", -1)
+    assert ck.contains(ck.function_text(r.program, "softmax"), """
+        for (int j = 0; j < C - 1; j++) {
+          if (x[i * C + (j + 1)] > max_val) {
+            max_val = x[i * C + (j + 1)];
+          }
+        }""")
+    assert r.obligations == () and r.fp == "exact"
+    for C in (1, 6):
+        ck.check(p, r.program, "softmax", [2, C, ck.floats(2 * C), ck.floats(2 * C)])
+
+
+def test_shift_by_an_expression_with_a_new_index_matvec(ck):
+    p = ck.load("matvec.c")
+    r = loop.shift.apply(p, "matvec > for i", "N", index="r")
+    assert ck.function_text(r.program, "matvec") == c("""
+        void matvec(int N, int D, const float *W, const float *x, float *y) {
+          for (int r = N; r < D + N; r++) {
+            y[r - N] = 0.0f;
+            for (int j = 0; j < N; j++) {
+              y[r - N] += W[(r - N) * N + j] * x[j];
+            }
+          }
+        }""")
+    ck.check(p, r.program, "matvec", matvec_args(ck, 5, 3))
+    a = ck.load("attention.c")
+    t = loop.shift.apply(a, "attention > for j#4", 3).program
+    assert "for (int j = 3; j < i + 4; j++) {" in ck.function_text(t, "attention")
+    ck.check(a, t, "attention", attention_args(ck))
+
+
+def test_scale_matvec_and_attention(ck):
+    p = ck.load("matvec.c")
+    r = loop.scale.apply(p, "matvec > for j", 4)
+    assert ck.contains(ck.function_text(r.program, "matvec"), """
+        for (int j = 0; j < N * 4; j += 4) {
+          y[i] += W[i * N + j / 4] * x[j / 4];
+        }""")
+    assert r.obligations == ()
+    ck.check(p, r.program, "matvec", matvec_args(ck, 5, 3))
+    a = ck.load("attention.c")
+    t = loop.scale.apply(a, "attention > for j#4", 2).program
+    assert ck.contains(ck.function_text(t, "attention"), """
+      for (int j = 0; j < (i + 1) * 2; j += 2) {
+        scores[j / 2] = scores[j / 2] / sum;
+      }""")
+    ck.check(a, t, "attention", attention_args(ck))
+
+
+def test_scale_by_an_expression_declares_positive(ck):
+    p = ck.load("matmul.c")
+    r = loop.scale.apply(p, "matmul > for k", "N", index="kN")
+    assert ck.contains(ck.function_text(r.program, "matmul"), """
+      for (int kN = 0; kN < K * N; kN += N) {
+        C[i * N + j] += A[i * K + kN / N] * B[kN / N * N + j];
+      }""")
+    (ob,) = r.obligations
+    assert ob.kind == "positive" and ob.exprs == (ir.Var("N"),)
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 4, 5))
+
+
+def test_shift_scale_refusals(ck):
+    p = ck.load("matmul.c")
+    assert refusal(loop.shift.apply, p, "matmul > for k", "k + 1") == (
+        "loop.shift: the shift 'k + 1' uses the index of for k (line 5)")
+    assert refusal(loop.shift.apply, p, "matmul > for k", 1, index="j") == (
+        "loop.shift: the new index name 'j' is used in for k (line 5), where the index would capture it")
+    assert "must be an integer or a C expression, got 1.5" in refusal(loop.shift.apply, p, "matmul > for k", 1.5)
+    for bad in (0, -2):
+        assert refusal(loop.scale.apply, p, "matmul > for k", bad) == (
+            f"loop.scale: the factor must be positive, got {bad}")
+    t = ck.load("transformer.c")
+    assert refusal(loop.scale.apply, t, "transformer_token > for i#1", 2) == (
+        "loop.scale: for i (line 59) has step '2'; only unit-step loops can be scaled")
+    w = ck.parse("void f(int n, int m, float *x) { for (int i = 0; i < n; i++) { x[i] = 0.0f; m = 2; } }")
+    assert refusal(loop.scale.apply, w, "f > for i", "m") == (
+        "loop.scale: the body of for i (line 2) writes 'm', which the factor 'm' reads")

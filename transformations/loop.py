@@ -1,4 +1,4 @@
-"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist."""
+"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist, shift, scale."""
 from __future__ import annotations
 
 import dataclasses
@@ -446,6 +446,10 @@ def _const_offset(e: ir.Expr) -> tuple[Optional[ir.Expr], int]:
             return left, (kl + kr if e.op == "+" else kl - kr)
         if e.op == "+" and left is None:
             return right, kl + kr
+    if isinstance(e, ir.Unop) and e.op == "-":
+        rest, k = _const_offset(e.arg)
+        if rest is None:
+            return None, -k
     return e, 0
 
 
@@ -459,13 +463,21 @@ def _trip_count(loop: ir.For) -> Optional[int]:
     return None
 
 
+def _int(k: int) -> ir.Expr:
+    return ir.Const(str(k)) if k >= 0 else ir.Unop("-", ir.Const(str(-k)))
+
+
 def _plus(e: ir.Expr, k: int) -> ir.Expr:
+    """`e + k`, folded with the constant `e` ends with: `_plus(i + 1, 2)` is `i + 3`."""
     rest, base = _const_offset(e)
     if rest is None:
-        return ir.Const(str(base + k))
+        return _int(base + k)
     if k == 0:
         return e
-    return ir.Binop("+", e, ir.Const(str(k))) if k > 0 else ir.Binop("-", e, ir.Const(str(-k)))
+    total = base + k
+    if total == 0:
+        return rest
+    return ir.Binop("+", rest, ir.Const(str(total))) if total > 0 else ir.Binop("-", rest, ir.Const(str(-total)))
 
 
 def _copies(loop: ir.For, index_values: list[ir.Expr]) -> tuple[ir.Stmt, ...]:
@@ -570,6 +582,39 @@ def _plus_expr(a: ir.Expr, x: ir.Expr) -> ir.Expr:
 # ----------------------------------------------------------------- split
 
 
+def _loop_amount(name: str, what: str, value: "int | str", program: ir.Program, path: Path, function: str,
+                 loop: ir.For, where: str) -> ir.Expr:
+    """An integer, or a C integer expression given as text (read as a
+    contract formula), used in the header of `loop`: it must not use the
+    index, have side effects, name undeclared variables or read what the
+    body writes."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TransformError(f"{name}: {what} must be an integer or a C expression, got {value!r}", loop.loc)
+    if isinstance(value, int):
+        return _int(value)
+    try:
+        e = parse_formula(value)
+    except SpecError as err:
+        raise TransformError(f"{name}: cannot read {what} {value!r}: {err.message}", loop.loc) from None
+    if not isinstance(e, ir.EXPR_TYPES) or isinstance(e, ir.Binop) and e.op in _NOT_INTEGER_OPS:
+        raise TransformError(f"{name}: {what} {value!r} is not an integer expression", loop.loc)
+    text = expr_text(e)
+    if loop.index in free_vars(e):
+        raise TransformError(f"{name}: {what} '{text}' uses the index of {where}", loop.loc)
+    if has_side_effects(e):
+        raise TransformError(f"{name}: {what} '{text}' has side effects", loop.loc)
+    fn = program.items[path[0][1]]
+    unknown = sorted(free_vars(e) - declared_names(fn) - declared_names(program.items))
+    if unknown:
+        raise TransformError(f"{name}: {what} '{text}' uses '{unknown[0]}', which is not declared in {function}",
+                             loop.loc)
+    hit = sorted(writes_of(loop.body) & free_vars(e))
+    if hit:
+        raise TransformError(f"{name}: the body of {where} writes '{hit[0]}', which {what} '{text}' reads",
+                             loop.loc)
+    return e
+
+
 @primitive
 def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
     """Split the range of a unit-step loop in two at `at`.
@@ -601,39 +646,14 @@ def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
     m = res.one(target, "loop", (ir.For,))
     loop: ir.For = m.node
     where = _where(res, m.path, loop)
-    if isinstance(at, bool) or not isinstance(at, (int, str)):
-        raise TransformError(f"loop.split: the split point must be an integer or a C expression, got {at!r}",
-                             loop.loc)
-    if isinstance(at, int):
-        point: ir.Expr = ir.Const(str(at)) if at >= 0 else ir.Unop("-", ir.Const(str(-at)))
-    else:
-        try:
-            point = parse_formula(at)
-        except SpecError as e:
-            raise TransformError(f"loop.split: cannot read the split point {at!r}: {e.message}", loop.loc) from None
-        if not isinstance(point, ir.EXPR_TYPES) or isinstance(point, ir.Binop) and point.op in _NOT_INTEGER_OPS:
-            raise TransformError(f"loop.split: the split point {at!r} is not an integer expression", loop.loc)
-    at_text = expr_text(point)
     _require_unit_step("loop.split", "split", where, loop)
-    if loop.index in free_vars(point):
-        raise TransformError(f"loop.split: the split point '{at_text}' uses the index of {where}", loop.loc)
-    if has_side_effects(point):
-        raise TransformError(f"loop.split: the split point '{at_text}' has side effects", loop.loc)
-    fn = program.items[m.path[0][1]]
-    known = declared_names(fn) | declared_names(program.items)
-    unknown = sorted(free_vars(point) - known)
-    if unknown:
-        raise TransformError(f"loop.split: the split point '{at_text}' uses '{unknown[0]}', which is not declared "
-                             f"in {m.function}", loop.loc)
+    point = _loop_amount("loop.split", "the split point", at, program, m.path, m.function, loop, where)
+    at_text = expr_text(point)
     if loop.contract:
         raise TransformError(f"loop.split: {where} has a loop contract, which would have to be split; "
                              f"remove it (level 3 infers loop contracts)", loop.loc)
     _refuse_early_exit("loop.split", where, loop.body.stmts, loop)
     _check_bounds_stable("loop.split", res, m.path, loop, loop.body)
-    hit = sorted(writes_of(loop.body) & free_vars(point))
-    if hit:
-        raise TransformError(f"loop.split: the body of {where} writes '{hit[0]}', which the split point "
-                             f"'{at_text}' reads", loop.loc)
     block, k = _in_block("loop.split", res, m.path, loop)
     a = dataclasses.replace(loop, stop=point, inclusive=False)
     b = dataclasses.replace(loop, start=point, body=ir.Block(loop.body.stmts), loc=None)
@@ -877,3 +897,119 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
             includes += (STDLIB,)
     out = splice(program, loop_path, new)
     return Rewrite(dataclasses.replace(out, includes=includes))
+
+
+# ----------------------------------------------------------------- shift, scale
+
+
+def _offset(e: ir.Expr, amount: ir.Expr, sign: int = 1) -> ir.Expr:
+    """`e + amount` (sign 1) or `e - amount` (sign -1), folding constants."""
+    rest, k = _const_offset(amount)
+    if rest is None:
+        return _plus(e, sign * k)
+    return _plus_expr(e, amount) if sign > 0 else ir.Binop("-", e, amount)
+
+
+def _times(e: ir.Expr, f: ir.Expr) -> ir.Expr:
+    """`e * f`, folding constants."""
+    (rest, k), (frest, fk) = _const_offset(e), _const_offset(f)
+    if rest is None and (k == 0 or frest is None):
+        return _int(k * fk)
+    return ir.Binop("*", e, f)
+
+
+def _reindex(name: str, program: ir.Program, target: str, amount: "int | str", what: str,
+             index: Optional[str]) -> tuple[Resolver, Path, str, ir.For, str, ir.Expr, str]:
+    """What shift and scale share: the loop, the amount read by
+    `_loop_amount`, and the new index name (the same by default; another
+    name must not be used in the loop or by the amount)."""
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    e = _loop_amount(name, what, amount, program, m.path, m.function, loop, where)
+    if loop.contract:
+        raise TransformError(f"{name}: {where} has a loop contract, which speaks of the old index; remove it "
+                             f"(level 3 infers loop contracts)", loop.loc)
+    new = loop.index if index is None else index
+    if new != loop.index:
+        if not is_identifier(new):
+            raise TransformError(f"{name}: {new!r} is not a valid C name for the index", loop.loc)
+        if new in free_vars(loop.body) | free_vars(loop.stop) | free_vars(loop.step) | free_vars(e):
+            raise TransformError(f"{name}: the new index name '{new}' is used in {where}, where the index would "
+                                 f"capture it", loop.loc)
+    return res, m.path, m.function, loop, where, e, new
+
+
+@primitive
+def shift(program: ir.Program, target: str, by: "int | str", index: Optional[str] = None) -> Rewrite:
+    """Shift the range of a loop by `by`: the index runs over a + by .. b +
+    by, and the body uses `index - by` where it used the index.
+
+    Before (`loop.shift("softmax > for j#1", -1)`):
+
+        for (int j = 1; j < C; j++) {
+          if (x[i * C + j] > max_val) { ... }
+        }
+
+    After:
+
+        for (int j = 0; j < C - 1; j++) {
+          if (x[i * C + (j + 1)] > max_val) { ... }
+        }
+
+    `by` is an integer or a C expression (read as a contract formula); the
+    index keeps its name unless `index` gives another. The loop runs the same
+    iterations in the same order, with the same index values seen by the
+    body, so no obligation (int arithmetic is taken not to overflow, as
+    everywhere in otp). Refused when `by` uses the index, has side effects,
+    names an undeclared variable or reads what the body writes; when the new
+    name is used in the loop; or when the loop has a contract (it speaks of
+    the old index). Any step; the pragmas stay.
+    """
+    res, path, function, loop, where, amount, new = _reindex("loop.shift", program, target, by, "the shift", index)
+    sub = {loop.index: _offset(ir.Var(new), amount, -1)}
+    out = dataclasses.replace(loop, index=new, start=_offset(loop.start, amount),
+                              stop=_offset(subst(loop.stop, sub), amount), step=subst(loop.step, sub),
+                              body=subst(loop.body, sub), inclusive=False)
+    return Rewrite(replace(program, path, out))
+
+
+@primitive
+def scale(program: ir.Program, target: str, factor: "int | str", index: Optional[str] = None) -> Rewrite:
+    """Scale the range of a unit-step loop by `factor`: the index runs over
+    a * f .. b * f with step f, and the body uses `index / f`.
+
+    Before (`loop.scale("matvec > for j", 4)`):
+
+        for (int j = 0; j < N; j++) {
+          y[i] += W[i * N + j] * x[j];
+        }
+
+    After:
+
+        for (int j = 0; j < N * 4; j += 4) {
+          y[i] += W[i * N + j / 4] * x[j / 4];
+        }
+
+    The index takes the values (a + t) * f, so `index / f` is exact and gives
+    back a + t, provided f > 0: an integer factor must be positive (checked),
+    a C expression gets the obligation positive. Nothing else is needed (int
+    arithmetic is taken not to overflow, as everywhere in otp). Refused for a
+    step other than 1, a factor that uses the index, has side effects, names
+    an undeclared variable or reads what the body writes, a new index name
+    used in the loop, or a loop contract. The pragmas stay.
+    """
+    res, path, function, loop, where, f, new = _reindex("loop.scale", program, target, factor, "the factor", index)
+    _require_unit_step("loop.scale", "scaled", where, loop)
+    rest, k = _const_offset(f)
+    obs: tuple[Obligation, ...] = ()
+    if rest is None and k <= 0:
+        raise TransformError(f"loop.scale: the factor must be positive, got {k}", loop.loc)
+    if rest is not None:
+        obs = (Obligation("positive", f"the factor '{expr_text(f)}' scaling {where} is positive", function,
+                          (path,), (f,)),)
+    sub = {loop.index: ir.Binop("/", ir.Var(new), f)}
+    out = dataclasses.replace(loop, index=new, start=_times(loop.start, f), stop=_times(subst(loop.stop, sub), f),
+                              step=f, body=subst(loop.body, sub), inclusive=False)
+    return Rewrite(replace(program, path, out), obs)
