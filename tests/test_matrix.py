@@ -12,6 +12,7 @@ from optitrust_py.errors import TransformError
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.report import badges
 from optitrust_py.runner import new_session, run_script
+from optitrust_py.spec import parse_formula
 from optitrust_py.tree import get
 from transformations import loop, matrix
 
@@ -136,6 +137,35 @@ def test_local_buffer_copies_back_what_the_loop_writes(ck):
     ck.check(p, r.program, "attention", attention_args(ck))
 
 
+def test_local_buffer_of_a_loop_that_only_writes(ck):
+    p = ck.load("attention.c")
+    r = matrix.local_buffer.apply(p, "attention > for d#2", "out", shape=["H", "S", "D"])
+    assert ck.contains(ck.function_text(r.program, "attention"), """
+          float out_local[D];
+          for (int d = 0; d < D; d++) {
+            out_local[d] = 0.0f;
+          }
+          for (int i0 = 0; i0 < D; i0++) {
+            out[(h * S + i) * D + i0] = out_local[i0];
+          }""")
+    assert kinds(r) == ["in_region", "no_alias", "covers", "delinearize"]
+    ck.check(p, r.program, "attention", attention_args(ck))
+
+
+@pytest.mark.parametrize("index, shape, split", [
+    ("(h * S + i) * D + d", ["H", "S", "D"], ["h", "i", "d"]),
+    ("h * S * D + i * D + d", ["H", "S", "D"], ["h", "i", "d"]),
+    ("d + D * (i + S * h)", ["H", "S", "D"], ["h", "i", "d"]),
+    ("(g * SMAX + t - 1) * D", ["G", "SMAX", "D"], ["g", "t - 1", "0"]),
+    ("0", ["M", "N"], ["0", "0"]),
+    ("j", ["K", "N"], None),
+    ("(h * S + i) * D + d", ["H", "D", "S"], None),
+])
+def test_delinearize_forms(index, shape, split):
+    got = matrix._delinearize(parse_formula(index), tuple(parse_formula(d) for d in shape))
+    assert (None if got is None else [expr_text(e) for e in got]) == split
+
+
 def test_local_buffer_refusals(ck):
     p = blocked_matmul(ck)
     lb = matrix.local_buffer.apply
@@ -200,6 +230,11 @@ def test_tile_dim_refusals(ck):
         refusal(td, p, "matmul > def B", 1, 16, shape=["K", "N"])
     msg = refusal(td, ck.load("transformer.c"), "transformer_token > def xb", 0, 16, shape=["dim"])
     assert "'xb' is passed to a call" in msg and "(line 55)" in msg
+    for use, why in (("float *p = &t[i][1];", "has its address taken in '&t[i][1]'"),
+                     ("float *p = t[i];", "is indexed with fewer than its 2 dimensions in 't[i]'"),
+                     ("float *p = y + sizeof(t[i][0]);", "is measured in 'sizeof(t[i][0])'")):
+        odd = ck.parse(f"void f(float *y) {{ float t[8][8]; for (int i = 0; i < 8; i++) {{ t[i][0] = y[i]; {use} }} }}")
+        assert why in refusal(td, odd, "f > def t", 1, 4)
 
 
 # ----------------------------------------------------------------- reorder_dims
