@@ -110,11 +110,29 @@ def test_refuses_a_strided_access(ck):
 
 
 def test_refuses_a_branch_and_a_region_without_lane_loops(ck):
-    p = ck.load("softmax.c")
     with pytest.raises(TransformError, match="is not an assignment"):
-        vector.vectorize.apply(p, "softmax > for i > for j#1", isa="avx512")
-    with pytest.raises(TransformError, match="no innermost loop in for i .* multiple of 8"):
-        vector.vectorize.apply(p, "softmax > for i", isa="avx2")
+        vector.vectorize.apply(ck.load("moe.c"), "moe > for s#1 > for e", isa="avx512")
+    p = loop.tile.apply(_ikj(ck), "matmul > for k > for j", 8).program
+    with pytest.raises(TransformError, match="no innermost loop in for k .* multiple of 16"):
+        vector.vectorize.apply(p, "matmul > for k", isa="avx512")
+
+
+@needs_avx512
+def test_running_max_and_vector_exp_in_softmax(ck):
+    p = ck.load("softmax.c")
+    r = vector.vectorize.apply(p, "softmax > for i", isa="avx512")
+    text = ck.function_text(r.program, "softmax_avx512")
+    assert ck.contains(text, """
+        __m512 max_val_v = _mm512_set1_ps(max_val);
+        for (int jv = 1; jv < C - 15; jv += 16) {
+          max_val_v = _mm512_max_ps(_mm512_loadu_ps(&x[i * C + jv]), max_val_v);
+        }""")
+    assert "otp_expf_avx512(_mm512_sub_ps(_mm512_loadu_ps(&x[i * C + jv]), _mm512_set1_ps(max_val)))" in text
+    assert r.program.function("otp_expf_avx512") is not None
+    assert (r.fp, r.tolerance) == ("lossy", vector.EXP_TOLERANCE)
+    ck.roundtrip(r.program)
+    ck.compiles(r.program)
+    _close(ck, p, r.program, "softmax", [3, 77, ck.floats(3 * 77), ck.floats(3 * 77)])
 
 
 def test_refuses_an_unknown_instruction_set(ck):

@@ -52,6 +52,37 @@ ISAS = {
 }
 _ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
+# expf on 16 lanes: exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2,
+# ln 2 split in two for an exact-enough r, exp(r) by its Taylor polynomial of
+# degree 7 (truncation below 6e-9), 2^n applied by vscalefps, which also
+# gives inf, 0 and subnormals at the ends. The clamp keeps -inf from making
+# a NaN (and passes NaN through: min/max return their second operand on NaN).
+EXP_HELPERS = {"avx512": """
+static __m512 otp_expf_avx512(__m512 x) {
+  __m512 t = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504f)), 8);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), t);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.98412698e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888889e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333333e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666667e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666667e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+"""}
+EXP_TOLERANCE = 1e-6  # declared relative error of the vector expf, a few ulp
+
+
+@lru_cache(maxsize=None)
+def _exp_helper(isa: str) -> ir.FuncDef:
+    from optitrust_py.frontend import parse_text
+    fn = parse_text("#include <immintrin.h>\n" + EXP_HELPERS[isa], f"<otp_expf_{isa}>").functions()[0]
+    return fn
+
 
 @lru_cache(maxsize=1)
 def host_isa() -> Optional[str]:
@@ -112,7 +143,8 @@ class _Lanes:
         self.chunks = trip // isa.width if trip is not None and trip % isa.width == 0 else None
         self.written = writes_of(loop.body)
         self.locals: set[str] = set()
-        self.reductions: list[tuple[str, str]] = []
+        self.reductions: list[tuple[str, str, str]] = []  # (scalar, vector accumulator, "+" or "max")
+        self.helpers: set[str] = set()
         self.env = env_at(program, path + (("body", None), ("stmts", 0)))
         self.typedefs = typedefs_of(program)
         if self.chunks == 1:
@@ -158,17 +190,22 @@ class _Lanes:
             return self.isa.op("mul", self.isa.op("set1", ir.Const("-1.0f", "float")), self.value(e.arg))
         if isinstance(e, ir.Cast) and _is_float(e.type, self.program) and _is_float(self._type(e.arg), self.program):
             return self.value(e.arg)
+        if isinstance(e, ir.Call) and e.name == "expf" and len(e.args) == 1 and self.isa.name in EXP_HELPERS:
+            self.helpers.add(self.isa.name)
+            return ir.Call(ir.Var(f"otp_expf_{self.isa.name}"), (self.value(e.args[0]),))
         if isinstance(e, ir.Var) and e.name == self.loop.index:
             raise self.refuse(f"the lane index '{e.name}' is used as a value")
-        raise self.refuse(f"no vector form for '{expr_text(e)}'")
+        raise self.refuse(f"no vector form for '{expr_text(e)}'" +
+                          (f" with {self.isa.name}" if isinstance(e, ir.Call) and e.name == "expf" else ""))
 
     def _vector_slot(self, e: ir.Expr) -> Optional[ir.Expr]:
         """`acc[i][j]` with `acc` a vector array: `acc[i][chunk]`."""
         name, idx = _chain(e)
         if name not in self.vector_arrays:
             return None
-        if idx[-1] != ir.Var(self.loop.index):
-            raise self.refuse(f"'{expr_text(e)}': a vector array must be indexed by the lane index last")
+        if idx[-1] != _lane_offset(self.loop):
+            raise self.refuse(f"'{expr_text(e)}': a vector array must be indexed last by "
+                              f"'{expr_text(_lane_offset(self.loop))}'")
         assert isinstance(e, ir.Index)
         return dataclasses.replace(e, index=self.chunk)
 
@@ -196,6 +233,11 @@ class _Lanes:
             value = self.value(s.decl.init)
             self.locals.add(s.decl.name or "")
             return ir.DeclStmt(dataclasses.replace(s.decl, type=ir.Base((self.isa.vtype,)), init=value))
+        running_max = _running_max(s)
+        if running_max is not None:
+            name, value = running_max
+            acc = self._accumulator(name, "max", 2, f"'if ({expr_text(value)} > {name}) {name} = ...'")
+            return ir.ExprStmt(ir.Assign("=", ir.Var(acc), self.isa.op("max", self.value(value), ir.Var(acc))))
         if not (isinstance(s, ir.ExprStmt) and isinstance(s.expr, ir.Assign)):
             raise self.refuse(f"'{stmt_text(s).strip()}' is not an assignment")
         a = s.expr
@@ -217,14 +259,21 @@ class _Lanes:
 
     def _reduction(self, a: ir.Assign, rhs: ir.Expr) -> ir.Stmt:
         assert isinstance(a.lhs, ir.Var)
-        name = a.lhs.name
-        uses = sum(1 for _, n in walk(self.loop.body) if n == ir.Var(name))
-        if a.op != "+=" or uses != 1 or not _is_float(self._type(a.lhs), self.program):
-            raise self.refuse(f"'{expr_text(a)}': a scalar may only be summed into (`{name} += ...`), "
-                              f"and not otherwise used in the loop")
-        acc = self._fresh(f"{name}_v")
-        self.reductions.append((name, acc))
+        if a.op != "+=":
+            raise self.refuse(f"'{expr_text(a)}': a scalar may only be summed into (`{a.lhs.name} += ...`)")
+        acc = self._accumulator(a.lhs.name, "+", 1, f"'{expr_text(a)}'")
         return ir.ExprStmt(ir.Assign("=", ir.Var(acc), self.isa.op("add", ir.Var(acc), rhs)))
+
+    def _accumulator(self, name: str, kind: str, uses: int, shown: str) -> str:
+        """A vector of per-lane partial results for the scalar `name`, which
+        the loop may use nowhere else."""
+        found = sum(1 for _, n in walk(self.loop.body) if n == ir.Var(name))
+        if found != uses or not _is_float(self._type(ir.Var(name)), self.program):
+            raise self.refuse(f"{shown}: the float scalar '{name}' is reduced into, so the loop may not use it "
+                              f"otherwise")
+        acc = self._fresh(f"{name}_v")
+        self.reductions.append((name, acc, kind))
+        return acc
 
     def rewrite(self) -> ir.Stmt:
         body = ir.Block(tuple(self.stmt(s) for s in self.loop.body.stmts))
@@ -247,21 +296,25 @@ class _Lanes:
             core = ir.For(self.chunk.name, ir.Const("0"), ir.Const(str(self.chunks)), body)
         pre: list[ir.Stmt] = []
         post: list[ir.Stmt] = []
-        for name, acc in self.reductions:
-            pre.append(ir.DeclStmt(ir.Decl(acc, ir.Base((self.isa.vtype,)), self.isa.op("setzero"))))
+        for name, acc, kind in self.reductions:
+            start = self.isa.op("setzero") if kind == "+" else self.isa.op("set1", ir.Var(name))
+            pre.append(ir.DeclStmt(ir.Decl(acc, ir.Base((self.isa.vtype,)), start)))
             lanes, lane = self._fresh(f"{name}_lanes"), self._fresh("l")
+            one = ir.Index(ir.Var(lanes), ir.Var(lane))
+            combine: ir.Stmt = (ir.ExprStmt(ir.Assign("+=", ir.Var(name), one)) if kind == "+" else
+                                ir.If(ir.Binop(">", one, ir.Var(name)),
+                                      ir.Block((ir.ExprStmt(ir.Assign("=", ir.Var(name), one)),))))
             post.append(ir.DeclStmt(ir.Decl(lanes, ir.Array(FLOAT, width))))
             post.append(ir.ExprStmt(self.isa.op("storeu", ir.Var(lanes), ir.Var(acc))))
-            post.append(ir.For(lane, ir.Const("0"), width, ir.Block((
-                ir.ExprStmt(ir.Assign("+=", ir.Var(name), ir.Index(ir.Var(lanes), ir.Var(lane)))),))))
+            post.append(ir.For(lane, ir.Const("0"), width, ir.Block((combine,))))
         if not pre and not rest:
             return core
         return ir.Block((*pre, core, *post, *rest))
 
 
 def _lane_loops(region: ir.For, width: int) -> list[Path]:
-    """Innermost unit-step loops whose constant trip count is a multiple of
-    the vector width."""
+    """Innermost unit-step loops whose trip count is a multiple of the
+    vector width or only known at run time (those get a remainder loop)."""
     out = []
     for p, n in walk(region):
         if not isinstance(n, ir.For) or n.step != ir.Const("1"):
@@ -269,9 +322,28 @@ def _lane_loops(region: ir.For, width: int) -> list[Path]:
         if not _innermost(n):
             continue
         trip = _trip_count(n)
-        if trip and trip % width == 0:
+        if trip is None or trip % width == 0:
             out.append(p)
     return out
+
+
+def _running_max(s: ir.Stmt) -> Optional[tuple[str, ir.Expr]]:
+    """`if (e > m) { m = e; }` (or `m < e`) -> ("m", e)."""
+    if not (isinstance(s, ir.If) and s.other is None and len(s.then.stmts) == 1
+            and isinstance(s.cond, ir.Binop) and s.cond.op in (">", "<")):
+        return None
+    value, m = (s.cond.left, s.cond.right) if s.cond.op == ">" else (s.cond.right, s.cond.left)
+    body = s.then.stmts[0]
+    if isinstance(m, ir.Var) and body == ir.ExprStmt(ir.Assign("=", m, value)):
+        return m.name, value
+    return None
+
+
+def _lane_offset(loop: ir.For) -> ir.Expr:
+    """How a vector array's last dimension is indexed in a lane loop: by
+    the lane's offset from the loop's start."""
+    lane = ir.Var(loop.index)
+    return lane if loop.start == ir.Const("0") else ir.Binop("-", lane, loop.start)
 
 
 def _innermost(loop: ir.For) -> bool:
@@ -300,11 +372,11 @@ def _vector_arrays(fn: ir.FuncDef, loops: list[ir.For], width: int) -> dict[str,
         total = sum(1 for _, n in walk(fn.body) if n == ir.Var(name))
         fitting = 0
         for loop in loops:
-            if loop.start != ir.Const("0") or _trip_count(loop) != last:
+            if _trip_count(loop) != last:
                 continue
             fitting += sum(1 for _, n in walk(loop.body)
                            if isinstance(n, ir.Index) and _chain(n)[0] == name and len(_chain(n)[1]) == dims
-                           and n.index == ir.Var(loop.index))
+                           and n.index == _lane_offset(loop))
         if total and fitting == total:
             out[name] = last
     return out
@@ -349,7 +421,8 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None) -> Re
     loop does not change becomes a broadcast, `+ - * /` become vector
     operations, and a scalar summed into (`s += ...`) gets a vector of
     partial sums added to it after the loop. A local float array whose last
-    dimension is only indexed by lane indices becomes an array of vectors,
+    dimension is only indexed by lane offsets (`acc[ii][j - bj]` in a loop
+    `for (j = bj; j < bj + 32; j++)`) becomes an array of vectors,
     which gcc keeps in registers once the loops around are unrolled.
 
     Before (`vector.vectorize("matmul > for bj", isa="avx512")`):
@@ -420,13 +493,13 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None) -> Re
     taken = {n for _, x in walk(fn) for n in ([x.name] if isinstance(x, ir.Var) else
                                             [x.decl.name] if isinstance(x, ir.DeclStmt) and x.decl.name else
                                             [x.index] if isinstance(x, ir.For) else [])}
-    fp = "exact"
     new = program
-    for p, loop in sorted(zip(full, loops), key=lambda pl: pl[0], reverse=True):
+    reassoc, helpers = False, set()
+    for p, loop in zip(full, loops):
         lanes = _Lanes(program, m.path[:1], p, loop, chosen, arrays, set(taken))
         new = replace(new, p, lanes.rewrite())
-        if lanes.reductions:
-            fp = "reassoc"
+        reassoc = reassoc or bool(lanes.reductions)
+        helpers |= lanes.helpers
     body = get(new, m.path[:1]).body
     for p, d in list(walk(body)):
         if isinstance(d, ir.DeclStmt) and d.decl.name in arrays:
@@ -434,18 +507,22 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None) -> Re
     obligation = Obligation("lanes", f"the iterations of each vectorized loop inside for {m.node.index} can run "
                                      f"{chosen.width} at a time, statement by statement", fn.name, (m.path,))
     includes = program.includes if INCLUDE in program.includes else program.includes + (INCLUDE,)
+    known = {f.name for f in program.functions()}
+    extra = tuple(_exp_helper(h) for h in sorted(helpers) if f"otp_expf_{h}" not in known)
     if in_place:
-        items = list(program.items)
-        items[fn_index] = dataclasses.replace(fn, body=body)
-        return Rewrite(ir.Program(includes, tuple(items), program.file), (obligation,), fp)
-    variant = fresh_name({f.name for f in program.functions()}, f"{fn.name}_{chosen.name}")
-    vdecl = dataclasses.replace(fn.decl, name=variant, storage=("static",))
-    vfn = dataclasses.replace(fn, decl=vdecl, body=body)
-    plain = dataclasses.replace(fn, body=ir.Block((_dispatch(fn, variant, chosen),) + fn.body.stmts))
-    items = (program.items[:fn_index]
-             + (ir.Pragma("GCC push_options"), ir.Pragma(f'GCC target("{chosen.gcc_target}")'), vfn,
-                ir.Pragma("GCC pop_options"), plain)
-             + program.items[fn_index + 1:])
-    obligation = dataclasses.replace(obligation, function=variant,
-                                     paths=(((("items", fn_index + 2),) + m.path[1:]),))
-    return Rewrite(ir.Program(includes, items, program.file), (obligation,), fp)
+        vfn: ir.TopLevel = dataclasses.replace(fn, body=body)
+        items = program.items[:fn_index] + extra + (vfn,) + program.items[fn_index + 1:]
+        variant = fn.name
+    else:
+        variant = fresh_name(known, f"{fn.name}_{chosen.name}")
+        vfn = dataclasses.replace(fn, decl=dataclasses.replace(fn.decl, name=variant, storage=("static",)), body=body)
+        plain = dataclasses.replace(fn, body=ir.Block((_dispatch(fn, variant, chosen),) + fn.body.stmts))
+        items = (program.items[:fn_index]
+                 + (ir.Pragma("GCC push_options"), ir.Pragma(f'GCC target("{chosen.gcc_target}")'))
+                 + extra + (vfn, ir.Pragma("GCC pop_options"), plain) + program.items[fn_index + 1:])
+    at = items.index(vfn)
+    obligation = dataclasses.replace(obligation, function=variant, paths=(((("items", at),) + m.path[1:]),))
+    out = ir.Program(includes, items, program.file)
+    if helpers:
+        return Rewrite(out, (obligation,), "lossy", EXP_TOLERANCE)
+    return Rewrite(out, (obligation,), "reassoc" if reassoc else "exact")

@@ -8,11 +8,14 @@ __m512 _mm512_loadu_ps(const void *); void _mm512_storeu_ps(void *, __m512);
 __m512 _mm512_set1_ps(float); __m512 _mm512_setzero_ps(void);
 __m512 _mm512_add_ps(__m512, __m512); __m512 _mm512_sub_ps(__m512, __m512);
 __m512 _mm512_mul_ps(__m512, __m512); __m512 _mm512_div_ps(__m512, __m512);
-__m512 _mm512_fmadd_ps(__m512, __m512, __m512);
+__m512 _mm512_fmadd_ps(__m512, __m512, __m512); __m512 _mm512_fnmadd_ps(__m512, __m512, __m512);
+__m512 _mm512_max_ps(__m512, __m512); __m512 _mm512_min_ps(__m512, __m512);
+__m512 _mm512_roundscale_ps(__m512, int); __m512 _mm512_scalef_ps(__m512, __m512);
 __m256 _mm256_loadu_ps(const float *); void _mm256_storeu_ps(float *, __m256);
 __m256 _mm256_set1_ps(float); __m256 _mm256_setzero_ps(void);
 __m256 _mm256_add_ps(__m256, __m256); __m256 _mm256_sub_ps(__m256, __m256);
 __m256 _mm256_mul_ps(__m256, __m256); __m256 _mm256_div_ps(__m256, __m256);
 __m256 _mm256_fmadd_ps(__m256, __m256, __m256);
+__m256 _mm256_max_ps(__m256, __m256); __m256 _mm256_min_ps(__m256, __m256);
 int __builtin_cpu_supports(const char *);
 #endif
