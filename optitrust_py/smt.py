@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 import z3
 
 from . import ir
+from .contract import int_literal
 
 TIMEOUT_MS = 2000
 
@@ -41,3 +42,84 @@ def proves(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> bool:
     solver.add(*hypotheses)
     solver.add(z3.Not(claim))
     return solver.check() == z3.unsat
+
+
+# ----------------------------------------------------------------- C semantics, opaque parts, three-way answers
+
+
+def c_div(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
+    """C's `/` on Z3 integers: the quotient truncated toward zero (Z3's own
+    `/` rounds down for a positive divisor). Meaningless when b is 0."""
+    q = z3.If(a >= 0, a, -a) / z3.If(b >= 0, b, -b)
+    return z3.If((a >= 0) == (b >= 0), q, -q)
+
+
+def c_mod(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
+    """C's `%`: the remainder has the sign of the dividend."""
+    return a - b * c_div(a, b)
+
+
+def settle(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> str:
+    """'proved', 'refuted' (a counterexample exists) or 'unknown' (time
+    limit, or beyond what Z3 decides): only 'proved' may be relied on."""
+    solver = z3.Solver()
+    solver.set("timeout", TIMEOUT_MS)
+    solver.add(*hypotheses)
+    solver.add(z3.Not(claim))
+    answer = solver.check()
+    return "proved" if answer == z3.unsat else "refuted" if answer == z3.sat else "unknown"
+
+
+_COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+
+
+class Terms:
+    """Integer expressions and formulas of the IR as Z3 terms over
+    mathematical integers, with C's meaning of `/`, `%` (truncating),
+    comparisons, `&&`, `||`, `!` and `?:`. Any other subexpression (a load
+    `a[i]`, a cast, a call, a char literal) is *opaque*: one integer constant
+    per distinct subexpression, shared by every term this object builds, so
+    the caller must make sure it has one value wherever it is used.
+    `divisors` lists the divisor of every `/` and `%` encoded so far."""
+
+    def __init__(self) -> None:
+        self.opaque: dict[ir.Expr, z3.ArithRef] = {}
+        self.divisors: list[z3.ArithRef] = []
+
+    def term(self, e: ir.Expr) -> z3.ArithRef:
+        if isinstance(e, ir.Const) and e.kind == "int":
+            return z3.IntVal(int_literal(e.text))
+        if isinstance(e, ir.Var):
+            return z3.Int(e.name)
+        if isinstance(e, ir.Unop) and e.op in ("-", "+"):
+            a = self.term(e.arg)
+            return -a if e.op == "-" else a
+        if isinstance(e, ir.Binop) and e.op in ("+", "-", "*", "/", "%"):
+            a, b = self.term(e.left), self.term(e.right)
+            if e.op in ("/", "%"):
+                self.divisors.append(b)
+                return c_div(a, b) if e.op == "/" else c_mod(a, b)
+            return a + b if e.op == "+" else a - b if e.op == "-" else a * b
+        if isinstance(e, ir.Ternary):
+            return z3.If(self.formula(e.cond), self.term(e.then), self.term(e.other))
+        if _is_formula(e):
+            return z3.If(self.formula(e), z3.IntVal(1), z3.IntVal(0))
+        if e not in self.opaque:
+            self.opaque[e] = z3.Int(f"{len(self.opaque)}:opaque")
+        return self.opaque[e]
+
+    def formula(self, e: ir.Expr) -> z3.BoolRef:
+        """`e` as a truth value (non-zero is true, as in a C condition)."""
+        if isinstance(e, ir.Binop) and e.op in _COMPARE:
+            return _COMPARE[e.op](self.term(e.left), self.term(e.right))
+        if isinstance(e, ir.Binop) and e.op in ("&&", "||"):
+            a, b = self.formula(e.left), self.formula(e.right)
+            return z3.And(a, b) if e.op == "&&" else z3.Or(a, b)
+        if isinstance(e, ir.Unop) and e.op == "!":
+            return z3.Not(self.formula(e.arg))
+        return self.term(e) != 0
+
+
+def _is_formula(e: ir.Expr) -> bool:
+    return isinstance(e, ir.Binop) and e.op in tuple(_COMPARE) + ("&&", "||") or isinstance(e, ir.Unop) and e.op == "!"

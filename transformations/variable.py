@@ -163,7 +163,7 @@ def _stored_var(e: ir.Expr) -> Optional[str]:
     return e.name if isinstance(e, ir.Var) else None
 
 
-def _written_here(n: Any, memory: bool = True) -> set[str]:
+def written_by(n: Any, memory: bool = True) -> set[str]:
     """What node `n` itself may change: the variables it assigns or
     increments (with `memory`, also the bases of the memory it stores into,
     `a` for `a[i] = ...`), and a variable whose address it takes (a pointer
@@ -182,10 +182,10 @@ def _written_here(n: Any, memory: bool = True) -> set[str]:
 
 def _first_write(parts: list[tuple[Path, Any]], names: set[str], memory: bool = True) -> Optional[tuple[Path, str]]:
     """The first place among `parts` (path, node) that may change one of
-    `names` (see `_written_here`), and the name."""
+    `names` (see `written_by`), and the name."""
     for base, node in parts:
         for p, n in walk(node, base):
-            hit = sorted(_written_here(n, memory) & names)
+            hit = sorted(written_by(n, memory) & names)
             if hit:
                 return p, hit[0]
     return None
