@@ -990,3 +990,69 @@ def test_shift_scale_refusals(ck):
     w = ck.parse("void f(int n, int m, float *x) { for (int i = 0; i < n; i++) { x[i] = 0.0f; m = 2; } }")
     assert refusal(loop.scale.apply, w, "f > for i", "m") == (
         "loop.scale: the body of for i (line 2) writes 'm', which the factor 'm' reads")
+
+
+# ----------------------------------------------------------------- collapse
+
+
+def test_collapse_matmul_rows_and_columns(ck):
+    p = ck.load("matmul.c")
+    r = loop.collapse.apply(p, "matmul > for i")
+    assert ck.function_text(r.program, "matmul") == c("""
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int ij = 0; ij < M * N; ij++) {
+            int i = ij / N;
+            int j = ij % N;
+            C[i * N + j] = 0.0f;
+            for (int k = 0; k < K; k++) {
+              C[i * N + j] += A[i * K + k] * B[k * N + j];
+            }
+          }
+        }""")
+    (ob,) = r.obligations
+    assert ob.kind == "ordered_bounds" and ob.exprs == (ir.Const("0"), ir.Var("N"))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 4, 5))
+
+
+def test_collapse_with_offsets_gqa_append(ck):
+    g = ck.load("gqa_decode.c")
+    s = loop.shift.apply(g, "gqa_decode > for d#1", 2).program
+    r = loop.collapse.apply(s, "gqa_decode > for g#1", index="gd")
+    assert ck.contains(ck.function_text(r.program, "gqa_decode"), """
+          for (int gd = 0; gd < KVH * D; gd++) {
+            int g = gd / D;
+            int d = 2 + gd % D;
+            k_cache[(g * SMAX + pos) * D + (d - 2)] = k_new[g * D + (d - 2)];""")
+    H, KVH, D, SMAX, pos = 4, 2, 3, 5, 2
+    ck.check(g, r.program, "gqa_decode", [H, KVH, D, SMAX, pos, ck.floats(H * D), ck.floats(KVH * D),
+                                          ck.floats(KVH * D), ck.floats(KVH * SMAX * D), ck.floats(KVH * SMAX * D),
+                                          ck.floats(H * D)])
+
+
+def test_collapse_refusals(ck):
+    p = ck.load("matmul.c")
+    assert refusal(loop.collapse.apply, p, "matmul > for j") == (
+        "loop.collapse: for j (line 3) is not a perfect loop nest: its body does not start with a loop")
+    a = ck.load("attention.c")
+    a = loop.fission.apply(a, "attention > for i > after 'for (int j = 0; j <= i; j++)'#1").program
+    assert refusal(loop.collapse.apply, a, "attention > for i#1") == (
+        "loop.collapse: the bounds of for j (line 8) depend on the index of for i (line 7) ('i + 1'): the nest is "
+        "not rectangular")
+    q = ck.parse(c("""
+        void f(int n, float *x) {
+        #pragma omp parallel for
+          for (int i = 0; i < n; i++) {
+            for (int j = 0; j < n; j += 2) {
+              x[i * n + j] = 0.0f;
+            }
+          }
+        }"""))
+    assert refusal(loop.collapse.apply, q, "f > for i") == (
+        "loop.collapse: for i (line 2) has pragmas (#pragma omp parallel for); collapse the loops before "
+        "annotating them")
+    assert refusal(loop.collapse.apply, q, "f > for j") == (
+        "loop.collapse: for j (line 4) is not a perfect loop nest: its body does not start with a loop")
+    s = ck.parse("void f(int n, float *x) { for (int i = 0; i < n; i++) { for (int j = 0; j < n; j += 2) { "
+                 "x[i * n + j] = 0.0f; } } }")
+    assert refusal(loop.collapse.apply, s, "f > for i") == (
+        "loop.collapse: for j (line 3) has step '2'; only unit-step loops can be collapsed")

@@ -1,4 +1,5 @@
-"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist, shift, scale."""
+"""Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist, shift, scale,
+collapse."""
 from __future__ import annotations
 
 import dataclasses
@@ -133,6 +134,29 @@ def tile(program: ir.Program, target: str, size: int, outer: Optional[str] = Non
     return Rewrite(replace(program, m.path, new), tuple(obligations))
 
 
+def _perfect_nest(name: str, res: Resolver, path: Path, outer: ir.For) -> tuple[ir.For, Path]:
+    """The inner loop of a perfect, rectangular nest of two loops, and its path."""
+    where = _where(res, path, outer)
+    stmts = outer.body.stmts
+    inner_path = path + (("body", None), ("stmts", 0))
+    if not stmts or not isinstance(stmts[0], ir.For):
+        first = "its body does not start with a loop" if stmts else "its body is empty"
+        raise TransformError(f"{name}: {where} is not a perfect loop nest: {first}", outer.loc)
+    inner: ir.For = stmts[0]
+    inner_where = _where(res, inner_path, inner)
+    if len(stmts) != 1:
+        raise TransformError(f"{name}: {inner_where} is not the only statement in the body of {where}", outer.loc)
+    for b in _bounds(inner):
+        if outer.index in free_vars(b):
+            raise TransformError(f"{name}: the bounds of {inner_where} depend on the index of {where} "
+                                 f"('{expr_text(b)}'): the nest is not rectangular", inner.loc)
+    for b in _bounds(outer):
+        if inner.index in free_vars(b):
+            raise TransformError(f"{name}: the bounds of {where} use '{inner.index}', which the index of "
+                                 f"{inner_where} would capture", outer.loc)
+    return inner, inner_path
+
+
 @primitive
 def swap(program: ir.Program, target: str) -> Rewrite:
     """Swap the two loops of a perfect nest; `target` names the outer one.
@@ -162,25 +186,7 @@ def swap(program: ir.Program, target: str) -> Rewrite:
     res = Resolver(program)
     m = res.one(target, "loop", (ir.For,))
     outer: ir.For = m.node
-    where = _where(res, m.path, outer)
-    stmts = outer.body.stmts
-    inner_path = m.path + (("body", None), ("stmts", 0))
-    if not stmts or not isinstance(stmts[0], ir.For):
-        first = "its body does not start with a loop" if stmts else "its body is empty"
-        raise TransformError(f"loop.swap: {where} is not a perfect loop nest: {first}", outer.loc)
-    inner: ir.For = stmts[0]
-    inner_where = _where(res, inner_path, inner)
-    if len(stmts) != 1:
-        raise TransformError(f"loop.swap: {inner_where} is not the only statement in the body of {where}",
-                             outer.loc)
-    for b in _bounds(inner):
-        if outer.index in free_vars(b):
-            raise TransformError(f"loop.swap: the bounds of {inner_where} depend on the index of {where} "
-                                 f"('{expr_text(b)}'): the nest is not rectangular", inner.loc)
-    for b in _bounds(outer):
-        if inner.index in free_vars(b):
-            raise TransformError(f"loop.swap: the bounds of {where} use '{inner.index}', which the index of "
-                                 f"{inner_where} would capture", outer.loc)
+    inner, inner_path = _perfect_nest("loop.swap", res, m.path, outer)
     _check_bounds_stable("loop.swap", res, m.path, outer, inner.body)
     _check_bounds_stable("loop.swap", res, inner_path, inner, inner.body)
     for loop, p in ((outer, m.path), (inner, inner_path)):
@@ -1013,3 +1019,86 @@ def scale(program: ir.Program, target: str, factor: "int | str", index: Optional
     out = dataclasses.replace(loop, index=new, start=_times(loop.start, f), stop=_times(subst(loop.stop, sub), f),
                               step=f, body=subst(loop.body, sub), inclusive=False)
     return Rewrite(replace(program, path, out), obs)
+
+
+# ----------------------------------------------------------------- collapse
+
+
+@primitive
+def collapse(program: ir.Program, target: str, index: Optional[str] = None) -> Rewrite:
+    """Turn a perfect nest of two unit-step loops into one loop over the
+    product of their ranges; `target` names the outer loop.
+
+    Before (`loop.collapse("matmul > for i")`):
+
+        for (int i = 0; i < M; i++) {
+          for (int j = 0; j < N; j++) {
+            body(i, j);
+          }
+        }
+
+    After (obligation ordered_bounds: 0 <= N):
+
+        for (int ij = 0; ij < M * N; ij++) {
+          int i = ij / N;
+          int j = ij % N;
+          body(i, j);
+        }
+
+    With starts a (outer) and c (inner), the trip count is (stop - a) *
+    (inner stop - c) and the indices are `a + ij / n` and `c + ij % n`, n
+    the inner count. Iteration ij is (i, j) in the original lexicographic
+    order, so the body runs the same instances in the same order. The
+    inner count must not be negative (else the product of two negative
+    counts would run iterations): the obligation ordered_bounds, omitted
+    when the count is a non-negative constant. The index is `index`, by
+    default the two names joined, made fresh. Refused for an imperfect nest,
+    inner bounds that depend on the outer index, a step other than 1,
+    indices of different types, pragmas or contracts on either loop (collapse
+    before annotating), a body that leaves early (break, continue, return,
+    goto) or declares a local named like an index, and bounds that the body
+    writes.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    outer: ir.For = m.node
+    where = _where(res, m.path, outer)
+    inner, inner_path = _perfect_nest("loop.collapse", res, m.path, outer)
+    inner_where = _where(res, inner_path, inner)
+    for lp, lw in ((outer, where), (inner, inner_where)):
+        _require_unit_step("loop.collapse", "collapsed", lw, lp)
+        if lp.pragmas:
+            raise TransformError(f"loop.collapse: {lw} has pragmas (#pragma {lp.pragmas[0]}); collapse the loops "
+                                 f"before annotating them", lp.loc)
+        if lp.contract:
+            raise TransformError(f"loop.collapse: {lw} has a loop contract, which would no longer describe a "
+                                 f"loop; remove it (level 3 infers loop contracts)", lp.loc)
+    if outer.itype != inner.itype:
+        raise TransformError(f"loop.collapse: the indices of {where} and {inner_where} have different types",
+                             outer.loc)
+    _refuse_early_exit("loop.collapse", inner_where, inner.body.stmts, inner)
+    _check_bounds_stable("loop.collapse", res, m.path, outer, inner.body)
+    _check_bounds_stable("loop.collapse", res, inner_path, inner, inner.body)
+    clash = sorted({outer.index, inner.index} & set(_top_decls(inner.body)))
+    if clash:
+        raise TransformError(f"loop.collapse: the body of {inner_where} declares a local '{clash[0]}', named like "
+                             f"an index; rename it first", inner.loc)
+    new = _fresh_local("loop.collapse", "index", index, outer.index + inner.index, program, m.path, m.function,
+                       outer.loc)
+    n = _offset(inner.stop, inner.start, -1)
+    i_value = _plus_expr(outer.start, ir.Binop("/", ir.Var(new), n))
+    j_value = _plus_expr(inner.start, ir.Binop("%", ir.Var(new), n))
+    if outer.index in free_vars(i_value) | free_vars(j_value) or inner.index in free_vars(j_value):
+        raise TransformError(f"loop.collapse: the bounds of {where} or {inner_where} use a variable named like "
+                             f"an index, which the new declarations would capture", outer.loc)
+    body = ir.Block((ir.DeclStmt(ir.Decl(outer.index, outer.itype, i_value)),
+                     ir.DeclStmt(ir.Decl(inner.index, inner.itype, j_value))) + inner.body.stmts, inner.body.loc)
+    count = _times(_offset(outer.stop, outer.start, -1), n)
+    out = ir.For(new, ir.Const("0"), count, body, ONE, outer.itype, loc=outer.loc)
+    trips = _trip_count(inner)
+    obs: tuple[Obligation, ...] = ()
+    if trips is None or trips < 0:
+        obs = (Obligation("ordered_bounds", f"{inner_where} has {expr_text(inner.start)} <= "
+                          f"{expr_text(inner.stop)}, so the collapsed loop runs its iterations", m.function,
+                          (m.path,), (inner.start, inner.stop)),)
+    return Rewrite(replace(program, m.path, out), obs)
