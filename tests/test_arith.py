@@ -124,3 +124,18 @@ def test_simplify_refuses_a_float_or_call_target(ck):
         arith.simplify.apply(p, "attention > expr 's / sqrtf(D)'")
     r = arith.simplify.apply(p, "attention > expr '(h * S + i) * D + d'#1")
     assert r.program == p
+
+
+@pytest.mark.parametrize("escape", [False, True])
+def test_simplify_uses_in_source_requires_unless_a_pointer_may_change_them(ck, escape):
+    p = ck.parse("#include <otp.h>\n\nvoid f(int n, float *y) {\n  __requires(\"n >= 1, n <= 16\");\n"
+                 + ("  int *p = &n;\n" if escape else "")
+                 + "  for (int a = 0; a < 4; a++) {\n    for (int b = 0; b < n; b++) {\n"
+                 + ("      *p = 32;\n" if escape else "")
+                 + "      y[(a * 16 + b) / 16] += 1.0f;\n    }\n  }\n}")
+    r = arith.simplify.apply(p, "f")
+    if escape:
+        assert r.program == p
+    else:
+        assert "      y[a] += 1.0f;" in ck.function_text(r.program, "f")
+        ck.check(p, r.program, "f", [16, ck.floats(4)])

@@ -203,6 +203,9 @@ def test_inline_casts_and_last_store(ck):
     assert "  s = s + s * 2.0f;" in ck.function_text(r2.program, "f")
     assert r2.obligations == ()
     ck.check(p, r2.program, "f", [3, ck.floats(1)])
+    aliased = ck.parse("void f(float *y) {\n  int b = 2;\n  int *p = &b;\n  int c = b;\n  *p = 3;\n  y[c] = 1.0f;\n}")
+    (ob,) = variable.inline.apply(aliased, "f > def c").obligations
+    assert ob.kind == "pure" and [expr_text(e) for e in ob.exprs] == ["b"]
 
 
 def test_inline_refusals(ck):
@@ -333,3 +336,8 @@ def test_local_accumulator_refusals(ck):
     assert "'y[0]' is accessed at line 9 otherwise than by accumulating into it" in refusal(
         la, p, "f > for k#2", "y[0]")
     assert "may leave it by 'return;', skipping the store after the loop" in refusal(la, p, "f > for k#3", "y[0]")
+    q = ck.parse("void f(int n, float *y, const float *x) {\n  int m = 0;\n  int *p = &m;\n"
+                 "  for (int k = 0; k < n; k++) {\n    y[m] += x[k];\n    *p = k;\n  }\n}")
+    assert refusal(la, q, "f > for k", "y[m]") == (
+        "variable.local_accumulator: 'y[m]' uses 'm', whose address is taken in f: the loop may change it through a "
+        "pointer")

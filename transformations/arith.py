@@ -28,7 +28,7 @@ from optitrust_py.spec import contract_from_clauses
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, children, get, replace, walk
 from optitrust_py.typeof import Env, env_at, is_arithmetic, resolve, type_of, typedefs_of
-from transformations.variable import written_by
+from transformations.variable import address_taken, written_by
 
 _ARITH = ("+", "-", "*", "/", "%")
 _LOGIC = ("<", "<=", ">", ">=", "==", "!=", "&&", "||")
@@ -132,10 +132,11 @@ def _contract(fn: ir.FuncDef) -> Optional[Contract]:
     return found or contract_from_clauses(fn)
 
 
-def _loop_facts(loop: ir.For, env: Env, tds: Env) -> list[ir.Expr]:
+def _loop_facts(loop: ir.For, env: Env, tds: Env, pointed: set[str]) -> list[ir.Expr]:
     """What holds in the body of `loop`: `i < stop`, and for a positive
     constant step, `start <= i` and `(i - start) % step == 0`; each only if
-    the body changes none of its variables."""
+    the body changes none of its variables (none of which may be in
+    `pointed`, variables a pointer may change)."""
     i = ir.Var(loop.index)
     facts: list[ir.Expr] = [ir.Binop("<", i, loop.stop)]
     step = _value(loop.step)
@@ -143,20 +144,22 @@ def _loop_facts(loop: ir.For, env: Env, tds: Env) -> list[ir.Expr]:
         facts.append(ir.Binop("<=", loop.start, i))
         if step > 1:
             facts.append(ir.Binop("==", ir.Binop("%", ir.Binop("-", i, loop.start), loop.step), ir.Const("0")))
-    changed = _assigned(loop.body)
+    changed = _assigned(loop.body) | pointed
     return [f for f in facts if _integer_formula(f, env, tds) and not free_vars(f) & changed]
 
 
 def _facts(program: ir.Program, path: Path, contract: Optional[Contract], tds: Env) -> list[ir.Expr]:
-    """Facts about the integer variables visible at `path`: the contract's
-    `requires` (if the function never changes their variables) and the
-    ranges of the enclosing loops; a fact is dropped where a declaration
-    shadows one of its variables."""
+    """Facts about the local integer variables visible at `path`: the
+    contract's `requires` (if the function never changes their variables)
+    and the ranges of the enclosing loops; a fact is dropped where a
+    declaration shadows one of its variables. Globals and variables whose
+    address is taken are left out: a call or a pointer may change them."""
     fn = get(program, path[:1])
+    pointed = address_taken(fn)
     facts: list[ir.Expr] = []
     if contract is not None:
-        env = env_at(program, path[:1] + (("body", None),))
-        changed = _assigned(fn.body)
+        env = env_at(program, path[:1] + (("body", None),), globals=False)
+        changed = _assigned(fn.body) | pointed
         facts = [f for f in contract.requires if _integer_formula(f, env, tds) and not free_vars(f) & changed]
     node = fn
     for k in range(1, len(path)):
@@ -170,7 +173,7 @@ def _facts(program: ir.Program, path: Path, contract: Optional[Contract], tds: E
             declared = {d.name for d in node.init if d.name}
         facts = [f for f in facts if not free_vars(f) & declared]
         if isinstance(node, ir.For) and name == "body":
-            facts += _loop_facts(node, env_at(program, path[:k + 1]), tds)
+            facts += _loop_facts(node, env_at(program, path[:k + 1], globals=False), tds, pointed)
         node = get(node, (path[k],))
     return facts
 

@@ -180,6 +180,13 @@ def written_by(n: Any, memory: bool = True) -> set[str]:
     return {root} if root else set()
 
 
+def address_taken(node: Any) -> set[str]:
+    """Variables whose address `node` takes somewhere (`&x`, `&x.f`): code
+    elsewhere may change them through a pointer."""
+    return {root for _, n in walk(node) if isinstance(n, ir.Unop) and n.op == "&"
+            for root in [_stored_var(n.arg)] if root}
+
+
 def _first_write(parts: list[tuple[Path, Any]], names: set[str], memory: bool = True) -> Optional[tuple[Path, str]]:
     """The first place among `parts` (path, node) that may change one of
     `names` (see `written_by`), and the name."""
@@ -257,9 +264,9 @@ def inline(program: ir.Program, target: str) -> Rewrite:
     (a variable, an array) is written, or has its address taken, between the
     declaration and the last use; the write that happens after the last
     use's own evaluation (`s = s + x`) does not count. When the initializer
-    reads memory (`a[i]`, `*p`, `p->f`) or a global, a write through another
-    name or inside a call could still change it: obligation `pure` on the
-    statements using the variable. A cast to the declared type is added when
+    reads memory (`a[i]`, `*p`, `p->f`), a global or a variable whose address
+    is taken, a write through another name or inside a call could still
+    change it: obligation `pure` on the statements using the variable. A cast to the declared type is added when
     the initializer's type differs, so every use sees the same value.
     """
     res = Resolver(program)
@@ -314,8 +321,9 @@ def inline(program: ir.Program, target: str) -> Rewrite:
     new = replace(program, block, dataclasses.replace(parent, stmts=parent.stmts[:k] + subst(rest, {x: value})))
     globals_ = {d.name for d in program.items if isinstance(d, ir.Decl) and d.name
                 and not isinstance(d.type, ir.FuncT) and "typedef" not in d.storage}
+    fn = get(program, m.path[:1])
     obligations = []
-    if users and (_reads_memory(init) or free_vars(init) & globals_):
+    if users and (_reads_memory(init) or free_vars(init) & (globals_ | address_taken(fn))):
         obligations.append(Obligation(
             "pure", f"'{text}' has no side effect and its value does not change between the definition of {x} "
             f"and its uses", m.function, tuple(block + (("stmts", k + j),) for j in users), (init,)))
@@ -475,8 +483,8 @@ def local_accumulator(program: ir.Program, target: str, cell: str) -> Rewrite:
     fresh) and has the cell's type. Refused when the cell does not occur in
     the body, when it occurs other than in those statements (read elsewhere,
     or inside an `e`), when it has side effects or reads a variable that the
-    loop writes, declares or indexes with (it must designate the same cell at
-    every iteration), or when the body may leave the loop without reaching
+    loop writes, declares or indexes with, or whose address is taken (it must
+    designate the same cell at every iteration), or when the body may leave the loop without reaching
     the store after it (return, goto). The claim left to the checker is
     about other names for the same memory (`C[j + i * N]`, a pointer, a
     callee), which cannot be ruled out syntactically; it also covers reading
@@ -504,6 +512,11 @@ def local_accumulator(program: ir.Program, target: str, cell: str) -> Rewrite:
     if local:
         raise TransformError(f"variable.local_accumulator: '{cell}' uses '{local[0]}', which is declared inside "
                              f"the loop: {moving}", loop.loc)
+    fn = get(program, m.path[:1])
+    escaped = sorted(free_vars(node) & address_taken(fn))
+    if escaped:
+        raise TransformError(f"variable.local_accumulator: '{cell}' uses '{escaped[0]}', whose address is taken in "
+                             f"{m.function}: the loop may change it through a pointer", loop.loc)
     stripped = loop.body
     for p in reversed(stmts):
         a: ir.Assign = get(program, p).expr
@@ -526,7 +539,6 @@ def local_accumulator(program: ir.Program, target: str, cell: str) -> Rewrite:
         t = unqualified(type_of(node, env_at(program, held[0]), tds))
     except TransformError as err:
         raise TransformError(f"variable.local_accumulator: {err.message}", loop.loc) from None
-    fn = program.items[m.path[0][1]]
     acc = fresh_name(declared_names(fn) | free_vars(fn) | visible_names(program, m.path), "acc")
     new_loop = loop
     for p in held:
