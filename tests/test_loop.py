@@ -1056,3 +1056,111 @@ def test_collapse_refusals(ck):
                  "x[i * n + j] = 0.0f; } } }")
     assert refusal(loop.collapse.apply, s, "f > for i") == (
         "loop.collapse: for j (line 3) has step '2'; only unit-step loops can be collapsed")
+
+
+# ----------------------------------------------------------------- unswitch
+
+RMSNORM_OPTIONAL_WEIGHTS = c("""
+    #include <math.h>
+
+    void rmsnorm(int R, int C, int use_w, const float *x, const float *w, float *y) {
+      for (int i = 0; i < R; i++) {
+        float ss = 0.0f;
+        for (int j = 0; j < C; j++) {
+          ss += x[i * C + j] * x[i * C + j];
+        }
+        ss = ss / C + 1e-5f;
+        ss = 1.0f / sqrtf(ss);
+        for (int j = 0; j < C; j++) {
+          if (use_w) {
+            y[i * C + j] = w[j] * (ss * x[i * C + j]);
+          } else {
+            y[i * C + j] = ss * x[i * C + j];
+          }
+        }
+      }
+    }""")
+
+
+def test_unswitch_rmsnorm_with_optional_weights_twice(ck):
+    # c_sources/rmsnorm.c with the weights made optional by a flag
+    p = ck.parse(RMSNORM_OPTIONAL_WEIGHTS)
+    r = loop.unswitch.apply(p, "rmsnorm > 'if (use_w)'")
+    assert ck.contains(ck.function_text(r.program, "rmsnorm"), """
+        if (use_w) {
+          for (int j = 0; j < C; j++) {
+            y[i * C + j] = w[j] * (ss * x[i * C + j]);
+          }
+        } else {
+          for (int j = 0; j < C; j++) {
+            y[i * C + j] = ss * x[i * C + j];
+          }
+        }
+      }
+    }""")
+    (ob,) = r.obligations
+    assert ob.kind == "pure" and ob.exprs == (ir.Var("use_w"),)
+    assert isinstance(ir_get(r.program, ob.paths[0]), ir.If)
+    r2 = loop.unswitch.apply(r.program, "rmsnorm > 'if (use_w)'")
+    text = ck.function_text(r2.program, "rmsnorm")
+    assert text.startswith("void rmsnorm(int R, int C, int use_w, const float *x, const float *w, float *y) {\n"
+                           "  if (use_w) {\n    for (int i = 0; i < R; i++) {")
+    assert text.count("for (int i = 0; i < R; i++) {") == 2 and "if" not in text.replace("if (use_w)", "", 1)
+    for flag in (0, 1):
+        ck.check(p, r2.program, "rmsnorm", [3, 5, flag, ck.floats(15), ck.floats(5), ck.floats(15)])
+
+
+def test_unswitch_a_condition_that_reads_memory(ck):
+    p = ck.parse(c("""
+        void f(int n, const float *s, float *x) {
+          for (int i = 0; i < n; i++) {
+            x[i] = 2.0f * x[i];
+            if (s[0] > 0.0f) {
+              x[i] += s[0];
+            }
+            if (n > 2) {
+              if (s[1] > 0.0f) {
+                x[i] += 1.0f;
+              }
+            }
+          }
+        }"""))
+    r = loop.unswitch.apply(p, "f > 'if (s[0] > 0.0f)'")
+    assert [o.kind for o in r.obligations] == ["pure", "nonempty"]
+    assert ck.contains(ck.function_text(r.program, "f"), """
+          if (s[0] > 0.0f) {
+            for (int i = 0; i < n; i++) {
+              x[i] = 2.0f * x[i];
+              x[i] += s[0];
+              if (n > 2) {""")
+    ck.check(p, r.program, "f", [4, ck.floats(2), ck.floats(4)])
+    assert refusal(loop.unswitch.apply, p, "f > 'if (s[1] > 0.0f)'") == (
+        "loop.unswitch: the condition 's[1] > 0.0f' (line 8) may fault (it reads memory or divides) and is not "
+        "evaluated at every iteration of for i (line 2); only such an if at the top of the loop body can be "
+        "unswitched")
+    assert [o.kind for o in loop.unswitch.apply(p, "f > 'if (n > 2)'").obligations] == ["pure"]
+
+
+def test_unswitch_refusals(ck):
+    p = ck.load("matmul.c")
+    t = loop.tile.apply(p, "matmul > for k", 4, mode="guard").program
+    assert refusal(loop.unswitch.apply, t, "matmul > 'if (k < K)'") == (
+        "loop.unswitch: the condition 'k < K' (line 7) reads the index of for k (line 6)")
+    sm = ck.load("softmax.c")
+    assert refusal(loop.unswitch.apply, sm, "softmax > 'if (x[i * C + j] > max_val)'") == (
+        "loop.unswitch: the condition 'x[i * C + j] > max_val' (line 7) reads the index of for j (line 6)")
+    q = ck.parse(c("""
+        void f(int n, float m, float *x) {
+          for (int i = 0; i < n; i++) {
+            if (m > 0.0f) {
+              m = x[i];
+            }
+          }
+          if (n > 0) {
+            x[0] = 1.0f;
+          }
+        }"""))
+    assert refusal(loop.unswitch.apply, q, "f > 'if (m > 0.0f)'") == (
+        "loop.unswitch: the condition 'm > 0.0f' (line 3) reads 'm', which the body of for i (line 2) writes")
+    assert refusal(loop.unswitch.apply, q, "f > 'if (n > 0)'") == (
+        "loop.unswitch: the if of the condition 'n > 0' (line 7) is not inside a canonical for loop")

@@ -1,5 +1,5 @@
 """Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist, shift, scale,
-collapse."""
+collapse, unswitch."""
 from __future__ import annotations
 
 import dataclasses
@@ -1102,3 +1102,97 @@ def collapse(program: ir.Program, target: str, index: Optional[str] = None) -> R
                           f"{expr_text(inner.stop)}, so the collapsed loop runs its iterations", m.function,
                           (m.path,), (inner.start, inner.stop)),)
     return Rewrite(replace(program, m.path, out), obs)
+
+
+# ----------------------------------------------------------------- unswitch
+
+
+def _may_trap(e: ir.Expr) -> bool:
+    """Whether evaluating `e` where it was not evaluated before could fault:
+    it reads memory or divides."""
+    return any(isinstance(n, ir.Index) or isinstance(n, ir.Member) and n.arrow
+               or isinstance(n, ir.Unop) and n.op == "*" or isinstance(n, ir.Binop) and n.op in ("/", "%")
+               for _, n in walk(e))
+
+
+@primitive
+def unswitch(program: ir.Program, target: str) -> Rewrite:
+    """Take a loop-invariant `if` out of the innermost canonical loop around
+    it: one copy of the loop per branch, the test made once.
+
+    Before (`loop.unswitch("rmsnorm > 'if (use_w)'")`):
+
+        for (int j = 0; j < C; j++) {
+          if (use_w) {
+            y[i * C + j] = w[j] * (ss * x[i * C + j]);
+          } else {
+            y[i * C + j] = ss * x[i * C + j];
+          }
+        }
+
+    After (obligation pure: no iteration changes `use_w`):
+
+        if (use_w) {
+          for (int j = 0; j < C; j++) {
+            y[i * C + j] = w[j] * (ss * x[i * C + j]);
+          }
+        } else {
+          for (int j = 0; j < C; j++) {
+            y[i * C + j] = ss * x[i * C + j];
+          }
+        }
+
+    The `if` may sit anywhere in the loop body; in each copy it is replaced
+    by its branch (kept as a block when the branch declares locals). Without
+    an else branch, the else copy is left out when the body would be empty.
+    The condition is now evaluated even when the loop runs zero times or
+    would not have reached the `if`: when it may fault (it reads memory or
+    divides), the `if` must be a top-level instruction of the body with no
+    early exit before it, and the loop must run (obligation nonempty, unless
+    its bounds are literal). Refused when the condition has side effects,
+    reads the index, a name declared in the loop or a variable the body
+    writes, or when the loop has a contract. Both copies keep the pragmas.
+    """
+    res = Resolver(program)
+    m = res.one(target, "if statement", (ir.If,))
+    branch: ir.If = m.node
+    loop_path = next((m.path[:k] for k in range(len(m.path) - 1, 0, -1)
+                      if isinstance(get(program, m.path[:k]), ir.For)), None)
+    text = expr_text(branch.cond)
+    what = f"the condition '{text}' (line {m.line})"
+    if loop_path is None:
+        raise TransformError(f"loop.unswitch: the if of {what} is not inside a canonical for loop", branch.loc)
+    loop: ir.For = get(program, loop_path)
+    where = _where(res, loop_path, loop)
+    if has_side_effects(branch.cond):
+        raise TransformError(f"loop.unswitch: {what} has side effects", branch.loc)
+    used = free_vars(branch.cond)
+    if loop.index in used:
+        raise TransformError(f"loop.unswitch: {what} reads the index of {where}", branch.loc)
+    for hit, why in ((used & declared_names(loop.body), f"which is declared inside {where}"),
+                     (used & writes_of(loop.body), f"which the body of {where} writes")):
+        if hit:
+            raise TransformError(f"loop.unswitch: {what} reads '{sorted(hit)[0]}', {why}", branch.loc)
+    if loop.contract:
+        raise TransformError(f"loop.unswitch: {where} has a loop contract, which would not describe the copies; "
+                             f"remove it (level 3 infers loop contracts)", loop.loc)
+    rel = m.path[len(loop_path):]
+    obs = [Obligation("pure", f"'{text}' has no side effect and no iteration of {where} changes it", m.function,
+                      (loop_path,), (branch.cond,))]
+    if _may_trap(branch.cond):
+        if len(rel) != 2:
+            raise TransformError(f"loop.unswitch: {what} may fault (it reads memory or divides) and is not "
+                                 f"evaluated at every iteration of {where}; only such an if at the top of the "
+                                 f"loop body can be unswitched", branch.loc)
+        _refuse_early_exit("loop.unswitch", where, loop.body.stmts[:rel[-1][1]], loop)
+        obs.extend(_nonempty("loop.unswitch", loop, where, m.function, loop_path))
+
+    def copy(b: Optional[ir.Block]) -> ir.For:
+        if rel[-1][1] is None or b is not None and _top_decls(b):
+            return replace(loop, rel, b or ir.Block(()))
+        return splice(loop, rel, b.stmts if b is not None else ())
+
+    other = copy(branch.other)
+    new = ir.If(branch.cond, ir.Block((copy(branch.then),)), ir.Block((other,)) if other.body.stmts else None,
+                branch.loc)
+    return Rewrite(replace(program, loop_path, new), tuple(obs))
