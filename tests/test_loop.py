@@ -1164,3 +1164,62 @@ def test_unswitch_refusals(ck):
         "loop.unswitch: the condition 'm > 0.0f' (line 3) reads 'm', which the body of for i (line 2) writes")
     assert refusal(loop.unswitch.apply, q, "f > 'if (n > 0)'") == (
         "loop.unswitch: the if of the condition 'n > 0' (line 7) is not inside a canonical for loop")
+
+
+# ----------------------------------------------------------------- reorder
+
+
+def test_reorder_matmul_ikj_records_fission_and_swap(ck):
+    from optitrust_py.session import Session
+    p = ck.load("matmul.c")
+    with Session() as s:
+        s.program = s.original = p
+        loop.reorder("matmul > for i", ["i", "k", "j"])
+        (step,) = s.steps
+    assert step.name == "loop.reorder" and [sub.name for sub in step.substeps] == ["loop.fission", "loop.swap"]
+    assert [sub.target for sub in step.substeps] == ["matmul > before for k#1", "matmul > for j#2"]
+    assert ck.function_text(step.after, "matmul") == c("""
+        void matmul(int M, int N, int K, const float *A, const float *B, float *C) {
+          for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] = 0.0f;
+            }
+            for (int k = 0; k < K; k++) {
+              for (int j = 0; j < N; j++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];
+              }
+            }
+          }
+        }""")
+    assert [o.kind for o in step.all_obligations()] == ["fission", "swap_loops"]
+    ck.check(p, step.after, "matmul", matmul_args(ck, 3, 5, 4))
+
+
+def test_reorder_matmul_kji_and_a_prefix_order(ck):
+    p = ck.load("matmul.c")
+    r = loop.reorder.apply(p, "matmul > for i", ["k", "j", "i"])
+    assert ck.contains(ck.function_text(r.program, "matmul"), """
+          for (int k = 0; k < K; k++) {
+            for (int j = 0; j < N; j++) {
+              for (int i = 0; i < M; i++) {
+                C[i * N + j] += A[i * K + k] * B[k * N + j];""")
+    assert [o.kind for o in r.obligations] == ["fission", "swap_loops", "fission", "swap_loops", "swap_loops"]
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 5, 4))
+    q = loop.reorder.apply(p, "matmul > for i", ["j", "i"])
+    assert q.program == loop.swap.apply(p, "matmul > for i").program
+    assert loop.reorder.apply(p, "matmul > for i", ["i", "j"]).program == p
+
+
+def test_reorder_refusals(ck):
+    p = ck.load("matmul.c")
+    for bad in (["i", "x", "j"], ["i", "i", "j"], ["j", "k"], "ijk", ["i", 2]):
+        assert refusal(loop.reorder.apply, p, "matmul > for i", bad) == (
+            f"loop.reorder: {bad!r} is not a permutation of the indices of the nest at for i (line 2), i, j, k "
+            f"(or of its first loops)")
+    a = ck.load("attention.c")
+    assert "nest at for i (line 7), i (or of its first loops)" in refusal(loop.reorder.apply, a, "attention > for i",
+                                                                          ["j", "i"])
+    a = loop.fission.apply(a, "attention > for i > after 'for (int j = 0; j <= i; j++)'#1").program
+    assert refusal(loop.reorder.apply, a, "attention > for i#1", ["j", "i"]) == (
+        "loop.swap: the bounds of for j (line 8) depend on the index of for i (line 7) ('i + 1'): the nest is not "
+        "rectangular")

@@ -1,5 +1,5 @@
 """Loop transformations: tile, swap, fission, fusion, unroll, split, move_out, hoist, shift, scale,
-collapse, unswitch."""
+collapse, unswitch, reorder."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ from optitrust_py.names import (PURE_FUNCTIONS, declared_names, free_vars, fresh
                                 is_identifier, reads_of, subst, writes_of)
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
-from optitrust_py.session import Rewrite, primitive
+from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.spec import parse_formula
 from optitrust_py.target import Resolver, parse as parse_target
 from optitrust_py.tree import Path, block_of, children, get, replace, splice, walk
@@ -1196,3 +1196,109 @@ def unswitch(program: ir.Program, target: str) -> Rewrite:
     new = ir.If(branch.cond, ir.Block((copy(branch.then),)), ir.Block((other,)) if other.body.stmts else None,
                 branch.loc)
     return Rewrite(replace(program, loop_path, new), tuple(obs))
+
+
+# ----------------------------------------------------------------- reorder
+
+
+def _loop_target(program: ir.Program, path: Path) -> tuple[str, str]:
+    """The function's name and `for i#n`, which names the loop at `path`."""
+    fn = get(program, path[:1])
+    index = get(program, path).index
+    hits = [p for p, n in walk(fn, path[:1]) if isinstance(n, ir.For) and n.index == index]
+    return fn.name, f"for {index}#{hits.index(path) + 1}"
+
+
+def _nest(program: ir.Program, path: Path) -> list[Path]:
+    """The loops of the nest rooted at `path`: each next one is the only
+    loop among the statements of the previous one's body."""
+    chain = [path]
+    while True:
+        stmts = get(program, chain[-1]).body.stmts
+        loops = [k for k, s in enumerate(stmts) if isinstance(s, ir.For)]
+        if len(loops) != 1:
+            return chain
+        chain.append(chain[-1] + (("body", None), ("stmts", loops[0])))
+
+
+def _swap_in_nest(chain: list[Path], d: int) -> list[Path]:
+    """Swap the loops at depths d and d + 1 of the nest, first splitting off
+    by fission what surrounds the inner loop; the nest's new paths."""
+    session = current_session()
+    program = session.current()
+    position = chain[d + 1][-1][1]
+    assert position is not None
+    if position > 0:
+        name, ref = _loop_target(program, chain[d + 1])
+        fission(f"{name} > before {ref}")
+        block, k = block_of(chain[d])
+        moved = block + (("stmts", k + 1),)
+        inner = moved + (("body", None), ("stmts", 0))
+        chain = chain[:d] + [moved, inner] + [inner + p[len(chain[d + 1]):] for p in chain[d + 2:]]
+        program = session.current()
+    if len(get(program, chain[d]).body.stmts) > 1:
+        name, ref = _loop_target(program, chain[d + 1])
+        fission(f"{name} > after {ref}")
+    name, ref = _loop_target(session.current(), chain[d])
+    swap(f"{name} > {ref}")
+    return chain
+
+
+@composite
+def reorder(target: str, order: list[str]) -> None:
+    """Put the loops of a nest in the given order, outermost first, by
+    swapping neighbours; `target` names the outermost loop of the nest.
+
+    Before (`loop.reorder("matmul > for i", ["i", "k", "j"])`):
+
+        for (int i = 0; i < M; i++) {
+          for (int j = 0; j < N; j++) {
+            C[i * N + j] = 0.0f;
+            for (int k = 0; k < K; k++) {
+              C[i * N + j] += A[i * K + k] * B[k * N + j];
+            }
+          }
+        }
+
+    After (sub-steps: loop.fission before `for k`, then loop.swap of the
+    second `for j`; their obligations fission and swap_loops):
+
+        for (int i = 0; i < M; i++) {
+          for (int j = 0; j < N; j++) {
+            C[i * N + j] = 0.0f;
+          }
+          for (int k = 0; k < K; k++) {
+            for (int j = 0; j < N; j++) {
+              C[i * N + j] += A[i * K + k] * B[k * N + j];
+            }
+          }
+        }
+
+    The nest is the chain of loops where each body holds exactly one loop
+    (with other instructions around it or not); `order` is a permutation of
+    the indices of its first len(order) loops. Each wanted loop is brought
+    up by swaps with the loop above it; before a swap, the instructions
+    around the inner loop are split off into loops of their own with
+    `loop.fission`, as matmul's zero-initialization is. Refused when `order`
+    is not such a permutation, or when the nest repeats an index name; the
+    sub-steps refuse what they cannot do (a triangular nest, a local used
+    across a fission cut, ...).
+    """
+    program = current_session().current()
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    chain = _nest(program, m.path)
+    indices = [get(program, p).index for p in chain]
+    where = _where(res, m.path, m.node)
+    if not isinstance(order, (list, tuple)) or not all(isinstance(x, str) for x in order) \
+            or sorted(order) != sorted(indices[:len(order)]) or len(set(order)) != len(order):
+        raise TransformError(f"loop.reorder: {order!r} is not a permutation of the indices of the nest at {where}, "
+                             f"{', '.join(indices)} (or of its first loops)", m.node.loc)
+    current = indices[:len(order)]
+    chain = chain[:len(order)]
+    for depth, want in enumerate(order):
+        at = current.index(want)
+        while at > depth:
+            chain = _swap_in_nest(chain, at - 1)
+            current[at - 1], current[at] = current[at], current[at - 1]
+            at -= 1
