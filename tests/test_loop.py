@@ -1223,3 +1223,25 @@ def test_reorder_refusals(ck):
     assert refusal(loop.reorder.apply, a, "attention > for i#1", ["j", "i"]) == (
         "loop.swap: the bounds of for j (line 8) depend on the index of for i (line 7) ('i + 1'): the nest is not "
         "rectangular")
+
+
+def test_move_out_a_declaration_without_initializer(ck):
+    p = ck.parse(c("""
+        void f(int n, const float *x, float *y) {
+          for (int i = 0; i < n; i++) {
+            float t[2];
+            t[0] = x[i];
+            t[1] = t[0] * t[0];
+            y[i] = t[1];
+          }
+        }"""))
+    r = loop.move_out.apply(p, "f > def t")
+    assert ck.contains(ck.function_text(r.program, "f"), """
+          float t[2];
+          for (int i = 0; i < n; i++) {
+            t[0] = x[i];""")
+    assert r.obligations == ()
+    ck.check(p, r.program, "f", [3, ck.floats(3), ck.floats(3)])
+    q = ck.parse("void f(int n, float t, float *y) { for (int i = 0; i < n; i++) { float t; t = y[i]; y[i] = t; } }")
+    assert refusal(loop.move_out.apply, q, "f > def t") == (
+        "loop.move_out: a name 't' is already visible or declared where for i (line 2) is; rename the local first")

@@ -744,9 +744,13 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
     writes; the instructions before it do not read what it writes; it calls
     no function that is not known pure; the body does not leave the loop
     early; a moved declaration's name is not visible nor declared where the
-    loop is. Obligations: loop_invariant (the same on memory cells, through
-    pointers), commute with the instructions before it when it is not the
-    first one, and nonempty (start < stop): the moved instruction now runs
+    loop is. A declaration without initializer writes nothing: `float t[4];`
+    moves even when the body writes `t` (no iteration could rely on values
+    left by an earlier one, which were indeterminate), with no obligation at
+    all when its type reads no variable. Otherwise, obligations:
+    loop_invariant (the same on memory cells, through pointers), commute
+    with the instructions before it when it is not the first one, and
+    nonempty (start < stop): the moved instruction now runs
     even when the loop runs zero times, so the loop must provably run. That
     obligation is the choice made over guarding the instruction with
     `if (start < stop)`, which could not keep a declaration in scope for the
@@ -773,7 +777,7 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
                              f"of {where}", instr.loc)
     reads = reads_of(instr)
     writes = writes_of(instr) & used
-    if isinstance(instr, ir.DeclStmt) and instr.decl.name:
+    if isinstance(instr, ir.DeclStmt) and instr.decl.name and instr.decl.init is not None:
         writes.add(instr.decl.name)
     for hit, why in ((reads & writes_of(rest), f"reads '{{}}', which the body of {where} writes"),
                      (reads & writes, "reads '{}', which it writes itself: running it once is not running it at "
@@ -796,6 +800,9 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
     new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=rest.stmts))
     instr_path, new_path = block + (("stmts", j),), block + (("stmts", j + 1),)
     text = _head(instr)
+    new = splice(program, loop_path, (instr, new_loop))
+    if isinstance(instr, ir.DeclStmt) and instr.decl.init is None and not used:
+        return Rewrite(new)
     obs = [Obligation("loop_invariant", f"'{text}' has the same effect run once before {where} as at each of "
                       f"its iterations", m.function, (instr_path, new_path))]
     if k:
@@ -803,7 +810,7 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
                               f"the body of {where}", m.function,
                               (instr_path,) + tuple(new_path + (("body", None), ("stmts", i)) for i in range(k))))
     obs.extend(_nonempty("loop.move_out", loop, where, m.function, new_path))
-    return Rewrite(splice(program, loop_path, (instr, new_loop)), tuple(obs))
+    return Rewrite(new, tuple(obs))
 
 
 # ----------------------------------------------------------------- hoist
