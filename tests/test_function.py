@@ -405,6 +405,16 @@ def test_extract_refusals(ck):
         """), "rec.c")
     assert refusal(function.extract.apply, rec, "down > 'if (n > 0)'", "step") == (
         "function.extract: the extracted code ('if (n > 0) {' (line 2)) uses 'down', which is not declared before down")
+    local = ck.parse(c("""
+        void f(float *y) {
+          typedef float real;
+          real s = y[0];
+          y[1] = s;
+        }
+        """), "local.c")
+    assert refusal(function.extract.apply, local, "f > 'y[1] ='", "g") == (
+        "function.extract: the extracted code ('y[1] = s;' (line 4)) uses 's', whose type is a type declared inside "
+        "the function; it cannot be a parameter of g")
 
 
 # ----------------------------------------------------------------- specialize

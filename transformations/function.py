@@ -217,8 +217,8 @@ def _local_types(fn: ir.FuncDef) -> set[str]:
     for _, n in walk(fn.body):
         if isinstance(n, ir.Decl) and "typedef" in n.storage and n.name:
             out.add(n.name)
-        elif isinstance(n, (ir.StructT, ir.EnumT)) and n.name and (getattr(n, "fields", None) is not None
-                                                                   or getattr(n, "values", None) is not None):
+        elif isinstance(n, ir.StructT) and n.name and n.fields is not None or \
+                isinstance(n, ir.EnumT) and n.name and n.values is not None:
             out.add(n.name)
     return out
 
