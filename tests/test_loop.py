@@ -903,6 +903,11 @@ def test_hoist_refusals(ck):
         "loop.hoist: the type of 'float b[i + 1];' (line 4) depends on 'i', which changes in for i (line 2)")
     assert refusal(loop.hoist.apply, p, "f > def c") == (
         "loop.hoist: 'static float c;' (line 5) has storage class 'static'; only automatic locals can be hoisted")
+    h = ck.parse("void f(int a, int b, float *x) { for (int j = a; j < b; j++) { int a = 5; float s = x[j]; "
+                 "x[j] = s + a; } }")
+    assert refusal(loop.hoist.apply, h, "f > def s") == (
+        "loop.hoist: the body of for j (line 2) declares a local 'a', which hides the variable of the same name "
+        "that the start of the loop reads; rename it first")
     q = ck.parse("void f(float *x) {\n  {\n    float t = x[0];\n    x[1] = t;\n  }\n}")
     assert refusal(loop.hoist.apply, q, "f > def t") == (
         "loop.hoist: 'float t = x[0];' (line 3) is not directly in the body of a canonical for loop")

@@ -701,13 +701,19 @@ def _refuse_unseen_effects(name: str, what: str, node: object, loc: Optional[ir.
             raise TransformError(f"{name}: {what} contains code otp does not model ('{n.text}')", loc)
 
 
-def _nonempty(name: str, loop: ir.For, where: str, function: str, path: Path) -> tuple[Obligation, ...]:
-    """Nothing when the loop provably runs (literal bounds), else the
-    obligation that it does; refused when it provably does not."""
+def _known_range(name: str, loop: ir.For, where: str) -> Optional[int]:
+    """stop - start when it is a compile-time constant, refusing a loop that
+    provably runs no iteration."""
     n = _trip_count(loop)
     if n is not None and n <= 0:
         raise TransformError(f"{name}: {where} runs no iteration", loop.loc)
-    if n is not None:
+    return n
+
+
+def _nonempty(name: str, loop: ir.For, where: str, function: str, path: Path) -> tuple[Obligation, ...]:
+    """Nothing when the loop provably runs (literal bounds), else the
+    obligation that it does; refused when it provably does not."""
+    if _known_range(name, loop, where) is not None:
         return ()
     return (Obligation("nonempty", f"{where} runs at least once: {expr_text(loop.start)} < "
                        f"{expr_text(loop.stop)}", function, (path,), (loop.start, loop.stop)),)
@@ -880,18 +886,22 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
         raise TransformError(f"loop.hoist: {what} has an initializer that cannot become an assignment; "
                              f"initialize it with instructions first", m.node.loc)
     stmts = loop.body.stmts
-    varying = free_vars(d.type) & ({loop.index} | writes_of(loop.body) | set(_top_decls(ir.Block(stmts[:k]))))
+    before = set(_top_decls(ir.Block(stmts[:k])))
+    varying = free_vars(d.type) & ({loop.index} | writes_of(loop.body) | before)
     if varying:
         raise TransformError(f"loop.hoist: the type of {what} depends on '{sorted(varying)[0]}', which changes "
                              f"in {where}", m.node.loc)
+    shadowed = free_vars(loop.start) & before
+    if shadowed:
+        raise TransformError(f"loop.hoist: the body of {where} declares a local '{sorted(shadowed)[0]}', which "
+                             f"hides the variable of the same name that the start of the loop reads; rename it "
+                             f"first", m.node.loc)
     _refuse_early_exit("loop.hoist", where, stmts, loop)
     _check_bounds_stable("loop.hoist", res, loop_path, loop, loop.body)
     if loop.contract:
         raise TransformError(f"loop.hoist: {where} has a loop contract, which would no longer describe its "
                              f"body; remove it (level 3 infers loop contracts)", loop.loc)
-    n = _trip_count(loop)
-    if n is not None and n <= 0:
-        raise TransformError(f"loop.hoist: {where} runs no iteration", loop.loc)
+    n = _known_range("loop.hoist", loop, where)
     _in_block("loop.hoist", res, loop_path, loop)
     hname = _fresh_local("loop.hoist", "array", name, f"{d.name}_h", program, m.path, m.function, m.node.loc)
     elem = unqualified(d.type)
