@@ -1168,7 +1168,8 @@ def unswitch(program: ir.Program, target: str) -> Rewrite:
     early exit before it, and the loop must run (obligation nonempty, unless
     its bounds are literal). Refused when the condition has side effects,
     reads the index, a name declared in the loop or a variable the body
-    writes, or when the loop has a contract. Both copies keep the pragmas.
+    writes, when the loop bounds have side effects or are written by the
+    body, or when the loop has a contract. Both copies keep the pragmas.
     """
     res = Resolver(program)
     m = res.one(target, "if statement", (ir.If,))
@@ -1193,6 +1194,7 @@ def unswitch(program: ir.Program, target: str) -> Rewrite:
     if loop.contract:
         raise TransformError(f"loop.unswitch: {where} has a loop contract, which would not describe the copies; "
                              f"remove it (level 3 infers loop contracts)", loop.loc)
+    _check_bounds_stable("loop.unswitch", res, loop_path, loop, loop.body)
     rel = m.path[len(loop_path):]
     obs = [Obligation("pure", f"'{text}' has no side effect and no iteration of {where} changes it", m.function,
                       (loop_path,), (branch.cond,))]
