@@ -341,3 +341,7 @@ def test_local_accumulator_refusals(ck):
     assert refusal(la, q, "f > for k", "y[m]") == (
         "variable.local_accumulator: 'y[m]' uses 'm', whose address is taken in f: the loop may change it through a "
         "pointer")
+    par = ck.parse("void f(int n, float *y, const float *x) {\n  float s = 0.0f;\n"
+                   "#pragma omp parallel for reduction(+:s)\n  for (int k = 0; k < n; k++) {\n    s += x[k];\n  }\n"
+                   "  y[0] = s;\n}")
+    assert "has pragmas (#pragma omp parallel for reduction(+:s))" in refusal(la, par, "f > for k", "s")

@@ -484,8 +484,9 @@ def local_accumulator(program: ir.Program, target: str, cell: str) -> Rewrite:
     the body, when it occurs other than in those statements (read elsewhere,
     or inside an `e`), when it has side effects or reads a variable that the
     loop writes, declares or indexes with, or whose address is taken (it must
-    designate the same cell at every iteration), or when the body may leave the loop without reaching
-    the store after it (return, goto). The claim left to the checker is
+    designate the same cell at every iteration), when the body may leave
+    the loop without reaching the store after it (return, goto), or when
+    the loop has pragmas. The claim left to the checker is
     about other names for the same memory (`C[j + i * N]`, a pointer, a
     callee), which cannot be ruled out syntactically; it also covers reading
     and storing the cell when the loop runs no iteration.
@@ -494,6 +495,10 @@ def local_accumulator(program: ir.Program, target: str, cell: str) -> Rewrite:
     m = res.one(target, "canonical loop", (ir.For,))
     loop: ir.For = m.node
     where = f"for {loop.index} (line {res.line(m.path)})"
+    if loop.pragmas:
+        raise TransformError(f"variable.local_accumulator: {where} has pragmas (#pragma {loop.pragmas[0]}), whose "
+                             f"clauses may name the cell; introduce the accumulator before annotating the loop",
+                             loop.loc)
     want = _squash(cell) if isinstance(cell, str) else ""
     if not want:
         raise TransformError(f"variable.local_accumulator: the cell must be the text of an lvalue, e.g. "
