@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -13,7 +14,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from .errors import OtpError, ScriptError
+from .errors import CheckFailed, OtpError, ScriptError
 from .frontend import parse_file
 from .outputs import CodeCache, write_run
 from .printer import to_c
@@ -217,6 +218,48 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         click.echo(json.dumps({"level": level, "exec": run_exec, "scripts": results}, indent=1))
     if worst:
         sys.exit(worst)
+
+
+@cli.command()
+@click.argument("script")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--size", "sizes", help="Sizes, e.g. M=1024,N=1024,K=1024 (override the script's bench()).")
+@click.option("--threads", type=int, help="Threads for OpenMP and the library (default: every core).")
+@click.option("--repeats", type=int,
+              help="Timed calls of each variant (default: up to 10, stopping after 3 once ~1 s is spent).")
+@click.option("--compare", "library", type=click.Choice(["numpy", "torch"]),
+              help="Also time the script's numpy= or torch= formulation on the same inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--no-color", is_flag=True)
+@_debug_option
+def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int], repeats: Optional[int],
+          library: Optional[str], as_json: bool, no_color: bool) -> None:
+    """Build SCRIPT's original and final programs with gcc -O3, check that
+    their outputs agree, and time them side by side."""
+    from .bench import declared, print_report, run_bench
+    from .build import BENCH_FLAGS
+
+    if target == "cuda":
+        raise OtpError("the CUDA back end is not implemented yet: otp bench --target cuda cannot build or time "
+                       "GPU code; use --target cpu")
+    overrides = parse_sizes(sizes)
+    session = new_session(script, target)
+    error = run_script(session, script)
+    if error is not None:
+        raise error
+    spec = declared(session)
+    if spec is None:
+        raise ScriptError(f"{script} declares no benchmark: add bench(\"FUNCTION\", sizes={{...}}, "
+                          f"flops=\"...\") after load() to say what to time (see README, Benchmarks)")
+    assert session.original is not None and session.program is not None
+    report = run_bench(session.original, session.program, session.contracts, spec, overrides,
+                       os.cpu_count() or 1 if threads is None else threads, repeats, library)
+    if as_json:
+        click.echo(json.dumps(report.to_json(script, target), indent=1))
+    else:
+        print_report(_console(no_color), report, BENCH_FLAGS)
+    if not report.ok:
+        raise CheckFailed(report.failure)
 
 
 @cli.command(name="print")

@@ -541,6 +541,18 @@ def _plan(f: ir.FuncDef, contract: Contract, sizes: Mapping[str, Any]) -> _Plan:
     return _Plan(f.name, tuple(params), ret)
 
 
+def plan_call(f: ir.FuncDef, contract: Contract, sizes: Mapping[str, Any]) -> _Plan:
+    """How to call `f` on contract-shaped buffers at `sizes` (for benchmarks):
+    the harness's plan, with every reason it cannot be made a SpecError
+    (unsupported parameter, missing sizes, sizes that break a `requires`)."""
+    try:
+        return _plan(f, contract, sizes)
+    except _NotCheckable as e:
+        raise SpecError(f"otp cannot call {f.name} on generated inputs: {e}") from None
+    except _MissingSizes as e:
+        raise SpecError(f"{f.name} needs sizes for {', '.join(e.names)} (give them with --size NAME=VALUE)") from None
+
+
 # ----------------------------------------------------------------- harness
 
 
@@ -1142,4 +1154,4 @@ def _compare_function(name: str, sp: _StepPlan, before: Optional[_Built], after:
 
 
 __all__ = ["Mismatch", "OutputResult", "FunctionResult", "StepResult", "ExecReport", "check_step",
-           "check_steps", "compare", "harness", "harness_program", "FORCE_INCLUDE"]
+           "check_steps", "compare", "harness", "harness_program", "plan_call", "FORCE_INCLUDE"]
