@@ -21,12 +21,14 @@ ATTENTION_C = ROOT / "c_sources" / "attention.c"
 
 SCRIPTS = {
     # script stem: (number of steps, step file names)
-    "matmul": (6, ["01_loop_fission.c", "02_loop_swap.c", "03_loop_tile.c", "04_loop_tile.c",
-                   "05_loop_fission.c", "06_loop_swap.c"]),
+    "matmul": (14, ["01_loop_fission.c", "02_loop_fission.c", "03_parallel_parallel_for.c", "04_loop_split.c",
+                    "05_loop_tile.c", "06_loop_split.c", "07_loop_fission.c", "08_loop_tile.c", "09_loop_tile.c",
+                    "10_loop_fission.c", "11_loop_reorder.c", "12_matrix_local_buffer.c",
+                    "13_parallel_parallel_for.c", "14_vector_vectorize.c"]),
     "attention": (4, ["01_variable_bind.c", "02_loop_tile.c", "03_loop_swap.c", "04_loop_tile.c"]),
 }
 FIRST_CALL = {
-    "matmul": "step 1/6 loop.fission(",
+    "matmul": "step 1/14 loop.fission(",
     "attention": "step 1/4 variable.bind(",
 }
 SMALL_SIZES = {"matmul": "M=5,N=4,K=3", "attention": "H=1,S=20,D=4"}
@@ -49,6 +51,11 @@ def script(path: Path, body: str, c_file: str | Path = MATMUL_C, load_args: str 
     """A transformation script loading `c_file` (absolute or relative to the script)."""
     return write(path, f"from optitrust_py.script import load\nfrom transformations import loop\n"
                        f"load({str(c_file)!r}{load_args})\n" + textwrap.dedent(body).lstrip("\n"))
+
+
+def all_obligations(step: dict) -> list:
+    """A step's obligations and those of its sub-steps (composites)."""
+    return step["obligations"] + [o for sub in step["substeps"] for o in all_obligations(sub)]
 
 
 def trace(dest: Path) -> dict:
@@ -139,9 +146,9 @@ def test_run_trace_json(full_run):
         assert s["checks"]["level1"]["ok"] is True and s["checks"]["level1"]["problems"] == []
         assert "exec" not in s["checks"]
         assert isinstance(s["obligations"], list)
-        for o in s["obligations"]:
+        for o in all_obligations(s):
             assert o["kind"] and o["claim"] and o["status"].startswith("not proved")
-        unproved += len(s["obligations"])
+        unproved += len(all_obligations(s))
     assert unproved >= 1
     assert re.search(rf"⚠ {unproved} validity obligation", r.stdout)
 
@@ -175,23 +182,23 @@ def test_run_exec_full_matmul_default_sizes(tmp_path):
     r = otp("run", "scripts/matmul.py", "--out", tmp_path, "--no-color", "--quiet", "--exec")
     assert r.returncode == 0, r.stderr
     t = trace(tmp_path / "matmul")
-    assert t["sizes"] == {"M": 50, "N": 37, "K": 71}
-    assert [s["checks"]["exec"]["status"] for s in t["steps"]] == ["pass"] * 6
-    assert t["steps"][0]["checks"]["exec"]["functions"][0]["elements"] == 50 * 37
+    assert t["sizes"] == {"M": 21, "N": 45, "K": 300}
+    assert [s["checks"]["exec"]["status"] for s in t["steps"]] == ["pass"] * 14
+    assert t["steps"][0]["checks"]["exec"]["functions"][0]["elements"] == 21 * 45
 
 
 def test_run_from_another_folder(tmp_path):
     """Paths in load() are relative to the script, not to the working directory."""
     r = otp("run", ROOT / "scripts" / "matmul.py", "--out", "o", "--quiet", "--no-color", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "o" / "matmul" / "06_loop_swap.c").is_file()
+    assert (tmp_path / "o" / "matmul" / "06_loop_split.c").is_file()
     assert not (ROOT / "scripts" / "o").exists()
 
 
 def test_rerun_replaces_the_folder(tmp_path):
     """A new run replaces the old folder: no stale step files from a longer run."""
     assert otp("run", "scripts/matmul.py", "--out", tmp_path, "--quiet").returncode == 0
-    assert (tmp_path / "matmul" / "06_loop_swap.c").exists()
+    assert (tmp_path / "matmul" / "06_loop_split.c").exists()
     assert otp("run", "scripts/matmul.py", "--out", tmp_path, "--quiet", "--step", "1").returncode == 0
     assert sorted(p.name for p in (tmp_path / "matmul").iterdir()) == \
         ["00_original.c", "01_loop_fission.c", "final.c", "trace.json"]
@@ -202,7 +209,7 @@ def test_step_option_errors(tmp_path):
     r = otp("run", "scripts/matmul.py", "--out", tmp_path, "--step", "0")
     assert "--step counts from 1" in assert_clean_error(r)
     r = otp("run", "scripts/matmul.py", "--out", tmp_path, "--quiet", "--step", "99")
-    assert r.returncode == 0 and len(trace(tmp_path / "matmul")["steps"]) == 6
+    assert r.returncode == 0 and len(trace(tmp_path / "matmul")["steps"]) == 14
 
 
 def test_out_folder_permissions_follow_umask(tmp_path):
@@ -220,7 +227,7 @@ def test_out_folder_permissions_follow_umask(tmp_path):
 def test_check_two_scripts_exec():
     r = otp("check", "scripts/matmul.py", "scripts/attention.py", "--exec", "--no-color")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert re.search(r"^✓ scripts/matmul\.py: 6 steps, level 1 \+ exec, \d+ obligations not proved", r.stdout, re.M)
+    assert re.search(r"^✓ scripts/matmul\.py: 14 steps, level 1 \+ exec, \d+ obligations not proved", r.stdout, re.M)
     assert re.search(r"^✓ scripts/attention\.py: 4 steps, level 1 \+ exec", r.stdout, re.M)
     assert not (ROOT / "out" / ".matmul").exists()
 
