@@ -79,6 +79,8 @@ BUDGET_S = 1.0
 """Without --repeats, a variant stops being timed after MIN_REPEATS calls
 once its timed calls have taken this long."""
 WARMUP_S = 0.05
+NOISY = 2.0
+"""A variant whose median time is this many times its fastest is flagged as noisy."""
 UNITS = {"flops": ("gflops", "GFLOP/s"), "bytes": ("gbps", "GB/s")}
 """Work unit -> (JSON key of the rate, column title)."""
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -639,6 +641,10 @@ def print_report(console: Any, report: BenchReport, flags: Sequence[str]) -> Non
             row.append(f"{report.speedup(label, report.library):.2f}×")
         table.add_row(*row, style="bold" if label == "optimized" else "")
     console.print(table)
+    noisy = [k for k, t in report.timings.items() if t.median > NOISY * min(t.times)]
+    if noisy:
+        console.print(Text(f"⚠ {', '.join(noisy)}: the median is more than {NOISY:g}× the fastest call; the machine "
+                           f"is busy or its cores are oversubscribed (fewer --threads give steadier times)", "yellow"))
     reps = ", ".join(f"{k} {len(t.times)}" for k, t in report.timings.items())
     console.print(Text(f"timed calls: {reps}; 'vs X' is X's median time over the variant's (higher is faster)",
                        "dim"))

@@ -7,6 +7,7 @@ traceback)."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
 import os
@@ -18,8 +19,9 @@ from typing import Optional
 
 import numpy as np
 import pytest
+from rich.console import Console
 
-from optitrust_py.bench import TOLERANCE, relative_error
+from optitrust_py.bench import TOLERANCE, BenchReport, Timing, print_report, relative_error
 from optitrust_py.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +106,18 @@ def test_reassociated_sum_passes_a_wrong_element_does_not():
     wrong = blocked.copy()
     wrong[5] += 1e-3 * np.abs(in_order).max()
     assert relative_error(in_order, wrong) == (pytest.approx(1e-3, rel=0.05), 5)
+
+
+def test_table_flags_noisy_timings():
+    steady, noisy = Timing((1.0, 1.1, 1.2), 10**9, "flops"), Timing((0.1, 0.9, 1.0), 10**9, "flops")
+    report = BenchReport("f", {"N": 4}, 2, 10**9, "flops", None, TOLERANCE, {"original": 0.0, "optimized": 0.0},
+                         {"original": steady, "optimized": noisy})
+    out = io.StringIO()
+    print_report(Console(file=out, width=200, no_color=True), report, ("-O3",))
+    text = out.getvalue()
+    assert "f  N=4  threads 2  gcc -O3" in text
+    assert "│ optimized │ 900 ms │ 100 ms │   1 s │    1.11 │       1.22× │" in text
+    assert "⚠ optimized: the median is more than 2× the fastest call" in text and "⚠ original" not in text
 
 
 # ---------------------------------------------------------------- the command
