@@ -21,14 +21,14 @@ ATTENTION_C = ROOT / "c_sources" / "attention.c"
 
 SCRIPTS = {
     # script stem: (number of steps, step file names)
-    "matmul": (14, ["01_loop_fission.c", "02_loop_fission.c", "03_parallel_parallel_for.c", "04_loop_split.c",
+    "matmul": (16, ["01_loop_fission.c", "02_loop_fission.c", "03_parallel_parallel_for.c", "04_loop_split.c",
                     "05_loop_tile.c", "06_loop_split.c", "07_loop_fission.c", "08_loop_tile.c", "09_loop_tile.c",
-                    "10_loop_fission.c", "11_loop_reorder.c", "12_matrix_local_buffer.c",
-                    "13_parallel_parallel_for.c", "14_vector_vectorize.c"]),
+                    "10_loop_fission.c", "11_loop_reorder.c", "12_loop_swap.c", "13_loop_swap.c",
+                    "14_matrix_local_buffer.c", "15_parallel_parallel_for.c", "16_vector_vectorize.c"]),
     "attention": (4, ["01_variable_bind.c", "02_loop_tile.c", "03_loop_swap.c", "04_loop_tile.c"]),
 }
 FIRST_CALL = {
-    "matmul": "step 1/14 loop.fission(",
+    "matmul": "step 1/16 loop.fission(",
     "attention": "step 1/4 variable.bind(",
 }
 SMALL_SIZES = {"matmul": "M=5,N=4,K=3", "attention": "H=1,S=20,D=4"}
@@ -182,9 +182,9 @@ def test_run_exec_full_matmul_default_sizes(tmp_path):
     r = otp("run", "scripts/matmul.py", "--out", tmp_path, "--no-color", "--quiet", "--exec")
     assert r.returncode == 0, r.stderr
     t = trace(tmp_path / "matmul")
-    assert t["sizes"] == {"M": 21, "N": 45, "K": 300}
-    assert [s["checks"]["exec"]["status"] for s in t["steps"]] == ["pass"] * 14
-    assert t["steps"][0]["checks"]["exec"]["functions"][0]["elements"] == 21 * 45
+    assert t["sizes"] == {"M": 21, "N": 141, "K": 300}
+    assert [s["checks"]["exec"]["status"] for s in t["steps"]] == ["pass"] * 16
+    assert t["steps"][0]["checks"]["exec"]["functions"][0]["elements"] == 21 * 141
 
 
 def test_run_from_another_folder(tmp_path):
@@ -209,7 +209,7 @@ def test_step_option_errors(tmp_path):
     r = otp("run", "scripts/matmul.py", "--out", tmp_path, "--step", "0")
     assert "--step counts from 1" in assert_clean_error(r)
     r = otp("run", "scripts/matmul.py", "--out", tmp_path, "--quiet", "--step", "99")
-    assert r.returncode == 0 and len(trace(tmp_path / "matmul")["steps"]) == 14
+    assert r.returncode == 0 and len(trace(tmp_path / "matmul")["steps"]) == 16
 
 
 def test_out_folder_permissions_follow_umask(tmp_path):
@@ -227,7 +227,7 @@ def test_out_folder_permissions_follow_umask(tmp_path):
 def test_check_two_scripts_exec():
     r = otp("check", "scripts/matmul.py", "scripts/attention.py", "--exec", "--no-color")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert re.search(r"^✓ scripts/matmul\.py: 14 steps, level 1 \+ exec, \d+ obligations not proved", r.stdout, re.M)
+    assert re.search(r"^✓ scripts/matmul\.py: 16 steps, level 1 \+ exec, \d+ obligations not proved", r.stdout, re.M)
     assert re.search(r"^✓ scripts/attention\.py: 4 steps, level 1 \+ exec", r.stdout, re.M)
     assert not (ROOT / "out" / ".matmul").exists()
 
