@@ -8,10 +8,10 @@ is reassociated: the step is marked as rounding differently)."""
 from optitrust_py.script import bench, load
 from transformations import parallel, vector
 
-load("../c_sources/rmsnorm.c", sizes={"R": 5, "C": 37})
+load("../c_sources/rmsnorm.c", sizes={"R": 5, "C": 150})
 bench("rmsnorm", sizes={"R": 4096, "C": 4096}, bytes="4*(2*R*C + C)",
       numpy="X = x.reshape(R, C); "
             "y = w * (X / np.sqrt((X * X).sum(axis=1, keepdims=True) / C + np.float32(1e-5)))")
 
 parallel.parallel_for("rmsnorm > for i")
-vector.vectorize("rmsnorm > for i")
+vector.vectorize("rmsnorm > for i", stream=True)

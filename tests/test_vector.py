@@ -85,16 +85,52 @@ def test_a_sum_gets_vector_partial_sums_and_reassociates(ck):
     r = vector.vectorize.apply(p, "rmsnorm > for i > for j#1", isa="avx512")
     text = ck.function_text(r.program, "rmsnorm_avx512")
     assert ck.contains(text, """
-        __m512 ss_v = _mm512_setzero_ps();
-        for (int jv = 0; jv < C - 15; jv += 16) {
-          ss_v = _mm512_add_ps(ss_v, _mm512_mul_ps(_mm512_loadu_ps(&x[i * C + jv]), _mm512_loadu_ps(&x[i * C + jv])));
+        __m512 ss_v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int jv = 0; jv < C - 63; jv += 64) {
+          ss_v[0] = _mm512_add_ps(ss_v[0], _mm512_mul_ps(_mm512_loadu_ps(&x[i * C + jv]), _mm512_loadu_ps(&x[i * C + jv])));
+          ss_v[1] = _mm512_add_ps(ss_v[1], _mm512_mul_ps(_mm512_loadu_ps(&x[i * C + (jv + 16)]), _mm512_loadu_ps(&x[i * C + (jv + 16)])));""")
+    assert ck.contains(text, """
+        for (int u = 0; u < 4; u++) {
+          _mm512_storeu_ps(ss_lanes, ss_v[u]);
+          for (int l = 0; l < 16; l++) {
+            ss += ss_lanes[l];
+          }
         }
-        float ss_lanes[16];
-        _mm512_storeu_ps(ss_lanes, ss_v);""")
+        for (int j = C / 64 * 64; j < C; j++) {""")
     assert r.fp == "reassoc"
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    _close(ck, p, r.program, "rmsnorm", [4, 100, ck.floats(400), ck.floats(100), ck.floats(400)])
+    for cols in (100, 200, 7):
+        _close(ck, p, r.program, "rmsnorm", [4, cols, ck.floats(4 * cols), ck.floats(cols), ck.floats(4 * cols)])
+
+
+@needs_avx512
+def test_streaming_stores_after_an_aligning_peel(ck):
+    p = ck.load("rmsnorm.c")
+    r = vector.vectorize.apply(p, "rmsnorm > for i > for j#2", isa="avx512", stream=True)
+    text = ck.function_text(r.program, "rmsnorm_avx512")
+    assert ck.contains(text, """
+        int j_peel = (int)(((64 - ((uintptr_t)&y[i * C + 0] & 63)) & 63) / 4);
+        int j_aligned = j_peel < C ? j_peel : C;
+        for (int j = 0; j < j_aligned; j++) {
+          y[i * C + j] = w[j] * (ss * x[i * C + j]);
+        }
+        for (int jv = j_aligned; jv < C - 15; jv += 16) {
+          _mm512_stream_ps(&y[i * C + jv], _mm512_mul_ps(_mm512_loadu_ps(&w[jv]), _mm512_mul_ps(_mm512_set1_ps(ss), _mm512_loadu_ps(&x[i * C + jv]))));
+        }
+        for (int j = j_aligned + (C - j_aligned) / 16 * 16; j < C; j++) {
+          y[i * C + j] = w[j] * (ss * x[i * C + j]);
+        }
+        _mm_sfence();""")
+    assert "#include <stdint.h>" in r.program.includes and r.fp == "exact"
+    for cols in (37, 64, 3):
+        ck.check(p, r.program, "rmsnorm", [3, cols, ck.floats(3 * cols), ck.floats(cols), ck.floats(3 * cols)])
+
+
+def test_an_output_the_loop_reads_back_is_not_streamed(ck):
+    r = vector.vectorize.apply(ck.load("softmax.c"), "softmax > for i > for j#3", isa="avx2", stream=True)
+    text = ck.function_text(r.program, "softmax_avx2")
+    assert "_mm256_storeu_ps(&y[i * C + jv]" in text and "stream" not in text
 
 
 def test_refuses_a_call_without_vector_form(ck):
@@ -123,10 +159,9 @@ def test_running_max_and_vector_exp_in_softmax(ck):
     r = vector.vectorize.apply(p, "softmax > for i", isa="avx512")
     text = ck.function_text(r.program, "softmax_avx512")
     assert ck.contains(text, """
-        __m512 max_val_v = _mm512_set1_ps(max_val);
-        for (int jv = 1; jv < C - 15; jv += 16) {
-          max_val_v = _mm512_max_ps(_mm512_loadu_ps(&x[i * C + jv]), max_val_v);
-        }""")
+        for (int jv = 1; jv < C - 63; jv += 64) {
+          max_val_v[0] = _mm512_max_ps(_mm512_loadu_ps(&x[i * C + jv]), max_val_v[0]);
+          max_val_v[1] = _mm512_max_ps(_mm512_loadu_ps(&x[i * C + (jv + 16)]), max_val_v[1]);""")
     assert "otp_expf_avx512(_mm512_sub_ps(_mm512_loadu_ps(&x[i * C + jv]), _mm512_set1_ps(max_val)))" in text
     assert r.program.function("otp_expf_avx512") is not None
     assert (r.fp, r.tolerance) == ("lossy", vector.EXP_TOLERANCE)

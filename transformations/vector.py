@@ -31,6 +31,7 @@ from transformations.loop import _trip_count
 
 FLOAT = ir.Base(("float",))
 INCLUDE = "#include <immintrin.h>"
+STDINT = "#include <stdint.h>"  # uintptr_t, to align streaming stores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,8 @@ static __m512 otp_expf_avx512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 """}
-EXP_TOLERANCE = 1e-6  # declared relative error of the vector expf, a few ulp
+EXP_TOLERANCE = 1e-6
+REDUCTION_COPIES = 4  # independent vector accumulators of a reduction loop  # declared relative error of the vector expf, a few ulp
 
 
 @lru_cache(maxsize=None)
@@ -132,7 +134,7 @@ class _Lanes:
     vector iterations, statement by statement."""
 
     def __init__(self, program: ir.Program, fn_path: Path, path: Path, loop: ir.For, isa: Isa,
-                 vector_arrays: dict[str, int], taken: set[str]) -> None:
+                 vector_arrays: dict[str, int], taken: set[str], stream: bool = False) -> None:
         self.program, self.path, self.loop, self.isa = program, path, loop, isa
         self.fn_path = fn_path
         self.vector_arrays = vector_arrays
@@ -145,17 +147,28 @@ class _Lanes:
         self.locals: set[str] = set()
         self.reductions: list[tuple[str, str, str]] = []  # (scalar, vector accumulator, "+" or "max")
         self.helpers: set[str] = set()
+        self.stream = stream
+        self.streamed: list[ir.Expr] = []  # first-lane addresses of the stores made streaming
         self.env = env_at(program, path + (("body", None), ("stmts", 0)))
         self.typedefs = typedefs_of(program)
+        self.copy, self.copies = 0, 1  # copies of the body per vector iteration (reductions: REDUCTION_COPIES)
         if self.chunks == 1:
             self.chunk: ir.Expr = ir.Const("0")
-            self.first_lane = loop.start
+            self.first = loop.start
         elif self.chunks is None:
-            self.chunk = self.first_lane = ir.Var(self._fresh(loop.index + "v"))
+            self.chunk = self.first = ir.Var(self._fresh(loop.index + "v"))
         else:
             self.chunk = ir.Var(self._fresh(loop.index + "v"))
             first: ir.Expr = ir.Binop("*", ir.Const(str(isa.width)), self.chunk)
-            self.first_lane = first if loop.start == ir.Const("0") else ir.Binop("+", loop.start, first)
+            self.first = first if loop.start == ir.Const("0") else ir.Binop("+", loop.start, first)
+
+    @property
+    def first_lane(self) -> ir.Expr:
+        """The index of the first lane of the current copy of the body."""
+        return self.first if not self.copy else ir.Binop("+", self.first, ir.Const(str(self.copy * self.isa.width)))
+
+    def _acc(self, acc: str) -> ir.Expr:
+        return ir.Var(acc) if self.copies == 1 else ir.Index(ir.Var(acc), ir.Const(str(self.copy)))
 
     def _fresh(self, base: str) -> str:
         name = fresh_name(self.taken, base)
@@ -237,7 +250,7 @@ class _Lanes:
         if running_max is not None:
             name, value = running_max
             acc = self._accumulator(name, "max", 2, f"'if ({expr_text(value)} > {name}) {name} = ...'")
-            return ir.ExprStmt(ir.Assign("=", ir.Var(acc), self.isa.op("max", self.value(value), ir.Var(acc))))
+            return ir.ExprStmt(ir.Assign("=", self._acc(acc), self.isa.op("max", self.value(value), self._acc(acc))))
         if not (isinstance(s, ir.ExprStmt) and isinstance(s.expr, ir.Assign)):
             raise self.refuse(f"'{stmt_text(s).strip()}' is not an assignment")
         a = s.expr
@@ -255,6 +268,12 @@ class _Lanes:
         addr = self._address(a.lhs)
         if op:
             rhs = self.isa.op(_ARITH[op], self.isa.op("loadu", addr), rhs)
+        elif self.stream and self.chunks is None:
+            base = _chain(a.lhs)[0]
+            if sum(1 for _, n in walk(self.loop.body) if n == ir.Var(base)) == 1:
+                if not self.copy:
+                    self.streamed.append(addr)
+                return ir.ExprStmt(self.isa.op("stream", addr, rhs))
         return ir.ExprStmt(self.isa.op("storeu", addr, rhs))
 
     def _reduction(self, a: ir.Assign, rhs: ir.Expr) -> ir.Stmt:
@@ -262,11 +281,14 @@ class _Lanes:
         if a.op != "+=":
             raise self.refuse(f"'{expr_text(a)}': a scalar may only be summed into (`{a.lhs.name} += ...`)")
         acc = self._accumulator(a.lhs.name, "+", 1, f"'{expr_text(a)}'")
-        return ir.ExprStmt(ir.Assign("=", ir.Var(acc), self.isa.op("add", ir.Var(acc), rhs)))
+        return ir.ExprStmt(ir.Assign("=", self._acc(acc), self.isa.op("add", self._acc(acc), rhs)))
 
     def _accumulator(self, name: str, kind: str, uses: int, shown: str) -> str:
         """A vector of per-lane partial results for the scalar `name`, which
         the loop may use nowhere else."""
+        for scalar, acc, _ in self.reductions:
+            if scalar == name:
+                return acc
         found = sum(1 for _, n in walk(self.loop.body) if n == ir.Var(name))
         if found != uses or not _is_float(self._type(ir.Var(name)), self.program):
             raise self.refuse(f"{shown}: the float scalar '{name}' is reduced into, so the loop may not use it "
@@ -275,41 +297,90 @@ class _Lanes:
         self.reductions.append((name, acc, kind))
         return acc
 
+    def _body(self) -> ir.Block:
+        self.locals = set()
+        return ir.Block(tuple(self.stmt(s) for s in self.loop.body.stmts))
+
     def rewrite(self) -> ir.Stmt:
-        body = ir.Block(tuple(self.stmt(s) for s in self.loop.body.stmts))
-        width = ir.Const(str(self.isa.width))
+        body = self._body()
         rest: tuple[ir.Stmt, ...] = ()
+        peel: tuple[ir.Stmt, ...] = ()
+        if self.chunks is None and self.reductions:
+            # one accumulator per copy: the additions into them do not wait
+            # for each other, and the loop streams at the speed of memory
+            self.copies = REDUCTION_COPIES
+            copies: list[ir.Stmt] = []
+            for self.copy in range(self.copies):
+                one = self._body()
+                declares = any(isinstance(x, ir.DeclStmt) for x in one.stmts)
+                copies.extend((one,) if declares else one.stmts)
+            self.copy = 0
+            body = ir.Block(tuple(copies))
+        width = ir.Const(str(self.isa.width * self.copies))
         if self.chunks == 1:
             core: ir.Stmt = body
         elif self.chunks is None:
             assert isinstance(self.chunk, ir.Var)
             loop = self.loop
-            core = ir.For(self.chunk.name, loop.start, ir.Binop("-", loop.stop, ir.Const(str(self.isa.width - 1))),
-                          body, width)
-            count = loop.stop if loop.start == ir.Const("0") else ir.Binop("-", loop.stop, loop.start)
+            first, peel = self._alignment_peel()
+            core = ir.For(self.chunk.name, first,
+                          ir.Binop("-", loop.stop, ir.Const(str(self.isa.width * self.copies - 1))), body, width)
+            count = loop.stop if first == ir.Const("0") else ir.Binop("-", loop.stop, first)
             done: ir.Expr = ir.Binop("*", ir.Binop("/", count, width), width)
-            if loop.start != ir.Const("0"):
-                done = ir.Binop("+", loop.start, done)
+            if first != ir.Const("0"):
+                done = ir.Binop("+", first, done)
             rest = (dataclasses.replace(loop, start=done, inclusive=False),)
+            if self.streamed:
+                rest += (ir.ExprStmt(ir.Call(ir.Var("_mm_sfence"), ())),)
         else:
             assert isinstance(self.chunk, ir.Var)
             core = ir.For(self.chunk.name, ir.Const("0"), ir.Const(str(self.chunks)), body)
         pre: list[ir.Stmt] = []
         post: list[ir.Stmt] = []
+        width = ir.Const(str(self.isa.width))
         for name, acc, kind in self.reductions:
             start = self.isa.op("setzero") if kind == "+" else self.isa.op("set1", ir.Var(name))
-            pre.append(ir.DeclStmt(ir.Decl(acc, ir.Base((self.isa.vtype,)), start)))
-            lanes, lane = self._fresh(f"{name}_lanes"), self._fresh("l")
+            vtype: ir.CType = ir.Base((self.isa.vtype,))
+            if self.copies > 1:
+                vtype = ir.Array(vtype, ir.Const(str(self.copies)))
+                start = ir.InitList((start,) * self.copies)
+            pre.append(ir.DeclStmt(ir.Decl(acc, vtype, start)))
+            lanes, lane, copy = self._fresh(f"{name}_lanes"), self._fresh("l"), self._fresh("u")
             one = ir.Index(ir.Var(lanes), ir.Var(lane))
             combine: ir.Stmt = (ir.ExprStmt(ir.Assign("+=", ir.Var(name), one)) if kind == "+" else
                                 ir.If(ir.Binop(">", one, ir.Var(name)),
                                       ir.Block((ir.ExprStmt(ir.Assign("=", ir.Var(name), one)),))))
             post.append(ir.DeclStmt(ir.Decl(lanes, ir.Array(FLOAT, width))))
-            post.append(ir.ExprStmt(self.isa.op("storeu", ir.Var(lanes), ir.Var(acc))))
-            post.append(ir.For(lane, ir.Const("0"), width, ir.Block((combine,))))
+            store_and_add = (ir.ExprStmt(self.isa.op("storeu", ir.Var(lanes), ir.Var(acc) if self.copies == 1 else
+                                                     ir.Index(ir.Var(acc), ir.Var(copy)))),
+                             ir.For(lane, ir.Const("0"), width, ir.Block((combine,))))
+            post.extend(store_and_add if self.copies == 1 else
+                        (ir.For(copy, ir.Const("0"), ir.Const(str(self.copies)), ir.Block(store_and_add)),))
         if not pre and not rest:
             return core
-        return ir.Block((*pre, core, *post, *rest))
+        return ir.Block((*peel, *pre, core, *post, *rest))
+
+    def _alignment_peel(self) -> tuple[ir.Expr, tuple[ir.Stmt, ...]]:
+        """Where the vector loop starts, and the scalar iterations before it:
+        streaming stores need an address aligned to the vector size, so the
+        first iterations run scalar until the streamed array is aligned."""
+        loop = self.loop
+        if not self.streamed:
+            return loop.start, ()
+        if len({expr_text(a) for a in self.streamed}) > 1:
+            raise self.refuse("streaming stores to more than one array: only one can be aligned")
+        size = ir.Const(str(self.isa.width * 4))
+        mask = ir.Const(str(self.isa.width * 4 - 1))
+        assert isinstance(self.chunk, ir.Var)
+        at_start = subst(self.streamed[0], {self.chunk.name: loop.start})
+        misaligned = ir.Binop("&", ir.Cast(ir.Base(("uintptr_t",)), at_start), mask)
+        count = ir.Cast(ir.INT, ir.Binop("/", ir.Binop("&", ir.Binop("-", size, misaligned), mask), ir.Const("4")))
+        peel = ir.Var(self._fresh(f"{loop.index}_peel"))
+        end = peel if loop.start == ir.Const("0") else ir.Binop("+", loop.start, peel)
+        first = ir.Var(self._fresh(f"{loop.index}_aligned"))
+        decls = (ir.DeclStmt(ir.Decl(peel.name, ir.INT, count)),
+                 ir.DeclStmt(ir.Decl(first.name, ir.INT, ir.Ternary(ir.Binop("<", end, loop.stop), end, loop.stop))))
+        return first, decls + (dataclasses.replace(loop, stop=first, inclusive=False),)
 
 
 def _lane_loops(region: ir.For, width: int) -> list[Path]:
@@ -410,7 +481,7 @@ def _dispatch(fn: ir.FuncDef, variant: str, isa: Isa) -> ir.Stmt:
 
 
 @primitive
-def vectorize(program: ir.Program, target: str, isa: Optional[str] = None) -> Rewrite:
+def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, stream: bool = False) -> Rewrite:
     """Turn the lane loops inside a loop into x86 SIMD intrinsics.
 
     A lane loop is an innermost unit-step loop of the target whose constant
@@ -494,19 +565,21 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None) -> Re
                                             [x.decl.name] if isinstance(x, ir.DeclStmt) and x.decl.name else
                                             [x.index] if isinstance(x, ir.For) else [])}
     new = program
-    reassoc, helpers = False, set()
+    reassoc, streaming, helpers = False, False, set()
     for p, loop in zip(full, loops):
-        lanes = _Lanes(program, m.path[:1], p, loop, chosen, arrays, set(taken))
+        lanes = _Lanes(program, m.path[:1], p, loop, chosen, arrays, set(taken), stream)
         new = replace(new, p, lanes.rewrite())
         reassoc = reassoc or bool(lanes.reductions)
         helpers |= lanes.helpers
+        streaming = streaming or bool(lanes.streamed)
     body = get(new, m.path[:1]).body
     for p, d in list(walk(body)):
         if isinstance(d, ir.DeclStmt) and d.decl.name in arrays:
             body = replace(body, p, ir.DeclStmt(dataclasses.replace(d.decl, type=_retype(d.decl.type, chosen))))
     obligation = Obligation("lanes", f"the iterations of each vectorized loop inside for {m.node.index} can run "
                                      f"{chosen.width} at a time, statement by statement", fn.name, (m.path,))
-    includes = program.includes if INCLUDE in program.includes else program.includes + (INCLUDE,)
+    includes = program.includes + tuple(i for i in (INCLUDE,) + ((STDINT,) if streaming else ())
+                                        if i not in program.includes)
     known = {f.name for f in program.functions()}
     extra = tuple(_exp_helper(h) for h in sorted(helpers) if f"otp_expf_{h}" not in known)
     if in_place:

@@ -17,5 +17,6 @@ __m256 _mm256_add_ps(__m256, __m256); __m256 _mm256_sub_ps(__m256, __m256);
 __m256 _mm256_mul_ps(__m256, __m256); __m256 _mm256_div_ps(__m256, __m256);
 __m256 _mm256_fmadd_ps(__m256, __m256, __m256);
 __m256 _mm256_max_ps(__m256, __m256); __m256 _mm256_min_ps(__m256, __m256);
+void _mm512_stream_ps(void *, __m512); void _mm256_stream_ps(float *, __m256); void _mm_sfence(void);
 int __builtin_cpu_supports(const char *);
 #endif
