@@ -115,6 +115,21 @@ class CKit:
         for k, (w, g) in enumerate(zip(want, got)):
             assert w == g, f"array argument {k} of {function} differs after the transformation"
 
+    def close_outputs(self, before: ir.Program, after: ir.Program, function: str, args: Sequence[Arg],
+                      rel: float = 1e-5, floor: float = 0.0) -> float:
+        """Outputs equal within `rel` times the largest magnitude of each
+        array (at least `floor`): a reassociated sum may cancel to a small
+        value whose own relative error says nothing about the reordering.
+        Returns the largest difference."""
+        worst = 0.0
+        for k, (w, g) in enumerate(zip(self.run(before, function, args), self.run(after, function, args))):
+            want, got = array("f", w), array("f", g)
+            bound = rel * max([floor] + [abs(x) for x in want])
+            for x, y in zip(want, got):
+                assert abs(x - y) <= bound, f"array argument {k} of {function}: {x} vs {y} (bound {bound:.3g})"
+                worst = max(worst, abs(x - y))
+        return worst
+
     def check(self, before: ir.Program, after: ir.Program, function: str, args: Sequence[Arg]) -> None:
         """Re-parses to itself, compiles with -Wall -Werror, same outputs."""
         self.roundtrip(after)

@@ -46,19 +46,6 @@ def pragmas(program: ir.Program) -> list[str]:
     return [n.pragmas[0] for _, n in walk(program) if isinstance(n, ir.For) and n.pragmas]
 
 
-def close_outputs(ck, before, after, function, args, rel=1e-5):
-    """Every float of every array argument within `rel` relative to the
-    array's largest magnitude (a reassociated sum can cancel to a small
-    value, whose own relative error says nothing about the reordering)."""
-    want = ck.run(before, function, args)
-    got = ck.run(after, function, args)
-    for k, (w, g) in enumerate(zip(want, got)):
-        w, g = array("f", w), array("f", g)
-        scale = max(abs(x) for x in w)
-        for x, y in zip(w, g):
-            assert abs(x - y) <= rel * scale, f"array argument {k} of {function}: {x} vs {y}"
-
-
 def matmul_args(ck, M=7, N=6, K=5):
     return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]
 
@@ -129,7 +116,7 @@ def test_parallel_for_sum_of_squares_is_a_reduction(ck):
     assert r.obligations[0].claim.endswith("apart from the reductions on ss")
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    close_outputs(ck, p, r.program, "rmsnorm", rows_args(ck, R=3, C=4000, weights=True))
+    ck.close_outputs(p, r.program, "rmsnorm", rows_args(ck, R=3, C=4000, weights=True))
 
 
 def test_parallel_for_running_max_is_a_max_reduction(ck):
@@ -325,7 +312,7 @@ def test_simd_dot_product_of_attention(ck):
     assert r.fp == "reassoc"
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    close_outputs(ck, p, r.program, "attention", attention_args(ck, D=64))
+    ck.close_outputs(p, r.program, "attention", attention_args(ck, D=64))
 
 
 def test_simd_inside_parallel_rows(ck):
@@ -378,7 +365,7 @@ def test_privatize_reduction_rmsnorm(ck):
     assert r.fp == "reassoc"
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    close_outputs(ck, p, r.program, "rmsnorm", rows_args(ck, R=3, C=4000, weights=True))
+    ck.close_outputs(p, r.program, "rmsnorm", rows_args(ck, R=3, C=4000, weights=True))
     nested = refusal(parallel.parallel_for.apply, r.program, "rmsnorm > for i")
     assert "contains a parallel construct ('#pragma omp parallel')" in nested
 

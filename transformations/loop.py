@@ -211,6 +211,16 @@ def _refuse_early_exit(name: str, where: str, stmts: tuple[ir.Stmt, ...], loop: 
                              getattr(esc, "loc", None) or loop.loc)
 
 
+def _refuse_annotated(name: str, advice: str, where: str, loop: ir.For) -> None:
+    """Pragmas and a loop contract describe one loop: a transformation that
+    turns it into something else cannot keep them."""
+    if loop.pragmas:
+        raise TransformError(f"{name}: {where} has pragmas (#pragma {loop.pragmas[0]}); {advice}", loop.loc)
+    if loop.contract:
+        raise TransformError(f"{name}: {where} has a loop contract, which would no longer describe a loop; "
+                             f"remove it (level 3 infers loop contracts)", loop.loc)
+
+
 def _require_unit_step(name: str, verb: str, where: str, loop: ir.For) -> None:
     if loop.step != ONE:
         raise TransformError(f"{name}: {where} has step '{expr_text(loop.step)}'; only unit-step loops "
@@ -546,12 +556,7 @@ def unroll(program: ir.Program, target: str, factor: Optional[int] = None) -> Re
         raise TransformError(f"loop.unroll: the factor must be a positive integer (or None to unroll fully), "
                              f"got {factor!r}", loop.loc)
     _require_unit_step("loop.unroll", "unrolled", where, loop)
-    if loop.pragmas:
-        raise TransformError(f"loop.unroll: {where} has pragmas (#pragma {loop.pragmas[0]}); unroll it before "
-                             f"annotating it", loop.loc)
-    if loop.contract:
-        raise TransformError(f"loop.unroll: {where} has a loop contract, which would no longer describe a "
-                             f"loop; remove it (level 3 infers loop contracts)", loop.loc)
+    _refuse_annotated("loop.unroll", "unroll it before annotating it", where, loop)
     _refuse_early_exit("loop.unroll", where, loop.body.stmts, loop)
     _check_bounds_stable("loop.unroll", res, m.path, loop, loop.body)
     if loop.index in free_vars(loop.start):
@@ -1084,12 +1089,7 @@ def collapse(program: ir.Program, target: str, index: Optional[str] = None) -> R
     inner_where = _where(res, inner_path, inner)
     for lp, lw in ((outer, where), (inner, inner_where)):
         _require_unit_step("loop.collapse", "collapsed", lw, lp)
-        if lp.pragmas:
-            raise TransformError(f"loop.collapse: {lw} has pragmas (#pragma {lp.pragmas[0]}); collapse the loops "
-                                 f"before annotating them", lp.loc)
-        if lp.contract:
-            raise TransformError(f"loop.collapse: {lw} has a loop contract, which would no longer describe a "
-                                 f"loop; remove it (level 3 infers loop contracts)", lp.loc)
+        _refuse_annotated("loop.collapse", "collapse the loops before annotating them", lw, lp)
     if outer.itype != inner.itype:
         raise TransformError(f"loop.collapse: the indices of {where} and {inner_where} have different types",
                              outer.loc)
