@@ -81,11 +81,13 @@ def test_a_sum_gets_vector_partial_sums_and_reassociates(ck):
           ss_v[0] = _mm512_add_ps(ss_v[0], _mm512_mul_ps(_mm512_loadu_ps(&x[i * C + jv]), _mm512_loadu_ps(&x[i * C + jv])));
           ss_v[1] = _mm512_add_ps(ss_v[1], _mm512_mul_ps(_mm512_loadu_ps(&x[i * C + (jv + 16)]), _mm512_loadu_ps(&x[i * C + (jv + 16)])));""")
     assert ck.contains(text, """
-        for (int u = 0; u < 4; u++) {
-          _mm512_storeu_ps(ss_lanes, ss_v[u]);
-          for (int l = 0; l < 16; l++) {
-            ss += ss_lanes[l];
-          }
+        for (int u = 1; u < 4; u++) {
+          ss_v[0] = _mm512_add_ps(ss_v[u], ss_v[0]);
+        }
+        float ss_lanes[16];
+        _mm512_storeu_ps(ss_lanes, ss_v[0]);
+        for (int l = 0; l < 16; l++) {
+          ss += ss_lanes[l];
         }
         for (int j = C / 64 * 64; j < C; j++) {""")
     assert r.fp == "reassoc"

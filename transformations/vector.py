@@ -350,12 +350,15 @@ class _Lanes:
             combine: ir.Stmt = (ir.ExprStmt(ir.Assign("+=", ir.Var(name), one)) if kind == "+" else
                                 ir.If(ir.Binop(">", one, ir.Var(name)),
                                       ir.Block((ir.ExprStmt(ir.Assign("=", ir.Var(name), one)),))))
+            whole: ir.Expr = ir.Var(acc)
+            if self.copies > 1:
+                whole = ir.Index(ir.Var(acc), ir.Const("0"))
+                merge = self.isa.op("add" if kind == "+" else "max", ir.Index(ir.Var(acc), ir.Var(copy)), whole)
+                post.append(ir.For(copy, ir.Const("1"), ir.Const(str(self.copies)),
+                                   ir.Block((ir.ExprStmt(ir.Assign("=", whole, merge)),))))
             post.append(ir.DeclStmt(ir.Decl(lanes, ir.Array(FLOAT, width))))
-            store_and_add = (ir.ExprStmt(self.isa.op("storeu", ir.Var(lanes), ir.Var(acc) if self.copies == 1 else
-                                                     ir.Index(ir.Var(acc), ir.Var(copy)))),
-                             ir.For(lane, ir.Const("0"), width, ir.Block((combine,))))
-            post.extend(store_and_add if self.copies == 1 else
-                        (ir.For(copy, ir.Const("0"), ir.Const(str(self.copies)), ir.Block(store_and_add)),))
+            post.append(ir.ExprStmt(self.isa.op("storeu", ir.Var(lanes), whole)))
+            post.append(ir.For(lane, ir.Const("0"), width, ir.Block((combine,))))
         if not pre and not rest:
             return core
         return ir.Block((*peel, *pre, core, *post, *rest))
