@@ -5,17 +5,12 @@ import textwrap
 
 import pytest
 
-from optitrust_py.errors import TargetError, TransformError
+from optitrust_py.errors import TargetError
 from optitrust_py.target import Resolver
 from optitrust_py.tree import get
 from optitrust_py import ir
 from transformations import function, loop
-
-
-def refusal(fn, *args, **kwargs) -> str:
-    with pytest.raises(TransformError) as info:
-        fn(*args, **kwargs)
-    return info.value.message
+from helpers import matmul_args, refusal
 
 
 def c(text: str) -> str:
@@ -188,10 +183,6 @@ def test_inline_refuses_a_hidden_global(ck):
 # ----------------------------------------------------------------- extract
 
 
-def matmul_args(ck, M=3, N=4, K=5):
-    return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]
-
-
 def rmsnorm_args(ck, R=3, C=6):
     return [R, C, ck.floats(R * C), ck.floats(C), ck.floats(R * C)]
 
@@ -213,7 +204,7 @@ def test_extract_matmul_k_loop(ck):
     assert ob.kind == "inline" and ob.function == "matmul"
     assert get(r.program, ob.paths[0]).expr.name == "matmul_k" and get(r.program, ob.paths[1]).name == "matmul_k"
     assert r.fp == "exact"
-    ck.check(p, r.program, "matmul", matmul_args(ck))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 4, 5))
 
 
 def test_extract_rmsnorm_normalisation(ck):
@@ -267,7 +258,7 @@ def test_extract_then_inline_gives_back_the_code(ck):
               C_1[i_1 * N_1 + j_1] += A_1[i_1 * K_1 + k] * B_1[k * N_1 + j_1];
             }
           }""")
-    ck.check(p, back, "matmul", matmul_args(ck))
+    ck.check(p, back, "matmul", matmul_args(ck, 3, 4, 5))
     r = ck.load("rmsnorm.c")
     q = function.extract.apply(r, "rmsnorm > for j#1", "sum_squares", count=3).program
     back = function.inline.apply(q, "rmsnorm > call sum_squares").program
@@ -443,13 +434,13 @@ def test_specialize_matmul_dispatches_on_K(ck):
           for (int i = 0; i < M; i++) {""")
     assert [f.name for f in r.program.functions()] == ["matmul_K5", "matmul"]
     assert r.obligations == () and r.fp == "exact"
-    ck.check(p, r.program, "matmul", matmul_args(ck, K=5))  # through the copy
-    ck.check(p, r.program, "matmul", matmul_args(ck, K=3))  # through the original body
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 4, 5))  # through the copy
+    ck.check(p, r.program, "matmul", matmul_args(ck, 3, 4, 3))  # through the original body
     # the literal bound now lets the k loop be unrolled completely
     q = loop.unroll.apply(r.program, "matmul_K5 > for k").program
     assert ck.contains(ck.function_text(q, "matmul_K5"), """
           C[i * N + j] += A[i * 5 + 4] * B[4 * N + j];""")
-    ck.check(p, q, "matmul", matmul_args(ck, K=5))
+    ck.check(p, q, "matmul", matmul_args(ck, 3, 4, 5))
 
 
 def test_specialize_transformer_matvec_calls(ck):

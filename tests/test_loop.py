@@ -8,21 +8,7 @@ import pytest
 from optitrust_py import ir
 from optitrust_py.errors import TargetError, TransformError
 from transformations import loop
-
-
-def matmul_args(ck, M, N, K):
-    return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]
-
-
-def attention_args(ck, H=2, S=5, D=4):
-    n = H * S * D
-    return [H, S, D, ck.floats(n), ck.floats(n), ck.floats(n), ck.floats(n)]
-
-
-def refusal(fn, *args, **kwargs) -> str:
-    with pytest.raises(TransformError) as info:
-        fn(*args, **kwargs)
-    return info.value.message
+from helpers import attention_args, matmul_args, refusal
 
 
 def c(text: str) -> str:
@@ -93,7 +79,7 @@ def test_tile_triangular_loop_of_attention(ck):
     r = loop.tile.apply(p, "attention > for j#2", 2, mode="min")
     assert "for (int bj = 0; bj < i + 1; bj += 2) {" in ck.function_text(r.program, "attention")
     assert "for (int j = bj; j < (bj + 2 < i + 1 ? bj + 2 : i + 1); j++) {" in ck.function_text(r.program, "attention")
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_tile_outer_name_is_fresh(ck):
@@ -158,7 +144,7 @@ def test_swap_attention_heads_and_queries(ck):
           for (int i = 0; i < S; i++) {
             for (int h = 0; h < H; h++) {
               for (int j = 0; j <= i; j++) {""")
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_swap_keeps_pragmas_with_their_loop(ck):
@@ -325,7 +311,7 @@ def test_fusion_attention_zeroing_with_accumulation(ck):
           }
         }""")
     assert [o.kind for o in r.obligations] == ["fusion"]
-    ck.check(a, r.program, "attention", attention_args(ck))
+    ck.check(a, r.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_fusion_renames_the_second_index(ck):
@@ -531,7 +517,7 @@ def test_unroll_by_factor_triangular_with_locals_attention(ck):
           }
           for (int j = (i + 1) / 2 * 2; j <= i; j++) {
             float s = 0.0f;""")
-    ck.check(a, r.program, "attention", attention_args(ck, S=6))
+    ck.check(a, r.program, "attention", attention_args(ck, 2, 6, 4))
 
 
 @pytest.mark.parametrize("factor", [0, -2, 2.5, "4", True])
@@ -620,7 +606,7 @@ def test_split_triangular_loop_of_attention(ck):
           for (int j = i / 2; j <= i; j++) {
             scores[j] = scores[j] / sum;
           }""")
-    ck.check(a, r.program, "attention", attention_args(ck))
+    ck.check(a, r.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_split_refusals(ck):
@@ -745,7 +731,7 @@ def test_move_out_scale_of_attention_to_the_top(ck):
           float *scores = malloc(S * sizeof(float));
           float scale = sqrtf(D);
           for (int h = 0; h < H; h++) {""")
-    ck.check(a, r3.program, "attention", attention_args(ck))
+    ck.check(a, r3.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_move_out_literal_bounds_need_no_nonempty(ck):
@@ -822,7 +808,7 @@ def test_hoist_attention_score_then_fission_all(ck):
           free(s_h);
           float max_val = -INFINITY;""")
     assert r.obligations == () and r.fp == "exact"
-    ck.check(a, r.program, "attention", attention_args(ck))
+    ck.check(a, r.program, "attention", attention_args(ck, 2, 5, 4))
     f = loop.fission.apply(r.program, "attention > for j#1")
     assert ck.contains(ck.function_text(f.program, "attention"), """
           for (int j = 0; j <= i; j++) {
@@ -831,7 +817,7 @@ def test_hoist_attention_score_then_fission_all(ck):
           for (int j = 0; j <= i; j++) {
             for (int d = 0; d < D; d++) {""")
     assert len(f.obligations) == 3
-    ck.check(a, f.program, "attention", attention_args(ck, S=6))
+    ck.check(a, f.program, "attention", attention_args(ck, 2, 6, 4))
 
 
 def test_hoist_on_the_stack_after_a_tile_of_moe(ck):
@@ -946,7 +932,7 @@ def test_shift_by_an_expression_with_a_new_index_matvec(ck):
     a = ck.load("attention.c")
     t = loop.shift.apply(a, "attention > for j#4", 3).program
     assert "for (int j = 3; j < i + 4; j++) {" in ck.function_text(t, "attention")
-    ck.check(a, t, "attention", attention_args(ck))
+    ck.check(a, t, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_scale_matvec_and_attention(ck):
@@ -964,7 +950,7 @@ def test_scale_matvec_and_attention(ck):
       for (int j = 0; j < (i + 1) * 2; j += 2) {
         scores[j / 2] = scores[j / 2] / sum;
       }""")
-    ck.check(a, t, "attention", attention_args(ck))
+    ck.check(a, t, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_scale_by_an_expression_declares_positive(ck):

@@ -7,30 +7,15 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.checks import FP_TOLERANCE, run_exec_checks
-from optitrust_py.errors import TransformError
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.report import badges
 from optitrust_py.runner import new_session, run_script
 from optitrust_py.spec import parse_formula
 from optitrust_py.tree import get
 from transformations import loop, matrix
+from helpers import attention_args, matmul_args, refusal
 
 FP16_TOL = matrix.LOSSY_FACTOR * 2.0 ** -11
-
-
-def matmul_args(ck, M=5, N=32, K=128):
-    return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]
-
-
-def attention_args(ck, H=2, S=8, D=4):
-    n = H * S * D
-    return [H, S, D, ck.floats(n), ck.floats(n), ck.floats(n), ck.floats(n)]
-
-
-def refusal(fn, *args, **kwargs) -> str:
-    with pytest.raises(TransformError) as info:
-        fn(*args, **kwargs)
-    return info.value.message
 
 
 def kinds(rewrite) -> list[str]:
@@ -84,7 +69,7 @@ def test_local_buffer_packs_a_panel_of_b(ck):
     assert delin.before and [expr_text(e) for e in delin.exprs] == ["K", "N"]
     assert expr_text(get(p, delin.paths[0])) == "B[k * N + j]"
     assert r.fp == "exact"
-    ck.check(p, r.program, "matmul", matmul_args(ck))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 5, 32, 128))
 
 
 def test_local_buffer_keeps_a_q_tile_in_attention(ck):
@@ -104,7 +89,7 @@ def test_local_buffer_keeps_a_q_tile_in_attention(ck):
     given = matrix.local_buffer.apply(p, "attention > for bi > for i", "q", "q_tile", shape=["H", "S", "D"],
                                       region=["h:1", "bi:2", "0:D"])
     assert given.program == r.program
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 8, 4))
 
 
 def test_local_buffer_copies_back_what_the_loop_writes(ck):
@@ -122,7 +107,7 @@ def test_local_buffer_copies_back_what_the_loop_writes(ck):
           }""")
     assert "out_local[i - bi][d] += scores[j] * v[(h * S + j) * D + d];" in text
     assert "covers" not in kinds(r)  # it reads too (+=): copied in, nothing to cover
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 8, 4))
 
 
 def test_local_buffer_of_a_loop_that_only_writes(ck):
@@ -137,7 +122,7 @@ def test_local_buffer_of_a_loop_that_only_writes(ck):
             out[(h * S + i) * D + i0] = out_local[i0];
           }""")
     assert kinds(r) == ["in_region", "no_alias", "covers", "delinearize"]
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 8, 4))
 
 
 @pytest.mark.parametrize("index, shape, split", [
@@ -191,10 +176,10 @@ def test_tile_dim_of_a_packed_panel(ck):
     (ob,) = r.obligations
     assert ob.kind == "divides" and [expr_text(e) for e in ob.exprs] == ["16", "N"]
     assert isinstance(get(r.program, ob.paths[0]), ir.DeclStmt)
-    ck.check(p, r.program, "matmul", matmul_args(ck))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 5, 32, 128))
     folded = matrix.tile_dim.apply(p, "matmul > def B_local", 0, "16")
     assert "float B_local[4][16][N];" in ck.function_text(folded.program, "matmul") and folded.obligations == ()
-    ck.check(p, folded.program, "matmul", matmul_args(ck))
+    ck.check(p, folded.program, "matmul", matmul_args(ck, 5, 32, 128))
 
 
 def test_tile_dim_of_a_flat_scratch_buffer(ck):
@@ -204,7 +189,7 @@ def test_tile_dim_of_a_flat_scratch_buffer(ck):
     assert "float *scores = malloc(S * sizeof(float));" in text
     assert "scores[j / 4 * 4 + j % 4] = s / sqrtf(D);" in text
     assert kinds(r) == ["divides", "delinearize"]
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 8, 4))
 
 
 def test_tile_dim_refusals(ck):
@@ -247,7 +232,7 @@ def test_gotoblas_packing_of_b(ck):
                 for (int j = 0; j < N; j++) {
                   C[i * N + j] += A[i * K + k] * B_local[j / 16][k - bk][j % 16];""")
     assert r.obligations == () and r.fp == "exact"
-    ck.check(p, r.program, "matmul", matmul_args(ck))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 5, 32, 128))
 
 
 def test_reorder_dims_of_a_flat_scratch_buffer(ck):
@@ -259,7 +244,7 @@ def test_reorder_dims_of_a_flat_scratch_buffer(ck):
     (ob,) = r.obligations
     assert ob.kind == "delinearize" and ob.before and [expr_text(e) for e in ob.exprs] == ["S / 4", "4"]
     assert "(j / 4, j % 4)" in ob.claim
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 8, 4))
 
 
 def test_reorder_dims_refusals(ck):
@@ -291,7 +276,7 @@ def test_set_precision_of_attention_scores(ck):
     assert ob.kind == "in_type_range" and isinstance(get(r.program, ob.paths[0]), ir.DeclStmt)
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    assert ck.close_outputs(p, r.program, "attention", attention_args(ck), r.tolerance, floor=1.0) > 0  # values change
+    assert ck.close_outputs(p, r.program, "attention", attention_args(ck, 2, 8, 4), r.tolerance, floor=1.0) > 0  # values change
 
 
 def test_set_precision_of_a_packed_panel(ck):
@@ -306,7 +291,7 @@ def test_set_precision_of_a_packed_panel(ck):
     assert r.tolerance == 0.02
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    assert ck.close_outputs(p, r.program, "matmul", matmul_args(ck), r.tolerance, floor=1.0) > 0
+    assert ck.close_outputs(p, r.program, "matmul", matmul_args(ck, 5, 32, 128), r.tolerance, floor=1.0) > 0
 
 
 def test_set_precision_refusals(ck):

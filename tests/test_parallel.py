@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from optitrust_py import ir
-from optitrust_py.errors import TargetError, TransformError
+from optitrust_py.errors import TargetError
 from optitrust_py.frontend import parse_text
 from optitrust_py.tree import get, walk
 from transformations import loop, parallel
+from helpers import attention_args, matmul_args, refusal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,28 +36,13 @@ def c(text: str) -> str:
     return textwrap.dedent(text).strip()
 
 
-def refusal(fn, *args, **kwargs) -> str:
-    with pytest.raises(TransformError) as info:
-        fn(*args, **kwargs)
-    return info.value.message
-
-
 def pragmas(program: ir.Program) -> list[str]:
     """The pragma of each loop that has one, in source order."""
     return [n.pragmas[0] for _, n in walk(program) if isinstance(n, ir.For) and n.pragmas]
 
 
-def matmul_args(ck, M=7, N=6, K=5):
-    return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]
-
-
 def rows_args(ck, R=6, C=37, weights=False):
     return [R, C, ck.floats(R * C)] + ([ck.floats(C)] if weights else []) + [ck.floats(R * C)]
-
-
-def attention_args(ck, H=4, S=6, D=5):
-    n = H * S * D
-    return [H, S, D, ck.floats(n), ck.floats(n), ck.floats(n), ck.floats(n)]
 
 
 # ----------------------------------------------------------------- parallel_for
@@ -82,7 +68,7 @@ def test_parallel_for_matmul_rows(ck):
     assert ob.claim == "distinct iterations of for i (line 2) touch disjoint cells"
     assert get(r.program, ob.paths[0]).mode == "parallel"
     assert r.fp == "exact"
-    ck.check(p, r.program, "matmul", matmul_args(ck))
+    ck.check(p, r.program, "matmul", matmul_args(ck, 7, 6, 5))
 
 
 def test_parallel_for_collapse_and_schedule(ck):
@@ -164,7 +150,7 @@ def test_parallel_for_attention_heads(ck):
     r = parallel.parallel_for.apply(p, "attention > for h")
     assert pragmas(r.program) == ["omp parallel for"] and r.fp == "exact"
     assert r.obligations[0].claim.endswith("the calls to free, malloc can run concurrently")
-    ck.check(a, r.program, "attention", attention_args(ck))
+    ck.check(a, r.program, "attention", attention_args(ck, 4, 6, 5))
 
 
 def test_parallel_threads_really_run(ck):
@@ -312,7 +298,7 @@ def test_simd_dot_product_of_attention(ck):
     assert r.fp == "reassoc"
     ck.roundtrip(r.program)
     ck.compiles(r.program)
-    ck.close_outputs(p, r.program, "attention", attention_args(ck, D=64))
+    ck.close_outputs(p, r.program, "attention", attention_args(ck, 4, 6, 64))
 
 
 def test_simd_inside_parallel_rows(ck):

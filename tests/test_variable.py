@@ -11,19 +11,9 @@ from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.target import Resolver
 from optitrust_py.typeof import env_at, type_of
 from transformations import variable
+from helpers import attention_args, refusal
 
 SCALE = "attention > for j#1 > expr 'sqrtf(D)'"
-
-
-def refusal(fn, *args, **kwargs) -> str:
-    with pytest.raises(TransformError) as info:
-        fn(*args, **kwargs)
-    return info.value.message
-
-
-def attention_args(ck, H=2, S=5, D=4):
-    n = H * S * D
-    return [H, S, D, ck.floats(n), ck.floats(n), ck.floats(n), ck.floats(n)]
 
 
 # ----------------------------------------------------------------- bind
@@ -47,7 +37,7 @@ def test_bind_sqrt_in_attention(ck):
     decl = Resolver(r.program).one("attention > def scale")
     assert ob.paths[0] == decl.path
     assert r.fp == "exact"
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_bind_pointer_and_given_type(ck):
@@ -169,7 +159,7 @@ def test_inline_undoes_bind(ck):
     bound = variable.bind.apply(p, SCALE, "scale").program
     r = variable.inline.apply(bound, "attention > def scale")
     assert r.program == p and r.obligations == ()
-    ck.check(bound, r.program, "attention", attention_args(ck))
+    ck.check(bound, r.program, "attention", attention_args(ck, 2, 5, 4))
     t = ck.load("transformer.c")
     bound = variable.bind.apply(t, "transformer_token > call matvec#1 > expr '&wq[l * dim * dim]'", "wq_l").program
     assert variable.inline.apply(bound, "transformer_token > def wq_l").program == t
@@ -249,7 +239,7 @@ def test_rename_local(ck):
           dot += q[(h * S + i) * D + d] * k[(h * S + j) * D + d];
         }
         scores[j] = dot / sqrtf(D);""")
-    ck.check(p, r.program, "attention", attention_args(ck))
+    ck.check(p, r.program, "attention", attention_args(ck, 2, 5, 4))
 
 
 def test_rename_refusals(ck):
