@@ -47,7 +47,9 @@ KINDS = {
 @dataclass(frozen=True)
 class Obligation:
     """One claim, with the places it is about (paths into the program the
-    step produced, unless `before` is set)."""
+    step produced, unless `before` is set), the expressions it states facts
+    about, and the names it concerns (the array of a region, the variables
+    of the reductions whose updates may be reordered)."""
 
     kind: str
     claim: str
@@ -55,6 +57,7 @@ class Obligation:
     paths: tuple[Path, ...] = ()
     exprs: tuple[Expr, ...] = ()
     before: bool = False
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -10,6 +10,7 @@ runs either kind on a given program outside any script (for tests and
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 import os
@@ -32,12 +33,24 @@ class Rewrite:
     "reassoc" when float results may round differently (checked with a
     tolerance), or "lossy" when the step changes values on purpose (storage
     in a narrower type): `tolerance` is then the relative error it declares,
-    which the exec check allows and reports."""
+    which the exec check allows and reports. `inherits` pairs a function the
+    step created with the function whose contract it shares (a variant for
+    one instruction set), so that level 2 checks it too."""
 
     program: ir.Program
     obligations: tuple[Obligation, ...] = ()
     fp: str = "exact"
     tolerance: float = 0.0
+    inherits: tuple[tuple[str, str], ...] = ()
+
+
+def inherit_contracts(contracts: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
+    """`contracts` with those of the functions `rewrite` created added."""
+    out = dict(contracts)
+    for new, old in rewrite.inherits:
+        if old in out and new not in out:
+            out[new] = dataclasses.replace(out[old], function=new)
+    return out
 
 
 @dataclass
@@ -184,6 +197,7 @@ class Session:
         self._open.pop()
         if rewrite is not None:
             self.program = rewrite.program
+            self.contracts.update(inherit_contracts(self.contracts, rewrite))
             step.obligations, step.fp, step.tolerance = rewrite.obligations, rewrite.fp, rewrite.tolerance
         step.after = self.current()
         step.time_s = time.perf_counter() - t0

@@ -70,6 +70,8 @@ def settle(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> str:
     return "proved" if answer == z3.unsat else "refuted" if answer == z3.sat else "unknown"
 
 
+_SIGNED_INTEGER = {"int", "long", "short", "signed", "ptrdiff_t"}
+
 _COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
             ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
 
@@ -81,10 +83,16 @@ class Terms:
     `a[i]`, a cast, a call, a char literal) is *opaque*: one integer constant
     per distinct subexpression, shared by every term this object builds, so
     the caller must make sure it has one value wherever it is used.
-    `divisors` lists the divisor of every `/` and `%` encoded so far."""
+    `divisors` lists the divisor of every `/` and `%` encoded so far, and
+    `facts` what is known of opaque values (`x & 63` lies in 0..63): callers
+    add them to their hypotheses. A cast to a signed integer type is taken
+    as the identity (the checker assumes index arithmetic does not wrap). Terms
+    objects with different `tag`s never share an opaque constant."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str = "") -> None:
+        self.tag = tag
         self.opaque: dict[ir.Expr, z3.ArithRef] = {}
+        self.facts: list[z3.BoolRef] = []
         self.divisors: list[z3.ArithRef] = []
 
     def term(self, e: ir.Expr) -> z3.ArithRef:
@@ -103,10 +111,22 @@ class Terms:
             return a + b if e.op == "+" else a - b if e.op == "-" else a * b
         if isinstance(e, ir.Ternary):
             return z3.If(self.formula(e.cond), self.term(e.then), self.term(e.other))
+        if isinstance(e, ir.Cast) and isinstance(e.type, ir.Base) and set(e.type.names) <= _SIGNED_INTEGER:
+            return self.term(e.arg)
+        if isinstance(e, ir.Binop) and e.op == "&":
+            mask = next((int_literal(x.text) for x in (e.left, e.right)
+                         if isinstance(x, ir.Const) and x.kind == "int" and int_literal(x.text) >= 0), None)
+            if mask is not None:
+                v = self._opaque(e)
+                self.facts.extend((v >= 0, v <= mask))
+                return v
         if _is_formula(e):
             return z3.If(self.formula(e), z3.IntVal(1), z3.IntVal(0))
+        return self._opaque(e)
+
+    def _opaque(self, e: ir.Expr) -> z3.ArithRef:
         if e not in self.opaque:
-            self.opaque[e] = z3.Int(f"{len(self.opaque)}:opaque")
+            self.opaque[e] = z3.Int(f"{len(self.opaque)}:opaque{self.tag}")
         return self.opaque[e]
 
     def formula(self, e: ir.Expr) -> z3.BoolRef:

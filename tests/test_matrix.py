@@ -7,6 +7,7 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.checks import FP_TOLERANCE, run_exec_checks
+from optitrust_py.layout import delinearize
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.report import badges
 from optitrust_py.runner import new_session, run_script
@@ -64,8 +65,8 @@ def test_local_buffer_packs_a_panel_of_b(ck):
     region, alias, delin = r.obligations
     assert [expr_text(e) for e in region.exprs] == ["bk", "0", "64", "N"]
     assert "[bk, bk + 64) x [0, N)" in region.claim
-    looped = get(r.program, region.paths[0])
-    assert isinstance(looped, ir.For) and looped.index == "i" and alias.paths == region.paths
+    looped = get(p, region.paths[0])
+    assert isinstance(looped, ir.For) and looped.index == "i" and alias.paths == region.paths and region.before
     assert delin.before and [expr_text(e) for e in delin.exprs] == ["K", "N"]
     assert expr_text(get(p, delin.paths[0])) == "B[k * N + j]"
     assert r.fp == "exact"
@@ -135,7 +136,7 @@ def test_local_buffer_of_a_loop_that_only_writes(ck):
     ("(h * S + i) * D + d", ["H", "D", "S"], None),
 ])
 def test_delinearize_forms(index, shape, split):
-    got = matrix._delinearize(parse_formula(index), tuple(parse_formula(d) for d in shape))
+    got = delinearize(parse_formula(index), tuple(parse_formula(d) for d in shape))
     assert (None if got is None else [expr_text(e) for e in got]) == split
 
 

@@ -35,6 +35,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from optitrust_py import ir
 from optitrust_py.errors import SpecError, TransformError
+from optitrust_py.layout import delinearize, linearize, signed_sum
 from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_effects, is_identifier, writes_of
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, type_name
@@ -140,74 +141,9 @@ def _find_array(program: ir.Program, fn_path: Path, name: str, shape: Optional[S
     return _Array(name, fn.name, decl, path, _exprs(who, shape, "dimension", loc), t, flat=True)
 
 
-def _terms(e: ir.Expr, sign: int = 1) -> list[tuple[int, ir.Expr]]:
-    """`e` as a signed sum: `a - b * c` is [(1, a), (-1, b * c)]."""
-    if isinstance(e, ir.Binop) and e.op in ("+", "-"):
-        return _terms(e.left, sign) + _terms(e.right, sign if e.op == "+" else -sign)
-    if isinstance(e, ir.Unop) and e.op == "-":
-        return _terms(e.arg, -sign)
-    return [(sign, e)]
-
-
-def _factors(e: ir.Expr) -> list[ir.Expr]:
-    if isinstance(e, ir.Binop) and e.op == "*":
-        return _factors(e.left) + _factors(e.right)
-    return [e]
-
-
-def _sum(terms: Sequence[tuple[int, ir.Expr]]) -> ir.Expr:
-    out: Optional[ir.Expr] = None
-    for sign, t in terms:
-        if out is None:
-            out = t if sign > 0 else ir.Unop("-", t)
-        else:
-            out = ir.Binop("+" if sign > 0 else "-", out, t)
-    return ZERO if out is None else out
-
-
-def _product(factors: Sequence[ir.Expr]) -> ir.Expr:
-    if not factors:
-        return ONE
-    out = factors[0]
-    for f in factors[1:]:
-        out = ir.Binop("*", out, f)
-    return out
-
-
-def _delinearize(index: ir.Expr, shape: Shape) -> Optional[tuple[ir.Expr, ...]]:
-    """The per-dimension indices of a flattened index, or None when some
-    level has no term carrying its dimension (a zero index is all zeros)."""
-    if len(shape) <= 1:
-        return (index,)
-    if index == ZERO:
-        return (ZERO,) * len(shape)
-    last = shape[-1]
-    outer, inner = [], []
-    for sign, t in _terms(index):
-        fs = _factors(t)
-        if last in fs:
-            k = fs.index(last)
-            outer.append((sign, _product(fs[:k] + fs[k + 1:])))
-        else:
-            inner.append((sign, t))
-    if not outer:
-        return None
-    rest = _delinearize(_sum(outer), shape[:-1])
-    return None if rest is None else rest + (_sum(inner),)
-
-
-def _linearize(index: Sequence[ir.Expr], shape: Shape) -> ir.Expr:
-    """The Horner form `(i0 * d1 + i1) * d2 + i2`."""
-    out = index[0]
-    for i, d in zip(index[1:], shape[1:]):
-        scaled = ir.Binop("*", out, d)
-        out = i if out == ZERO else (scaled if i == ZERO else ir.Binop("+", scaled, i))
-    return out
-
-
 def _access_expr(arr: _Array, index: Sequence[ir.Expr]) -> ir.Expr:
     if arr.flat:
-        return ir.Index(ir.Var(arr.name), _linearize(index, arr.shape))
+        return ir.Index(ir.Var(arr.name), linearize(index, arr.shape))
     out: ir.Expr = ir.Var(arr.name)
     for i in index:
         out = ir.Index(out, i)
@@ -273,7 +209,7 @@ def _accesses(program: ir.Program, res: Resolver, arr: _Array, root: Path, who: 
                 why = "reads the array itself" if arr.name in free_vars(i) else "has a side effect"
                 raise TransformError(f"{who}: the index of '{text}' (line {line}) {why}", n.loc)
         if arr.flat:
-            split = _delinearize(index[0], arr.shape)
+            split = delinearize(index[0], arr.shape)
             if split is None:
                 raise TransformError(f"{who}: '{text}' (line {line}) does not delinearise for the shape "
                                      f"{arr.shape_text()}: no term of its index is a multiple of "
@@ -330,7 +266,7 @@ class _Lin:
                  for a, c in self.terms]
         if self.const:
             parts.append((1 if self.const > 0 else -1, ir.Const(str(abs(self.const)))))
-        return _sum(parts)
+        return signed_sum(parts)
 
 
 def _lin(e: ir.Expr) -> _Lin:
@@ -568,7 +504,6 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     stmts: list[ir.Stmt] = [ir.DeclStmt(decl)]
     if copy_in:
         stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", inside, outside))))
-    new_loop = block + (("stmts", k + len(stmts)),)
     stmts.append(get(new, m.path))
     if roles != {"read"}:
         stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", outside, inside))))
@@ -576,14 +511,16 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     shown = " x ".join(f"[{expr_text(o.expr())}, {expr_text(o.plus(s).expr())})" for o, s in zip(origins, sizes))
     obligations = [
         Obligation("in_region", f"every access of {where} to '{array}' lies in {shown}, and that region (sizes "
-                   f">= 1) lies within '{array}' {arr.shape_text()}", m.function, (new_loop,),
-                   tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes)),
+                   f">= 1) lies within '{array}' {arr.shape_text()}", m.function, (m.path,),
+                   tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes), before=True, names=(array,)),
         Obligation("no_alias", f"inside {where}, no name other than '{array}' reaches the cells of {shown}",
-                   m.function, (new_loop,)),
+                   m.function, (m.path,), before=True, names=(array,)),
     ]
     if not copy_in:
         obligations.append(Obligation("covers", f"{where} writes every cell of {shown} before '{name}' is copied "
-                                      f"back to '{array}'", m.function, (new_loop,)))
+                                      f"back to '{array}'", m.function, (m.path,),
+                                      tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes),
+                                      before=True, names=(array,)))
     return Rewrite(new, tuple(obligations) + _delinearize_obligation(arr, accesses))
 
 

@@ -569,10 +569,12 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
                                             [x.index] if isinstance(x, ir.For) else [])}
     new = program
     reassoc, streaming, helpers = False, False, set()
+    reduced: list[str] = []
     for p, loop in zip(full, loops):
         lanes = _Lanes(program, m.path[:1], p, loop, chosen, arrays, set(taken), stream)
         new = replace(new, p, lanes.rewrite())
         reassoc = reassoc or bool(lanes.reductions)
+        reduced.extend(name for name, _, _ in lanes.reductions if name not in reduced)
         helpers |= lanes.helpers
         streaming = streaming or bool(lanes.streamed)
     body = get(new, m.path[:1]).body
@@ -580,7 +582,8 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
         if isinstance(d, ir.DeclStmt) and d.decl.name in arrays:
             body = replace(body, p, ir.DeclStmt(dataclasses.replace(d.decl, type=_retype(d.decl.type, chosen))))
     obligation = Obligation("lanes", f"the iterations of each vectorized loop inside for {m.node.index} can run "
-                                     f"{chosen.width} at a time, statement by statement", fn.name, (m.path,))
+                                     f"{chosen.width} at a time, statement by statement", m.function, tuple(full),
+                            (ir.Const(str(chosen.width)),), before=True, names=tuple(reduced))
     includes = program.includes + tuple(i for i in (INCLUDE,) + ((STDINT,) if streaming else ())
                                         if i not in program.includes)
     known = {f.name for f in program.functions()}
@@ -596,9 +599,8 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
         items = (program.items[:fn_index]
                  + (ir.Pragma("GCC push_options"), ir.Pragma(f'GCC target("{chosen.gcc_target}")'))
                  + extra + (vfn, ir.Pragma("GCC pop_options"), plain) + program.items[fn_index + 1:])
-    at = items.index(vfn)
-    obligation = dataclasses.replace(obligation, function=variant, paths=(((("items", at),) + m.path[1:]),))
     out = ir.Program(includes, items, program.file)
+    inherits = ((variant, fn.name),) if variant != fn.name else ()
     if helpers:
-        return Rewrite(out, (obligation,), "lossy", EXP_TOLERANCE)
-    return Rewrite(out, (obligation,), "reassoc" if reassoc else "exact")
+        return Rewrite(out, (obligation,), "lossy", EXP_TOLERANCE, inherits)
+    return Rewrite(out, (obligation,), "reassoc" if reassoc else "exact", inherits=inherits)

@@ -1,0 +1,538 @@
+"""Footprints: every memory access of a piece of code, as a symbolic cell.
+
+An access names the array (or scalar) it touches, its per-dimension
+indices, how many consecutive cells it spans from there (a vector load, a
+callee's region), whether it writes, and the context it runs in: the
+canonical loops around it inside the analysed region and the conditions
+that hold there. Indices are rewritten so that they mention only
+parameters, loop indices and opaque values:
+
+- a local that is assigned only by its declaration is replaced by its
+  initializer (`int off = i * N; C[off + j]` is `C[i * N + j]`), pointer
+  locals included (`float *row = &x[i * C]; row[j]` is `x[i * C + j]`);
+- any other scalar that the function assigns is *mutable*: each occurrence
+  in an index or a bound becomes its own unknown (`Access.mutable`);
+- a flattened access to an array whose contract gives it a shape is split
+  into per-dimension indices (`layout.delinearize`), which the resource
+  check proves within their dimensions.
+
+Anything whose effect is not modelled (an unknown call, an opaque node) is
+an access to `UNKNOWN` that conflicts with everything."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Optional
+
+from . import ir
+from .intrinsics import memory_args
+from .layout import ONE, ZERO, delinearize, linearize
+from .names import PURE_FUNCTIONS, has_side_effects, subst
+from .printer import expr as expr_text
+from .tree import Path, children, function_path, get, walk as _walk
+
+UNKNOWN = "?"
+"""The cell of an access whose target is not modelled."""
+
+_ALLOCATORS = frozenset({"malloc", "calloc", "aligned_alloc", "posix_memalign"})
+_ORDER_ONLY = frozenset({"_mm_sfence", "_mm_mfence", "_mm_lfence", "__builtin_cpu_supports", "assert"})
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A canonical loop around an access: `index` runs from `start` by
+    `step` while below `stop`."""
+
+    index: str
+    start: ir.Expr
+    stop: ir.Expr
+    step: ir.Expr
+    path: Path
+
+
+@dataclass(frozen=True)
+class Access:
+    cell: str
+    index: tuple[ir.Expr, ...]
+    lanes: ir.Expr
+    write: bool
+    read: bool
+    update: Optional[str]
+    text: str
+    path: Path
+    line: Optional[int]
+    loops: tuple[Loop, ...]
+    guards: tuple[ir.Expr, ...]
+    stmt: int
+    mutable: tuple[str, ...] = ()
+    shape: Optional[tuple[ir.Expr, ...]] = None
+    whole: bool = False
+    via: str = ""
+    uid: int = field(default=0, compare=False)
+
+    def describe(self) -> str:
+        verb = "updates" if self.update else "writes" if self.write else "reads"
+        at = f" (line {self.line})" if self.line else ""
+        return f"'{self.text}'{at}, which {verb} {self.cell if self.cell != UNKNOWN else 'unknown memory'}"
+
+    def flat(self) -> Optional[ir.Expr]:
+        """The index as one offset into the cell (None without a shape)."""
+        if len(self.index) <= 1:
+            return self.index[0] if self.index else ZERO
+        return linearize(self.index, self.shape) if self.shape is not None else None
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The accesses of a region, and the context it runs in: the loops and
+    conditions around the region inside its function, and the function's
+    contract requires (`outside`)."""
+
+    function: str
+    accesses: tuple[Access, ...]
+    outer_loops: tuple[Loop, ...]
+    outer_guards: tuple[ir.Expr, ...]
+    requires: tuple[ir.Expr, ...]
+
+    def of_stmt(self, k: int) -> tuple[Access, ...]:
+        return tuple(a for a in self.accesses if a.stmt == k)
+
+
+_uids = itertools.count(1)
+
+
+class _Collector:
+    """Walks one function, knowing its constant locals, its mutable scalars
+    and the shapes of its arrays."""
+
+    def __init__(self, program: ir.Program, fn: ir.FuncDef, contracts: Mapping[str, Any]) -> None:
+        self.program = program
+        self.fn = fn
+        self.contracts = contracts
+        contract = contracts.get(fn.decl.name or "")
+        self.pointers = {p.name for p in _params(fn) if isinstance(p.type, (ir.Ptr, ir.Array)) and p.name}
+        self.defined = {f.name: f for f in program.functions()}
+        assigned = assigned_scalars(fn.body)
+        self.constants: dict[str, ir.Expr] = {}
+        self.scalars: set[str] = set()
+        self.shapes: dict[str, tuple[ir.Expr, ...]] = {}
+        decls: dict[str, int] = {}
+        canonical: set[str] = set()
+        fixed: set[str] = set()
+        for n in _nodes(fn.body):
+            if isinstance(n, ir.DeclStmt) and n.decl.name:
+                decls[n.decl.name] = decls.get(n.decl.name, 0) + 1
+                if isinstance(n.decl.type, (ir.Ptr, ir.Array)):
+                    self.pointers.add(n.decl.name)
+                dims = _array_dims(n.decl.type)
+                if dims:
+                    self.shapes[n.decl.name] = dims
+            elif isinstance(n, ir.For) and n.index not in assigned_scalars(n.body):
+                canonical.add(n.index)
+        for n in _nodes(fn.body):
+            if isinstance(n, ir.DeclStmt) and n.decl.name and decls[n.decl.name] == 1 \
+                    and n.decl.name not in assigned and n.decl.init is not None \
+                    and not isinstance(n.decl.init, ir.InitList) and not _array_dims(n.decl.type):
+                fixed.add(n.decl.name)
+                if not has_side_effects(n.decl.init):
+                    self.constants[n.decl.name] = n.decl.init
+        self.mutable = (assigned | {d for d, c in decls.items() if c > 1}) - canonical - fixed
+        self.mutable |= {p.name for p in _params(fn) if p.name in assigned}
+        self.scalars = {n for n in self.mutable if n not in self.shapes}
+        if contract is not None:
+            for _, r in contract.resources():
+                if r.shape.kind == "matrix" and not r.group and isinstance(r.subject, ir.Var):
+                    self.shapes.setdefault(r.base, r.shape.dims)
+        self.out: list[Access] = []
+
+    def target(self, e: ir.Expr) -> Optional[tuple[str, ir.Expr]]:
+        """The array a pointer expression points into, and the offset."""
+        if isinstance(e, ir.Var):
+            return (e.name, ZERO) if e.name in self.pointers else None
+        if isinstance(e, ir.Cast):
+            return self.target(e.arg)
+        if isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Index) \
+                and isinstance(e.arg.base, ir.Var):
+            return e.arg.base.name, e.arg.index
+        if isinstance(e, ir.Binop) and e.op == "+":
+            for ptr, off in ((e.left, e.right), (e.right, e.left)):
+                t = self.target(ptr)
+                if t is not None:
+                    return t[0], _plus(t[1], off)
+        return None
+
+    def base_name(self, e: ir.Expr) -> Optional[str]:
+        t = self.target(e)
+        return t[0] if t else None
+
+    # -------------------------------------------------------------- expressions
+
+    def resolve(self, e: ir.Expr, depth: int = 0) -> ir.Expr:
+        """`e` with constant locals replaced by their initializers."""
+        for _ in range(8):
+            names = {n.name for n in _nodes(e) if isinstance(n, ir.Var)} & set(self.constants)
+            if not names:
+                return e
+            e = subst(e, {n: self.constants[n] for n in names})
+        return e
+
+    def add(self, cell: str, index: tuple[ir.Expr, ...], lanes: ir.Expr, role: str, node: Any, path: Path,
+            ctx: "_Ctx", whole: bool = False, via: str = "") -> None:
+        index = tuple(self.resolve(i) for i in index)
+        shape = self.shapes.get(cell)
+        if shape is not None and len(index) == 1 and len(shape) > 1:
+            split = delinearize(index[0], shape)
+            if split is not None:
+                index = split
+        mutable = {n.name for i in index + (lanes,) for n in _nodes(i) if isinstance(n, ir.Var)} & self.mutable
+        mutable |= ctx.mutable
+        loc = getattr(node, "loc", None)
+        self.out.append(Access(cell, index, self.resolve(lanes), role in ("write", "update"),
+                               role in ("read", "update"), ctx.update if role == "update" else None,
+                               expr_text(node) if isinstance(node, ir.EXPR_TYPES) else cell, path,
+                               loc.line if loc else None, ctx.loops, ctx.guards, ctx.stmt,
+                               tuple(sorted(mutable)), shape if shape and len(index) == len(shape) else shape,
+                               whole or cell == UNKNOWN, via or cell, next(_uids)))
+
+    def lvalue(self, e: ir.Expr, path: Path, role: str, ctx: "_Ctx") -> None:
+        """An lvalue being written, updated or read."""
+        if isinstance(e, ir.Cast):
+            self.lvalue(e.arg, path + (("arg", None),), role, ctx)
+            return
+        if isinstance(e, ir.Var):
+            if e.name in self.scalars or e.name in self.shapes:
+                self.add(e.name, (), ONE, role, e, path, ctx, whole=e.name in self.shapes)
+            return
+        if isinstance(e, ir.Index):
+            chain, base, base_path = _chain(e, path)
+            for k, (i, p) in enumerate(chain):
+                self.expr(i, p, ctx)
+            self.pointer_access(base, tuple(i for i, _ in chain), ONE, role, e, path, ctx, base_path)
+            return
+        if isinstance(e, ir.Unop) and e.op == "*":
+            self.pointer_access(e.arg, (ZERO,), ONE, role, e, path, ctx, path + (("arg", None),))
+            return
+        self.expr(e, path, ctx)
+        self.add(UNKNOWN, (), ONE, role, e, path, ctx)
+
+    def pointer_access(self, base: ir.Expr, index: tuple[ir.Expr, ...], lanes: ir.Expr, role: str, node: Any,
+                       path: Path, ctx: "_Ctx", base_path: Path) -> None:
+        """An access `base[index...]` (lanes cells from there) where `base` is
+        a pointer expression: an array name, a constant pointer local, or an
+        offset from one."""
+        target = self.target(self.resolve(base))
+        if target is None:
+            self.expr(base, base_path, ctx)
+            self.add(UNKNOWN, (), ONE, role, node, path, ctx)
+            return
+        name, offset = target
+        self.expr(base, base_path, ctx, skip_array=name)
+        if offset != ZERO:
+            index = (_plus(offset, index[0]),) + index[1:] if len(index) == 1 else (offset,) + index
+            if len(index) > 1 and offset != ZERO and name not in self.shapes:
+                self.add(name, (), ONE, role, node, path, ctx, whole=True)
+                return
+        self.add(name, index, lanes, role, node, path, ctx, via=_syntactic_base(base))
+
+    def expr(self, e: Any, path: Path, ctx: "_Ctx", skip_array: Optional[str] = None) -> None:
+        """The reads of evaluating `e` (and the writes of its side effects)."""
+        if isinstance(e, ir.Var):
+            if e.name in self.scalars and e.name != skip_array:
+                self.add(e.name, (), ONE, "read", e, path, ctx)
+            return
+        if isinstance(e, ir.Index):
+            self.lvalue(e, path, "read", ctx)
+            return
+        if isinstance(e, ir.Assign):
+            self.expr(e.rhs, path + (("rhs", None),), ctx)
+            self.lvalue(e.lhs, path + (("lhs", None),), "write" if e.op == "=" else "update",
+                        ctx.updating(e.op[:-1]))
+            return
+        if isinstance(e, ir.Unop):
+            if e.op in ("++", "--", "p++", "p--"):
+                self.lvalue(e.arg, path + (("arg", None),), "update", ctx.updating("+"))
+            elif e.op == "*":
+                self.lvalue(e, path, "read", ctx)
+            elif e.op == "&":
+                self.address(e.arg, path + (("arg", None),), ctx)
+            elif e.op != "sizeof":
+                self.expr(e.arg, path + (("arg", None),), ctx)
+            return
+        if isinstance(e, ir.Call):
+            self.call(e, path, ctx)
+            return
+        if isinstance(e, (ir.OpaqueExpr,)):
+            self.add(UNKNOWN, (), ONE, "update", e, path, ctx)
+            return
+        for step, child in _expr_children(e, path):
+            self.expr(child, step, ctx)
+
+    def address(self, e: ir.Expr, path: Path, ctx: "_Ctx") -> None:
+        """`&e` outside a call argument we model: the indices are read; the
+        cell escapes only if the pointer is stored, which `lvalue` of the
+        pointer's later uses sees through `constants`."""
+        if isinstance(e, ir.Index):
+            chain, base, base_path = _chain(e, path)
+            for i, p in chain:
+                self.expr(i, p, ctx)
+            self.expr(base, base_path, ctx, skip_array=self.base_name(base))
+        else:
+            self.expr(e, path, ctx, skip_array=self.base_name(e))
+
+    def call(self, c: ir.Call, path: Path, ctx: "_Ctx") -> None:
+        name = c.func.name if isinstance(c.func, ir.Var) else None
+        arg_paths = [path + (("args", k),) for k in range(len(c.args))]
+        if name in PURE_FUNCTIONS or name in _ORDER_ONLY or name in _ALLOCATORS:
+            for a, p in zip(c.args, arg_paths):
+                self.expr(a, p, ctx)
+            return
+        touched = memory_args(name, len(c.args)) if name else None
+        if touched is not None:
+            for k, (a, p) in enumerate(zip(c.args, arg_paths)):
+                if k in touched:
+                    role, lanes = touched[k]
+                    self.pointer_access(a, (ZERO,), ir.Const(str(lanes)), role, c, path, ctx, p)
+                else:
+                    self.expr(a, p, ctx)
+            return
+        contract = self.contracts.get(name) if name in self.defined else None
+        if contract is not None:
+            self.callee_footprint(c, contract, path, ctx)
+            return
+        if name in self.defined and self.value_only(self.defined[name]):
+            for a, p in zip(c.args, arg_paths):
+                self.expr(a, p, ctx)
+            return
+        for a, p in zip(c.args, arg_paths):
+            self.expr(a, p, ctx)
+            target = self.target(self.resolve(a))
+            if target is not None:
+                self.add(target[0], (), ONE, "update", c, path, ctx, whole=True)
+        if name is None or name not in ("free",):
+            self.add(UNKNOWN, (), ONE, "update", c, path, ctx)
+
+    def callee_footprint(self, c: ir.Call, contract: Any, path: Path, ctx: "_Ctx") -> None:
+        """A call to a function with a contract touches, through each pointer
+        argument, the region its contract gives that parameter."""
+        binding = dict(zip(contract.params, c.args))
+        for k, a in enumerate(c.args):
+            self.expr(a, path + (("args", k),), ctx)
+        for mode, r in contract.resources():
+            arg = binding.get(r.base)
+            if arg is None or r.group or not isinstance(r.subject, ir.Var):
+                self.add(UNKNOWN, (), ONE, "update", c, path, ctx)
+                continue
+            size: ir.Expr = ONE
+            for d in r.shape.dims:
+                size = ir.Binop("*", size, subst(d, binding)) if size != ONE else subst(d, binding)
+            role = "read" if mode == "reads" else "write" if mode == "writes" else "update"
+            target = self.target(self.resolve(arg))
+            if target is None:
+                self.add(UNKNOWN, (), ONE, role, c, path, ctx)
+                continue
+            name, offset = target
+            self.out.append(Access(name, (self.resolve(offset),), self.resolve(size), role != "read",
+                                   role != "write", None, expr_text(c), path,
+                                   c.loc.line if c.loc else None, ctx.loops, ctx.guards, ctx.stmt,
+                                   tuple(sorted(ctx.mutable)), self.shapes.get(name), False,
+                                   _syntactic_base(arg), next(_uids)))
+
+    def value_only(self, callee: ir.FuncDef) -> bool:
+        """A function without a contract that takes no pointer and touches
+        only its own locals computes a value from its arguments."""
+        if any(isinstance(p.type, (ir.Ptr, ir.Array)) for p in _params(callee)) or callee is self.fn:
+            return False
+        inner = _Collector(self.program, callee, self.contracts)
+        inner.stmt(callee.body, (), _Ctx())
+        own = {n.decl.name for n in _nodes(callee.body) if isinstance(n, ir.DeclStmt)} | \
+            {p.name for p in _params(callee)}
+        return all(a.cell in own for a in inner.out)
+
+    # -------------------------------------------------------------- statements
+
+    def stmt(self, s: Any, path: Path, ctx: "_Ctx") -> None:
+        if isinstance(s, ir.Block):
+            for k, x in enumerate(s.stmts):
+                self.stmt(x, path + (("stmts", k),), ctx)
+        elif isinstance(s, ir.ExprStmt):
+            self.expr(s.expr, path + (("expr", None),), ctx)
+        elif isinstance(s, ir.DeclStmt):
+            d = s.decl
+            if d.init is not None:
+                self.expr(d.init, path + (("decl", None), ("init", None)), ctx)
+                if d.name in self.scalars:
+                    self.add(d.name, (), ONE, "write", ir.Var(d.name, s.loc), path, ctx)
+        elif isinstance(s, ir.For):
+            for part in ("start", "stop", "step"):
+                self.expr(getattr(s, part), path + ((part, None),), ctx)
+            if s.index in self.mutable:
+                self.stmt(s.body, path + (("body", None),), ctx.havoc(assigned_scalars(s.body) | {s.index}))
+            else:
+                loop = Loop(s.index, self.resolve(s.start), self.resolve(s.stop), self.resolve(s.step), path)
+                self.stmt(s.body, path + (("body", None),), ctx.inside(loop))
+        elif isinstance(s, ir.If):
+            self.expr(s.cond, path + (("cond", None),), ctx)
+            cond = self.resolve(s.cond)
+            self.stmt(s.then, path + (("then", None),), ctx.guarded(cond))
+            if s.other is not None:
+                self.stmt(s.other, path + (("other", None),), ctx.guarded(ir.Unop("!", cond)))
+        elif isinstance(s, (ir.While, ir.DoWhile, ir.GenericFor)):
+            inner = ctx.havoc(assigned_scalars(s))
+            for step, child in _expr_children(s, path):
+                self.expr(child, step, inner)
+            self.stmt(s.body, path + (("body", None),), inner)
+        elif isinstance(s, ir.Return):
+            if s.value is not None:
+                self.expr(s.value, path + (("value", None),), ctx)
+        elif isinstance(s, ir.Label):
+            self.stmt(s.stmt, path + (("stmt", None),), ctx)
+        elif isinstance(s, (ir.Pragma, ir.Jump, ir.ContractClause)):
+            return
+        else:
+            self.add(UNKNOWN, (), ONE, "update", s, path, ctx)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    loops: tuple[Loop, ...] = ()
+    guards: tuple[ir.Expr, ...] = ()
+    stmt: int = 0
+    mutable: frozenset[str] = frozenset()
+    update: Optional[str] = None
+
+    def inside(self, loop: Loop) -> "_Ctx":
+        return _Ctx(self.loops + (loop,), self.guards, self.stmt, self.mutable, self.update)
+
+    def guarded(self, cond: ir.Expr) -> "_Ctx":
+        return _Ctx(self.loops, self.guards + (cond,), self.stmt, self.mutable, self.update)
+
+    def havoc(self, names: set[str]) -> "_Ctx":
+        return _Ctx(self.loops, self.guards, self.stmt, self.mutable | frozenset(names), self.update)
+
+    def updating(self, op: str) -> "_Ctx":
+        return _Ctx(self.loops, self.guards, self.stmt, self.mutable, op)
+
+    def at(self, k: int) -> "_Ctx":
+        return _Ctx(self.loops, self.guards, k, self.mutable, self.update)
+
+
+def footprint(program: ir.Program, path: Path, contracts: Mapping[str, Any], node: Any = None) -> Footprint:
+    """The accesses of the statement at `path` (a loop: its header and all
+    its iterations; a block: its statements, numbered by `Access.stmt`), or
+    of `node` (a statement or an expression) as if it stood there."""
+    fn_path = path[:1]
+    fn: ir.FuncDef = get(program, fn_path)
+    col = _Collector(program, fn, contracts)
+    outer = _Ctx()
+    override, node = node, fn
+    for k in range(1, len(path)):
+        step = path[k]
+        parent, node = node, get(node, (step,))
+        if isinstance(parent, ir.For) and step == ("body", None):
+            if parent.index in col.mutable:
+                outer = outer.havoc(assigned_scalars(parent.body) | {parent.index})
+            else:
+                outer = outer.inside(Loop(parent.index, col.resolve(parent.start), col.resolve(parent.stop),
+                                          col.resolve(parent.step), path[:k]))
+        elif isinstance(parent, ir.If) and step[0] in ("then", "other"):
+            cond = col.resolve(parent.cond)
+            outer = outer.guarded(cond if step[0] == "then" else ir.Unop("!", cond))
+        elif isinstance(parent, (ir.While, ir.DoWhile, ir.GenericFor)):
+            outer = outer.havoc(assigned_scalars(parent))
+    inner = _Ctx(mutable=outer.mutable)
+    if override is not None:
+        node = override
+    if isinstance(node, ir.EXPR_TYPES):
+        col.expr(node, path, inner)
+    elif isinstance(node, ir.Block):
+        for k, s in enumerate(node.stmts):
+            col.stmt(s, path + (("stmts", k),), inner.at(k))
+    else:
+        col.stmt(node, path, inner)
+    contract = contracts.get(fn.decl.name or "")
+    requires = tuple(contract.requires) if contract is not None else ()
+    return Footprint(fn.decl.name or "", tuple(col.out), outer.loops, outer.guards, requires)
+
+
+def function_footprint(program: ir.Program, function: str, contracts: Mapping[str, Any]) -> Footprint:
+    """All the accesses of a function's body (cached: programs are immutable)."""
+    key = (id(program), function, id(contracts))
+    hit = _CACHE.get(key)
+    if hit is None or hit[0] is not program:
+        path = function_path(program, function) + (("body", None),)
+        hit = _CACHE[key] = (program, footprint(program, path, contracts))
+        if len(_CACHE) > 64:
+            _CACHE.pop(next(iter(_CACHE)))
+    return hit[1]
+
+
+def under(a: Access, path: Path) -> bool:
+    return a.path[:len(path)] == path
+
+
+_CACHE: dict[tuple[int, str, int], tuple[ir.Program, Footprint]] = {}
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _nodes(node: Any) -> Iterator[Any]:
+    for _, n in _walk(node):
+        yield n
+
+
+def _expr_children(e: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    for step, child in children(e):
+        if isinstance(child, ir.EXPR_TYPES):
+            yield path + (step,), child
+
+
+def _chain(e: ir.Index, path: Path) -> tuple[list[tuple[ir.Expr, Path]], ir.Expr, Path]:
+    """`a[i][j]` as ([(i, path of i), (j, ...)], a, path of a)."""
+    chain: list[tuple[ir.Expr, Path]] = []
+    node: ir.Expr = e
+    while isinstance(node, ir.Index):
+        chain.append((node.index, path + (("index", None),)))
+        node, path = node.base, path + (("base", None),)
+    return list(reversed(chain)), node, path
+
+
+def _plus(a: ir.Expr, b: ir.Expr) -> ir.Expr:
+    if a == ZERO:
+        return b
+    if b == ZERO:
+        return a
+    return ir.Binop("+", a, b)
+
+
+def _array_dims(t: ir.CType) -> tuple[ir.Expr, ...]:
+    dims: list[ir.Expr] = []
+    while isinstance(t, ir.Array) and t.size is not None:
+        dims.append(t.size)
+        t = t.of
+    return tuple(dims)
+
+
+def assigned_scalars(node: Any) -> set[str]:
+    """Variables assigned as a whole (`x = ...`, `x += ...`, `x++`), not
+    through an index or a pointer."""
+    out: set[str] = set()
+    for n in _nodes(node):
+        if isinstance(n, ir.Assign) and isinstance(n.lhs, ir.Var):
+            out.add(n.lhs.name)
+        elif isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--") and isinstance(n.arg, ir.Var):
+            out.add(n.arg.name)
+    return out
+
+
+def _syntactic_base(e: ir.Expr) -> str:
+    """The variable a pointer expression is written with (`row` in `row + j`)."""
+    for _, n in _walk(e):
+        if isinstance(n, ir.Var):
+            return n.name
+    return ""
+
+
+def _params(fn: ir.FuncDef) -> tuple[ir.Decl, ...]:
+    t = fn.decl.type
+    return tuple(t.params or ()) if isinstance(t, ir.FuncT) else ()

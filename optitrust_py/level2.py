@@ -1,0 +1,86 @@
+"""Level 2: every obligation of a step is discharged from access footprints
+and Z3, under the contract's `requires` and the loop ranges, and the step's
+output is checked against the function contracts. Nothing is admitted: an
+obligation passes only when it is proved; a refuted one says which accesses
+conflict and on what values, an unknown one says what was out of reach."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from . import effects, facts  # noqa: F401  (they register their dischargers)
+from . import ir
+from .goal import DISCHARGERS, Goal
+from .obligation import Obligation
+from .resources import check_resources
+
+STATUSES = ("proved", "refuted", "unknown")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one obligation. `reason` is empty when proved; else it
+    names the conflicting accesses with their lines and a counterexample
+    (refuted), or what could not be decided (unknown)."""
+
+    kind: str
+    claim: str
+    status: str
+    reason: str = ""
+    time_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "claim": self.claim, "status": self.status, "reason": self.reason,
+                "time_s": self.time_s}
+
+
+@dataclass(frozen=True)
+class Level2Result:
+    verdicts: tuple[Verdict, ...]
+    resources: tuple[str, ...]
+    time_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.resources and all(v.status == "proved" for v in self.verdicts)
+
+    def count(self, status: str) -> int:
+        return sum(v.status == status for v in self.verdicts)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        failed = tuple(f"{v.kind} {v.status}: {v.claim}: {v.reason}" for v in self.verdicts
+                       if v.status != "proved")
+        return failed + tuple(f"resources: {r}" for r in self.resources)
+
+    def short(self) -> str:
+        n = len(self.verdicts)
+        bad = n - self.count("proved")
+        return f"{n} proved" if not bad else f"{bad}/{n} not proved"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "obligations": [v.to_json() for v in self.verdicts],
+                "resources": list(self.resources), "time_s": self.time_s,
+                **{s: self.count(s) for s in STATUSES}}
+
+
+def discharge(goal: Goal) -> Verdict:
+    ob = goal.obligation
+    t0 = time.perf_counter()
+    fn = DISCHARGERS.get(ob.kind)
+    if fn is None:
+        status, reason = "unknown", f"level 2 has no way to prove a '{ob.kind}' obligation"
+    else:
+        status, reason = fn(goal)
+    return Verdict(ob.kind, ob.claim, status, reason, time.perf_counter() - t0)
+
+
+def check_step(before: ir.Program, after: ir.Program, obligations: Sequence[Obligation],
+               contracts: Mapping[str, Any]) -> Level2Result:
+    """Discharges the obligations of one step and checks its output against
+    the contracts."""
+    t0 = time.perf_counter()
+    verdicts = tuple(discharge(Goal(ob, before, after, contracts)) for ob in obligations)
+    problems = check_resources(after, contracts)
+    return Level2Result(verdicts, problems, time.perf_counter() - t0)

@@ -1,0 +1,184 @@
+"""The resource check of level 2: each function with a contract, against
+it. Every access through a pointer parameter needs a resource on it (a
+write needs `writes` or `modifies`), lies within that resource's shape, and
+every access to a local array lies within its declared (or allocated)
+size; a call to a function with a contract must meet its `requires`. All
+under the contract's `requires`, the loop ranges and the guards, proved by
+Z3; an access whose effect is not modelled is a problem, not a pass.
+
+Proofs are cached by the access and its context, so a step that leaves
+most of a function alone costs only the accesses it changed."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import z3
+
+from . import ir
+from .dependence import Space
+from .footprint import UNKNOWN, Access, footprint, function_footprint
+from .names import subst
+from .printer import expr as expr_text
+from .smt import TIMEOUT_MS, Terms
+from .tree import function_path, walk
+
+_CACHE: dict[Any, Optional[str]] = {}
+
+
+def check_resources(program: ir.Program, contracts: Mapping[str, Any]) -> tuple[str, ...]:
+    """Problems of every function of `program` that has a contract."""
+    problems: list[str] = []
+    for f in program.functions():
+        contract = contracts.get(f.decl.name or "")
+        if contract is not None and f.body is not None:
+            problems.extend(_check_function(program, f, contract, contracts))
+    return tuple(problems)
+
+
+def _check_function(program: ir.Program, f: ir.FuncDef, contract: Any, contracts: Mapping[str, Any]) -> list[str]:
+    name = f.decl.name or ""
+    fp = function_footprint(program, name, contracts)
+    space = Space(fp, assume_bounds=False)
+    params = {p.name for p in _params(f)}
+    locals_ = _local_sizes(f)
+    out: list[str] = []
+    for a in fp.accesses:
+        where = f"{name}, line {a.line}" if a.line else name
+        if a.cell == UNKNOWN:
+            out.append(f"{where}: the effect of '{a.text}' on memory is not known, so it cannot be checked")
+            continue
+        if a.cell in params and a.index is not None and (a.index or a.whole):
+            problem = _param_access(space, a, contract)
+        elif a.cell in locals_ and not a.whole:
+            problem = _within(space, a, locals_[a.cell], f"'{a.cell}' ({_dims_text(locals_[a.cell])})")
+        else:
+            continue
+        if problem:
+            out.append(f"{where}: {problem}")
+    out.extend(_calls(program, f, contracts))
+    return list(dict.fromkeys(out))
+
+
+def _param_access(space: Space, a: Access, contract: Any) -> Optional[str]:
+    mode = contract.mode_of(a.cell)
+    if mode is None:
+        return f"'{a.text}' touches '{a.cell}', for which the contract of {contract.function} has no resource"
+    if a.write and mode == "reads":
+        return f"'{a.text}' writes '{a.cell}', which the contract of {contract.function} only reads"
+    if a.whole:
+        return None
+    res = contract.resource_of(a.cell)
+    if res.group or not isinstance(res.subject, ir.Var):
+        return f"'{a.text}': the resource of '{a.cell}' ({res}) is not a whole array, which level 2 does not check yet"
+    dims = res.shape.dims if res.shape.kind == "matrix" else ()
+    return _within(space, a, dims, str(res))
+
+
+def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> Optional[str]:
+    """None when every cell `a` touches lies within `dims` (one cell when
+    there are none); else what may go out, with values."""
+    key = (a.cell, a.index, a.lanes, a.loops, a.guards, a.mutable, a.shape, dims, space.fp.requires,
+           space.fp.outer_loops, space.fp.outer_guards)
+    if key in _CACHE:
+        return _CACHE[key]
+    enc = space.encode(a, 1)
+    t = Terms(f"~bounds{a.uid}")
+    sizes = [t.term(d) for d in dims] or [z3.IntVal(1)]
+    if len(enc.index) == len(sizes):
+        parts = list(zip(enc.index, sizes))
+        last_index, last_size = parts[-1]
+        inside = [z3.And(i >= 0, i < d) for i, d in parts[:-1]]
+        inside.append(z3.And(last_index >= 0, last_index + enc.lanes <= last_size))
+    else:
+        total = sizes[0]
+        for d in sizes[1:]:
+            total = total * d
+        flat = enc.flat if enc.flat is not None else enc.index[0]
+        inside = [flat >= 0, flat + enc.lanes <= total]
+    solver = z3.Solver()
+    solver.set("timeout", TIMEOUT_MS)
+    solver.add(*space.hypotheses, *enc.constraints, z3.Not(z3.And(*inside)))
+    answer = solver.check()
+    if answer == z3.unsat:
+        result = None
+    elif answer == z3.sat:
+        m = solver.model()
+        cells = ", ".join(str(m.eval(i, model_completion=True)) for i in enc.index)
+        span = f" (and {m.eval(enc.lanes, model_completion=True)} cells from there)" if a.lanes != ir.Const("1") else ""
+        result = (f"'{a.text}' may be out of bounds of {shown}: {space.values(((a, 1),), m)}, the index is "
+                  f"[{cells}]{span}")
+    else:
+        result = f"Z3 could not decide whether '{a.text}' stays within {shown} ({solver.reason_unknown()})"
+    _CACHE[key] = result
+    return result
+
+
+def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> list[str]:
+    """Each call to a function with a contract meets its requires."""
+    out: list[str] = []
+    fn_path = function_path(program, f.decl.name or "")
+    for path, n in walk(f.body, fn_path + (("body", None),)):
+        if not (isinstance(n, ir.Call) and isinstance(n.func, ir.Var)):
+            continue
+        callee = contracts.get(n.func.name)
+        if callee is None or program.function(n.func.name) is None or not callee.requires:
+            continue
+        binding = dict(zip(callee.params, n.args))
+        here = footprint(program, path, contracts, node=ir.Const("0"))
+        space = Space(here, assume_bounds=False)
+        t = Terms(f"~call{len(out)}")
+        for r in callee.requires:
+            claim = t.formula(subst(r, binding))
+            solver = z3.Solver()
+            solver.set("timeout", TIMEOUT_MS)
+            solver.add(*space.hypotheses, z3.Not(claim))
+            answer = solver.check()
+            if answer != z3.unsat:
+                line = f", line {n.loc.line}" if n.loc else ""
+                why = "may not hold" if answer == z3.sat else f"could not be decided ({solver.reason_unknown()})"
+                out.append(f"{f.decl.name}{line}: the requirement '{expr_text(r)}' of {n.func.name} {why} for "
+                           f"the call '{expr_text(n)}'")
+    return out
+
+
+def _params(f: ir.FuncDef) -> tuple[ir.Decl, ...]:
+    t = f.decl.type
+    return tuple(t.params or ()) if isinstance(t, ir.FuncT) else ()
+
+
+def _local_sizes(f: ir.FuncDef) -> dict[str, tuple[ir.Expr, ...]]:
+    """Local arrays, and pointers initialised by `malloc(n * sizeof(T))`,
+    with their sizes."""
+    out: dict[str, tuple[ir.Expr, ...]] = {}
+    for _, n in walk(f.body):
+        if not (isinstance(n, ir.DeclStmt) and n.decl.name):
+            continue
+        dims: list[ir.Expr] = []
+        t = n.decl.type
+        while isinstance(t, ir.Array) and t.size is not None:
+            dims.append(t.size)
+            t = t.of
+        count = _allocated_count(n.decl.init) if isinstance(t, ir.Ptr) and not dims else None
+        if dims:
+            out[n.decl.name] = tuple(dims)
+        elif count is not None:
+            out[n.decl.name] = (count,)
+    return out
+
+
+def _allocated_count(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
+    """`n` for `malloc(n * sizeof(T))` (under a cast), else None."""
+    while isinstance(e, ir.Cast):
+        e = e.arg
+    if not (isinstance(e, ir.Call) and isinstance(e.func, ir.Var) and e.func.name == "malloc" and len(e.args) == 1):
+        return None
+    size = e.args[0]
+    if isinstance(size, ir.Binop) and size.op == "*":
+        for count, unit in ((size.left, size.right), (size.right, size.left)):
+            if isinstance(unit, (ir.SizeofType,)) or isinstance(unit, ir.Unop) and unit.op == "sizeof":
+                return count
+    return None
+
+
+def _dims_text(dims: tuple[ir.Expr, ...]) -> str:
+    return " x ".join(expr_text(d) for d in dims)
