@@ -46,7 +46,10 @@ class Conflict:
     witness: str
 
     def message(self, verb: str = "") -> str:
-        return f"{self.first.describe()} and {self.second.describe()}{verb} {self.witness}"
+        a, b = self.first, self.second
+        both = a.text == b.text and a.line == b.line and a.write == b.write and a.update == b.update
+        who = f"{a.describe()} in both runs" if both else f"{a.describe()}, and {b.describe()}"
+        return f"{who}: {verb} {self.witness}" if verb else f"{who} {self.witness}"
 
 
 class Space:

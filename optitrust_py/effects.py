@@ -77,6 +77,12 @@ def _reduction_names(loop: ir.For) -> set[str]:
     return {n.strip() for p in loop.pragmas for m in _REDUCTION.finditer(p) for n in m.group(1).split(",")}
 
 
+def _collapsed(loop: ir.For) -> int:
+    """How many loops of the nest `collapse(n)` makes parallel."""
+    found = [int(m.group(1)) for p in loop.pragmas for m in re.finditer(r"collapse\s*\(\s*(\d+)\s*\)", p)]
+    return found[0] if found else 1
+
+
 def _exempt(reductions: set[str]) -> Any:
     """Pairs of updates of a declared reduction variable may be reordered."""
     def keep(a: Access, b: Access) -> bool:
@@ -91,14 +97,17 @@ def parallel(goal: Goal) -> Outcome:
     updates of its declared reductions."""
     path = goal.obligation.paths[0]
     loop: ir.For = get(goal.program, path)
+    nest = [loop]
+    while len(nest) < _collapsed(loop) and isinstance(nest[-1].body.stmts[0], ir.For):
+        nest.append(nest[-1].body.stmts[0])
     fp = _fp(goal)
-    space = Space(fp, _loop_indices(loop), _declared(loop.body))
+    space = Space(fp, _loop_indices(loop), _declared(nest[-1].body))
     accesses = _within(fp, path + (("body", None),))
     writes = [a for a in accesses if a.write]
-    rel = [instance_var(loop.index, 1) != instance_var(loop.index, 2)]
+    rel = [z3.Or(*(instance_var(lp.index, 1) != instance_var(lp.index, 2) for lp in nest))]
     return _settle(lambda: _answer(first_conflict(space, _pairs(writes, accesses), lambda a, b: rel,
                                                   _exempt(_reduction_names(loop) | set(goal.obligation.names))),
-                                   f": iterations {loop.index} != {loop.index}' of the parallel loop meet"))
+                                   f"iterations {loop.index} != {loop.index}' of the parallel loop meet"))
 
 
 # ----------------------------------------------------------------- swap, fission, fusion
@@ -116,7 +125,7 @@ def swap_loops(goal: Goal) -> Outcome:
     accesses = _within(fp, path + (("body", None),))
     rel = [_earlier(outer, 1, 2), _earlier(inner, 2, 1)]
     return _settle(lambda: _answer(first_conflict(space, _pairs(accesses, accesses), lambda a, b: rel),
-                                   f": with {outer.index} before {outer.index}' but {inner.index}' before "
+                                   f"with {outer.index} before {outer.index}' but {inner.index}' before "
                                    f"{inner.index}, swapping the loops reverses their order"))
 
 
@@ -131,7 +140,7 @@ def fission(goal: Goal) -> Outcome:
     space = Space(fp, _loop_indices(first) | _loop_indices(second), _declared(first.body) | _declared(second.body))
     rel = [_earlier(second, 2, 1)]
     return _settle(lambda: _answer(first_conflict(space, _pairs(_within(fp, p), _within(fp, q)), lambda a, b: rel),
-                                   f": the first at iteration {first.index}, the second at an earlier iteration "
+                                   f"the first at iteration {first.index}, the second at an earlier iteration "
                                    f"{second.index}', which the fission moves after it"))
 
 
@@ -149,7 +158,7 @@ def fusion(goal: Goal) -> Outcome:
     rel = [_earlier(second, 2, 1)]
     return _settle(lambda: _answer(first_conflict(space, _pairs(_within(fp, path), _within(fp, second_path)),
                                                   lambda a, b: rel),
-                                   f": the first loop at {first.index}, the second at an earlier "
+                                   f"the first loop at {first.index}, the second at an earlier "
                                    f"{second.index}', which the fusion runs first"))
 
 
@@ -167,7 +176,7 @@ def commute(goal: Goal) -> Outcome:
     own = _within(fp, paths[0])
     others = [a for p in paths[1:] for a in _within(fp, p)]
     return _settle(lambda: _answer(first_conflict(space, _pairs(own, others), lambda a, b: ()),
-                                   ": the instructions do not commute"))
+                                   "the instructions do not commute"))
 
 
 @discharges("loop_invariant")
@@ -185,10 +194,10 @@ def loop_invariant(goal: Goal) -> Outcome:
     def check() -> Outcome:
         found = first_conflict(space, _pairs(own, loop_writes), lambda a, b: ())
         if found is not None:
-            return "refuted", found.message(": the loop changes what the instruction touches")
+            return "refuted", found.message("the loop changes what the instruction touches")
         own_writes = [a for a in own if a.write]
         found = first_conflict(space, _pairs(own_writes, [a for a in own if a.read]), lambda a, b: ())
-        return _answer(found, ": the instruction reads what it writes, so running it once differs from "
+        return _answer(found, "the instruction reads what it writes, so running it once differs from "
                               "running it at every iteration")
     return _settle(check)
 
@@ -210,7 +219,7 @@ def pure(goal: Goal) -> Outcome:
     inside = set().union(*(_loop_indices(get(goal.program, block + (("stmts", j),))) for j in range(k, last + 1)))
     space = Space(mine, inside)
     return _settle(lambda: _answer(first_conflict(space, _pairs(mine.accesses, between), lambda a, b: ()),
-                                   f": '{_text(e)}' may change between its definition and its use"))
+                                   f"'{_text(e)}' may change between its definition and its use"))
 
 
 @discharges("unaliased")
@@ -224,7 +233,7 @@ def unaliased(goal: Goal) -> Outcome:
     space = Space(cell, _loop_indices(get(goal.program, path)))
     held = [a for a in cell.accesses if a.write]
     return _settle(lambda: _answer(first_conflict(space, _pairs(held, _within(fp, path)), lambda a, b: ()),
-                                   ": the region touches the cell held in a local"))
+                                   "the region touches the cell held in a local"))
 
 
 @discharges("no_alias")
@@ -267,7 +276,7 @@ def lanes(goal: Goal) -> Outcome:
             return keep(a, b) and (sa > sb or sa == sb and a.write and (b.read or b.write))
         outcome = _settle(lambda: _answer(first_conflict(space, _pairs(accesses, accesses), lambda a, b: rel,
                                                          reversed_pair),
-                                          f": lanes {loop.index} < {loop.index}' of one vector of {width} "
+                                          f"lanes {loop.index} < {loop.index}' of one vector of {width} "
                                           f"run these in the other order"))
         if outcome != PROVED:
             return outcome

@@ -73,7 +73,7 @@ class Access:
     def describe(self) -> str:
         verb = "updates" if self.update else "writes" if self.write else "reads"
         at = f" (line {self.line})" if self.line else ""
-        return f"'{self.text}'{at}, which {verb} {self.cell if self.cell != UNKNOWN else 'unknown memory'}"
+        return f"'{self.text}'{at} {verb} {self.cell if self.cell != UNKNOWN else 'unknown memory'}"
 
     def flat(self) -> Optional[ir.Expr]:
         """The index as one offset into the cell (None without a shape)."""

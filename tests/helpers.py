@@ -2,11 +2,14 @@
 by the transformation tests (the `ck` fixture makes the float arrays)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 
+from optitrust_py import ir
 from optitrust_py.errors import TransformError
+from optitrust_py.level2 import check_step
+from optitrust_py.session import Rewrite, inherit_contracts
 
 
 def matmul_args(ck: Any, M: int, N: int, K: int) -> list[Any]:
@@ -23,3 +26,13 @@ def refusal(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
     with pytest.raises(TransformError) as info:
         fn(*args, **kwargs)
     return info.value.message
+
+
+def refuted(before: ir.Program, rewrite: Rewrite, contracts: Optional[dict[str, Any]] = None) -> str:
+    """The reason level 2 gives for the one obligation of `rewrite` it must
+    refute (every other one must be proved)."""
+    result = check_step(before, rewrite.program, rewrite.obligations,
+                        inherit_contracts(contracts or {}, rewrite))
+    failed = [v for v in result.verdicts if v.status != "proved"]
+    assert [v.status for v in failed] == ["refuted"], result.problems
+    return f"{failed[0].kind}: {failed[0].reason}"

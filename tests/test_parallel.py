@@ -20,7 +20,7 @@ from optitrust_py.errors import TargetError
 from optitrust_py.frontend import parse_text
 from optitrust_py.tree import get, walk
 from transformations import loop, parallel
-from helpers import attention_args, matmul_args, refusal
+from helpers import attention_args, matmul_args, refusal, refuted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,10 +142,9 @@ def per_head_scores(ck) -> ir.Program:
 
 def test_parallel_for_attention_heads(ck):
     a = ck.load("attention.c")
-    assert refusal(parallel.parallel_for.apply, a, "attention > for h") == (
-        "parallel.parallel_for: 'scores[j]' (line 13) is the same cell in every iteration of for h (line 6) (its "
-        "address does not depend on h), so the iterations would all write it; give each iteration its own "
-        "storage, or accumulate into a scalar reduction")
+    shared = parallel.parallel_for.apply(a, "attention > for h")
+    assert "'scores[j]' (line 18) writes scores in both runs" in refuted(a, shared)
+    assert "iterations h != h' of the parallel loop meet" in refuted(a, shared)
     p = per_head_scores(ck)
     r = parallel.parallel_for.apply(p, "attention > for h")
     assert pragmas(r.program) == ["omp parallel for"] and r.fp == "exact"
@@ -170,12 +169,11 @@ def test_parallel_threads_really_run(ck):
 # ----------------------------------------------------------------- parallel_for refusals
 
 
-def test_parallel_for_refuses_shared_scalars(ck):
+def test_parallel_for_leaves_shared_scalars_to_level_2(ck):
     moe = ck.load("moe.c")
-    msg = refusal(parallel.parallel_for.apply, moe, "moe > for e#3")
-    assert msg.startswith("parallel.parallel_for: 'best' is declared outside for e (line 23) and assigned "
-                          "inside it (line 25), so the iterations would share it, and at line 24 it is used "
-                          "otherwise than in a reduction update. Declare it inside the loop")
+    r = parallel.parallel_for.apply(moe, "moe > for e#3")
+    assert r.program != moe and "reduction" not in pragmas(r.program)[0]
+    assert "writes best" in refuted(moe, r)
     running = ck.parse(c("""
         void running_max(int C, const float *x, float *y) {
           float max_val = x[0];
@@ -186,16 +184,15 @@ def test_parallel_for_refuses_shared_scalars(ck):
             y[j] = max_val;
           }
         }"""))
-    assert "and at line 7 it is used otherwise than in a reduction update" in refusal(
-        parallel.parallel_for.apply, running, "running_max > for j")
+    assert "max_val" in refuted(running, parallel.parallel_for.apply(running, "running_max > for j"))
     mixed = ck.parse("void f(int n, float *x) { float s = 0.0f; for (int i = 0; i < n; i++) { s += x[i]; "
                      "s = fmaxf(s, x[i]); } x[0] = s; }")
-    assert "it mixes reduction operators (+, max)" in refusal(parallel.parallel_for.apply, mixed, "f > for i")
+    assert "updates s" in refuted(mixed, parallel.parallel_for.apply(mixed, "f > for i"))
     ptr = ck.parse("void f(int n, float *x) { float *p = x; for (int i = 0; i < n; i++) { p += 1; } }")
-    assert "it is not of an arithmetic type" in refusal(parallel.parallel_for.apply, ptr, "f > for i")
+    assert "updates p" in refuted(ptr, parallel.parallel_for.apply(ptr, "f > for i"))
 
 
-def test_parallel_for_refuses_shared_buffers_and_global_writers(ck):
+def test_parallel_for_shared_buffers_and_global_writers_are_refuted_at_level_2(ck):
     p = ck.parse(c("""
         int calls;
 
@@ -226,12 +223,8 @@ def test_parallel_for_refuses_shared_buffers_and_global_writers(ck):
             counted(n, &out[h * n]);
           }
         }"""))
-    assert "the call 'scale(n, buf)' (line 20) has the same arguments in every iteration of for h (line 19), and " \
-           "scale writes through its parameter 'x'" in refusal(parallel.parallel_for.apply, p, "f > for h#1")
-    r = parallel.parallel_for.apply(p, "f > for h#2")
-    assert pragmas(r.program) == ["omp parallel for"]
-    assert "calls counted (line 27), and count writes the global 'calls'" in refusal(
-        parallel.parallel_for.apply, p, "f > for h#3")
+    assert "'scale(n, buf)' (line 20)" in refuted(p, parallel.parallel_for.apply(p, "f > for h#1"))
+    assert "'counted(n, &out[h * n])' (line 27)" in refuted(p, parallel.parallel_for.apply(p, "f > for h#3"))
 
 
 def test_parallel_for_refuses_nesting_pragmas_and_exits(ck):
@@ -313,8 +306,7 @@ def test_simd_refusals(ck):
     p = ck.load("matmul.c")
     assert refusal(parallel.simd.apply, p, "matmul > for j") == (
         "parallel.simd: for j (line 3) is not an innermost loop: it contains 'for (int k = 0; k < K; k++) {'")
-    assert "'C[i * N + j]' (line 6) is the same cell in every iteration of for k (line 5)" in refusal(
-        parallel.simd.apply, p, "matmul > for k")
+    assert "'C[i * N + j]' (line 8) updates C in both runs" in refuted(p, parallel.simd.apply(p, "matmul > for k"))
 
 
 # ----------------------------------------------------------------- privatize_reduction
@@ -384,8 +376,8 @@ def test_privatize_reduction_refusals(ck):
     assert refusal(parallel.privatize_reduction.apply, p, "softmax > for j#1", "max_val") == (
         "parallel.privatize_reduction: 'max_val' cannot be privatized in for j (line 6): its updates are a max "
         "reduction; use parallel.parallel_for")
-    assert "'y' cannot be privatized in for j (line 12): it is not a scalar declared before the loop" in refusal(
-        parallel.privatize_reduction.apply, p, "softmax > for j#2", "y")
+    assert "'y' cannot be privatized in for j (line 12): it is not a reduction: a scalar declared before the " \
+           "loop" in refusal(parallel.privatize_reduction.apply, p, "softmax > for j#2", "y")
     moe = ck.load("moe.c")
-    assert "'best' is declared outside for e" in refusal(parallel.privatize_reduction.apply, moe, "moe > for e#3",
-                                                         "best")
+    assert "'best' cannot be privatized in for e (line 23): it is not a reduction" in refusal(
+        parallel.privatize_reduction.apply, moe, "moe > for e#3", "best")

@@ -1,25 +1,20 @@
 """Parallel loops: OpenMP parallel_for, simd, privatize_reduction.
 
-The three share one structural analysis of the loop body (`_sharing`). What
-it can decide from the syntax alone, it enforces:
+The three share one structural analysis of the loop body (`_sharing`):
+it finds the reductions (a scalar declared outside the loop and only
+updated in it as `s += e`, `s -= e`, `s = s + e`, `s = fmaxf(s, e)`,
+`if (e > s) s = e;` or the min forms), which get OpenMP reduction clauses,
+and it refuses what is structurally wrong: a loop with pragmas, inside or
+around another parallel construct, leaving its body early (break,
+continue, return, goto), or whose bounds the body changes.
 
-- a scalar declared outside the loop and assigned inside it is either a
-  reduction (`s += e`, `s -= e`, `s = s + e`, `s = fmaxf(s, e)`,
-  `if (e > s) s = e;` and the min forms), used nowhere else in the body, or
-  the loop is refused. Private copies are never introduced silently: a
-  variable each iteration sets before reading it belongs inside the loop,
-  and the message says so (declaring it there is what makes it private);
-- a cell written at an address that does not depend on the loop index
-  (`scores[j]` under `for h` when `j` runs over the same range for every
-  h, or a buffer passed to a function of the file that writes through it)
-  is written by every iteration: refused;
-- a function of the file that writes a global, directly or through the
-  functions it calls, is refused;
-- a loop with pragmas, inside or around another parallel construct, leaving
-  its body early (break, continue, return, goto), or whose bounds the body
-  changes, is refused.
+Whether the iterations are independent is not decided here: that is the
+obligation `parallel`, which level 2 proves or refutes from the accesses
+(a shared scalar that is not a reduction, a cell every iteration writes, a
+buffer a callee writes through, a global a callee writes: each is a
+refutation naming the conflict, at any nesting depth).
 
-What it cannot decide is the obligation `parallel` on the loop: distinct
+The obligation `parallel` on the loop claims: distinct
 iterations touch disjoint cells apart from the reductions, and the
 functions called that are not defined in the file (named in the claim) can
 run concurrently. A reduction on a float changes the order of the additions:
@@ -32,7 +27,7 @@ from typing import Any, Optional
 
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
-from optitrust_py.names import PURE_FUNCTIONS, declared_names, free_vars, fresh_name, subst, writes_of
+from optitrust_py.names import PURE_FUNCTIONS, declared_names, free_vars, fresh_name, subst
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, primitive
@@ -148,95 +143,11 @@ def _lvalues(node: Any, path: Path) -> list[tuple[Path, ir.Expr, bool]]:
     return out
 
 
-# ----------------------------------------------------------------- invariance
-
-
-def _invariant(e: ir.Expr, inv: set[str]) -> bool:
-    """Whether `e` has the same value in every iteration: built from names in
-    `inv`, constants and pure calls, reading no memory."""
-    if isinstance(e, ir.Var):
-        return e.name in inv
-    if isinstance(e, (ir.Const, ir.SizeofType)):
-        return True
-    if isinstance(e, ir.Call):
-        return e.name in PURE_FUNCTIONS and all(_invariant(a, inv) for a in e.args)
-    if isinstance(e, ir.Binop):
-        return _invariant(e.left, inv) and _invariant(e.right, inv)
-    if isinstance(e, ir.Unop) and e.op in ("-", "+", "!", "~"):
-        return _invariant(e.arg, inv)
-    if isinstance(e, ir.Cast):
-        return _invariant(e.arg, inv)
-    if isinstance(e, ir.Ternary):
-        return all(_invariant(x, inv) for x in (e.cond, e.then, e.other))
-    return False
-
-
-def _fixed_cell(lv: ir.Expr, inv: set[str]) -> bool:
-    """Whether the cell `lv` designates is the same in every iteration."""
-    if isinstance(lv, ir.Index):
-        base = _fixed_cell(lv.base, inv) if isinstance(lv.base, ir.Index) else _invariant(lv.base, inv)
-        return base and _invariant(lv.index, inv)
-    if isinstance(lv, ir.Unop) and lv.op == "*":
-        return _invariant(lv.arg, inv)
-    if isinstance(lv, ir.Member):
-        return _invariant(lv.base, inv) if lv.arrow else _fixed_cell(lv.base, inv)
-    return False
-
-
-def _invariant_names(body: ir.Block, indices: set[str], assigned: set[str]) -> set[str]:
-    """Names with the same value in every iteration: outside names the body
-    does not assign, and locals / inner loop indices defined from those
-    alone (an inner loop then runs over the same range in every iteration)."""
-    inv = free_vars(body) - indices - assigned
-    binders: dict[str, list[Optional[tuple[ir.Expr, ...]]]] = {}
-    for _, n in walk(body):
-        if isinstance(n, ir.For):
-            binders.setdefault(n.index, []).append((n.start, n.stop, n.step))
-        elif isinstance(n, ir.DeclStmt) and n.decl.name:
-            fresh_storage = n.decl.init is None or isinstance(n.decl.type, ir.Array)
-            binders.setdefault(n.decl.name, []).append(None if fresh_storage else (n.decl.init,))
-    changed = True
-    while changed:
-        changed = False
-        for name, defs in binders.items():
-            if name in inv or name in assigned or name in indices:
-                continue
-            if all(d is not None and all(_invariant(e, inv) for e in d) for d in defs):
-                inv.add(name)
-                changed = True
-    return inv
-
-
 # ----------------------------------------------------------------- calls
 
 
 def _calls(node: Any, path: Path = ()) -> list[tuple[Path, ir.Call]]:
     return [(p, n) for p, n in walk(node, path) if isinstance(n, ir.Call) and n.name is not None]
-
-
-def _global_writer(program: ir.Program, name: str, seen: set[str]) -> Optional[tuple[str, str]]:
-    """(function, global) when the function of the file `name`, or one it
-    calls, writes a global variable of the file."""
-    f = program.function(name)
-    if f is None or name in seen:
-        return None
-    seen.add(name)
-    globals_ = {d.name for d in program.items if isinstance(d, ir.Decl) and d.name and "typedef" not in d.storage
-                and not isinstance(d.type, ir.FuncT)}
-    hit = sorted((writes_of(f.body) - declared_names(f)) & globals_)
-    if hit:
-        return name, hit[0]
-    for _, c in _calls(f.body):
-        found = _global_writer(program, c.name, seen)
-        if found is not None:
-            return found
-    return None
-
-
-def _written_params(f: ir.FuncDef) -> list[str]:
-    """The pointer parameters `f` writes through."""
-    written = writes_of(f.body)
-    return [p.name for p in f.params if p.name in written and isinstance(p.type, (ir.Ptr, ir.Array))]
 
 
 # ----------------------------------------------------------------- the analysis
@@ -298,52 +209,19 @@ def _sharing(name: str, program: ir.Program, res: Resolver, levels: list[tuple[P
         _check_bounds_stable(name, res, p, lp, body)
     env = env_at(program, path)
     tds = typedefs_of(program)
-    indices = {lp.index for _, lp in levels}
     writes = _lvalues(body, body_path)
     assigned = {b for _, lv, _ in writes if (b := _own_base(lv)) is not None}
     reductions = []
     floating = False
     for var in sorted(assigned & set(env)):
-        first = next(p for p, lv, _ in writes if _own_base(lv) == var)
         ops: set[str] = set()
-        bad = _misuse(body, var, body_path, ops)
-        why = (f"at line {res.line(bad)} it is used otherwise than in a reduction update" if bad is not None else
-               f"it mixes reduction operators ({', '.join(sorted(ops))})" if len(ops) > 1 else
-               "it is not of an arithmetic type" if not is_arithmetic(env[var], tds) else None)
-        if why is not None:
-            raise TransformError(
-                f"{name}: '{var}' is declared outside {where} and assigned inside it (line {res.line(first)}), "
-                f"so the iterations would share it, and {why}. Declare it inside the loop if each iteration "
-                f"sets it before reading it; a reduction is written 's += e', 's = fmaxf(s, e)' or "
-                f"'if (e > s) s = e'", loop.loc)
+        if _misuse(body, var, body_path, ops) is not None or len(ops) != 1 or not is_arithmetic(env[var], tds):
+            continue  # shared, not a reduction: level 2 refutes the step if the iterations race on it
         reductions.append((var, ops.pop()))
         t = resolve(unqualified(env[var]), tds)
         floating |= isinstance(t, ir.Base) and bool({"float", "double"} & set(t.names))
-    inv = _invariant_names(body, indices, assigned)
-    for p, lv, address in writes:
-        if not address and _own_base(lv) is None and _fixed_cell(lv, inv):
-            raise TransformError(
-                f"{name}: '{expr_text(lv)}' (line {res.line(p)}) is the same cell in every iteration of {where} "
-                f"(its address does not depend on {', '.join(sorted(indices))}), so the iterations would all "
-                f"write it; give each iteration its own storage, or accumulate into a scalar reduction", loop.loc)
-    external = set()
-    for p, call in _calls(body, body_path):
-        callee = program.function(call.name)
-        if callee is None:
-            if call.name not in PURE_FUNCTIONS:
-                external.add(call.name)
-            continue
-        found = _global_writer(program, call.name, set())
-        if found is not None:
-            raise TransformError(f"{name}: {where} calls {call.name} (line {res.line(p)}), and {found[0]} writes "
-                                 f"the global '{found[1]}': the iterations would race on it", loop.loc)
-        written = _written_params(callee)
-        if written and all(_invariant(a, inv) or isinstance(a, ir.Unop) and a.op == "&" and _fixed_cell(a.arg, inv)
-                           for a in call.args):
-            raise TransformError(
-                f"{name}: the call '{expr_text(call)}' (line {res.line(p)}) has the same arguments in every "
-                f"iteration of {where}, and {call.name} writes through its parameter '{written[0]}', so the "
-                f"iterations would write the same cells; give each iteration its own buffer", loop.loc)
+    external = {call.name for _, call in _calls(body, body_path)
+                if program.function(call.name) is None and call.name not in PURE_FUNCTIONS}
     return _Sharing(tuple(reductions), floating, tuple(sorted(external)))
 
 
@@ -423,9 +301,9 @@ def parallel_for(program: ir.Program, target: str, schedule: Optional[str] = Non
 
     The clauses come from the body: `reduction(+:s)` for a sum into a scalar
     declared outside, `reduction(max:m)` / `reduction(min:m)` for
-    `m = fmaxf(m, e)` or `if (e > m) m = e` (see the module docstring for
-    what is refused, e.g. any other scalar declared outside and assigned
-    inside). `schedule` adds `schedule(static)`, `schedule(dynamic, 4)`...
+    `m = fmaxf(m, e)` or `if (e > m) m = e`; any other scalar declared
+    outside and assigned inside stays shared, and level 2 refutes the step
+    when the iterations race on it. `schedule` adds `schedule(static)`, `schedule(dynamic, 4)`...
     (kind, then an optional chunk size); `collapse=2` adds `collapse(2)` on a
     perfect nest of two loops whose inner bounds do not use the outer index
     (`parallel.parallel_for("matmul > for i", collapse=2)`), and the analysis
@@ -523,7 +401,7 @@ def privatize_reduction(program: ir.Program, target: str, var: str) -> Rewrite:
     op = dict(sharing.reductions).get(var)
     if op != "+":
         why = f"its updates are a {op} reduction; use parallel.parallel_for" if op else \
-            "it is not a scalar declared before the loop and updated in it"
+            "it is not a reduction: a scalar declared before the loop and only updated in it, by one operator"
         raise TransformError(f"{name}: '{var}' cannot be privatized in {where}: {why}", loop.loc)
     vtype = unqualified(env_at(program, path)[var])
     t = resolve(vtype, typedefs_of(program))
