@@ -8,7 +8,7 @@ import pytest
 from optitrust_py import ir
 from optitrust_py.errors import TargetError, TransformError
 from transformations import loop
-from helpers import attention_args, matmul_args, refusal
+from helpers import attention_args, matmul_args, refusal, refuted
 
 
 def c(text: str) -> str:
@@ -759,9 +759,9 @@ def test_move_out_refusals(ck):
     assert refusal(loop.move_out.apply, g, "gqa_decode > for h > def g") == (
         "loop.move_out: 'int g = h / (H / KVH);' (line 13) reads the index of for h (line 12)")
     a = ck.load("attention.c")
-    assert refusal(loop.move_out.apply, a, "attention > for i > def max_val") == (
-        "loop.move_out: 'float max_val = -INFINITY;' (line 15) writes 'max_val', which the body of for i (line 7) "
-        "also writes")
+    moved = loop.move_out.apply(a, "attention > for i > def max_val")
+    assert "loop_invariant: 'max_val' (line 21) writes max_val, and 'max_val' (line 24) writes " \
+           "max_val" in refuted(a, moved)
     rms = ck.load("rmsnorm.c")
     assert refusal(loop.move_out.apply, rms, "rmsnorm > for i > 'ss = 1.0f / sqrtf(ss)'") == (
         "loop.move_out: 'ss = 1.0f / sqrtf(ss);' (line 10) uses 'ss', which is declared before it in the body "
@@ -778,11 +778,10 @@ def test_move_out_refusals(ck):
             y[i] = b + c;
           }
         }"""))
-    assert refusal(loop.move_out.apply, p, "f > 'b = a * 2.0f'") == (
-        "loop.move_out: 'b = a * 2.0f;' (line 3) reads 'a', which the body of for i (line 2) writes")
-    assert refusal(loop.move_out.apply, p, "f > 'c = c * 2.0f'") == (
-        "loop.move_out: 'c = c * 2.0f;' (line 5) reads 'c', which it writes itself: running it once is not "
-        "running it at every iteration")
+    assert "'a' (line 3) reads a, and 'a' (line 4) writes a: the loop changes what the instruction touches" in \
+        refuted(p, loop.move_out.apply(p, "f > 'b = a * 2.0f'"))
+    assert "'c' (line 5) writes c, and 'c' (line 5) reads c: the instruction reads what it writes" in \
+        refuted(p, loop.move_out.apply(p, "f > 'c = c * 2.0f'"))
     assert refusal(loop.move_out.apply, p, "f > 'a = x[i]'") == (
         "loop.move_out: 'a = x[i];' (line 4) reads the index of for i (line 2)")
     e = ck.parse("void f(float *x) { for (int i = 2; i < 2; i++) { x[0] = 1.0f; } }")

@@ -748,18 +748,19 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
           scores[j] = s / scale;
         }
 
-    Checked structurally, on variable names: the instruction does not use the
-    loop index nor a local declared before it in the body; it reads nothing
-    that the loop writes, itself included (so running it once is running it
-    at every iteration); no other instruction of the body writes what it
-    writes; the instructions before it do not read what it writes; it calls
-    no function that is not known pure; the body does not leave the loop
-    early; a moved declaration's name is not visible nor declared where the
-    loop is. A declaration without initializer writes nothing: `float t[4];`
+    Checked structurally: the instruction does not use the loop index nor a
+    local declared before it in the body (neither would be in scope once
+    moved); it calls no function that is not known pure; the body does not
+    leave the loop early; a moved declaration's name is not visible nor
+    declared where the loop is. Whether it is invariant is the obligation
+    loop_invariant, which level 2 proves on memory cells and scalars: it
+    reads nothing that the loop writes, itself included (so running it once
+    is running it at every iteration), and no other instruction of the body
+    writes what it writes. A declaration without initializer writes nothing: `float t[4];`
     moves even when the body writes `t` (no iteration could rely on values
     left by an earlier one, which were indeterminate), with no obligation at
     all when its type reads no variable. Otherwise, obligations:
-    loop_invariant (the same on memory cells, through pointers), commute
+    loop_invariant, commute
     with the instructions before it when it is not the first one, and
     nonempty (start < stop): the moved instruction now runs
     even when the loop runs zero times, so the loop must provably run. That
@@ -786,18 +787,6 @@ def move_out(program: ir.Program, target: str) -> Rewrite:
     if local:
         raise TransformError(f"loop.move_out: {what} uses '{local[0]}', which is declared before it in the body "
                              f"of {where}", instr.loc)
-    reads = reads_of(instr)
-    writes = writes_of(instr) & used
-    if isinstance(instr, ir.DeclStmt) and instr.decl.name and instr.decl.init is not None:
-        writes.add(instr.decl.name)
-    for hit, why in ((reads & writes_of(rest), f"reads '{{}}', which the body of {where} writes"),
-                     (reads & writes, "reads '{}', which it writes itself: running it once is not running it at "
-                                      "every iteration"),
-                     (writes & writes_of(rest), f"writes '{{}}', which the body of {where} also writes"),
-                     (writes & reads_of(prefix), f"writes '{{}}', which the instructions before it in the body "
-                                                 f"of {where} read")):
-        if hit:
-            raise TransformError(f"loop.move_out: {what} {why.format(sorted(hit)[0])}", instr.loc)
     block, j = _in_block("loop.move_out", res, loop_path, loop)
     if isinstance(instr, ir.DeclStmt) and instr.decl.name:
         name = instr.decl.name
