@@ -1,10 +1,16 @@
 """Running the requested checks over every step of a session and storing
-their results on the steps (`step.checks["level1"]`, `step.checks["exec"]`)."""
+their results on the steps (`step.checks["level1"]`, `step.checks["level2"]`,
+`step.checks["exec"]`)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
 
 from .execcheck import check_steps
 from .level1 import check_program
 from .session import Session, Step
+
+if TYPE_CHECKING:
+    from .level2 import Level2Result
 
 FP_TOLERANCE = 1e-5
 
@@ -17,12 +23,57 @@ def _all_steps(steps: list[Step]) -> list[Step]:
     return out
 
 
-def run_checks(session: Session, level: int, run_exec: bool) -> None:
+def run_checks(session: Session, level: int, run_exec: bool) -> Optional[Level2Result]:
+    """Checks every step at `level` (each level includes the ones below it),
+    then with --exec. Returns, at level 2, the check of the input program
+    against its contracts (a script cannot prove steps of an input that
+    already breaks its contract); None below level 2."""
     for step in _all_steps(session.steps):
         if step.error is None:
             step.checks["level1"] = check_program(step.after, session.contracts)
+    source = run_level2(session) if level >= 2 else None
     if run_exec:
         run_exec_checks(session)
+    return source
+
+
+def run_level2(session: Session) -> Level2Result:
+    """Discharges the obligations of every step (sub-steps included) and
+    checks each output against the contracts; returns the input's check."""
+    from .level2 import check_step  # Z3 and the dischargers only for level 2
+
+    assert session.original is not None
+    for step in session.steps:
+        _level2(step, session)
+    return check_step(session.original, session.original, (), session.contracts)
+
+
+def _level2(step: Step, session: Session) -> Optional[Level2Result]:
+    """A primitive step is checked on its own obligations and output; a
+    composite's result gathers its sub-steps' (a composite has no
+    obligations of its own: the session records obligations only from a
+    primitive's rewrite). None for a step that was refused."""
+    from .level2 import check_step
+
+    subs = [r for r in (_level2(s, session) for s in step.substeps) if r is not None]
+    if step.error is not None:
+        return None
+    assert not (step.substeps and step.obligations), f"composite step {step.number} has obligations of its own"
+    result = combine(subs) if step.substeps else check_step(step.before, step.after, step.obligations,
+                                                            session.contracts)
+    step.checks["level2"] = result
+    return result
+
+
+def combine(results: list[Level2Result]) -> Level2Result:
+    """One result holding the verdicts and resource problems of several
+    (a problem reported by two sub-steps is listed once)."""
+    from .level2 import Level2Result
+
+    if len(results) == 1:
+        return results[0]
+    resources = tuple(dict.fromkeys(p for r in results for p in r.resources))
+    return Level2Result(tuple(v for r in results for v in r.verdicts), resources, sum(r.time_s for r in results))
 
 
 def run_exec_checks(session: Session) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import click
 from rich.console import Console
@@ -18,12 +18,16 @@ from .errors import CheckFailed, OtpError, ScriptError
 from .frontend import parse_file
 from .outputs import CodeCache, write_run
 from .printer import to_c
-from .report import failed_checks, print_steps, print_summary
+from .report import (failed_checks, leaf_results, level2_totals, print_obligations, print_steps, print_summary,
+                     totals_text, unproved)
 from .runner import new_session, run_script
 from .session import Session
 
+if TYPE_CHECKING:
+    from .level2 import Level2Result
+
 _state = {"debug": False}
-LEVELS = (1,)
+LEVELS = {1: "well-formedness", 2: "obligations and resources, proved with Z3"}
 
 
 def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,9 +60,11 @@ def parse_sizes(text: Optional[str]) -> dict[str, float]:
 
 def _check_level(level: int) -> None:
     if level not in LEVELS:
-        raise OtpError(f"--level {level} is not available in this version of otp: only level 1 "
-                       f"(well-formedness) and --exec are implemented; the resource checker (level 2) "
-                       f"and functional equivalence (level 3) are not, so no step is proved valid yet")
+        known = "; ".join(f"--level {n} ({what})" for n, what in LEVELS.items())
+        why = ("level 3 (functional equivalence of each step) is not implemented yet"
+               if level == 3 else "there is no such level")
+        raise OtpError(f"--level {level} is not available in this version of otp: {why}. The levels are "
+                       f"{known}; --exec also runs every step against the original on random inputs")
 
 
 def _console(no_color: bool) -> Console:
@@ -145,30 +151,32 @@ def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], na
     console = _console(no_color)
     error = body()
     code = CodeCache()
+    source = None
     if session.steps:
-        error = error or _checked(session, level, run_exec)
-    dest = write_run(session, name, Path(out_dir), str(error) if error else None, code)
+        check_error, source = _checked(session, level, run_exec)
+        error = error or check_error
+    dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source)
     if not quiet:
-        print_steps(console, session, code)
-    print_summary(console, session, level, run_exec)
+        print_steps(console, session, code, source)
+    print_summary(console, session, level, run_exec, source)
     console.print(f"wrote {dest}/", style="dim")
     if error is not None:
         raise error
-    failures = failed_checks(session)
+    failures = failed_checks(session, source)
     if failures:
         raise _Failed(failures)
 
 
-def _checked(session: Session, level: int, run_exec: bool) -> Optional[OtpError]:
+def _checked(session: Session, level: int, run_exec: bool) -> tuple[Optional[OtpError], Optional[Level2Result]]:
     """Run the checks; an error they raise (e.g. sizes missing for --exec)
-    is returned so the steps are still written and reported."""
+    is returned so the steps are still written and reported. The second
+    value is the input program's check against its contracts (level 2)."""
     from .checks import run_checks  # gcc and the harness only for commands that check
 
     try:
-        run_checks(session, level, run_exec)
+        return None, run_checks(session, level, run_exec)
     except OtpError as e:
-        return e
-    return None
+        return e, None
 
 
 class _Failed(OtpError):
@@ -196,28 +204,60 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         raise ScriptError("no scripts given and none found in ./scripts/")
     console = _console(no_color)
     results: list[dict[str, Any]] = []
+    level2: list[Level2Result] = []
     worst = 0
     for script in paths:
         session = new_session(script, target, None, parse_sizes(sizes))
-        error = run_script(session, script) or _checked(session, level, run_exec)
-        failures = failed_checks(session)
+        error = run_script(session, script)
+        source = None
+        if error is None:
+            error, source = _checked(session, level, run_exec)
+        failures = failed_checks(session, source)
         status = 2 if error else 1 if failures else 0
         worst = max(worst, status)
-        unproved = sum(len(s.all_obligations()) for s in session.steps)
-        results.append({"script": script, "steps": len(session.steps), "ok": status == 0,
-                        "error": str(error) if error else None, "failures": failures,
-                        "unproved_obligations": unproved, "level": level, "exec": run_exec})
+        not_proved = sum(unproved(s) for s in session.steps)
+        entry: dict[str, Any] = {"script": script, "steps": len(session.steps), "ok": status == 0,
+                                 "error": str(error) if error else None, "failures": failures,
+                                 "unproved_obligations": not_proved, "level": level, "exec": run_exec}
+        checked = [r for _, r in leaf_results(session.steps)] + ([source] if source is not None else [])
+        level2.extend(checked)
+        if level >= 2:
+            entry["level2"] = _level2_json(session, source, checked)
+        results.append(entry)
         if not as_json:
-            line = Text("✓ " if status == 0 else "✗ ", "green" if status == 0 else "bold red")
-            line.append(f"{script}: {len(session.steps)} steps, level {level}{' + exec' if run_exec else ''}, ")
-            line.append(f"{unproved} obligations not proved", "yellow")
-            console.print(line)
-            for f in ([str(error)] if error else []) + failures:
-                console.print(Text(f"    {f}", "red"))
+            _print_script(console, session, entry, source)
     if as_json:
-        click.echo(json.dumps({"level": level, "exec": run_exec, "scripts": results}, indent=1))
+        out: dict[str, Any] = {"level": level, "exec": run_exec, "scripts": results}
+        if level >= 2:
+            out["level2"] = level2_totals(level2)
+        click.echo(json.dumps(out, indent=1))
+    elif level >= 2 and len(paths) > 1:
+        console.print(Text("all scripts: ").append_text(totals_text(level2_totals(level2))))
     if worst:
         sys.exit(worst)
+
+
+def _level2_json(session: Session, source: Optional[Level2Result], checked: list[Level2Result]) -> dict[str, Any]:
+    """A script's level-2 results: the input's check, each primitive step's
+    verdicts and resource problems, and the totals over them."""
+    return {"input": source.to_json() if source is not None else None,
+            "steps": [{"number": s.number, "call": s.call, **r.to_json()} for s, r in leaf_results(session.steps)],
+            **level2_totals(checked)}
+
+
+def _print_script(console: Console, session: Session, entry: dict[str, Any], source: Optional[Level2Result]) -> None:
+    """`otp check`'s text for one script (from its JSON entry): a line, what
+    failed, and at level 2 every step's obligations with their times, then
+    the totals."""
+    ok = entry["ok"]
+    line = Text("✓ " if ok else "✗ ", "green" if ok else "bold red")
+    line.append(f"{entry['script']}: {entry['steps']} steps, level {entry['level']}{' + exec' if entry['exec'] else ''}, ")
+    line.append(f"{entry['unproved_obligations']} obligations not proved", "yellow")
+    console.print(line)
+    for f in ([entry["error"]] if entry["error"] else []) + entry["failures"]:
+        console.print(Text(f"    {f}", "red"))
+    if entry["level"] >= 2 and not entry["error"]:
+        print_obligations(console, session, source)
 
 
 @cli.command()

@@ -10,11 +10,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import ir
 from .printer import to_c
 from .session import Session, Step
+
+if TYPE_CHECKING:
+    from .level2 import Level2Result
 
 
 class CodeCache:
@@ -69,7 +72,7 @@ def step_json(step: Step, code: CodeCache) -> dict[str, Any]:
         "fp": step.fp,
         "tolerance": step.lossy_tolerance(),
         "error": step.error,
-        "obligations": [dict(o.to_json(), status="not proved (level 2 not run)") for o in step.obligations],
+        "obligations": obligations_json(step),
         "checks": {k: (v.to_json() if hasattr(v, "to_json") else v) for k, v in step.checks.items()},
         "diff": "\n".join(unified_diff(before, after, "code.c")),
         "code": after,
@@ -77,7 +80,19 @@ def step_json(step: Step, code: CodeCache) -> dict[str, Any]:
     }
 
 
-def trace_json(session: Session, script: str, error: Optional[str], code: CodeCache) -> dict[str, Any]:
+def obligations_json(step: Step) -> list[dict[str, Any]]:
+    """The step's own obligations, each with its level-2 verdict (status,
+    reason, time) when level 2 ran; a composite's are in its sub-steps."""
+    l2 = step.checks.get("level2")
+    if l2 is None or step.substeps:
+        return [dict(o.to_json(), status="not proved (level 2 not run)") for o in step.obligations]
+    return [{**o.to_json(), **v.to_json()} for o, v in zip(step.obligations, l2.verdicts, strict=True)]
+
+
+def trace_json(session: Session, script: str, error: Optional[str], code: CodeCache,
+               source: Optional[Level2Result] = None) -> dict[str, Any]:
+    """The whole run; `source` is the level-2 check of the input program
+    against its contracts (absent below level 2)."""
     return {
         "script": script,
         "source": str(session.source_path) if session.source_path else None,
@@ -85,6 +100,7 @@ def trace_json(session: Session, script: str, error: Optional[str], code: CodeCa
         "target": session.target,
         "sizes": session.sizes,
         "original": code(session.original) if session.original else None,
+        "input_check": source.to_json() if source is not None else None,
         "steps": [step_json(s, code) for s in session.steps],
         "error": error,
     }
@@ -94,7 +110,8 @@ def step_file_name(step: Step) -> str:
     return f"{int(step.number):02d}_{step.name.replace('.', '_')}.c"
 
 
-def write_run(session: Session, script: str, out_root: Path, error: Optional[str], code: CodeCache) -> Path:
+def write_run(session: Session, script: str, out_root: Path, error: Optional[str], code: CodeCache,
+              source: Optional[Level2Result] = None) -> Path:
     """Write the run's files into `out_root/<script stem>/` atomically."""
     dest = out_root / Path(script).stem
     out_root.mkdir(parents=True, exist_ok=True)
@@ -110,7 +127,7 @@ def write_run(session: Session, script: str, out_root: Path, error: Optional[str
                 (tmp / step_file_name(step)).write_text(code(step.after))
         if session.program is not None:
             (tmp / "final.c").write_text(code(session.program))
-        (tmp / "trace.json").write_text(json.dumps(trace_json(session, script, error, code), indent=1))
+        (tmp / "trace.json").write_text(json.dumps(trace_json(session, script, error, code, source), indent=1))
         old = None
         if dest.exists():
             old = out_root / f".{dest.name}.old-{os.getpid()}"
