@@ -20,6 +20,7 @@ Anything whose effect is not modelled (an unknown call, an opaque node) is
 an access to `UNKNOWN` that conflicts with everything."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
@@ -93,6 +94,12 @@ class Footprint:
     outer_loops: tuple[Loop, ...]
     outer_guards: tuple[ir.Expr, ...]
     requires: tuple[ir.Expr, ...]
+    sizes: Mapping[str, tuple[ir.Expr, ...]] = field(default_factory=dict)
+    consts: tuple[tuple[str, ir.Expr], ...] = ()
+
+    def resolve(self, e: ir.Expr) -> ir.Expr:
+        """`e` as it reads at the footprint's place, constant locals replaced."""
+        return subst(e, dict(self.consts)) if self.consts else e
 
     def of_stmt(self, k: int) -> tuple[Access, ...]:
         return tuple(a for a in self.accesses if a.stmt == k)
@@ -112,33 +119,13 @@ class _Collector:
         contract = contracts.get(fn.decl.name or "")
         self.pointers = {p.name for p in _params(fn) if isinstance(p.type, (ir.Ptr, ir.Array)) and p.name}
         self.defined = {f.name: f for f in program.functions()}
-        assigned = assigned_scalars(fn.body)
-        self.constants: dict[str, ir.Expr] = {}
-        self.scalars: set[str] = set()
+        self.assigned = assigned_scalars(fn.body)
         self.shapes: dict[str, tuple[ir.Expr, ...]] = {}
-        decls: dict[str, int] = {}
-        canonical: set[str] = set()
-        fixed: set[str] = set()
+        self.sizes: dict[str, tuple[ir.Expr, ...]] = {}
         for n in _nodes(fn.body):
-            if isinstance(n, ir.DeclStmt) and n.decl.name:
-                decls[n.decl.name] = decls.get(n.decl.name, 0) + 1
-                if isinstance(n.decl.type, (ir.Ptr, ir.Array)):
-                    self.pointers.add(n.decl.name)
-                dims = _array_dims(n.decl.type)
-                if dims:
-                    self.shapes[n.decl.name] = dims
-            elif isinstance(n, ir.For) and n.index not in assigned_scalars(n.body):
-                canonical.add(n.index)
-        for n in _nodes(fn.body):
-            if isinstance(n, ir.DeclStmt) and n.decl.name and decls[n.decl.name] == 1 \
-                    and n.decl.name not in assigned and n.decl.init is not None \
-                    and not isinstance(n.decl.init, ir.InitList) and not _array_dims(n.decl.type):
-                fixed.add(n.decl.name)
-                if not has_side_effects(n.decl.init):
-                    self.constants[n.decl.name] = n.decl.init
-        self.mutable = (assigned | {d for d, c in decls.items() if c > 1}) - canonical - fixed
-        self.mutable |= {p.name for p in _params(fn) if p.name in assigned}
-        self.scalars = {n for n in self.mutable if n not in self.shapes}
+            if isinstance(n, ir.DeclStmt) and n.decl.name and isinstance(n.decl.type, (ir.Ptr, ir.Array)):
+                self.pointers.add(n.decl.name)
+        self.scalars = self.assigned
         if contract is not None:
             for _, r in contract.resources():
                 if r.shape.kind == "matrix" and not r.group and isinstance(r.subject, ir.Var):
@@ -167,27 +154,38 @@ class _Collector:
 
     # -------------------------------------------------------------- expressions
 
-    def resolve(self, e: ir.Expr, depth: int = 0) -> ir.Expr:
-        """`e` with constant locals replaced by their initializers."""
-        for _ in range(8):
-            names = {n.name for n in _nodes(e) if isinstance(n, ir.Var)} & set(self.constants)
-            if not names:
-                return e
-            e = subst(e, {n: self.constants[n] for n in names})
-        return e
+    def declare(self, d: ir.Decl, ctx: "_Ctx") -> "_Ctx":
+        """The context after a declaration: a local assigned nowhere else,
+        initialised without side effects, stands for its initializer; any
+        other declaration hides an outer one of the same name. Arrays and
+        allocations record their sizes."""
+        if not d.name:
+            return ctx
+        dims = tuple(ctx.resolve(x) for x in _array_dims(d.type))
+        count = _allocated_count(d.init) if isinstance(d.type, ir.Ptr) else None
+        if dims:
+            self.shapes[d.name] = self.sizes[d.name] = dims
+        elif count is not None:
+            self.sizes[d.name] = (ctx.resolve(count),)
+        if d.name not in self.assigned and d.init is not None and not dims \
+                and not isinstance(d.init, ir.InitList) and not has_side_effects(d.init):
+            return ctx.bind(d.name, ctx.resolve(d.init))
+        return ctx.bind(d.name, None)
 
     def add(self, cell: str, index: tuple[ir.Expr, ...], lanes: ir.Expr, role: str, node: Any, path: Path,
             ctx: "_Ctx", whole: bool = False, via: str = "") -> None:
-        index = tuple(self.resolve(i) for i in index)
+        index = tuple(ctx.resolve(i) for i in index)
         shape = self.shapes.get(cell)
         if shape is not None and len(index) == 1 and len(shape) > 1:
             split = delinearize(index[0], shape)
             if split is not None:
                 index = split
-        mutable = {n.name for i in index + (lanes,) for n in _nodes(i) if isinstance(n, ir.Var)} & self.mutable
-        mutable |= ctx.mutable
+        lanes = ctx.resolve(lanes)
+        mutable = {n.name for i in index + (lanes,) + ctx.guards for n in _nodes(i) if isinstance(n, ir.Var)}
+        mutable = (mutable | {n.name for lp in ctx.loops for e in (lp.start, lp.stop, lp.step) for n in _nodes(e)
+                              if isinstance(n, ir.Var)}) & ctx.mutable
         loc = getattr(node, "loc", None)
-        self.out.append(Access(cell, index, self.resolve(lanes), role in ("write", "update"),
+        self.out.append(Access(cell, index, lanes, role in ("write", "update"),
                                role in ("read", "update"), ctx.update if role == "update" else None,
                                expr_text(node) if isinstance(node, ir.EXPR_TYPES) else cell, path,
                                loc.line if loc else None, ctx.loops, ctx.guards, ctx.stmt,
@@ -220,7 +218,7 @@ class _Collector:
         """An access `base[index...]` (lanes cells from there) where `base` is
         a pointer expression: an array name, a constant pointer local, or an
         offset from one."""
-        target = self.target(self.resolve(base))
+        target = self.target(ctx.resolve(base))
         if target is None:
             self.expr(base, base_path, ctx)
             self.add(UNKNOWN, (), ONE, role, node, path, ctx)
@@ -305,7 +303,7 @@ class _Collector:
             return
         for a, p in zip(c.args, arg_paths):
             self.expr(a, p, ctx)
-            target = self.target(self.resolve(a))
+            target = self.target(ctx.resolve(a))
             if target is not None:
                 self.add(target[0], (), ONE, "update", c, path, ctx, whole=True)
         if name is None or name not in ("free",):
@@ -326,12 +324,12 @@ class _Collector:
             for d in r.shape.dims:
                 size = ir.Binop("*", size, subst(d, binding)) if size != ONE else subst(d, binding)
             role = "read" if mode == "reads" else "write" if mode == "writes" else "update"
-            target = self.target(self.resolve(arg))
+            target = self.target(ctx.resolve(arg))
             if target is None:
                 self.add(UNKNOWN, (), ONE, role, c, path, ctx)
                 continue
             name, offset = target
-            self.out.append(Access(name, (self.resolve(offset),), self.resolve(size), role != "read",
+            self.out.append(Access(name, (ctx.resolve(offset),), ctx.resolve(size), role != "read",
                                    role != "write", None, expr_text(c), path,
                                    c.loc.line if c.loc else None, ctx.loops, ctx.guards, ctx.stmt,
                                    tuple(sorted(ctx.mutable)), self.shapes.get(name), False,
@@ -343,17 +341,27 @@ class _Collector:
         if any(isinstance(p.type, (ir.Ptr, ir.Array)) for p in _params(callee)) or callee is self.fn:
             return False
         inner = _Collector(self.program, callee, self.contracts)
-        inner.stmt(callee.body, (), _Ctx())
+        inner.stmt(callee.body, (), _Ctx(mutable=frozenset(inner.assigned)))
         own = {n.decl.name for n in _nodes(callee.body) if isinstance(n, ir.DeclStmt)} | \
             {p.name for p in _params(callee)}
         return all(a.cell in own for a in inner.out)
 
     # -------------------------------------------------------------- statements
 
+    def enter(self, s: ir.For, path: Path, ctx: "_Ctx") -> "_Ctx":
+        """The context of a loop's body: a canonical loop bounds its index;
+        one whose body assigns its index only makes it mutable."""
+        if s.index in assigned_scalars(s.body):
+            return ctx.bind(s.index, None)
+        loop = Loop(s.index, ctx.resolve(s.start), ctx.resolve(s.stop), ctx.resolve(s.step), path)
+        return ctx.bind(s.index, None, mutable=False).inside(loop)
+
     def stmt(self, s: Any, path: Path, ctx: "_Ctx") -> None:
         if isinstance(s, ir.Block):
             for k, x in enumerate(s.stmts):
                 self.stmt(x, path + (("stmts", k),), ctx)
+                if isinstance(x, ir.DeclStmt):
+                    ctx = self.declare(x.decl, ctx)
         elif isinstance(s, ir.ExprStmt):
             self.expr(s.expr, path + (("expr", None),), ctx)
         elif isinstance(s, ir.DeclStmt):
@@ -365,19 +373,15 @@ class _Collector:
         elif isinstance(s, ir.For):
             for part in ("start", "stop", "step"):
                 self.expr(getattr(s, part), path + ((part, None),), ctx)
-            if s.index in self.mutable:
-                self.stmt(s.body, path + (("body", None),), ctx.havoc(assigned_scalars(s.body) | {s.index}))
-            else:
-                loop = Loop(s.index, self.resolve(s.start), self.resolve(s.stop), self.resolve(s.step), path)
-                self.stmt(s.body, path + (("body", None),), ctx.inside(loop))
+            self.stmt(s.body, path + (("body", None),), self.enter(s, path, ctx))
         elif isinstance(s, ir.If):
             self.expr(s.cond, path + (("cond", None),), ctx)
-            cond = self.resolve(s.cond)
+            cond = ctx.resolve(s.cond)
             self.stmt(s.then, path + (("then", None),), ctx.guarded(cond))
             if s.other is not None:
                 self.stmt(s.other, path + (("other", None),), ctx.guarded(ir.Unop("!", cond)))
         elif isinstance(s, (ir.While, ir.DoWhile, ir.GenericFor)):
-            inner = ctx.havoc(assigned_scalars(s))
+            inner = ctx.bind_all(assigned_scalars(s))
             for step, child in _expr_children(s, path):
                 self.expr(child, step, inner)
             self.stmt(s.body, path + (("body", None),), inner)
@@ -394,26 +398,49 @@ class _Collector:
 
 @dataclass(frozen=True)
 class _Ctx:
+    """Where the walk is: the loops and guards around, the statement number
+    in the region, the constant locals in scope (name -> initializer), the
+    names whose value may change (mutable), and the operator of the update
+    being walked."""
+
     loops: tuple[Loop, ...] = ()
     guards: tuple[ir.Expr, ...] = ()
     stmt: int = 0
+    consts: tuple[tuple[str, ir.Expr], ...] = ()
     mutable: frozenset[str] = frozenset()
     update: Optional[str] = None
 
+    def _with(self, **changes: Any) -> "_Ctx":
+        return dataclasses.replace(self, **changes)
+
+    def resolve(self, e: ir.Expr) -> ir.Expr:
+        """`e` with the constant locals in scope replaced by their values."""
+        return subst(e, dict(self.consts)) if self.consts else e
+
+    def bind(self, name: str, value: Optional[ir.Expr], mutable: Optional[bool] = None) -> "_Ctx":
+        """`name` now stands for `value` (None: for itself); it is mutable
+        when it is assigned somewhere, unless told."""
+        consts = tuple((n, v) for n, v in self.consts if n != name) + (((name, value),) if value is not None else ())
+        mut = self.mutable if mutable is None else (self.mutable | {name} if mutable else self.mutable - {name})
+        return self._with(consts=consts, mutable=mut)
+
+    def bind_all(self, names: set[str]) -> "_Ctx":
+        out = self
+        for n in names:
+            out = out.bind(n, None, mutable=True)
+        return out
+
     def inside(self, loop: Loop) -> "_Ctx":
-        return _Ctx(self.loops + (loop,), self.guards, self.stmt, self.mutable, self.update)
+        return self._with(loops=self.loops + (loop,))
 
     def guarded(self, cond: ir.Expr) -> "_Ctx":
-        return _Ctx(self.loops, self.guards + (cond,), self.stmt, self.mutable, self.update)
-
-    def havoc(self, names: set[str]) -> "_Ctx":
-        return _Ctx(self.loops, self.guards, self.stmt, self.mutable | frozenset(names), self.update)
+        return self._with(guards=self.guards + (cond,))
 
     def updating(self, op: str) -> "_Ctx":
-        return _Ctx(self.loops, self.guards, self.stmt, self.mutable, op)
+        return self._with(update=op)
 
     def at(self, k: int) -> "_Ctx":
-        return _Ctx(self.loops, self.guards, k, self.mutable, self.update)
+        return self._with(stmt=k)
 
 
 def footprint(program: ir.Program, path: Path, contracts: Mapping[str, Any], node: Any = None) -> Footprint:
@@ -423,23 +450,23 @@ def footprint(program: ir.Program, path: Path, contracts: Mapping[str, Any], nod
     fn_path = path[:1]
     fn: ir.FuncDef = get(program, fn_path)
     col = _Collector(program, fn, contracts)
-    outer = _Ctx()
+    outer = _Ctx(mutable=frozenset(col.assigned))
     override, node = node, fn
     for k in range(1, len(path)):
         step = path[k]
         parent, node = node, get(node, (step,))
-        if isinstance(parent, ir.For) and step == ("body", None):
-            if parent.index in col.mutable:
-                outer = outer.havoc(assigned_scalars(parent.body) | {parent.index})
-            else:
-                outer = outer.inside(Loop(parent.index, col.resolve(parent.start), col.resolve(parent.stop),
-                                          col.resolve(parent.step), path[:k]))
+        if isinstance(parent, ir.Block) and step[0] == "stmts":
+            for s in parent.stmts[:step[1]]:
+                if isinstance(s, ir.DeclStmt):
+                    outer = col.declare(s.decl, outer)
+        elif isinstance(parent, ir.For) and step == ("body", None):
+            outer = col.enter(parent, path[:k], outer)
         elif isinstance(parent, ir.If) and step[0] in ("then", "other"):
-            cond = col.resolve(parent.cond)
+            cond = outer.resolve(parent.cond)
             outer = outer.guarded(cond if step[0] == "then" else ir.Unop("!", cond))
         elif isinstance(parent, (ir.While, ir.DoWhile, ir.GenericFor)):
-            outer = outer.havoc(assigned_scalars(parent))
-    inner = _Ctx(mutable=outer.mutable)
+            outer = outer.bind_all(assigned_scalars(parent))
+    inner = outer._with(loops=(), guards=())
     if override is not None:
         node = override
     if isinstance(node, ir.EXPR_TYPES):
@@ -447,11 +474,14 @@ def footprint(program: ir.Program, path: Path, contracts: Mapping[str, Any], nod
     elif isinstance(node, ir.Block):
         for k, s in enumerate(node.stmts):
             col.stmt(s, path + (("stmts", k),), inner.at(k))
+            if isinstance(s, ir.DeclStmt):
+                inner = col.declare(s.decl, inner)
     else:
         col.stmt(node, path, inner)
     contract = contracts.get(fn.decl.name or "")
     requires = tuple(contract.requires) if contract is not None else ()
-    return Footprint(fn.decl.name or "", tuple(col.out), outer.loops, outer.guards, requires)
+    return Footprint(fn.decl.name or "", tuple(col.out), outer.loops, outer.guards, requires, dict(col.sizes),
+                     outer.consts)
 
 
 def function_footprint(program: ir.Program, function: str, contracts: Mapping[str, Any]) -> Footprint:
@@ -531,6 +561,20 @@ def _syntactic_base(e: ir.Expr) -> str:
         if isinstance(n, ir.Var):
             return n.name
     return ""
+
+
+def _allocated_count(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
+    """`n` for `malloc(n * sizeof(T))` (under a cast), else None."""
+    while isinstance(e, ir.Cast):
+        e = e.arg
+    if not (isinstance(e, ir.Call) and isinstance(e.func, ir.Var) and e.func.name == "malloc" and len(e.args) == 1):
+        return None
+    size = e.args[0]
+    if isinstance(size, ir.Binop) and size.op == "*":
+        for count, unit in ((size.left, size.right), (size.right, size.left)):
+            if isinstance(unit, ir.SizeofType) or isinstance(unit, ir.Unop) and unit.op == "sizeof":
+                return count
+    return None
 
 
 def _params(fn: ir.FuncDef) -> tuple[ir.Decl, ...]:

@@ -40,7 +40,7 @@ def _check_function(program: ir.Program, f: ir.FuncDef, contract: Any, contracts
     fp = function_footprint(program, name, contracts)
     space = Space(fp, assume_bounds=False)
     params = {p.name for p in _params(f)}
-    locals_ = _local_sizes(f)
+    locals_ = fp.sizes
     out: list[str] = []
     for a in fp.accesses:
         where = f"{name}, line {a.line}" if a.line else name
@@ -105,8 +105,12 @@ def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> O
         m = solver.model()
         cells = ", ".join(str(m.eval(i, model_completion=True)) for i in enc.index)
         span = f" (and {m.eval(enc.lanes, model_completion=True)} cells from there)" if a.lanes != ir.Const("1") else ""
-        result = (f"'{a.text}' may be out of bounds of {shown}: {space.values(((a, 1),), m)}, the index is "
-                  f"[{cells}]{span}")
+        untracked = sorted(set(a.mutable) | {expr_text(n) for i in a.index for _, n in walk(i)
+                                             if isinstance(n, (ir.Index, ir.Call))})
+        why = (f" (its index depends on {', '.join(untracked)}, whose values level 2 does not track)"
+               if untracked else "")
+        result = (f"'{a.text}' may be out of bounds of {shown}{why}: {space.values(((a, 1),), m)}, the index "
+                  f"is [{cells}]{span}")
     else:
         result = f"Z3 could not decide whether '{a.text}' stays within {shown} ({solver.reason_unknown()})"
     _CACHE[key] = result
@@ -123,8 +127,8 @@ def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> 
         callee = contracts.get(n.func.name)
         if callee is None or program.function(n.func.name) is None or not callee.requires:
             continue
-        binding = dict(zip(callee.params, n.args))
         here = footprint(program, path, contracts, node=ir.Const("0"))
+        binding = {p: here.resolve(a) for p, a in zip(callee.params, n.args)}
         space = Space(here, assume_bounds=False)
         t = Terms(f"~call{len(out)}")
         for r in callee.requires:
@@ -144,40 +148,6 @@ def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> 
 def _params(f: ir.FuncDef) -> tuple[ir.Decl, ...]:
     t = f.decl.type
     return tuple(t.params or ()) if isinstance(t, ir.FuncT) else ()
-
-
-def _local_sizes(f: ir.FuncDef) -> dict[str, tuple[ir.Expr, ...]]:
-    """Local arrays, and pointers initialised by `malloc(n * sizeof(T))`,
-    with their sizes."""
-    out: dict[str, tuple[ir.Expr, ...]] = {}
-    for _, n in walk(f.body):
-        if not (isinstance(n, ir.DeclStmt) and n.decl.name):
-            continue
-        dims: list[ir.Expr] = []
-        t = n.decl.type
-        while isinstance(t, ir.Array) and t.size is not None:
-            dims.append(t.size)
-            t = t.of
-        count = _allocated_count(n.decl.init) if isinstance(t, ir.Ptr) and not dims else None
-        if dims:
-            out[n.decl.name] = tuple(dims)
-        elif count is not None:
-            out[n.decl.name] = (count,)
-    return out
-
-
-def _allocated_count(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
-    """`n` for `malloc(n * sizeof(T))` (under a cast), else None."""
-    while isinstance(e, ir.Cast):
-        e = e.arg
-    if not (isinstance(e, ir.Call) and isinstance(e.func, ir.Var) and e.func.name == "malloc" and len(e.args) == 1):
-        return None
-    size = e.args[0]
-    if isinstance(size, ir.Binop) and size.op == "*":
-        for count, unit in ((size.left, size.right), (size.right, size.left)):
-            if isinstance(unit, (ir.SizeofType,)) or isinstance(unit, ir.Unop) and unit.op == "sizeof":
-                return count
-    return None
 
 
 def _dims_text(dims: tuple[ir.Expr, ...]) -> str:

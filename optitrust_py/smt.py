@@ -10,7 +10,7 @@ import z3
 from . import ir
 from .contract import int_literal
 
-TIMEOUT_MS = 2000
+TIMEOUT_MS = 1000
 
 
 def int_term(e: ir.Expr) -> Optional[z3.ArithRef]:
