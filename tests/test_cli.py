@@ -289,7 +289,7 @@ def test_check_does_not_crash_on_brackets_in_messages(tmp_path):
 
 
 def test_check_level_and_size_errors():
-    assert "level 2" in assert_clean_error(otp("check", "scripts/matmul.py", "--level", "2"))
+    assert "level 3" in assert_clean_error(otp("check", "scripts/matmul.py", "--level", "3"))
     assert "is not a number" in assert_clean_error(otp("check", "scripts/matmul.py", "--size", "M=x"))
 
 
@@ -544,15 +544,6 @@ def test_check_json_survives_an_exec_error(tmp_path):
     by = {x["script"]: x for x in data["scripts"]}
     assert by[str(s)]["ok"] is False and "needs sizes" in by[str(s)]["error"]
     assert by["scripts/matmul.py"]["ok"] is True
-
-
-@pytest.mark.parametrize("cmd", [["run", "scripts/matmul.py"], ["check", "scripts/matmul.py"],
-                                 ["apply", "c_sources/matmul.c", "loop.tile('matmul > for i', 16)"]])
-def test_level_2_not_implemented(tmp_path, cmd):
-    extra = ["--out", str(tmp_path)] if cmd[0] != "check" else []
-    err = assert_clean_error(otp(*cmd, "--level", "2", *extra))
-    assert "--level 2 is not available" in err and "not" in err and "level 2" in err
-    assert not (tmp_path / "matmul").exists()
 
 
 def test_debug_shows_traceback(tmp_path):
