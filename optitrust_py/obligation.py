@@ -32,9 +32,9 @@ KINDS = {
     "delinearize": "a flattened array holds the stated shape d0 x ... x dn-1 and each index its accesses split into "
                    "lies within its dimension, 0 <= ik < dk (exprs: the shape)",
     "in_region": "every access of a loop to an array lies in a region, whose sizes are >= 1 and which lies within "
-                 "the array (exprs: the origins, then the sizes)",
+                 "the array (exprs: the origins, the sizes, then the shape its accesses are split with)",
     "no_alias": "inside a piece of code the cells of an array region are reached only through the array's name",
-    "covers": "a loop writes every cell of a region before the region is copied back",
+    "covers": "a loop writes every cell of a region before the region is copied back (exprs: as for in_region)",
     "in_type_range": "every value stored into an array is within the range of its new element type",
     "equals": "an expression has a given value each time it is evaluated there, under the contract's requires "
               "(exprs: the expression, the value)",

@@ -63,7 +63,7 @@ def test_local_buffer_packs_a_panel_of_b(ck):
         }""")
     assert kinds(r) == ["in_region", "no_alias", "delinearize"]
     region, alias, delin = r.obligations
-    assert [expr_text(e) for e in region.exprs] == ["bk", "0", "64", "N"]
+    assert [expr_text(e) for e in region.exprs] == ["bk", "0", "64", "N", "K", "N"]
     assert "[bk, bk + 64) x [0, N)" in region.claim
     looped = get(p, region.paths[0])
     assert isinstance(looped, ir.For) and looped.index == "i" and alias.paths == region.paths and region.before

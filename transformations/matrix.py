@@ -512,15 +512,16 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     obligations = [
         Obligation("in_region", f"every access of {where} to '{array}' lies in {shown}, and that region (sizes "
                    f">= 1) lies within '{array}' {arr.shape_text()}", m.function, (m.path,),
-                   tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes), before=True, names=(array,)),
+                   tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes) + tuple(arr.shape),
+                   before=True, names=(array,)),
         Obligation("no_alias", f"inside {where}, no name other than '{array}' reaches the cells of {shown}",
                    m.function, (m.path,), before=True, names=(array,)),
     ]
     if not copy_in:
         obligations.append(Obligation("covers", f"{where} writes every cell of {shown} before '{name}' is copied "
                                       f"back to '{array}'", m.function, (m.path,),
-                                      tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes),
-                                      before=True, names=(array,)))
+                                      tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes)
+                                      + tuple(arr.shape), before=True, names=(array,)))
     return Rewrite(new, tuple(obligations) + _delinearize_obligation(arr, accesses))
 
 
