@@ -170,7 +170,7 @@ def totals_text(totals: dict[str, Any]) -> Text:
     t.append(f"level 2: {totals['obligations']} obligations: {totals['proved']} proved, {totals['refuted']} refuted, "
              f"{totals['unknown']} unknown; {totals['resource_problems']} resource problems; "
              f"{totals['time_s']:.2f} s in all, median {totals['median_obligation_s'] * 1000:.1f} ms "
-             f"(max {totals['max_obligation_s'] * 1000:.0f} ms) per obligation")
+             f"(max {totals['max_obligation_s'] * 1000:.1f} ms) per obligation")
     return t
 
 
