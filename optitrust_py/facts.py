@@ -337,10 +337,10 @@ class _Region:
 
 
 def _region(goal: Goal) -> "_Region | Outcome":
-    """The region of an `in_region` or `covers` obligation, or why it cannot
-    be read. Its exprs are the origins, the sizes, and the shape the
-    accesses are split with; without the shape, the array's own (contract,
-    declaration or allocation) serves where no index needs splitting."""
+    """The region of an `in_region` or `covers` obligation (exprs: the
+    origins, the sizes, and the shape the accesses are split with), or why
+    it cannot be read. The array's own extent (its contract, declaration or
+    allocation) is kept to check a region stated in another shape."""
     ob = goal.obligation
     program, loop_path = goal.program, ob.paths[0]
     if not ob.names:
@@ -352,8 +352,7 @@ def _region(goal: Goal) -> "_Region | Outcome":
     if stray:
         return "unknown", f"{stray[0].describe()} may reach '{array}' other than by indexing it"
     own = fp.sizes.get(array) or next((a.shape for a in fp.accesses if a.cell == array and a.shape), None)
-    lengths = {len(_chain(n)[0]) for n in found.values()}
-    shape = _split_shape(ob.exprs, lengths, own)
+    shape = _split_shape(ob.exprs, {len(_chain(n)[0]) for n in found.values()})
     if shape is None:
         return "unknown", (f"the {len(ob.exprs)} expressions of the region do not match the accesses to '{array}' "
                            f"(expected the origins, the sizes and the shape they are split with)")
@@ -367,25 +366,13 @@ def _region(goal: Goal) -> "_Region | Outcome":
     return _Region(array, ob.exprs[:rank], ob.exprs[rank:2 * rank], shape, own, fp, tuple(accesses))
 
 
-def _split_shape(exprs: Sequence[ir.Expr], lengths: set[int], own: Optional[tuple[ir.Expr, ...]]) \
-        -> Optional[tuple[ir.Expr, ...]]:
-    """The shape the region's accesses are split with: the last third of
-    `exprs` when they carry it (origins, sizes, shape), else the array's own
-    shape `own` where no index needs splitting (a C array indexed in every
-    dimension, or one dimension). A flattened index split by a shape the
-    obligation does not state might not be the split the step made: None."""
-    if len(lengths) > 1:
+def _split_shape(exprs: Sequence[ir.Expr], lengths: set[int]) -> Optional[tuple[ir.Expr, ...]]:
+    """The shape the region's accesses are split with, the last third of
+    `exprs` (origins, sizes, shape); None when the accesses do not index
+    that many dimensions nor one flattened index."""
+    rank = len(exprs) // 3
+    if rank < 1 or len(exprs) % 3 or not lengths <= {1, rank}:
         return None
-    n, k = len(exprs), next(iter(lengths), 1)
-    if k > 1:
-        if n == 3 * k:
-            return tuple(exprs[2 * k:])
-        return own if n == 2 * k and own is not None and len(own) == k else None
-    if n == 2:
-        return None if own is None else own if len(own) == 1 else (product(list(own)),)
-    rank = n // 3
-    if n % 3 or own is not None and 1 < len(own) != rank:
-        return None  # not origins, sizes and shape (or a shape that contradicts the array's)
     return tuple(exprs[2 * rank:])
 
 

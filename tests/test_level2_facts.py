@@ -4,7 +4,6 @@ failing fact and its counterexample, or left unknown with the reason, when
 it does not hold or cannot be decided."""
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -163,27 +162,19 @@ def test_in_region_of_a_one_dimensional_buffer():
     assert "index 0 of 'w[j]', j = " in v.reason and "is not below 0 + (C - 1) = " in v.reason
 
 
-def with_shape(rewrite: Rewrite, shape: list[str]) -> Rewrite:
-    """The step with its in_region and covers obligations carrying the shape
-    the accesses are split with after the origins and sizes (what
-    matrix.local_buffer is asked to state for a flattened array)."""
-    dims = tuple(ir.Var(d) for d in shape)
-    obs = tuple(dataclasses.replace(o, exprs=o.exprs + dims) if o.kind in ("in_region", "covers") else o
-                for o in rewrite.obligations)
-    return dataclasses.replace(rewrite, obligations=obs)
-
-
-def test_in_region_of_a_flattened_array_needs_the_shape_it_is_split_with():
+def test_in_region_of_flattened_arrays():
     p, c = kernel("matmul")
     step = matrix.local_buffer.apply(p, "matmul > for i > for j", "B", shape=["K", "N"])
-    v = verdict(p, step, c, "in_region")
-    assert v.status == "unknown"
-    assert "expected the origins, the sizes and the shape they are split with" in v.reason
-    assert verdict(p, with_shape(step, ["K", "N"]), c, "in_region").status == "proved"
+    assert verdict(p, step, c, "in_region").status == "proved"
     a, ca = kernel("attention")
     q = matrix.local_buffer.apply(a, "attention > for h > for i", "q", shape=["H", "S", "D"])
-    assert verdict(a, q, ca, "in_region").status == "unknown"  # 6 expressions, and q is a Matrix3: not misread
-    assert verdict(a, with_shape(q, ["H", "S", "D"]), ca, "in_region").status == "proved"
+    assert verdict(a, q, ca, "in_region").status == "proved"
+    low = matrix.local_buffer.apply(a, "attention > for h > for i", "q", shape=["H", "S", "D"],
+                                    region=["h:1", "1:S", "0:D"])
+    v = verdict(a, low, ca, "in_region")
+    assert v.status == "refuted"
+    assert re.match(r"line 11: the region ends at 1 \+ S = \d+, beyond dimension 1 of 'q' \(H, S, D\), whose size "
+                    r"is S = \d+ \(e\.g\. S=", v.reason), v.reason
 
 
 def zeroed_apart(p: ir.Program) -> ir.Program:
@@ -208,13 +199,13 @@ def test_covers_of_a_matrix_by_one_store_and_by_two():
     p, c = kernel("matmul")
     q = zeroed_apart(p)
     for target in ("matmul > for i#1", "matmul > for i#1 > for j"):
-        step = with_shape(matrix.local_buffer.apply(q, target, "C", shape=["M", "N"]), ["M", "N"])
+        step = matrix.local_buffer.apply(q, target, "C", shape=["M", "N"])
         assert verdict(q, step, c, "covers").status == "proved", target
     halves = loop.split.apply(q, "matmul > for i#1 > for j", "N / 2").program  # no one store covers a row
     step = matrix.local_buffer.apply(halves, "matmul > for i#1", "C", shape=["M", "N"], region=["0:M", "0:N"])
-    assert verdict(halves, with_shape(step, ["M", "N"]), c, "covers").status == "proved"
+    assert verdict(halves, step, c, "covers").status == "proved"
     step = matrix.local_buffer.apply(halves, "matmul > for i#1", "C", shape=["M", "N"], region=["0:M", "0:N + 1"])
-    v = verdict(halves, with_shape(step, ["M", "N"]), c, "covers")
+    v = verdict(halves, step, c, "covers")
     assert v.status == "refuted"
     assert re.match(r"line 4: the loop never writes C\[\d+\]\[\d+\], which is copied back \(e\.g\. ", v.reason), v.reason
 
