@@ -446,7 +446,7 @@ def covers(goal: Goal) -> Outcome:
     place = _place(goal, loop_path)
     space = Space(region.fp, assume_bounds=False)
     writes = [_Write(a, split, _place(goal, p).fp) for p, _, split in region.accesses
-              if (a := region.access_at(p)) is not None and _always_stored(program, loop_path, p)]
+              if (a := region.access_at(p)) is not None and _always_stored(program, loop_path, a)]
     if not writes:
         return "unknown", f"no store to '{region.array}' in the loop runs unconditionally at each of its iterations"
     claim = place.claim()
@@ -469,16 +469,18 @@ class _Write:
     at: Footprint
 
 
-def _always_stored(program: ir.Program, loop_path: Path, path: Path) -> bool:
-    """Whether the access at `path` is the target of a plain store reached
-    from the loop only through blocks, canonical loops and ifs (whose
-    conditions are the access's guards): a conditional expression or a
-    non-canonical loop on the way would make the store conditional in ways
-    the footprint does not record."""
+def _always_stored(program: ir.Program, loop_path: Path, a: Access) -> bool:
+    """Whether the access `a` is the target of a plain store reached from the
+    loop only through blocks, the canonical loops of `a.loops` and ifs
+    (whose conditions are its guards): a conditional expression or another
+    loop on the way would make the store conditional in ways the footprint
+    does not record."""
+    path = a.path
+    canonical = {loop.path for loop in a.loops}
     for k in range(len(loop_path), len(path) - 2):
         node, step = get(program, path[:k]), path[k]
         ok = isinstance(node, ir.Block) or isinstance(node, ir.For) and step == ("body", None) \
-            or isinstance(node, ir.If) and step[0] in ("then", "other")
+            and path[:k] in canonical or isinstance(node, ir.If) and step[0] in ("then", "other")
         if not ok:
             return False
     stmt, assign = get(program, path[:-2]), get(program, path[:-1])
