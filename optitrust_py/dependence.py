@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import z3
 
 from . import ir
-from .footprint import UNKNOWN, Access, Footprint, Loop
+from .footprint import UNKNOWN, Access, Footprint, Loop, cell_name
 from .names import subst
-from .smt import TIMEOUT_MS, Terms
+from .smt import Terms, satisfy
 
 PRIME = {1: "", 2: "'"}
 
@@ -102,7 +102,7 @@ class Space:
         cell; None when they cannot (distinct arrays, private copies)."""
         if UNKNOWN in (a.cell, b.cell):
             return z3.BoolVal(True)
-        if a.cell != b.cell or a.cell in self.private and ta != tb:
+        if a.cell != b.cell or cell_name(a.cell) in self.private and ta != tb:
             return None
         if a.whole or b.whole:
             return z3.BoolVal(True)
@@ -132,17 +132,14 @@ class Space:
         same = self.same_cell(a, ta, b, tb)
         if same is None:
             return None
-        solver = z3.Solver()
-        solver.set("timeout", TIMEOUT_MS)
-        solver.add(*self.hypotheses, *self.encode(a, ta).constraints, *self.encode(b, tb).constraints,
-                   *relation, same)
-        answer = solver.check()
-        if answer == z3.unsat:
+        answer, model, why = satisfy(self.hypotheses, [*self.encode(a, ta).constraints,
+                                                       *self.encode(b, tb).constraints, *relation, same])
+        if answer == "unsat":
             return None
-        if answer != z3.sat:
+        if model is None:
             raise Unknown(f"Z3 could not decide whether {a.describe()} and {b.describe()} touch the same cell "
-                          f"({solver.reason_unknown()})")
-        return Conflict(a, b, self.witness(a, ta, b, tb, solver.model()))
+                          f"({why})")
+        return Conflict(a, b, self.witness(a, ta, b, tb, model))
 
     def witness(self, a: Access, ta: int, b: Access, tb: int, model: z3.ModelRef) -> str:
         cells = {self.cell_text(a, ta, model), self.cell_text(b, tb, model)}

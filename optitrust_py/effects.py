@@ -17,7 +17,7 @@ import z3
 
 from . import ir
 from .dependence import Conflict, Space, Unknown, first_conflict, instance_var
-from .footprint import UNKNOWN, Access, Footprint, footprint, function_footprint, under
+from .footprint import UNKNOWN, Access, Footprint, cell_name, footprint, function_footprint, under
 from .goal import Goal, discharges
 from .names import has_side_effects
 from .printer import expr as expr_text
@@ -86,7 +86,7 @@ def _collapsed(loop: ir.For) -> int:
 def _exempt(reductions: set[str]) -> Any:
     """Pairs of updates of a declared reduction variable may be reordered."""
     def keep(a: Access, b: Access) -> bool:
-        return not (a.cell in reductions and b.cell == a.cell and a.update and b.update)
+        return not (cell_name(a.cell) in reductions and b.cell == a.cell and a.update and b.update)
     return keep
 
 
@@ -285,7 +285,7 @@ def lanes(goal: Goal) -> Outcome:
 
 def _exempt_all(reductions: set[str]) -> Any:
     def keep(a: Access, b: Access) -> bool:
-        return not (a.cell in reductions and b.cell == a.cell)
+        return not (cell_name(a.cell) in reductions and b.cell == a.cell)
     return keep
 
 

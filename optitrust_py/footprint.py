@@ -125,7 +125,14 @@ class _Collector:
         for n in _nodes(fn.body):
             if isinstance(n, ir.DeclStmt) and n.decl.name and isinstance(n.decl.type, (ir.Ptr, ir.Array)):
                 self.pointers.add(n.decl.name)
-        self.scalars = self.assigned
+        addressed = {n.arg.name for n in _nodes(fn.body)
+                     if isinstance(n, ir.Unop) and n.op == "&" and isinstance(n.arg, ir.Var)}
+        self.scalars = self.assigned | addressed
+        counts: dict[str, int] = {}
+        for n in _nodes(fn.body):
+            if isinstance(n, ir.DeclStmt) and n.decl.name:
+                counts[n.decl.name] = counts.get(n.decl.name, 0) + 1
+        self.redeclared = {n for n, k in counts.items() if k > 1}
         if contract is not None:
             for _, r in contract.resources():
                 if r.shape.kind == "matrix" and not r.group and isinstance(r.subject, ir.Var):
@@ -141,6 +148,8 @@ class _Collector:
         if isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Index) \
                 and isinstance(e.arg.base, ir.Var):
             return e.arg.base.name, e.arg.index
+        if isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Var) and e.arg.name in self.scalars:
+            return e.arg.name, ZERO
         if isinstance(e, ir.Binop) and e.op == "+":
             for ptr, off in ((e.left, e.right), (e.right, e.left)):
                 t = self.target(ptr)
@@ -161,12 +170,15 @@ class _Collector:
         allocations record their sizes."""
         if not d.name:
             return ctx
+        if d.name in self.redeclared:
+            ctx = ctx.naming(d.name, f"{d.name}@{d.loc.line if d.loc else id(d)}")
+        cell = ctx.cell(d.name)
         dims = tuple(ctx.resolve(x) for x in _array_dims(d.type))
         count = _allocated_count(d.init) if isinstance(d.type, ir.Ptr) else None
         if dims:
-            self.shapes[d.name] = self.sizes[d.name] = dims
+            self.shapes[cell] = self.sizes[cell] = dims
         elif count is not None:
-            self.sizes[d.name] = (ctx.resolve(count),)
+            self.sizes[cell] = (ctx.resolve(count),)
         if d.name not in self.assigned and d.init is not None and not dims \
                 and not isinstance(d.init, ir.InitList) and not has_side_effects(d.init):
             return ctx.bind(d.name, ctx.resolve(d.init))
@@ -198,8 +210,9 @@ class _Collector:
             self.lvalue(e.arg, path + (("arg", None),), role, ctx)
             return
         if isinstance(e, ir.Var):
-            if e.name in self.scalars or e.name in self.shapes:
-                self.add(e.name, (), ONE, role, e, path, ctx, whole=e.name in self.shapes)
+            cell = ctx.cell(e.name)
+            if e.name in self.scalars or cell in self.shapes:
+                self.add(cell, (), ONE, role, e, path, ctx, whole=cell in self.shapes)
             return
         if isinstance(e, ir.Index):
             chain, base, base_path = _chain(e, path)
@@ -225,6 +238,7 @@ class _Collector:
             return
         name, offset = target
         self.expr(base, base_path, ctx, skip_array=name)
+        name = ctx.cell(name)
         if offset != ZERO:
             index = (_plus(offset, index[0]),) + index[1:] if len(index) == 1 else (offset,) + index
             if len(index) > 1 and offset != ZERO and name not in self.shapes:
@@ -236,7 +250,7 @@ class _Collector:
         """The reads of evaluating `e` (and the writes of its side effects)."""
         if isinstance(e, ir.Var):
             if e.name in self.scalars and e.name != skip_array:
-                self.add(e.name, (), ONE, "read", e, path, ctx)
+                self.add(ctx.cell(e.name), (), ONE, "read", e, path, ctx)
             return
         if isinstance(e, ir.Index):
             self.lvalue(e, path, "read", ctx)
@@ -301,11 +315,14 @@ class _Collector:
             for a, p in zip(c.args, arg_paths):
                 self.expr(a, p, ctx)
             return
-        for a, p in zip(c.args, arg_paths):
+        callee = self.defined.get(name) if name else None
+        params = _params(callee) if callee is not None else ()
+        for k, (a, p) in enumerate(zip(c.args, arg_paths)):
             self.expr(a, p, ctx)
             target = self.target(ctx.resolve(a))
+            read_only = k < len(params) and isinstance(params[k].type, ir.Ptr) and "const" in _quals(params[k].type.to)
             if target is not None:
-                self.add(target[0], (), ONE, "update", c, path, ctx, whole=True)
+                self.add(ctx.cell(target[0]), (), ONE, "read" if read_only else "update", c, path, ctx, whole=True)
         if name is None or name not in ("free",):
             self.add(UNKNOWN, (), ONE, "update", c, path, ctx)
 
@@ -369,7 +386,8 @@ class _Collector:
             if d.init is not None:
                 self.expr(d.init, path + (("decl", None), ("init", None)), ctx)
                 if d.name in self.scalars:
-                    self.add(d.name, (), ONE, "write", ir.Var(d.name, s.loc), path, ctx)
+                    named = self.declare(d, ctx)
+                    self.add(named.cell(d.name), (), ONE, "write", ir.Var(d.name, s.loc), path, named)
         elif isinstance(s, ir.For):
             for part in ("start", "stop", "step"):
                 self.expr(getattr(s, part), path + ((part, None),), ctx)
@@ -409,6 +427,15 @@ class _Ctx:
     consts: tuple[tuple[str, ir.Expr], ...] = ()
     mutable: frozenset[str] = frozenset()
     update: Optional[str] = None
+    cells: tuple[tuple[str, str], ...] = ()
+
+    def cell(self, name: str) -> str:
+        """The cell a name denotes here: itself, or `name@line` for one of
+        several locals of that name."""
+        return next((c for n, c in reversed(self.cells) if n == name), name)
+
+    def naming(self, name: str, cell: str) -> "_Ctx":
+        return self._with(cells=self.cells + ((name, cell),))
 
     def _with(self, **changes: Any) -> "_Ctx":
         return dataclasses.replace(self, **changes)
@@ -575,6 +602,15 @@ def _allocated_count(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
             if isinstance(unit, ir.SizeofType) or isinstance(unit, ir.Unop) and unit.op == "sizeof":
                 return count
     return None
+
+
+def _quals(t: ir.CType) -> tuple[str, ...]:
+    return getattr(t, "quals", ())
+
+
+def cell_name(cell: str) -> str:
+    """The variable a cell belongs to (`val` for `val@12`)."""
+    return cell.split("@")[0]
 
 
 def _params(fn: ir.FuncDef) -> tuple[ir.Decl, ...]:

@@ -19,7 +19,7 @@ from .dependence import Space
 from .footprint import UNKNOWN, Access, footprint, function_footprint
 from .names import subst
 from .printer import expr as expr_text
-from .smt import TIMEOUT_MS, Terms
+from .smt import Terms, satisfy, solver as new_solver
 from .tree import function_path, walk
 
 _CACHE: dict[Any, Optional[str]] = {}
@@ -95,24 +95,20 @@ def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> O
             total = total * d
         flat = enc.flat if enc.flat is not None else enc.index[0]
         inside = [flat >= 0, flat + enc.lanes <= total]
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
-    solver.add(*space.hypotheses, *enc.constraints, z3.Not(z3.And(*inside)))
-    answer = solver.check()
-    if answer == z3.unsat:
+    answer, m, why = satisfy(space.hypotheses, [*enc.constraints, z3.Not(z3.And(*inside))])
+    if answer == "unsat":
         result = None
-    elif answer == z3.sat:
-        m = solver.model()
+    elif m is not None:
         cells = ", ".join(str(m.eval(i, model_completion=True)) for i in enc.index)
         span = f" (and {m.eval(enc.lanes, model_completion=True)} cells from there)" if a.lanes != ir.Const("1") else ""
         untracked = sorted(set(a.mutable) | {expr_text(n) for i in a.index for _, n in walk(i)
                                              if isinstance(n, (ir.Index, ir.Call))})
-        why = (f" (its index depends on {', '.join(untracked)}, whose values level 2 does not track)"
-               if untracked else "")
-        result = (f"'{a.text}' may be out of bounds of {shown}{why}: {space.values(((a, 1),), m)}, the index "
+        because = (f" (its index depends on {', '.join(untracked)}, whose values level 2 does not track)"
+                   if untracked else "")
+        result = (f"'{a.text}' may be out of bounds of {shown}{because}: {space.values(((a, 1),), m)}, the index "
                   f"is [{cells}]{span}")
     else:
-        result = f"Z3 could not decide whether '{a.text}' stays within {shown} ({solver.reason_unknown()})"
+        result = f"Z3 could not decide whether '{a.text}' stays within {shown} ({why})"
     _CACHE[key] = result
     return result
 
@@ -133,8 +129,7 @@ def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> 
         t = Terms(f"~call{len(out)}")
         for r in callee.requires:
             claim = t.formula(subst(r, binding))
-            solver = z3.Solver()
-            solver.set("timeout", TIMEOUT_MS)
+            solver = new_solver()
             solver.add(*space.hypotheses, z3.Not(claim))
             answer = solver.check()
             if answer != z3.unsat:

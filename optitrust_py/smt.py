@@ -10,7 +10,18 @@ import z3
 from . import ir
 from .contract import int_literal
 
-TIMEOUT_MS = 1000
+TIMEOUT_MS = 10000
+RLIMIT = 3_000_000
+"""Z3's deterministic work limit per query: a query that needs more is
+'unknown' however loaded the machine is (the wall-clock TIMEOUT_MS is only
+a backstop), so a proof never depends on the machine's speed."""
+
+
+def solver() -> z3.Solver:
+    s = z3.Solver()
+    s.set("rlimit", RLIMIT)
+    s.set("timeout", TIMEOUT_MS)
+    return s
 
 
 def int_term(e: ir.Expr) -> Optional[z3.ArithRef]:
@@ -37,11 +48,10 @@ def int_term(e: ir.Expr) -> Optional[z3.ArithRef]:
 def proves(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> bool:
     """Whether `claim` holds for every value of its variables that satisfies
     the hypotheses (unsat of the negation; unknown is not a proof)."""
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
-    solver.add(*hypotheses)
-    solver.add(z3.Not(claim))
-    return solver.check() == z3.unsat
+    s = solver()
+    s.add(*hypotheses)
+    s.add(z3.Not(claim))
+    return s.check() == z3.unsat
 
 
 # ----------------------------------------------------------------- C semantics, opaque parts, three-way answers
@@ -62,11 +72,10 @@ def c_mod(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
 def settle(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> str:
     """'proved', 'refuted' (a counterexample exists) or 'unknown' (time
     limit, or beyond what Z3 decides): only 'proved' may be relied on."""
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
-    solver.add(*hypotheses)
-    solver.add(z3.Not(claim))
-    answer = solver.check()
+    s = solver()
+    s.add(*hypotheses)
+    s.add(z3.Not(claim))
+    answer = s.check()
     return "proved" if answer == z3.unsat else "refuted" if answer == z3.sat else "unknown"
 
 
@@ -143,3 +152,82 @@ class Terms:
 
 def _is_formula(e: ir.Expr) -> bool:
     return isinstance(e, ir.Binop) and e.op in tuple(_COMPARE) + ("&&", "||") or isinstance(e, ir.Unop) and e.op == "!"
+
+
+# ----------------------------------------------------------------- queries with non-linear hypotheses
+
+
+def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef]) \
+        -> tuple[str, Optional[z3.ModelRef], str]:
+    """Whether hypotheses and constraints hold together: ('sat', a model,
+    ''), ('unsat', None, '') or ('unknown', None, why). Non-linear
+    hypotheses (`dim % H == 0`) make Z3 slow even when the question does
+    not need them, so it first asks without them: no solution then means
+    none with them either; a solution that happens to satisfy them is one.
+    Then it looks for a solution with every divisor variable set to 1
+    (which leaves linear arithmetic), and only then asks the whole
+    question."""
+    hyps, cons = list(hypotheses), list(constraints)
+    hard = [h for h in hyps if _nonlinear(h)]
+    if hard:
+        easy = [h for h in hyps if not _nonlinear(h)]
+        s = solver()
+        s.add(*easy, *cons)
+        answer = s.check()
+        if answer == z3.unsat:
+            return "unsat", None, ""
+        if answer == z3.sat and all(z3.is_true(s.model().eval(h, model_completion=True)) for h in hard):
+            return "sat", s.model(), ""
+        s = solver()
+        s.add(*hyps, *cons, *(v == 1 for v in _divisor_vars(hard + cons)))
+        if s.check() == z3.sat:
+            return "sat", s.model(), ""
+    s = solver()
+    s.add(*hyps, *cons)
+    answer = s.check()
+    if answer == z3.sat:
+        return "sat", s.model(), ""
+    if answer == z3.unsat:
+        return "unsat", None, ""
+    why = s.reason_unknown()
+    return "unknown", None, "Z3's work limit was reached" if why == "canceled" else why
+
+
+_DIVISIONS = (z3.Z3_OP_IDIV, z3.Z3_OP_MOD, z3.Z3_OP_REM, z3.Z3_OP_DIV)
+
+
+def _nonlinear(e: z3.ExprRef) -> bool:
+    return any(_is_nonlinear_node(n) for n in _subterms(e))
+
+
+def _is_nonlinear_node(n: z3.ExprRef) -> bool:
+    kind = n.decl().kind() if z3.is_app(n) else None
+    if kind in _DIVISIONS:
+        return not z3.is_int_value(n.arg(1))
+    if kind == z3.Z3_OP_MUL:
+        return sum(not z3.is_int_value(a) for a in n.children()) > 1
+    return False
+
+
+def _divisor_vars(exprs: Iterable[z3.ExprRef]) -> list[z3.ArithRef]:
+    out: dict[str, z3.ArithRef] = {}
+    for e in exprs:
+        for n in _subterms(e):
+            if z3.is_app(n) and n.decl().kind() in _DIVISIONS and not z3.is_int_value(n.arg(1)):
+                for v in _subterms(n.arg(1)):
+                    if z3.is_const(v) and not z3.is_int_value(v):
+                        out[str(v)] = v
+    return list(out.values())
+
+
+def _subterms(e: z3.ExprRef) -> list[z3.ExprRef]:
+    seen: dict[int, z3.ExprRef] = {}
+    todo = [e]
+    while todo:
+        n = todo.pop()
+        if n.get_id() in seen:
+            continue
+        seen[n.get_id()] = n
+        if z3.is_app(n):
+            todo.extend(n.children())
+    return list(seen.values())

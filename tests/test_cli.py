@@ -29,7 +29,7 @@ SCRIPTS = {
 }
 FIRST_CALL = {
     "matmul": "step 1/16 loop.fission(",
-    "attention": "step 1/4 variable.bind(",
+    "attention": "step 1/3 variable.bind(",
 }
 SMALL_SIZES = {"matmul": "M=5,N=4,K=3", "attention": "H=1,S=20,D=4"}
 

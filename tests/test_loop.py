@@ -7,7 +7,9 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.errors import TargetError, TransformError
+from optitrust_py.spec import parse_spec_file, parse_spec_text
 from transformations import loop
+from conftest import ROOT
 from helpers import attention_args, matmul_args, refusal, refuted
 
 
@@ -760,8 +762,9 @@ def test_move_out_refusals(ck):
         "loop.move_out: 'int g = h / (H / KVH);' (line 13) reads the index of for h (line 12)")
     a = ck.load("attention.c")
     moved = loop.move_out.apply(a, "attention > for i > def max_val")
+    spec = parse_spec_file(ROOT / "specs" / "attention.spec")
     assert "loop_invariant: 'max_val' (line 21) writes max_val, and 'max_val' (line 24) writes " \
-           "max_val" in refuted(a, moved)
+           "max_val" in refuted(a, moved, spec)
     rms = ck.load("rmsnorm.c")
     assert refusal(loop.move_out.apply, rms, "rmsnorm > for i > 'ss = 1.0f / sqrtf(ss)'") == (
         "loop.move_out: 'ss = 1.0f / sqrtf(ss);' (line 10) uses 'ss', which is declared before it in the body "
@@ -778,10 +781,12 @@ def test_move_out_refusals(ck):
             y[i] = b + c;
           }
         }"""))
+    sized = parse_spec_text("f(n, a, b, c, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n"
+                            "  writes y ~> Matrix1(n)\n")
     assert "'a' (line 3) reads a, and 'a' (line 4) writes a: the loop changes what the instruction touches" in \
-        refuted(p, loop.move_out.apply(p, "f > 'b = a * 2.0f'"))
+        refuted(p, loop.move_out.apply(p, "f > 'b = a * 2.0f'"), sized)
     assert "'c' (line 5) writes c, and 'c' (line 5) reads c: the instruction reads what it writes" in \
-        refuted(p, loop.move_out.apply(p, "f > 'c = c * 2.0f'"))
+        refuted(p, loop.move_out.apply(p, "f > 'c = c * 2.0f'"), sized)
     assert refusal(loop.move_out.apply, p, "f > 'a = x[i]'") == (
         "loop.move_out: 'a = x[i];' (line 4) reads the index of for i (line 2)")
     e = ck.parse("void f(float *x) { for (int i = 2; i < 2; i++) { x[0] = 1.0f; } }")
