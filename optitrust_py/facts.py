@@ -26,7 +26,7 @@ from .goal import Goal, discharges
 from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms as sum_terms
 from .names import free_vars, has_side_effects, subst
 from .printer import expr as expr_text, type_name
-from .smt import TIMEOUT_MS, Terms, c_mod
+from .smt import Terms, c_mod, solver as new_solver, unknown_reason
 from .tree import Path, get, walk
 from .typeof import env_at, integer_range, is_arithmetic, type_of, typedefs_of, unqualified
 
@@ -126,15 +126,14 @@ def _decide(place: _Place, claim: _Claim, what: str) -> Outcome:
     """Proved when no model of the hypotheses breaks a fact of the claim;
     otherwise the first fact that breaks, with the model's values."""
     facts = claim.all_facts()
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
+    solver = new_solver()
     solver.add(*place.hypotheses, *claim.terms.facts, z3.Not(z3.And(*[f.formula for f in facts])))
     answer = solver.check()
     at = f"line {place.line}: " if place.line else ""
     if answer == z3.unsat:
         return PROVED
     if answer != z3.sat:
-        return "unknown", f"{at}Z3 could not decide whether {what} ({solver.reason_unknown()})"
+        return "unknown", f"{at}Z3 could not decide whether {what} ({unknown_reason(solver)})"
     model = solver.model()
     failed = next((f for f in facts if z3.is_false(model.eval(f.formula, model_completion=True))), facts[-1])
     return _counterexample(place, model, failed.formula, at + failed.failure(model))
@@ -515,8 +514,7 @@ def _witnessed(place: _Place, claim: _Claim, space: Space, w: _Write, cells: Seq
         equations.append(z3.Int(t.name) == cell - claim.term(rest, w.at))
     equations += [z3.Int(loop.index) == claim.term(loop.start, w.at) for loop in a.loops if loop.index not in used]
     runs = z3.And(*space.encode(a, 1).constraints, *fixed, *[f.formula for f in claim.all_facts()])
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
+    solver = new_solver()
     solver.add(*place.hypotheses, *claim.terms.facts, *box, *equations, z3.Not(runs))
     return solver.check() == z3.unsat
 
@@ -532,8 +530,7 @@ def _covered(place: _Place, claim: _Claim, space: Space, writes: Sequence[_Write
         bound = [z3.Int(loop.index) for loop in a.loops]
         hits.append(z3.Exists(bound, body) if bound else body)
     missed = z3.Not(z3.Or(*hits))
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
+    solver = new_solver()
     solver.add(*place.hypotheses, *claim.terms.facts, *box, missed)
     answer = solver.check()
     at = f"line {place.line}: " if place.line else ""
@@ -541,7 +538,7 @@ def _covered(place: _Place, claim: _Claim, space: Space, writes: Sequence[_Write
         return PROVED
     if answer != z3.sat:
         return "unknown", (f"{at}no store to '{region.array}' has indices of the form loop index + offset over "
-                           f"the region, and Z3 could not decide the quantified query ({solver.reason_unknown()})")
+                           f"the region, and Z3 could not decide the quantified query ({unknown_reason(solver)})")
     model = solver.model()
     cell = region.array + "".join(f"[{model.eval(c, model_completion=True)}]" for c in cells)
     return _counterexample(place, model, missed, f"{at}the loop never writes {cell}, which is copied back",

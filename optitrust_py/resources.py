@@ -19,7 +19,7 @@ from .dependence import Space
 from .footprint import UNKNOWN, Access, footprint, function_footprint
 from .names import subst
 from .printer import expr as expr_text
-from .smt import Terms, satisfy, solver as new_solver
+from .smt import Terms, satisfy, solver as new_solver, unknown_reason
 from .tree import function_path, walk
 
 _CACHE: dict[Any, Optional[str]] = {}
@@ -134,7 +134,7 @@ def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> 
             answer = solver.check()
             if answer != z3.unsat:
                 line = f", line {n.loc.line}" if n.loc else ""
-                why = "may not hold" if answer == z3.sat else f"could not be decided ({solver.reason_unknown()})"
+                why = "may not hold" if answer == z3.sat else f"could not be decided ({unknown_reason(solver)})"
                 out.append(f"{f.decl.name}{line}: the requirement '{expr_text(r)}' of {n.func.name} {why} for "
                            f"the call '{expr_text(n)}'")
     return out

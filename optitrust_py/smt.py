@@ -189,8 +189,13 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
         return "sat", s.model(), ""
     if answer == z3.unsat:
         return "unsat", None, ""
+    return "unknown", None, unknown_reason(s)
+
+
+def unknown_reason(s: z3.Solver) -> str:
+    """Why a query came back unknown, in words."""
     why = s.reason_unknown()
-    return "unknown", None, "Z3's work limit was reached" if why == "canceled" else why
+    return "Z3's work limit was reached" if why == "canceled" else why
 
 
 _DIVISIONS = (z3.Z3_OP_IDIV, z3.Z3_OP_MOD, z3.Z3_OP_REM, z3.Z3_OP_DIV)

@@ -172,6 +172,8 @@ def _describe(n: Any) -> str:
         return f"def {n.decl.name}"
     if _is_expr(n):
         return f"expr '{expr_text(n)}'"
+    if isinstance(n, ir.FuncDef):
+        return f"function {n.name}"
     return f"'{_head_text(n).strip()}'"
 
 

@@ -102,3 +102,10 @@ def test_malformed_targets(bad: str, words: str) -> None:
     with pytest.raises(TargetError) as e:
         parse(bad)
     assert words in str(e.value)
+
+
+def test_a_function_where_a_loop_is_expected_is_listed(attention: Resolver) -> None:
+    with pytest.raises(TargetError) as info:
+        attention.one("attention", "loop", (ir.For,))
+    assert "'attention' must name a loop; candidates:" in info.value.message
+    assert "function attention" in info.value.message
