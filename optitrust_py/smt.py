@@ -164,8 +164,8 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
     hypotheses (`dim % H == 0`) make Z3 slow even when the question does
     not need them, so it first asks without them: no solution then means
     none with them either; a solution that happens to satisfy them is one.
-    Then it looks for a solution with every divisor variable set to 1
-    (which leaves linear arithmetic), and only then asks the whole
+    Then it looks for a solution with every divisor variable set to 1, 2
+    or 4 (which leaves linear arithmetic), and only then asks the whole
     question."""
     hyps, cons = list(hypotheses), list(constraints)
     hard = [h for h in hyps if _nonlinear(h)]
@@ -178,10 +178,12 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
             return "unsat", None, ""
         if answer == z3.sat and all(z3.is_true(s.model().eval(h, model_completion=True)) for h in hard):
             return "sat", s.model(), ""
-        s = solver()
-        s.add(*hyps, *cons, *(v == 1 for v in _divisor_vars(hard + cons)))
-        if s.check() == z3.sat:
-            return "sat", s.model(), ""
+        divisors = _divisor_vars(hard + cons)
+        for value in SMALL_DIVISORS:
+            s = solver()
+            s.add(*hyps, *cons, *(v == value for v in divisors))
+            if s.check() == z3.sat:
+                return "sat", s.model(), ""
     s = solver()
     s.add(*hyps, *cons)
     answer = s.check()
@@ -198,6 +200,7 @@ def unknown_reason(s: z3.Solver) -> str:
     return "Z3's work limit was reached" if why == "canceled" else why
 
 
+SMALL_DIVISORS = (1, 2, 4)
 _DIVISIONS = (z3.Z3_OP_IDIV, z3.Z3_OP_MOD, z3.Z3_OP_REM, z3.Z3_OP_DIV)
 
 
