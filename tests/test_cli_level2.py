@@ -92,6 +92,20 @@ def test_softmax_all_obligations_proved() -> None:
     assert "input  ✓ L2 fits its contracts" in r.output
 
 
+def test_every_script_is_proved_at_level_2() -> None:
+    """The issue's bar: every script of scripts/ passes level 2 with no
+    obligation refuted, unknown or skipped, and no resource problem."""
+    scripts = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").glob("*.py"))
+    r = otp("check", *scripts, "--level", "2", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert len(data["scripts"]) == len(scripts) >= 4
+    for script in data["scripts"]:
+        l2 = script["level2"]
+        assert script["unproved_obligations"] == 0 and l2["obligations"] == l2["proved"] > 0, script["script"]
+        assert l2["refuted"] == l2["unknown"] == l2["resource_problems"] == 0
+
+
 def test_check_json_counts() -> None:
     r = otp("check", "scripts/softmax.py", "--level", "2", "--json")
     assert r.exit_code == 0, r.output
