@@ -11,6 +11,23 @@ from optitrust_py.errors import TransformError
 from optitrust_py.level2 import check_step
 from optitrust_py.session import Rewrite, inherit_contracts
 
+# A loop that fission breaks: for i < n - 1 - i, y[i] reads x[n - 1 - i]
+# before the iteration that zeroes it; split, every read sees a zero.
+SHIFT_C = """
+    void shift(int n, float *x, float *y) {
+      for (int i = 0; i < n; i++) {
+        x[i] = 0.0f;
+        y[i] = x[n - 1 - i];
+      }
+    }
+"""
+SHIFT_SPEC = """
+    shift(n, x, y):
+      requires n >= 2
+      modifies x ~> Matrix1(n)
+      writes   y ~> Matrix1(n)
+"""
+
 
 def matmul_args(ck: Any, M: int, N: int, K: int) -> list[Any]:
     return [M, N, K, ck.floats(M * K), ck.floats(K * N), ck.floats(M * N)]

@@ -15,6 +15,8 @@ from typing import Optional
 
 import pytest
 
+from helpers import SHIFT_C, SHIFT_SPEC
+
 ROOT = Path(__file__).resolve().parent.parent
 MATMUL_C = ROOT / "c_sources" / "matmul.c"
 ATTENTION_C = ROOT / "c_sources" / "attention.c"
@@ -567,20 +569,6 @@ def test_unknown_option_is_a_usage_error(tmp_path):
 # ====================================================================== failing checks: status 1
 
 
-SHIFT_C = """
-    void shift(int n, float *x, float *y) {
-      for (int i = 0; i < n; i++) {
-        x[i] = 0.0f;
-        y[i] = x[n - 1 - i];
-      }
-    }
-"""
-SHIFT_SPEC = """
-    shift(n, x, y):
-      requires n >= 2
-      modifies x ~> Matrix1(n)
-      writes   y ~> Matrix1(n)
-"""
 
 
 @pytest.fixture

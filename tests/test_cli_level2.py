@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from optitrust_py.cli import cli
 from optitrust_py.errors import OtpError
+from helpers import SHIFT_C, SHIFT_SPEC
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,20 +30,6 @@ PREFIX_SPEC = """
     prefix(R, C, x):
       requires R >= 2, C >= 1
       modifies x ~> Matrix2(R, C)
-"""
-SHIFT_C = """
-    void shift(int n, float *x, float *y) {
-      for (int i = 0; i < n; i++) {
-        x[i] = 0.0f;
-        y[i] = x[n - 1 - i];
-      }
-    }
-"""
-SHIFT_SPEC = """
-    shift(n, x, y):
-      requires n >= 2
-      modifies x ~> Matrix1(n)
-      writes   y ~> Matrix1(n)
 """
 
 
