@@ -142,68 +142,52 @@ void rmsnorm(int R, int C, const float *x, const float *w, float *y) {
 }
 """
 
-TOKEN_MIX = """
-/* transformer.c's prefill replaced by a causal token mixing of the prompt,
-   in place: each embedding adds its predecessor's next channel (a wavefront:
-   cell (t, d) depends on cell (t - 1, d + 1), already updated). The weights
-   and caches are unused. */
+def _prefill(comment: str, body: str) -> str:
+    """transformer.c's prefill, same signature, with another body."""
+    return f"""
+/* {comment} The weights and caches are unused. */
 void transformer_prefill(int T, int L, int dim, int hidden, int H, int KVH,
                          int SMAX, const float *rms_att_w, const float *wq,
                          const float *wk, const float *wv, const float *wo,
                          const float *rms_ffn_w, const float *w1,
                          const float *w2, const float *w3, float *xs,
-                         float *k_cache, float *v_cache) {
+                         float *k_cache, float *v_cache) {{
+{body}}}
+"""
+
+
+TOKEN_MIX = _prefill(
+    "transformer.c's prefill replaced by a causal token mixing of the prompt, in place: each embedding adds its "
+    "predecessor's next channel (a wavefront: cell (t, d) depends on cell (t - 1, d + 1), already updated).", """\
   for (int t = 1; t < T; t++) {
     for (int d = 0; d < dim - 1; d++) {
       xs[t * dim + d] += 0.5f * xs[(t - 1) * dim + d + 1];
     }
   }
-}
-"""
+""")
 
-PREFIX_SUM_PREFILL = """
-/* transformer.c's prefill replaced by an in-place prefix sum of the prompt
-   over positions (cumulative mean pooling before the division): row t adds
-   row t - 1, already updated. The weights and caches are unused. */
-void transformer_prefill(int T, int L, int dim, int hidden, int H, int KVH,
-                         int SMAX, const float *rms_att_w, const float *wq,
-                         const float *wk, const float *wv, const float *wo,
-                         const float *rms_ffn_w, const float *w1,
-                         const float *w2, const float *w3, float *xs,
-                         float *k_cache, float *v_cache) {
+PREFIX_SUM_PREFILL = _prefill(
+    "transformer.c's prefill replaced by an in-place prefix sum of the prompt over positions (cumulative mean "
+    "pooling before the division): row t adds row t - 1, already updated.", """\
   for (int t = 1; t < T; t++) {
     for (int d = 0; d < dim; d++) {
       xs[t * dim + d] += xs[(t - 1) * dim + d];
     }
   }
-}
-"""
+""")
 
-TOP_P_SOFTMAX_VEC = """
-#include <math.h>
 
-/* transformer.c's softmax_vec followed by the in-place prefix sum that top-p
-   sampling takes over the probabilities. */
-void softmax_vec(int n, float *x) {
-  float max_val = x[0];
-  for (int i = 1; i < n; i++) {
-    if (x[i] > max_val) {
-      max_val = x[i];
-    }
-  }
-  float sum = 0.0f;
-  for (int i = 0; i < n; i++) {
-    x[i] = expf(x[i] - max_val);
-    sum += x[i];
-  }
-  for (int i = 0; i < n; i++) {
-    x[i] = x[i] / sum;
-  }
-  for (int i = 1; i < n; i++) {
-    x[i] += x[i - 1];
-  }
-}
-"""
+def _top_p_softmax_vec() -> str:
+    """transformer.c's softmax_vec followed by the in-place prefix sum that
+    top-p sampling takes over the probabilities."""
+    text = (ROOT / "c_sources" / "transformer.c").read_text()
+    start = text.index("void softmax_vec(")
+    end = text.index("\n}\n", start)
+    return ("#include <math.h>\n" + text[start:end]
+            + "\n  for (int i = 1; i < n; i++) {\n    x[i] += x[i - 1];\n  }\n}\n")
+
+
+TOP_P_SOFTMAX_VEC = _top_p_softmax_vec()
 
 # ----------------------------------------------------------------- sizes
 
