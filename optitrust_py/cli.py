@@ -67,6 +67,14 @@ def _check_level(level: int) -> None:
                        f"{known}; --exec also runs every step against the original on random inputs")
 
 
+def _check_target(target: str) -> None:
+    """Refuse a target whose back end does not exist, rather than write CPU code under its name."""
+    if target == "cuda":
+        raise OtpError("--target cuda is not available in this version of otp: the CUDA back end is not "
+                       "implemented yet (no CUDA printer, nvcc build or GPU timing), so a script's CUDA ending "
+                       "cannot be emitted; use --target cpu (the default)")
+
+
 def _console(no_color: bool) -> Console:
     return Console(no_color=no_color, highlight=False, force_terminal=None if not no_color else False,
                    soft_wrap=True)
@@ -93,6 +101,7 @@ def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[st
         out_dir: str, quiet: bool, no_color: bool) -> None:
     """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
     _check_level(level)
+    _check_target(target)
     session = new_session(script, target, stop_after, parse_sizes(sizes))
     _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
                     no_color)
@@ -199,6 +208,7 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
           no_color: bool) -> None:
     """Check every step of SCRIPTS (default: every script in scripts/)."""
     _check_level(level)
+    _check_target(target)
     paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
     if not paths:
         raise ScriptError("no scripts given and none found in ./scripts/")
@@ -279,9 +289,7 @@ def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int]
     from .bench import declared, print_report, run_bench
     from .build import BENCH_FLAGS
 
-    if target == "cuda":
-        raise OtpError("the CUDA back end is not implemented yet: otp bench --target cuda cannot build or time "
-                       "GPU code; use --target cpu")
+    _check_target(target)
     overrides = parse_sizes(sizes)
     session = new_session(script, target)
     error = run_script(session, script)

@@ -295,6 +295,15 @@ def test_check_level_and_size_errors():
     assert "is not a number" in assert_clean_error(otp("check", "scripts/matmul.py", "--size", "M=x"))
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cuda_target_is_refused_not_written_as_cpu_code(tmp_path, command):
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command == "run" else []
+    message = assert_clean_error(otp(command, "scripts/softmax.py", "--target", "cuda", *extra))
+    assert "--target cuda is not available" in message and "not implemented yet" in message
+    assert not out.exists()
+
+
 # ====================================================================== otp apply
 
 
