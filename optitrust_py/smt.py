@@ -61,7 +61,17 @@ def c_div(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
     """C's `/` on Z3 integers: the quotient truncated toward zero (Z3's own
     `/` rounds down for a positive divisor). Meaningless when b is 0."""
     q = z3.If(a >= 0, a, -a) / z3.If(b >= 0, b, -b)
-    return z3.If((a >= 0) == (b >= 0), q, -q)
+    out = z3.If((a >= 0) == (b >= 0), q, -q)
+    if len(_QUOTIENTS) > _QUOTIENTS_MAX:
+        _QUOTIENTS.clear()
+    _QUOTIENTS[out.get_id()] = (out, a, b)
+    return out
+
+
+_QUOTIENTS: dict[int, tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]] = {}
+"""Every `c_div(a, b)` term built, by its Z3 id: (term, a, b), so that
+`satisfy` can name quotients by variables (forgetting them is harmless)."""
+_QUOTIENTS_MAX = 200_000
 
 
 def c_mod(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
@@ -164,12 +174,16 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
     hypotheses (`dim % H == 0`) make Z3 slow even when the question does
     not need them, so it first asks without them: no solution then means
     none with them either; a solution that happens to satisfy them is one.
+    Next it asks with each quotient by a variable named (`_with_named_quotients`).
     Then it looks for a solution with every divisor variable set to 1, 2
     or 4 (which leaves linear arithmetic), and only then asks the whole
     question."""
     hyps, cons = list(hypotheses), list(constraints)
     hard = [h for h in hyps if _nonlinear(h)]
     if hard:
+        answer, model = _with_named_quotients(hyps, cons)
+        if answer == "unsat" or model is not None:
+            return answer, model, ""
         easy = [h for h in hyps if not _nonlinear(h)]
         s = solver()
         s.add(*easy, *cons)
@@ -239,3 +253,66 @@ def _subterms(e: z3.ExprRef) -> list[z3.ExprRef]:
         if z3.is_app(n):
             todo.extend(n.children())
     return list(seen.values())
+
+
+def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tuple[str, Optional[z3.ModelRef]]:
+    """The query with each quotient `a / b` by a non-constant b replaced by
+    a variable d tied to it by division's definition (when b != 0: a == b*d
+    + r with r between 0 and b, of a's sign), plus two kinds of lemmas that
+    hold for all integers and that Z3's non-linear arithmetic does not find
+    by itself: an exact quotient of a multiple (`a == b * d'` makes
+    `(a * y) / b` equal to `d' * y`), and a product of a multiple of c is a
+    multiple of c (`(dim / H) % 2 == 0` makes `dim` even). Every model of
+    the query gives one of the named query (d its quotient), so 'unsat' is
+    a proof; a model is returned only when it satisfies the query itself."""
+    terms = [q for e in hyps + cons for q in _quotients(e)]
+    named = [q for q in terms if not z3.is_int_value(q[2])]
+    if not named:
+        return "unknown", None
+    var = {q[0].get_id(): z3.Int(f"{k}:quotient") for k, q in enumerate(named)}
+    sub = [(q[0], var[q[0].get_id()]) for q in named]
+
+    def named_in(e: z3.ExprRef) -> z3.ExprRef:
+        return z3.substitute(e, *sub)
+
+    defs: list[z3.BoolRef] = []
+    for k, (q, a, b) in enumerate(named):
+        d, r, a2, b2 = var[q.get_id()], z3.Int(f"{k}:remainder"), named_in(a), named_in(b)
+        size = z3.If(b2 >= 0, b2, -b2)
+        defs.append(z3.Implies(b2 != 0, z3.And(a2 == b2 * d + r, r > -size, r < size,
+                                                z3.Implies(a2 >= 0, r >= 0), z3.Implies(a2 <= 0, r <= 0))))
+    for q, a, b in named:
+        for q2, a2, b2 in named:
+            if q2 is not q and b2.eq(b) and _is_mul(a) and any(f.eq(a2) for f in a.children()):
+                rest = _product([f for f in a.children() if not f.eq(a2)] or [z3.IntVal(1)])
+                defs.append(z3.Implies(z3.And(b != 0, a2 == b * var[q2.get_id()]),
+                                       var[q.get_id()] == var[q2.get_id()] * named_in(rest)))
+    body = [named_in(e) for e in hyps + cons] + [named_in(e) for e in defs]
+    moduli = {q[2].as_long() for q in terms if z3.is_int_value(q[2]) and q[2].as_long() > 1}
+    lemmas = [z3.Implies(c_mod(f, z3.IntVal(c)) == 0, c_mod(m, z3.IntVal(c)) == 0)
+              for e in body for m in _subterms(e) if _is_mul(m) and _is_nonlinear_node(m)
+              for f in m.children() for c in sorted(moduli)]
+    s = solver()
+    s.add(*body, *lemmas)
+    answer = s.check()
+    if answer == z3.unsat:
+        return "unsat", None
+    if answer == z3.sat and all(z3.is_true(s.model().eval(e, model_completion=True)) for e in hyps + cons):
+        return "sat", s.model()
+    return "unknown", None
+
+
+def _quotients(e: z3.ExprRef) -> list[tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]]:
+    return [_QUOTIENTS[n.get_id()] for n in _subterms(e) if n.get_id() in _QUOTIENTS
+            and _QUOTIENTS[n.get_id()][0].eq(n)]
+
+
+def _is_mul(e: z3.ExprRef) -> bool:
+    return z3.is_app(e) and e.decl().kind() == z3.Z3_OP_MUL
+
+
+def _product(factors: list[z3.ArithRef]) -> z3.ArithRef:
+    out = factors[0]
+    for f in factors[1:]:
+        out = out * f
+    return out
