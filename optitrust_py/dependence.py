@@ -22,7 +22,7 @@ import z3
 from . import ir
 from .footprint import UNKNOWN, Access, Footprint, Loop, cell_name
 from .names import subst
-from .smt import Terms, satisfy
+from .smt import Terms, quotient_witnesses, satisfy
 
 PRIME = {1: "", 2: "'"}
 
@@ -65,6 +65,7 @@ class Space:
         self._cache: dict[tuple[int, int], Encoded] = {}
         shared = Terms("@shared")
         self.hypotheses: list[z3.BoolRef] = [shared.formula(r) for r in fp.requires]
+        self.hypotheses.extend(quotient_witnesses(fp.requires, shared))
         for loop in fp.outer_loops:
             self.hypotheses.extend(_range(loop, shared, {}))
         self.hypotheses.extend(shared.formula(g) for g in fp.outer_guards)

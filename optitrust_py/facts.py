@@ -26,7 +26,7 @@ from .goal import Goal, discharges
 from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms as sum_terms
 from .names import free_vars, has_side_effects, subst
 from .printer import expr as expr_text, type_name
-from .smt import Terms, c_mod, solver as new_solver, unknown_reason
+from .smt import QUOTIENT, Terms, c_mod, solver as new_solver, unknown_reason
 from .tree import Path, get, walk
 from .typeof import env_at, integer_range, is_arithmetic, type_of, typedefs_of, unqualified
 
@@ -144,7 +144,7 @@ def _counterexample(place: _Place, model: z3.ModelRef, formula: z3.BoolRef, fail
     """"refuted" with the values of the model, or "unknown" when the query
     rests on a value level 2 does not follow."""
     names = sorted(_constants(*place.hypotheses, *extra, formula))
-    untracked = [n for n in names if n not in place.tracked and not _is_cell(n)]
+    untracked = [n for n in names if n not in place.tracked and not _is_cell(n) and not n.startswith(QUOTIENT)]
     first = sorted(n for n in _constants(formula) if n in place.tracked)
     shown = first + [n for n in names if n in place.tracked and n not in first]
     values = ", ".join(f"{n}={model.eval(z3.Int(n), model_completion=True)}" for n in shown[:8]) or "any values"

@@ -160,6 +160,28 @@ class Terms:
         return self.term(e) != 0
 
 
+QUOTIENT = "quotient:"
+"""The prefix of the witnesses' names: each one's value follows from the
+values of x and y, so a model that shows them is reachable."""
+
+
+def quotient_witnesses(facts: Iterable[ir.Expr], terms: Terms) -> list[z3.BoolRef]:
+    """For each fact `x % y == 0` (or `0 == x % y`), `x == y * q` with q a
+    fresh integer: a consequence of the fact (q is C's `x / y`), which Z3's
+    non-linear arithmetic does not find by itself; with it, `H % KVH == 0`
+    proves at once that `H / KVH` divides H and that `H / (H / KVH)` is KVH."""
+    out: list[z3.BoolRef] = []
+    for f in facts:
+        if not (isinstance(f, ir.Binop) and f.op == "=="):
+            continue
+        for mod, zero in ((f.left, f.right), (f.right, f.left)):
+            if isinstance(mod, ir.Binop) and mod.op == "%" and zero == ir.Const("0"):
+                q = z3.Int(f"{QUOTIENT}{len(out)}{terms.tag}")
+                out.append(terms.term(mod.left) == terms.term(mod.right) * q)
+                break
+    return out
+
+
 def _is_formula(e: ir.Expr) -> bool:
     return isinstance(e, ir.Binop) and e.op in tuple(_COMPARE) + ("&&", "||") or isinstance(e, ir.Unop) and e.op == "!"
 
