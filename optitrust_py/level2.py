@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from . import effects, facts  # noqa: F401  (they register their dischargers)
+from . import effects, facts, online  # noqa: F401  (they register their dischargers)
 from . import ir
 from .goal import DISCHARGERS, Goal
 from .obligation import Obligation

@@ -39,6 +39,10 @@ KINDS = {
     "equals": "an expression has a given value each time it is evaluated there, under the contract's requires "
               "(exprs: the expression, the value)",
     "parallel": "distinct iterations of a loop touch disjoint cells (shared reads aside), except for its declared reductions, whose updates may be reordered",
+    "stream": "two passes over a row touch disjoint cells at distinct iterations j != j' (one writing), apart "
+              "from the running reductions (names), so they can run key by key in one pass",
+    "online_softmax": "a key-block loop's running max m, sum l and output o keep l = sum_k exp(s_k - m) and "
+                      "o = sum_k exp(s_k - m) v_k, from l = o = 0 to o / l (exprs: v; names: m, l, the block buffer)",
     "unaliased": "no other access of a region (nor a call in it) touches the memory of an lvalue, which may be "
                  "read before the region and written after it",
 }

@@ -1,0 +1,276 @@
+"""Flash attention: the three passes of a softmax-weighted sum become one
+streaming pass over blocks of keys (online softmax)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from optitrust_py import ir
+from optitrust_py.errors import TransformError
+from optitrust_py.names import declared_names, free_vars, fresh_name, subst, writes_of
+from optitrust_py.obligation import Obligation
+from optitrust_py.session import Rewrite, primitive
+from optitrust_py.target import Resolver
+from optitrust_py.tree import Path, replace, walk
+from transformations.loop import _check_bounds_stable
+from transformations.vector import _running_max
+
+TOLERANCE = 1e-5
+"""Relative error the online softmax may add in fp32: the sums are formed in
+another order and the partial output is rescaled once per key block."""
+
+SHAPE = ("the body must hold, in this order: a loop `for j` ending with `buf[j] = score;`, `float m = ...;`, "
+         "a loop `if (buf[j] > m) m = buf[j];`, `float l = ...;`, a loop `buf[j] = expf(buf[j] - m); "
+         "l += buf[j];`, a loop `buf[j] = buf[j] / l;`, a loop `for d` `out = 0.0f;`, and a loop `for j` "
+         "`for d` `out += buf[j] * v;`")
+
+
+@dataclass(frozen=True)
+class _Passes:
+    """The recognized statements of a softmax-weighted sum over one row."""
+
+    first: int            # position of the scores loop in the block
+    scores: ir.For        # for j: ...; buf[j] = score;
+    max_decl: ir.DeclStmt
+    max_pass: ir.For
+    sum_decl: ir.DeclStmt
+    exp_pass: ir.For
+    norm_pass: ir.For
+    zero: ir.For          # for d: out = 0.0f;
+    weighted: ir.For      # for j: for d: out += buf[j] * v;
+    buf: str
+    value: ir.Expr        # v, the factor of buf[j] in the weighted sum
+
+    @property
+    def m(self) -> str:
+        return self.max_decl.decl.name or ""
+
+    @property
+    def l(self) -> str:
+        return self.sum_decl.decl.name or ""
+
+    @property
+    def row_loops(self) -> tuple[ir.For, ...]:
+        return (self.scores, self.max_pass, self.exp_pass, self.norm_pass, self.weighted)
+
+
+def _at(buf: str, j: ir.Expr) -> ir.Index:
+    return ir.Index(ir.Var(buf), j)
+
+
+def _assign(op: str, lhs: ir.Expr, rhs: ir.Expr) -> ir.ExprStmt:
+    return ir.ExprStmt(ir.Assign(op, lhs, rhs))
+
+
+def _same_range(a: ir.For, b: ir.For) -> bool:
+    return (a.start, a.stop, a.step, a.itype) == (b.start, b.stop, b.step, b.itype)
+
+
+def _only(loop: ir.For) -> Optional[ir.Stmt]:
+    return loop.body.stmts[0] if len(loop.body.stmts) == 1 else None
+
+
+def _renamed(node: ir.Stmt, old: str, new: str) -> ir.Stmt:
+    return node if old == new else subst(node, {old: ir.Var(new)})
+
+
+def _match(stmts: tuple[ir.Stmt, ...], k: int) -> Optional[_Passes]:
+    """The passes starting at stmts[k], or None when they are not there."""
+    if k + 8 > len(stmts):
+        return None
+    s0, dm, p1, dl, p2, p3, z, p4 = stmts[k:k + 8]
+    if not (isinstance(s0, ir.For) and s0.body.stmts and isinstance(dm, ir.DeclStmt)
+            and isinstance(dl, ir.DeclStmt) and all(isinstance(x, ir.For) for x in (p1, p2, p3, z, p4))):
+        return None
+    last = s0.body.stmts[-1]
+    j = ir.Var(s0.index)
+    if not (isinstance(last, ir.ExprStmt) and isinstance(last.expr, ir.Assign) and last.expr.op == "="
+            and isinstance(last.expr.lhs, ir.Index) and isinstance(last.expr.lhs.base, ir.Var)
+            and last.expr.lhs.index == j):
+        return None
+    buf, m, l = last.expr.lhs.base.name, ir.Var(dm.decl.name or ""), ir.Var(dl.decl.name or "")
+    at = _at(buf, j)
+    passes = (p1, p2, p3, p4)
+    if not all(_same_range(s0, p) and p.index == s0.index and not p.pragmas for p in passes) or s0.pragmas:
+        return None
+    if _running_max(p1.body.stmts[0]) != (m.name, at) or len(p1.body.stmts) != 1:
+        return None
+    if p2.body.stmts != (_assign("=", at, ir.Call(ir.Var("expf"), (ir.Binop("-", at, m),))),
+                         _assign("+=", l, at)):
+        return None
+    if p3.body.stmts != (_assign("=", at, ir.Binop("/", at, l)),):
+        return None
+    zero, inner = _only(z), _only(p4)
+    if not (isinstance(zero, ir.ExprStmt) and isinstance(zero.expr, ir.Assign) and zero.expr.op == "="
+            and isinstance(zero.expr.rhs, ir.Const) and float(zero.expr.rhs.text.rstrip("fF")) == 0.0
+            and isinstance(inner, ir.For) and _same_range(z, inner)):
+        return None
+    update = _only(inner)
+    out = _renamed(zero, z.index, inner.index).expr.lhs  # type: ignore[union-attr]
+    if not (isinstance(update, ir.ExprStmt) and isinstance(update.expr, ir.Assign) and update.expr.op == "+="
+            and update.expr.lhs == out and isinstance(update.expr.rhs, ir.Binop) and update.expr.rhs.op == "*"
+            and update.expr.rhs.left == at):
+        return None
+    return _Passes(k, s0, dm, p1, dl, p2, p3, z, p4, buf, update.expr.rhs.right)
+
+
+def _find(body: ir.Block, where: str) -> _Passes:
+    found = [p for k in range(len(body.stmts)) if (p := _match(body.stmts, k)) is not None]
+    if len(found) != 1:
+        how = "none" if not found else f"{len(found)} of them"
+        raise TransformError(f"flash.online_softmax: {where} holds {how}: {SHAPE}")
+    return found[0]
+
+
+def _refuse_other_uses(fn: ir.FuncDef, passes: _Passes, where: str) -> None:
+    """The buffer disappears: only the passes may use it (besides its
+    declaration and its free()), and they may not change the names they read."""
+    inside = {id(n) for loop in passes.row_loops for _, n in walk(loop)}
+    for _, n in walk(fn.body):
+        if isinstance(n, ir.Var) and n.name == passes.buf and id(n) not in inside:
+            continue
+        if isinstance(n, ir.Index) and n.base == ir.Var(passes.buf) and id(n) not in inside:
+            raise TransformError(f"flash.online_softmax: '{passes.buf}' is used outside the passes of {where}, "
+                                 f"and the streaming form no longer fills it")
+    changed = writes_of(passes.scores.body) & ({passes.m, passes.l} | free_vars(passes.value))
+    if changed:
+        raise TransformError(f"flash.online_softmax: the scores loop of {where} writes '{sorted(changed)[0]}', "
+                             f"which the later passes read")
+
+
+def _stream_obligations(fname: str, block: Path, passes: _Passes, where: str) -> tuple[Obligation, ...]:
+    """Each pair of passes over the row: iterations j != j' touch disjoint
+    cells, apart from the running max and sum; and the zeroing of the
+    output commutes with the passes it moves before."""
+    at = {0: "scores", 2: "max", 4: "exp-sum", 5: "normalize", 7: "weighted-sum"}
+    rows = sorted(at)
+    path = lambda off: block + (("stmts", passes.first + off),)  # noqa: E731
+    obs = [Obligation("stream", f"in {where}, the {at[a]} and {at[b]} passes touch disjoint cells at iterations "
+                                f"j != j' (running max and sum aside)", fname, (path(a), path(b)),
+                      before=True, names=(passes.m, passes.l))
+           for n, a in enumerate(rows) for b in rows[n + 1:]]
+    obs.append(Obligation("commute", f"in {where}, zeroing the output commutes with the scores, max, exp-sum and "
+                                     f"normalize passes", fname, (path(6), path(0), path(2), path(4), path(5)),
+                          before=True))
+    return tuple(obs)
+
+
+def _streamed(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt, ...], dict[str, str]]:
+    """The statements that replace the passes, and the new names."""
+    def fresh(base: str) -> str:
+        name = fresh_name(taken, base)
+        taken.add(name)
+        return name
+    s0, j = passes.scores, passes.scores.index
+    names = {"jb": fresh("b" + j), "blk": fresh(passes.buf + "_blk"), "mb": fresh(passes.m + "_blk"),
+             "alpha": fresh("rescale")}
+    jb, mb, alpha = ir.Var(names["jb"]), ir.Var(names["mb"]), ir.Var(names["alpha"])
+    m, l = ir.Var(passes.m), ir.Var(passes.l)
+    at = _at(names["blk"], ir.Binop("-", ir.Var(j), jb))
+    end = ir.Binop("+", jb, ir.Const(str(size)))
+    row = lambda loop, body: dataclasses.replace(  # noqa: E731
+        loop, start=jb, stop=ir.Ternary(ir.Binop("<", end, s0.stop), end, s0.stop), inclusive=False,
+        body=ir.Block(body))
+    scores_body = s0.body.stmts[:-1] + (_assign("=", at, s0.body.stmts[-1].expr.rhs),)  # type: ignore[union-attr]
+    zero = passes.zero.body.stmts[0]
+    assert isinstance(zero, ir.ExprStmt) and isinstance(zero.expr, ir.Assign)
+    out = zero.expr.lhs
+    inner = _only(passes.weighted)
+    assert isinstance(inner, ir.For)
+    out_inner = _renamed(zero, passes.zero.index, inner.index).expr.lhs  # type: ignore[union-attr]
+    fl = ir.FLOAT
+    body = (
+        ir.DeclStmt(ir.Decl(names["blk"], ir.Array(fl, ir.Const(str(size))))),
+        row(s0, scores_body),
+        ir.DeclStmt(ir.Decl(names["mb"], fl, m)),
+        row(passes.max_pass, (ir.If(ir.Binop(">", at, mb), ir.Block((_assign("=", mb, at),))),)),
+        ir.DeclStmt(ir.Decl(names["alpha"], fl, ir.Call(ir.Var("expf"), (ir.Binop("-", m, mb),)))),
+        _assign("=", l, ir.Binop("*", l, alpha)),
+        dataclasses.replace(passes.zero, body=ir.Block((_assign("=", out, ir.Binop("*", out, alpha)),))),
+        row(passes.exp_pass, (_assign("=", at, ir.Call(ir.Var("expf"), (ir.Binop("-", at, mb),))),
+                              _assign("+=", l, at))),
+        row(passes.weighted, (dataclasses.replace(inner, body=ir.Block(
+            (_assign("+=", out_inner, ir.Binop("*", at, passes.value)),))),)),
+        _assign("=", m, mb),
+    )
+    blocks = ir.For(names["jb"], s0.start, s0.stop, ir.Block(body), ir.Const(str(size)), s0.itype)
+    final = dataclasses.replace(passes.zero, body=ir.Block((_assign("=", out, ir.Binop("/", out, l)),)))
+    return (passes.max_decl, passes.sum_decl, passes.zero, blocks, final), names
+
+
+@primitive
+def online_softmax(program: ir.Program, target: str, block: int = 16) -> Rewrite:
+    """Fuse the max, exp-sum, normalize and weighted-sum passes over a row of
+    scores into one pass over blocks of `block` keys, with a running max `m`
+    and a running sum `l` that rescale the partial output (online softmax).
+
+    Before (`flash.online_softmax("attention > for i", 16)`), in the body of
+    the target loop:
+
+        for (int j = 0; j <= i; j++) { ...; scores[j] = s / scale; }
+        float max_val = -INFINITY;
+        for (int j = 0; j <= i; j++) { if (scores[j] > max_val) { max_val = scores[j]; } }
+        float sum = 0.0f;
+        for (int j = 0; j <= i; j++) { scores[j] = expf(scores[j] - max_val); sum += scores[j]; }
+        for (int j = 0; j <= i; j++) { scores[j] = scores[j] / sum; }
+        for (int d = 0; d < D; d++) { out[(h * S + i) * D + d] = 0.0f; }
+        for (int j = 0; j <= i; j++) { for (int d = 0; d < D; d++) {
+            out[(h * S + i) * D + d] += scores[j] * v[(h * S + j) * D + d]; } }
+
+    After:
+
+        float max_val = -INFINITY;
+        float sum = 0.0f;
+        for (int d = 0; d < D; d++) { out[(h * S + i) * D + d] = 0.0f; }
+        for (int bj = 0; bj < i + 1; bj += 16) {
+          float scores_blk[16];
+          for (int j = bj; j < (bj + 16 < i + 1 ? bj + 16 : i + 1); j++) { ...; scores_blk[j - bj] = s / scale; }
+          float max_val_blk = max_val;
+          for (j ...) { if (scores_blk[j - bj] > max_val_blk) { max_val_blk = scores_blk[j - bj]; } }
+          float rescale = expf(max_val - max_val_blk);
+          sum = sum * rescale;
+          for (int d = 0; d < D; d++) { out[...] = out[...] * rescale; }
+          for (j ...) { scores_blk[j - bj] = expf(scores_blk[j - bj] - max_val_blk); sum += scores_blk[j - bj]; }
+          for (j ...) { for (int d = 0; d < D; d++) { out[...] += scores_blk[j - bj] * v[...]; } }
+          max_val = max_val_blk;
+        }
+        for (int d = 0; d < D; d++) { out[(h * S + i) * D + d] = out[(h * S + i) * D + d] / sum; }
+
+    Obligations: `stream` for each pair of passes (iterations j != j' touch
+    disjoint cells, the running max and sum aside: each pass reads the row
+    pointwise), `commute` for the zeroing of the output moved before the
+    passes, and `online_softmax` for the rescaling recurrence (proved over
+    the reals on the emitted updates). Float results round differently
+    (`≈fp`, relative tolerance 1e-5). Refused when the body does not hold
+    the passes in this shape, or the buffer is used elsewhere.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = f"for {loop.index} (line {m.line})"
+    if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
+        raise TransformError(f"flash.online_softmax: the key block size must be a positive integer, got {block!r}",
+                             loop.loc)
+    passes = _find(loop.body, where)
+    fn = program.items[m.path[0][1]]  # type: ignore[index]
+    assert isinstance(fn, ir.FuncDef)
+    _refuse_other_uses(fn, passes, where)
+    for p in passes.row_loops:
+        _check_bounds_stable("flash.online_softmax", res, m.path, p, p.body)
+    body_path = m.path + (("body", None),)
+    taken = declared_names(fn) | free_vars(fn) | {n.index for _, n in walk(fn) if isinstance(n, ir.For)}
+    new_stmts, names = _streamed(passes, block, set(taken))
+    stmts = loop.body.stmts
+    k = passes.first
+    new_body = ir.Block(stmts[:k] + new_stmts + stmts[k + 8:], loop.body.loc)
+    out = replace(program, body_path, new_body)
+    at = lambda n: body_path + (("stmts", k + n),)  # noqa: E731
+    recurrence = Obligation(
+        "online_softmax", f"in {where}, the running max, sum and output of the key-block loop keep "
+                          f"sum = Σ exp(s_k - max) and out = Σ exp(s_k - max) v_k, and out / sum is the softmax-"
+                          f"weighted sum", m.function, (at(3), at(0), at(1), at(2), at(4)),
+        (passes.value,), names=(passes.m, passes.l, names["blk"]))
+    obs = _stream_obligations(m.function, body_path, passes, where) + (recurrence,)
+    return Rewrite(out, obs, "reassoc", TOLERANCE)
+
