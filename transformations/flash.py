@@ -124,19 +124,18 @@ def _find(body: ir.Block, where: str) -> _Passes:
 
 
 def _refuse_other_uses(fn: ir.FuncDef, passes: _Passes, where: str) -> None:
-    """The buffer disappears: only the passes may use it (besides its
-    declaration and its free()), and they may not change the names they read."""
+    """The buffer is no longer filled: only the passes may index it. The
+    running max and sum are left out of the stream obligations, so the
+    scores loop may not write them."""
     inside = {id(n) for loop in passes.row_loops for _, n in walk(loop)}
     for _, n in walk(fn.body):
-        if isinstance(n, ir.Var) and n.name == passes.buf and id(n) not in inside:
-            continue
         if isinstance(n, ir.Index) and n.base == ir.Var(passes.buf) and id(n) not in inside:
             raise TransformError(f"flash.online_softmax: '{passes.buf}' is used outside the passes of {where}, "
                                  f"and the streaming form no longer fills it")
-    changed = writes_of(passes.scores.body) & ({passes.m, passes.l} | free_vars(passes.value))
+    changed = writes_of(passes.scores.body) & {passes.m, passes.l}
     if changed:
         raise TransformError(f"flash.online_softmax: the scores loop of {where} writes '{sorted(changed)[0]}', "
-                             f"which the later passes read")
+                             f"the running max or sum")
 
 
 def _stream_obligations(fname: str, block: Path, passes: _Passes, where: str) -> tuple[Obligation, ...]:

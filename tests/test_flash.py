@@ -1,0 +1,118 @@
+"""flash.online_softmax on c_sources/attention.c: the streamed form, its
+level-2 proof (stream, commute, online_softmax), refusals, and invalid uses
+that level 2 refutes and --exec shows wrong."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from optitrust_py import ir
+from optitrust_py.frontend import parse_text
+from optitrust_py.level2 import check_step
+from optitrust_py.resources import check_resources
+from optitrust_py.spec import load_contracts
+from optitrust_py.tree import get, replace, walk
+from transformations import flash
+from conftest import ROOT
+from helpers import attention_args, refusal, refuted
+
+
+def attention(edit: tuple[str, str] = ("", "")) -> tuple[ir.Program, dict[str, Any]]:
+    """attention.c, with one piece of text replaced, and its contract."""
+    text = (ROOT / "c_sources" / "attention.c").read_text()
+    assert edit[0] in text
+    p = parse_text(text.replace(*edit), "attention.c")
+    return p, load_contracts(p, str(ROOT / "specs" / "attention.spec"))
+
+
+def test_online_softmax_streams_the_row_in_key_blocks(ck):
+    p, contracts = attention()
+    r = flash.online_softmax.apply(p, "attention > for i", 16)
+    text = ck.function_text(r.program, "attention")
+    for snippet in ("for (int bj = 0; bj < i + 1; bj += 16)", "float scores_blk[16];",
+                    "scores_blk[j - bj] = s / sqrtf(D);", "float rescale = expf(max_val - max_val_blk);",
+                    "sum = sum * rescale;", "out[(h * S + i) * D + d] = out[(h * S + i) * D + d] * rescale;",
+                    "out[(h * S + i) * D + d] += scores_blk[j - bj] * v[(h * S + j) * D + d];",
+                    "max_val = max_val_blk;", "out[(h * S + i) * D + d] = out[(h * S + i) * D + d] / sum;"):
+        assert snippet in text, snippet
+    assert "scores[j]" not in text
+    assert r.fp == "reassoc" and r.tolerance == flash.TOLERANCE
+    assert sorted({o.kind for o in r.obligations}) == ["commute", "online_softmax", "stream"]
+    ck.roundtrip(r.program)
+    ck.compiles(r.program)
+    for H, S, D in ((2, 37, 16), (1, 16, 8), (1, 1, 3)):
+        ck.close_outputs(p, r.program, "attention", attention_args(ck, H, S, D), rel=flash.TOLERANCE)
+
+
+def test_level2_proves_every_obligation():
+    p, contracts = attention()
+    assert check_resources(p, contracts) == ()
+    r = flash.online_softmax.apply(p, "attention > for i", 8)
+    result = check_step(p, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    assert result.count("proved") == 12
+
+
+@pytest.mark.parametrize("target, block, words", [
+    ("attention > for h", 16, ["for h", "holds none", "buf[j] = score"]),
+    ("attention > for j#2", 16, ["for j", "holds none"]),
+    ("attention > for i", 0, ["positive integer"]),
+    ("attention > for i", "16", ["positive integer"]),
+])
+def test_refuses_the_wrong_shape(target: str, block: Any, words: list[str]):
+    p, _ = attention()
+    why = refusal(flash.online_softmax.apply, p, target, block)
+    for w in words:
+        assert w in why, why
+
+
+def test_refuses_when_the_row_is_read_after_the_passes():
+    p, _ = attention(("  free(scores);", "  out[0] = scores[0];\n  free(scores);"))
+    assert "used outside the passes" in refusal(flash.online_softmax.apply, p, "attention > for i")
+
+
+def test_level2_refutes_a_pass_that_reads_the_next_score(ck):
+    """The weighted sum reads scores[j + 1], which the exp pass writes at
+    iteration j + 1: the row cannot be streamed."""
+    edit = ("scores[j] * v[(h * S + j) * D + d]", "scores[j] * scores[j + 1 < S ? j + 1 : j]")
+    p, contracts = attention(edit)
+    r = flash.online_softmax.apply(p, "attention > for i", 4)
+    result = check_step(p, r.program, r.obligations, contracts)
+    failed = [v for v in result.verdicts if v.status != "proved"]
+    assert failed and all(v.kind == "stream" and v.status == "refuted" for v in failed), result.problems
+    assert "'scores[j + 1 < S ? j + 1 : j]' (line 42) reads scores" in failed[0].reason
+    with pytest.raises(AssertionError):
+        ck.close_outputs(p, r.program, "attention", attention_args(ck, 1, 12, 4), rel=flash.TOLERANCE)
+
+
+def _swap_rescale(program: ir.Program) -> ir.Program:
+    """The rescaling factor with its arguments swapped: exp(m_blk - m)."""
+    for path, n in walk(program):
+        if isinstance(n, ir.DeclStmt) and n.decl.name == "rescale":
+            arg = n.decl.init.args[0]  # type: ignore[union-attr]
+            wrong = dataclasses.replace(arg, left=arg.right, right=arg.left)
+            return replace(program, path + (("decl", None), ("init", None), ("args", 0)), wrong)
+    raise AssertionError("no rescale factor")
+
+
+def test_level2_refutes_a_wrong_rescaling_factor(ck):
+    p, contracts = attention()
+    r = flash.online_softmax.apply(p, "attention > for i", 4)
+    bad = dataclasses.replace(r, program=_swap_rescale(r.program))
+    why = refuted(p, bad, contracts)
+    assert why.startswith("online_softmax: the running sum's factor"), why
+    with pytest.raises(AssertionError):
+        ck.close_outputs(p, bad.program, "attention", attention_args(ck, 1, 12, 4), rel=flash.TOLERANCE)
+
+
+def test_level2_refutes_an_output_not_divided_by_the_sum():
+    p, contracts = attention()
+    r = flash.online_softmax.apply(p, "attention > for i", 4)
+    final = r.obligations[-1].paths[4]
+    loop = get(r.program, final)
+    stmt = loop.body.stmts[0]
+    wrong = dataclasses.replace(stmt, expr=dataclasses.replace(stmt.expr, rhs=stmt.expr.lhs))
+    bad = dataclasses.replace(r, program=replace(r.program, final + (("body", None), ("stmts", 0)), wrong))
+    assert "not divided by the running sum" in refuted(p, bad, contracts)
