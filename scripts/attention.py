@@ -1,8 +1,13 @@
 """Causal multi-head attention: towards the FlashAttention shape."""
-from optitrust_py.script import load
-from transformations import flash, variable
+from optitrust_py.script import bench, load
+from transformations import flash, parallel, variable, vector
 
-load("../c_sources/attention.c", sizes={"H": 2, "S": 37, "D": 16})
+load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 80})
+bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
+      torch="out = torch.nn.functional.scaled_dot_product_attention(q.view(H, S, D), k.view(H, S, D), "
+            "v.view(H, S, D), is_causal=True).reshape(-1)")
 
 variable.bind("attention > expr 'sqrtf(D)'", "scale")
-flash.online_softmax("attention > for i", 16)
+flash.online_softmax("attention > for i", 64)
+parallel.parallel_for("attention > for h", collapse=2)
+vector.vectorize("attention > for h")
