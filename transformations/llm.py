@@ -10,12 +10,14 @@ from optitrust_py.errors import TransformError
 from optitrust_py.names import free_vars, subst
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
-from optitrust_py.session import Rewrite, primitive
+from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, get, replace, splice
-from transformations.loop import (_check_bounds_stable, _fresh_local, _loop_amount, _minus, _plus_expr,
-                                  _refuse_annotated, _refuse_early_exit, _require_unit_step, _where)
-from transformations.matrix import _local_array
+from transformations import variable
+from transformations.arith import simplify
+from transformations.loop import (_check_bounds_stable, _fresh_local, _loop_amount, _loop_target, _minus, _plus_expr,
+                                  _refuse_annotated, _refuse_early_exit, _require_unit_step, _where, fission, swap)
+from transformations.matrix import _exprs, _local_array
 
 # ----------------------------------------------------------------- grouped-query attention
 
@@ -196,3 +198,326 @@ def _first_writer(program: ir.Program, res: Resolver, loop_path: Path, loop: ir.
                              f"is not a loop that only writes it, so an iteration could read a value written "
                              f"by another one", loop.loc)
     return path
+
+
+def _group_local(program: ir.Program, res: Resolver, path: Path, loop: ir.For, size: ir.Expr) -> str:
+    """The name of the local that the head loop's body starts with, `int g =
+    h / size;`: the kv head of query head h."""
+    first = loop.body.stmts[0] if loop.body.stmts else None
+    want = ir.Binop("/", ir.Var(loop.index), size)
+    if not (isinstance(first, ir.DeclStmt) and first.decl.name and first.decl.init is not None
+            and expr_text(first.decl.init) == expr_text(want)):
+        raise TransformError(f"llm.group_heads: the body of {_where(res, path, loop)} does not start with the kv "
+                             f"head of the query head, 'int g = {expr_text(want)};'", loop.loc)
+    return first.decl.name
+
+
+def _name(program: ir.Program, path: Path, point: str = "") -> str:
+    """A target naming the loop at `path`, `f > for i#n`, or the point
+    `before` or `after` it."""
+    fn, ref = _loop_target(program, path)
+    return f"{fn} > {point} {ref}" if point else f"{fn} > {ref}"
+
+
+@composite
+def group_heads(target: str, size: str, buffer: str, row: str, member: str = "r") -> None:
+    """Make the query heads that share a kv head iterate together, inside
+    the loops over cache positions, so that each K and V row is loaded once
+    per group of heads instead of once per head.
+
+    Before (`llm.group_heads("gqa_decode > for h", "G", "scores", "pos + 1")`,
+    G = H / KVH, scores a buffer of pos + 1 floats):
+
+        for (int h = 0; h < H; h++) {
+          int g = h / G;
+          for (int t = 0; t <= pos; t++) {
+            ... scores[t] = q[h] . k_cache[g][t] ...
+          }
+          ... softmax of scores ...
+          for (int t = 0; t <= pos; t++) {
+            ... out[h] += scores[t] * v_cache[g][t] ...
+          }
+        }
+
+    After (sub-steps: llm.tile_groups, arith.simplify and variable.inline
+    of g, variable.rename of the group index to g, llm.expand_buffer,
+    loop.fission twice, loop.swap twice):
+
+        for (int g = 0; g < H / G; g++) {
+          float *scores = malloc(G * (pos + 1) * sizeof(float));
+          for (int t = 0; t <= pos; t++) {
+            for (int r = 0; r < G; r++) {
+              ... scores[r * (pos + 1) + t] = q[g * G + r] . k_cache[g][t] ...
+            }
+          }
+          for (int r = 0; r < G; r++) {
+            ... softmax of row r of scores ...
+          }
+          for (int t = 0; t <= pos; t++) {
+            for (int r = 0; r < G; r++) {
+              ... out[g * G + r] += scores[r * (pos + 1) + t] * v_cache[g][t] ...
+            }
+          }
+          free(scores);
+        }
+
+    The head loop's body must start with `int g = h / size;` and its first
+    and last statements be the loops over positions (scores, weighted sum);
+    `buffer` is the scores buffer, which gets one row of `row` elements per
+    head of the group; `member` names the loop over the heads of a group.
+    The obligations are those of the sub-steps.
+    """
+    session = current_session()
+    program = session.current()
+    res = Resolver(program)
+    m = res.one(target, "loop over query heads", (ir.For,))
+    (size_expr,) = _exprs("llm.group_heads", [size], "group size", m.node.loc)
+    local = _group_local(program, res, m.path, m.node, size_expr)
+    tile_groups(target, size, None, member)
+    group = _name(session.current(), m.path)
+    simplify(f"{group} > def {local}")
+    decl = get(session.current(), m.path + (("body", None), ("stmts", 0), ("body", None), ("stmts", 0)))
+    if expr_text(decl.decl.init) != get(session.current(), m.path).index:
+        raise TransformError(f"llm.group_heads: '{local}' did not simplify to the group index "
+                             f"('{stmt_text(decl)}')", m.node.loc)
+    variable.inline(f"{group} > def {local}")
+    variable.rename(group, local)
+    group = _name(session.current(), m.path)
+    expand_buffer(f"{group} > for {member}", buffer, row)
+    first = Resolver(session.current()).one(f"{group} > for {member}", "loop").path
+    body: ir.Block = get(session.current(), first).body
+    for end in (0, -1):
+        if not isinstance(body.stmts[end], ir.For):
+            raise TransformError(f"llm.group_heads: the {'first' if end == 0 else 'last'} statement of the head "
+                                 f"loop is not a loop over positions", m.node.loc)
+    last = first[:-1] + ((first[-1][0], first[-1][1] + 1),)
+    fission(_name(session.current(), first + (("body", None), ("stmts", 0)), "after"))
+    fission(_name(session.current(), last + (("body", None), ("stmts", len(body.stmts) - 2)), "before"))
+    swap(_name(session.current(), first))
+    swap(_name(session.current(), last[:-1] + ((last[-1][0], last[-1][1] + 1),)))
+
+
+# ----------------------------------------------------------------- microbatched prefill
+
+
+@primitive
+def unblock(program: ir.Program, target: str) -> Rewrite:
+    """Put the statements of a nested block `{ ... }` in the block around
+    it, as `function.inline` leaves them; what lets the loop steps see the
+    inlined statements as the loop body's own. `target` names a statement
+    of the nested block.
+
+    Before (`llm.unblock("transformer_prefill > def head_size")`):
+
+        for (int t = 0; t < T; t++) {
+          {
+            int head_size = dim / H;
+            ...
+          }
+        }
+
+    After (no obligation: the same statements run in the same order):
+
+        for (int t = 0; t < T; t++) {
+          int head_size = dim / H;
+          ...
+        }
+
+    The locals of the block then live until the end of the outer block,
+    which changes nothing since nothing there names them: refused when a
+    local of the block has the name of a local of the outer block, or of a
+    variable that the statements after the block use.
+    """
+    res = Resolver(program)
+    m = res.one(target, "statement", (ir.DeclStmt, ir.ExprStmt, ir.For, ir.If))
+    inner_path, _ = block_of(m.path)
+    if len(inner_path) < 2 or inner_path[-1][0] != "stmts" or not isinstance(get(program, inner_path), ir.Block):
+        raise TransformError(f"llm.unblock: '{stmt_text(m.node).splitlines()[0]}' (line {m.line}) is not in a "
+                             f"block that is itself a statement of a block", m.node.loc)
+    clash = _unblock_clash(program, inner_path)
+    if clash:
+        raise TransformError(f"llm.unblock: the block around line {m.line} declares '{clash}', a name that the "
+                             f"block around it declares or uses after it; rename it first", m.node.loc)
+    return Rewrite(splice(program, inner_path, get(program, inner_path).stmts))
+
+
+def _unblock_clash(program: ir.Program, inner_path: Path) -> Optional[str]:
+    """A local of the block at `inner_path` that the block around it
+    declares too or uses after it, if any."""
+    outer_path, k = block_of(inner_path)
+    outer: ir.Block = get(program, outer_path)
+    inner = {s.decl.name for s in get(program, inner_path).stmts if isinstance(s, ir.DeclStmt) and s.decl.name}
+    rest = outer.stmts[:k] + outer.stmts[k + 1:]
+    taken = set().union(*(declared_names(s) for s in rest)) | free_vars(ir.Block(outer.stmts[k + 1:]))
+    return min(inner & taken, default=None)
+
+
+@primitive
+def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, str, None] = None,
+                 name: Optional[str] = None) -> Rewrite:
+    """Turn a scratch buffer that each iteration of a loop allocates and
+    frees into one allocation before the loop with a row per iteration: the
+    per-token buffers of a forward pass become per-prompt (or
+    per-microbatch) ones, so that the loop over tokens can move inside the
+    loops of the body (loop.swap, loop.fission).
+
+    Before (`llm.batch_buffer("transformer_prefill > for t", "xb")`):
+
+        for (int t = 0; t < T; t++) {
+          float *xb = malloc(dim * sizeof(float));
+          ... xb[i] ... f(xb) ...
+          free(xb);
+        }
+
+    After (obligation ordered_bounds: 0 <= T, the allocation's row count):
+
+        float *xb_b = malloc((T - 0) * dim * sizeof(float));
+        for (int t = 0; t < T; t++) {
+          ... xb_b[(t - 0) * dim + i] ... f(&xb_b[(t - 0) * dim]) ...
+        }
+        free(xb_b);
+
+    Iteration t uses row t - start, which lies in the allocation because
+    the loop has unit step and its bounds do not change; rows are disjoint,
+    and no iteration sees another's row since the old buffer died with its
+    iteration. The row holds what the iteration allocated, which must not
+    depend on the iteration; or `row` elements (a C expression read where
+    the loop is, or an integer), with the obligation in_range: the old
+    count lies in 0..row at the allocation (`att`, allocated with `t + 1`
+    cells, gets rows of SMAX). The buffer is a pointer declared in the
+    loop's body with `malloc(n * sizeof(T))`, never assigned nor
+    redeclared, freed by a `free(array);` of the body after which the body
+    does not use it. Refused for a loop with a step other than 1, pragmas or
+    a contract, a body that leaves it early or writes what its bounds read.
+    The name is `name`, by default `<array>_b` made fresh.
+    """
+    who = "llm.batch_buffer"
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    _require_unit_step(who, "batched over", where, loop)
+    _refuse_annotated(who, "batch the buffer before annotating the loop", where, loop)
+    _refuse_early_exit(who, where, loop.body.stmts, loop)
+    _check_bounds_stable(who, res, m.path, loop, loop.body)
+    stmts = loop.body.stmts
+    at = next((k for k, s in enumerate(stmts) if isinstance(s, ir.DeclStmt) and s.decl.name == array), None)
+    if at is None:
+        raise TransformError(f"{who}: the body of {where} declares no '{array}' at its top level", loop.loc)
+    decl = stmts[at].decl
+    count = _allocated_count(decl.init) if isinstance(decl.type, ir.Ptr) else None
+    if count is None:
+        raise TransformError(f"{who}: '{array}' (line {decl.loc.line if decl.loc else m.line}) is not a pointer "
+                             f"initialized with malloc(n * sizeof(T))", decl.loc)
+    free = ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(array),)))
+    frees = [k for k, s in enumerate(stmts) if stmt_text(s) == stmt_text(free)]
+    if len(frees) != 1 or frees[0] < at or any(array in free_vars(s) for s in stmts[frees[0] + 1:]):
+        raise TransformError(f"{who}: the body of {where} must free '{array}' once, with 'free({array});' after "
+                             f"which it does not use it", decl.loc)
+    body = ir.Block(stmts[at + 1:frees[0]])
+    if array in assigned_scalars(body) or array in declared_names(body) or array in address_taken(body):
+        raise TransformError(f"{who}: '{array}' is assigned, redeclared or has its address taken in {where}",
+                             decl.loc)
+    n, obligations = _batch_row(program, m, loop, where, count, row, at)
+    bname = _fresh_local(who, "buffer", name, f"{array}_b", program, m.path, m.function, loop.loc)
+    offset = ir.Binop("*", _minus(ir.Var(loop.index), loop.start), n)
+    new_body = stmts[:at] + tuple(_rebased(s, array, bname, offset) for s in body.stmts) + stmts[frees[0] + 1:]
+    new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=new_body))
+    size = ir.Binop("*", ir.Binop("*", _minus(loop.stop, loop.start), n), ir.SizeofType(decl.type.to))
+    alloc = ir.DeclStmt(ir.Decl(bname, decl.type, ir.Call(ir.Var("malloc"), (size,))), decl.loc)
+    release = ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(bname),)))
+    _in_block(who, res, m.path, loop)
+    new = splice(program, m.path, (alloc, new_loop, release))
+    rows = Obligation("ordered_bounds", f"{where} runs {expr_text(_minus(loop.stop, loop.start))} >= 0 times, the "
+                      f"row count of '{bname}'", m.function, (m.path,), (loop.start, loop.stop), before=True)
+    return Rewrite(new, (rows,) + obligations)
+
+
+def _batch_row(program: ir.Program, m: Any, loop: ir.For, where: str, count: ir.Expr,
+               row: Union[int, str, None], at: int) -> tuple[ir.Expr, tuple[Obligation, ...]]:
+    """The row size of a batched buffer: its allocated count, which must
+    not change between iterations, or `row` and the in_range obligation."""
+    if row is None:
+        before = {s.decl.name for s in loop.body.stmts[:at] if isinstance(s, ir.DeclStmt) and s.decl.name}
+        varying = sorted(free_vars(count) & ({loop.index} | writes_of(loop.body) | before))
+        if varying:
+            raise TransformError(f"llm.batch_buffer: the allocated count '{expr_text(count)}' depends on "
+                                 f"'{varying[0]}', which changes in {where}; give the row size (row=...)", loop.loc)
+        return count, ()
+    n = _loop_amount("llm.batch_buffer", "the row size", row, program, m.path, m.function, loop, where)
+    decl_path = m.path + (("body", None), ("stmts", at))
+    return n, (Obligation("in_range", f"the allocated count '{expr_text(count)}' lies in 0..{expr_text(n)}, the "
+                          f"row size", m.function, (decl_path,), (ir.Const("0"), count, n), before=True),)
+
+
+def _rebased(node: Any, array: str, bname: str, offset: ir.Expr) -> Any:
+    """`node` with `array[e]` read as `bname[offset + e]` and any other use
+    of `array` as `&bname[offset]`."""
+    if isinstance(node, ir.Index) and node.base == ir.Var(array):
+        return ir.Index(ir.Var(bname), ir.Binop("+", offset, _rebased(node.index, array, bname, offset)), node.loc)
+    if isinstance(node, ir.Var) and node.name == array:
+        return ir.Unop("&", ir.Index(ir.Var(bname), offset), node.loc)
+    return map_children(node, lambda c: _rebased(c, array, bname, offset))
+
+
+@composite
+def inline_call(target: str) -> None:
+    """Inline a call and tidy the result: `function.inline`, then
+    `variable.inline` of each parameter bound to a plain argument (a
+    variable, a literal, an address `&a[e]`) that the callee never assigns,
+    then `llm.unblock` of the block when its locals clash with nothing.
+
+    Before (`llm.inline_call("transformer_prefill > call transformer_token")`):
+
+        for (int t = 0; t < T; t++) {
+          transformer_token(L, dim, ..., t, ..., &xs[t * dim], k_cache, v_cache);
+        }
+
+    After (sub-steps function.inline, variable.inline of L_1, ..., pos, x,
+    ..., llm.unblock; obligation inline and those of the sub-steps):
+
+        for (int t = 0; t < T; t++) {
+          int head_size = dim / H;
+          ...
+          rmsnorm_vec(dim, &xs[t * dim], &rms_att_w[l * dim], xb);
+          ...
+        }
+    """
+    session = current_session()
+    m = Resolver(session.current()).one(target, "call", (ir.Call,))
+    callee = session.current().function(m.node.name) if m.node.name else None
+    function.inline(target)
+    block_path = m.path[:-1]
+    if callee is None:
+        return
+    fixed = assigned_scalars(callee.body) | address_taken(callee.body)
+    params = [p.name for p in callee.type.params or () if p.name]
+    kept = 0
+    for param in params:
+        program = session.current()
+        path = block_path + (("stmts", kept),)
+        decl = get(program, path).decl
+        if param in fixed or not _plain(decl.init):
+            kept += 1
+            continue
+        variable.inline(f"{m.function} > {_def_target(program, path)}")
+    program = session.current()
+    decls = [k for k, s in enumerate(get(program, block_path).stmts) if isinstance(s, ir.DeclStmt)]
+    if decls and _unblock_clash(program, block_path) is None:
+        unblock(f"{m.function} > {_def_target(program, block_path + (('stmts', decls[0]),))}")
+
+
+def _def_target(program: ir.Program, path: Path) -> str:
+    """`def x#n`, which names the declaration at `path` in its function."""
+    name = get(program, path).decl.name
+    hits = [p for p, n in walk(get(program, path[:1]), path[:1]) if isinstance(n, ir.DeclStmt) and n.decl.name == name]
+    return f"def {name}#{hits.index(path) + 1}"
+
+
+def _plain(e: Optional[ir.Expr]) -> bool:
+    """A variable, a literal, or the address of an element `&a[e]` with a
+    side-effect-free index: an argument whose uses may be its text."""
+    if isinstance(e, (ir.Var, ir.Const)):
+        return True
+    return isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Index) \
+        and isinstance(e.arg.base, ir.Var) and not has_side_effects(e.arg.index)
