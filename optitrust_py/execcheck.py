@@ -80,6 +80,10 @@ from .tree import walk
 FORCE_INCLUDE = ("-include", "otp.h")
 """Exec builds force-include otp.h, so contract clauses a step adds compile."""
 
+LOSSY_SHOWN = 1e-4
+"""A step whose tolerance is above this changes values on purpose (a lossy
+step): its header shows the max absolute error as well as the relative one."""
+
 STDERR_LINES = 20
 """How many lines of a crashed run's stderr a result keeps."""
 
@@ -233,13 +237,20 @@ class StepResult:
         return next((f for f in self.functions if f.function == name), None)
 
     def short(self) -> str:
-        """A few words for a step's header: `=` (bit-exact) or the max error."""
+        """A few words for a step's header: `=` (bit-exact) or the max error
+        (absolute too when the step may change values beyond rounding: a
+        relative error says little about elements near zero)."""
         if self.status == "unchanged":
             return "(no checked function changed)"
         if self.status != "pass":
             return self.status
         worst = max((f.max_rel_error for f in self.functions), default=0.0)
-        return "=" if worst == 0 and self.tolerance == 0 else f"max rel err {worst:.1e}"
+        if worst == 0 and self.tolerance == 0:
+            return "="
+        rel = f"max rel err {worst:.1e}"
+        if self.tolerance <= LOSSY_SHOWN:
+            return rel
+        return f"max abs err {max(f.max_abs_error for f in self.functions):.1e}, {rel}"
 
     @property
     def problems(self) -> tuple[str, ...]:
