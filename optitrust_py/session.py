@@ -45,11 +45,18 @@ class Rewrite:
 
 
 def inherit_contracts(contracts: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
-    """`contracts` with those of the functions `rewrite` created added."""
+    """`contracts` with those of the functions `rewrite` created added: a
+    variant shares its original's (`inherits`); a function generated with
+    contract clauses at the top of its body (`__reads("...")`, ...) has those."""
+    from .spec import contract_from_clauses
+
     out = dict(contracts)
     for new, old in rewrite.inherits:
         if old in out and new not in out:
             out[new] = dataclasses.replace(out[old], function=new)
+    for f in rewrite.program.functions():
+        if f.name not in out and f.contract:
+            out[f.name] = contract_from_clauses(f)
     return out
 
 
