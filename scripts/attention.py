@@ -1,6 +1,6 @@
 """Causal multi-head attention: towards the FlashAttention shape."""
 from optitrust_py.script import bench, load
-from transformations import flash, parallel, variable, vector
+from transformations import flash, loop, parallel, variable, vector
 
 load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 80})
 bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
@@ -9,5 +9,12 @@ bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
 
 variable.bind("attention > expr 'sqrtf(D)'", "scale")
 flash.online_softmax("attention > for i", 64)
+loop.tile("attention > for i", 64, mode="min")
+loop.hoist("attention > for i > def max_val")
+loop.hoist("attention > for i > def sum")
+loop.fission("attention > for i > before for bj")
+loop.fission("attention > for i#2 > after for bj")
+flash.swap_triangular("attention > for i#2")
+variable.local_accumulator("attention > for bj > for j#3", "sum_h[i - bi]")
 parallel.parallel_for("attention > for h", collapse=2)
 vector.vectorize("attention > for h")

@@ -13,7 +13,7 @@ from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, replace, walk
-from transformations.loop import _check_bounds_stable
+from transformations.loop import _check_bounds_stable, _refuse_annotated, _require_unit_step
 from transformations.vector import _running_max
 
 TOLERANCE = 1e-5
@@ -273,3 +273,67 @@ def online_softmax(program: ir.Program, target: str, block: int = 16) -> Rewrite
     obs = _stream_obligations(m.function, body_path, passes, where) + (recurrence,)
     return Rewrite(out, obs, "reassoc", TOLERANCE)
 
+
+@primitive
+def swap_triangular(program: ir.Program, target: str) -> Rewrite:
+    """Swap a query loop with the key-block loop inside it whose bound
+    depends on the query (causal attention): the key-block loop runs up to
+    the bound of the last query of the range, and each query skips the
+    blocks past its own bound, so blocks that are masked for every query
+    of the range are never visited.
+
+    Before (`flash.swap_triangular("attention > for i#2")`, a query block):
+
+        for (int i = bi; i < (bi + 64 < S ? bi + 64 : S); i++) {
+          for (int bj = 0; bj < i + 1; bj += 64) {
+            body(i, bj);
+          }
+        }
+
+    After (obligations swap_loops on the nest before the step, and
+    ordered_bounds: i + 1 <= the bound at the last query, for every i):
+
+        for (int bj = 0; bj < (bi + 64 < S ? bi + 64 : S) - 1 + 1; bj += 64) {
+          for (int i = bi; i < (bi + 64 < S ? bi + 64 : S); i++) {
+            if (bj < i + 1) {
+              body(i, bj);
+            }
+          }
+        }
+
+    Refused when the outer loop does not step by 1 or holds anything but
+    the inner loop, when the inner start or step depends on the outer index
+    (or its bound does not), when either loop has pragmas or a contract, or
+    when the bodies write what the bounds read.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    outer: ir.For = m.node
+    where = f"for {outer.index} (line {m.line})"
+    stmts = outer.body.stmts
+    if len(stmts) != 1 or not isinstance(stmts[0], ir.For):
+        raise TransformError(f"flash.swap_triangular: the body of {where} must be one loop and nothing else",
+                             outer.loc)
+    inner: ir.For = stmts[0]
+    inner_path = m.path + (("body", None), ("stmts", 0))
+    inner_where = f"for {inner.index} (line {res.line(inner_path)})"
+    _require_unit_step("flash.swap_triangular", "swapped", where, outer)
+    for loop, w in ((outer, where), (inner, inner_where)):
+        _refuse_annotated("flash.swap_triangular", "swap the loops before annotating them", w, loop)
+    if outer.index in free_vars(inner.start) | free_vars(inner.step) or outer.index not in free_vars(inner.stop):
+        raise TransformError(f"flash.swap_triangular: only the bound of {inner_where} may depend on "
+                             f"'{outer.index}' (use loop.swap for a rectangular nest)", inner.loc)
+    if inner.index in free_vars(outer.start) | free_vars(outer.stop):
+        raise TransformError(f"flash.swap_triangular: the bounds of {where} use '{inner.index}'", outer.loc)
+    _check_bounds_stable("flash.swap_triangular", res, m.path, outer, inner.body)
+    _check_bounds_stable("flash.swap_triangular", res, inner_path, inner, inner.body)
+    last = subst(inner.stop, {outer.index: ir.Binop("-", outer.stop, ir.Const("1"))})
+    guarded = ir.Block((ir.If(ir.Binop("<", ir.Var(inner.index), inner.stop), inner.body),))
+    new = dataclasses.replace(inner, stop=last, inclusive=False,
+                              body=ir.Block((dataclasses.replace(outer, body=guarded),)))
+    obs = (Obligation("swap_loops", f"the iterations of {where} and {inner_where} can be interchanged",
+                      m.function, (m.path,), before=True),
+           Obligation("ordered_bounds", f"the bound of {inner_where} at each {outer.index} is at most its bound "
+                                        f"at the last {outer.index}", m.function, (inner_path,),
+                      (inner.stop, last), before=True))
+    return Rewrite(replace(program, m.path, new), obs)
