@@ -1,14 +1,18 @@
 """What the x86 vector intrinsics that otp emits do to memory, so that the
 checker can give their footprints: a load reads `width` consecutive floats
-from its pointer argument, a store writes them; every other `_mm*` call is a
-computation on register values."""
+(for an integer vector, `_si512` and friends: its bytes, int8_t elements)
+from its pointer argument, a store writes them; every other `_mm*` call on
+float or integer vectors is a computation on register values."""
 from __future__ import annotations
 
 import re
 from typing import Optional
 
-_WIDTHS = {"_mm512": 16, "_mm256": 8, "_mm": 4}
-_NAME = re.compile(r"^(_mm512|_mm256|_mm)_(\w+?)_ps$")
+_BYTES = {"_mm512": 64, "_mm256": 32, "_mm": 16}
+_NAME = re.compile(r"^(_mm512|_mm256|_mm)_(\w+?)_(ps|si512|si256|si128|epi8|epi16|epi32)$")
+# bytes of one element, by the name's suffix; a whole integer vector (`_si512`)
+# counts bytes: otp moves those only to and from int8_t arrays
+_ELEMENT = {"ps": 4, "epi32": 4, "epi16": 2, "epi8": 1, "si512": 1, "si256": 1, "si128": 1}
 # operation -> (position of the pointer argument, role)
 _MEMORY = {
     "loadu": (0, "read"), "load": (0, "read"), "maskz_loadu": (1, "read"), "maskload": (0, "read"),
@@ -18,13 +22,13 @@ _MEMORY = {
 
 
 def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int]]]:
-    """For an intrinsic on floats: its pointer arguments, each with its role
-    and the number of floats it spans (empty when it touches no memory).
+    """For an intrinsic on vectors: its pointer arguments, each with its role
+    and the number of elements it spans (empty when it touches no memory).
     None when `name` is not such an intrinsic."""
     m = _NAME.match(name)
     if m is None:
         return None
-    width = _WIDTHS[m.group(1)]
+    width = _BYTES[m.group(1)] // _ELEMENT[m.group(3)]
     spec = _MEMORY.get(m.group(2))
     if spec is None:
         return {}

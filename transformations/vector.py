@@ -483,6 +483,119 @@ def _dispatch(fn: ir.FuncDef, variant: str, isa: Isa) -> ir.Stmt:
                  ir.Block(then))
 
 
+# ----------------------------------------------------------------- int8 group dot products
+
+INT32 = ir.Base(("int32_t",))
+VNNI = ",avx512bw,avx512vnni"  # added to the avx512 target for the int8 dot products
+INT8_CHUNK = 32  # int8 elements widened to one vector of 32 int16
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupDot:
+    """A loop over groups whose body sums one group of int8 products in
+    int32 and adds it, scaled, to a float scalar (quantize.integer_product
+    makes it):
+
+        for (int bj = 0; bj < N; bj += 32) {
+          int32_t acc = 0;
+          for (int j = bj; j < bj + 32; j++) {
+            acc += (int32_t)Wq[i * N + j] * (int32_t)xq[j];
+          }
+          sum += (float)acc * (Ws[...] * xs[...]);
+        }
+    """
+
+    inner: ir.For
+    acc: str
+    operands: tuple[ir.Expr, ir.Expr]
+    total: str
+    scale: ir.Expr
+
+
+def _group_dot(program: ir.Program, path: Path, loop: ir.For) -> Optional[_GroupDot]:
+    body = loop.body.stmts
+    if len(body) != 3 or not isinstance(body[0], ir.DeclStmt) or not isinstance(body[1], ir.For):
+        return None
+    decl, inner, update = body[0].decl, body[1], body[2]
+    trip = _trip_count(inner)
+    if unqualified(decl.type) != INT32 or decl.init != ir.Const("0") or inner.step != ir.Const("1") \
+            or trip is None or trip % INT8_CHUNK or len(inner.body.stmts) != 1:
+        return None
+    acc = ir.Var(decl.name or "")
+    sum_ = inner.body.stmts[0]
+    if not (isinstance(sum_, ir.ExprStmt) and isinstance(sum_.expr, ir.Assign) and sum_.expr.op == "+="
+            and sum_.expr.lhs == acc and isinstance(sum_.expr.rhs, ir.Binop) and sum_.expr.rhs.op == "*"):
+        return None
+    env = env_at(program, path + (("body", None), ("stmts", 1), ("body", None), ("stmts", 0)))
+    tds = typedefs_of(program)
+    operands = []
+    for f in (sum_.expr.rhs.left, sum_.expr.rhs.right):
+        if not (isinstance(f, ir.Cast) and unqualified(f.type) == INT32 and isinstance(f.arg, ir.Index)
+                and unqualified(type_of(f.arg, env, tds)) == ir.Base(("int8_t",))):
+            return None
+        name, idx = _chain(f.arg)
+        if name is None or len(idx) != 1 or not _unit_stride(idx[0], inner.index) \
+                or free_vars(idx[0]) & (writes_of(loop.body) - {inner.index}):
+            return None
+        operands.append(f.arg)
+    if not (isinstance(update, ir.ExprStmt) and isinstance(update.expr, ir.Assign) and update.expr.op == "+="
+            and isinstance(update.expr.lhs, ir.Var) and isinstance(update.expr.rhs, ir.Binop)
+            and update.expr.rhs.op == "*" and update.expr.rhs.left == ir.Cast(FLOAT, acc)):
+        return None
+    total, scale = update.expr.lhs.name, update.expr.rhs.right
+    if {acc.name, total, inner.index} & free_vars(scale) or has_side_effects(scale) \
+            or sum(1 for _, n in walk(loop.body) if n == ir.Var(total)) != 1 \
+            or unqualified(type_of(ir.Var(total), env, tds)) != FLOAT:
+        return None
+    return _GroupDot(inner, acc.name, (operands[0], operands[1]), total, scale)
+
+
+def _intrinsic(name: str, *args: ir.Expr) -> ir.Call:
+    return ir.Call(ir.Var(name), args)
+
+
+def _int8_load(access: ir.Expr, lane: str, first: ir.Expr) -> ir.Expr:
+    """32 int8 values from `access` at lane `first` on, widened to int16."""
+    address = ir.Cast(ir.Ptr(ir.Base(("__m256i",), ("const",))), ir.Unop("&", subst(access, {lane: first})))
+    return _intrinsic("_mm512_cvtepi8_epi16", _intrinsic("_mm256_loadu_si256", address))
+
+
+def _group_dot_code(loop: ir.For, dot: _GroupDot, taken: set[str]) -> ir.Stmt:
+    """The loop with each group summed by VNNI int16 dot products
+    (`vpdpwssd`: 16 lanes, each the exact sum of its pairs of products), the
+    group's 16 partial sums scaled in float and added to a vector of partial
+    totals, combined after the loop."""
+    def fresh(base: str) -> str:
+        name = fresh_name(taken, base)
+        taken.add(name)
+        return name
+
+    call = _intrinsic
+    acc_v, total_v = ir.Var(fresh(f"{dot.acc}_v")), ir.Var(fresh(f"{dot.total}_v"))
+    chunks = (_trip_count(dot.inner) or 0) // INT8_CHUNK
+    chunk = ir.Var(fresh(f"{dot.inner.index}v")) if chunks > 1 else ir.Const("0")
+    first: ir.Expr = dot.inner.start if chunks == 1 else \
+        ir.Binop("+", dot.inner.start, ir.Binop("*", ir.Const(str(INT8_CHUNK)), chunk))
+    step: ir.Stmt = ir.ExprStmt(ir.Assign("=", acc_v, call("_mm512_dpwssd_epi32", acc_v, *(
+        _int8_load(a, dot.inner.index, first) for a in dot.operands))))
+    if chunks > 1:
+        assert isinstance(chunk, ir.Var)
+        step = ir.For(chunk.name, ir.Const("0"), ir.Const(str(chunks)), ir.Block((step,)))
+    scaled = call("_mm512_fmadd_ps", call("_mm512_cvtepi32_ps", acc_v), call("_mm512_set1_ps", dot.scale), total_v)
+    body = ir.Block((ir.DeclStmt(ir.Decl(acc_v.name, ir.Base(("__m512i",)), call("_mm512_setzero_si512"))), step,
+                     ir.ExprStmt(ir.Assign("=", total_v, scaled))))
+    lanes, lane = fresh(f"{dot.total}_lanes"), fresh("l")
+    width = ir.Const(str(ISAS["avx512"].width))
+    return ir.Block((
+        ir.DeclStmt(ir.Decl(total_v.name, ir.Base(("__m512",)), call("_mm512_setzero_ps"))),
+        dataclasses.replace(loop, body=body),
+        ir.DeclStmt(ir.Decl(lanes, ir.Array(FLOAT, width))),
+        ir.ExprStmt(call("_mm512_storeu_ps", ir.Var(lanes), total_v)),
+        ir.For(lane, ir.Const("0"), width, ir.Block((ir.ExprStmt(ir.Assign("+=", ir.Var(dot.total),
+                                                                           ir.Index(ir.Var(lanes), ir.Var(lane)))),))),
+    ))
+
+
 @primitive
 def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, stream: bool = False) -> Rewrite:
     """Turn the lane loops inside a loop into x86 SIMD intrinsics.
@@ -550,9 +663,17 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
     assert fn_index is not None
     fn = program.items[fn_index]
     assert isinstance(fn, ir.FuncDef)
+    dots = [(p, d) for p, n in walk(m.node) if isinstance(n, ir.For)
+            for d in [_group_dot(program, m.path + p, n)] if d is not None]
+    if dots and chosen.name != "avx512":
+        raise TransformError(f"vector.vectorize: for {m.node.index} (line {m.line}) sums int8 products by groups, "
+                             f"which otp vectorizes with AVX-512 VNNI only (isa='avx512')", m.node.loc)
+    if dots:
+        chosen = dataclasses.replace(chosen, gcc_target=chosen.gcc_target + VNNI, cpu_feature="avx512vnni")
     in_place = f'GCC target("{chosen.gcc_target}")' in _pragmas_before(program, fn_index)
     lane_paths = [()] if _innermost(m.node) else _lane_loops(m.node, chosen.width)
-    if not lane_paths:
+    lane_paths = [p for p in lane_paths if not any(p[:len(d)] == d for d, _ in dots)]
+    if not lane_paths and not dots:
         raise TransformError(f"vector.vectorize: no innermost loop in for {m.node.index} (line {m.line}) has a "
                              f"constant trip count that is a multiple of {chosen.width} ({chosen.name} vectors "
                              f"of {chosen.width} floats); target an innermost loop to vectorize it with a "
@@ -577,6 +698,9 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
         reduced.extend(name for name, _, _ in lanes.reductions if name not in reduced)
         helpers |= lanes.helpers
         streaming = streaming or bool(lanes.streamed)
+    for p, dot in dots:
+        new = replace(new, m.path + p, _group_dot_code(get(program, m.path + p), dot, taken))
+        reassoc = True
     body = get(new, m.path[:1]).body
     for p, d in list(walk(body)):
         if isinstance(d, ir.DeclStmt) and d.decl.name in arrays:
@@ -584,6 +708,10 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
     obligation = Obligation("lanes", f"the iterations of each vectorized loop inside for {m.node.index} can run "
                                      f"{chosen.width} at a time, statement by statement", m.function, tuple(full),
                             (ir.Const(str(chosen.width)),), before=True, names=tuple(reduced))
+    obligations = ((obligation,) if full else ()) + tuple(
+        Obligation("lanes", f"the {_trip_count(d.inner)} iterations of for {d.inner.index} (the int8 products of a "
+                   f"group) can run at once", m.function, (m.path + p + (("body", None), ("stmts", 1)),),
+                   (ir.Const(str(_trip_count(d.inner))),), before=True, names=(d.acc,)) for p, d in dots)
     includes = program.includes + tuple(i for i in (INCLUDE,) + ((STDINT,) if streaming else ())
                                         if i not in program.includes)
     known = {f.name for f in program.functions()}
@@ -602,5 +730,5 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
     out = ir.Program(includes, items, program.file)
     inherits = ((variant, fn.name),) if variant != fn.name else ()
     if helpers:
-        return Rewrite(out, (obligation,), "lossy", EXP_TOLERANCE, inherits)
-    return Rewrite(out, (obligation,), "reassoc" if reassoc else "exact", inherits=inherits)
+        return Rewrite(out, obligations, "lossy", EXP_TOLERANCE, inherits)
+    return Rewrite(out, obligations, "reassoc" if reassoc else "exact", inherits=inherits)

@@ -18,5 +18,10 @@ __m256 _mm256_mul_ps(__m256, __m256); __m256 _mm256_div_ps(__m256, __m256);
 __m256 _mm256_fmadd_ps(__m256, __m256, __m256);
 __m256 _mm256_max_ps(__m256, __m256); __m256 _mm256_min_ps(__m256, __m256);
 void _mm512_stream_ps(void *, __m512); void _mm256_stream_ps(float *, __m256); void _mm_sfence(void);
+typedef struct { long long lane[8]; } __m512i;
+typedef struct { long long lane[4]; } __m256i;
+__m256i _mm256_loadu_si256(const __m256i *); __m512i _mm512_setzero_si512(void);
+__m512i _mm512_cvtepi8_epi16(__m256i); __m512i _mm512_dpwssd_epi32(__m512i, __m512i, __m512i);
+__m512 _mm512_cvtepi32_ps(__m512i);
 int __builtin_cpu_supports(const char *);
 #endif
