@@ -72,6 +72,8 @@ def test_tile_groups_refusals(ck):
     p = with_group_size(ck)
     assert refusal(llm.tile_groups.apply, p, "gqa_decode > for h", 0) == (
         "llm.tile_groups: the group size must be positive, got '0'")
+    assert refusal(llm.tile_groups.apply, p, "gqa_decode > for h", "-4") == (
+        "llm.tile_groups: the group size must be positive, got '-4'")
     assert refusal(llm.tile_groups.apply, p, "gqa_decode > for h", "h + 1") == (
         "llm.tile_groups: the group size 'h + 1' uses the index of for h (line 13)")
     assert refusal(llm.tile_groups.apply, p, "gqa_decode > for h", "G", "r", "r") == (

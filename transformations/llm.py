@@ -15,8 +15,9 @@ from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, get, replace, splice
 from transformations import variable
 from transformations.arith import simplify
-from transformations.loop import (_check_bounds_stable, _fresh_local, _loop_amount, _loop_target, _minus, _plus_expr,
-                                  _refuse_annotated, _refuse_early_exit, _require_unit_step, _where, fission, swap)
+from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_local, _loop_amount, _loop_target,
+                                  _minus, _plus_expr, _refuse_annotated, _refuse_early_exit, _require_unit_step,
+                                  _where, fission, swap)
 from transformations.matrix import _exprs, _local_array
 
 # ----------------------------------------------------------------- grouped-query attention
@@ -64,7 +65,8 @@ def tile_groups(program: ir.Program, target: str, size: Union[int, str], outer: 
     _refuse_early_exit(name, where, loop.body.stmts, loop)
     _check_bounds_stable(name, res, m.path, loop, loop.body)
     g = _loop_amount(name, "the group size", size, program, m.path, m.function, loop, where)
-    if isinstance(g, ir.Unop) or isinstance(g, ir.Const) and int(g.text, 0) <= 0:
+    rest, k = _const_offset(g)
+    if rest is None and k <= 0:
         raise TransformError(f"{name}: the group size must be positive, got '{expr_text(g)}'", loop.loc)
     outer = _fresh_local(name, "group index", outer, f"{loop.index}_g", program, m.path, m.function, loop.loc)
     inner = _fresh_local(name, "member index", inner, f"{loop.index}_m", program, m.path, m.function, loop.loc)
