@@ -4,6 +4,7 @@ that level 2 refutes and --exec shows wrong."""
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from typing import Any
 
 import pytest
@@ -12,9 +13,9 @@ from optitrust_py import ir
 from optitrust_py.frontend import parse_text
 from optitrust_py.level2 import check_step
 from optitrust_py.resources import check_resources
-from optitrust_py.spec import load_contracts
+from optitrust_py.spec import load_contracts, parse_spec_text
 from optitrust_py.tree import get, replace, walk
-from transformations import flash
+from transformations import flash, loop
 from conftest import ROOT
 from helpers import attention_args, refusal, refuted
 
@@ -116,3 +117,76 @@ def test_level2_refutes_an_output_not_divided_by_the_sum():
     wrong = dataclasses.replace(stmt, expr=dataclasses.replace(stmt.expr, rhs=stmt.expr.lhs))
     bad = dataclasses.replace(r, program=replace(r.program, final + (("body", None), ("stmts", 0)), wrong))
     assert "not divided by the running sum" in refuted(p, bad, contracts)
+
+
+# ----------------------------------------------------------------- swap_triangular
+
+TRI_C = """
+    void tri(int n, float *x) {
+      for (int i = 0; i < n; i++) {
+        for (int j = 0; j < BOUND; j++) {
+          x[i] += x[j + 1];
+        }
+      }
+    }
+"""
+TRI_SPEC = """
+    tri(n, x):
+      requires n >= 1
+      modifies x ~> Matrix1(n + 1)
+"""
+
+
+def tri(ck, bound: str) -> tuple[ir.Program, dict[str, Any]]:
+    p = ck.parse(TRI_C.replace("BOUND", bound), "tri.c")
+    return p, parse_spec_text(textwrap.dedent(TRI_SPEC))
+
+
+def query_blocks() -> tuple[ir.Program, ir.Program, dict[str, Any]]:
+    """attention.c streamed, with query blocks of 8 whose key-block loops
+    are alone in a query loop (the script's steps up to the swap)."""
+    p, contracts = attention()
+    r = flash.online_softmax.apply(p, "attention > for i", 4).program
+    r = loop.tile.apply(r, "attention > for i", 8, mode="min").program
+    for name in ("max_val", "sum"):
+        r = loop.hoist.apply(r, f"attention > for i > def {name}").program
+    r = loop.fission.apply(r, "attention > for i > before for bj").program
+    r = loop.fission.apply(r, "attention > for i#2 > after for bj").program
+    return p, r, contracts
+
+
+def test_swap_triangular_visits_key_blocks_up_to_the_diagonal(ck):
+    p, before, contracts = query_blocks()
+    r = flash.swap_triangular.apply(before, "attention > for i#2")
+    text = ck.function_text(r.program, "attention")
+    assert "for (int bj = 0; bj < (bi + 8 < S ? bi + 8 : S) - 1 + 1; bj += 4) {" in text
+    assert "if (bj < i + 1) {" in text
+    assert [o.kind for o in r.obligations] == ["swap_loops", "ordered_bounds"]
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
+def test_swap_triangular_refuses_a_rectangular_nest_or_more_than_a_loop():
+    p, before, _ = query_blocks()
+    assert "only the bound of for bi" in refusal(flash.swap_triangular.apply, before, "attention > for h")
+    assert "must be one loop and nothing else" in refusal(flash.swap_triangular.apply, before, "attention > for i#1")
+
+
+def test_level2_refutes_a_swap_that_reorders_a_dependence(ck):
+    """x[i] += x[j + 1]: iteration (1, 1) reads x[2] before (2, 0) writes it;
+    swapped, it reads it after."""
+    p, contracts = tri(ck, "i + 1")
+    r = flash.swap_triangular.apply(p, "tri > for i")
+    why = refuted(p, r, contracts)
+    assert why.startswith("swap_loops: ") and "x[j + 1]" in why, why
+    with pytest.raises(AssertionError):
+        ck.same_outputs(p, r.program, "tri", [5, ck.floats(6)])
+
+
+def test_level2_refutes_a_bound_that_shrinks_with_the_outer_index(ck):
+    p, contracts = tri(ck, "n - i")
+    r = flash.swap_triangular.apply(p, "tri > for i")
+    result = check_step(p, r.program, r.obligations, contracts)
+    failed = {v.kind: v.status for v in result.verdicts if v.status != "proved"}
+    assert failed.get("ordered_bounds") == "refuted", result.problems
