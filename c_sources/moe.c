@@ -1,9 +1,9 @@
 /* Top-k mixture-of-experts SwiGLU FFN.
    x, out [T][dim]; router wr [E][dim];
    w1, w3 [E][hidden][dim]; w2 [E][dim][hidden].
-   For each token: pick the K experts with the largest router logits (ties go
-   to the lower index), softmax over the K selected logits, and sum the
-   weighted expert outputs w2_e (silu(w1_e x) * (w3_e x)). */
+   Per token: pick the K experts of largest router logits (ties to the lower
+   index; best is always an expert's number, replaced while it is a used
+   one), softmax over them, sum the weighted w2_e (silu(w1_e x) * (w3_e x)). */
 
 #include <math.h>
 #include <stdlib.h>
@@ -32,9 +32,9 @@ void moe(int T, int dim, int hidden, int E, int K, const float *x,
       used[e] = 0;
     }
     for (int s = 0; s < K; s++) {
-      int best = -1;
+      int best = 0;
       for (int e = 0; e < E; e++) {
-        if (used[e] == 0 && (best == -1 || logits[e] > logits[best])) {
+        if (used[e] == 0 && (used[best] != 0 || logits[e] > logits[best])) {
           best = e;
         }
       }

@@ -14,15 +14,17 @@ A query answers with a counterexample (the values of both instances and of
 the parameters) or proves that none exists; a time-out is neither."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import z3
 
 from . import ir
-from .footprint import UNKNOWN, Access, Footprint, Loop, cell_name
+from .footprint import UNKNOWN, Access, Footprint, Loop, Store, cell_name
 from .names import subst
 from .smt import Terms, quotient_witnesses, satisfy
+from .tree import walk
 
 PRIME = {1: "", 2: "'"}
 
@@ -57,8 +59,9 @@ class Space:
     Z3 whether two of them can meet."""
 
     def __init__(self, fp: Footprint, bound: Iterable[str] = (), private: Iterable[str] = (),
-                 assume_bounds: bool = True) -> None:
+                 assume_bounds: bool = True, ranges: Optional[Mapping[str, tuple[ir.Expr, ir.Expr]]] = None) -> None:
         self.fp = fp
+        self.ranges = value_ranges(fp) if ranges is None else ranges
         self.assume_bounds = assume_bounds
         self.bound = frozenset(bound)
         self.private = frozenset(private)
@@ -95,8 +98,25 @@ class Space:
             flat_expr = a.flat()
             flat = t.term(subst(flat_expr, ren)) if flat_expr is not None else None
             lanes = t.term(subst(a.lanes, ren))
+            cons.extend(self.loaded_ranges(t))
+            cons.extend(v for n in a.mutable if n in self.ranges for v in self._within(t.term(ren[n]), t, n))
             self._cache[key] = Encoded(index, lanes, tuple(cons) + tuple(t.facts), flat)
         return self._cache[key]
+
+    def loaded_ranges(self, t: Terms) -> list[z3.BoolRef]:
+        """What the value-range invariants say of the loads `t` made opaque."""
+        out: list[z3.BoolRef] = []
+        for e, v in list(t.opaque.items()):
+            root = e
+            while isinstance(root, ir.Index):
+                root = root.base
+            if isinstance(e, ir.Index) and isinstance(root, ir.Var) and root.name in self.ranges:
+                out.extend(self._within(v, t, root.name))
+        return out
+
+    def _within(self, v: z3.ArithRef, t: Terms, cell: str) -> tuple[z3.BoolRef, z3.BoolRef]:
+        lo, hi = self.ranges[cell]
+        return v >= t.term(lo), v < t.term(hi)
 
     def same_cell(self, a: Access, ta: int, b: Access, tb: int) -> Optional[z3.BoolRef]:
         """A formula for `a` (instance ta) and `b` (instance tb) touching one
@@ -191,3 +211,80 @@ def first_conflict(space: Space, pairs: Iterable[tuple[Access, int, Access, int]
 
 def instance_var(name: str, tag: int) -> z3.ArithRef:
     return z3.Int(f"{name}{PRIME[tag]}")
+
+
+# ----------------------------------------------------------------- value ranges of integer arrays
+
+
+_RANGES: dict[tuple[Any, ...], dict[str, tuple[ir.Expr, ir.Expr]]] = {}
+
+
+def value_ranges(fp: Footprint) -> dict[str, tuple[ir.Expr, ir.Expr]]:
+    """The local integer arrays whose every value lies in [lo, hi), lo and
+    hi expressions of the parameters: an inductive invariant, proved over
+    all the function's stores to the array (`Footprint.stores`). A store
+    of the index of a loop proposes that loop's range; each store must then
+    be proved to write a value in range, where a load from an array of the
+    candidate set is assumed within its own range (the induction
+    hypothesis), under the requires, the store's loops and guards. Arrays
+    whose stores are not all proved are dropped until the set is stable,
+    so what remains holds by induction over every write of the run. Cells
+    never written hold indeterminate values, which C forbids reading
+    (level 2 does not check yet that a cell is written before it is read)."""
+    key = (fp.function, fp.stores, fp.requires)
+    if key not in _RANGES:
+        by_cell: dict[str, list[Store]] = {}
+        for st in fp.stores:
+            by_cell.setdefault(st.access.cell, []).append(st)
+        candidates: dict[str, tuple[ir.Expr, ir.Expr]] = {}
+        while True:
+            found = {c: r for c, sts in by_cell.items() if c not in candidates
+                     and (r := _proposed(sts, candidates)) is not None}
+            if not found:
+                break
+            candidates.update(found)
+        whole = dataclasses.replace(fp, accesses=(), outer_loops=(), outer_guards=(), consts=())
+        while candidates:
+            space = Space(whole, assume_bounds=False, ranges=candidates)
+            failed = {c for c in candidates if not all(_stores_within(space, st, candidates[c]) for st in by_cell[c])}
+            if not failed:
+                break
+            candidates = {c: r for c, r in candidates.items() if c not in failed}
+        _RANGES[key] = candidates
+    return _RANGES[key]
+
+
+def _proposed(stores: Sequence[Store], known: Mapping[str, tuple[ir.Expr, ir.Expr]]) \
+        -> Optional[tuple[ir.Expr, ir.Expr]]:
+    """The range of the first loop whose index a store writes (when that
+    range reads no loop index nor mutable scalar), else that of an array of
+    `known` a store copies from; None when a store's value is not known."""
+    if any(st.value is None for st in stores):
+        return None
+    for st in stores:
+        root = st.value
+        while isinstance(root, ir.Index):
+            root = root.base
+        if isinstance(root, ir.Var) and root.name in known:
+            return known[root.name]
+        loop = next((lp for lp in st.access.loops if st.value == ir.Var(lp.index) and lp.step == ir.Const("1")), None)
+        if loop is None:
+            continue
+        names = {n.name for e in (loop.start, loop.stop) for _, n in walk(e) if isinstance(n, ir.Var)}
+        indices = {lp.index for lp in st.access.loops}
+        if not names & (indices | set(st.access.mutable)) and not any(
+                isinstance(n, (ir.Index, ir.Call)) for e in (loop.start, loop.stop) for _, n in walk(e)):
+            return loop.start, loop.stop
+    return None
+
+
+def _stores_within(space: Space, st: Store, bounds: tuple[ir.Expr, ir.Expr]) -> bool:
+    """Whether the store writes a value in [lo, hi) whenever it runs."""
+    value = dataclasses.replace(st.access, index=(st.value,), shape=None, lanes=ir.Const("1"), uid=-st.access.uid,
+                                mutable=tuple(sorted(set(st.mutable) | set(st.access.mutable))))
+    enc = space.encode(value, 1)
+    t = Terms("@range")
+    v = enc.index[0]
+    outside = z3.Or(v < t.term(bounds[0]), v >= t.term(bounds[1]))
+    answer, _, _ = satisfy(space.hypotheses, [*enc.constraints, *t.facts, outside])
+    return answer == "unsat"

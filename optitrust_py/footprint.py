@@ -96,6 +96,7 @@ class Footprint:
     requires: tuple[ir.Expr, ...]
     sizes: Mapping[str, tuple[ir.Expr, ...]] = field(default_factory=dict)
     consts: tuple[tuple[str, ir.Expr], ...] = ()
+    stores: tuple["Store", ...] = ()
 
     def resolve(self, e: ir.Expr) -> ir.Expr:
         """`e` as it reads at the footprint's place, constant locals replaced."""
@@ -103,6 +104,20 @@ class Footprint:
 
     def of_stmt(self, k: int) -> tuple[Access, ...]:
         return tuple(a for a in self.accesses if a.stmt == k)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A write, anywhere in the function, to a local integer scalar whose
+    address is never taken or to a local integer array that never escapes
+    (only indexed, or freed): the value it stores (None when it is not a
+    plain `=` or an initializer), as the write's access would read it, and
+    the mutable scalars that value reads. What the value-range invariants
+    of level 2 are proved from."""
+
+    access: Access
+    value: Optional[ir.Expr]
+    mutable: tuple[str, ...] = ()
 
 
 _uids = itertools.count(1)
@@ -138,6 +153,19 @@ class _Collector:
                 if r.shape.kind == "matrix" and not r.group and isinstance(r.subject, ir.Var):
                     self.shapes.setdefault(r.base, r.shape.dims)
         self.out: list[Access] = []
+        self.int_cells = _private_ints(fn.body, addressed) - self.redeclared
+        self.values: dict[int, tuple[ir.Expr, tuple[str, ...]]] = {}
+
+    def stored(self, a: Access, value: ir.Expr, ctx: "_Ctx") -> None:
+        """Remember the value the write `a` stores, as read where it runs."""
+        value = ctx.resolve(value)
+        names = {n.name for n in _nodes(value) if isinstance(n, ir.Var)}
+        self.values[a.uid] = value, tuple(sorted(names & ctx.mutable))
+
+    def stores(self) -> tuple[Store, ...]:
+        """The writes to the private integer cells, with their values."""
+        return tuple(Store(a, *self.values.get(a.uid, (None, ()))) for a in self.out
+                     if a.write and a.cell in self.int_cells and not _is_free(a))
 
     def target(self, e: ir.Expr) -> Optional[tuple[str, ir.Expr]]:
         """The array a pointer expression points into, and the offset."""
@@ -178,7 +206,10 @@ class _Collector:
         if dims:
             self.shapes[cell] = self.sizes[cell] = dims
         elif count is not None:
-            self.sizes[cell] = (ctx.resolve(count),)
+            rows = tuple(ctx.resolve(x) for x in _array_dims(d.type.to))  # T (*p)[D] = malloc(n * ...)
+            self.sizes[cell] = (ctx.resolve(count),) + rows
+            if rows:
+                self.shapes[cell] = self.sizes[cell]
         if d.name not in self.assigned and d.init is not None and not dims \
                 and not isinstance(d.init, ir.InitList) and not has_side_effects(d.init):
             return ctx.bind(d.name, ctx.resolve(d.init))
@@ -257,8 +288,11 @@ class _Collector:
             return
         if isinstance(e, ir.Assign):
             self.expr(e.rhs, path + (("rhs", None),), ctx)
+            written = len(self.out)
             self.lvalue(e.lhs, path + (("lhs", None),), "write" if e.op == "=" else "update",
                         ctx.updating(e.op[:-1]))
+            if e.op == "=" and len(self.out) > written:
+                self.stored(self.out[-1], e.rhs, ctx)
             return
         if isinstance(e, ir.Unop):
             if e.op in ("++", "--", "p++", "p--"):
@@ -388,6 +422,7 @@ class _Collector:
                 if d.name in self.scalars:
                     named = self.declare(d, ctx)
                     self.add(named.cell(d.name), (), ONE, "write", ir.Var(d.name, s.loc), path, named)
+                    self.stored(self.out[-1], d.init, ctx)
         elif isinstance(s, ir.For):
             for part in ("start", "stop", "step"):
                 self.expr(getattr(s, part), path + ((part, None),), ctx)
@@ -507,8 +542,10 @@ def footprint(program: ir.Program, path: Path, contracts: Mapping[str, Any], nod
         col.stmt(node, path, inner)
     contract = contracts.get(fn.decl.name or "")
     requires = tuple(contract.requires) if contract is not None else ()
+    whole = path == fn_path + (("body", None),) and override is None
+    stores = col.stores() if whole else function_footprint(program, fn.decl.name or "", contracts).stores
     return Footprint(fn.decl.name or "", tuple(col.out), outer.loops, outer.guards, requires, dict(col.sizes),
-                     outer.consts)
+                     outer.consts, stores)
 
 
 def function_footprint(program: ir.Program, function: str, contracts: Mapping[str, Any]) -> Footprint:
@@ -602,6 +639,44 @@ def _allocated_count(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
             if isinstance(unit, ir.SizeofType) or isinstance(unit, ir.Unop) and unit.op == "sizeof":
                 return count
     return None
+
+
+def _is_free(a: Access) -> bool:
+    """The release of a buffer: no value of it may be read after."""
+    return a.whole and a.text == f"free({a.via})"
+
+
+def _private_ints(body: ir.Block, addressed: set[str]) -> set[str]:
+    """Local integer scalars whose address is never taken and that are no
+    loop's index (a loop writes its index without an assignment), and local
+    arrays (or pointers to allocated ones) of integers whose name is only
+    ever indexed or freed: no other name reaches their cells."""
+    decls = [n.decl for n in _nodes(body) if isinstance(n, ir.DeclStmt) and n.decl.name]
+    indices = {n.index for n in _nodes(body) if isinstance(n, ir.For)}
+    scalars = {d.name for d in decls if _integer(d.type)} - addressed - indices
+    declared = {d.name for d in decls if isinstance(d.type, (ir.Array, ir.Ptr)) and _integer_elements(d.type)}
+    used: dict[str, int] = {}
+    fair: dict[str, int] = {}
+    for n in _nodes(body):
+        if isinstance(n, ir.Var):
+            used[n.name] = used.get(n.name, 0) + 1
+        elif isinstance(n, ir.Index) and isinstance(n.base, ir.Var):
+            fair[n.base.name] = fair.get(n.base.name, 0) + 1
+        elif isinstance(n, ir.Call) and isinstance(n.func, ir.Var) and n.func.name == "free" \
+                and len(n.args) == 1 and isinstance(n.args[0], ir.Var):
+            fair[n.args[0].name] = fair.get(n.args[0].name, 0) + 1
+    return scalars | {d for d in declared if used.get(d, 0) == fair.get(d, 0)}
+
+
+def _integer_elements(t: ir.CType) -> bool:
+    """An array or pointer (to arrays) of a plain integer type."""
+    while isinstance(t, (ir.Array, ir.Ptr)):
+        t = t.of if isinstance(t, ir.Array) else t.to
+    return _integer(t)
+
+
+def _integer(t: ir.CType) -> bool:
+    return isinstance(t, ir.Base) and bool(set(t.names) & {"int", "long", "short"})
 
 
 def _quals(t: ir.CType) -> tuple[str, ...]:

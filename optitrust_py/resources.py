@@ -78,7 +78,7 @@ def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> O
     """None when every cell `a` touches lies within `dims` (one cell when
     there are none); else what may go out, with values."""
     key = (a.cell, a.index, a.lanes, a.loops, a.guards, a.mutable, a.shape, dims, space.fp.requires,
-           space.fp.outer_loops, space.fp.outer_guards)
+           space.fp.outer_loops, space.fp.outer_guards, tuple(sorted(space.ranges.items())))
     if key in _CACHE:
         return _CACHE[key]
     enc = space.encode(a, 1)
