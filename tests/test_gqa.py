@@ -13,7 +13,7 @@ from optitrust_py import ir
 from optitrust_py.level2 import check_step
 from optitrust_py.session import Rewrite
 from optitrust_py.spec import parse_spec_file, parse_spec_text
-from transformations import llm, loop, variable
+from transformations import function, llm, loop, variable
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = parse_spec_file(ROOT / "specs" / "gqa_decode.spec")
@@ -212,3 +212,28 @@ def test_group_heads_refusals(ck):
     assert refusal(llm.group_heads.apply, p, "gqa_decode > for h", "KVH", "scores", "pos + 1") == (
         "llm.group_heads: the body of for h (line 13) does not start with the kv head of the query head, "
         "'int g = h / KVH;'")
+
+
+def transformer_args(ck: Any, L: int, dim: int, hidden: int, H: int, KVH: int, SMAX: int, pos: int) -> list[Any]:
+    kv = dim * KVH // H
+    return [L, dim, hidden, H, KVH, SMAX, pos, ck.floats(L * dim), ck.floats(L * dim * dim), ck.floats(L * kv * dim),
+            ck.floats(L * kv * dim), ck.floats(L * dim * dim), ck.floats(L * dim), ck.floats(L * hidden * dim),
+            ck.floats(L * dim * hidden), ck.floats(L * hidden * dim), ck.floats(dim), ck.floats(L * SMAX * kv),
+            ck.floats(L * SMAX * kv)]
+
+
+def test_group_heads_in_the_transformer_token(ck):
+    """The same composite on transformer.c's decode step, once softmax_vec
+    is inlined and its pointer parameter replaced by the buffer."""
+    p = ck.load("transformer.c")
+    q = function.inline.apply(p, "transformer_token > call softmax_vec").program
+    q = variable.inline.apply(q, "transformer_token > def x_1").program
+    r = llm.group_heads.apply(q, "transformer_token > for l > for h", "kv_mul", "att", "pos + 1")
+    text = ck.function_text(r.program, "transformer_token")
+    assert ck.contains(text, """
+        for (int g = 0; g < H / kv_mul; g++) {
+          float *att = malloc(kv_mul * (pos + 1) * sizeof(float));
+          for (int t = 0; t <= pos; t++) {
+            for (int r = 0; r < kv_mul; r++) {""")
+    ck.check(p, r.program, "transformer_token", transformer_args(ck, 2, 16, 24, 4, 2, 8, 5))
+    ck.check(p, r.program, "transformer_token", transformer_args(ck, 1, 24, 8, 6, 2, 4, 3))
