@@ -283,19 +283,19 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
     + r with r between 0 and b, of a's sign), plus two kinds of lemmas that
     hold for all integers and that Z3's non-linear arithmetic does not find
     by itself: an exact quotient of a multiple (`a == b * d'` makes
-    `(a * y) / b` equal to `d' * y`), and a product of a multiple of c is a
-    multiple of c (`(dim / H) % 2 == 0` makes `dim` even). Every model of
+    `(a * y) / b` equal to `d' * y`), a product of a multiple of c is a
+    multiple of c (`(dim / H) % 2 == 0` makes `dim` even), and products
+    with a common non-negative factor grow with the other factor (`t < T`
+    makes `t * kv_dim + kv_dim <= T * kv_dim`). Every model of
     the query gives one of the named query (d its quotient), so 'unsat' is
     a proof; a model is returned only when it satisfies the query itself."""
     terms = [q for e in hyps + cons for q in _quotients(e)]
     named = [q for q in terms if not z3.is_int_value(q[2])]
-    if not named:
-        return "unknown", None
     var = {q[0].get_id(): z3.Int(f"{k}:quotient") for k, q in enumerate(named)}
     sub = [(q[0], var[q[0].get_id()]) for q in named]
 
     def named_in(e: z3.ExprRef) -> z3.ExprRef:
-        return z3.substitute(e, *sub)
+        return z3.substitute(e, *sub) if sub else e
 
     defs: list[z3.BoolRef] = []
     for k, (q, a, b) in enumerate(named):
@@ -311,9 +311,13 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
                                        var[q.get_id()] == var[q2.get_id()] * named_in(rest)))
     body = [named_in(e) for e in hyps + cons] + [named_in(e) for e in defs]
     moduli = {q[2].as_long() for q in terms if z3.is_int_value(q[2]) and q[2].as_long() > 1}
+    products = list({m.get_id(): m for e in body for m in _subterms(e) if _is_mul(m) and _is_nonlinear_node(m)
+                     and m.num_args() == 2}.values())
     lemmas = [z3.Implies(c_mod(f, z3.IntVal(c)) == 0, c_mod(m, z3.IntVal(c)) == 0)
-              for e in body for m in _subterms(e) if _is_mul(m) and _is_nonlinear_node(m)
-              for f in m.children() for c in sorted(moduli)]
+              for m in products for f in m.children() for c in sorted(moduli)]
+    lemmas += [lemma for m in products for m2 in products if m2 is not m for lemma in _monotone(m, m2)]
+    if not named and not lemmas:
+        return "unknown", None
     s = solver()
     s.add(*body, *lemmas)
     answer = s.check()
@@ -322,6 +326,18 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
     if answer == z3.sat and all(z3.is_true(s.model().eval(e, model_completion=True)) for e in hyps + cons):
         return "sat", s.model()
     return "unknown", None
+
+
+def _monotone(m: z3.ArithRef, m2: z3.ArithRef) -> list[z3.BoolRef]:
+    """For products a*y and b*y of a common factor y >= 0: a <= b makes
+    a*y <= b*y, and a < b makes a*y + y <= b*y (facts of all integers)."""
+    out: list[z3.BoolRef] = []
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        y = m.arg(i)
+        if y.eq(m2.arg(j)):
+            a, b = m.arg(1 - i), m2.arg(1 - j)
+            out += [z3.Implies(z3.And(y >= 0, a <= b), m <= m2), z3.Implies(z3.And(y >= 0, a < b), m + y <= m2)]
+    return out
 
 
 def _quotients(e: z3.ExprRef) -> list[tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]]:
