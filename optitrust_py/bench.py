@@ -38,6 +38,24 @@ failing check stops before timing. (A sum of n same-sign terms, as in a
 softmax denominator, drifts by about sqrt(n) * 6e-8 relative when it is
 reordered: near 1e-5 at n ~ 30 000, where `tolerance=` must be raised.)
 
+Prepared inputs and variants. A kernel that takes its inputs in another
+form than the original function (weights quantized once, ahead of time) is
+timed through `call=`, a C call whose arguments name the function's
+parameters and buffers that `setup=` prepares: C calls run once per
+program, untimed, before its checking call, whose callee's contract sizes
+and types the buffers it writes that the function does not have:
+
+    bench("matvec", ..., setup="quantize_q8(D, N, W, Wq, Ws)",
+          call="matvec_q8(N, D, Wq, Ws, x, y)",
+          variants={"fp32": fp32_ending, "runq": "../c_sources/matvec_q8.c"})
+
+`variants=` adds named programs timed side by side: a script ending (a
+function of the script whose steps are applied to the loaded program, as
+if the script had ended that way) or a C file (a reference written by
+hand). A program that defines the callee of `call=` is timed through it,
+after its own setup; any other through the function itself, like the
+original. Every variant's outputs are checked against the original's.
+
 Timing. One fresh Python process (`python -m optitrust_py.bench JOB`) runs
 every variant, started with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and
 MKL_NUM_THREADS set to `--threads` before numpy loads (torch also gets
@@ -56,6 +74,7 @@ import functools
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -65,7 +84,7 @@ import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from . import ir
 from .errors import CheckFailed, OtpError, ScriptError, SpecError
@@ -103,15 +122,42 @@ class BenchSpec:
     unit: str
     formulations: tuple[tuple[str, str], ...] = ()
     tolerance: float = TOLERANCE
+    setup: tuple["CallText", ...] = ()
+    call: Optional["CallText"] = None
+    variants: tuple[tuple[str, Any], ...] = ()
+    """(name, script ending or absolute path of a C file)"""
 
     def formulation(self, library: str) -> Optional[str]:
         return dict(self.formulations).get(library)
 
 
+@dataclass(frozen=True)
+class CallText:
+    """A C call whose arguments are names: `quantize_q8(D, N, W, Wq, Ws)`."""
+
+    function: str
+    args: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.function}({', '.join(self.args)})"
+
+
+def parse_call(text: Any, what: str) -> CallText:
+    """The call `text` (ScriptError unless it is `f(a, b, ...)` with names)."""
+    m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", text) if isinstance(text, str) else None
+    args = tuple(a.strip() for a in m.group(2).split(",")) if m and m.group(2).strip() else ()
+    if m is None or not all(a.isidentifier() for a in args):
+        raise ScriptError(f"bench(): {what} is a C call whose arguments are names, e.g. "
+                          f"\"quantize_q8(D, N, W, Wq, Ws)\", got {text!r}")
+    return CallText(m.group(1), args)
+
+
 def declare(function: str, sizes: Optional[Mapping[str, float]], flops: Optional[str],
             bytes_: Optional[str], formulations: Mapping[str, Optional[str]],
-            tolerance: float = TOLERANCE) -> BenchSpec:
-    """A checked BenchSpec (ScriptError on a malformed one)."""
+            tolerance: float = TOLERANCE, setup: Union[str, Sequence[str], None] = None,
+            call: Optional[str] = None, variants: Optional[Mapping[str, Any]] = None) -> BenchSpec:
+    """A checked BenchSpec (ScriptError on a malformed one); C file variants
+    must be given as absolute paths (script.bench resolves them)."""
     if not isinstance(function, str) or not function.isidentifier():
         raise ScriptError(f"bench(): the first argument is the name of the C function to time, got {function!r}")
     if (flops is None) == (bytes_ is None):
@@ -137,7 +183,26 @@ def declare(function: str, sizes: Optional[Mapping[str, float]], flops: Optional
         except SyntaxError as e:
             raise ScriptError(f"bench(): the {lib}= statement is not valid Python: {e.msg}") from None
         stmts.append((lib, stmt))
-    return BenchSpec(function, tuple((sizes or {}).items()), work, unit, tuple(stmts), float(tolerance))
+    setups = tuple(parse_call(t, "setup=") for t in ([setup] if isinstance(setup, str) else setup or ()))
+    if setups and call is None:
+        raise ScriptError("bench(): setup= prepares inputs for call=; give the call that uses them")
+    timed = parse_call(call, "call=") if call is not None else None
+    if variants is not None and not isinstance(variants, Mapping):
+        raise ScriptError(f"bench(): variants= maps names to script endings or C files, got {variants!r}")
+    named = []
+    for name, v in (variants or {}).items():
+        if not (isinstance(name, str) and name.isidentifier()) or name in ("original", "optimized") \
+                or name in formulations:
+            raise ScriptError(f"bench(): a variant's name is an identifier other than original, optimized and "
+                              f"the libraries, got {name!r}")
+        if not (callable(v) or isinstance(v, str) and Path(v).is_absolute()):
+            raise ScriptError(f"bench(): variant {name!r} is a script ending (a function of the script) or the "
+                              f"path of a C file, got {v!r}")
+        if isinstance(v, str) and not Path(v).is_file():
+            raise ScriptError(f"bench(): variant {name!r}: no such C file: {v}")
+        named.append((name, v))
+    return BenchSpec(function, tuple((sizes or {}).items()), work, unit, tuple(stmts), float(tolerance),
+                     setups, timed, tuple(named))
 
 
 def _formula(text: str, unit: str) -> ir.Expr:
@@ -193,8 +258,8 @@ class Timing:
 @dataclass(frozen=True)
 class BenchReport:
     """A benchmark's outcome. `failure` (a check failed: no timings) or
-    `timings` for "original", "optimized" and the library, if any;
-    `errors` holds each variant's max_rel_err against the original."""
+    `timings` for "original", "optimized", the `variants` and the library,
+    if any; `errors` holds each one's max_rel_err against the original."""
 
     function: str
     sizes: dict[str, float]
@@ -206,6 +271,7 @@ class BenchReport:
     errors: dict[str, float]
     timings: dict[str, Timing]
     failure: str = ""
+    variants: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -226,6 +292,11 @@ class BenchReport:
         out["baseline"] = self.timings["original"].to_json()
         out["optimized"] = self.timings["optimized"].to_json()
         out["speedup"] = self.speedup()
+        if self.variants:
+            out["variants"] = {v: {**self.timings[v].to_json(), "max_rel_err": _finite(self.errors[v])}
+                               for v in self.variants}
+            for v in self.variants:
+                out[f"ratio_vs_{v}"] = self.speedup("optimized", v)
         if self.library:
             out[self.library] = {**self.timings[self.library].to_json(),
                                  "max_rel_err": _finite(self.errors[self.library])}
@@ -243,8 +314,9 @@ def _finite(x: float) -> Any:
 def run_bench(original: ir.Program, final: ir.Program, contracts: Mapping[str, Any], spec: BenchSpec,
               overrides: Mapping[str, float], threads: int, repeats: Optional[int] = None,
               library: Optional[str] = None) -> BenchReport:
-    """Build, check and time `spec.function` of `original` and `final` (and
-    the `library` formulation). Bad input is an OtpError (exit 2); a crash of
+    """Build, check and time `spec.function` of `original` and `final` (the
+    final one through `spec.call` when given), the declared variants and
+    the `library` formulation. Bad input is an OtpError (exit 2); a crash of
     the C code is a CheckFailed; a failed comparison is a report with
     `failure` set."""
     from .build import BENCH_FLAGS, BuildFailed, compile_many
@@ -265,33 +337,31 @@ def run_bench(original: ir.Program, final: ir.Program, contracts: Mapping[str, A
             raise ScriptError(f"--compare {library}: the script's bench() gives no {library}= formulation "
                               f"(e.g. bench(\"{spec.function}\", ..., {library}=\"...\"))")
     name = spec.function
-    f0, f1 = original.function(name), final.function(name)
-    if f0 is None or f1 is None:
-        which = "original" if f0 is None else "final"
-        raise ScriptError(f"bench(): the {which} program defines no function '{name}'")
+    f0 = original.function(name)
+    if f0 is None:
+        raise ScriptError(f"bench(): the original program defines no function '{name}'")
     contract = contracts.get(name)
     if contract is None:
         raise SpecError(f"bench(): '{name}' has no contract, so otp cannot size its arrays "
                         f"(write one in specs/ or in the source)")
-    if "static" in f1.decl.storage or "static" in f0.decl.storage:
-        raise ScriptError(f"bench(): '{name}' is static, so it cannot be called from outside its file")
     sizes = _sizes(f0, spec, overrides)
     plan = plan_call(f0, contract, sizes)
-    if plan != plan_call(f1, contract, sizes):
-        raise ScriptError(f"bench(): the final program's '{name}' takes other parameters than the original's, "
-                          f"so they cannot be run on the same inputs")
     values = {p.name: p.value for p in plan.params if p.role != "buffer"}
     try:
         work = evaluate(_formula(spec.work, spec.unit), {n: v for n, v in values.items() if isinstance(v, int)})
     except SpecError as e:
         raise ScriptError(f"bench(): cannot evaluate {spec.unit}={spec.work!r}: {e.message}") from None
-    built = compile_many([(to_c(original), "original program"), (to_c(final), "final program")],
+    programs = [("original", original), ("optimized", final)] + \
+        [(label, _variant_program(label, v, original, contracts)) for label, v in spec.variants]
+    prepared = _prepared(final, contracts, spec, plan)
+    libs = [_timed_call(label, p, final, plan, spec, prepared, contracts) for label, p in programs]
+    built = compile_many([(to_c(p), f"{label} program") for label, p in programs],
                          BENCH_FLAGS + FORCE_INCLUDE, kind="shared")
     for b in built:
         if isinstance(b, BuildFailed):
             raise b
-    job = {"function": name, "libs": [["original", str(built[0])], ["optimized", str(built[1])]],
-           "params": [_param_json(p) for p in plan.params],
+    job = {"function": name, "libs": [{**lib, "path": str(b)} for lib, b in zip(libs, built)],
+           "params": [_param_json(p) for p in plan.params], "prepared": list(prepared.values()),
            "ret": None if plan.ret is None else plan.ret.code,
            "sizes": values, "threads": threads, "tolerance": spec.tolerance, "repeats": repeats,
            "library": library, "statement": statement}
@@ -299,7 +369,108 @@ def run_bench(original: ir.Program, final: ir.Program, contracts: Mapping[str, A
     errors = {k: float(v) for k, v in result["errors"].items()}
     timings = {k: Timing(tuple(v), work, spec.unit) for k, v in result.get("times", {}).items()}
     return BenchReport(name, values, threads, work, spec.unit, library, spec.tolerance, errors, timings,
-                       result.get("failure", ""))
+                       result.get("failure", ""), tuple(label for label, _ in spec.variants))
+
+
+def _variant_program(label: str, variant: Any, original: ir.Program, contracts: Mapping[str, Any]) -> ir.Program:
+    """A variant's program: a C file as written, or the original program
+    transformed by a script ending (its steps run unchecked: the variant's
+    outputs are checked against the original's before it is timed)."""
+    from .frontend import parse_file
+    from .session import Session, StepFailed
+
+    if isinstance(variant, str):
+        return parse_file(variant)
+    with Session() as s:
+        s.program = s.original = original
+        s.contracts = dict(contracts)
+        try:
+            variant()
+        except StepFailed as e:
+            raise ScriptError(f"bench(): variant '{label}': {e.message}") from None
+        return s.current()
+
+
+def _contract_of(program: ir.Program, name: str, contracts: Mapping[str, Any]) -> tuple[ir.FuncDef, Any]:
+    from .spec import contract_from_clauses
+
+    f = program.function(name)
+    if f is None:
+        raise ScriptError(f"bench(): the final program defines no function '{name}'")
+    c = contracts.get(name) or contract_from_clauses(f)
+    if c is None:
+        raise SpecError(f"bench(): '{name}' has no contract, so otp cannot size its arrays")
+    return f, c
+
+
+def _bound_plan(program: ir.Program, call: CallText, plan: Any, contracts: Mapping[str, Any]) -> list[Any]:
+    """The parameters of `call`'s callee, planned at the sizes its scalar
+    arguments take (each a size of the benchmarked function)."""
+    from .execcheck import plan_call
+
+    f, c = _contract_of(program, call.function, contracts)
+    if len(f.params) != len(call.args):
+        raise ScriptError(f"bench(): {call} passes {len(call.args)} arguments; {f.name} takes {len(f.params)}")
+    scalars = {p.name: p.value for p in plan.params if p.role != "buffer"}
+    bound = {p.name: scalars[a] for p, a in zip(f.params, call.args) if a in scalars}
+    return list(plan_call(f, c, bound).params)
+
+
+def _prepared(final: ir.Program, contracts: Mapping[str, Any], spec: BenchSpec, plan: Any) -> dict[str, Any]:
+    """The buffers the setup calls write that the function does not have,
+    sized and typed by the setup callees' contracts."""
+    own = {p.name for p in plan.params}
+    out: dict[str, Any] = {}
+    for call in spec.setup:
+        for p, arg in zip(_bound_plan(final, call, plan, contracts), call.args):
+            if p.role == "buffer" and arg not in own and arg not in out:
+                if not p.output:
+                    raise ScriptError(f"bench(): setup {call} reads '{arg}', which is neither a parameter of "
+                                      f"{spec.function} nor written by an earlier setup call")
+                out[arg] = {**_param_json(p), "name": arg, "fill": "setup", "output": False}
+    return out
+
+
+def _timed_call(label: str, program: ir.Program, final: ir.Program, plan: Any, spec: BenchSpec,
+                prepared: Mapping[str, Any], contracts: Mapping[str, Any]) -> dict[str, Any]:
+    """What the measuring process calls in a program: `spec.call` (after the
+    setup calls) where the program defines its callee, else the function
+    itself, which must take the original's parameters. The call's buffers
+    are planned from the final program's callee, whose contract the step
+    that made it gave; another program's callee must take the same types."""
+    from .execcheck import plan_call
+    from .printer import type_name
+
+    name = spec.function
+    call = spec.call if label != "original" and spec.call and program.function(spec.call.function) else None
+    if call is None:
+        f = program.function(name)
+        if f is None:
+            raise ScriptError(f"bench(): the {label} program defines no function '{name}'")
+        if "static" in f.decl.storage:
+            raise ScriptError(f"bench(): '{name}' is static, so it cannot be called from outside its file")
+        if plan_call(f, contracts[name], {p.name: p.value for p in plan.params if p.role != "buffer"}) != plan:
+            raise ScriptError(f"bench(): the {label} program's '{name}' takes other parameters than the "
+                              f"original's, so they cannot be run on the same inputs")
+        return {"label": label, "function": name, "args": [p.name for p in plan.params], "setup": []}
+    for needed in [call] + list(spec.setup):
+        mine, theirs = program.function(needed.function), final.function(needed.function)
+        if mine is None or theirs is None or \
+                [type_name(q.type) for q in mine.params] != [type_name(q.type) for q in theirs.params]:
+            raise ScriptError(f"bench(): the {label} program defines {call.function} but no {needed.function} "
+                              f"taking the final program's parameter types")
+    known = {p.name: p for p in plan.params}
+    for p, arg in zip(_bound_plan(final, call, plan, contracts), call.args):
+        have = known.get(arg)
+        code = have.elem.code if have is not None else prepared[arg]["code"] if arg in prepared else None
+        if code is None:
+            raise ScriptError(f"bench(): {call} passes '{arg}', which is neither a parameter of {name} nor "
+                              f"prepared by setup=")
+        if code != p.elem.code or p.output and (have is None or not have.output):
+            raise ScriptError(f"bench(): {call} passes '{arg}' where {call.function} takes another type or "
+                              f"writes it")
+    setup = [{"function": c.function, "args": list(c.args)} for c in spec.setup]
+    return {"label": label, "function": call.function, "args": list(call.args), "setup": setup}
 
 
 def require_library(library: str) -> None:
@@ -434,29 +605,46 @@ class _Variant:
 
 
 class _CVariant(_Variant):
-    def __init__(self, label: str, job: dict[str, Any], pristine: dict[str, Any], lib: str) -> None:
+    """A C program: its setup calls run once (untimed), then its timed call."""
+
+    def __init__(self, label: str, job: dict[str, Any], pristine: dict[str, Any], lib: dict[str, Any]) -> None:
         import ctypes
 
         import numpy as np
 
         super().__init__(label, job, pristine)
+        dll = ctypes.CDLL(lib["path"])
+        self.fn, self.args = self._bind(dll, lib["function"], lib["args"])
+        self.fn.restype = None if job["ret"] is None or lib["function"] != job["function"] else \
+            np.ctypeslib.as_ctypes_type(np.dtype(job["ret"]))
+        for setup in lib["setup"]:
+            fn, args = self._bind(dll, setup["function"], setup["args"])
+            fn.restype = None
+            fn(*args)
+
+    def _bind(self, dll: Any, function: str, names: Sequence[str]) -> tuple[Any, list[Any]]:
+        """The C function and its arguments: buffers by address, sizes by value."""
+        import ctypes
+
+        import numpy as np
+
         try:
-            fn = getattr(ctypes.CDLL(lib), job["function"])
+            fn = getattr(dll, function)
         except AttributeError:
-            raise _WorkerError(f"the {label} program exports no function '{job['function']}' "
+            raise _WorkerError(f"the {self.label} program exports no function '{function}' "
                                f"(an inline function without an external definition?)") from None
-        types, self.args = [], []
-        for p in job["params"]:
-            if p["role"] == "buffer":
+        scalars = {p["name"]: p for p in self.job["params"] if p["role"] != "buffer"}
+        types, args = [], []
+        for n in names:
+            if n in self.buffers:
                 types.append(ctypes.c_void_p)
-                self.args.append(ctypes.c_void_p(self.buffers[p["name"]].ctypes.data))
+                args.append(ctypes.c_void_p(self.buffers[n].ctypes.data))
             else:
-                t = np.ctypeslib.as_ctypes_type(np.dtype(p["code"]))
+                t = np.ctypeslib.as_ctypes_type(np.dtype(scalars[n]["code"]))
                 types.append(t)
-                self.args.append(t(p["value"]))
+                args.append(t(scalars[n]["value"]))
         fn.argtypes = types
-        fn.restype = None if job["ret"] is None else np.ctypeslib.as_ctypes_type(np.dtype(job["ret"]))
-        self.fn = fn
+        return fn, args
 
     def call(self) -> None:
         self.ret = self.fn(*self.args)
@@ -541,9 +729,11 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
             seed = zlib.crc32(f"{job['function']}.{p['name']}".encode())
             pristine[p["name"]] = _fill(p, np.random.default_rng(seed)) if p["fill"] == "random" else \
                 np.zeros(p["count"], np.dtype(p["code"]))
+    for p in job["prepared"]:  # filled by each program's setup calls
+        pristine[p["name"]] = np.zeros(p["count"], np.dtype(p["code"]))
     # made in turn, so a library (and its thread pool) is only loaded after the C code is timed
     variants: list[Callable[[], _Variant]] = [
-        functools.partial(_CVariant, label, job, pristine, lib) for label, lib in job["libs"]]
+        functools.partial(_CVariant, lib["label"], job, pristine, lib) for lib in job["libs"]]
     if job["library"]:
         variants.append(functools.partial(_LibraryVariant, job["library"], job, pristine))
     errors: dict[str, float] = {}
@@ -630,13 +820,14 @@ def print_report(console: Any, report: BenchReport, flags: Sequence[str]) -> Non
         return
     table = Table()
     columns = ["variant", "median", "min", "max", UNITS[report.unit][1], "vs original"]
+    columns += [f"vs {v}" for v in report.variants]
     if report.library:
         columns.append(f"vs {report.library}")
     for c in columns:
         table.add_column(c, justify="left" if c == "variant" else "right")
     for label, t in report.timings.items():
         row = [label, _seconds(t.median), _seconds(min(t.times)), _seconds(max(t.times)), f"{t.rate:.3g}",
-               f"{report.speedup(label):.2f}×"]
+               f"{report.speedup(label):.2f}×"] + [f"{report.speedup(label, v):.2f}×" for v in report.variants]
         if report.library:
             row.append(f"{report.speedup(label, report.library):.2f}×")
         table.add_row(*row, style="bold" if label == "optimized" else "")

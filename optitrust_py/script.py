@@ -14,7 +14,7 @@ declares what `otp bench` times (see optitrust_py/bench.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from . import ir
 from .bench import TOLERANCE, declare, record
@@ -34,7 +34,8 @@ def target() -> str:
 
 def bench(function: str, sizes: Optional[dict[str, float]] = None, flops: Optional[str] = None,
           bytes: Optional[str] = None, numpy: Optional[str] = None, torch: Optional[str] = None,
-          tolerance: float = TOLERANCE) -> None:
+          tolerance: float = TOLERANCE, setup: Union[str, list[str], None] = None, call: Optional[str] = None,
+          variants: Optional[dict[str, Union[str, Callable[[], None]]]] = None) -> None:
     """Declare what `otp bench` times: `function` at `sizes` (`--size`
     overrides), doing `flops` floating-point operations or moving `bytes`
     bytes per call (a formula over the sizes, e.g. "2*M*N*K"), and how numpy
@@ -46,5 +47,20 @@ def bench(function: str, sizes: Optional[dict[str, float]] = None, flops: Option
         bench("matmul", sizes={"M": 1024, "N": 1024, "K": 1024}, flops="2*M*N*K",
               numpy="C = A.reshape(M, K) @ B.reshape(K, N)")
 
+    A kernel that takes its inputs prepared once (weights quantized ahead of
+    time) is timed through `call`, after the `setup` calls that prepare them
+    (untimed); `variants` adds named programs timed side by side, each a
+    script ending (a function of the script, applied to the loaded program)
+    or a C file (a path relative to the script), all checked against the
+    original:
+
+        bench("matvec", ..., setup="quantize_q8(D, N, W, Wq, Ws)",
+              call="matvec_q8(N, D, Wq, Ws, x, y)",
+              variants={"fp32": fp32, "runq": "../c_sources/matvec_q8.c"})
+
     It changes nothing in the program; `otp run` ignores it."""
-    record(current_session(), declare(function, sizes, flops, bytes, {"numpy": numpy, "torch": torch}, tolerance))
+    session = current_session()
+    resolved = {name: str(session.resolve(v)) if isinstance(v, (str, Path)) else v
+                for name, v in (variants or {}).items()} if isinstance(variants, dict) else variants
+    record(session, declare(function, sizes, flops, bytes, {"numpy": numpy, "torch": torch}, tolerance,
+                            setup, call, resolved))
