@@ -11,8 +11,11 @@ group of G = H / KVH heads instead of once per head.
    outside the heads of the group, for the scores (q . k) and for the
    weighted sum of V, while the softmax stays per head.
 3. The kv heads run in parallel (each has its own scores rows, now
-   allocated inside the loop), and the loops along D (dot products,
-   weighted sums) and along t (softmax) become AVX-512 (or AVX2).
+   allocated inside the loop), handed out dynamically so that a core
+   slowed by other work does not hold the others up, and the loops along D
+   (dot products, weighted sums) and along t (softmax) become AVX-512 (or
+   AVX2). The append of k_new and v_new (2 * KVH * D floats) stays
+   sequential: a parallel region would cost more than it saves.
 
 q and out are parameters, laid out [H][D] by the caller: the heads of a
 group are already contiguous there (h = g * G + r), so their layout stays.
@@ -26,6 +29,5 @@ bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 409
 variable.bind("gqa_decode > expr 'H / KVH'", "G")
 loop.move_out("gqa_decode > for h > def G")
 llm.group_heads("gqa_decode > for h", "G", "scores", "pos + 1")
-parallel.parallel_for("gqa_decode > for g#1")
-parallel.parallel_for("gqa_decode > for g#2")
+parallel.parallel_for("gqa_decode > for g#2", schedule="dynamic")
 vector.vectorize("gqa_decode > for g#2")
