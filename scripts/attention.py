@@ -1,8 +1,8 @@
 """Causal multi-head attention: towards the FlashAttention shape."""
 from optitrust_py.script import bench, load
-from transformations import flash, loop, parallel, variable, vector
+from transformations import flash, loop, matrix, parallel, variable, vector
 
-load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 80})
+load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 64})
 bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
       torch="out = torch.nn.functional.scaled_dot_product_attention(q.view(H, S, D), k.view(H, S, D), "
             "v.view(H, S, D), is_causal=True).reshape(-1)")
@@ -16,5 +16,7 @@ loop.fission("attention > for i > before for bj")
 loop.fission("attention > for i#2 > after for bj")
 flash.swap_triangular("attention > for i#2")
 variable.local_accumulator("attention > for bj > for j#3", "sum_h[i - bi]")
-parallel.parallel_for("attention > for h", collapse=2)
-vector.vectorize("attention > for h")
+flash.version("attention > for h", "D", 64)
+matrix.local_buffer("attention > for h#1 > for bj > for j#4", "out", "o", shape=["H", "S", 64])
+parallel.parallel_for("attention > for h#1", collapse=2)
+vector.vectorize("attention > for h#1")

@@ -12,7 +12,8 @@ from optitrust_py.names import declared_names, free_vars, fresh_name, subst, wri
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
-from optitrust_py.tree import Path, replace, walk
+from optitrust_py.tree import Path, block_of, replace, walk
+from optitrust_py.typeof import env_at, integer_range, typedefs_of
 from transformations.loop import _check_bounds_stable, _refuse_annotated, _require_unit_step
 from transformations.vector import _running_max
 
@@ -337,3 +338,50 @@ def swap_triangular(program: ir.Program, target: str) -> Rewrite:
                                         f"at the last {outer.index}", m.function, (inner_path,),
                       (inner.stop, last), before=True))
     return Rewrite(replace(program, m.path, new), obs)
+
+
+@primitive
+def version(program: ir.Program, target: str, name: str, value: int) -> Rewrite:
+    """Run a copy of a loop in which the integer `name` is the constant
+    `value`, when it has that value, and the loop as it was otherwise: later
+    steps see a literal size in the copy (constant trip counts, arrays of
+    vectors that live in registers) while other sizes keep working.
+
+    Before (`flash.version("attention > for h", "D", 64)`):
+
+        for (int h = 0; h < H; h++) { ... out[(h * S + i) * D + d] ... }
+
+    After (obligation equals: D == 64 in the copy):
+
+        if (D == 64) {
+          for (int h = 0; h < H; h++) { ... out[(h * S + i) * 64 + d] ... }
+        } else {
+          for (int h = 0; h < H; h++) { ... out[(h * S + i) * D + d] ... }
+        }
+
+    Refused when `name` is not an integer variable visible at the loop, when
+    the loop writes it or takes its address, or when `value` is not an int.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = f"for {loop.index} (line {m.line})"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransformError(f"flash.version: the value must be an integer, got {value!r}", loop.loc)
+    try:
+        block, k = block_of(m.path)
+    except ValueError:
+        raise TransformError(f"flash.version: {where} is not a statement of a block", loop.loc) from None
+    t = env_at(program, m.path, globals=False).get(name)
+    if t is None or integer_range(t, typedefs_of(program)) is None:
+        raise TransformError(f"flash.version: '{name}' is not an integer variable visible at {where}", loop.loc)
+    taken = {n.arg.name for _, n in walk(loop) if isinstance(n, ir.Unop) and n.op == "&"
+             and isinstance(n.arg, ir.Var)}
+    if name in writes_of(loop) | taken:
+        raise TransformError(f"flash.version: {where} changes '{name}' or takes its address", loop.loc)
+    fixed = subst(loop, {name: ir.Const(str(value))})
+    new = ir.If(ir.Binop("==", ir.Var(name), ir.Const(str(value))), ir.Block((fixed,)), ir.Block((loop,)))
+    copy = m.path + (("then", None), ("stmts", 0))
+    ob = Obligation("equals", f"'{name}' is {value} in the copy of {where}", m.function, (copy,),
+                    (ir.Var(name), ir.Const(str(value))))
+    return Rewrite(replace(program, m.path, new), (ob,))
