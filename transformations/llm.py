@@ -19,6 +19,12 @@ from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_lo
                                   _minus, _plus_expr, _refuse_annotated, _refuse_early_exit, _require_unit_step,
                                   _where, fission, swap)
 from transformations.matrix import _exprs, _local_array
+from optitrust_py.footprint import _allocated_count, assigned_scalars
+from optitrust_py.names import declared_names, has_side_effects, writes_of
+from optitrust_py.tree import block_of, map_children, walk
+from transformations import function
+from transformations.loop import _in_block
+from transformations.variable import address_taken
 
 # ----------------------------------------------------------------- grouped-query attention
 
