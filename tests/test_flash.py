@@ -190,3 +190,48 @@ def test_level2_refutes_a_bound_that_shrinks_with_the_outer_index(ck):
     result = check_step(p, r.program, r.obligations, contracts)
     failed = {v.kind: v.status for v in result.verdicts if v.status != "proved"}
     assert failed.get("ordered_bounds") == "refuted", result.problems
+
+
+# ----------------------------------------------------------------- version
+
+
+def test_version_fixes_the_head_size_in_a_copy(ck):
+    p, contracts = attention()
+    r = flash.version.apply(p, "attention > for h", "D", 64)
+    text = ck.function_text(r.program, "attention")
+    assert "if (D == 64) {" in text and "} else {" in text
+    assert "s += q[(h * S + i) * 64 + d] * k[(h * S + j) * 64 + d];" in text
+    assert "s += q[(h * S + i) * D + d] * k[(h * S + j) * D + d];" in text
+    assert [o.kind for o in r.obligations] == ["equals"] and r.fp == "exact"
+    result = check_step(p, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    for D in (64, 5):
+        ck.check(p, r.program, "attention", attention_args(ck, 1, 9, D))
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("q", 64, ["'q' is not an integer variable"]),
+    ("E", 64, ["'E' is not an integer variable"]),
+    ("D", 6.5, ["must be an integer"]),
+])
+def test_version_refuses_what_is_not_an_integer_size(name: str, value: Any, words: list[str]):
+    p, _ = attention()
+    why = refusal(flash.version.apply, p, "attention > for h", name, value)
+    for w in words:
+        assert w in why, why
+
+
+def test_version_refuses_a_size_the_loop_changes(ck):
+    p = ck.parse("void f(int n, float *x) {\n  for (int i = 0; i < 4; i++) {\n    x[i] = n;\n    n++;\n  }\n}\n")
+    assert "changes 'n'" in refusal(flash.version.apply, p, "f > for i", "n", 3)
+
+
+def test_level2_refutes_a_copy_run_for_other_values():
+    """The copy's guard loosened to D >= 64: D is not 64 in it."""
+    p, contracts = attention()
+    r = flash.version.apply(p, "attention > for h", "D", 64)
+    path = r.obligations[0].paths[0][:-2]
+    branch = get(r.program, path)
+    loose = dataclasses.replace(branch, cond=dataclasses.replace(branch.cond, op=">="))
+    bad = dataclasses.replace(r, program=replace(r.program, path, loose))
+    assert refuted(p, bad, contracts).startswith("equals: ")
