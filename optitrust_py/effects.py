@@ -20,6 +20,7 @@ from .dependence import Conflict, Space, Unknown, first_conflict, instance_var
 from .footprint import UNKNOWN, Access, Footprint, cell_name, footprint, function_footprint, under
 from .goal import Goal, discharges
 from .names import has_side_effects
+from .obligation import Obligation
 from .printer import expr as expr_text
 from .tree import Path, get, walk
 
@@ -90,15 +91,24 @@ def _exempt(reductions: set[str]) -> Any:
     return keep
 
 
+def _stated_depth(ob: Obligation) -> int:
+    """The depth of the nest an obligation speaks of (its first expr, an
+    integer literal: the (t, s) work items a dispatch reorders), else 1."""
+    first = ob.exprs[0] if ob.exprs else None
+    return int(first.text) if isinstance(first, ir.Const) and first.text.isdigit() else 1
+
+
 @discharges("parallel")
 def parallel(goal: Goal) -> Outcome:
     """Two distinct iterations i != i' of the loop, at whatever depth it is
     nested: no write of one meets an access of the other, apart from the
-    updates of its declared reductions."""
+    updates of its declared reductions. The iterations are those of the
+    nest that `collapse(n)` or the obligation's stated depth covers."""
     path = goal.obligation.paths[0]
     loop: ir.For = get(goal.program, path)
     nest = [loop]
-    while len(nest) < _collapsed(loop) and isinstance(nest[-1].body.stmts[0], ir.For):
+    while len(nest) < max(_collapsed(loop), _stated_depth(goal.obligation)) \
+            and isinstance(nest[-1].body.stmts[0], ir.For):
         nest.append(nest[-1].body.stmts[0])
     fp = _fp(goal)
     space = Space(fp, _loop_indices(loop), _declared(nest[-1].body))
