@@ -412,7 +412,7 @@ def _bound_plan(program: ir.Program, call: CallText, plan: Any, contracts: Mappi
     if len(f.params) != len(call.args):
         raise ScriptError(f"bench(): {call} passes {len(call.args)} arguments; {f.name} takes {len(f.params)}")
     scalars = {p.name: p.value for p in plan.params if p.role != "buffer"}
-    bound = {p.name: scalars[a] for p, a in zip(f.params, call.args) if a in scalars}
+    bound = {p.name: scalars[a] for p, a in zip(f.params, call.args) if a in scalars and p.name}
     return list(plan_call(f, c, bound).params)
 
 

@@ -33,7 +33,7 @@ from optitrust_py.tree import Path, get, replace, walk
 from optitrust_py.typeof import env_at, integer_range, type_of, typedefs_of, unqualified, visible_names
 from transformations.arith import _contract
 from transformations.loop import _trip_count
-from transformations.matrix import _accesses, _Array, _exprs, _find_array
+from transformations.matrix import _accesses, _Array, _find_array
 
 QMAX = 127
 """Quantized values lie in [-QMAX, QMAX]: symmetric, so -128 is never used."""
@@ -460,11 +460,14 @@ def group_accumulator(program: ir.Program, target: str) -> Rewrite:
         raise TransformError(f"{who}: '{expr_text(cell)}' is not the same cell at every iteration of {where}",
                              loop.loc)
     written = writes_of(loop.body)
-    scales, summed = [], []
+    scales: list[ir.Index] = []
+    summed: list[ir.Expr] = []
     for f in _factors(update.rhs):
-        is_scale = isinstance(f, ir.Index) and _only_group_index(f, loop.index, group) \
-            and not free_vars(f) & written and not has_side_effects(f)
-        (scales if is_scale else summed).append(f)
+        if isinstance(f, ir.Index) and _only_group_index(f, loop.index, group) \
+                and not free_vars(f) & written and not has_side_effects(f):
+            scales.append(f)
+        else:
+            summed.append(f)
     if not scales or not summed:
         what = "no factor is the same for the whole group (an access indexed by j / G)" if not scales else \
             "every factor is a group scale: nothing is left to sum"
@@ -504,6 +507,17 @@ def _integer_operand(e: ir.Expr, env: Any, tds: Any) -> Optional[ir.Expr]:
         return None
     span = integer_range(unqualified(type_of(e.arg, env, tds)), tds)
     return e.arg if span is not None and -128 <= span[0] and span[1] <= 255 else None
+
+
+def _int8_product(body: tuple[ir.Stmt, ...], acc: str, env: Any, tds: Any) -> Optional[tuple[ir.Expr, ir.Expr]]:
+    """a and b of a body `acc += (float)a * (float)b;` (8-bit integers)."""
+    if not (len(body) == 1 and isinstance(body[0], ir.ExprStmt) and isinstance(body[0].expr, ir.Assign)
+            and body[0].expr.op == "+=" and body[0].expr.lhs == ir.Var(acc)
+            and isinstance(body[0].expr.rhs, ir.Binop) and body[0].expr.rhs.op == "*"):
+        return None
+    a = _integer_operand(body[0].expr.rhs.left, env, tds)
+    b = _integer_operand(body[0].expr.rhs.right, env, tds)
+    return (a, b) if a is not None and b is not None else None
 
 
 def _is_zero(e: Optional[ir.Expr]) -> bool:
@@ -554,15 +568,9 @@ def integer_product(program: ir.Program, target: str) -> Rewrite:
         raise TransformError(f"{who}: {where} must follow the declaration of its float accumulator, "
                              f"'float acc = 0.0f;' (quantize.group_accumulator makes it)", loop.loc)
     acc = prev.decl.name or ""
-    body = loop.body.stmts
-    env = env_at(program, m.path + (("body", None), ("stmts", 0)))
-    tds = typedefs_of(program)
-    ops = None
-    if len(body) == 1 and isinstance(body[0], ir.ExprStmt) and isinstance(body[0].expr, ir.Assign) \
-            and body[0].expr.op == "+=" and body[0].expr.lhs == ir.Var(acc) \
-            and isinstance(body[0].expr.rhs, ir.Binop) and body[0].expr.rhs.op == "*":
-        ops = [_integer_operand(f, env, tds) for f in (body[0].expr.rhs.left, body[0].expr.rhs.right)]
-    if ops is None or None in ops:
+    ops = _int8_product(loop.body.stmts, acc, env_at(program, m.path + (("body", None), ("stmts", 0))),
+                        typedefs_of(program))
+    if ops is None:
         raise TransformError(f"{who}: the body of {where} must be '{acc} += (float)a * (float)b;' with a and b "
                              f"8-bit integers", loop.loc)
     after = parent.stmts[k + 1:]
