@@ -10,11 +10,13 @@ from optitrust_py import ir
 from optitrust_py.errors import TransformError
 from optitrust_py.names import declared_names, free_vars, fresh_name, subst, writes_of
 from optitrust_py.obligation import Obligation
+from optitrust_py.printer import expr as expr_text
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
-from optitrust_py.tree import Path, block_of, replace, walk
+from optitrust_py.tree import Path, block_of, replace, splice, walk
 from optitrust_py.typeof import env_at, integer_range, typedefs_of
-from transformations.loop import _check_bounds_stable, _refuse_annotated, _require_unit_step
+from transformations.loop import (_check_bounds_stable, _escapes, _loop_amount, _refuse_annotated,
+                                  _require_unit_step)
 from transformations.vector import _running_max
 
 TOLERANCE = 1e-5
@@ -385,3 +387,101 @@ def version(program: ir.Program, target: str, name: str, value: int) -> Rewrite:
     ob = Obligation("equals", f"'{name}' is {value} in the copy of {where}", m.function, (copy,),
                     (ir.Var(name), ir.Const(str(value))))
     return Rewrite(replace(program, m.path, new), (ob,))
+
+
+@primitive
+def split_blocks(program: ir.Program, target: str, at: "int | str") -> Rewrite:
+    """Split the range of a loop over blocks (any step) at a block start:
+    in causal attention, the key blocks before the query block, which no
+    query of the block masks, from the blocks on its diagonal.
+
+    Before (`flash.split_blocks("attention > for bj", "bi")`):
+
+        for (int bj = 0; bj < n; bj += 64) {
+          body(bj);
+        }
+
+    After (obligations in_range: 0 <= bi <= n, and divides: 64 divides bi - 0,
+    so that the second loop starts on a block of the first):
+
+        for (int bj = 0; bj < bi; bj += 64) {
+          body(bj);
+        }
+        for (int bj = bi; bj < n; bj += 64) {
+          body(bj);
+        }
+
+    `at` is an integer or a C expression. Refused when the step is not a
+    positive integer literal, when `at` uses the index or a name that does
+    not exist, when the body writes what `at` or the bounds read, when it
+    leaves the loop early, or when the loop has a contract.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = f"for {loop.index} (line {m.line})"
+    if not (isinstance(loop.step, ir.Const) and loop.step.kind == "int" and loop.step.text.isdigit()
+            and int(loop.step.text) > 0):
+        raise TransformError(f"flash.split_blocks: {where} must step by a positive integer literal", loop.loc)
+    point = _loop_amount("flash.split_blocks", "the split point", at, program, m.path, m.function, loop, where)
+    if loop.contract:
+        raise TransformError(f"flash.split_blocks: {where} has a loop contract, which would have to be split",
+                             loop.loc)
+    if _escapes(loop.body.stmts) is not None:
+        raise TransformError(f"flash.split_blocks: the body of {where} leaves the loop early", loop.loc)
+    _check_bounds_stable("flash.split_blocks", res, m.path, loop, loop.body)
+    try:
+        block, k = block_of(m.path)
+    except ValueError:
+        raise TransformError(f"flash.split_blocks: {where} is not a statement of a block", loop.loc) from None
+    first = dataclasses.replace(loop, stop=point, inclusive=False)
+    second = dataclasses.replace(loop, start=point, body=ir.Block(loop.body.stmts), loc=None)
+    at_text = expr_text(point)
+    paths = (m.path, block + (("stmts", k + 1),))
+    obs = (Obligation("in_range", f"{expr_text(loop.start)} <= {at_text} <= {expr_text(loop.stop)} (the split "
+                                  f"point lies in the range of {where})", m.function, paths,
+                      (loop.start, point, loop.stop)),
+           Obligation("divides", f"{expr_text(loop.step)} divides {at_text} - {expr_text(loop.start)} (the split "
+                                 f"point starts a block of {where})", m.function, paths,
+                      (loop.step, ir.Binop("-", point, loop.start))))
+    return Rewrite(splice(program, m.path, (first, second)), obs)
+
+
+@primitive
+def full_blocks(program: ir.Program, target: str) -> Rewrite:
+    """Inside a loop over blocks that are never cut short, make every loop
+    bounded by `x < y ? x : y`, where x is the end of the block (it uses the
+    block index), run to `x`: the key loops of a key block that no query of
+    the block masks get the constant trip count of the block.
+
+    Before (`flash.full_blocks("attention > for bj#1")`):
+
+        for (int bj = 0; bj < bi; bj += 64) {
+          ...
+          for (int j = bj; j < (bj + 64 < i + 1 ? bj + 64 : i + 1); j++) { ... }
+
+    After (obligation ordered_bounds: bj + 64 <= i + 1, at each such loop):
+
+          for (int j = bj; j < bj + 64; j++) { ... }
+
+    Refused when no loop inside the target has such a bound. Other minima
+    (the last query block cut at S) are left alone.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    new = program
+    obs: list[Obligation] = []
+    for p, n in walk(m.node, m.path):
+        stop = n.stop if isinstance(n, ir.For) else None
+        if not (isinstance(stop, ir.Ternary) and isinstance(stop.cond, ir.Binop) and stop.cond.op == "<"
+                and (stop.cond.left, stop.cond.right) == (stop.then, stop.other)
+                and m.node.index in free_vars(stop.then)):
+            continue
+        new = replace(new, p, dataclasses.replace(n, stop=stop.then))
+        obs.append(Obligation("ordered_bounds", f"{expr_text(stop.then)} <= {expr_text(stop.other)} at for "
+                                                f"{n.index} (line {res.line(p)})", m.function, (p,),
+                              (stop.then, stop.other), before=True))
+    if not obs:
+        raise TransformError(f"flash.full_blocks: no loop inside for {m.node.index} (line {m.line}) is bounded by "
+                             f"a minimum 'x < y ? x : y' of the block's end x", m.node.loc)
+    return Rewrite(new, tuple(obs))
