@@ -12,7 +12,7 @@ from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Resolver
-from optitrust_py.tree import Path, get, replace, splice
+from optitrust_py.tree import Path, block_of, get, replace, splice
 from transformations import variable
 from transformations.arith import simplify
 from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_local, _loop_amount, _loop_target,
@@ -21,7 +21,7 @@ from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_lo
 from transformations.matrix import _exprs, _local_array
 from optitrust_py.footprint import _allocated_count, assigned_scalars
 from optitrust_py.names import declared_names, has_side_effects, writes_of
-from optitrust_py.tree import block_of, map_children, walk
+from optitrust_py.tree import map_children, walk
 from transformations import function
 from transformations.loop import _in_block
 from transformations.variable import address_taken
@@ -159,10 +159,10 @@ def expand_buffer(program: ir.Program, target: str, array: str, row: Union[int, 
     if m.path[:len(block)] != block or m.path == decl_path:
         raise TransformError(f"{name}: '{array}' is not declared in a block around {where}", arr.decl.loc)
     users = _statements_using(program, block, array)
-    holder = m.path[len(block)][1]
+    holder = block_of(m.path[:len(block) + 1])[1]
     free = ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(array),)))
     tail = [k for k in users if k > holder]
-    if users[:1] != [holder] or len(tail) != 1 or decl_path[-1][1] > holder \
+    if users[:1] != [holder] or len(tail) != 1 or block_of(decl_path)[1] > holder \
             or stmt_text(get(program, block).stmts[tail[0]]) != stmt_text(free):
         raise TransformError(f"{name}: '{array}' must be used only by its declaration, {where} and a "
                              f"'free({array});' after it in the same block", arr.decl.loc)
@@ -218,6 +218,12 @@ def _group_local(program: ir.Program, res: Resolver, path: Path, loop: ir.For, s
         raise TransformError(f"llm.group_heads: the body of {_where(res, path, loop)} does not start with the kv "
                              f"head of the query head, 'int g = {expr_text(want)};'", loop.loc)
     return first.decl.name
+
+
+def _sibling(path: Path, k: int) -> Path:
+    """The path of the statement k places after the one at `path`."""
+    block, i = block_of(path)
+    return block + (("stmts", i + k),)
 
 
 def _name(program: ir.Program, path: Path, point: str = "") -> str:
@@ -298,11 +304,10 @@ def group_heads(target: str, size: str, buffer: str, row: str, member: str = "r"
         if not isinstance(body.stmts[end], ir.For):
             raise TransformError(f"llm.group_heads: the {'first' if end == 0 else 'last'} statement of the head "
                                  f"loop is not a loop over positions", m.node.loc)
-    last = first[:-1] + ((first[-1][0], first[-1][1] + 1),)
     fission(_name(session.current(), first + (("body", None), ("stmts", 0)), "after"))
-    fission(_name(session.current(), last + (("body", None), ("stmts", len(body.stmts) - 2)), "before"))
+    fission(_name(session.current(), _sibling(first, 1) + (("body", None), ("stmts", len(body.stmts) - 2)), "before"))
     swap(_name(session.current(), first))
-    swap(_name(session.current(), last[:-1] + ((last[-1][0], last[-1][1] + 1),)))
+    swap(_name(session.current(), _sibling(first, 2)))
 
 
 # ----------------------------------------------------------------- microbatched prefill
