@@ -442,7 +442,8 @@ def _timed_call(label: str, program: ir.Program, final: ir.Program, plan: Any, s
     from .printer import type_name
 
     name = spec.function
-    call = spec.call if label != "original" and spec.call and program.function(spec.call.function) else None
+    call = spec.call if label == "optimized" or label != "original" and spec.call \
+        and program.function(spec.call.function) else None
     if call is None:
         f = program.function(name)
         if f is None:
@@ -453,7 +454,7 @@ def _timed_call(label: str, program: ir.Program, final: ir.Program, plan: Any, s
             raise ScriptError(f"bench(): the {label} program's '{name}' takes other parameters than the "
                               f"original's, so they cannot be run on the same inputs")
         return {"label": label, "function": name, "args": [p.name for p in plan.params], "setup": []}
-    for needed in [call] + list(spec.setup):
+    for needed in [call] + list(spec.setup) if label != "optimized" else ():
         mine, theirs = program.function(needed.function), final.function(needed.function)
         if mine is None or theirs is None or \
                 [type_name(q.type) for q in mine.params] != [type_name(q.type) for q in theirs.params]:

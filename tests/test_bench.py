@@ -301,3 +301,85 @@ def test_a_script_error_is_reported_as_usual(otp, tmp_path):
     script.write_text(script.read_text() + "from transformations import loop\nloop.tile('scale > for j', 4)\n")
     err = refused(otp("bench", script))
     assert "bench_scale.py:5" in err and "loop.tile" in err
+
+
+# ---------------------------------------------------------------- prepared inputs and variants
+
+PREPARED = """
+#include <otp.h>
+void prep(int N, const float *x, float *t) {
+  __requires("N >= 2");
+  __reads("x ~> Matrix1(N)");
+  __writes("t ~> Matrix1(N)");
+  for (int i = 0; i < N; i++) {
+    t[i] = 2.0f * x[i];
+  }
+}
+
+void scale_pre(int N, const float *t, float *y) {
+  __requires("N >= 2");
+  __reads("t ~> Matrix1(N)");
+  __writes("y ~> Matrix1(N)");
+  for (int i = 0; i < N; i++) {
+    y[i] = t[i];
+  }
+}
+""" + KERNEL
+
+
+def prepared_script(tmp_path: Path, extra: str = 'setup="prep(N, x, t)", call="scale_pre(N, t, y)", '
+                    'variants={"ending": ending, "ref": "ref.c"}', ref: str = PREPARED) -> Path:
+    """A script whose final program times `scale_pre` on `t` that `prep`
+    prepares from x, next to a script ending and a C file variant."""
+    script = kernel_script(tmp_path, 'sizes={"N": 1000}, bytes="8*N", ' + extra, final=PREPARED)
+    (tmp_path / "ref.c").write_text(ref)
+    ending = "from transformations import loop\ndef ending():\n    loop.tile('scale > for i', 8, mode='min')\n"
+    script.write_text(ending + script.read_text())
+    return script
+
+
+def test_a_kernel_on_prepared_inputs_next_to_variants(otp, tmp_path):
+    """The final program is timed through call= after its setup (had prep
+    not run, scale_pre would copy zeros and the check would fail), the
+    script ending on the original's function, the C file through call=."""
+    r = otp("bench", prepared_script(tmp_path), "--repeats", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["ok"] is True and data["max_rel_err"] == 0
+    assert sorted(data["variants"]) == ["ending", "ref"]
+    for name, t in data["variants"].items():
+        assert t["max_rel_err"] == 0 and t["repeats"] == 2 and 0 < t["min_s"] <= t["median_s"]
+        assert data[f"ratio_vs_{name}"] == pytest.approx(t["median_s"] / data["optimized"]["median_s"])
+    out = otp("bench", prepared_script(tmp_path), "--repeats", "1", "--no-color").stdout
+    assert "vs ending" in out and "vs ref" in out and "│ ending " in out and "│ ref " in out
+    assert "max_rel_err optimized 0, ending 0, ref 0" in out
+
+
+def test_a_variant_that_computes_other_values_fails(otp, tmp_path):
+    script = prepared_script(tmp_path, ref=PREPARED.replace("y[i] = t[i];", "y[i] = t[i] + 1e-3f;"))
+    err = refused(otp("bench", script), 1)
+    assert "the ref program computes other values than the original program: output y" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('setup="prep(N, x, t)"', "setup= prepares inputs for call=; give the call that uses them"),
+    ('call="scale_pre(N, t + 1, y)"', "call= is a C call whose arguments are names"),
+    ('setup="prep(N, x, t)", call="scale_pre(N, u, y)"',
+     "scale_pre(N, u, y) passes 'u', which is neither a parameter of scale nor prepared by setup="),
+    ('setup="prep(N, u, t)", call="scale_pre(N, t, y)"',
+     "setup prep(N, u, t) reads 'u', which is neither a parameter of scale nor written by an earlier setup call"),
+    ('setup="prep(N, x, t)", call="nothere(N, t, y)"', "the final program defines no function 'nothere'"),
+    ('setup="prep(N, x, t)", call="scale_pre(N, t)"', "scale_pre(N, t) passes 2 arguments; scale_pre takes 3"),
+    ('variants={"optimized": ending}', "a variant's name is an identifier other than original, optimized"),
+    ('variants={"ref": "missing.c"}', "variant 'ref': no such C file"),
+    ('variants={"ref": 3}', "variant 'ref' is a script ending (a function of the script) or the path of a C file"),
+    ('variants=["ref.c"]', "variants= maps names to script endings or C files"),
+])
+def test_bad_prepared_inputs_and_variants(otp, tmp_path, extra, message):
+    assert message in refused(otp("bench", prepared_script(tmp_path, extra)))
+
+
+def test_a_variant_whose_kernel_takes_other_types(otp, tmp_path):
+    ref = PREPARED.replace("const float *t, float *y", "const double *t, float *y")
+    err = refused(otp("bench", prepared_script(tmp_path, ref=ref)))
+    assert "the ref program defines scale_pre but no scale_pre taking the final program's parameter types" in err
