@@ -176,6 +176,12 @@ class _Collector:
         if isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Index) \
                 and isinstance(e.arg.base, ir.Var):
             return e.arg.base.name, e.arg.index
+        if isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Index):
+            # `&a[i][j]` into a local array of known shape: its flattened offset (split back by `add`)
+            chain, base, _ = _chain(e.arg, ())
+            shape = self.shapes.get(base.name) if isinstance(base, ir.Var) else None
+            if shape is not None and len(shape) == len(chain):
+                return base.name, linearize(tuple(i for i, _ in chain), shape)
         if isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Var) and e.arg.name in self.scalars:
             return e.arg.name, ZERO
         if isinstance(e, ir.Binop) and e.op == "+":
