@@ -468,11 +468,18 @@ def _retype(t: ir.CType, isa: Isa) -> ir.CType:
 
 
 def _pragmas_before(program: ir.Program, index: int) -> tuple[str, ...]:
+    """The pragmas right before item `index`, looking past the helpers
+    (`otp_expf_*`) that vectorize puts between them and the function."""
     out = []
-    while index > 0 and isinstance(program.items[index - 1], ir.Pragma):
+    while index > 0 and (isinstance(program.items[index - 1], ir.Pragma) or _is_helper(program.items[index - 1])):
         index -= 1
-        out.append(program.items[index].text)  # type: ignore[union-attr]
+        if isinstance(program.items[index], ir.Pragma):
+            out.append(program.items[index].text)  # type: ignore[union-attr]
     return tuple(out)
+
+
+def _is_helper(item: ir.TopLevel) -> bool:
+    return isinstance(item, ir.FuncDef) and item.name.startswith("otp_expf_")
 
 
 def _dispatch(fn: ir.FuncDef, variant: str, isa: Isa) -> ir.Stmt:
