@@ -167,9 +167,11 @@ values of x and y, so a model that shows them is reachable."""
 
 def quotient_witnesses(facts: Iterable[ir.Expr], terms: Terms) -> list[z3.BoolRef]:
     """For each fact `x % y == 0` (or `0 == x % y`), `x == y * q` with q a
-    fresh integer: a consequence of the fact (q is C's `x / y`), which Z3's
-    non-linear arithmetic does not find by itself; with it, `H % KVH == 0`
-    proves at once that `H / KVH` divides H and that `H / (H / KVH)` is KVH."""
+    fresh integer, and the exact quotients it makes (`x / y` is q when y is
+    not 0, `x / q` is y when q is not 0): consequences of the fact (q is
+    C's `x / y`) that Z3's non-linear arithmetic does not find by itself;
+    with them, `H % KVH == 0` proves at once that `H / KVH` divides H and
+    that `H / (H / KVH)` is KVH."""
     out: list[z3.BoolRef] = []
     for f in facts:
         if not (isinstance(f, ir.Binop) and f.op == "=="):
@@ -177,7 +179,8 @@ def quotient_witnesses(facts: Iterable[ir.Expr], terms: Terms) -> list[z3.BoolRe
         for mod, zero in ((f.left, f.right), (f.right, f.left)):
             if isinstance(mod, ir.Binop) and mod.op == "%" and zero == ir.Const("0"):
                 q = z3.Int(f"{QUOTIENT}{len(out)}{terms.tag}")
-                out.append(terms.term(mod.left) == terms.term(mod.right) * q)
+                x, y = terms.term(mod.left), terms.term(mod.right)
+                out += [x == y * q, z3.Implies(y != 0, c_div(x, y) == q), z3.Implies(q != 0, c_div(x, q) == y)]
                 break
     return out
 
