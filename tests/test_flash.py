@@ -235,3 +235,63 @@ def test_level2_refutes_a_copy_run_for_other_values():
     loose = dataclasses.replace(branch, cond=dataclasses.replace(branch.cond, op=">="))
     bad = dataclasses.replace(r, program=replace(r.program, path, loose))
     assert refuted(p, bad, contracts).startswith("equals: ")
+
+
+# ----------------------------------------------------------------- split_blocks, full_blocks
+
+
+def swapped() -> tuple[ir.Program, ir.Program, dict[str, Any]]:
+    """query_blocks() with the key-block loop outside the queries."""
+    p, before, contracts = query_blocks()
+    return p, flash.swap_triangular.apply(before, "attention > for i#2").program, contracts
+
+
+def test_split_blocks_separates_the_blocks_before_the_diagonal(ck):
+    _, before, contracts = swapped()
+    r = flash.split_blocks.apply(before, "attention > for bj", "bi")
+    text = ck.function_text(r.program, "attention")
+    assert "for (int bj = 0; bj < bi; bj += 4) {" in text
+    assert "for (int bj = bi; bj < (bi + 8 < S ? bi + 8 : S) - 1 + 1; bj += 4) {" in text
+    assert sorted(o.kind for o in r.obligations) == ["divides", "in_range"]
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
+def test_split_blocks_refuses_a_point_that_uses_the_index_or_an_unknown_name():
+    _, before, _ = swapped()
+    assert "uses the index" in refusal(flash.split_blocks.apply, before, "attention > for bj", "bj + 4")
+    assert "'n', which is not declared" in refusal(flash.split_blocks.apply, before, "attention > for bj", "n")
+
+
+def test_level2_refutes_a_split_point_between_block_starts(ck):
+    _, before, contracts = swapped()
+    r = flash.split_blocks.apply(before, "attention > for bj", "bi + 1")
+    assert refuted(before, r, contracts).startswith("divides: ")
+    with pytest.raises(AssertionError):
+        ck.same_outputs(before, r.program, "attention", attention_args(ck, 1, 21, 4))
+
+
+def test_full_blocks_run_the_key_loops_of_unmasked_blocks_to_the_block_end(ck):
+    _, swapped_program, contracts = swapped()
+    before = flash.split_blocks.apply(swapped_program, "attention > for bj", "bi").program
+    r = flash.full_blocks.apply(before, "attention > for bj#1")
+    text = ck.function_text(r.program, "attention")
+    assert text.count("for (int j = bj; j < bj + 4; j++) {") == 4
+    assert text.count("(bj + 4 < i + 1 ? bj + 4 : i + 1)") == 4  # the diagonal blocks keep theirs
+    assert "for (int i = bi; i < (bi + 8 < S ? bi + 8 : S); i++) {" in text  # not a key loop
+    assert [o.kind for o in r.obligations] == ["ordered_bounds"] * 4
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
+def test_full_blocks_refuses_a_loop_without_block_minima_and_level2_refutes_the_diagonal(ck):
+    _, swapped_program, contracts = swapped()
+    before = flash.split_blocks.apply(swapped_program, "attention > for bj", "bi").program
+    assert "no loop inside for h" in refusal(flash.full_blocks.apply, before, "attention > for h")
+    r = flash.full_blocks.apply(before, "attention > for bj#2")
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert {v.kind for v in result.verdicts if v.status == "refuted"} == {"ordered_bounds"}, result.problems
+    with pytest.raises(AssertionError):  # S = 24: the masked keys it adds are still inside the arrays
+        ck.same_outputs(before, r.program, "attention", attention_args(ck, 1, 24, 4))
