@@ -13,9 +13,10 @@ from optitrust_py import ir
 from optitrust_py.frontend import parse_text
 from optitrust_py.level2 import check_step
 from optitrust_py.resources import check_resources
+from optitrust_py.session import inherit_contracts
 from optitrust_py.spec import load_contracts, parse_spec_text
 from optitrust_py.tree import get, replace, walk
-from transformations import flash, loop
+from transformations import flash, loop, vector
 from conftest import ROOT
 from helpers import attention_args, refusal, refuted
 
@@ -295,3 +296,52 @@ def test_full_blocks_refuses_a_loop_without_block_minima_and_level2_refutes_the_
     assert {v.kind for v in result.verdicts if v.status == "refuted"} == {"ordered_bounds"}, result.problems
     with pytest.raises(AssertionError):  # S = 24: the masked keys it adds are still inside the arrays
         ck.same_outputs(before, r.program, "attention", attention_args(ck, 1, 24, 4))
+
+
+# ----------------------------------------------------------------- what the attention script needs of vectorize and level 2
+
+
+def test_vectorize_edits_a_variant_with_the_expf_helper_in_place(ck):
+    """The attention kernel is vectorized piece by piece: a second call on
+    the variant (which holds the vector expf) must not make a third copy."""
+    p = ck.load("softmax.c")
+    contracts = load_contracts(p, str(ROOT / "specs" / "softmax.spec"))
+    first = vector.vectorize.apply(p, "softmax > for j#2", isa="avx512")
+    second = vector.vectorize.apply(first.program, "softmax_avx512 > for j#3", isa="avx512")
+    names = [f.name for f in second.program.functions()]
+    assert names == ["otp_expf_avx512", "softmax_avx512", "softmax"], names
+    contracts = inherit_contracts(contracts, first)
+    result = check_step(first.program, second.program, second.obligations, contracts)
+    assert result.ok, result.problems
+    ck.close_outputs(p, second.program, "softmax", [3, 40, ck.floats(120), ck.floats(120)], rel=1e-5)
+
+
+TILE_C = """
+#include <immintrin.h>
+
+void f(float *y) {
+  float t[4][32];
+  for (int a = 0; a < 4; a++) {
+    for (int b = 0; b < 32; b++) {
+      t[a][b] = a;
+    }
+  }
+  for (int a = 0; a < 4; a++) {
+    _mm512_storeu_ps(&y[16 * a], _mm512_loadu_ps(&t[a][OFFSET]));
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("offset, problem", [("16", None), ("20", "may be out of bounds of 't'")])
+def test_vector_loads_from_a_local_tile_are_accesses_to_its_cells(ck, offset: str, problem: Any):
+    """`_mm512_loadu_ps(&t[a][16])` reads 16 cells of the local t (as the
+    transposed K tile of the attention script): level 2 checks them against
+    its shape instead of calling them unknown memory."""
+    p = ck.parse(TILE_C.replace("OFFSET", offset), "tile.c")
+    contracts = parse_spec_text("f(y):\n  writes y ~> Matrix1(64)\n")
+    problems = check_resources(p, contracts)
+    if problem is None:
+        assert problems == ()
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems
