@@ -130,6 +130,7 @@ def test_int8_groups_refusals(ck):
     assert "matvec writes 'y'" in why(p, "matvec > for bj > for j", {"y": ["D"]})
     assert "'i' is not a parameter of matvec" in why(p, "matvec > for bj > for j", {"i": ["D"]})
     assert "ahead lists arrays among ['x']" in why(p, *QUANTIZE[:1], {"x": ["N"]}, ahead=["W"])
+    assert "ahead lists arrays among ['W', 'x']" in why(p, *QUANTIZE, ahead="W")
     assert "arrays maps each float array" in why(p, "matvec > for bj > for j", [])
     assert "does not delinearise" in why(p, "matvec > for bj > for j", {"W": ["N", "D"]})
     assert "the kernel name 'matvec' is not an identifier or is already used" in \

@@ -111,11 +111,8 @@ class _Quantized:
 
     @property
     def rows(self) -> ir.Expr:
-        lead = self.arr.shape[:-1]
-        out: ir.Expr = lead[0] if lead else ir.Const("1")
-        for d in lead[1:]:
-            out = ir.Binop("*", out, d)
-        return out
+        """How many rows of groups: the product of the leading dimensions."""
+        return _product(self.arr.shape[:-1]) if len(self.arr.shape) > 1 else ir.Const("1")
 
     def scale_shape(self, group: int) -> tuple[ir.Expr, ...]:
         return self.arr.shape[:-1] + (ir.Binop("/", self.arr.shape[-1], ir.Const(str(group))),)
@@ -173,8 +170,10 @@ def _quantized_arrays(program: ir.Program, res: Resolver, fn: ir.FuncDef, fn_pat
                                      f"outside the group loop; quantize only arrays that loop reads", fn.loc)
         if not accesses:
             raise TransformError(f"{who}: {fn.name} does not read '{name}'", fn.loc)
-        q, s = fresh_name(taken, f"{name}q"), fresh_name(taken | {f"{name}q"}, f"{name}s")
-        taken |= {q, s}
+        q = fresh_name(taken, f"{name}q")
+        taken.add(q)
+        s = fresh_name(taken, f"{name}s")
+        taken.add(s)
         out.append((_Quantized(arr, q, s), accesses))
     return out
 
@@ -281,16 +280,19 @@ def int8_groups(program: ir.Program, target: str, arrays: dict[str, list[Union[s
         }
 
     Error bound (the step is `lossy`): rounding to the nearest multiple of
-    s = m / 127, m the largest magnitude of the group, moves each value by
-    at most s / 2, so v = v' + d with |d| <= e m, e = 1 / 254 (HALF_STEP).
-    A product of k quantized factors then differs from the exact one by at
-    most ((1 + e)^k - 1) times the product of the factors' group maxima
-    (2e + e^2 ~ 7.9e-3 for k = 2), and a sum of n such products by at most
-    that times sum_j M_w(j) M_x(j): an error relative to the magnitude of
-    the terms, not to a possibly cancelling sum. The declared relative
-    tolerance is that bound for one group, G ((1 + e)^k - 1), which --exec
-    allows per element of magnitude up to 1 (an absolute bound), inputs being
-    in [-1, 1]; give `tolerance=` for long reductions of large values.
+    the scale m / 127, m the largest magnitude in the group, moves a value
+    by at most half a step: |v - v'| <= e m with e = 1 / 254 (HALF_STEP).
+    For a product of k quantized factors, |prod v - prod v'| <=
+    ((1 + e)^k - 1) prod m (2e + e^2 ~ 7.9e-3 for k = 2, W and x), and
+    for a sum, the sum of these bounds over its terms: the error is relative
+    to the magnitude of the terms, not to the possibly cancelling result.
+    The declared tolerance is the bound for one group of G terms of
+    magnitude at most 1, G ((1 + e)^k - 1) (0.25 for G = 32, k = 2), which
+    --exec allows as an absolute error for outputs up to 1 and relative
+    above; it measures and reports the max absolute and relative error
+    against the step before (the fp32 program). Random data give far less
+    (errors of the terms cancel: about 0.5% of the outputs' scale); give
+    `tolerance=` to tighten it for a known reduction length.
 
     Refused: a target that is not a unit-step loop of constant trip count, an
     array that is not a float parameter read only inside that loop, or whose
@@ -303,8 +305,8 @@ def int8_groups(program: ir.Program, target: str, arrays: dict[str, list[Union[s
     res, m, group = _group_loop(program, target, who)
     fn_path = m.path[:1]
     fn: ir.FuncDef = get(program, fn_path)
-    ahead_names = list(ahead or [])
-    if not isinstance(ahead_names, list) or any(a not in (arrays or {}) for a in ahead_names):
+    ahead_names = list(ahead) if isinstance(ahead, (list, tuple)) else [] if ahead is None else [ahead]
+    if any(not isinstance(a, str) or a not in (arrays or {}) for a in ahead_names) or isinstance(ahead, str):
         raise TransformError(f"{who}: ahead lists arrays among {sorted(arrays or {})} to quantize in the caller, "
                              f"got {ahead!r}", fn.loc)
     taken = declared_names(fn) | free_vars(fn) | {p.name for p in fn.params if p.name} | \
@@ -327,37 +329,40 @@ def int8_groups(program: ir.Program, target: str, arrays: dict[str, list[Union[s
     obligations = [Obligation("divides", f"{group} divides {expr_text(qa.arr.shape[-1])} (the last dimension of "
                               f"'{qa.arr.name}', cut in groups of {group})", m.function, (m.path,),
                               (ir.Const(str(group)), qa.arr.shape[-1]), before=True) for qa, _ in found]
-    items = list(new.items)
     index = fn_path[0][1]
     assert index is not None
-    helpers: list[ir.TopLevel] = [] if program.function(qname) else [quantizer(qname, group)]
+    helpers: tuple[ir.TopLevel, ...] = () if program.function(qname) else (quantizer(qname, group),)
     if early:
-        if fn.type.ret != ir.Base(("void",)):
-            raise TransformError(f"{who}: {fn.name} returns a value; quantizing ahead supports void functions",
-                                 fn.loc)
-        kname = kernel or f"{fn.name}_q8"
-        if kname in taken or not kname.isidentifier():
-            raise TransformError(f"{who}: the kernel name '{kname}' is not an identifier or is already used",
-                                 fn.loc)
-        kfn = _kernel(fn, kname, body, early, _kernel_contract(program, fn, early, group, who))
-        args = tuple(ir.Var(p.name or "") for p in kfn.params)
-        call = ir.ExprStmt(ir.Call(ir.Var(kname), args))
-        wrapper = _wrapped(ir.Block((call,)), early, group, qname)
-        helpers.append(kfn)
-        items[index] = dataclasses.replace(fn, body=wrapper)
-        call_at = wrapper.stmts.index(call)
-        site = (("items", index + len(helpers)), ("body", None), ("stmts", call_at))
-        kernel_path: Path = (("items", index + len(helpers) - 1),)
-        obligations.append(Obligation("inline", f"{fn.name} calls {kname} on separate arrays that meet its "
-                                      f"contract", m.function, (site, kernel_path)))
+        kfn, wrapper, call_at = _split(program, fn, body, early, kernel, taken, group, qname, who)
+        site = (("items", index + len(helpers) + 1), ("body", None), ("stmts", call_at))
+        obligations.append(Obligation("inline", f"{fn.name} calls {kfn.name} on separate arrays that meet its "
+                                      f"contract", m.function, (site, (("items", index + len(helpers)),))))
+        fns: tuple[ir.TopLevel, ...] = helpers + (kfn, wrapper)
     elif kernel is not None:
         raise TransformError(f"{who}: kernel= names the function that takes arrays quantized ahead; give ahead=",
                              fn.loc)
     else:
-        items[index] = dataclasses.replace(fn, body=body)
-    items[index:index] = helpers
+        fns = helpers + (dataclasses.replace(fn, body=body),)
+    items = new.items[:index] + fns + new.items[index + 1:]
     includes = new.includes + tuple(i for i in INCLUDES if i not in new.includes)
-    return Rewrite(ir.Program(includes, tuple(items), new.file), tuple(obligations), "lossy", tol)
+    return Rewrite(ir.Program(includes, items, new.file), tuple(obligations), "lossy", tol)
+
+
+def _split(program: ir.Program, fn: ir.FuncDef, body: ir.Block, early: Sequence[_Quantized],
+           kernel: Optional[str], taken: set[str], group: int, qname: str,
+           who: str) -> tuple[ir.FuncDef, ir.FuncDef, int]:
+    """The kernel (the function's `body` on the arrays quantized ahead), the
+    function become a wrapper that quantizes them and calls it, and the
+    position of that call in the wrapper."""
+    if fn.type.ret != ir.Base(("void",)):
+        raise TransformError(f"{who}: {fn.name} returns a value; quantizing ahead supports void functions", fn.loc)
+    kname = kernel or f"{fn.name}_q8"
+    if not isinstance(kname, str) or kname in taken or not kname.isidentifier():
+        raise TransformError(f"{who}: the kernel name '{kname}' is not an identifier or is already used", fn.loc)
+    kfn = _kernel(fn, kname, body, early, _kernel_contract(program, fn, early, group, who))
+    call = ir.ExprStmt(ir.Call(ir.Var(kname), tuple(ir.Var(p.name or "") for p in kfn.params)))
+    wrapper = _wrapped(ir.Block((call,)), early, group, qname)
+    return kfn, dataclasses.replace(fn, body=wrapper), wrapper.stmts.index(call)
 
 
 def _tolerance(who: str, tolerance: Optional[float], group: int, factors: int, loc: Optional[ir.Loc]) -> float:
