@@ -211,3 +211,84 @@ def sink_guard(program: ir.Program, target: str) -> Rewrite:
     ob = Obligation("pure", f"nothing in the branch of {what} changes what its condition reads", m.function,
                     paths, (branch.cond,), before=True)
     return Rewrite(splice(program, m.path, tuple(out)), (ob,))
+
+
+def _has_inner_loop(node: ir.For) -> bool:
+    return any(isinstance(n, ir.For) for p, n in walk(node.body) if p)
+
+
+@composite
+def regroup(target: str, expert: str = "e", experts: str = "E") -> None:
+    """Regroup the per-token work items of a mixture of experts per expert:
+    each expert runs its FFN on the batch of items routed to it, every
+    matrix-vector product of the items becoming one matrix-matrix product
+    whose weight rows are read once per batch instead of once per token.
+
+    Before (`moe.regroup("moe > for t#2")`, hidden rows per (token, slot)):
+
+        for (int t = 0; t < T; t++) {
+          for (int s = 0; s < K; s++) {
+            int e = sel[t * K + s];
+            for (int i = 0; i < hidden; i++) {
+              for (int j = 0; j < dim; j++) {
+                hb[(t * K + s) * hidden + i] += w1[(e * hidden + i) * dim + j] * x[t * dim + j];
+              }
+            }
+            for (int i = 0; i < dim; i++) {
+              ... out[t * dim + i] += wsel[t * K + s] * acc;
+            }
+          }
+        }
+
+    After (sub-steps moe.dispatch, moe.sink_guard, loop.fission of the
+    item loops, loop.reorder of each product; their obligations):
+
+        for (int e = 0; e < E; e++) {
+          for (int i = 0; i < hidden; i++) {
+            for (int t = 0; t < T; t++) {
+              for (int s = 0; s < K; s++) {
+                if (sel[t * K + s] == e) {
+                  for (int j = 0; j < dim; j++) {
+                    hb[(t * K + s) * hidden + i] += w1[(e * hidden + i) * dim + j] * x[t * dim + j];
+                  }
+                }
+              }
+            }
+          }
+          for (int i = 0; i < dim; i++) {
+            for (int t = 0; t < T; t++) { ... }
+          }
+        }
+
+    The items are dispatched to their expert, the expert test goes into
+    each statement of the item, the item loops are split between those
+    statements (each phase runs for every item of the expert before the
+    next), and each phase that holds a product (a loop inside its loop)
+    gets its row loop outermost, so one weight row meets every item of the
+    batch while it is in cache. Phases without a product (zeroing, the
+    activation) keep the items outermost, walking their rows in order.
+    Scratch buffers the items share must have a row per item first
+    (llm.expand_buffer, llm.batch_buffer), or the sub-steps' obligations
+    are refuted.
+    """
+    session = current_session()
+    program = session.current()
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    nest = [p for p, _ in _item_nest("moe.regroup", res, m.path, m.node)]
+    dispatch(target, expert, experts)
+    items = [m.path + (("body", None), ("stmts", 0)) + p[len(m.path):] for p in nest]
+    program = session.current()
+    fn, inner = loops._loop_target(program, items[-1])
+    guard: ir.If = get(program, items[-1] + (("body", None), ("stmts", 0)))
+    sink_guard(f"{fn} > {inner} > 'if ({expr_text(guard.cond)})'")
+    for path in reversed(items):
+        if len(get(session.current(), path).body.stmts) > 1:
+            loops.fission(" > ".join(loops._loop_target(session.current(), path)))
+    indices = [get(session.current(), p).index for p in items]
+    for k in range(len(get(session.current(), m.path).body.stmts)):
+        phase = m.path + (("body", None), ("stmts", k))
+        program = session.current()
+        row = get(program, phase + (("body", None), ("stmts", 0)) * len(indices))
+        if isinstance(row, ir.For) and _has_inner_loop(row):
+            loops.reorder(" > ".join(loops._loop_target(program, phase)), [row.index] + indices)
