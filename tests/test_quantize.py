@@ -279,3 +279,24 @@ def test_the_script_passes_level2_and_exec_and_reports_the_error(tmp_path):
     shown = badges(lossy).plain
     assert "max abs err" in shown and "max rel err" in shown and "lossy (rel tol 0.25)" in shown
     assert all(s.checks["exec"].ok for s in session.steps)
+
+
+def test_the_script_benchmarks_the_kernel_on_weights_quantized_once():
+    """`otp bench scripts/quantize.py`, small: the kernel through its setup,
+    the fp32 ending and the runq reference, all within the declared 2% of
+    the fp32 original (quantization noise is well above float rounding)."""
+    from optitrust_py.bench import declared, run_bench
+
+    script = ROOT / "scripts" / "quantize.py"
+    session = new_session(script)
+    assert run_script(session, script) is None
+    spec = declared(session)
+    assert spec is not None and str(spec.call) == "matvec_q8(N, D, Wq, Ws, x, y)"
+    report = run_bench(session.original, session.program, session.contracts, spec, {"N": 256, "D": 64},
+                       threads=1, repeats=1, library="numpy")
+    assert report.ok, report.failure
+    assert set(report.timings) == {"original", "optimized", "fp32", "runq", "numpy"}
+    assert 1e-4 < report.errors["optimized"] <= 0.02 and report.errors["fp32"] <= 1e-5
+    assert abs(report.errors["runq"] - report.errors["optimized"]) < 1e-3  # the same quantization
+    data = report.to_json(str(script), "cpu")
+    assert set(data["variants"]) == {"fp32", "runq"} and data["ratio_vs_runq"] > 0
