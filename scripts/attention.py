@@ -1,4 +1,25 @@
-"""Causal multi-head attention: towards the FlashAttention shape."""
+"""Causal multi-head attention: from three passes over an S-sized row of
+scores to a FlashAttention-shaped kernel.
+
+1. The scale 1/sqrt(D) is named and moved out of the loops.
+2. Online softmax: the max, exp-sum, normalize and weighted-sum passes over
+   a query's row become one pass over key blocks of 64 with a running max
+   and sum that rescale the partial output; the S-sized scores buffer is no
+   longer used (`≈fp`, relative tolerance 1e-5).
+3. Queries are cut into blocks of 64, their running max and sum become
+   per-query arrays, and the key-block loop goes outside the queries of a
+   block: it stops at the block on the diagonal, so key blocks masked for
+   every query of the block are never visited.
+4. For D == 64 (a copy; other D run the code of step 3): the key blocks
+   before the diagonal run whole (constant trip counts); only the diagonal
+   block keeps the per-query bound. In the whole blocks, the scores of a
+   query are formed along the keys from a transposed local copy of the K
+   tile (four vector accumulators, no horizontal sums), the Q tile is local,
+   and the output row of a query stays in four registers across a block.
+5. Heads x query blocks run in parallel (collapse(2)), and the lane loops
+   become AVX-512 (vector expf, running max and sums), piece by piece around
+   the transposing copy, which has no vector form.
+"""
 from optitrust_py.script import bench, load
 from transformations import flash, loop, matrix, parallel, variable, vector
 
@@ -7,10 +28,15 @@ bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
       torch="out = torch.nn.functional.scaled_dot_product_attention(q.view(H, S, D), k.view(H, S, D), "
             "v.view(H, S, D), is_causal=True).reshape(-1)")
 
+# 1. the scale, once
 variable.bind("attention > expr 'sqrtf(D)'", "scale")
 for _ in range(3):
     loop.move_out("attention > def scale")
+
+# 2. one streaming pass over key blocks
 flash.online_softmax("attention > for i", 64)
+
+# 3. query blocks, key blocks up to the diagonal
 loop.tile("attention > for i", 64, mode="min")
 loop.hoist("attention > for i > def max_val")
 loop.hoist("attention > for i > def sum")
@@ -18,18 +44,23 @@ loop.fission("attention > for i > before for bj")
 loop.fission("attention > for i#2 > after for bj")
 flash.swap_triangular("attention > for i#2")
 variable.local_accumulator("attention > for bj > for j#3", "sum_h[i - bi]")
+
+# 4. D == 64: whole key blocks, K tile transposed, Q tile and output row local
 flash.version("attention > for h", "D", 64)
 flash.split_blocks("attention > for h#1 > for bj", "bi")
-flash.full_blocks("attention > for h#1 > for bj#1")
-matrix.local_buffer("attention > for h#1 > for bj#1 > for j#4", "out", "o", shape=["H", "S", 64])
-matrix.local_buffer("attention > for h#1 > for bj#2 > for j#4", "out", "o_diag", shape=["H", "S", 64])
-full = "attention > for h#1 > for bj#1"
+full, diagonal = "attention > for h#1 > for bj#1", "attention > for h#1 > for bj#2"
+flash.full_blocks(full)
+matrix.local_buffer(f"{full} > for j#4", "out", "o", shape=["H", "S", 64])
+matrix.local_buffer(f"{diagonal} > for j#4", "out", "o_diag", shape=["H", "S", 64])
 loop.hoist(f"{full} > for j#1 > def s")
 loop.fission(f"{full} > for j#1 > after 's_h[j - bj] = 0.0f'")
 loop.fission(f"{full} > for j#2 > after for d")
 loop.swap(f"{full} > for j#2")
 matrix.local_buffer(f"{full} > for i", "k", "kt", shape=["H", "S", 64])
 matrix.reorder_dims(f"{full} > def kt", [1, 0])
+matrix.local_buffer(full, "q", "q_tile", shape=["H", "S", 64])
+
+# 5. threads and AVX-512
 parallel.parallel_for("attention > for h#1", collapse=2)
 vector.vectorize("attention > for h#1 > for bi > for i#1")
 vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i")
