@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from . import ir
 from .intrinsics import memory_args
-from .layout import ONE, ZERO, delinearize, linearize
+from .layout import ONE, ZERO, delinearize, factors, linearize
 from .names import PURE_FUNCTIONS, has_side_effects, subst
 from .printer import expr as expr_text
 from .tree import Path, children, function_path, get, walk as _walk
@@ -212,9 +212,11 @@ class _Collector:
         if dims:
             self.shapes[cell] = self.sizes[cell] = dims
         elif count is not None:
-            rows = tuple(ctx.resolve(x) for x in _array_dims(d.type.to))  # T (*p)[D] = malloc(n * ...)
-            self.sizes[cell] = (ctx.resolve(count),) + rows
-            if rows:
+            # T (*p)[D] = malloc(n * sizeof(T[D])) has rows of D; malloc(A * B * sizeof(T)) is seen as A x B,
+            # so that `p[a * B + b]` splits into (a, b), each proved within its dimension
+            rows = tuple(ctx.resolve(x) for x in _array_dims(d.type.to))
+            self.sizes[cell] = (ctx.resolve(count),) + rows if rows else tuple(factors(ctx.resolve(count)))
+            if len(self.sizes[cell]) > 1:
                 self.shapes[cell] = self.sizes[cell]
         if d.name not in self.assigned and d.init is not None and not dims \
                 and not isinstance(d.init, ir.InitList) and not has_side_effects(d.init):
