@@ -268,8 +268,13 @@ def _divisor_vars(exprs: Iterable[z3.ExprRef]) -> list[z3.ArithRef]:
 
 
 def _subterms(e: z3.ExprRef) -> list[z3.ExprRef]:
+    return _subterms_of([e])
+
+
+def _subterms_of(exprs: Iterable[z3.ExprRef]) -> list[z3.ExprRef]:
+    """The distinct subterms of some formulas, each once."""
     seen: dict[int, z3.ExprRef] = {}
-    todo = [e]
+    todo = list(exprs)
     while todo:
         n = todo.pop()
         if n.get_id() in seen:
@@ -289,10 +294,12 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
     `(a * y) / b` equal to `d' * y`), a product of a multiple of c is a
     multiple of c (`(dim / H) % 2 == 0` makes `dim` even), and products
     with a common non-negative factor grow with the other factor (`t < T`
-    makes `t * kv_dim + kv_dim <= T * kv_dim`). Every model of
+    makes `t * kv_dim + kv_dim <= T * kv_dim`); signs of products and of
+    quotients of non-negative numbers. It asks first with the
+    products named too (linear arithmetic, which the lemmas often settle). Every model of
     the query gives one of the named query (d its quotient), so 'unsat' is
     a proof; a model is returned only when it satisfies the query itself."""
-    terms = [q for e in hyps + cons for q in _quotients(e)]
+    terms = _quotients(hyps + cons)
     named = [q for q in terms if not z3.is_int_value(q[2])]
     var = {q[0].get_id(): z3.Int(f"{k}:quotient") for k, q in enumerate(named)}
     sub = [(q[0], var[q[0].get_id()]) for q in named]
@@ -306,6 +313,7 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
         size = z3.If(b2 >= 0, b2, -b2)
         defs.append(z3.Implies(b2 != 0, z3.And(a2 == b2 * d + r, r > -size, r < size,
                                                 z3.Implies(a2 >= 0, r >= 0), z3.Implies(a2 <= 0, r <= 0))))
+        defs.append(z3.Implies(z3.And(a2 >= 0, b2 > 0), z3.And(d >= 0, d <= a2)))
     for q, a, b in named:
         for q2, a2, b2 in named:
             if q2 is not q and b2.eq(b) and _is_mul(a) and any(f.eq(a2) for f in a.children()):
@@ -314,13 +322,17 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
                                        var[q.get_id()] == var[q2.get_id()] * named_in(rest)))
     body = [named_in(e) for e in hyps + cons] + [named_in(e) for e in defs]
     moduli = {q[2].as_long() for q in terms if z3.is_int_value(q[2]) and q[2].as_long() > 1}
-    products = list({m.get_id(): m for e in body for m in _subterms(e) if _is_mul(m) and _is_nonlinear_node(m)
-                     and m.num_args() == 2}.values())
+    products = [m for m in _subterms_of(body) if _is_mul(m) and _is_nonlinear_node(m) and m.num_args() == 2]
     lemmas = [z3.Implies(c_mod(f, z3.IntVal(c)) == 0, c_mod(m, z3.IntVal(c)) == 0)
               for m in products for f in m.children() for c in sorted(moduli)]
     lemmas += [lemma for m in products for m2 in products if m2 is not m for lemma in _monotone(m, m2)]
+    lemmas += [z3.Implies(z3.And(m.arg(0) >= 0, m.arg(1) >= 0), m >= 0) for m in products]
     if not named and not lemmas:
         return "unknown", None
+    s = solver()
+    s.add(*_products_named(body + lemmas))
+    if s.check() == z3.unsat:
+        return "unsat", None
     s = solver()
     s.add(*body, *lemmas)
     answer = s.check()
@@ -329,6 +341,16 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
     if answer == z3.sat and all(z3.is_true(s.model().eval(e, model_completion=True)) for e in hyps + cons):
         return "sat", s.model()
     return "unknown", None
+
+
+def _products_named(formulas: list[z3.BoolRef]) -> list[z3.BoolRef]:
+    """The formulas with each product of variables replaced by a variable:
+    linear, so decided at once, and weaker (a model of the formulas is one
+    of these), so that 'unsat' here is 'unsat' there; the lemmas given with
+    them carry what is known of the products."""
+    products = [m for m in _subterms_of(formulas) if _is_mul(m) and _is_nonlinear_node(m)]
+    sub = [(m, z3.Int(f"{k}:product")) for k, m in enumerate(products)]
+    return [z3.substitute(e, *sub) for e in formulas] if sub else formulas
 
 
 def _monotone(m: z3.ArithRef, m2: z3.ArithRef) -> list[z3.BoolRef]:
@@ -343,8 +365,8 @@ def _monotone(m: z3.ArithRef, m2: z3.ArithRef) -> list[z3.BoolRef]:
     return out
 
 
-def _quotients(e: z3.ExprRef) -> list[tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]]:
-    return [_QUOTIENTS[n.get_id()] for n in _subterms(e) if n.get_id() in _QUOTIENTS
+def _quotients(exprs: list[z3.BoolRef]) -> list[tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]]:
+    return [_QUOTIENTS[n.get_id()] for n in _subterms_of(exprs) if n.get_id() in _QUOTIENTS
             and _QUOTIENTS[n.get_id()][0].eq(n)]
 
 
