@@ -11,10 +11,13 @@ work regrouped per expert, each expert's weights streamed once per batch.
    of the FFN for every item of the expert before the next phase, and the
    two products (w1/w3 times x, w2 times the activations) walk the weight
    rows outermost: matrix-matrix products over the expert's batch.
-3. The weight rows are tiled (64 rows of w1 and w3, 32 of w2, a block that
-   stays in L2 while every item of the batch passes), the row blocks and
-   the item loops run in parallel, and the dot products become AVX-512
-   (or AVX2) code with four vector accumulators.
+3. The weight rows are tiled so that a block stays in L1 while every item
+   of the batch passes: 16 rows of w1 and w3 cut into slices of 256
+   columns (the expert test moves inside the slice loop, moe.sink_guard,
+   and each item's partial sums go back to its hidden row after a slice),
+   and 4 rows of w2. The row blocks and the item loops run in parallel, and
+   the dot products become AVX-512 (or AVX2) code with four vector
+   accumulators.
 """
 from optitrust_py.script import bench, load
 from transformations import llm, loop, moe, parallel, variable, vector
@@ -32,9 +35,11 @@ llm.batch_buffer("moe > for t", "hb")
 llm.batch_buffer("moe > for t", "hb2")
 loop.fission("moe > for t > after for i#1")
 moe.regroup("moe > for t#2")
-loop.tile("moe > for e#4 > for i#2", 64, "bi", "min")
-loop.reorder("moe > for e#4 > for bi", ["bi", "t", "s", "i"])
-loop.tile("moe > for e#4 > for i#4", 32, "bo", "min")
+loop.tile("moe > for e#4 > for i#2", 16, "bi", "min")
+loop.tile("moe > for e#4 > for bi > for j", 256, "bj", "min")
+moe.sink_guard("moe > for e#4 > for bi > 'if (sel[t * K + s] == e)'")
+loop.reorder("moe > for e#4 > for bi", ["bi", "bj", "t", "s", "i"])
+loop.tile("moe > for e#4 > for i#4", 4, "bo", "min")
 loop.reorder("moe > for e#4 > for bo", ["bo", "t", "s", "i"])
 variable.local_accumulator("moe > for e#4 > for bi > for j", "hb_b[t * (K * hidden) + (s * hidden + i)]")
 variable.local_accumulator("moe > for e#4 > for bi > for j", "hb2_b[t * (K * hidden) + (s * hidden + i)]")
