@@ -89,10 +89,9 @@ def _same_range(a: ir.For, b: ir.For) -> bool:
 class _Recurrence:
     """The symbolic run of one iteration of the key-block loop."""
 
-    def __init__(self, loop: ir.For, zero: ir.For, m: str, l: str, blk: str) -> None:
+    def __init__(self, loop: ir.For, zero: ir.For, out: ir.Expr, m: str, l: str, blk: str) -> None:
         self.loop, self.zero, self.m, self.l, self.blk = loop, zero, m, l, blk
-        assign = zero.body.stmts[0].expr  # type: ignore[union-attr]
-        self.out = _canon(assign.lhs, zero.index)
+        self.out = _canon(out, zero.index)
         self.scalars: dict[str, z3.ArithRef] = {m: z3.Real("m")}
         self.sum, self.acc = _Linear(z3.RealVal(1), z3.RealVal(0)), _Linear(z3.RealVal(1), z3.RealVal(0))
         self.elem: Optional[z3.ArithRef] = None
@@ -101,8 +100,7 @@ class _Recurrence:
         self.m_end: Optional[z3.ArithRef] = None
 
     def fail(self, node: Any, why: str) -> _Unmodelled:
-        text = stmt_text(node).strip().splitlines()[0] if not isinstance(node, tuple(ir.EXPR_TYPES)) \
-            else expr_text(node)
+        text = expr_text(node) if isinstance(node, ir.EXPR_TYPES) else stmt_text(node).strip().splitlines()[0]
         return _Unmodelled(f"'{text}': {why}")
 
     def value(self, e: ir.Expr) -> z3.ArithRef:
@@ -148,6 +146,8 @@ class _Recurrence:
             self.scalars[s.decl.name] = self.value(s.decl.init)
             return
         if isinstance(s, ir.For) and s.start == ir.Var(self.loop.index):
+            if (s.stop, s.step) != (self.block_end(), ir.Const("1")):
+                raise self.fail(s, "the keys of the block are not those of every other pass of it")
             self.row = s.index
             self.keys(s)
             self.row = None
@@ -164,6 +164,12 @@ class _Recurrence:
             self.m_end = self.scalars[self.m] = self.value(a.rhs)
             return
         raise self.fail(s, "not a statement of the online-softmax recurrence")
+
+    def block_end(self) -> ir.Expr:
+        """`jb + B < n ? jb + B : n`: the block's keys end there (B the step of
+        the block loop, n its stop), so the blocks partition the row."""
+        end = ir.Binop("+", ir.Var(self.loop.index), self.loop.step)
+        return ir.Ternary(ir.Binop("<", end, self.loop.stop), end, self.loop.stop)
 
     def rescale_out(self, loop: ir.For) -> None:
         """`for d: out = out * x` over the output row."""
@@ -292,7 +298,7 @@ def online_softmax(goal: Goal) -> Outcome:
     if end is None or not _same_range(final, zero) or _canon(end.lhs, final.index) != _canon(lv, zero.index) \
             or end.rhs != ir.Binop("/", end.lhs, ir.Var(l)):
         return "refuted", f"the output is not divided by the running sum '{l}' after the key-block loop"
-    rec = _Recurrence(blocks, zero, m, l, blk)
+    rec = _Recurrence(blocks, zero, lv, m, l, blk)
     try:
         rec.run()
         v = rec.value(ob.exprs[0])

@@ -345,3 +345,18 @@ def test_vector_loads_from_a_local_tile_are_accesses_to_its_cells(ck, offset: st
         assert problems == ()
     else:
         assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_level2_does_not_prove_a_key_loop_over_other_keys():
+    """The weighted sum of the streamed block stops one key early: the
+    recurrence no longer holds for every key, so it is not proved."""
+    p, contracts = attention()
+    r = flash.online_softmax.apply(p, "attention > for i", 4)
+    blocks = r.obligations[-1].paths[0]
+    loop = get(r.program, blocks)
+    k, weighted = [(n, s) for n, s in enumerate(loop.body.stmts) if isinstance(s, ir.For)][-1]
+    short = dataclasses.replace(weighted, stop=ir.Binop("-", weighted.stop, ir.Const("1")))
+    bad = dataclasses.replace(r, program=replace(r.program, blocks + (("body", None), ("stmts", k)), short))
+    result = check_step(p, bad.program, bad.obligations, contracts)
+    (verdict,) = [v for v in result.verdicts if v.status != "proved"]
+    assert verdict.kind == "online_softmax" and "not those of every other pass" in verdict.reason, verdict

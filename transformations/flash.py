@@ -74,48 +74,68 @@ def _only(loop: ir.For) -> Optional[ir.Stmt]:
     return loop.body.stmts[0] if len(loop.body.stmts) == 1 else None
 
 
-def _renamed(node: ir.Stmt, old: str, new: str) -> ir.Stmt:
-    return node if old == new else subst(node, {old: ir.Var(new)})
+def _assignment(s: Optional[ir.Stmt]) -> Optional[ir.Assign]:
+    return s.expr if isinstance(s, ir.ExprStmt) and isinstance(s.expr, ir.Assign) else None
+
+
+def _is_zero(e: ir.Expr) -> bool:
+    try:
+        return isinstance(e, ir.Const) and float(e.text.rstrip("fFlL")) == 0.0
+    except ValueError:
+        return False
+
+
+def _stored_row(loop: ir.For) -> Optional[str]:
+    """`buf` when the body of the loop ends with `buf[j] = ...;` (j its index)."""
+    a = _assignment(loop.body.stmts[-1] if loop.body.stmts else None)
+    if a is None or a.op != "=" or not isinstance(a.lhs, ir.Index) or not isinstance(a.lhs.base, ir.Var) \
+            or a.lhs.index != ir.Var(loop.index):
+        return None
+    return a.lhs.base.name
+
+
+def _weighted_value(z: ir.For, p4: ir.For, at: ir.Expr) -> Optional[ir.Expr]:
+    """v, when z is `for d: out = 0` and p4 `for j: for d: out += buf[j] * v`."""
+    zero, inner = _assignment(_only(z)), _only(p4)
+    if zero is None or zero.op != "=" or not _is_zero(zero.rhs) or not isinstance(inner, ir.For) \
+            or not _same_range(z, inner):
+        return None
+    update = _assignment(_only(inner))
+    out = subst(zero.lhs, {z.index: ir.Var(inner.index)}) if z.index != inner.index else zero.lhs
+    if update is None or update.op != "+=" or update.lhs != out or not isinstance(update.rhs, ir.Binop) \
+            or update.rhs.op != "*" or update.rhs.left != at:
+        return None
+    return update.rhs.right
 
 
 def _match(stmts: tuple[ir.Stmt, ...], k: int) -> Optional[_Passes]:
     """The passes starting at stmts[k], or None when they are not there."""
-    if k + 8 > len(stmts):
+    window = stmts[k:k + 8]
+    if len(window) != 8:
         return None
-    s0, dm, p1, dl, p2, p3, z, p4 = stmts[k:k + 8]
-    if not (isinstance(s0, ir.For) and s0.body.stmts and isinstance(dm, ir.DeclStmt)
-            and isinstance(dl, ir.DeclStmt) and all(isinstance(x, ir.For) for x in (p1, p2, p3, z, p4))):
+    s0, dm, p1, dl, p2, p3, z, p4 = window
+    if not (isinstance(s0, ir.For) and isinstance(p1, ir.For) and isinstance(p2, ir.For)
+            and isinstance(p3, ir.For) and isinstance(z, ir.For) and isinstance(p4, ir.For)
+            and isinstance(dm, ir.DeclStmt) and isinstance(dl, ir.DeclStmt)):
         return None
-    last = s0.body.stmts[-1]
-    j = ir.Var(s0.index)
-    if not (isinstance(last, ir.ExprStmt) and isinstance(last.expr, ir.Assign) and last.expr.op == "="
-            and isinstance(last.expr.lhs, ir.Index) and isinstance(last.expr.lhs.base, ir.Var)
-            and last.expr.lhs.index == j):
+    buf = _stored_row(s0)
+    if buf is None or s0.pragmas:
         return None
-    buf, m, l = last.expr.lhs.base.name, ir.Var(dm.decl.name or ""), ir.Var(dl.decl.name or "")
-    at = _at(buf, j)
-    passes = (p1, p2, p3, p4)
-    if not all(_same_range(s0, p) and p.index == s0.index and not p.pragmas for p in passes) or s0.pragmas:
+    m, l = ir.Var(dm.decl.name or ""), ir.Var(dl.decl.name or "")
+    at = _at(buf, ir.Var(s0.index))
+    if not all(_same_range(s0, p) and p.index == s0.index and not p.pragmas for p in (p1, p2, p3, p4)):
         return None
-    if _running_max(p1.body.stmts[0]) != (m.name, at) or len(p1.body.stmts) != 1:
+    if len(p1.body.stmts) != 1 or _running_max(p1.body.stmts[0]) != (m.name, at):
         return None
     if p2.body.stmts != (_assign("=", at, ir.Call(ir.Var("expf"), (ir.Binop("-", at, m),))),
                          _assign("+=", l, at)):
         return None
     if p3.body.stmts != (_assign("=", at, ir.Binop("/", at, l)),):
         return None
-    zero, inner = _only(z), _only(p4)
-    if not (isinstance(zero, ir.ExprStmt) and isinstance(zero.expr, ir.Assign) and zero.expr.op == "="
-            and isinstance(zero.expr.rhs, ir.Const) and float(zero.expr.rhs.text.rstrip("fF")) == 0.0
-            and isinstance(inner, ir.For) and _same_range(z, inner)):
+    value = _weighted_value(z, p4, at)
+    if value is None:
         return None
-    update = _only(inner)
-    out = _renamed(zero, z.index, inner.index).expr.lhs  # type: ignore[union-attr]
-    if not (isinstance(update, ir.ExprStmt) and isinstance(update.expr, ir.Assign) and update.expr.op == "+="
-            and update.expr.lhs == out and isinstance(update.expr.rhs, ir.Binop) and update.expr.rhs.op == "*"
-            and update.expr.rhs.left == at):
-        return None
-    return _Passes(k, s0, dm, p1, dl, p2, p3, z, p4, buf, update.expr.rhs.right)
+    return _Passes(k, s0, dm, p1, dl, p2, p3, z, p4, buf, value)
 
 
 def _find(body: ir.Block, where: str) -> _Passes:
@@ -174,13 +194,12 @@ def _streamed(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stm
     row = lambda loop, body: dataclasses.replace(  # noqa: E731
         loop, start=jb, stop=ir.Ternary(ir.Binop("<", end, s0.stop), end, s0.stop), inclusive=False,
         body=ir.Block(body))
-    scores_body = s0.body.stmts[:-1] + (_assign("=", at, s0.body.stmts[-1].expr.rhs),)  # type: ignore[union-attr]
-    zero = passes.zero.body.stmts[0]
-    assert isinstance(zero, ir.ExprStmt) and isinstance(zero.expr, ir.Assign)
-    out = zero.expr.lhs
-    inner = _only(passes.weighted)
-    assert isinstance(inner, ir.For)
-    out_inner = _renamed(zero, passes.zero.index, inner.index).expr.lhs  # type: ignore[union-attr]
+    stored, zero, inner = _assignment(s0.body.stmts[-1]), _assignment(_only(passes.zero)), _only(passes.weighted)
+    assert stored is not None and zero is not None and isinstance(inner, ir.For)  # as _match found them
+    update = _assignment(_only(inner))
+    assert update is not None
+    scores_body = s0.body.stmts[:-1] + (_assign("=", at, stored.rhs),)
+    out, out_inner = zero.lhs, update.lhs
     fl = ir.FLOAT
     body = (
         ir.DeclStmt(ir.Decl(names["blk"], ir.Array(fl, ir.Const(str(size))))),
