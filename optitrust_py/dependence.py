@@ -280,6 +280,7 @@ def _proposed(stores: Sequence[Store], known: Mapping[str, tuple[ir.Expr, ir.Exp
 
 def _stores_within(space: Space, st: Store, bounds: tuple[ir.Expr, ir.Expr]) -> bool:
     """Whether the store writes a value in [lo, hi) whenever it runs."""
+    assert st.value is not None, "only stores of known values are proposed a range"
     value = dataclasses.replace(st.access, index=(st.value,), shape=None, lanes=ir.Const("1"), uid=-st.access.uid,
                                 mutable=tuple(sorted(set(st.mutable) | set(st.access.mutable))))
     enc = space.encode(value, 1)

@@ -211,7 +211,7 @@ class _Collector:
         count = _allocated_count(d.init) if isinstance(d.type, ir.Ptr) else None
         if dims:
             self.shapes[cell] = self.sizes[cell] = dims
-        elif count is not None:
+        elif count is not None and isinstance(d.type, ir.Ptr):
             # T (*p)[D] = malloc(n * sizeof(T[D])) has rows of D; malloc(A * B * sizeof(T)) is seen as A x B,
             # so that `p[a * B + b]` splits into (a, b), each proved within its dimension
             rows = tuple(ctx.resolve(x) for x in _array_dims(d.type.to))

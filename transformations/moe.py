@@ -6,13 +6,12 @@ not once per token)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
 from optitrust_py.names import free_vars, has_side_effects, writes_of
 from optitrust_py.obligation import Obligation
-from optitrust_py.printer import expr as expr_text
+from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, get, replace, splice, walk
@@ -26,16 +25,18 @@ def _item_nest(name: str, res: Resolver, path: Path, outer: ir.For) -> list[tupl
     """The loops from `outer` down while a body is exactly one loop: the
     nest whose iterations are the work items."""
     nest = [(path, outer)]
-    while len(nest[-1][1].body.stmts) == 1 and isinstance(nest[-1][1].body.stmts[0], ir.For):
-        p, lp = nest[-1]
-        nest.append((p + (("body", None), ("stmts", 0)), lp.body.stmts[0]))
+    while len(nest[-1][1].body.stmts) == 1:
+        p, child = nest[-1][0], nest[-1][1].body.stmts[0]
+        if not isinstance(child, ir.For):
+            break
+        nest.append((p + (("body", None), ("stmts", 0)), child))
     for p, lp in nest:
         _refuse_annotated(name, "dispatch before annotating the loops", _where(res, p, lp), lp)
     return nest
 
 
-def _selector(name: str, inner: ir.For, where: str, expert: str) -> ir.Decl:
-    """The item's first statement, `int expert = <selector>;`."""
+def _selector(name: str, inner: ir.For, where: str, expert: str) -> ir.Expr:
+    """The selector of the item's first statement, `int expert = <selector>;`."""
     first = inner.body.stmts[0] if inner.body.stmts else None
     d = first.decl if isinstance(first, ir.DeclStmt) else None
     if d is None or d.name != expert or d.init is None or not isinstance(d.type, ir.Base) \
@@ -44,7 +45,7 @@ def _selector(name: str, inner: ir.For, where: str, expert: str) -> ir.Decl:
                              f"'int {expert} = ...;' that names the item's expert", inner.loc)
     if has_side_effects(d.init):
         raise TransformError(f"{name}: the expert '{expr_text(d.init)}' has side effects", d.loc)
-    return d
+    return d.init
 
 
 def _reductions(body: ir.Block) -> tuple[str, ...]:
@@ -54,7 +55,7 @@ def _reductions(body: ir.Block) -> tuple[str, ...]:
     other: set[str] = set()
     for _, n in walk(body):
         if isinstance(n, ir.Assign) and isinstance(n.lhs, ir.Index):
-            base = n.lhs
+            base: ir.Expr = n.lhs
             while isinstance(base, ir.Index):
                 base = base.base
             if isinstance(base, ir.Var):
@@ -110,19 +111,19 @@ def dispatch(program: ir.Program, target: str, expert: str = "e", experts: str =
     nest = _item_nest(name, res, m.path, m.node)
     inner_path, inner = nest[-1]
     where = _where(res, inner_path, inner)
-    d = _selector(name, inner, where, expert)
+    selector = _selector(name, inner, where, expert)
     _refuse_early_exit(name, where, inner.body.stmts, inner)
     count = _loop_amount(name, "the expert count", experts, program, m.path, m.function, m.node,
                          _where(res, m.path, m.node))
     bounds = [e for _, lp in nest for e in (lp.start, lp.stop, lp.step)]
-    used = set().union(*(free_vars(e) for e in bounds)) | free_vars(d.init) | free_vars(count)
+    used = set().union(*(free_vars(e) for e in bounds)) | free_vars(selector) | free_vars(count)
     if expert in used or expert in {lp.index for _, lp in nest}:
         raise TransformError(f"{name}: '{expert}' is used by the bounds of the nest, the selector or the expert "
-                             f"count, where the expert loop would capture it", d.loc)
+                             f"count, where the expert loop would capture it", inner.loc)
     hit = sorted(writes_of(m.node.body) & set().union(*(free_vars(e) for e in bounds)))
     if hit:
         raise TransformError(f"{name}: the items write '{hit[0]}', which the bounds of the nest read", m.node.loc)
-    guard = ir.If(ir.Binop("==", d.init, ir.Var(expert)), ir.Block(inner.body.stmts[1:]))
+    guard = ir.If(ir.Binop("==", selector, ir.Var(expert)), ir.Block(inner.body.stmts[1:]))
     body = dataclasses.replace(inner.body, stmts=(guard,))
     items = replace(m.node, inner_path[len(m.path):], dataclasses.replace(inner, body=body)) \
         if len(nest) > 1 else dataclasses.replace(inner, body=body)
@@ -134,9 +135,9 @@ def dispatch(program: ir.Program, target: str, expert: str = "e", experts: str =
         Obligation("parallel", f"distinct items ({indices}) of {_where(res, m.path, m.node)} touch disjoint cells"
                    + (f" apart from their additions into {', '.join(reductions)}" if reductions else ""),
                    m.function, (m.path,), (ir.Const(depth),), before=True, names=reductions),
-        Obligation("in_range", f"the expert '{expr_text(d.init)}' of every item lies in 0 .. "
+        Obligation("in_range", f"the expert '{expr_text(selector)}' of every item lies in 0 .. "
                    f"{expr_text(count)} - 1", m.function, (inner_path + (("body", None), ("stmts", 0)),),
-                   (ZERO, d.init, ir.Binop("-", count, ir.Const("1"))), before=True),
+                   (ZERO, selector, ir.Binop("-", count, ir.Const("1"))), before=True),
     )
     return Rewrite(replace(program, m.path, group), obligations, fp="reassoc")
 
@@ -188,7 +189,10 @@ def sink_guard(program: ir.Program, target: str) -> Rewrite:
     stmts = branch.then.stmts
     if not stmts:
         raise TransformError(f"{name}: {what} has an empty branch", branch.loc)
-    _refuse_early_exit(name, what, stmts, branch)
+    leaves = loops._escapes(stmts)
+    if leaves is not None:
+        raise TransformError(f"{name}: '{stmt_text(leaves).splitlines()[0]}' leaves the branch of {what}",
+                             branch.loc)
     out: list[ir.Stmt] = []
     for k, s in enumerate(stmts):
         if isinstance(s, ir.DeclStmt):
