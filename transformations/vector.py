@@ -673,9 +673,12 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
     k, to a vector of partial sums combined after the loop (reassociated).
     The copy is compiled for avx512f,avx512bw,avx512vnni and called when
     the CPU has `avx512vnni`; the obligation: the products of a group can
-    run at once (`lanes`, with acc a reduction). Widening measured faster
-    here than the u8 x s8 `vpdpbusd` sign trick (0.73 against 0.97 ms for a
-    4096 x 4096 int8 matvec, one thread), which is also wrong for -128.
+    run at once (`lanes`, with acc a reduction). Widening is exact for every
+    int8 value; the u8 x s8 `vpdpbusd` sign trick (|a| times b with a's
+    sign, 64 values an instruction) is wrong when b is -128, which nothing
+    proves absent from memory, although it measured about 15% faster on a
+    4096 x 4096 int8 matvec on one thread here (0.53-0.56 against
+    0.63-0.66 ms; four accumulators instead of one gained nothing, 0.64).
     """
     chosen = _pick_isa(isa)
     res = Resolver(program)
