@@ -4,8 +4,8 @@ scores to a FlashAttention-shaped kernel.
 1. The scale 1/sqrt(D) is named and moved out of the loops.
 2. Online softmax: the max, exp-sum, normalize and weighted-sum passes over
    a query's row become one pass over key blocks of 64 with a running max
-   and sum that rescale the partial output; the S-sized scores buffer is no
-   longer used (`≈fp`, relative tolerance 1e-5).
+   and sum that rescale the partial output (`≈fp`, relative tolerance
+   1e-5); the S-sized scores buffer, no longer used, goes.
 3. Queries are cut into blocks of 64, their running max and sum become
    per-query arrays, and the key-block loop goes outside the queries of a
    block: it stops at the block on the diagonal, so key blocks masked for
@@ -35,6 +35,7 @@ for _ in range(3):
 
 # 2. one streaming pass over key blocks
 flash.online_softmax("attention > for i", 64)
+flash.drop_buffer("attention > def scores")
 
 # 3. query blocks, key blocks up to the diagonal
 loop.tile("attention > for i", 64, mode="min")

@@ -360,3 +360,22 @@ def test_level2_does_not_prove_a_key_loop_over_other_keys():
     result = check_step(p, bad.program, bad.obligations, contracts)
     (verdict,) = [v for v in result.verdicts if v.status != "proved"]
     assert verdict.kind == "online_softmax" and "not those of every other pass" in verdict.reason, verdict
+
+
+# ----------------------------------------------------------------- drop_buffer
+
+
+def test_drop_buffer_removes_the_streamed_scores_row(ck):
+    p, contracts = attention()
+    before = flash.online_softmax.apply(p, "attention > for i", 4).program
+    r = flash.drop_buffer.apply(before, "attention > def scores")
+    text = ck.function_text(r.program, "attention")
+    assert "scores =" not in text and "free(scores)" not in text and r.obligations == ()
+    assert check_step(before, r.program, r.obligations, contracts).ok
+    ck.check(before, r.program, "attention", attention_args(ck, 1, 9, 4))
+
+
+def test_drop_buffer_refuses_a_buffer_still_in_use_or_not_allocated():
+    p, _ = attention()
+    assert "still used besides its free()" in refusal(flash.drop_buffer.apply, p, "attention > def scores")
+    assert "not allocated with malloc" in refusal(flash.drop_buffer.apply, p, "attention > def max_val")

@@ -8,12 +8,12 @@ from typing import Optional
 
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
-from optitrust_py.names import declared_names, free_vars, fresh_name, subst, writes_of
+from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_effects, subst, writes_of
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
-from optitrust_py.tree import Path, block_of, replace, splice, walk
+from optitrust_py.tree import Path, block_of, get, replace, splice, walk
 from optitrust_py.typeof import env_at, integer_range, typedefs_of
 from transformations.loop import (_check_bounds_stable, _escapes, _loop_amount, _refuse_annotated,
                                   _require_unit_step)
@@ -504,3 +504,41 @@ def full_blocks(program: ir.Program, target: str) -> Rewrite:
         raise TransformError(f"flash.full_blocks: no loop inside for {m.node.index} (line {m.line}) is bounded by "
                              f"a minimum 'x < y ? x : y' of the block's end x", m.node.loc)
     return Rewrite(new, tuple(obs))
+
+
+@primitive
+def drop_buffer(program: ir.Program, target: str) -> Rewrite:
+    """Remove a buffer that nothing uses any more: its allocation and its
+    `free`, e.g. the scores row of attention once the online softmax has
+    streamed it.
+
+    Before (`flash.drop_buffer("attention > def scores")`):
+
+        float *scores = malloc(S * sizeof(float));
+        ... (no other use of scores) ...
+        free(scores);
+
+    After: both lines are gone (no obligation: the allocation's size has no
+    side effect, and no other statement reads or writes the buffer).
+
+    Refused when the declaration does not allocate with malloc/calloc, when
+    the size has side effects, or when the name is used anywhere else than
+    in `free(name);` statements of the same block.
+    """
+    res = Resolver(program)
+    m = res.one(target, "declaration", (ir.DeclStmt,))
+    decl: ir.Decl = m.node.decl
+    call = decl.init.arg if isinstance(decl.init, ir.Cast) else decl.init
+    if not (isinstance(call, ir.Call) and call.name in ("malloc", "calloc")):
+        raise TransformError(f"flash.drop_buffer: '{decl.name}' (line {m.line}) is not allocated with malloc or "
+                             f"calloc in its declaration", decl.loc)
+    if any(has_side_effects(a) for a in call.args):
+        raise TransformError(f"flash.drop_buffer: the size of '{decl.name}' has side effects", decl.loc)
+    block, k = block_of(m.path)
+    stmts = get(program, block).stmts
+    frees = {n for n, s in enumerate(stmts)
+             if s == ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(decl.name or ""),)))}
+    rest = tuple(s for n, s in enumerate(stmts) if n != k and n not in frees)
+    if decl.name in free_vars(ir.Block(rest)):
+        raise TransformError(f"flash.drop_buffer: '{decl.name}' is still used besides its free()", decl.loc)
+    return Rewrite(replace(program, block, dataclasses.replace(get(program, block), stmts=rest)))
