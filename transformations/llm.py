@@ -22,7 +22,7 @@ from transformations.matrix import _exprs, _local_array
 from optitrust_py.footprint import _allocated_count, assigned_scalars
 from optitrust_py.names import declared_names, has_side_effects, writes_of
 from optitrust_py.tree import map_children, walk
-from transformations import function
+from transformations import function, parallel
 from transformations.loop import _in_block
 from transformations.variable import address_taken
 
@@ -467,10 +467,64 @@ def _rebased(node: Any, array: str, bname: str, offset: ir.Expr) -> Any:
     """`node` with `array[e]` read as `bname[offset + e]` and any other use
     of `array` as `&bname[offset]`."""
     if isinstance(node, ir.Index) and node.base == ir.Var(array):
-        return ir.Index(ir.Var(bname), ir.Binop("+", offset, _rebased(node.index, array, bname, offset)), node.loc)
+        index = _rebased(node.index, array, bname, offset)
+        return ir.Index(ir.Var(bname), index if offset == ir.Const("0") else ir.Binop("+", offset, index), node.loc)
     if isinstance(node, ir.Var) and node.name == array:
-        return ir.Unop("&", ir.Index(ir.Var(bname), offset), node.loc)
+        return ir.Var(bname, node.loc) if offset == ir.Const("0") else \
+            ir.Unop("&", ir.Index(ir.Var(bname), offset), node.loc)
     return map_children(node, lambda c: _rebased(c, array, bname, offset))
+
+
+@primitive
+def inline_pointer(program: ir.Program, target: str) -> Rewrite:
+    """Replace a local pointer into an array by the array at its uses, with
+    the offset folded into each index, and delete its declaration: what
+    `variable.inline` does, without leaving `(&a[e])[i]` behind, which the
+    vector and layout steps cannot read.
+
+    Before (`llm.inline_pointer("transformer_prefill > def W")`):
+
+        const float *W = &wq[l * dim * dim];
+        for (...) { acc += W[i * dim + j] * x[j]; }
+
+    After (no obligation: the address reads no memory and none of its
+    variables changes in the pointer's scope, so it is the same at every
+    use):
+
+        for (...) { acc += wq[l * dim * dim + (i * dim + j)] * x[j]; }
+
+    The pointer is initialized with `a` or `&a[e]`, a an array or pointer
+    variable and e without side effects or loads; its other uses become
+    `&a[e]`. Refused when the pointer, `a` or a variable of e is assigned
+    or has its address taken in the pointer's scope, or when the pointer is
+    redeclared there.
+    """
+    res = Resolver(program)
+    m = res.one(target, "declaration", (ir.DeclStmt,))
+    d: ir.Decl = m.node.decl
+    what = f"'{d.name}' (line {m.line})"
+    init = d.init
+    base, offset = (init, ir.Const("0")) if isinstance(init, ir.Var) else \
+        (init.arg.base, init.arg.index) if _plain(init) and isinstance(init, ir.Unop) else (None, None)
+    if not isinstance(d.type, ir.Ptr) or not isinstance(base, ir.Var) or _reads_memory(offset):
+        raise TransformError(f"llm.inline_pointer: {what} is not a pointer initialized with 'a' or '&a[e]', e "
+                             f"reading no memory", m.node.loc)
+    block_path, k = block_of(m.path)
+    scope = ir.Block(get(program, block_path).stmts[k + 1:])
+    fixed = ({d.name, base.name} | free_vars(offset)) & (assigned_scalars(scope) | address_taken(scope))
+    if fixed or d.name in declared_names(scope):
+        name = sorted(fixed)[0] if fixed else d.name
+        raise TransformError(f"llm.inline_pointer: '{name}' is assigned, has its address taken or is redeclared "
+                             f"in the scope of {what}", m.node.loc)
+    stmts = tuple(_rebased(s, d.name, base.name, offset) for s in scope.stmts)
+    block = get(program, block_path)
+    new_block = dataclasses.replace(block, stmts=block.stmts[:k] + stmts)
+    return Rewrite(replace(program, block_path, new_block))
+
+
+def _reads_memory(e: ir.Expr) -> bool:
+    return any(isinstance(n, (ir.Index, ir.Call, ir.Member)) or isinstance(n, ir.Unop) and n.op == "*"
+               for _, n in walk(e))
 
 
 @composite
@@ -513,11 +567,21 @@ def inline_call(target: str) -> None:
         if param in fixed or not _plain(decl.init):
             kept += 1
             continue
-        variable.inline(f"{m.function} > {_def_target(program, path)}")
+        pointer = isinstance(decl.type, ir.Ptr) and not _reads_memory(_address_offset(decl.init))
+        (inline_pointer if pointer else variable.inline)(f"{m.function} > {_def_target(program, path)}")
     program = session.current()
-    decls = [k for k, s in enumerate(get(program, block_path).stmts) if isinstance(s, ir.DeclStmt)]
-    if decls and _unblock_clash(program, block_path) is None:
-        unblock(f"{m.function} > {_def_target(program, block_path + (('stmts', decls[0]),))}")
+    first = _stmt_target(program, block_path + (("stmts", 0),)) if get(program, block_path).stmts else None
+    if first is not None and _unblock_clash(program, block_path) is None:
+        unblock(f"{m.function} > {first}")
+
+
+def _stmt_target(program: ir.Program, path: Path) -> Optional[str]:
+    """A target component naming the declaration or loop at `path` (None
+    for another statement)."""
+    node = get(program, path)
+    if isinstance(node, ir.For):
+        return _loop_target(program, path)[1]
+    return _def_target(program, path) if isinstance(node, ir.DeclStmt) else None
 
 
 def _def_target(program: ir.Program, path: Path) -> str:
@@ -527,6 +591,11 @@ def _def_target(program: ir.Program, path: Path) -> str:
     return f"def {name}#{hits.index(path) + 1}"
 
 
+def _address_offset(e: ir.Expr) -> ir.Expr:
+    """e in `&a[e]` (0 for a plain variable)."""
+    return e.arg.index if isinstance(e, ir.Unop) and isinstance(e.arg, ir.Index) else ir.Const("0")
+
+
 def _plain(e: Optional[ir.Expr]) -> bool:
     """A variable, a literal, or the address of an element `&a[e]` with a
     side-effect-free index: an argument whose uses may be its text."""
@@ -534,3 +603,61 @@ def _plain(e: Optional[ir.Expr]) -> bool:
         return True
     return isinstance(e, ir.Unop) and e.op == "&" and isinstance(e.arg, ir.Index) \
         and isinstance(e.arg.base, ir.Var) and not has_side_effects(e.arg.index)
+
+
+@composite
+def batch_matvec(target: str) -> None:
+    """Turn a matrix-vector product called for each token of a loop into a
+    matrix-matrix product that reads each row of the matrix once for all
+    the tokens: inline the call, put the token loop inside the row loop,
+    sum each dot product in a local accumulator (which `vector.vectorize`
+    then keeps in vector registers), and run the rows in parallel.
+
+    Before (`llm.batch_matvec("transformer_prefill > call matvec#1")`):
+
+        for (int t = bt; t < (bt + 16 < T ? bt + 16 : T); t++) {
+          matvec(dim, dim, &wq[l * dim * dim], &xb_b[t * dim], &q_b[t * dim]);
+        }
+
+    After (sub-steps llm.inline_call, loop.swap, variable.local_accumulator,
+    parallel.parallel_for, with their obligations):
+
+        #pragma omp parallel for
+        for (int i = 0; i < dim; i++) {
+          for (int t = bt; t < (bt + 16 < T ? bt + 16 : T); t++) {
+            q_b[t * dim + i] = 0.0f;
+            {
+              float acc = q_b[t * dim + i];
+              for (int j = 0; j < dim; j++) {
+                acc += wq[l * dim * dim + (i * dim + j)] * xb_b[t * dim + j];
+              }
+              q_b[t * dim + i] = acc;
+            }
+          }
+        }
+
+    The call must be the only statement of its loop, and the callee a
+    loop over rows whose body ends by summing `+=` into the row's output in
+    a loop, as transformer.c's matvec; refused otherwise.
+    """
+    who = "llm.batch_matvec"
+    session = current_session()
+    m = Resolver(session.current()).one(target, "call", (ir.Call,))
+    tokens = m.path[:-3]
+    outer = get(session.current(), tokens) if len(m.path) > 3 else None
+    if not isinstance(outer, ir.For) or len(outer.body.stmts) != 1 or m.path[-3:-1] != (("body", None), ("stmts", 0)):
+        raise TransformError(f"{who}: the call at line {m.line} must be the only statement of a loop's body",
+                             m.node.loc)
+    inline_call(target)
+    rows = tokens + (("body", None), ("stmts", 0))
+    row_loop = get(session.current(), rows)
+    sums = row_loop.body.stmts[-1] if isinstance(row_loop, ir.For) and row_loop.body.stmts else None
+    update = sums.body.stmts[-1] if isinstance(sums, ir.For) and sums.body.stmts else None
+    if not (isinstance(update, ir.ExprStmt) and isinstance(update.expr, ir.Assign) and update.expr.op == "+="):
+        raise TransformError(f"{who}: {m.node.name} is not a loop over rows whose last statement sums into the "
+                             f"row's output in a loop (y[i] += ...)", m.node.loc)
+    fn = m.function
+    swap(f"{fn} > {_loop_target(session.current(), tokens)[1]}")
+    sums_path = tokens + (("body", None), ("stmts", 0), ("body", None), ("stmts", len(row_loop.body.stmts) - 1))
+    variable.local_accumulator(f"{fn} > {_loop_target(session.current(), sums_path)[1]}", expr_text(update.expr.lhs))
+    parallel.parallel_for(f"{fn} > {_loop_target(session.current(), tokens)[1]}")
