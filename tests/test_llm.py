@@ -3,6 +3,7 @@ transformer.c's prompt loop: inline the per-token forward, batch its
 scratch buffers, and what level 2 makes of them."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from optitrust_py import ir
 from optitrust_py.level2 import check_step
 from optitrust_py.printer import to_c
-from optitrust_py.spec import parse_spec_file
+from optitrust_py.session import Session
+from optitrust_py.spec import parse_spec_file, parse_spec_text
 from conftest import ROOT, CKit
 from helpers import refusal, refuted
 from transformations import function, llm, loop
@@ -126,3 +128,97 @@ def test_a_row_too_small_is_refuted(ck: CKit, inlined: ir.Program, contracts: di
     before = batched(inlined)
     r = llm.batch_buffer.apply(before, "transformer_prefill > for t", "att", "T - 1")
     assert refuted(before, r, contracts).startswith("in_range: ")
+
+
+def test_inline_pointer_folds_the_offset(ck: CKit, contracts: dict[str, Any]) -> None:
+    p = ck.load("transformer.c")
+    once = function.inline.apply(p, "transformer_token > call matvec#1").program
+    r = llm.inline_pointer.apply(once, "transformer_token > def W")
+    text = ck.function_text(r.program, "transformer_token")
+    assert "y[i] += wq[l * dim * dim + (i * n + j)] * x_1[j];" in text and "*W" not in text
+    assert r.obligations == ()
+    proved(once, r, contracts)
+    ck.check(p, r.program, "transformer_prefill", prefill_args(ck, **SIZES))
+    assert "is not a pointer initialized with 'a' or '&a[e]'" in refusal(
+        llm.inline_pointer.apply, once, "transformer_token > def xb")
+    moved = ck.parse("""
+        void f(int n, float *a, float *y) {
+          int k = 0;
+          float *p = &a[k];
+          k = 1;
+          y[0] = p[n];
+        }""")
+    assert "'k' is assigned" in refusal(llm.inline_pointer.apply, moved, "f > def p")
+
+
+def microbatched(inlined: ir.Program) -> ir.Program:
+    """The prompt loop of `inlined` in microbatches of 2 tokens, layers
+    outside the tokens, the q projection in a token loop of its own."""
+    p = batched(inlined, "xb", "xb2", "q", "k", "v", "hb", "hb2")
+    p = llm.batch_buffer.apply(p, "transformer_prefill > for t", "att", "SMAX").program
+    p = loop.tile.apply(p, "transformer_prefill > for t", 2, mode="min").program
+    p = loop.swap.apply(p, "transformer_prefill > for bt > for t").program
+    for point in ("after 'rmsnorm_vec(dim, &xs[t * dim], &rms_att_w'", "after 'matvec(dim, dim, &wq'"):
+        p = loop.fission.apply(p, f"transformer_prefill > {point}").program
+    return p
+
+
+def leaf_verdicts(program: ir.Program, contracts: dict[str, Any], step: Any) -> list[str]:
+    """Runs a composite on `program` in a session; the level-2 status of
+    every obligation of each of its sub-steps, checked on its own code."""
+    with Session() as s:
+        s.program = s.original = program
+        step()
+        (top,) = s.steps
+    out = []
+    for sub in top.substeps:
+        for leaf in (sub.substeps or [sub]):
+            result = check_step(leaf.before, leaf.after, leaf.obligations, contracts)
+            assert not result.resources, result.resources
+            out += [f"{leaf.name} {v.kind} {v.status}" for v in result.verdicts]
+    return out
+
+
+def test_batch_matvec_reads_each_weight_row_once_per_microbatch(ck: CKit, inlined: ir.Program,
+                                                                contracts: dict[str, Any]) -> None:
+    p = microbatched(inlined)
+    r = llm.batch_matvec.apply(p, "transformer_prefill > call matvec#1")
+    assert ck.contains(ck.function_text(r.program, "transformer_prefill"), """
+        #pragma omp parallel for
+        for (int i = 0; i < dim; i++) {
+          for (int t = bt; t < (bt + 2 < T ? bt + 2 : T); t++) {
+            q_b[t * dim + i] = 0.0f;
+            {
+              float acc = q_b[t * dim + i];
+              for (int j = 0; j < dim; j++) {
+                acc += wq[l * dim * dim + (i * dim + j)] * xb_b[t * dim + j];
+              }
+              q_b[t * dim + i] = acc;""")
+    ck.check(inlined, r.program, "transformer_prefill", prefill_args(ck, **SIZES))
+    verdicts = leaf_verdicts(p, contracts, lambda: llm.batch_matvec("transformer_prefill > call matvec#1"))
+    assert all(v.endswith(" proved") for v in verdicts) and "loop.swap swap_loops proved" in verdicts
+    assert "only statement of a loop's body" in refusal(llm.batch_matvec.apply, p,
+                                                        "transformer_prefill > call matvec#2")
+
+
+def test_batch_matvec_on_tokens_that_feed_each_other_is_refuted(ck: CKit) -> None:
+    text = (ROOT / "c_sources" / "transformer.c").read_text()
+    matvec = text[text.index("/* y[d] = W[d][n] * x[n]"):text.index("/* in-place softmax")]
+    p = ck.parse(matvec + """
+        void chain(int T, int n, const float *W, float *xs) {
+          for (int t = 0; t < T; t++) {
+            matvec(n, n, W, &xs[t * n], &xs[(t + 1) * n]);
+          }
+        }""")
+    specs = parse_spec_text(textwrap.dedent("""
+        matvec(n, d, W, x, y):
+          requires n >= 1, d >= 1
+          reads    W ~> Matrix2(d, n), x ~> Matrix1(n)
+          writes   y ~> Matrix1(d)
+        chain(T, n, W, xs):
+          requires T >= 1, n >= 1
+          reads    W ~> Matrix2(n, n)
+          modifies xs ~> Matrix2(T + 1, n)
+        """))
+    verdicts = leaf_verdicts(p, specs, lambda: llm.batch_matvec("chain > call matvec"))
+    assert "loop.swap swap_loops refuted" in verdicts
