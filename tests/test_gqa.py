@@ -164,6 +164,20 @@ def test_expand_buffer_refusals(ck):
         "llm.expand_buffer: 'scores' is used outside for d (line 36), at line 20")
     reading = ck.parse(c(SCRATCH_C.replace("tmp[t] = x[i * n + t];", "tmp[t] += x[i * n + t];")))
     assert "is not a loop that only writes it" in refusal(llm.expand_buffer.apply, reading, "f > for i", "tmp", "n")
+    unused = ck.parse(c("""
+        #include <stdlib.h>
+        void f(int n, float *y) {
+          float *tmp = malloc(n * sizeof(float));
+          for (int i = 0; i < n; i++) {
+            for (int t = 0; t < n; t++) {
+              y[t] = 0.0f;
+            }
+            free(tmp);
+          }
+          free(tmp);
+        }"""))
+    assert refusal(llm.expand_buffer.apply, unused, "f > for i > for t", "tmp", "n") == (
+        "llm.expand_buffer: the body of for t (line 6) does not use 'tmp'")
     used_after = ck.parse(c(SCRATCH_C.replace("  free(tmp);", "  y[0] = tmp[0];\n  free(tmp);")))
     assert refusal(llm.expand_buffer.apply, used_after, "f > for i", "tmp", "n") == (
         "llm.expand_buffer: 'tmp' must be used only by its declaration, for i (line 5) and a 'free(tmp);' after "

@@ -198,7 +198,9 @@ def _first_writer(program: ir.Program, res: Resolver, loop_path: Path, loop: ir.
     """The path of the first statement of the loop body that touches
     `array`, which must be a loop that writes it and does not read it."""
     body = loop_path + (("body", None),)
-    k = next(k for k, s in enumerate(loop.body.stmts) if array in free_vars(s))
+    k = next((k for k, s in enumerate(loop.body.stmts) if array in free_vars(s)), None)
+    if k is None:
+        raise TransformError(f"{name}: the body of {where} does not use '{array}'", loop.loc)
     path = body + (("stmts", k),)
     mine = [a for a in accesses if a.path[:len(path)] == path]
     if not isinstance(get(program, path), ir.For) or any(a.role != "write" for a in mine):
