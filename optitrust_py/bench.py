@@ -41,9 +41,10 @@ reordered: near 1e-5 at n ~ 30 000, where `tolerance=` must be raised.)
 Prepared inputs and variants. A kernel that takes its inputs in another
 form than the original function (weights quantized once, ahead of time) is
 timed through `call=`, a C call whose arguments name the function's
-parameters and buffers that `setup=` prepares: C calls run once per
-program, untimed, before its checking call, whose callee's contract sizes
-and types the buffers it writes that the function does not have:
+parameters and buffers that `setup=` prepares. The setup calls run once
+per program, untimed, before its checking call; the buffers they write
+that the function does not have are sized and typed by the contracts of
+the final program's callees (the steps that made them gave them one):
 
     bench("matvec", ..., setup="quantize_q8(D, N, W, Wq, Ws)",
           call="matvec_q8(N, D, Wq, Ws, x, y)",
