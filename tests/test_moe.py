@@ -17,7 +17,7 @@ from optitrust_py.level2 import check_step
 from optitrust_py.printer import expr
 from optitrust_py.resources import check_resources
 from optitrust_py.session import Rewrite, inherit_contracts
-from optitrust_py.spec import load_contracts
+from optitrust_py.spec import load_contracts, parse_spec_text
 from transformations import llm, loop, moe
 from conftest import ROOT
 from helpers import refusal
@@ -232,3 +232,40 @@ def test_sink_guard_refusals(ready: tuple[Any, dict[str, Any]]) -> None:
     assert "declares 'v' at its top level" in refusal(moe.sink_guard.apply, parse_text(local), "f > 'if (n > 0)'")
     index = "void f(int n, float *y) {\n  if (n > 0) {\n    for (int n = 0; n < 4; n++) {\n      y[n] = 0;\n    }\n  }\n}\n"
     assert "reads 'n', the index of for n" in refusal(moe.sink_guard.apply, parse_text(index), "f > 'if (n > 0)'")
+
+
+# ----------------------------------------------------------------- shapes of allocated buffers
+
+ROWS_C = """
+#include <stdlib.h>
+
+void rows(int R, int C, float *y) {
+  float *b = malloc(R * C * sizeof(float));
+  for (int i = 0; i < R; i++) {
+    for (int j = 0; j < C; j++) {
+      b[i * C + j] = 1.0f;
+      y[i * C + j] = b[i * C + STEP];
+    }
+  }
+  free(b);
+}
+"""
+ROWS_SPEC = """
+rows(R, C, y):
+  requires R >= 1, C >= 1
+  writes y ~> Matrix2(R, C)
+"""
+
+
+def rows(step: str) -> tuple[Any, dict[str, Any]]:
+    p = parse_text(ROWS_C.replace("STEP", step), "rows.c")
+    return p, {"rows": parse_spec_text(ROWS_SPEC)["rows"]}
+
+
+def test_a_buffer_allocated_as_a_product_is_split_along_its_factors() -> None:
+    p, contracts = rows("j")
+    b = [a for a in function_footprint(p, "rows", contracts).accesses if a.cell == "b" and a.index]
+    assert {tuple(expr(i) for i in a.index) for a in b} == {("i", "j")}
+    assert check_resources(p, contracts) == ()
+    p, contracts = rows("(j + 1)")
+    assert any("'b[i * C + (j + 1)]' may be out of bounds of 'b' (R x C)" in x for x in check_resources(p, contracts))
