@@ -99,7 +99,7 @@ class Space:
             flat = t.term(subst(flat_expr, ren)) if flat_expr is not None else None
             lanes = t.term(subst(a.lanes, ren))
             cons.extend(self.loaded_ranges(t))
-            cons.extend(v for n in a.mutable if n in self.ranges for v in self._within(t.term(ren[n]), t, n))
+            cons.extend(v for n in a.mutable if n in self.ranges for v in self.within(t.term(ren[n]), t, n))
             self._cache[key] = Encoded(index, lanes, tuple(cons) + tuple(t.facts), flat)
         return self._cache[key]
 
@@ -111,10 +111,11 @@ class Space:
             while isinstance(root, ir.Index):
                 root = root.base
             if isinstance(e, ir.Index) and isinstance(root, ir.Var) and root.name in self.ranges:
-                out.extend(self._within(v, t, root.name))
+                out.extend(self.within(v, t, root.name))
         return out
 
-    def _within(self, v: z3.ArithRef, t: Terms, cell: str) -> tuple[z3.BoolRef, z3.BoolRef]:
+    def within(self, v: z3.ArithRef, t: Terms, cell: str) -> tuple[z3.BoolRef, z3.BoolRef]:
+        """`v` lies in the value range of `cell`."""
         lo, hi = self.ranges[cell]
         return v >= t.term(lo), v < t.term(hi)
 
@@ -220,13 +221,14 @@ _RANGES: dict[tuple[Any, ...], dict[str, tuple[ir.Expr, ir.Expr]]] = {}
 
 
 def value_ranges(fp: Footprint) -> dict[str, tuple[ir.Expr, ir.Expr]]:
-    """The local integer arrays whose every value lies in [lo, hi), lo and
-    hi expressions of the parameters: an inductive invariant, proved over
-    all the function's stores to the array (`Footprint.stores`). A store
-    of the index of a loop proposes that loop's range; each store must then
-    be proved to write a value in range, where a load from an array of the
-    candidate set is assumed within its own range (the induction
-    hypothesis), under the requires, the store's loops and guards. Arrays
+    """The local integer scalars and arrays whose every value lies in
+    [lo, hi), lo and hi expressions of the parameters: an inductive
+    invariant, proved over all the function's stores to the cell
+    (`Footprint.stores`). A store of the index of a loop proposes that
+    loop's range, a copy from a cell with a range that range; each store
+    must then be proved to write a value in range, where a read of a cell
+    of the candidate set is assumed within its own range (the induction
+    hypothesis), under the requires, the store's loops and guards. Cells
     whose stores are not all proved are dropped until the set is stable,
     so what remains holds by induction over every write of the run. Cells
     never written hold indeterminate values, which C forbids reading
@@ -279,13 +281,15 @@ def _proposed(stores: Sequence[Store], known: Mapping[str, tuple[ir.Expr, ir.Exp
 
 
 def _stores_within(space: Space, st: Store, bounds: tuple[ir.Expr, ir.Expr]) -> bool:
-    """Whether the store writes a value in [lo, hi) whenever it runs."""
+    """Whether the store writes a value in [lo, hi) whenever it runs: under
+    its loops and guards, where the scalars and loads the value reads are
+    unknowns of their own (the body may change them after the guards were
+    tested), within their ranges when they have one."""
     assert st.value is not None, "only stores of known values are proposed a range"
-    value = dataclasses.replace(st.access, index=(st.value,), shape=None, lanes=ir.Const("1"), uid=-st.access.uid,
-                                mutable=tuple(sorted(set(st.mutable) | set(st.access.mutable))))
-    enc = space.encode(value, 1)
-    t = Terms("@range")
-    v = enc.index[0]
+    enc = space.encode(st.access, 1)
+    t = Terms(f"@stored{st.access.uid}")
+    v = t.term(subst(st.value, {n: ir.Var(f"{n}#stored") for n in st.mutable}))
+    known = [c for n in st.mutable if n in space.ranges for c in space.within(z3.Int(f"{n}#stored"), t, n)]
     outside = z3.Or(v < t.term(bounds[0]), v >= t.term(bounds[1]))
-    answer, _, _ = satisfy(space.hypotheses, [*enc.constraints, *t.facts, outside])
+    answer, _, _ = satisfy(space.hypotheses, [*enc.constraints, *t.facts, *space.loaded_ranges(t), *known, outside])
     return answer == "unsat"

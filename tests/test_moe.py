@@ -57,6 +57,13 @@ def test_a_store_out_of_range_breaks_the_invariant() -> None:
     assert any("'used[best]' may be out of bounds" in x for x in check_resources(p, contracts))
 
 
+def test_a_guard_says_nothing_of_a_value_the_branch_changed_first() -> None:
+    twice = "if (best < E - 1) {\n            best = best + 1;\n            best = best + 1;\n          }"
+    p, contracts = moe_variant("best = e;", twice)
+    assert "best" not in ranges_text(p, contracts)
+    assert any("'used[best]' may be out of bounds" in x for x in check_resources(p, contracts))
+
+
 def test_an_update_or_an_escape_gives_no_range() -> None:
     p, contracts = moe_variant("used[best] = 1;", "used[best] = 1;\n      sel[s]++;")
     assert "sel" not in ranges_text(p, contracts)
