@@ -128,10 +128,10 @@ def test_dispatch_runs_the_items_expert_by_expert(ck: Any, ready: tuple[Any, dic
             for (int s = 0; s < K; s++) {
               if (sel[t * K + s] == e) {
                 for (int i = 0; i < hidden; i++) {""")
-    assert r.fp == "reassoc" and [o.kind for o in r.obligations] == ["parallel", "in_range"]
+    assert r.fp == "reassoc" and [o.kind for o in r.obligations] == ["parallel", "pure", "in_range"]
     assert r.obligations[0].names == ("out",)
     found = verdicts(p, r, contracts)
-    assert found["parallel"] == ("proved", "")
+    assert found["parallel"] == found["pure"] == ("proved", "")
     # in_range needs facts.py to read the value ranges (see the report): never refuted
     assert found["in_range"][0] in ("proved", "unknown")
     ck.roundtrip(r.program)
@@ -198,6 +198,19 @@ def test_dispatch_of_items_that_overwrite_the_output_is_refuted() -> None:
     assert r.obligations[0].names == ()
     status, reason = verdicts(p, r, contracts)["parallel"]
     assert status == "refuted" and "out" in reason
+
+
+def test_dispatch_of_items_that_change_their_expert_is_refuted(ck: Any) -> None:
+    p, contracts = moe_variant("out[t * dim + i] += wsel[s] * acc;\n      }",
+                               "out[t * dim + i] += wsel[s] * acc;\n      }\n      sel[s] = E - 1;")
+    before = p
+    p, contracts = prepared(p, contracts, A_ROUTE_ROW_PER_TOKEN + EXPAND_THE_HIDDEN_BUFFERS + ROUTE_ALL_TOKENS_FIRST)
+    r = moe.dispatch.apply(p, "moe > for t#2")
+    found = verdicts(p, r, contracts)
+    assert found["parallel"] == ("proved", "")
+    assert found["pure"][0] == "refuted" and "sel[" in found["pure"][1]
+    with pytest.raises(AssertionError):  # an item of an expert below E - 1 runs again with the last expert
+        ck.close_outputs(before, r.program, "moe", moe_args(ck, E=3))
 
 
 def test_dispatch_refusals(ready: tuple[Any, dict[str, Any]]) -> None:

@@ -79,7 +79,8 @@ def dispatch(program: ir.Program, target: str, expert: str = "e", experts: str =
         }
 
     After (obligations parallel over the items (t, s) with the reduction
-    out, and in_range: 0 <= sel[t * K + s] <= E - 1):
+    out, pure: no item changes its own sel[t * K + s], and in_range:
+    0 <= sel[t * K + s] <= E - 1):
 
         for (int e = 0; e < E; e++) {
           for (int t = 0; t < T; t++) {
@@ -99,8 +100,8 @@ def dispatch(program: ir.Program, target: str, expert: str = "e", experts: str =
     disjoint cells apart from the arrays they only add into (obligation
     parallel on the nest, with those reductions: a scratch buffer the items
     share must be expanded first) and when every selector is an expert
-    number, 0 .. experts - 1 (in_range), so that each item runs exactly
-    once. The additions into an output cell happen in another order: fp
+    number, 0 .. experts - 1 (in_range), and stays the same while its item
+    runs (pure), so that each item runs exactly once. The additions into an output cell happen in another order: fp
     reassoc. Refused for a nest with pragmas or a contract, bodies that
     leave early, a selector with side effects, bounds or an expert count
     that use the expert's name or that the items write.
@@ -112,14 +113,16 @@ def dispatch(program: ir.Program, target: str, expert: str = "e", experts: str =
     inner_path, inner = nest[-1]
     where = _where(res, inner_path, inner)
     selector = _selector(name, inner, where, expert)
+    if len(inner.body.stmts) < 2:
+        raise TransformError(f"{name}: the items of {where} do nothing after naming their expert", inner.loc)
     _refuse_early_exit(name, where, inner.body.stmts, inner)
     count = _loop_amount(name, "the expert count", experts, program, m.path, m.function, m.node,
                          _where(res, m.path, m.node))
     bounds = [e for _, lp in nest for e in (lp.start, lp.stop, lp.step)]
     used = set().union(*(free_vars(e) for e in bounds)) | free_vars(selector) | free_vars(count)
-    if expert in used or expert in {lp.index for _, lp in nest}:
+    if expert in used or expert in {lp.index for _, lp in nest} | writes_of(inner.body):
         raise TransformError(f"{name}: '{expert}' is used by the bounds of the nest, the selector or the expert "
-                             f"count, where the expert loop would capture it", inner.loc)
+                             f"count, where the expert loop would capture it, or assigned by the item", inner.loc)
     hit = sorted(writes_of(m.node.body) & set().union(*(free_vars(e) for e in bounds)))
     if hit:
         raise TransformError(f"{name}: the items write '{hit[0]}', which the bounds of the nest read", m.node.loc)
@@ -131,12 +134,16 @@ def dispatch(program: ir.Program, target: str, expert: str = "e", experts: str =
     depth = str(len(nest))
     indices = ", ".join(lp.index for _, lp in nest)
     reductions = _reductions(inner.body)
+    item = inner_path + (("body", None),)
     obligations = (
         Obligation("parallel", f"distinct items ({indices}) of {_where(res, m.path, m.node)} touch disjoint cells"
                    + (f" apart from their additions into {', '.join(reductions)}" if reductions else ""),
                    m.function, (m.path,), (ir.Const(depth),), before=True, names=reductions),
+        Obligation("pure", f"no item changes its expert '{expr_text(selector)}', which is now tested once per "
+                   f"expert", m.function, tuple(item + (("stmts", k),) for k in (0, len(inner.body.stmts) - 1)),
+                   (selector,), before=True),
         Obligation("in_range", f"the expert '{expr_text(selector)}' of every item lies in 0 .. "
-                   f"{expr_text(count)} - 1", m.function, (inner_path + (("body", None), ("stmts", 0)),),
+                   f"{expr_text(count)} - 1", m.function, (item + (("stmts", 0),),),
                    (ZERO, selector, ir.Binop("-", count, ir.Const("1"))), before=True),
     )
     return Rewrite(replace(program, m.path, group), obligations, fp="reassoc")
