@@ -15,12 +15,23 @@ microbatches of tokens that share each weight matrix.
    ones.
 4. Each projection becomes a matrix-matrix product: the token loop moves
    inside the loop over weight rows, so a row is read once for the whole
-   microbatch; the dot products are vectorized (AVX-512, 4 partial sums
-   reassociated) and the rows run in parallel; so do the tokens of the
-   attention.
+   microbatch; the dot products are vectorized (AVX-512, 4 vectors of
+   partial sums: reassociated).
+
+Nothing runs in parallel: the rows of each product (and the tokens of the
+attention) could (level 2 proves `parallel.parallel_for` on them), but that
+is 8 parallel regions per layer and microbatch, 1024 per prefill, and on
+this shared 2-core machine their barriers cost more than the second core
+gives (measured at T=256: 0.64 s on one thread, 4.8 s on two).
+
+The benchmark compares outputs within 1e-3 of their largest magnitude: the
+vector sums reassociate dot products of 512 to 1408 terms, and with random
+weights the residual stream grows to ~1e3 over 8 layers, each feeding the
+rounding differences of the last into the next (measured: 9.3e-5; at the
+--exec sizes, 2 layers of width 24, the steps agree within 1e-5).
 """
 from optitrust_py.script import bench, load
-from transformations import llm, loop, parallel, vector
+from transformations import llm, loop, vector
 
 MB = 16
 
@@ -28,7 +39,8 @@ load("../c_sources/transformer.c",
      sizes={"T": 21, "L": 2, "dim": 24, "hidden": 40, "H": 4, "KVH": 2, "SMAX": 24})
 bench("transformer_prefill",
       sizes={"T": 256, "L": 8, "dim": 512, "hidden": 1408, "H": 8, "KVH": 2, "SMAX": 256},
-      flops="L*(2*T*(2*dim*dim + 2*dim*(dim*KVH/H) + 3*dim*hidden) + 2*dim*T*(T+1))")
+      flops="L*(2*T*(2*dim*dim + 2*dim*(dim*KVH/H) + 3*dim*hidden) + 2*dim*T*(T+1))",
+      tolerance=1e-3)
 
 # 1. one forward pass per token, its buffers one row per token
 llm.inline_call("transformer_prefill > call transformer_token")
@@ -50,9 +62,7 @@ for point in ["after 'rmsnorm_vec(dim, &xs[t * dim], &rms_att_w'", "after 'matve
               "before 'matvec(hidden, dim, &w2'", "after 'matvec(hidden, dim, &w2'"]:
     loop.fission(f"transformer_prefill > {point}")
 
-# 4. parallel tokens for the attention, matrix-matrix products with
-# parallel rows, vectors
-parallel.parallel_for("transformer_prefill > for l > for t#6", schedule="dynamic")
+# 4. matrix-matrix products, vectors
 for _ in range(7):
     llm.batch_matvec("transformer_prefill > call matvec#1")
 # the token loops of the seven products are the 2nd, 3rd, 4th, 7th, 9th, 10th

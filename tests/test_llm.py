@@ -184,7 +184,6 @@ def test_batch_matvec_reads_each_weight_row_once_per_microbatch(ck: CKit, inline
     p = microbatched(inlined)
     r = llm.batch_matvec.apply(p, "transformer_prefill > call matvec#1")
     assert ck.contains(ck.function_text(r.program, "transformer_prefill"), """
-        #pragma omp parallel for
         for (int i = 0; i < dim; i++) {
           for (int t = bt; t < (bt + 2 < T ? bt + 2 : T); t++) {
             q_b[t * dim + i] = 0.0f;

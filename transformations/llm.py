@@ -22,7 +22,7 @@ from transformations.matrix import _exprs, _local_array
 from optitrust_py.footprint import _allocated_count, assigned_scalars
 from optitrust_py.names import declared_names, has_side_effects, writes_of
 from optitrust_py.tree import map_children, walk
-from transformations import function, parallel
+from transformations import function
 from transformations.loop import _in_block
 from transformations.variable import address_taken
 
@@ -613,7 +613,8 @@ def batch_matvec(target: str) -> None:
     matrix-matrix product that reads each row of the matrix once for all
     the tokens: inline the call, put the token loop inside the row loop,
     sum each dot product in a local accumulator (which `vector.vectorize`
-    then keeps in vector registers), and run the rows in parallel.
+    then keeps in vector registers). The rows are independent:
+    `parallel.parallel_for` on the row loop runs them on several cores.
 
     Before (`llm.batch_matvec("transformer_prefill > call matvec#1")`):
 
@@ -622,9 +623,8 @@ def batch_matvec(target: str) -> None:
         }
 
     After (sub-steps llm.inline_call, loop.swap, variable.local_accumulator,
-    parallel.parallel_for, with their obligations):
+    with their obligations):
 
-        #pragma omp parallel for
         for (int i = 0; i < dim; i++) {
           for (int t = bt; t < (bt + 16 < T ? bt + 16 : T); t++) {
             q_b[t * dim + i] = 0.0f;
@@ -662,4 +662,3 @@ def batch_matvec(target: str) -> None:
     swap(f"{fn} > {_loop_target(session.current(), tokens)[1]}")
     sums_path = tokens + (("body", None), ("stmts", 0), ("body", None), ("stmts", len(row_loop.body.stmts) - 1))
     variable.local_accumulator(f"{fn} > {_loop_target(session.current(), sums_path)[1]}", expr_text(update.expr.lhs))
-    parallel.parallel_for(f"{fn} > {_loop_target(session.current(), tokens)[1]}")
