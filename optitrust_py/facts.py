@@ -94,6 +94,11 @@ class _Place:
     tracked: frozenset[str]
     mutable: frozenset[str]
     line: Optional[int]
+    space: Optional[Space] = None
+
+    def loaded(self, terms: Terms) -> list[z3.BoolRef]:
+        """What the value-range invariants say of the loads a claim reads."""
+        return self.space.loaded_ranges(terms) if self.space is not None else []
 
     def claim(self) -> _Claim:
         return _Claim(self.fp, self.mutable)
@@ -110,7 +115,7 @@ def _place(goal: Goal, path: Path, program: Optional[ir.Program] = None) -> _Pla
     params = {p.name for p in fn.params if p.name} - assigned
     space = Space(fp, assume_bounds=False)
     return _Place(fp, tuple(space.hypotheses), frozenset(params | indices), frozenset(assigned),
-                  _line(program, path))
+                  _line(program, path), space)
 
 
 def _line(program: ir.Program, path: Path) -> Optional[int]:
@@ -127,7 +132,8 @@ def _decide(place: _Place, claim: _Claim, what: str) -> Outcome:
     otherwise the first fact that breaks, with the model's values."""
     facts = claim.all_facts()
     solver = new_solver()
-    solver.add(*place.hypotheses, *claim.terms.facts, z3.Not(z3.And(*[f.formula for f in facts])))
+    solver.add(*place.hypotheses, *claim.terms.facts, *place.loaded(claim.terms),
+               z3.Not(z3.And(*[f.formula for f in facts])))
     answer = solver.check()
     at = f"line {place.line}: " if place.line else ""
     if answer == z3.unsat:
