@@ -416,12 +416,13 @@ def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, s
     _refuse_early_exit(who, where, loop.body.stmts, loop)
     _check_bounds_stable(who, res, m.path, loop, loop.body)
     stmts = loop.body.stmts
-    at = next((k for k, s in enumerate(stmts) if isinstance(s, ir.DeclStmt) and s.decl.name == array), None)
-    if at is None:
+    decls = [(k, s.decl) for k, s in enumerate(stmts) if isinstance(s, ir.DeclStmt) and s.decl.name == array]
+    if not decls:
         raise TransformError(f"{who}: the body of {where} declares no '{array}' at its top level", loop.loc)
-    decl = stmts[at].decl
-    count = _allocated_count(decl.init) if isinstance(decl.type, ir.Ptr) else None
-    if count is None:
+    at, decl = decls[0]
+    pointer = decl.type if isinstance(decl.type, ir.Ptr) else None
+    count = _allocated_count(decl.init) if pointer is not None else None
+    if pointer is None or count is None:
         raise TransformError(f"{who}: '{array}' (line {decl.loc.line if decl.loc else m.line}) is not a pointer "
                              f"initialized with malloc(n * sizeof(T))", decl.loc)
     free = ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(array),)))
@@ -438,7 +439,7 @@ def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, s
     offset = ir.Binop("*", _minus(ir.Var(loop.index), loop.start), n)
     new_body = stmts[:at] + tuple(_rebased(s, array, bname, offset) for s in body.stmts) + stmts[frees[0] + 1:]
     new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=new_body))
-    size = ir.Binop("*", ir.Binop("*", _minus(loop.stop, loop.start), n), ir.SizeofType(decl.type.to))
+    size = ir.Binop("*", ir.Binop("*", _minus(loop.stop, loop.start), n), ir.SizeofType(pointer.to))
     alloc = ir.DeclStmt(ir.Decl(bname, decl.type, ir.Call(ir.Var("malloc"), (size,))), decl.loc)
     release = ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(bname),)))
     _in_block(who, res, m.path, loop)
@@ -506,9 +507,10 @@ def inline_pointer(program: ir.Program, target: str) -> Rewrite:
     d: ir.Decl = m.node.decl
     what = f"'{d.name}' (line {m.line})"
     init = d.init
-    base, offset = (init, ir.Const("0")) if isinstance(init, ir.Var) else \
-        (init.arg.base, init.arg.index) if _plain(init) and isinstance(init, ir.Unop) else (None, None)
-    if not isinstance(d.type, ir.Ptr) or not isinstance(base, ir.Var) or _reads_memory(offset):
+    base = init if isinstance(init, ir.Var) else init.arg.base \
+        if isinstance(init, ir.Unop) and isinstance(init.arg, ir.Index) and _plain(init) else None
+    offset = _address_offset(init) if init is not None else ir.Const("0")
+    if not isinstance(d.type, ir.Ptr) or not isinstance(base, ir.Var) or not d.name or _reads_memory(offset):
         raise TransformError(f"llm.inline_pointer: {what} is not a pointer initialized with 'a' or '&a[e]', e "
                              f"reading no memory", m.node.loc)
     block_path, k = block_of(m.path)
