@@ -221,3 +221,32 @@ def test_batch_matvec_on_tokens_that_feed_each_other_is_refuted(ck: CKit) -> Non
         """))
     verdicts = leaf_verdicts(p, specs, lambda: llm.batch_matvec("chain > call matvec"))
     assert "loop.swap swap_loops refuted" in verdicts
+
+
+def layers_outside(program: ir.Program) -> ir.Program:
+    """The prompt loop of `program` inlined, batched, in microbatches of 2
+    tokens with the layer loop outside them."""
+    p = llm.inline_call.apply(program, "transformer_prefill > call transformer_token").program
+    p = batched(p, "xb", "xb2", "q", "k", "v", "hb", "hb2")
+    p = llm.batch_buffer.apply(p, "transformer_prefill > for t", "att", "SMAX").program
+    p = loop.tile.apply(p, "transformer_prefill > for t", 2, mode="min").program
+    return loop.swap.apply(p, "transformer_prefill > for bt > for t").program
+
+
+def test_the_kv_cache_dependence_lets_the_attention_follow_the_cache_stores(ck: CKit,
+                                                                           contracts: dict[str, Any]) -> None:
+    """Fission of the layer body of a microbatch between the cache stores
+    and the attention: token t reads the cache rows 0..t, which the first
+    loop has written by then, and no later token's row. With a lookahead
+    bug (token t reading row t + 1) the same step is refuted."""
+    p = layers_outside(ck.load("transformer.c"))
+    r = loop.fission.apply(p, "transformer_prefill > before for h")
+    proved(p, r, contracts)
+    ck.check(p, r.program, "transformer_prefill", prefill_args(ck, **SIZES))
+    text = (ROOT / "c_sources" / "transformer.c").read_text()
+    reading = "k_cache[(l * SMAX + t) * kv_dim + g * head_size + i];"
+    assert text.count(reading) == 1
+    ahead = layers_outside(ck.parse(text.replace(reading, reading.replace("+ t)", "+ t + 1)")), "transformer.c"))
+    bad = loop.fission.apply(ahead, "transformer_prefill > before for h")
+    reason = refuted(ahead, bad, contracts)
+    assert reason.startswith("fission: ") and "k_cache" in reason
