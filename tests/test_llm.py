@@ -121,6 +121,20 @@ def test_batch_buffer_refuses_what_it_cannot_batch(ck: CKit, inlined: ir.Program
           }
         }""")
     assert "must free 's' once" in refusal(llm.batch_buffer.apply, p, "f > for i", "s")
+    early = ck.parse("""
+        #include <stdlib.h>
+        void f(int n, float *y) {
+          for (int i = 0; i < n; i++) {
+            float *s = malloc(4 * sizeof(float));
+            s[0] = y[i];
+            if (y[i] > 2.0f) {
+              free(s);
+            }
+            free(s);
+          }
+        }""")
+    assert "is assigned, redeclared, freed or has its address taken" in refusal(
+        llm.batch_buffer.apply, early, "f > for i", "s")
     assert "row size" in refusal(llm.batch_buffer.apply, before, "transformer_prefill > for t", "att", "t")
 
 

@@ -431,9 +431,10 @@ def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, s
         raise TransformError(f"{who}: the body of {where} must free '{array}' once, with 'free({array});' after "
                              f"which it does not use it", decl.loc)
     body = ir.Block(stmts[at + 1:frees[0]])
-    if array in assigned_scalars(body) or array in declared_names(body) or array in address_taken(body):
-        raise TransformError(f"{who}: '{array}' is assigned, redeclared or has its address taken in {where}",
-                             decl.loc)
+    freed = any(isinstance(n, ir.Call) and n.func == ir.Var("free") and ir.Var(array) in n.args for _, n in walk(body))
+    if array in assigned_scalars(body) or array in declared_names(body) or array in address_taken(body) or freed:
+        raise TransformError(f"{who}: '{array}' is assigned, redeclared, freed or has its address taken in "
+                             f"{where} before its last 'free({array});'", decl.loc)
     n, obligations = _batch_row(program, m, loop, where, count, row, at)
     bname = _fresh_local(who, "buffer", name, f"{array}_b", program, m.path, m.function, loop.loc)
     offset = ir.Binop("*", _minus(ir.Var(loop.index), loop.start), n)
