@@ -389,6 +389,10 @@ def _variant_program(label: str, variant: Any, original: ir.Program, contracts: 
             variant()
         except StepFailed as e:
             raise ScriptError(f"bench(): variant '{label}': {e.message}") from None
+        except OtpError:
+            raise
+        except Exception as e:  # the script's own code: reported, like a script that raises
+            raise ScriptError(f"bench(): variant '{label}' raised {type(e).__name__}: {e}") from None
         return s.current()
 
 

@@ -374,6 +374,8 @@ def test_a_variant_that_computes_other_values_fails(otp, tmp_path):
     ('variants={"ref": "missing.c"}', "variant 'ref': no such C file"),
     ('variants={"ref": 3}', "variant 'ref' is a script ending (a function of the script) or the path of a C file"),
     ('variants=["ref.c"]', "variants= maps names to script endings or C files"),
+    ('variants={"bad": lambda: 1 / 0}', "bench(): variant 'bad' raised ZeroDivisionError: division by zero"),
+    ('variants={"bad": lambda: loop.tile("scale > for k", 2)}', "bench(): variant 'bad': step 1 loop.tile"),
 ])
 def test_bad_prepared_inputs_and_variants(otp, tmp_path, extra, message):
     assert message in refused(otp("bench", prepared_script(tmp_path, extra)))
