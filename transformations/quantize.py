@@ -271,8 +271,8 @@ def int8_groups(program: ir.Program, target: str, arrays: dict[str, list[Union[s
         }
 
         void matvec(int N, int D, const float *W, const float *x, float *y) {
-          int8_t *Wq = malloc(D * (N * sizeof(int8_t)));
-          float *Ws = malloc(D * (N / 32 * sizeof(float)));
+          int8_t *Wq = malloc(D * N * sizeof(int8_t));
+          float *Ws = malloc(D * (N / 32) * sizeof(float));
           quantize_q8(D, N, W, Wq, Ws);
           matvec_q8(N, D, Wq, Ws, x, y);
           free(Wq);
