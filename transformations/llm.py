@@ -386,9 +386,9 @@ def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, s
 
     After (obligation ordered_bounds: 0 <= T, the allocation's row count):
 
-        float *xb_b = malloc((T - 0) * dim * sizeof(float));
+        float *xb_b = malloc(T * dim * sizeof(float));
         for (int t = 0; t < T; t++) {
-          ... xb_b[(t - 0) * dim + i] ... f(&xb_b[(t - 0) * dim]) ...
+          ... xb_b[t * dim + i] ... f(&xb_b[t * dim]) ...
         }
         free(xb_b);
 
@@ -400,8 +400,8 @@ def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, s
     the loop is, or an integer), with the obligation in_range: the old
     count lies in 0..row at the allocation (`att`, allocated with `t + 1`
     cells, gets rows of SMAX). The buffer is a pointer declared in the
-    loop's body with `malloc(n * sizeof(T))`, never assigned nor
-    redeclared, freed by a `free(array);` of the body after which the body
+    loop's body with `malloc(n * sizeof(T))`, never assigned, redeclared
+    or freed but by one `free(array);` of the body after which the body
     does not use it. Refused for a loop with a step other than 1, pragmas or
     a contract, a body that leaves it early or writes what its bounds read.
     The name is `name`, by default `<array>_b` made fresh.
@@ -535,9 +535,10 @@ def _reads_memory(e: ir.Expr) -> bool:
 @composite
 def inline_call(target: str) -> None:
     """Inline a call and tidy the result: `function.inline`, then
-    `variable.inline` of each parameter bound to a plain argument (a
-    variable, a literal, an address `&a[e]`) that the callee never assigns,
-    then `llm.unblock` of the block when its locals clash with nothing.
+    `llm.inline_pointer` (`variable.inline` for a non-pointer) of each
+    parameter bound to a plain argument (a variable, a literal, an address
+    `&a[e]`) that the callee never assigns, then `llm.unblock` of the block
+    when its locals clash with nothing.
 
     Before (`llm.inline_call("transformer_prefill > call transformer_token")`):
 
@@ -545,8 +546,9 @@ def inline_call(target: str) -> None:
           transformer_token(L, dim, ..., t, ..., &xs[t * dim], k_cache, v_cache);
         }
 
-    After (sub-steps function.inline, variable.inline of L_1, ..., pos, x,
-    ..., llm.unblock; obligation inline and those of the sub-steps):
+    After (sub-steps function.inline, variable.inline of L_1, ..., pos,
+    llm.inline_pointer of wq_1, ..., x, ..., llm.unblock; obligation
+    inline and those of the sub-steps):
 
         for (int t = 0; t < T; t++) {
           int head_size = dim / H;
