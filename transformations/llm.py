@@ -7,24 +7,36 @@ from typing import Any, Optional, Sequence, Union
 
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
-from optitrust_py.names import free_vars, subst
+from optitrust_py.footprint import _allocated_count, assigned_scalars
+from optitrust_py.names import declared_names, free_vars, has_side_effects, subst, writes_of
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive
-from optitrust_py.target import Resolver
-from optitrust_py.tree import Path, block_of, get, replace, splice
-from transformations import variable
+from optitrust_py.target import Match, Resolver
+from optitrust_py.tree import Path, block_of, get, map_children, replace, splice, walk
+from transformations import function, variable
 from transformations.arith import simplify
-from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_local, _loop_amount, _loop_target,
-                                  _minus, _plus_expr, _refuse_annotated, _refuse_early_exit, _require_unit_step,
-                                  _where, fission, swap)
+from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_local, _in_block, _loop_amount,
+                                  _loop_target, _minus, _plus_expr, _refuse_annotated, _refuse_early_exit,
+                                  _require_unit_step, _where, fission, swap)
 from transformations.matrix import _exprs, _local_array
-from optitrust_py.footprint import _allocated_count, assigned_scalars
-from optitrust_py.names import declared_names, has_side_effects, writes_of
-from optitrust_py.tree import map_children, walk
-from transformations import function
-from transformations.loop import _in_block
 from transformations.variable import address_taken
+
+
+def _plain_loop(name: str, program: ir.Program, target: str, verb: str,
+                advice: str) -> tuple[Resolver, Match, ir.For, str]:
+    """The loop `target` names, refused unless its iterations can be
+    regrouped: unit step, no pragma or contract, no early exit, bounds that
+    the body does not write."""
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    _require_unit_step(name, verb, where, loop)
+    _refuse_annotated(name, advice, where, loop)
+    _refuse_early_exit(name, where, loop.body.stmts, loop)
+    _check_bounds_stable(name, res, m.path, loop, loop.body)
+    return res, m, loop, where
 
 # ----------------------------------------------------------------- grouped-query attention
 
@@ -61,15 +73,8 @@ def tile_groups(program: ir.Program, target: str, size: Union[int, str], outer: 
     writes what its bounds or `size` read, and a size that uses the index,
     has side effects, names an undeclared variable or is not positive.
     """
-    res = Resolver(program)
-    m = res.one(target, "loop", (ir.For,))
-    loop: ir.For = m.node
-    where = _where(res, m.path, loop)
     name = "llm.tile_groups"
-    _require_unit_step(name, "tiled", where, loop)
-    _refuse_annotated(name, "tile it before annotating it", where, loop)
-    _refuse_early_exit(name, where, loop.body.stmts, loop)
-    _check_bounds_stable(name, res, m.path, loop, loop.body)
+    res, m, loop, where = _plain_loop(name, program, target, "tiled", "tile it before annotating it")
     g = _loop_amount(name, "the group size", size, program, m.path, m.function, loop, where)
     rest, k = _const_offset(g)
     if rest is None and k <= 0:
@@ -142,14 +147,8 @@ def expand_buffer(program: ir.Program, target: str, array: str, row: Union[int, 
     such a malloc'd local, used elsewhere, or read before that first loop.
     """
     name = "llm.expand_buffer"
-    res = Resolver(program)
-    m = res.one(target, "loop", (ir.For,))
-    loop: ir.For = m.node
-    where = _where(res, m.path, loop)
-    _require_unit_step(name, "expanded over", where, loop)
-    _refuse_annotated(name, "expand the buffer before annotating the loop", where, loop)
-    _refuse_early_exit(name, where, loop.body.stmts, loop)
-    _check_bounds_stable(name, res, m.path, loop, loop.body)
+    res, m, loop, where = _plain_loop(name, program, target, "expanded over",
+                                      "expand the buffer before annotating the loop")
     n = _loop_amount(name, "the row size", row, program, m.path, m.function, loop, where)
     decl_path, arr, accesses = _local_array(program, f"{m.function} > def {array}", name, None, need_shape=False)
     if not isinstance(arr.decl.type, ir.Ptr):
@@ -407,14 +406,8 @@ def batch_buffer(program: ir.Program, target: str, array: str, row: Union[int, s
     The name is `name`, by default `<array>_b` made fresh.
     """
     who = "llm.batch_buffer"
-    res = Resolver(program)
-    m = res.one(target, "loop", (ir.For,))
-    loop: ir.For = m.node
-    where = _where(res, m.path, loop)
-    _require_unit_step(who, "batched over", where, loop)
-    _refuse_annotated(who, "batch the buffer before annotating the loop", where, loop)
-    _refuse_early_exit(who, where, loop.body.stmts, loop)
-    _check_bounds_stable(who, res, m.path, loop, loop.body)
+    res, m, loop, where = _plain_loop(who, program, target, "batched over",
+                                      "batch the buffer before annotating the loop")
     stmts = loop.body.stmts
     decls = [(k, s.decl) for k, s in enumerate(stmts) if isinstance(s, ir.DeclStmt) and s.decl.name == array]
     if not decls:
