@@ -16,6 +16,13 @@ scores to a FlashAttention-shaped kernel.
    query are formed along the keys from a transposed local copy of the K
    tile (four vector accumulators, no horizontal sums), the Q tile is local,
    and the output row of a query stays in four registers across a block.
+4b. In the whole blocks, queries go four at a time (the last `n % 4` of a
+   block one at a time): the mask test, always true there, goes; the store
+   of the new running max moves up to its last read; the scores of the four
+   queries are formed together along d (4 x 4 vector accumulators: each K
+   vector loaded feeds four FMAs), their softmax runs query by query, and
+   the P*V update runs key by key for the four output rows (4 x 4 vectors
+   in registers: each V vector loaded feeds four FMAs).
 5. Heads x query blocks run in parallel (collapse(2)), and the lane loops
    become AVX-512 (vector expf, running max and sums), piece by piece around
    the transposing copy, which has no vector form.
@@ -65,9 +72,26 @@ matrix.local_buffer(f"{full} > for i", "k", "kt", shape=["H", "S", 64])
 matrix.reorder_dims(f"{full} > def kt", [1, 0])
 matrix.local_buffer(full, "q", "q_tile", shape=["H", "S", 64])
 
+# 4b. four queries at a time in the whole blocks
+flash.drop_guard(f"{full} > for i > 'if (bj < i + 1)'")
+flash.move_up(f"{full} > for i > 'max_val_h[i - bi] = max_val_blk;'", f"{full} > for i > def rescale")
+flash.split_tail(f"{full} > for i", 4)
+loop.tile(f"{full} > for i#1", 4, "i4")
+quad = f"{full} > for i4 > for i"
+for name, new in (("s_h", "s4"), ("scores_blk", "p4"), ("o", "o4")):
+    loop.hoist(f"{quad} > def {name}", new)
+quads = f"{full} > for i4"
+loop.fission(f"{quad} > after for j#1")
+loop.fission(f"{quads} > for i#2 > after for d#1")
+loop.fission(f"{quads} > for i#3 > after for i0#1")
+loop.fission(f"{quads} > for i#4 > after for j")
+loop.swap(f"{quads} > for i#2")
+loop.swap(f"{quads} > for i#4")
+
 # 5. threads and AVX-512
 parallel.parallel_for("attention > for h#1", collapse=2)
 vector.vectorize("attention > for h#1 > for bi > for i#1")
-vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i")
+vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i4")
+vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i#6")
 vector.vectorize("attention_avx512 > for h#1 > for bj#2 > for i")
 vector.vectorize("attention_avx512 > for h#1 > for bi > for i#4")

@@ -379,3 +379,85 @@ def test_drop_buffer_refuses_a_buffer_still_in_use_or_not_allocated():
     p, _ = attention()
     assert "still used besides its free()" in refusal(flash.drop_buffer.apply, p, "attention > def scores")
     assert "not allocated with malloc" in refusal(flash.drop_buffer.apply, p, "attention > def max_val")
+
+
+# ----------------------------------------------------------------- drop_guard, move_up, split_tail
+
+
+def whole_blocks() -> tuple[ir.Program, dict[str, Any]]:
+    """swapped() with the key blocks before the diagonal split off and whole."""
+    _, before, contracts = swapped()
+    r = flash.split_blocks.apply(before, "attention > for bj", "bi").program
+    return flash.full_blocks.apply(r, "attention > for bj#1").program, contracts
+
+
+def test_drop_guard_removes_the_mask_of_the_blocks_before_the_diagonal(ck):
+    before, contracts = whole_blocks()
+    r = flash.drop_guard.apply(before, "attention > for bj#1 > for i > 'if (bj < i + 1)'")
+    text = ck.function_text(r.program, "attention")
+    assert text.count("if (bj < i + 1)") == 1  # the diagonal blocks keep theirs
+    assert "for (int i = bi; i < (bi + 8 < S ? bi + 8 : S); i++) {\n          float scores_blk[4];" in text
+    assert [o.kind for o in r.obligations] == ["positive"]
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
+def test_drop_guard_refuses_a_float_test_and_level2_refutes_a_mask_that_can_fail(ck):
+    p, contracts = attention()
+    streamed = flash.online_softmax.apply(p, "attention > for i", 4).program
+    assert "not a comparison" in refusal(flash.drop_guard.apply, streamed,
+                                         "attention > 'if (scores_blk[j - bj] > max_val_blk)'")
+    _, before, contracts = swapped()
+    r = flash.drop_guard.apply(before, "attention > for bj > for i > 'if (bj < i + 1)'")
+    # refuted (bj > i for the blocks past a query), although outputs would not change: the key loop of
+    # such a block, bounded by i + 1, runs no iteration
+    assert refuted(before, r, contracts).startswith("positive: ")
+
+
+def test_move_up_stores_the_running_max_right_after_its_last_read(ck):
+    before, contracts = whole_blocks()
+    full = "attention > for bj#1 > for i"
+    r = flash.move_up.apply(before, f"{full} > 'max_val_h[i - bi] = max_val_blk;'", f"{full} > def rescale")
+    text = ck.function_text(r.program, "attention")
+    assert ("float rescale = expf(max_val_h[i - bi] - max_val_blk);\n"
+            "            max_val_h[i - bi] = max_val_blk;\n") in text
+    assert [o.kind for o in r.obligations] == ["commute"]
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
+def test_move_up_refuses_a_place_below_and_level2_refutes_passing_a_read(ck):
+    before, contracts = whole_blocks()
+    full = "attention > for bj#1 > for i"
+    store = f"{full} > 'max_val_h[i - bi] = max_val_blk;'"
+    assert "is not before" in refusal(flash.move_up.apply, before, f"{full} > 'sum_h[i - bi] = sum_h[i - bi] * rescale;'",
+                                      store)
+    r = flash.move_up.apply(before, store, f"{full} > def max_val_blk")
+    assert refuted(before, r, contracts).startswith("commute: ")
+    with pytest.raises(AssertionError):  # the rescaling factor reads the new max: always 1
+        ck.same_outputs(before, r.program, "attention", attention_args(ck, 1, 21, 4))
+
+
+def test_split_tail_leaves_a_multiple_of_the_tile_in_the_first_loop(ck):
+    before, contracts = whole_blocks()
+    r = flash.split_tail.apply(before, "attention > for bj#1 > for i", 3)
+    text = ck.function_text(r.program, "attention")
+    point = "(bi + 8 < S ? bi + 8 : S) - ((bi + 8 < S ? bi + 8 : S) - bi) % 3"
+    assert f"for (int i = bi; i < {point}; i++) {{" in text
+    assert f"for (int i = {point}; i < (bi + 8 < S ? bi + 8 : S); i++) {{" in text
+    assert [o.kind for o in r.obligations] == ["in_range"]
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    tiled = loop.tile.apply(r.program, "attention > for bj#1 > for i#1", 3)
+    assert check_step(r.program, tiled.program, tiled.obligations, contracts).ok
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
+def test_split_tail_refuses_a_tile_of_one_and_level2_refutes_a_reversed_range(ck):
+    before, _ = whole_blocks()
+    assert "above 1" in refusal(flash.split_tail.apply, before, "attention > for bj#1 > for i", 1)
+    p, spec = tri(ck, "i - n")
+    r = flash.split_tail.apply(p, "tri > for j", 3)
+    assert refuted(p, r, spec).startswith("in_range: ")

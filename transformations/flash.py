@@ -14,9 +14,9 @@ from optitrust_py.printer import expr as expr_text
 from optitrust_py.session import Rewrite, primitive
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, block_of, get, replace, splice, walk
-from optitrust_py.typeof import env_at, integer_range, typedefs_of
+from optitrust_py.typeof import env_at, integer_range, type_of, typedefs_of
 from transformations.loop import (_check_bounds_stable, _escapes, _loop_amount, _refuse_annotated,
-                                  _require_unit_step)
+                                  _require_unit_step, split_at)
 from transformations.vector import _running_max
 
 TOLERANCE = 1e-5
@@ -542,3 +542,151 @@ def drop_buffer(program: ir.Program, target: str) -> Rewrite:
     if decl.name in free_vars(ir.Block(rest)):
         raise TransformError(f"flash.drop_buffer: '{decl.name}' is still used besides its free()", decl.loc)
     return Rewrite(replace(program, block, dataclasses.replace(get(program, block), stmts=rest)))
+
+
+_MARGIN = {"<": (False, 0), "<=": (False, 1), ">": (True, 0), ">=": (True, 1)}
+"""For `a op b`: whether the operands swap and what is added, so that the
+comparison holds exactly when `b - a (+ 1)` is positive."""
+
+
+@primitive
+def drop_guard(program: ir.Program, target: str) -> Rewrite:
+    """Remove an `if` whose integer comparison always holds where it stands,
+    keeping its branch: the causal mask `bj < i + 1` of the key blocks before
+    the diagonal, so that the loop over the queries of a block holds the
+    phases of a query directly (what `loop.fission` needs).
+
+    Before (`flash.drop_guard("attention > for bj#1 > for i > 'if (bj < i + 1)'")`):
+
+        for (int bj = 0; bj < bi; bj += 64) {
+          for (int i = bi; i < (bi + 64 < S ? bi + 64 : S); i++) {
+            if (bj < i + 1) {
+              float s = 0.0f;
+              ...
+            }
+
+    After (obligation positive: i + 1 - bj > 0 there):
+
+          for (int i = bi; i < (bi + 64 < S ? bi + 64 : S); i++) {
+            float s = 0.0f;
+            ...
+
+    Refused when the if has an else branch, when its condition is not one
+    comparison `<`, `<=`, `>`, `>=` of integers, or when a name declared at
+    the top of the branch is already declared in the enclosing block.
+    """
+    res = Resolver(program)
+    m = res.one(target, "if statement", (ir.If,))
+    guard: ir.If = m.node
+    what = f"the if of '{expr_text(guard.cond)}' (line {m.line})"
+    cond = guard.cond
+    if guard.other is not None:
+        raise TransformError(f"flash.drop_guard: {what} has an else branch", guard.loc)
+    env, typedefs = env_at(program, m.path), typedefs_of(program)
+    if not (isinstance(cond, ir.Binop) and cond.op in _MARGIN and not has_side_effects(cond)
+            and all(integer_range(type_of(e, env, typedefs), typedefs) is not None
+                    for e in (cond.left, cond.right))):
+        raise TransformError(f"flash.drop_guard: the condition of {what} is not a comparison <, <=, > or >= of "
+                             f"integers without side effects", guard.loc)
+    swapped, extra = _MARGIN[cond.op]
+    low, high = (cond.right, cond.left) if swapped else (cond.left, cond.right)
+    margin: ir.Expr = ir.Binop("-", high, low)
+    if extra:
+        margin = ir.Binop("+", margin, ir.Const(str(extra)))
+    block, k = block_of(m.path)
+    around = {s.decl.name for n, s in enumerate(get(program, block).stmts)
+              if n != k and isinstance(s, ir.DeclStmt)}
+    clash = sorted(around & {s.decl.name for s in guard.then.stmts if isinstance(s, ir.DeclStmt)})
+    if clash:
+        raise TransformError(f"flash.drop_guard: the branch of {what} declares '{clash[0]}', which the enclosing "
+                             f"block declares too", guard.loc)
+    ob = Obligation("positive", f"'{expr_text(cond)}' holds at {what}: {expr_text(margin)} > 0", m.function,
+                    (m.path,), (margin,), before=True)
+    return Rewrite(splice(program, m.path, guard.then.stmts), (ob,))
+
+
+@primitive
+def split_tail(program: ir.Program, target: str, size: int) -> Rewrite:
+    """Split a unit-step loop where the iterations left over by tiles of
+    `size` begin: the first loop then runs a multiple of `size` iterations
+    (a tile of `size` queries with a constant trip count, whose accumulators
+    can live in registers), the second the at most `size - 1` others. The
+    split point names the loop's own bounds, which may be minima that a
+    split point given as text cannot write.
+
+    Before (`flash.split_tail("attention > for bj#1 > for i", 4)`):
+
+        for (int i = bi; i < (bi + 64 < S ? bi + 64 : S); i++) {
+          body(i);
+        }
+
+    After (obligation in_range: bi <= e <= (bi + 64 < S ? bi + 64 : S)),
+    with e = `(bi + 64 < S ? bi + 64 : S) - ((bi + 64 < S ? bi + 64 : S) - bi) % 4`:
+
+        for (int i = bi; i < e; i++) {
+          body(i);
+        }
+        for (int i = e; i < (bi + 64 < S ? bi + 64 : S); i++) {
+          body(i);
+        }
+
+    Refused, as `loop.split`, when the step is not 1, when the bounds have
+    side effects or the body writes what they read, when the body leaves
+    early, or when the loop has a contract; and when `size` is not an
+    integer above 1.
+    """
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = f"for {loop.index} (line {m.line})"
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise TransformError(f"flash.split_tail: the tile size must be an integer above 1, got {size!r}", loop.loc)
+    _require_unit_step("flash.split_tail", "split", where, loop)
+    if has_side_effects(loop.start) or has_side_effects(loop.stop):
+        raise TransformError(f"flash.split_tail: the bounds of {where} have side effects", loop.loc)
+    count = ir.Binop("-", loop.stop, loop.start)
+    point = ir.Binop("-", loop.stop, ir.Binop("%", count, ir.Const(str(size))))
+    return split_at(program, res, m, point)
+
+
+@primitive
+def move_up(program: ir.Program, target: str, after: str) -> Rewrite:
+    """Move an instruction up its block to right after another one: the
+    store of a query's new running max, which ends its key block, goes right
+    after the last read of the old max, so that the phases after it (the
+    P*V update) no longer need the block's max and can be split off.
+
+    Before (`flash.move_up("... > 'max_val_h[i - bi] = max_val_blk;'", "... > def rescale")`):
+
+        float rescale = expf(max_val_h[i - bi] - max_val_blk);
+        sum_h[i - bi] = sum_h[i - bi] * rescale;
+        ...
+        max_val_h[i - bi] = max_val_blk;
+
+    After (obligation commute: it commutes with the instructions it passes):
+
+        float rescale = expf(max_val_h[i - bi] - max_val_blk);
+        max_val_h[i - bi] = max_val_blk;
+        sum_h[i - bi] = sum_h[i - bi] * rescale;
+        ...
+
+    Refused when the two instructions are not in the same block, when
+    `after` is not before the instruction, or when the instruction declares
+    a name.
+    """
+    res = Resolver(program)
+    m = res.one(target, "instruction", (ir.ExprStmt, ir.For, ir.If, ir.Block))
+    to = res.one(after, "instruction", (ir.ExprStmt, ir.DeclStmt, ir.For, ir.If, ir.Block))
+    what = f"the instruction at line {m.line}"
+    block, k = block_of(m.path)
+    to_block, j = block_of(to.path)
+    if to_block != block or j >= k:
+        raise TransformError(f"flash.move_up: the instruction at line {to.line} is not before {what} in its block",
+                             m.node.loc)
+    stmts = get(program, block).stmts
+    moved = stmts[:j + 1] + (stmts[k],) + stmts[j + 1:k] + stmts[k + 1:]
+    new = replace(program, block, dataclasses.replace(get(program, block), stmts=moved))
+    paths = (block + (("stmts", j + 1),),) + tuple(block + (("stmts", n),) for n in range(j + 2, k + 1))
+    ob = Obligation("commute", f"{what} commutes with the {k - j - 1} instruction(s) it moves above", m.function,
+                    paths)
+    return Rewrite(new, (ob,))

@@ -13,7 +13,7 @@ from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.spec import parse_formula
-from optitrust_py.target import Resolver, parse as parse_target
+from optitrust_py.target import Match, Resolver, parse as parse_target
 from optitrust_py.tree import Path, block_of, children, get, replace, splice, walk
 from optitrust_py.typeof import unqualified, visible_names
 
@@ -659,6 +659,14 @@ def split(program: ir.Program, target: str, at: "int | str") -> Rewrite:
     where = _where(res, m.path, loop)
     _require_unit_step("loop.split", "split", where, loop)
     point = _loop_amount("loop.split", "the split point", at, program, m.path, m.function, loop, where)
+    return split_at(program, res, m, point)
+
+
+def split_at(program: ir.Program, res: Resolver, m: Match, point: ir.Expr) -> Rewrite:
+    """`loop.split` of the unit-step loop `m` at an expression already read
+    and checked (no index, no side effect, nothing the body writes)."""
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
     at_text = expr_text(point)
     if loop.contract:
         raise TransformError(f"loop.split: {where} has a loop contract, which would have to be split; "
