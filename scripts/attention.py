@@ -25,7 +25,8 @@ scores to a FlashAttention-shaped kernel.
    in registers: each V vector loaded feeds four FMAs).
 5. Heads x query blocks run in parallel (collapse(2)), and the lane loops
    become AVX-512 (vector expf, running max and sums), piece by piece around
-   the transposing copy, which has no vector form.
+   the transposing copy, which has no vector form; the lanes of a row's max
+   and sum are combined by one reduce intrinsic each (`reduce=True`).
 
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
@@ -91,7 +92,7 @@ loop.swap(f"{quads} > for i#4")
 # 5. threads and AVX-512
 parallel.parallel_for("attention > for h#1", collapse=2)
 vector.vectorize("attention > for h#1 > for bi > for i#1")
-vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i4")
-vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i#6")
-vector.vectorize("attention_avx512 > for h#1 > for bj#2 > for i")
+vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i4", reduce=True)
+vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i#6", reduce=True)
+vector.vectorize("attention_avx512 > for h#1 > for bj#2 > for i", reduce=True)
 vector.vectorize("attention_avx512 > for h#1 > for bi > for i#9")

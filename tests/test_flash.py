@@ -316,6 +316,47 @@ def test_vectorize_edits_a_variant_with_the_expf_helper_in_place(ck):
     ck.close_outputs(p, second.program, "softmax", [3, 40, ck.floats(120), ck.floats(120)], rel=1e-5)
 
 
+def test_vectorize_reduce_combines_the_lanes_with_one_intrinsic(ck):
+    """reduce=True, as the attention script's key blocks use it: the lanes of
+    the running max and of the sum are combined by one AVX-512 reduce each,
+    proved and run like the scalar loop over the lanes."""
+    p = ck.load("softmax.c")
+    contracts = load_contracts(p, str(ROOT / "specs" / "softmax.spec"))
+    first = vector.vectorize.apply(p, "softmax > for j#1", isa="avx512", reduce=True)
+    second = vector.vectorize.apply(first.program, "softmax_avx512 > for j#2", isa="avx512", reduce=True)
+    text = ck.function_text(second.program, "softmax_avx512")
+    assert "float max_val_top = _mm512_reduce_max_ps(max_val_v[0]);" in text
+    assert "if (max_val_top > max_val) {" in text
+    assert "sum += _mm512_reduce_add_ps(sum_v[0]);" in text
+    assert "_lanes" not in text
+    for before, r in ((p, first), (first.program, second)):
+        contracts = inherit_contracts(contracts, r)
+        result = check_step(before, r.program, r.obligations, contracts)
+        assert result.ok, result.problems
+    ck.close_outputs(p, second.program, "softmax", [3, 40, ck.floats(120), ck.floats(120)], rel=1e-5)
+
+
+def test_vectorize_reduce_refuses_avx2_and_level2_refutes_a_carried_dependence(ck):
+    p = ck.load("softmax.c")
+    assert "needs AVX-512" in refusal(vector.vectorize.apply, p, "softmax > for j#1", isa="avx2", reduce=True)
+    bad = ck.parse(textwrap.dedent("""
+        void f(int n, float *x) {
+          float s = 0.0f;
+          for (int j = 1; j < 64; j++) {
+            x[j] = x[j - 1] + 1.0f;
+            s += x[j];
+          }
+          x[0] = s;
+        }
+    """), "f.c")
+    spec = parse_spec_text(textwrap.dedent("""
+        f(n, x):
+          modifies x ~> Matrix1(64)
+    """))
+    r = vector.vectorize.apply(bad, "f > for j", isa="avx512", reduce=True)
+    assert refuted(bad, r, spec).startswith("lanes: ")
+
+
 TILE_C = """
 #include <immintrin.h>
 

@@ -10,6 +10,7 @@ __m512 _mm512_add_ps(__m512, __m512); __m512 _mm512_sub_ps(__m512, __m512);
 __m512 _mm512_mul_ps(__m512, __m512); __m512 _mm512_div_ps(__m512, __m512);
 __m512 _mm512_fmadd_ps(__m512, __m512, __m512); __m512 _mm512_fnmadd_ps(__m512, __m512, __m512);
 __m512 _mm512_max_ps(__m512, __m512); __m512 _mm512_min_ps(__m512, __m512);
+float _mm512_reduce_add_ps(__m512); float _mm512_reduce_max_ps(__m512);
 __m512 _mm512_roundscale_ps(__m512, int); __m512 _mm512_scalef_ps(__m512, __m512);
 __m256 _mm256_loadu_ps(const float *); void _mm256_storeu_ps(float *, __m256);
 __m256 _mm256_set1_ps(float); __m256 _mm256_setzero_ps(void);
