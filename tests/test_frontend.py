@@ -30,7 +30,7 @@ def test_print_is_a_fixpoint_and_compiles(path: Path, tmp_path: Path) -> None:
     assert to_c(again) == text
     out = tmp_path / path.name
     out.write_text(text)
-    r = gcc(["-std=c11", "-Wall", "-Werror", "-fsyntax-only", str(out)], tmp_path)
+    r = gcc(["-std=c11", "-Wall", "-Werror", "-fopenmp", "-fsyntax-only", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
 
 
