@@ -16,6 +16,8 @@ scores to a FlashAttention-shaped kernel.
    query are formed along the keys from a transposed local copy of the K
    tile (four vector accumulators, no horizontal sums), the Q tile is local,
    and the output row of a query stays in four registers across a block.
+   The V tile is copied to a local array too (measured ~12% faster than
+   reading it from v in place).
 4b. In the whole blocks, queries go four at a time (the last `n % 4` of a
    block one at a time): the mask test, always true there, goes; the store
    of the new running max moves up to its last read; the scores of the four
@@ -72,6 +74,7 @@ loop.swap(f"{full} > for j#2")
 matrix.local_buffer(f"{full} > for i", "k", "kt", shape=["H", "S", 64])
 matrix.reorder_dims(f"{full} > def kt", [1, 0])
 matrix.local_buffer(full, "q", "q_tile", shape=["H", "S", 64])
+matrix.local_buffer(f"{full} > for i", "v", "vt", shape=["H", "S", 64])
 
 # 4b. four queries at a time in the whole blocks
 flash.drop_guard(f"{full} > for i > 'if (bj < i + 1)'")
