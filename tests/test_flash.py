@@ -473,8 +473,8 @@ def test_move_up_refuses_a_place_below_and_level2_refutes_passing_a_read(ck):
     before, contracts = whole_blocks()
     full = "attention > for bj#1 > for i"
     store = f"{full} > 'max_val_h[i - bi] = max_val_blk;'"
-    assert "is not before" in refusal(flash.move_up.apply, before, f"{full} > 'sum_h[i - bi] = sum_h[i - bi] * rescale;'",
-                                      store)
+    rescaled = f"{full} > 'sum_h[i - bi] = sum_h[i - bi] * rescale;'"
+    assert "is not before" in refusal(flash.move_up.apply, before, rescaled, store)
     r = flash.move_up.apply(before, store, f"{full} > def max_val_blk")
     assert refuted(before, r, contracts).startswith("commute: ")
     with pytest.raises(AssertionError):  # the rescaling factor reads the new max: always 1

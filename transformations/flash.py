@@ -595,8 +595,8 @@ def drop_guard(program: ir.Program, target: str) -> Rewrite:
         margin = ir.Binop("+", margin, ir.Const(str(extra)))
     block, k = block_of(m.path)
     around = {s.decl.name for n, s in enumerate(get(program, block).stmts)
-              if n != k and isinstance(s, ir.DeclStmt)}
-    clash = sorted(around & {s.decl.name for s in guard.then.stmts if isinstance(s, ir.DeclStmt)})
+              if n != k and isinstance(s, ir.DeclStmt) and s.decl.name}
+    clash = sorted(around & {s.decl.name for s in guard.then.stmts if isinstance(s, ir.DeclStmt) and s.decl.name})
     if clash:
         raise TransformError(f"flash.drop_guard: the branch of {what} declares '{clash[0]}', which the enclosing "
                              f"block declares too", guard.loc)
