@@ -16,7 +16,7 @@ import z3
 
 from . import ir
 from .dependence import Space
-from .footprint import UNKNOWN, Access, footprint, function_footprint
+from .footprint import UNKNOWN, Access, Loop, footprint, function_footprint
 from .names import subst
 from .printer import expr as expr_text
 from .smt import Terms, satisfy, solver as new_solver, unknown_reason
@@ -77,8 +77,8 @@ def _param_access(space: Space, a: Access, contract: Any) -> Optional[str]:
 def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> Optional[str]:
     """None when every cell `a` touches lies within `dims` (one cell when
     there are none); else what may go out, with values."""
-    key = (a.cell, a.index, a.lanes, a.loops, a.guards, a.mutable, a.shape, dims, space.fp.requires,
-           space.fp.outer_loops, space.fp.outer_guards, tuple(sorted(space.ranges.items())))
+    key = (a.cell, a.index, a.lanes, _headers(a.loops), a.guards, a.mutable, a.shape, dims, space.fp.requires,
+           _headers(space.fp.outer_loops), space.fp.outer_guards, tuple(sorted(space.ranges.items())))
     if key in _CACHE:
         return _CACHE[key]
     enc = space.encode(a, 1)
@@ -111,6 +111,13 @@ def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> O
         result = f"Z3 could not decide whether '{a.text}' stays within {shown} ({why})"
     _CACHE[key] = result
     return result
+
+
+def _headers(loops: tuple[Loop, ...]) -> tuple[tuple[str, ir.Expr, ir.Expr, ir.Expr], ...]:
+    """What of the loops around an access its bounds depend on: not where
+    they sit, so that a step that moves or adds code elsewhere reuses the
+    proof."""
+    return tuple((lp.index, lp.start, lp.stop, lp.step) for lp in loops)
 
 
 def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> list[str]:

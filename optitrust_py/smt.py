@@ -197,26 +197,31 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
     """Whether hypotheses and constraints hold together: ('sat', a model,
     ''), ('unsat', None, '') or ('unknown', None, why). Non-linear
     hypotheses (`dim % H == 0`) make Z3 slow even when the question does
-    not need them, so it first asks without them: no solution then means
-    none with them either; a solution that happens to satisfy them is one.
-    Next it asks with each quotient by a variable named (`_with_named_quotients`).
+    not need them, so it first asks without them when the question itself
+    is linear (decided at once): no solution then means none with them
+    either. Next it asks with each quotient by a variable named
+    (`_with_named_quotients`), then without the non-linear hypotheses
+    whatever the question: a solution that happens to satisfy them is one.
     Then it looks for a solution with every divisor variable set to 1, 2
     or 4 (which leaves linear arithmetic), and only then asks the whole
     question."""
     hyps, cons = list(hypotheses), list(constraints)
     hard = [h for h in hyps if _nonlinear(h)]
     if hard:
-        answer, model = _with_named_quotients(hyps, cons)
-        if answer == "unsat" or model is not None:
-            return answer, model, ""
-        easy = [h for h in hyps if not _nonlinear(h)]
-        s = solver()
-        s.add(*easy, *cons)
-        answer = s.check()
+        easy = solver()
+        easy.add(*(h for h in hyps if not _nonlinear(h)), *cons)
+        linear = not any(_nonlinear(c) for c in cons)
+        answer = easy.check() if linear else None
         if answer == z3.unsat:
             return "unsat", None, ""
-        if answer == z3.sat and all(z3.is_true(s.model().eval(h, model_completion=True)) for h in hard):
-            return "sat", s.model(), ""
+        quotient_answer, model = _with_named_quotients(hyps, cons)
+        if quotient_answer == "unsat" or model is not None:
+            return quotient_answer, model, ""
+        answer = easy.check() if answer is None else answer
+        if answer == z3.unsat:
+            return "unsat", None, ""
+        if answer == z3.sat and all(z3.is_true(easy.model().eval(h, model_completion=True)) for h in hard):
+            return "sat", easy.model(), ""
         divisors = _divisor_vars(hard + cons)
         for value in SMALL_DIVISORS:
             s = solver()
