@@ -1,10 +1,15 @@
 """Transformer prefill: from one forward pass per prompt token to
 microbatches of tokens that share each weight matrix.
 
+0. Grouped-query attention (as in scripts/gqa_decode.py): in
+   `transformer_token`, softmax_vec is inlined and llm.group_heads turns
+   the head loop into kv heads g x the kv_mul query heads of a group, with
+   the loops over cache positions outside the heads of a group, so each
+   K/V cache row is read once per group; the scores buffer `att` gets a
+   row per head of the group and is allocated per group.
 1. The per-token forward (`transformer_token`) is inlined into the prompt
-   loop, and its scratch buffers (xb, q, k, v, att, hb, ...) get one row
-   per token of the prompt (`att`, which grows with the position, gets rows
-   of SMAX): the token loop's body is now only the layer loop.
+   loop, and its scratch buffers (xb, q, k, v, hb, ...) get one row per
+   token of the prompt: the token loop's body is now only the layer loop.
 2. The token loop is tiled by the microbatch size MB and the layer loop
    moves outside the tokens of a microbatch: valid because a token at layer
    l only reads the cache rows of layer l that earlier tokens wrote.
@@ -42,13 +47,17 @@ bench("transformer_prefill",
       flops="L*(2*T*(2*dim*dim + 2*dim*(dim*KVH/H) + 3*dim*hidden) + 2*dim*T*(T+1))",
       tolerance=1e-3)
 
+# 0. grouped-query attention: the heads that share a kv head walk the cache
+#    together (each K/V row read once per group), softmax_vec inlined first
+llm.inline_call("transformer_token > call softmax_vec")
+llm.group_heads("transformer_token > for l > for h", "kv_mul", "att", "pos + 1")
+
 # 1. one forward pass per token, its buffers one row per token
 llm.inline_call("transformer_prefill > call transformer_token")
 for local in ["head_size", "kv_dim", "kv_mul"]:
     loop.move_out(f"transformer_prefill > for t > def {local}")
 for buffer in ["xb", "xb2", "q", "k", "v", "hb", "hb2"]:
     llm.batch_buffer("transformer_prefill > for t", buffer)
-llm.batch_buffer("transformer_prefill > for t", "att", "SMAX")
 
 # 2. microbatches, layers outside the tokens of a microbatch
 loop.tile("transformer_prefill > for t", MB, mode="min")
@@ -56,8 +65,8 @@ loop.swap("transformer_prefill > for bt > for t")
 
 # 3. one token loop per stage of the layer
 for point in ["after 'rmsnorm_vec(dim, &xs[t * dim], &rms_att_w'", "after 'matvec(dim, dim, &wq'",
-              "after 'matvec(dim, kv_dim, &wk'", "after 'matvec(dim, kv_dim, &wv'", "before for h",
-              "after for h", "after 'matvec(dim, dim, &wo'", "after 'rmsnorm_vec(dim, &xs[t * dim], &rms_ffn_w'",
+              "after 'matvec(dim, kv_dim, &wk'", "after 'matvec(dim, kv_dim, &wv'", "before for g",
+              "after for g", "after 'matvec(dim, dim, &wo'", "after 'rmsnorm_vec(dim, &xs[t * dim], &rms_ffn_w'",
               "after 'matvec(dim, hidden, &w1'", "after 'matvec(dim, hidden, &w3'",
               "before 'matvec(hidden, dim, &w2'", "after 'matvec(hidden, dim, &w2'"]:
     loop.fission(f"transformer_prefill > {point}")
