@@ -21,6 +21,13 @@ from conftest import ROOT
 from helpers import attention_args, refusal, refuted
 
 
+def proved_and_exact(ck: Any, before: ir.Program, r: Any, contracts: dict[str, Any]) -> None:
+    """Level 2 proves the step on attention, and it computes the same outputs (H=2, S=21, D=4)."""
+    result = check_step(before, r.program, r.obligations, contracts)
+    assert result.ok, result.problems
+    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+
+
 def attention(edit: tuple[str, str] = ("", "")) -> tuple[ir.Program, dict[str, Any]]:
     """attention.c, with one piece of text replaced, and its contract."""
     text = (ROOT / "c_sources" / "attention.c").read_text()
@@ -163,9 +170,7 @@ def test_swap_triangular_visits_key_blocks_up_to_the_diagonal(ck):
     assert "for (int bj = 0; bj < (bi + 8 < S ? bi + 8 : S) - 1 + 1; bj += 4) {" in text
     assert "if (bj < i + 1) {" in text
     assert [o.kind for o in r.obligations] == ["swap_loops", "ordered_bounds"]
-    result = check_step(before, r.program, r.obligations, contracts)
-    assert result.ok, result.problems
-    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+    proved_and_exact(ck, before, r, contracts)
 
 
 def test_swap_triangular_refuses_a_rectangular_nest_or_more_than_a_loop():
@@ -254,9 +259,7 @@ def test_split_blocks_separates_the_blocks_before_the_diagonal(ck):
     assert "for (int bj = 0; bj < bi; bj += 4) {" in text
     assert "for (int bj = bi; bj < (bi + 8 < S ? bi + 8 : S) - 1 + 1; bj += 4) {" in text
     assert sorted(o.kind for o in r.obligations) == ["divides", "in_range"]
-    result = check_step(before, r.program, r.obligations, contracts)
-    assert result.ok, result.problems
-    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+    proved_and_exact(ck, before, r, contracts)
 
 
 def test_split_blocks_refuses_a_point_that_uses_the_index_or_an_unknown_name():
@@ -282,9 +285,7 @@ def test_full_blocks_run_the_key_loops_of_unmasked_blocks_to_the_block_end(ck):
     assert text.count("(bj + 4 < i + 1 ? bj + 4 : i + 1)") == 4  # the diagonal blocks keep theirs
     assert "for (int i = bi; i < (bi + 8 < S ? bi + 8 : S); i++) {" in text  # not a key loop
     assert [o.kind for o in r.obligations] == ["ordered_bounds"] * 4
-    result = check_step(before, r.program, r.obligations, contracts)
-    assert result.ok, result.problems
-    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+    proved_and_exact(ck, before, r, contracts)
 
 
 def test_full_blocks_refuses_a_loop_without_block_minima_and_level2_refutes_the_diagonal(ck):
@@ -439,9 +440,7 @@ def test_drop_guard_removes_the_mask_of_the_blocks_before_the_diagonal(ck):
     assert text.count("if (bj < i + 1)") == 1  # the diagonal blocks keep theirs
     assert "for (int i = bi; i < (bi + 8 < S ? bi + 8 : S); i++) {\n          float scores_blk[4];" in text
     assert [o.kind for o in r.obligations] == ["positive"]
-    result = check_step(before, r.program, r.obligations, contracts)
-    assert result.ok, result.problems
-    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+    proved_and_exact(ck, before, r, contracts)
 
 
 def test_drop_guard_refuses_a_float_test_and_level2_refutes_a_mask_that_can_fail(ck):
@@ -464,9 +463,7 @@ def test_move_up_stores_the_running_max_right_after_its_last_read(ck):
     assert ("float rescale = expf(max_val_h[i - bi] - max_val_blk);\n"
             "            max_val_h[i - bi] = max_val_blk;\n") in text
     assert [o.kind for o in r.obligations] == ["commute"]
-    result = check_step(before, r.program, r.obligations, contracts)
-    assert result.ok, result.problems
-    ck.check(before, r.program, "attention", attention_args(ck, 2, 21, 4))
+    proved_and_exact(ck, before, r, contracts)
 
 
 def test_move_up_refuses_a_place_below_and_level2_refutes_passing_a_read(ck):
