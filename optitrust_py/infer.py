@@ -1,0 +1,532 @@
+"""Loop contracts inferred from the footprints, and the program printed with
+them as comments.
+
+Level 2 never needs a loop contract: it reasons on access footprints. This
+module makes visible the contract each loop implicitly has, in the contract
+language (`spec.py`), so a user can read what each loop owns:
+
+- the cells an iteration touches are grouped the way the language writes
+  groups: over the ranges of the inner loops the index uses
+  (`for d in 0..D -> &out[(h * S + i) * D + d] ~> Cell`), with trailing
+  whole dimensions written as `MatrixN` (`&A[i * K] ~> Matrix1(K)`);
+- a group that mentions the loop index is exclusive to an iteration (x*) only
+  when Z3 proves that two different iterations never touch one of its cells;
+  otherwise the whole array is shared (s*);
+- xreads: only read; xwrites: each cell written before it is read (the first
+  access is an unconditional plain store that covers the group), else
+  xmodifies; sreads: only read, else smodifies;
+- locals declared in the loop body are not part of the contract.
+
+Every printed resource is proved within its array's bounds, parses back with
+`spec.parse_resource` to the same resource, and the groups of one array are
+proved disjoint; when one of these fails, the array's groups are widened a
+trailing dimension at a time, up to the whole array. A loop whose body
+touches memory level 2 does not model gets a note instead of a contract."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from . import ir
+from .contract import LOOP_MODES, Binder, LoopContract, Resource, Shape, free_names
+from .dependence import Space, Unknown, instance_var
+from .errors import SpecError
+from .footprint import UNKNOWN, Access, Footprint, Loop, cell_name, function_footprint, under
+from .layout import ONE, ZERO, delinearize, linearize, product
+from .printer import print_program
+from .resources import _within as within_bounds
+from .spec import loop_contract, parse_resource
+from .tree import Path, function_path, get, walk
+
+COMMENT_OPEN = "/* "
+_uids = itertools.count(1 << 40)
+_PLAIN = (ir.Block, ir.ExprStmt, ir.DeclStmt, ir.Assign, ir.Call, ir.Cast, ir.Index, ir.Unop, ir.Label)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """The inferred contract of the loop at `path`, or why there is none."""
+
+    path: Path
+    contract: Optional[LoopContract]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Cells of one array an iteration touches: `cell[index]` (per dimension
+    of `dims`, `lanes` consecutive cells from the last) for every value of the
+    binders (inner loops, or fresh names over widened dimensions)."""
+
+    cell: str
+    index: tuple[ir.Expr, ...]
+    lanes: ir.Expr
+    binders: tuple[Loop, ...]
+    dims: tuple[ir.Expr, ...]
+    accesses: tuple[Access, ...]
+    exact: bool
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return self.cell, self.index, self.lanes, tuple((b.index, b.start, b.stop) for b in self.binders)
+
+    @property
+    def read(self) -> bool:
+        return any(a.read for a in self.accesses)
+
+    @property
+    def write(self) -> bool:
+        return any(a.write for a in self.accesses)
+
+
+class _Array:
+    """What the inference knows of one array or scalar of a function."""
+
+    def __init__(self, cell: str, dims: Optional[tuple[ir.Expr, ...]], c_array: bool) -> None:
+        self.cell = cell
+        self.name = cell_name(cell)
+        self.dims = dims
+        self.c_array = c_array
+
+
+# ----------------------------------------------------------------- inference
+
+
+def infer_program(program: ir.Program, contracts: Mapping[str, Any]) -> tuple[Inferred, ...]:
+    """The inferred contract of every canonical loop of every function that
+    has a contract."""
+    out: list[Inferred] = []
+    for f in program.functions():
+        if contracts.get(f.name) is not None:
+            out.extend(infer_function(program, f.name, contracts))
+    return tuple(out)
+
+
+def infer_function(program: ir.Program, function: str, contracts: Mapping[str, Any]) -> tuple[Inferred, ...]:
+    """The inferred contract of each canonical loop of `function`, outermost first."""
+    fp = function_footprint(program, function, contracts)
+    fn_path = function_path(program, function)
+    fn: ir.FuncDef = get(program, fn_path)
+    arrays = _arrays(fn, contracts.get(function))
+    loops = [p for p, n in walk(fn.body, fn_path + (("body", None),)) if isinstance(n, ir.For)]
+    return tuple(_infer_loop(program, fp, arrays, p) for p in loops)
+
+
+def _infer_loop(program: ir.Program, fp: Footprint, arrays: Mapping[str, _Array], path: Path) -> Inferred:
+    loop: ir.For = get(program, path)
+    body = path + (("body", None),)
+    inside = [a for a in fp.accesses if under(a, body)]
+    unknown = next((a for a in inside if a.cell == UNKNOWN), None)
+    if unknown is not None:
+        return Inferred(path, None, f"'{unknown.text}' touches memory level 2 does not model")
+    if not inside:
+        return Inferred(path, LoopContract())
+    header = next((lp for lp in inside[0].loops if lp.path == path), None)
+    if header is None:
+        return Inferred(path, None, f"the loop assigns its index '{loop.index}' in its body")
+    local = _declared_cells(loop.body, program, path)
+    by_cell: dict[str, list[Access]] = {}
+    for a in inside:
+        if a.cell not in local:
+            by_cell.setdefault(a.cell, []).append(a)
+    rank = max((len(a.dims or ()) for a in arrays.values()), default=0)
+    space = _Spaces(fp, header, inside, max(rank, 1))
+    chosen: dict[str, list[tuple[str, Resource]]] = {m: [] for m in LOOP_MODES}
+    for cell, accesses in by_cell.items():
+        array = arrays.get(cell) or _Array(cell, fp.sizes.get(cell), False)
+        found = _array_clauses(program, space, array, accesses, header)
+        if found is None:
+            return Inferred(path, None, f"the cells of '{array.name}' it touches cannot be written as a "
+                                        f"contract resource (no known size to widen them to)")
+        for mode, r in found:
+            chosen[mode].append((cell, r))
+    return Inferred(path, LoopContract(*(tuple(r for _, r in chosen[m]) for m in LOOP_MODES)))
+
+
+class _Spaces:
+    """The Z3 spaces of one loop: `bounds` for the in-bounds proofs, `pairs`
+    for two instances of the loop (its index and every inner index renamed)."""
+
+    def __init__(self, fp: Footprint, header: Loop, inside: Sequence[Access], rank: int) -> None:
+        self.header = header
+        self.bounds = Space(fp, assume_bounds=False)
+        inner = {lp.index for a in inside for lp in a.loops} | {_fresh(k) for k in range(rank)}
+        self.pairs = Space(fp, inner)
+        self._accesses: dict[tuple[Any, ...], Access] = {}
+
+    def access(self, g: _Group) -> Access:
+        """The group as one access (the same one each time, so Z3 encodes it once)."""
+        if g.key not in self._accesses:
+            self._accesses[g.key] = _access(g, self.header)
+        return self._accesses[g.key]
+
+    def meet(self, a: _Group, b: _Group, same_iteration: bool) -> bool:
+        """Whether `a` (in one iteration) and `b` (in the same one, or in a
+        different one) may share a cell; an undecided query counts as yes."""
+        i1, i2 = instance_var(self.header.index, 1), instance_var(self.header.index, 2)
+        relation = [i1 == i2] if same_iteration else [i1 != i2]
+        try:
+            return self.pairs.meet(self.access(a), 1, self.access(b), 2, relation) is not None
+        except Unknown:
+            return True
+
+
+def _array_clauses(program: ir.Program, space: _Spaces, array: _Array, accesses: Sequence[Access],
+                   header: Loop) -> Optional[list[tuple[str, Resource]]]:
+    """The clauses of one array for the loop: its least widened groups that
+    are printable, in bounds and disjoint, each under its mode; a wider
+    choice when it says the same with fewer group binders (the union over a
+    triangle `for i in 0..S -> for j in 0..i + 1` is all rows)."""
+    rank = len(array.dims) if array.dims is not None else 0
+    best: Optional[list[tuple[str, Resource]]] = None
+    for m in range(rank + 1):
+        groups = _widened(space, array, accesses, header, m)
+        if groups is None or not (m == rank > 0 or _acceptable(space, groups, array)):
+            continue
+        clauses = _classified(program, space, array, accesses, header, groups)
+        if best is None:
+            best = clauses
+            if not any(_hidden_binders(r) for _, r in best):
+                return best
+        elif clauses is not None and sorted(m for m, _ in clauses) == sorted(m for m, _ in best) \
+                and _binder_count(clauses) < _binder_count(best):
+            return clauses
+    return best
+
+
+def _classified(program: ir.Program, space: _Spaces, array: _Array, accesses: Sequence[Access], header: Loop,
+                groups: list[_Group]) -> Optional[list[tuple[str, Resource]]]:
+    """Each group under its mode; groups that mention the loop index but are
+    not proved exclusive to an iteration make the whole array shared."""
+    moving = [g for g in groups if header.index in _names(g)]
+    if moving and any(space.meet(g, h, False) for g in moving for h in groups):
+        if array.dims is None:
+            return None
+        whole = _widened(space, array, accesses, header, len(array.dims))
+        assert whole is not None, "an array of known dimensions can always be taken whole"
+        groups, moving = whole, []
+    return [(_mode(program, g, g in moving, header), _printed(g, array)) for g in groups]
+
+
+def _hidden_binders(r: Resource) -> bool:
+    """A group binder used only in the bounds of another one."""
+    used = {v.name for v in free_names(r.subject)}
+    return any(b.index not in used for b in r.group)
+
+
+def _binder_count(clauses: Sequence[tuple[str, Resource]]) -> int:
+    return sum(len(r.group) for _, r in clauses)
+
+
+def _acceptable(space: _Spaces, groups: Sequence[_Group], array: _Array) -> bool:
+    for g in groups:
+        if g.dims and within_bounds(space.bounds, space.access(g), g.dims, array.name) is not None:
+            return False
+        try:
+            if parse_resource(str(_printed(g, array))) != _printed(g, array):
+                return False
+        except SpecError:
+            return False
+    return not any(space.meet(g, h, True) for g, h in itertools.combinations(groups, 2))
+
+
+def _widened(space: _Spaces, array: _Array, accesses: Sequence[Access], header: Loop, m: int) \
+        -> Optional[list[_Group]]:
+    """Each access's group with its last `m` dimensions taken whole, merged
+    when equal; None when some access cannot be written so."""
+    merged: dict[tuple[Any, ...], _Group] = {}
+    for a in accesses:
+        g = _group(a, array, header, m, space)
+        if g is None:
+            return None
+        old = merged.get(g.key)
+        merged[g.key] = g if old is None else dataclasses.replace(old, accesses=old.accesses + g.accesses,
+                                                                   exact=old.exact and g.exact)
+    return list(merged.values())
+
+
+def _group(a: Access, array: _Array, header: Loop, m: int, space: _Spaces) -> Optional[_Group]:
+    """The cells of `a` in one iteration of the loop `header`, with its last
+    `m` dimensions whole."""
+    dims = array.dims
+    if not a.index and not a.whole:
+        return _Group(a.cell, (), ONE, (), (), (a,), True)
+    if a.whole:
+        if dims is None or m < len(dims):
+            return None
+        index, lanes, shape, tail = tuple(ZERO for _ in dims), ONE, dims, len(dims)
+    elif dims is None:
+        if m > 0 or len(a.index) != 1:
+            return None
+        index, lanes, shape, tail = a.index, a.lanes, (), 0
+    else:
+        split, lanes, shape, tail = _indexed(a, array)
+        if split is None:
+            return None
+        index = split
+    m = min(max(m, tail), len(shape))
+    fresh = tuple(Loop(_fresh(k), ZERO, d, ONE, ()) for k, d in enumerate(shape[len(shape) - m:], len(shape) - m))
+    if m:
+        index = index[:-m] + tuple(ir.Var(lp.index) for lp in fresh)
+        lanes = ONE
+    inner = a.loops[a.loops.index(header) + 1:]
+    binders = _binders(inner, index + (lanes,)) + fresh
+    used = {v.name for e in index + (lanes,) for v in free_names(e)} | \
+        {v.name for b in binders for e in (b.start, b.stop) for v in free_names(e)}
+    if used & set(a.mutable) or any(isinstance(n, (ir.Index, ir.Ternary)) for e in index + (lanes,)
+                                    for _, n in walk(e)):
+        return None
+    return _Group(a.cell, index, lanes, binders, shape, (a,), m == tail and not a.whole)
+
+
+def _fresh(k: int) -> str:
+    """The binder of a widened dimension (never printed: `MatrixN` takes its place)."""
+    return f"otp_d{k}"
+
+
+def _indexed(a: Access, array: _Array) \
+        -> tuple[Optional[tuple[ir.Expr, ...]], ir.Expr, tuple[ir.Expr, ...], int]:
+    """The access's index over the array's dimensions, or flattened over
+    their product when it does not split (not for a C array of arrays), and
+    how many last dimensions it covers whole: a callee's region
+    `&W[l * d * n]` of `d * n` cells is `W[l][0..d][0..n]`."""
+    dims = array.dims or ()
+    if len(a.index) == len(dims):
+        return a.index, a.lanes, dims, 0
+    if array.c_array or len(dims) <= 1:
+        return None, a.lanes, dims, 0
+    for tail in range(len(dims), 0, -1):
+        split = delinearize(a.index[0], dims) if a.lanes == product(dims[len(dims) - tail:]) else None
+        if split is not None and all(x == ZERO for x in split[len(dims) - tail:]):
+            return split, ONE, dims, tail
+    flat = a.flat()
+    return ((flat,) if flat is not None else None), a.lanes, (product(dims),), 0
+
+
+def _binders(inner: Sequence[Loop], exprs: Iterable[ir.Expr]) -> tuple[Loop, ...]:
+    """The inner loops whose indices the expressions use (directly or through
+    the bounds of another kept loop), as step-1 ranges: a superset of the
+    cells when a loop steps by more, which the bounds proof covers."""
+    names = {v.name for e in exprs for v in free_names(e)}
+    kept: list[Loop] = []
+    for lp in reversed(inner):
+        if lp.index in names:
+            kept.insert(0, dataclasses.replace(lp, step=ONE))
+            names |= {v.name for e in (lp.start, lp.stop) for v in free_names(e)}
+    return tuple(kept)
+
+
+def _names(g: _Group) -> set[str]:
+    bound = {b.index for b in g.binders}
+    used = {v.name for e in g.index + (g.lanes,) for v in free_names(e)}
+    used |= {v.name for b in g.binders for e in (b.start, b.stop) for v in free_names(e)}
+    return used - bound
+
+
+def _access(g: _Group, header: Loop) -> Access:
+    """The group as one access, for the Z3 machinery of `dependence`: the
+    loops around the analysed loop, the loop, then the binders."""
+    first = g.accesses[0]
+    outer = first.loops[:first.loops.index(header) + 1]
+    return Access(g.cell, g.index, g.lanes, g.write, g.read, None, g.cell, header.path, None, outer + g.binders,
+                  (), 0, (), g.dims if len(g.dims) > 1 else None, False, g.cell, next(_uids))
+
+
+# ----------------------------------------------------------------- modes
+
+
+def _mode(program: ir.Program, g: _Group, exclusive: bool, header: Loop) -> str:
+    if not g.write:
+        return "xreads" if exclusive else "sreads"
+    if not exclusive:
+        return "smodifies"
+    return "xwrites" if _written_first(program, g, header) else "xmodifies"
+
+
+def _written_first(program: ir.Program, g: _Group, header: Loop) -> bool:
+    """Every cell of the group is written in an iteration before any access
+    reads it: the group's first access is a plain store, not conditional,
+    run for every value of the group's binders (the loops around it are
+    exactly the binders, by steps of 1), and its statement reads no cell of
+    the group (the arguments of a store intrinsic are read before it writes)."""
+    first = g.accesses[0]
+    if not g.exact or not first.write or first.read:
+        return False
+    inner = first.loops[first.loops.index(header) + 1:]
+    if {lp.index for lp in inner} != {b.index for b in g.binders} or any(lp.step != ONE for lp in inner):
+        return False
+    stmt = _statement(program, first.path, len(header.path) + 1, {b.index for b in g.binders})
+    return stmt is not None and not any(a.read and under(a, stmt) for a in g.accesses)
+
+
+def _statement(program: ir.Program, path: Path, start: int, loops: set[str]) -> Optional[Path]:
+    """The path of the statement holding the access at `path`, when nothing
+    between the loop body (`path[:start]`) and it makes it conditional:
+    only blocks, canonical loops among `loops`, and plain expressions."""
+    stmt: Optional[Path] = None
+    for k in range(start, len(path) + 1):
+        node = get(program, path[:k])
+        if isinstance(node, ir.For):
+            if node.index not in loops:
+                return None
+        elif not isinstance(node, _PLAIN):
+            return None
+        if stmt is None and isinstance(node, (ir.ExprStmt, ir.DeclStmt)):
+            stmt = path[:k]
+    return stmt
+
+
+# ----------------------------------------------------------------- printing resources
+
+
+def _printed(g: _Group, array: _Array) -> Resource:
+    """The group in the contract language: trailing indices that run over
+    whole dimensions become `MatrixN`, lanes a `Matrix1(lanes)`."""
+    if not g.dims and not g.index:
+        return Resource(ir.Var(array.name), Shape("cell"))
+    whole = _whole_suffix(g)
+    kept = tuple(b for b in g.binders if b.index not in {v.name for v in whole})
+    group = tuple(Binder(b.index, b.start, b.stop) for b in kept)
+    n = len(whole)
+    if n == len(g.dims):
+        return Resource(ir.Var(array.name), Shape("matrix", g.dims), group)
+    index = g.index[:len(g.index) - n] + tuple(ZERO for _ in range(n))
+    subject = _address(array, index, g.dims)
+    if n:
+        shape = Shape("matrix", g.dims[len(g.dims) - n:])
+    else:
+        shape = Shape("cell") if g.lanes == ONE else Shape("matrix", (g.lanes,))
+    return Resource(subject, shape, group)
+
+
+def _whole_suffix(g: _Group) -> tuple[ir.Var, ...]:
+    """The longest run of last indices that are distinct binders ranging
+    over their whole dimension and used nowhere else (none with lanes)."""
+    if g.lanes != ONE or not g.dims:
+        return ()
+    ranges = {b.index: b for b in g.binders}
+    out: list[ir.Var] = []
+    for k in range(len(g.index) - 1, -1, -1):
+        e, d = g.index[k], g.dims[k]
+        b = ranges.get(e.name) if isinstance(e, ir.Var) else None
+        if b is None or b.start != ZERO or b.stop != d or e in out:
+            break
+        others = g.index[:k] + tuple(x for c in g.binders if c.index != e.name for x in (c.start, c.stop))
+        if any(v.name == e.name for x in others for v in free_names(x)):
+            break
+        out.insert(0, e)
+    return tuple(out)
+
+
+def _address(array: _Array, index: tuple[ir.Expr, ...], dims: tuple[ir.Expr, ...]) -> ir.Expr:
+    """`&A[flat]` for a pointer to a flattened array, `&A[i][j]` for a C
+    array of arrays."""
+    base: ir.Expr = ir.Var(array.name)
+    if array.c_array:
+        for i in index:
+            base = ir.Index(base, i)
+        return ir.Unop("&", base)
+    return ir.Unop("&", ir.Index(base, linearize(index, dims)))
+
+
+# ----------------------------------------------------------------- arrays of a function
+
+
+def _arrays(fn: ir.FuncDef, contract: Any) -> dict[str, _Array]:
+    """Parameters with a matrix resource (its dimensions) and local arrays
+    of arrays (their C dimensions, printed `&A[i][j]`)."""
+    out: dict[str, _Array] = {}
+    if contract is not None:
+        for _, r in contract.resources():
+            if isinstance(r.subject, ir.Var) and not r.group:
+                dims = r.shape.dims if r.shape.kind == "matrix" else None
+                out.setdefault(r.base, _Array(r.base, dims, False))
+    for _, n in walk(fn.body):
+        if isinstance(n, ir.DeclStmt) and n.decl.name and isinstance(n.decl.type, ir.Array) \
+                and isinstance(n.decl.type.of, ir.Array):
+            out.setdefault(n.decl.name, _Array(n.decl.name, _c_dims(n.decl.type), True))
+    return out
+
+
+def _c_dims(t: ir.CType) -> Optional[tuple[ir.Expr, ...]]:
+    dims: list[ir.Expr] = []
+    while isinstance(t, ir.Array):
+        if t.size is None:
+            return None
+        dims.append(t.size)
+        t = t.of
+    return tuple(dims)
+
+
+def _declared_cells(body: ir.Block, program: ir.Program, path: Path) -> set[str]:
+    """The cells of the locals declared in a loop body, named as footprints
+    name them (`x@line` for a name declared more than once in the function)."""
+    fn: ir.FuncDef = get(program, path[:1])
+    counts: dict[str, int] = {}
+    for _, n in walk(fn.body):
+        if isinstance(n, ir.DeclStmt) and n.decl.name:
+            counts[n.decl.name] = counts.get(n.decl.name, 0) + 1
+    out: set[str] = set()
+    for _, n in walk(body):
+        if isinstance(n, ir.DeclStmt) and n.decl.name:
+            d = n.decl
+            out.add(d.name if counts[d.name] == 1 else f"{d.name}@{d.loc.line if d.loc else id(d)}")
+    return out
+
+
+# ----------------------------------------------------------------- comments
+
+
+LINE = 100
+"""A clause longer than this is written one resource per line (its keyword repeated)."""
+
+
+def clause_lines(contract: LoopContract) -> list[str]:
+    """One line per mode that has resources (`xreads    R1, R2`), or one per
+    resource when that line would be long."""
+    out: list[str] = []
+    for mode in LOOP_MODES:
+        texts = [str(r) for r in getattr(contract, mode)]
+        line = f"{mode:<9} " + ", ".join(texts)
+        out.extend([line] if len(line) <= LINE or len(texts) == 1 else [f"{mode:<9} {t}" for t in texts])
+    return [ln for ln in out if ln.split(" ", 1)[1].strip()]
+
+
+def comment(inferred: Inferred) -> list[str]:
+    """The C comment shown above the loop (empty for an empty contract)."""
+    if inferred.contract is None:
+        return [f"{COMMENT_OPEN}no inferred contract: {inferred.note} */"]
+    lines = clause_lines(inferred.contract)
+    if not lines:
+        return []
+    out = [COMMENT_OPEN + lines[0]] + ["   " + ln for ln in lines[1:]]
+    out[-1] += " */"
+    return out
+
+
+def read_comment(text: str) -> LoopContract:
+    """The loop contract of a comment `comment` printed, through the
+    contract language's own parser."""
+    body = text.strip()
+    body = body.removeprefix("/*").removesuffix("*/")
+    clauses = []
+    for line in body.splitlines():
+        mode, _, rest = line.strip().partition(" ")
+        if mode:
+            clauses.append(ir.ContractClause(mode, rest.strip()))
+    return loop_contract(clauses)
+
+
+def annotate(program: ir.Program, contracts: Mapping[str, Any]) -> str:
+    """The program's C text with each loop's inferred contract as a comment
+    just above it (above its pragmas), at its indentation."""
+    printed = print_program(program)
+    lines = printed.text.split("\n")
+    for inf in sorted(infer_program(program, contracts), key=lambda x: -printed.where[x.path]):
+        at = printed.where[inf.path] - 1
+        pad = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
+        lines[at:at] = [pad + ln for ln in comment(inf)]
+    return "\n".join(lines)
+
