@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -96,15 +97,17 @@ def cli() -> None:
 @click.option("--out", "out_dir", default="out", show_default=True, help="Folder for the step files.")
 @click.option("--quiet", is_flag=True, help="Only the summary, no diffs.")
 @click.option("--no-color", is_flag=True, help="Plain text output.")
+@click.option("--annotate", is_flag=True,
+              help="Show the diffs with each loop's inferred contract; write final.annotated.c.")
 @_debug_option
 def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[str], stop_after: Optional[int],
-        out_dir: str, quiet: bool, no_color: bool) -> None:
+        out_dir: str, quiet: bool, no_color: bool, annotate: bool) -> None:
     """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
     _check_level(level)
     _check_target(target)
     session = new_session(script, target, stop_after, parse_sizes(sizes))
     _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
-                    no_color)
+                    no_color, annotate)
 
 
 @cli.command()
@@ -156,7 +159,7 @@ def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
-                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool) -> None:
+                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False) -> None:
     console = _console(no_color)
     error = body()
     code = CodeCache()
@@ -164,9 +167,11 @@ def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], na
     if session.steps:
         check_error, source = _checked(session, level, run_exec)
         error = error or check_error
-    dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source)
+    shown = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate else code
+    final = shown(session.program) if annotate and session.program is not None else None
+    dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, final)
     if not quiet:
-        print_steps(console, session, code, source)
+        print_steps(console, session, shown, source)
     print_summary(console, session, level, run_exec, source)
     console.print(f"wrote {dest}/", style="dim")
     if error is not None:
@@ -203,9 +208,11 @@ class _Failed(OtpError):
 @click.option("--size", "sizes")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--no-color", is_flag=True)
+@click.option("--show-contracts", is_flag=True,
+              help="Print each script's final program with every loop's inferred contract.")
 @_debug_option
 def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
-          no_color: bool) -> None:
+          no_color: bool, show_contracts: bool) -> None:
     """Check every step of SCRIPTS (default: every script in scripts/)."""
     _check_level(level)
     _check_target(target)
@@ -233,6 +240,8 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         level2.extend(checked)
         if level >= 2:
             entry["level2"] = _level2_json(session, source, checked)
+        if show_contracts and session.program is not None:
+            entry["contracts"] = _inferred(session)
         results.append(entry)
         if not as_json:
             _print_script(console, session, entry, source)
@@ -245,6 +254,20 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         console.print(Text("all scripts: ").append_text(totals_text(level2_totals(level2))))
     if worst:
         sys.exit(worst)
+
+
+def _annotated(program: Any, contracts: Any) -> str:
+    from .infer import annotate  # Z3 only for the commands that infer
+
+    return annotate(program, contracts)
+
+
+def _inferred(session: Session) -> dict[str, Any]:
+    """The final program with its inferred loop contracts, and the time the inference took."""
+    assert session.program is not None
+    start = time.perf_counter()
+    text = _annotated(session.program, session.contracts)
+    return {"code": text, "time_s": round(time.perf_counter() - start, 3)}
 
 
 def _level2_json(session: Session, source: Optional[Level2Result], checked: list[Level2Result]) -> dict[str, Any]:
@@ -268,6 +291,10 @@ def _print_script(console: Console, session: Session, entry: dict[str, Any], sou
         console.print(Text(f"    {f}", "red"))
     if entry["level"] >= 2 and not entry["error"]:
         print_obligations(console, session, source)
+    if "contracts" in entry:
+        console.print(Text(f"  inferred loop contracts of the final program ({entry['contracts']['time_s']} s):",
+                           "bold"))
+        console.print(Text(entry["contracts"]["code"]))
 
 
 @cli.command()

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import ir
 from .printer import to_c
@@ -23,13 +23,14 @@ if TYPE_CHECKING:
 class CodeCache:
     """Printed text of each program, printed once: steps share programs."""
 
-    def __init__(self) -> None:
+    def __init__(self, printer: Callable[[ir.Program], str] = to_c) -> None:
         self._texts: dict[int, tuple[ir.Program, str]] = {}
+        self._printer = printer
 
     def __call__(self, program: ir.Program) -> str:
         hit = self._texts.get(id(program))
         if hit is None or hit[0] is not program:
-            hit = (program, to_c(program))
+            hit = (program, self._printer(program))
             self._texts[id(program)] = hit
         return hit[1]
 
@@ -111,8 +112,9 @@ def step_file_name(step: Step) -> str:
 
 
 def write_run(session: Session, script: str, out_root: Path, error: Optional[str], code: CodeCache,
-              source: Optional[Level2Result] = None) -> Path:
-    """Write the run's files into `out_root/<script stem>/` atomically."""
+              source: Optional[Level2Result] = None, annotated: Optional[str] = None) -> Path:
+    """Write the run's files into `out_root/<script stem>/` atomically;
+    `annotated` is the final program with its inferred loop contracts."""
     dest = out_root / Path(script).stem
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=out_root))
@@ -127,6 +129,8 @@ def write_run(session: Session, script: str, out_root: Path, error: Optional[str
                 (tmp / step_file_name(step)).write_text(code(step.after))
         if session.program is not None:
             (tmp / "final.c").write_text(code(session.program))
+        if annotated is not None:
+            (tmp / "final.annotated.c").write_text(annotated)
         (tmp / "trace.json").write_text(json.dumps(trace_json(session, script, error, code, source), indent=1))
         old = None
         if dest.exists():
