@@ -1,9 +1,9 @@
 """Running the requested checks over every step of a session and storing
 their results on the steps (`step.checks["level1"]`, `step.checks["level2"]`,
-`step.checks["exec"]`)."""
+`step.checks["level3"]`, `step.checks["exec"]`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .execcheck import check_steps
 from .level1 import check_program
@@ -32,6 +32,8 @@ def run_checks(session: Session, level: int, run_exec: bool) -> Optional[Level2R
         if step.error is None:
             step.checks["level1"] = check_program(step.after, session.contracts)
     source = run_level2(session) if level >= 2 else None
+    if level >= 3:
+        run_level3(session)
     if run_exec:
         run_exec_checks(session)
     return source
@@ -63,6 +65,38 @@ def _level2(step: Step, session: Session) -> Optional[Level2Result]:
                                                             session.contracts)
     step.checks["level2"] = result
     return result
+
+
+def run_level3(session: Session) -> None:
+    """Compares every primitive step's functions with the step before, at
+    the script's level-3 sizes; a composite gathers its sub-steps'."""
+    from .level3 import Runs, check_step, choose_sizes
+
+    programs = [s.after for s in _all_steps(session.steps) if s.error is None]
+    sizes = choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
+    runs = Runs()
+
+    def visit(step: Step) -> None:
+        for s in step.substeps:
+            visit(s)
+        if step.error is not None:
+            return
+        if step.substeps:
+            step.checks["level3"] = combine3([s.checks["level3"] for s in step.substeps if "level3" in s.checks])
+        else:
+            step.checks["level3"] = check_step(step.before, step.after, session.contracts, sizes, step.fp,
+                                               step.tolerance, runs)
+    for step in session.steps:
+        visit(step)
+
+
+def combine3(results: list[Any]) -> Any:
+    from .level3 import Level3Result
+
+    labels = [r.label for r in results]
+    label = next((x for x in labels if x.startswith("quantized")), "≈fp" if "≈fp" in labels else "=")
+    return Level3Result(label, tuple(f for r in results for f in r.functions),
+                        tuple(p for r in results for p in r.problems), sum(r.time_s for r in results))
 
 
 def combine(results: list[Level2Result]) -> Level2Result:

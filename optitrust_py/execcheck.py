@@ -430,7 +430,7 @@ def _int_size(name: str, value: Any) -> int:
     return int(value)
 
 
-def _extent(param: str, contract: Contract, env: Mapping[str, int]) -> tuple[int, tuple[int, ...]]:
+def param_extent(param: str, contract: Contract, env: Mapping[str, int]) -> tuple[int, tuple[int, ...]]:
     """Elements to allocate for `param` (the furthest cell any of its
     resources reaches) and its Matrix dims when one plain resource covers it."""
     resources = contract.resources_of(param)
@@ -538,7 +538,7 @@ def _plan(f: ir.FuncDef, contract: Contract, sizes: Mapping[str, Any]) -> _Plan:
         to = p.type.to if isinstance(p.type, ir.Ptr) else p.type.of  # type: ignore[union-attr]
         e = _elem(to)
         assert e is not None
-        count, dims = _extent(p.name, contract, env)
+        count, dims = param_extent(p.name, contract, env)
         modes = {m for m, r in contract.resources() if r.base == p.name}
         fill = "random" if modes & {"reads", "modifies"} else "poison"
         output = bool(modes & {"writes", "modifies"})

@@ -60,6 +60,10 @@ def badges(step: Step) -> Text:
     if l2 is not None:
         t.append("  ")
         t.append_text(l2_badge(l2))
+    l3 = step.checks.get("level3")
+    if l3 is not None:
+        t.append("  ")
+        t.append(f"✓ L3 {l3.label}" if l3.ok else f"✗ L3 {l3.short()}", "green" if l3.ok else "bold red")
     ex = step.checks.get("exec")
     if ex is not None:
         t.append("  ")

@@ -22,9 +22,12 @@ from .session import current_session
 
 
 def load(c_file: str | Path, spec: str | Path | None = None,
-         sizes: Optional[dict[str, float]] = None) -> ir.Program:
-    """Parse the C file (and its contracts) that the rest of the script transforms."""
-    return current_session().load(c_file, spec, sizes)
+         sizes: Optional[dict[str, float]] = None,
+         check_sizes: Optional[list[dict[str, int]]] = None) -> ir.Program:
+    """Parse the C file (and its contracts) that the rest of the script
+    transforms. `sizes` are those of `--exec`; `check_sizes` the small ones
+    level 3 runs each step at symbolically (default: chosen near `sizes`)."""
+    return current_session().load(c_file, spec, sizes, check_sizes)
 
 
 def target() -> str:

@@ -128,6 +128,7 @@ class Session:
         self.spec_path: Optional[FsPath] = None
         self.contracts: dict[str, Any] = {}
         self.sizes: dict[str, float] = {}
+        self.check_sizes: list[dict[str, int]] = []
         self.steps: list[Step] = []
         self._open: list[Step] = []
         self._token: Optional[contextvars.Token[Optional[Session]]] = None
@@ -145,7 +146,8 @@ class Session:
         return FsPath(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
 
     def load(self, c_file: str | FsPath, spec: str | FsPath | None = None,
-             sizes: Optional[dict[str, float]] = None) -> ir.Program:
+             sizes: Optional[dict[str, float]] = None,
+             check_sizes: Optional[list[dict[str, int]]] = None) -> ir.Program:
         from .frontend import parse_file
         from .spec import load_contracts
 
@@ -162,6 +164,7 @@ class Session:
         self.program = self.original = program
         self.source_path, self.spec_path = path, spec_path
         self.sizes = {**(sizes or {}), **self.size_overrides}
+        self.check_sizes = list(check_sizes or [])
         return program
 
     def current(self) -> ir.Program:

@@ -303,7 +303,7 @@ def test_check_does_not_crash_on_brackets_in_messages(tmp_path):
 
 
 def test_check_level_and_size_errors():
-    assert "level 3" in assert_clean_error(otp("check", "scripts/matmul.py", "--level", "3"))
+    assert "level 4" in assert_clean_error(otp("check", "scripts/matmul.py", "--level", "4"))
     assert "is not a number" in assert_clean_error(otp("check", "scripts/matmul.py", "--size", "M=x"))
 
 

@@ -1,7 +1,7 @@
 """`--level 2` on the command line, in process (click's CliRunner): the
 obligations of every step proved or refused with the conflict, the input
 checked against its contract, the JSON of `otp check`, `trace.json`, and
-the refusal of level 3."""
+the refusal of a level that does not exist."""
 from __future__ import annotations
 
 import json
@@ -201,10 +201,10 @@ def test_input_breaking_its_contract(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cmd", [["run", "scripts/matmul.py"], ["check", "scripts/matmul.py"],
                                  ["apply", "c_sources/matmul.c", "loop.swap('matmul > for i')"]])
-def test_level_3_refused(tmp_path: Path, cmd: list[str]) -> None:
+def test_level_4_refused(tmp_path: Path, cmd: list[str]) -> None:
     extra = ["--out", str(tmp_path)] if cmd[0] != "check" else []
-    r = otp(*cmd, "--level", "3", *extra)
+    r = otp(*cmd, "--level", "4", *extra)
     assert isinstance(r.exception, OtpError) and r.exception.exit_code == 2
-    assert "--level 3 is not available" in r.exception.message and "not implemented" in r.exception.message
-    assert "--level 2" in r.exception.message
+    assert "--level 4 is not available" in r.exception.message and "no such level" in r.exception.message
+    assert "--level 3" in r.exception.message
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,393 @@
+"""Level 3: each step computes what the step before it computed.
+
+For every function with a contract that the step changed (its body or a
+function it calls), both versions run symbolically (`symexec`) on the same
+unknown inputs at small concrete sizes, and every output cell is compared:
+
+- `=`: the two terms are the same term (hash-consed), so the step rounds
+  exactly as before;
+- `≈fp`: the terms differ but have the same normal form over the reals
+  (`canon`: reassociated sums, the online-softmax rescaling, ...), so the
+  step may round differently;
+- `quantized(bound)`: a step that declares it changes values (storage in
+  int8) and does; its declared bound is stated and `--exec` measures it
+  (a lossy step whose only approximation is one level 3 takes as exact,
+  the vector exp, is `≈fp`);
+- refuted: some cell differs, shown by inputs on which the two terms
+  evaluate to different numbers (the cell, both values and the seed);
+- unknown: neither equal nor shown different.
+
+A step that declares bit-exact results (`fp="exact"`) but is only `≈fp`
+fails: its `--exec` check would be bit-exact. Runs are cached by the
+function's code and sizes, so each version of a function runs once per
+script. Sizes come from the script (`load(..., check_sizes=[...])`) or
+are chosen small, within the contract's `requires`, near the `--exec` ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from . import canon, ir
+from .contract import Contract, evaluate
+from .errors import OtpError
+from .symexec import Outcome, Unsupported, run
+from .terms import COMMUTATIVE, Term, integer_bound
+
+SEEDS = (1, 2, 3)
+CONDITIONS = 8
+"""At most this many data conditions are split into cases per cell pair."""
+
+
+@dataclass(frozen=True)
+class FunctionCheck:
+    """One function of a step at one set of sizes."""
+
+    function: str
+    sizes: tuple[tuple[str, int], ...]
+    status: str  # "=", "≈fp", "refuted", "unknown", "not checkable", "changed" (a lossy step)
+    detail: str = ""
+    cells: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"function": self.function, "sizes": dict(self.sizes), "status": self.status,
+                "detail": self.detail, "cells": self.cells}
+
+
+@dataclass(frozen=True)
+class Level3Result:
+    label: str
+    functions: tuple[FunctionCheck, ...]
+    problems: tuple[str, ...]
+    time_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def short(self) -> str:
+        return self.label if self.ok else f"✗ {self.problems[0][:80]}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "label": self.label, "problems": list(self.problems), "time_s": self.time_s,
+                "functions": [f.to_json() for f in self.functions]}
+
+
+@dataclass
+class Runs:
+    """What level 3 keeps across the steps of a script: runs by function
+    code and sizes, and one normaliser (its memo follows the shared terms)."""
+
+    outcomes: dict[tuple[Any, ...], Outcome] = field(default_factory=dict)
+    normalizer: canon.Normalizer = field(default_factory=canon.Normalizer)
+
+    def run(self, program: ir.Program, function: str, contract: Contract, sizes: Mapping[str, int],
+            choices: Mapping[str, bool]) -> Outcome:
+        key = (_closure(program, function), tuple(sorted(sizes.items())), tuple(sorted(choices.items())))
+        got = self.outcomes.get(key)
+        if got is None:
+            got = self.outcomes[key] = run(program, function, contract, sizes, choices)
+        return got
+
+
+def _closure(program: ir.Program, function: str) -> tuple[ir.FuncDef, ...]:
+    """The function and every function of the program it calls, transitively
+    (what a run of it depends on)."""
+    defs = {f.name: f for f in program.functions()}
+    seen: dict[str, ir.FuncDef] = {}
+    stack = [function]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in defs:
+            continue
+        seen[name] = defs[name]
+        stack.extend(_callees(defs[name]))
+    return tuple(seen[n] for n in sorted(seen))
+
+
+def _callees(f: ir.FuncDef) -> list[str]:
+    from .tree import walk
+
+    return [n.func.name for _, n in walk(f.body) if isinstance(n, ir.Call) and isinstance(n.func, ir.Var)]
+
+
+def check_step(before: ir.Program, after: ir.Program, contracts: Mapping[str, Contract],
+               size_sets: Sequence[Mapping[str, int]], fp: str, tolerance: float, runs: Runs) -> Level3Result:
+    """Compares every changed function with a contract, at every size set."""
+    t0 = time.perf_counter()
+    checks: list[FunctionCheck] = []
+    for name in _changed(before, after, contracts):
+        for sizes in size_sets:
+            checks.extend(_compare_function(before, after, name, contracts[name], sizes, runs))
+    statuses = {c.status for c in checks}
+    if fp == "lossy" and statuses & {"refuted", "unknown"} and "not checkable" not in statuses:
+        checks = [dataclasses.replace(c, status="changed", detail=f"{c.detail}; the step changes values on purpose, "
+                                      f"within its declared relative bound {tolerance:.2g} (measured by --exec)")
+                  if c.status in ("refuted", "unknown") else c for c in checks]
+        return Level3Result(f"quantized({tolerance:.2g})", tuple(checks), (), time.perf_counter() - t0)
+    problems = [f"{c.function} at {_sizes_text(c.sizes)}: {c.status}: {c.detail}" for c in checks
+                if c.status not in ("=", "≈fp")]
+    if fp == "lossy" and not problems:
+        return Level3Result("≈fp" if "≈fp" in statuses else "=", tuple(checks), (), time.perf_counter() - t0)
+    label = "≈fp" if "≈fp" in statuses else "="
+    if label == "≈fp" and fp == "exact" and not problems:
+        where = next(c for c in checks if c.status == "≈fp")
+        problems.append(f"the step declares bit-exact results, but {where.function}'s outputs are only equal over "
+                        f"the reals ({where.detail}); a step that reassociates floats must say fp='reassoc'")
+    return Level3Result(label, tuple(checks), tuple(problems), time.perf_counter() - t0)
+
+
+def _changed(before: ir.Program, after: ir.Program, contracts: Mapping[str, Contract]) -> list[str]:
+    """Functions with a contract whose code (or a callee's) the step changed."""
+    out = []
+    for f in after.functions():
+        if f.name in contracts and before.function(f.name) is not None \
+                and _closure(before, f.name) != _closure(after, f.name):
+            out.append(f.name)
+    return out
+
+
+def _sizes_text(sizes: tuple[tuple[str, int], ...]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sizes)
+
+
+def _compare_function(before: ir.Program, after: ir.Program, name: str, contract: Contract,
+                      sizes: Mapping[str, int], runs: Runs) -> list[FunctionCheck]:
+    key = tuple(sorted(sizes.items()))
+    out: list[FunctionCheck] = []
+    try:
+        for choices in _choice_sets(after, name, contract, sizes, runs):
+            new = runs.run(after, name, contract, sizes, choices)
+            old = runs.run(before, name, contract, sizes, choices)
+            status, detail = _compare(old, new, runs.normalizer)
+            shown = detail + (f" (with {_choices_text(choices)})" if choices else "")
+            out.append(FunctionCheck(name, key, status, shown, len(new.cells)))
+    except Unsupported as e:
+        out.append(FunctionCheck(name, key, "not checkable", e.message))
+    return out
+
+
+def _choices_text(choices: Mapping[str, bool]) -> str:
+    return ", ".join(f"{k} {'true' if v else 'false'}" for k, v in choices.items())
+
+
+def _choice_sets(program: ir.Program, name: str, contract: Contract, sizes: Mapping[str, int],
+                 runs: Runs) -> list[dict[str, bool]]:
+    """Every assignment of the choices (`__builtin_cpu_supports`) a run meets."""
+    done: list[dict[str, bool]] = []
+    todo: list[dict[str, bool]] = [{}]
+    while todo:
+        choices = todo.pop()
+        outcome = runs.run(program, name, contract, sizes, choices)
+        full = {**outcome.choices, **choices}
+        if full in done:
+            continue
+        done.append(full)
+        for k in outcome.choices:
+            if k not in choices:
+                todo.append({**full, k: not full[k]})
+    return done
+
+
+def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer) -> tuple[str, str]:
+    reassociated: Optional[str] = None
+    rounding = _Rounding(norm)
+    for cell, a in old.cells.items():
+        b = new.cells[cell]
+        if rounding.same(a, b):
+            continue
+        if norm.normal(a) == norm.normal(b) or _equal_by_cases(a, b, norm):
+            reassociated = reassociated or f"e.g. {_cell(cell)}"
+            continue
+        return _differs(cell, a, b)
+    return ("≈fp", reassociated) if reassociated else ("=", "")
+
+
+class _Rounding:
+    """Whether two terms round the same: the same operations on the same
+    operands, except that subterms computing on integers small enough
+    (under 2^24) that float arithmetic on them is exact may be arranged
+    differently (`integer_product`: float sums of int8 products)."""
+
+    def __init__(self, norm: canon.Normalizer) -> None:
+        self.norm = norm
+        self.bounds: dict[int, float] = {}
+        self.memo: dict[tuple[int, int], bool] = {}
+
+    def same(self, a: object, b: object) -> bool:
+        if a is b:
+            return True
+        if not isinstance(a, Term) or not isinstance(b, Term):
+            return a == b
+        key = (a.number, b.number)
+        got = self.memo.get(key)
+        if got is None:
+            got = self.memo[key] = self._same(a, b)
+        return got
+
+    def _same(self, a: Term, b: Term) -> bool:
+        if max(integer_bound(a, self.bounds), integer_bound(b, self.bounds)) < 2 ** 24:
+            return self.norm.normal(a) == self.norm.normal(b)
+        if a.op != b.op or len(a.args) != len(b.args):
+            return False
+        if all(self.same(x, y) for x, y in zip(a.args, b.args)):
+            return True
+        return a.op in COMMUTATIVE and len(a.args) == 2 and self.same(a.args[0], b.args[1]) \
+            and self.same(a.args[1], b.args[0])
+
+
+def _equal_by_cases(a: object, b: object, norm: canon.Normalizer) -> bool:
+    conds = canon.conditions([a, b], CONDITIONS)
+    if not conds:
+        return False
+    return all(norm.normal(x) == norm.normal(y) for _, (x, y) in canon.split([a, b], conds))
+
+
+def _cell(cell: tuple[str, int]) -> str:
+    return f"{cell[0]}[{cell[1]}]"
+
+
+def _differs(cell: tuple[str, int], a: object, b: object) -> tuple[str, str]:
+    """Refuted when some inputs give the two terms different values."""
+    for seed in SEEDS:
+        inputs = canon.Inputs(seed)
+        x = canon.evaluate(a, inputs, {})
+        y = canon.evaluate(b, inputs, {})
+        if abs(x - y) > 1e-6 * (1.0 + abs(x) + abs(y)) and not (x != x and y != y):
+            return "refuted", (f"output {_cell(cell)} differs: {x:.6g} before the step, {y:.6g} after, on the "
+                               f"inputs of seed {seed} (each input cell uniform in [-2, 2])")
+    return "unknown", (f"output {_cell(cell)}: the terms before and after the step have different normal forms "
+                       f"but agree on random inputs, so level 3 can neither prove nor refute this step")
+
+
+# ---------------------------------------------------------------- sizes
+
+def choose_sizes(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, float],
+                 given: Optional[Sequence[Mapping[str, int]]],
+                 programs: Sequence[ir.Program] = ()) -> list[dict[str, int]]:
+    """The size sets level 3 runs at: the script's (checked against every
+    `requires`), else chosen from the code (`_targets`) within the
+    `requires`: one set, and a second where a size the code compares with
+    a constant (`if (D == 64)`) takes another value."""
+    base = _integers(exec_sizes)
+    if given:
+        sets = [{**base, **g} for g in given]
+        for s in sets:
+            _check_requires(contracts, s)
+        return sets
+    targets, equal = _targets(programs, base)
+    first = _small(contracts, {**targets, **{n: sorted(vs)[0] for n, vs in equal.items()}})
+    out = [first]
+    if equal:
+        other = {**targets, **{n: max(2, sorted(equal[n])[0] // 2 + 1) for n in equal}}
+        second = _small(contracts, other)
+        if second != first:
+            out.append(second)
+    return out
+
+
+def _targets(programs: Sequence[ir.Program], sizes: Mapping[str, int]) -> tuple[dict[str, int],
+                                                                               dict[str, set[int]]]:
+    """For each size, a value that runs every tile of the code in full and
+    a tail: the smallest value past the largest constant step or divisor
+    the size meets in a loop bound or a `%`, that none of them divides
+    (69 for blocks of 64, 4 and 16 lanes); 5 where none. Also the
+    constants each size is tested equal to."""
+    from .tree import walk
+
+    steps: dict[str, set[int]] = {n: set() for n in sizes}
+    equal: dict[str, set[int]] = {}
+    for program in programs:
+        for f in program.functions():
+            for _, node in walk(f.body):
+                if isinstance(node, ir.For):
+                    c = _int_const(node.step)
+                    if c is not None and c > 1:
+                        for n in _names(node.stop) & steps.keys():
+                            steps[n].add(c)
+                elif isinstance(node, ir.Binop) and node.op in ("%", "/"):
+                    c = _int_const(node.right)
+                    if c is not None and c > 1:
+                        for n in _names(node.left) & steps.keys():
+                            steps[n].add(c)
+                elif isinstance(node, ir.Binop) and node.op == "==":
+                    for a, b in ((node.left, node.right), (node.right, node.left)):
+                        c = _int_const(b)
+                        if isinstance(a, ir.Var) and a.name in sizes and c is not None:
+                            equal.setdefault(a.name, set()).add(c)
+    targets: dict[str, int] = {}
+    for n, cs in steps.items():
+        if not cs:
+            targets[n] = min(sizes[n], 5)
+            continue
+        v = max(cs) + 1
+        while any(v % c == 0 for c in cs):
+            v += 1
+        targets[n] = min(v + 4 if v - max(cs) < 3 else v, sizes[n]) if sizes[n] > 0 else v
+    return targets, equal
+
+
+def _int_const(e: ir.Expr) -> Optional[int]:
+    if isinstance(e, ir.Const) and e.kind == "int":
+        try:
+            return int(e.text.rstrip("uUlL"), 0)
+        except ValueError:
+            return None
+    return None
+
+
+def _names(e: ir.Expr) -> set[str]:
+    from .tree import walk
+
+    return {n.name for _, n in walk(e) if isinstance(n, ir.Var)}
+
+
+def _integers(sizes: Mapping[str, float]) -> dict[str, int]:
+    return {k: int(v) for k, v in sizes.items() if float(v).is_integer()}
+
+
+def _check_requires(contracts: Mapping[str, Contract], sizes: Mapping[str, int]) -> None:
+    for c in contracts.values():
+        env = {p: sizes[p] for p in c.params if p in sizes}
+        for r in c.requires:
+            try:
+                holds = evaluate(r, env)
+            except OtpError:
+                continue
+            if not holds:
+                raise OtpError(f"check_sizes: {_sizes_text(tuple(sorted(sizes.items())))} breaks "
+                               f"'requires' of {c.function}", r.loc)
+
+
+def _small(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, int]) -> dict[str, int]:
+    """The sizes nearest to the targets that every `requires` allows (Z3
+    minimises the distance)."""
+    import z3
+
+    from .smt import Terms
+
+    names = sorted(exec_sizes)
+    vs = {n: z3.Int(n) for n in names}
+    opt = z3.Optimize()
+    opt.set("timeout", 5000)
+    terms = Terms("sizes")
+    for c in contracts.values():
+        for r in c.requires:
+            opt.add(terms.formula(r))
+    cost = []
+    for n in names:
+        goal = exec_sizes[n]
+        opt.add(vs[n] >= min(1, exec_sizes[n]))
+        cost.append(z3.If(vs[n] >= goal, vs[n] - goal, goal - vs[n]))
+    opt.minimize(z3.Sum(cost) if cost else z3.IntVal(0))
+    if opt.check() != z3.sat:
+        return dict(exec_sizes)
+    model = opt.model()
+    return {n: model.eval(vs[n], model_completion=True).as_long() for n in names}
+
+
+def chosen(sets: Sequence[Mapping[str, int]]) -> str:
+    return "; ".join(_sizes_text(tuple(sorted(s.items()))) for s in sets)
+
