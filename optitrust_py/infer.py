@@ -138,8 +138,8 @@ def _infer_loop(program: ir.Program, fp: Footprint, arrays: Mapping[str, _Array]
         array = arrays.get(cell) or _Array(cell, fp.sizes.get(cell), False)
         found = _array_clauses(program, space, array, accesses, header)
         if found is None:
-            return Inferred(path, None, f"the cells of '{array.name}' it touches cannot be written as a "
-                                        f"contract resource (no known size to widen them to)")
+            return Inferred(path, None, f"the cells of '{array.name}' it touches cannot be written in the "
+                                        f"contract language (an index or size it cannot express)")
         for mode, r in found:
             chosen[mode].append((cell, r))
     return Inferred(path, LoopContract(*(tuple(r for _, r in chosen[m]) for m in LOOP_MODES)))
@@ -152,7 +152,7 @@ class _Spaces:
     def __init__(self, fp: Footprint, header: Loop, inside: Sequence[Access], rank: int) -> None:
         self.header = header
         self.bounds = Space(fp, assume_bounds=False)
-        inner = {lp.index for a in inside for lp in a.loops} | {_fresh(k) for k in range(rank)}
+        inner = {lp.index for a in inside for lp in a.loops[a.loops.index(header):]} | {_fresh(k) for k in range(rank)}
         self.pairs = Space(fp, inner)
         self._accesses: dict[tuple[Any, ...], Access] = {}
 
@@ -186,11 +186,13 @@ def _array_clauses(program: ir.Program, space: _Spaces, array: _Array, accesses:
         if groups is None or not (m == rank > 0 or _acceptable(space, groups, array)):
             continue
         clauses = _classified(program, space, array, accesses, header, groups)
+        if clauses is None:
+            continue
         if best is None:
             best = clauses
             if not any(_hidden_binders(r) for _, r in best):
                 return best
-        elif clauses is not None and sorted(m for m, _ in clauses) == sorted(m for m, _ in best) \
+        elif sorted(m for m, _ in clauses) == sorted(m for m, _ in best) \
                 and _binder_count(clauses) < _binder_count(best):
             return clauses
     return best
@@ -207,7 +209,8 @@ def _classified(program: ir.Program, space: _Spaces, array: _Array, accesses: Se
         whole = _widened(space, array, accesses, header, len(array.dims))
         assert whole is not None, "an array of known dimensions can always be taken whole"
         groups, moving = whole, []
-    return [(_mode(program, g, g in moving, header), _printed(g, array)) for g in groups]
+    clauses = [(_mode(program, g, g in moving, header), _printed(g, array)) for g in groups]
+    return clauses if all(_printable(r) for _, r in clauses) else None
 
 
 def _hidden_binders(r: Resource) -> bool:
@@ -221,15 +224,22 @@ def _binder_count(clauses: Sequence[tuple[str, Resource]]) -> int:
 
 
 def _acceptable(space: _Spaces, groups: Sequence[_Group], array: _Array) -> bool:
+    """Every group printable and in bounds, and no two sharing a cell."""
     for g in groups:
+        if not _printable(_printed(g, array)):
+            return False
         if g.dims and within_bounds(space.bounds, space.access(g), g.dims, array.name) is not None:
             return False
-        try:
-            if parse_resource(str(_printed(g, array))) != _printed(g, array):
-                return False
-        except SpecError:
-            return False
     return not any(space.meet(g, h, True) for g, h in itertools.combinations(groups, 2))
+
+
+def _printable(r: Resource) -> bool:
+    """The contract language writes `r` (no conditional or cast in it): its
+    text parses back to the same resource."""
+    try:
+        return parse_resource(str(r)) == r
+    except SpecError:
+        return False
 
 
 def _widened(space: _Spaces, array: _Array, accesses: Sequence[Access], header: Loop, m: int) \
@@ -327,11 +337,13 @@ def _names(g: _Group) -> set[str]:
 
 def _access(g: _Group, header: Loop) -> Access:
     """The group as one access, for the Z3 machinery of `dependence`: the
-    loops around the analysed loop, the loop, then the binders."""
+    loops around the analysed loop, the loop, then the binders, under the
+    conditions that hold wherever the loop runs (the `if`s around it)."""
     first = g.accesses[0]
     outer = first.loops[:first.loops.index(header) + 1]
+    guards = first.guards[:sum(1 for step in header.path if step[0] in ("then", "other"))]
     return Access(g.cell, g.index, g.lanes, g.write, g.read, None, g.cell, header.path, None, outer + g.binders,
-                  (), 0, (), g.dims if len(g.dims) > 1 else None, False, g.cell, next(_uids))
+                  guards, 0, (), g.dims if len(g.dims) > 1 else None, False, g.cell, next(_uids))
 
 
 # ----------------------------------------------------------------- modes
@@ -391,7 +403,7 @@ def _printed(g: _Group, array: _Array) -> Resource:
     group = tuple(Binder(b.index, b.start, b.stop) for b in kept)
     n = len(whole)
     if n == len(g.dims):
-        return Resource(ir.Var(array.name), Shape("matrix", g.dims), group)
+        return Resource(ir.Var(array.name), Shape("matrix", array.dims or g.dims), group)
     index = g.index[:len(g.index) - n] + tuple(ZERO for _ in range(n))
     subject = _address(array, index, g.dims)
     if n:
