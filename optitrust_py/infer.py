@@ -273,8 +273,10 @@ def _group(a: Access, array: _Array, header: Loop, m: int, space: _Spaces) -> Op
         index, lanes, shape, tail = a.index, a.lanes, (), 0
     else:
         split, lanes, shape, tail = _indexed(a, array)
-        if split is None:
+        if split is None and m < len(dims):
             return None
+        if split is None:
+            split, lanes, shape, tail = tuple(ZERO for _ in dims), ONE, dims, len(dims)
         index = split
     m = min(max(m, tail), len(shape))
     fresh = tuple(Loop(_fresh(k), ZERO, d, ONE, ()) for k, d in enumerate(shape[len(shape) - m:], len(shape) - m))
@@ -303,16 +305,16 @@ def _indexed(a: Access, array: _Array) \
     how many last dimensions it covers whole: a callee's region
     `&W[l * d * n]` of `d * n` cells is `W[l][0..d][0..n]`."""
     dims = array.dims or ()
-    if len(a.index) == len(dims):
-        return a.index, a.lanes, dims, 0
-    if array.c_array or len(dims) <= 1:
-        return None, a.lanes, dims, 0
-    for tail in range(len(dims), 0, -1):
-        split = delinearize(a.index[0], dims) if a.lanes == product(dims[len(dims) - tail:]) else None
-        if split is not None and all(x == ZERO for x in split[len(dims) - tail:]):
-            return split, ONE, dims, tail
-    flat = a.flat()
-    return ((flat,) if flat is not None else None), a.lanes, (product(dims),), 0
+    split = a.index if len(a.index) == len(dims) else \
+        delinearize(a.index[0], dims) if len(a.index) == 1 and dims and not array.c_array else None
+    if split is None:
+        flat = None if array.c_array else a.flat()
+        return ((flat,) if flat is not None else None), a.lanes, (product(dims),), 0
+    if a.lanes != ONE:
+        for tail in range(len(dims), 0, -1):
+            if a.lanes == product(dims[len(dims) - tail:]) and all(x == ZERO for x in split[len(dims) - tail:]):
+                return split, ONE, dims, tail
+    return split, a.lanes, dims, 0
 
 
 def _binders(inner: Sequence[Loop], exprs: Iterable[ir.Expr]) -> tuple[Loop, ...]:
