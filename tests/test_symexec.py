@@ -12,6 +12,7 @@ import pytest
 from optitrust_py import ir, terms as T
 from optitrust_py.canon import Normalizer
 from optitrust_py.contract import Contract
+from optitrust_py.errors import OtpError
 from optitrust_py.frontend import parse_file, parse_text
 from optitrust_py.level3 import Runs, _choice_sets
 from optitrust_py.runner import new_session, run_script
@@ -43,10 +44,12 @@ def run_f(code: str, sizes: Mapping[str, int], choices: Mapping[str, bool] = {})
     return run(program, "f", contract, sizes, choices)
 
 
-def unsupported(code: str, sizes: Mapping[str, int]) -> Unsupported:
+def unsupported(code: str, sizes: Mapping[str, int]) -> OtpError:
+    """The error a run of `f` must stop with (symexec's Unsupported)."""
     program, contract = snippet(code)
     with pytest.raises(Unsupported) as info:
         run(program, "f", contract, sizes, {})
+    assert isinstance(info.value, OtpError)
     return info.value
 
 
@@ -220,7 +223,7 @@ def test_int8_arrays_give_integer_leaves() -> None:
     assert run_script(session, script) is None
     step = next(s for s in session.steps if s.call.startswith("quantize.integer_product"))
     out = run(step.after, "matvec_q8", session.contracts["matvec_q8"], {"N": 32, "D": 1}, {})
-    leaves = {u.args[1]: u for u in subterms(out.cells[("y", 0)]) if u.op == "in_int"}
+    leaves = {int(str(u.args[1])): u for u in subterms(out.cells[("y", 0)]) if u.op == "in_int"}
     assert sorted(leaves) == list(range(32)) and all(u.args == ("Wq", u.args[1], 1) and u.integer
                                                      for u in leaves.values())
     narrowed = [u for u in subterms(out.cells[("y", 0)]) if u.op == "narrow"]

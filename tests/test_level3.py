@@ -1,0 +1,333 @@
+"""Level 3: the terms (optitrust_py/terms.py), their normal forms over the
+reals (canon.py), and each step's label (level3.py) on the real scripts:
+`=` when a step rounds as before, `≈fp` when it only computes the same
+real numbers, `quantized(bound)` for the lossy step, refuted otherwise."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from optitrust_py import canon, terms as T
+from optitrust_py.checks import _all_steps, run_level3
+from optitrust_py.cli import cli
+from optitrust_py.frontend import parse_file, parse_text
+from optitrust_py.level3 import Runs, check_step, choose_sizes
+from optitrust_py.runner import new_session, run_script
+from optitrust_py.session import Session
+from optitrust_py.spec import parse_spec_file, parse_spec_text
+from optitrust_py.terms import NEG_INF, Term
+from helpers import SHIFT_C, SHIFT_SPEC
+from transformations import loop, vector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+a, b, c, x, m1, m2 = (T.leaf("in", "v", i) for i in range(6))
+
+
+def add(*ts: Any) -> Term:
+    out = ts[0]
+    for t in ts[1:]:
+        out = T.binary("add", out, t)
+    return out
+
+
+def meet(s: Any, t: Any) -> bool:
+    norm = canon.Normalizer()
+    return norm.normal(s) == norm.normal(t)
+
+
+# ---------------------------------------------------------------- terms
+
+def test_terms_are_interned() -> None:
+    assert Term.make("add", a, b) is Term.make("add", a, b)
+    assert T.leaf("in", "v", 0) is a and T.const(3) is T.const(Fraction(3))
+    assert T.binary("sub", a, b) is T.binary("sub", a, b) and T.binary("sub", a, b) is not T.binary("sub", b, a)
+
+
+def test_commutative_operands_are_ordered() -> None:
+    for op in ("add", "mul", "max", "min", "eq"):
+        t = T.binary(op, b, a)
+        assert t is T.binary(op, a, b) and t.args == (a, b)
+    assert T.binary("div", b, a).args == (b, a) and T.binary("lt", b, a).args == (b, a)
+
+
+def test_only_ieee_exact_folds() -> None:
+    assert T.binary("add", a, 0) is a and T.binary("add", T.ZERO, a) is a and T.binary("sub", a, 0) is a
+    assert T.binary("mul", a, 1) is a and T.binary("mul", T.ONE, a) is a and T.binary("div", a, 1) is a
+    assert T.binary("mul", a, 0).op == "mul", "x * 0 is -0 or NaN for some x"
+    assert T.binary("sub", a, a).op == "sub", "x - x is NaN for infinite x"
+    assert T.binary("add", T.const(Fraction(1, 2)), T.const(Fraction(1, 4))) is T.const(Fraction(3, 4))
+    tenths = T.binary("add", T.const(Fraction("0.1")), T.const(Fraction("0.2")))
+    assert tenths.op == "add", "0.3 is not a float: folding would claim an exact rounding"
+    doubles: Term = T.binary("add", T.const(0.1), T.const(0.2))
+    assert doubles.op == "add", "the double sum of 0.1 and 0.2 needs more than float32's 24 bits"
+    assert T.binary("div", 1, 3).op == "div" and T.binary("div", 1, 4) is T.const(Fraction(1, 4))
+    assert T.binary("add", T.const(1 << 24), T.ONE).op == "add", "2^24 + 1 is not a float32"
+    assert T.binary("lt", 1, 2) is T.ONE and T.binary("lt", 2, 1) is T.ZERO
+    assert T.unary("neg", T.unary("neg", a)) is a and T.unary("neg", T.const(2)) is T.const(-2)
+
+
+def test_ite_picks_a_decided_branch() -> None:
+    assert T.ite(T.ONE, a, b) is a and T.ite(T.ZERO, a, b) is b
+    cond = T.binary("lt", a, b)
+    assert T.ite(cond, c, c) is c and T.lift(T.ite(cond, a, b)).op == "ite"
+
+
+def test_integer_bound() -> None:
+    q = [T.leaf("in_int", "q", i, 1) for i in range(64)]
+    memo: dict[int, float] = {}
+    assert T.integer_bound(q[0], memo) == 128 and q[0].integer
+    product = T.binary("mul", q[0], q[1])
+    assert product.integer and T.integer_bound(product, memo) == 128 * 128
+    group = add(*(T.binary("mul", q[2 * i], q[2 * i + 1]) for i in range(32)))
+    assert T.integer_bound(T.unary("tofloat", group), memo) == 32 * 128 * 128 < 2 ** 24
+    wide = T.leaf("in_int", "w", 0, 4)
+    assert T.integer_bound(wide, memo) == 2 ** 31
+    assert T.integer_bound(a, memo) == math.inf and T.integer_bound(T.binary("mul", a, q[0]), memo) == math.inf
+    assert T.integer_bound(T.const(Fraction(1, 2)), memo) == math.inf and T.integer_bound(T.const(-7), memo) == 7
+    assert not T.binary("mul", a, q[0]).integer
+
+
+# ---------------------------------------------------------------- canon
+
+def test_reassociated_sums_meet() -> None:
+    left, right = add(a, b, c), T.binary("add", a, T.binary("add", c, b))
+    assert left is not right and meet(left, right)
+    assert meet(T.binary("mul", a, add(b, c)), add(T.binary("mul", c, a), T.binary("mul", a, b)))
+    assert meet(T.binary("sub", add(a, b), b), a)
+
+
+def test_different_polynomials_do_not_meet() -> None:
+    assert not meet(add(T.binary("mul", a, b), c), add(T.binary("mul", a, c), b))
+    assert not meet(add(a, b), add(a, b, b))
+    assert not meet(T.binary("sub", a, b), T.binary("sub", b, a))
+    assert not meet(T.unary("exp", a), T.unary("exp", b))
+
+
+def test_online_softmax_rescaling_meets() -> None:
+    """exp(a - m1) * exp(m1 - m2) = exp(a - m2)."""
+    rescaled = T.binary("mul", T.unary("exp", T.binary("sub", a, m1)), T.unary("exp", T.binary("sub", m1, m2)))
+    assert meet(rescaled, T.unary("exp", T.binary("sub", a, m2)))
+    assert not meet(rescaled, T.unary("exp", T.binary("sub", a, m1)))
+    assert meet(T.unary("exp", T.ZERO), T.ONE)
+    assert meet(T.binary("mul", T.unary("exp", a), T.unary("exp", T.unary("neg", a))), T.ONE)
+
+
+def test_exp_of_minus_infinity_is_zero() -> None:
+    assert meet(T.unary("exp", T.binary("sub", NEG_INF, x)), T.ZERO)
+    assert meet(T.binary("mul", c, T.unary("exp", add(NEG_INF, a))), T.ZERO)
+    assert not meet(T.unary("exp", T.binary("sub", x, NEG_INF)), T.ZERO), "exp(x + inf) is not 0"
+
+
+def test_max_is_a_set_and_minus_infinity_drops_out() -> None:
+    assert meet(T.binary("max", a, T.binary("max", b, c)), T.binary("max", T.binary("max", c, a), b))
+    assert meet(T.binary("max", a, T.binary("max", a, b)), T.binary("max", b, a))
+    assert meet(T.binary("max", NEG_INF, T.binary("max", a, b)), T.binary("max", a, b))
+    assert meet(T.binary("max", NEG_INF, a), a)
+    assert not meet(T.binary("max", a, b), T.binary("max", a, c))
+    assert not meet(T.binary("max", a, b), T.binary("min", a, b))
+    assert meet(T.ite(T.binary("lt", a, b), b, a), T.binary("max", a, b)), "if (b > a) m = b: a maximum"
+
+
+def test_division_by_a_monomial_is_a_product() -> None:
+    assert meet(T.binary("div", a, T.binary("mul", T.const(2), x)),
+                T.binary("div", T.binary("mul", a, T.const(Fraction(1, 2))), x))
+    assert not meet(T.binary("div", a, add(x, b)), T.binary("div", a, x))
+    assert meet(T.binary("div", add(a, b), add(x, c)),
+                add(T.binary("div", a, add(c, x)), T.binary("div", b, T.binary("add", x, c))))
+
+
+def test_split_decides_conditions() -> None:
+    cond = T.binary("lt", a, b)
+    t = T.ite(cond, add(a, T.ONE), T.ite(cond, c, b))
+    u = T.binary("mul", T.ite(cond, c, x), T.const(2))
+    conds = canon.conditions([t, u], 8)
+    assert conds == [cond]
+    cases = dict((choice[cond.number], got) for choice, got in canon.split([t, u], conds))
+    assert cases[True] == [add(a, T.ONE), T.binary("mul", c, T.const(2))]
+    assert cases[False] == [b, T.binary("mul", x, T.const(2))]
+    many = add(*(T.ite(T.binary("lt", T.leaf("in", "w", i), a), b, c) for i in range(5)))
+    assert canon.conditions([many], 4) is None and len(canon.conditions([many], 5) or []) == 5
+
+
+def test_evaluate_matches_python_math() -> None:
+    inputs = canon.Inputs(7)
+    va, vb, vc = (inputs.value(("in", "v", i)) for i in range(3))
+    t = add(T.unary("exp", T.binary("sub", a, b)), T.binary("div", T.binary("max", a, b), c),
+            T.unary("sqrt", T.binary("mul", b, b)))
+    expected = math.exp(va - vb) + max(va, vb) / vc + abs(vb)
+    assert canon.evaluate(t, inputs, {}) == pytest.approx(expected, rel=1e-12)
+    assert canon.evaluate(T.ite(T.binary("lt", a, b), a, b), inputs, {}) == min(va, vb)
+    assert canon.evaluate(T.unary("exp", T.binary("sub", NEG_INF, a)), inputs, {}) == 0.0
+    assert canon.Inputs(7).value(("in", "v", 0)) == va and canon.Inputs(8).value(("in", "v", 0)) != va
+    assert all(-2 <= v <= 2 for v in (va, vb, vc))
+
+
+# ---------------------------------------------------------------- labels on the scripts
+
+def checked(script: str, **check_sizes: int) -> Session:
+    """The session of scripts/`script`.py with level 3 run on every step
+    (at `check_sizes` when given, else at the sizes level 3 chooses)."""
+    path = ROOT / "scripts" / f"{script}.py"
+    session = new_session(path)
+    assert run_script(session, path) is None
+    if check_sizes:
+        session.check_sizes = [check_sizes]
+    run_level3(session)
+    return session
+
+
+def labels(session: Session) -> dict[str, str]:
+    out = {}
+    for step in _all_steps(session.steps):
+        result = step.checks["level3"]
+        assert result.ok, (step.number, step.call, result.problems)
+        out[step.call.split("(")[0] + "#" + step.number] = result.label
+    return out
+
+
+def test_matmul_every_step_rounds_as_before() -> None:
+    """Every step of matmul keeps each C cell's sum in the order of k (the
+    vector kernel multiplies and adds without fusing), so all are `=`; at
+    M=7, N=65, K=65 every tile runs whole and with a tail."""
+    session = checked("matmul", M=7, N=65, K=65)
+    got = labels(session)
+    assert len(got) == 23 and set(got.values()) == {"="}, got
+    (vec,) = [s for s in session.steps if s.call.startswith("vector.vectorize")]
+    assert {f.detail for f in vec.checks["level3"].functions} == {' (with cpu_supports("avx512f") true)',
+                                                                 ' (with cpu_supports("avx512f") false)'}
+
+
+@pytest.mark.parametrize("script", ["softmax", "rmsnorm"])
+def test_reductions_become_fp_at_the_vectorize_step(script: str) -> None:
+    session = checked(script)
+    got = labels(session)
+    assert list(got.values()) == ["=", "≈fp"], got
+    (vec,) = [s for s in session.steps if s.call.startswith("vector.vectorize")]
+    by_choice = {f.detail.split("(with ")[-1]: f.status for f in vec.checks["level3"].functions}
+    assert by_choice == {'cpu_supports("avx512f") true)': "≈fp", 'cpu_supports("avx512f") false)': "="}
+
+
+def test_quantize_labels() -> None:
+    session = checked("quantize")
+    got = {k.split("#")[0]: v for k, v in labels(session).items()}
+    assert got["quantize.int8_groups"] == "quantized(0.25)"
+    assert got["quantize.integer_product"] == "="
+    assert got["quantize.group_accumulator"] == "≈fp"
+    (lossy,) = [s for s in session.steps if s.call.startswith("quantize.int8_groups")]
+    assert all(f.status == "changed" for f in lossy.checks["level3"].functions)
+
+
+def test_fp_exact_step_that_reassociates_is_a_problem() -> None:
+    """rmsnorm's vectorize reassociates the sum of squares (fp='reassoc',
+    `≈fp`); the same rewrite forced to claim fp='exact' fails level 3."""
+    program = parse_file(ROOT / "c_sources" / "rmsnorm.c")
+    contracts = parse_spec_file(ROOT / "specs" / "rmsnorm.spec")
+    rewrite = vector.vectorize.apply(program, "rmsnorm > for i")
+    assert rewrite.fp == "reassoc"
+    sizes = [{"R": 1, "C": 69}]
+    honest = check_step(program, rewrite.program, contracts, sizes, rewrite.fp, rewrite.tolerance, Runs())
+    assert honest.ok and honest.label == "≈fp"
+    forced = dataclasses.replace(rewrite, fp="exact")
+    lying = check_step(program, forced.program, contracts, sizes, forced.fp, forced.tolerance, Runs())
+    assert not lying.ok and lying.label == "≈fp"
+    assert "declares bit-exact results" in lying.problems[0] and "fp='reassoc'" in lying.problems[0]
+
+
+def test_invalid_fission_is_refuted_with_a_cell_and_two_values() -> None:
+    """Before the fission y[0] reads x[3] before it is zeroed; after, 0."""
+    program = parse_text(textwrap.dedent(SHIFT_C), "shift.c")
+    contracts = parse_spec_text(textwrap.dedent(SHIFT_SPEC))
+    rewrite = loop.fission.apply(program, "shift > for i > after 'x[i] = 0.0f'")
+    result = check_step(program, rewrite.program, contracts, [{"n": 4}], rewrite.fp, rewrite.tolerance, Runs())
+    assert not result.ok
+    (problem,) = result.problems
+    moved = canon.Inputs(1).value(("in", "x", 3))
+    assert problem == (f"shift at n=4: refuted: output y[0] differs: {moved:.6g} before the step, 0 after, on the "
+                       f"inputs of seed 1 (each input cell uniform in [-2, 2])")
+
+
+def test_unmodelled_code_is_not_checkable() -> None:
+    program = parse_text("void f(int n, const float *x, float *y) { for (int i = 0; i < n; i++) y[i] = x[i]; }",
+                         "f.c")
+    contracts = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")
+    after = parse_text("float g(float v);\nvoid f(int n, const float *x, float *y) { "
+                       "for (int i = 0; i < n; i++) y[i] = g(x[i]); }", "f.c")
+    result = check_step(program, after, contracts, [{"n": 2}], "exact", 0.0, Runs())
+    assert not result.ok and result.functions[0].status == "not checkable"
+    assert "does not model the function 'g'" in result.problems[0]
+
+
+# ---------------------------------------------------------------- sizes
+
+def test_choose_sizes_runs_tails_within_the_requires() -> None:
+    """matmul: no size a multiple of its tiles (6 rows, 64 columns, 64 of
+    k); quantize: N a multiple of 32, as its contract requires."""
+    for script, tiles in (("matmul", {"M": 6, "N": 64, "K": 64}), ("quantize", {})):
+        path = ROOT / "scripts" / f"{script}.py"
+        session = new_session(path)
+        assert run_script(session, path) is None
+        programs = [s.after for s in _all_steps(session.steps) if s.error is None]
+        (sizes,) = choose_sizes(session.contracts, session.sizes, None, programs)
+        for name, tile in tiles.items():
+            assert sizes[name] > tile and sizes[name] % tile != 0, (name, sizes)
+        if script == "quantize":
+            assert sizes["N"] % 32 == 0 and sizes["N"] >= 32 and sizes["D"] >= 1, sizes
+
+
+def test_choose_sizes_takes_both_sides_of_a_size_test() -> None:
+    """Code that tests `D == 64` (attention's version for D == 64) gets a
+    size set with D = 64 and one with another D."""
+    program = parse_file(ROOT / "c_sources" / "attention.c")
+    contracts = parse_spec_file(ROOT / "specs" / "attention.spec")
+    from transformations import flash
+
+    versioned = flash.version.apply(program, "attention > for h", "D", 64).program
+    sets = choose_sizes(contracts, {"H": 2, "S": 150, "D": 64}, None, [program, versioned])
+    assert len(sets) == 2 and sorted(s["D"] for s in sets)[1] == 64 and sorted(s["D"] for s in sets)[0] != 64
+    assert all(s["H"] >= 1 and s["S"] >= 1 for s in sets)
+    assert choose_sizes(contracts, {"H": 2, "S": 150, "D": 64}, None, [program]) == [{"H": 2, "S": 5, "D": 5}]
+
+
+def test_given_check_sizes_must_satisfy_the_requires() -> None:
+    contracts = parse_spec_file(ROOT / "specs" / "matvec_q8.spec")
+    assert choose_sizes(contracts, {"N": 256, "D": 24}, [{"N": 64, "D": 3}], []) == [{"N": 64, "D": 3}]
+    from optitrust_py.errors import OtpError
+
+    with pytest.raises(OtpError, match="N=40 breaks 'requires' of matvec"):
+        choose_sizes(contracts, {"N": 256, "D": 24}, [{"N": 40, "D": 3}], [])
+
+
+# ---------------------------------------------------------------- the CLI
+
+def test_cli_check_level3_on_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`otp check scripts/matmul.py --level 3 --json` succeeds (a small
+    --size keeps level 3's sizes small: it chooses them at most the --exec
+    ones; K = 3 leaves the k tiles partial, the labels test runs them)."""
+    monkeypatch.chdir(ROOT)
+    r = CliRunner().invoke(cli, ["check", "scripts/matmul.py", "--level", "3", "--json", "--size", "M=7,N=65,K=3"])
+    assert r.exit_code == 0, r.output
+    (entry,) = json.loads(r.output)["scripts"]
+    assert entry["ok"] and entry["level"] == 3 and entry["failures"] == [] and entry["unproved_obligations"] == 0
+
+
+def test_cli_run_level3_shows_the_labels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`otp run --level 3` shows each step's label in its table and trace.json."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", "scripts/softmax.py", "--level", "3", "--no-color", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "✓ L3 =" in r.output and "✓ L3 ≈fp" in r.output
+    steps = json.loads((out / "softmax" / "trace.json").read_text())["steps"]
+    assert [s["checks"]["level3"]["label"] for s in steps] == ["=", "≈fp"]
+    assert all(s["checks"]["level3"]["ok"] for s in steps)
+    assert {f["sizes"]["C"] for s in steps for f in s["checks"]["level3"]["functions"]} == {69}
