@@ -331,3 +331,34 @@ def test_cli_run_level3_shows_the_labels(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert [s["checks"]["level3"]["label"] for s in steps] == ["=", "≈fp"]
     assert all(s["checks"]["level3"]["ok"] for s in steps)
     assert {f["sizes"]["C"] for s in steps for f in s["checks"]["level3"]["functions"]} == {69}
+
+
+# ---------------------------------------------------------------- known bugs (strict: they fail once fixed)
+
+NARROW_SPEC = "f(n, x, q):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes q ~> Matrix1(n)\n"
+
+
+def narrow_step(product: str) -> str:
+    return ("#include <stdint.h>\n#include <math.h>\nvoid f(int n, const float *x, int8_t *q) {\n"
+            f"  for (int i = 0; i < n; i++) q[i] = (int8_t)roundf({product});\n}}\n")
+
+
+@pytest.mark.xfail(strict=True, reason="level3._Rounding takes any term of small integer_bound as exactly "
+                                       "computed, and integer_bound gives narrow(...) its width's bound even "
+                                       "when its argument is float arithmetic: a reassociation inside an int8 "
+                                       "conversion is labelled '=' (reported to the lead)")
+def test_reassociation_inside_an_int8_conversion_is_not_exact() -> None:
+    before = parse_text(narrow_step("(x[i] * x[0]) * x[1]"), "f.c")
+    after = parse_text(narrow_step("x[i] * (x[0] * x[1])"), "f.c")
+    result = check_step(before, after, parse_spec_text(NARROW_SPEC), [{"n": 3}], "exact", 0.0, Runs())
+    assert result.label == "≈fp" and not result.ok
+
+
+@pytest.mark.xfail(strict=True, reason="the symexec merge bug of test_symexec.py::"
+                                       "test_conditional_first_write_is_kept hides a changed output: '='")
+def test_changed_conditional_write_is_refuted() -> None:
+    spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")
+    code = "void f(int n, const float *x, float *y) {{ if (x[0] > 0.0f) y[0] = x[{}]; }}"
+    result = check_step(parse_text(code.format(1), "f.c"), parse_text(code.format(0), "f.c"), spec, [{"n": 2}],
+                        "exact", 0.0, Runs())
+    assert not result.ok and result.functions[0].status == "refuted"

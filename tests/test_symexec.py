@@ -251,3 +251,20 @@ def test_pointer_casts_give_addresses_12_bytes_past_64() -> None:
     """, {"n": 16})
     assert [out.cells[("y", i)] for i in range(13)] == [cell("x", i) for i in range(13)]
     assert [out.cells[("y", i)] for i in range(13, 16)] == [T.const((12 + 4 * i) % 64) for i in range(13, 16)]
+
+
+# ---------------------------------------------------------------- known bugs (strict: they fail once fixed)
+
+@pytest.mark.xfail(strict=True, reason="symexec._merge drops a write made under a data condition to a cell "
+                                       "neither read nor written before (its old value is _MISSING, so the "
+                                       "merge skips it): reported to the lead")
+def test_conditional_first_write_is_kept() -> None:
+    program, contract = snippet("""
+        void f(int n, const float *x, float *y) {
+          if (x[0] > 0.0f) {
+            y[0] = x[1];
+          }
+        }
+    """)
+    out = run(program, "f", contract, {"n": 2}, {})
+    assert out.cells[("y", 0)] is T.ite(T.binary("lt", T.ZERO, cell("x", 0)), cell("x", 1), cell("y", 0))
