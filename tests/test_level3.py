@@ -343,10 +343,11 @@ def narrow_step(product: str) -> str:
             f"  for (int i = 0; i < n; i++) q[i] = (int8_t)roundf({product});\n}}\n")
 
 
-@pytest.mark.xfail(strict=True, reason="level3._Rounding takes any term of small integer_bound as exactly "
-                                       "computed, and integer_bound gives narrow(...) its width's bound even "
-                                       "when its argument is float arithmetic: a reassociation inside an int8 "
-                                       "conversion is labelled '=' (reported to the lead)")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="level3._Rounding takes any term of small integer_bound as exactly "
+                   "computed, and integer_bound gives narrow(...) its width's bound even "
+                   "when its argument is float arithmetic: a reassociation inside an int8 "
+                   "conversion is labelled '=' (reported to the lead)")
 def test_reassociation_inside_an_int8_conversion_is_not_exact() -> None:
     before = parse_text(narrow_step("(x[i] * x[0]) * x[1]"), "f.c")
     after = parse_text(narrow_step("x[i] * (x[0] * x[1])"), "f.c")
@@ -354,11 +355,21 @@ def test_reassociation_inside_an_int8_conversion_is_not_exact() -> None:
     assert result.label == "≈fp" and not result.ok
 
 
-@pytest.mark.xfail(strict=True, reason="the symexec merge bug of test_symexec.py::"
-                                       "test_conditional_first_write_is_kept hides a changed output: '='")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the symexec merge bug of test_symexec.py::"
+                   "test_conditional_first_write_is_kept hides a changed output: '='")
 def test_changed_conditional_write_is_refuted() -> None:
     spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")
     code = "void f(int n, const float *x, float *y) {{ if (x[0] > 0.0f) y[0] = x[{}]; }}"
     result = check_step(parse_text(code.format(1), "f.c"), parse_text(code.format(0), "f.c"), spec, [{"n": 2}],
                         "exact", 0.0, Runs())
     assert not result.ok and result.functions[0].status == "refuted"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="canon.evaluate rounds halves to even (Python's round); C's roundf "
+                   "rounds them away from zero, so a counterexample near a half is misjudged "
+                   "(canon.py has the lead's uncommitted edits: reported, not fixed here)")
+def test_evaluate_rounds_like_c() -> None:
+    half = T.unary("round", T.const(Fraction(5, 2)))
+    assert canon.evaluate(half, canon.Inputs(1), {}) == 3.0
