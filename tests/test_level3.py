@@ -373,3 +373,22 @@ def test_changed_conditional_write_is_refuted() -> None:
 def test_evaluate_rounds_like_c() -> None:
     half = T.unary("round", T.const(Fraction(5, 2)))
     assert canon.evaluate(half, canon.Inputs(1), {}) == 3.0
+
+
+GROUPS_SPEC = "f(n, x, y):\n  requires n >= 1, n % 32 == 0\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(1)\n"
+GROUPS_C = ("void f(int n, const float *x, float *y) {{\n  y[0] = 0.0f;\n"
+            "  for (int bj = 0; bj < n; bj += 32) {{\n    {}\n  }}\n}}\n")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="choose_sizes takes the size nearest its target (37) that the requires allow, "
+                   "n = 32: one group, so a step that keeps only the last group's sum is '=' at it "
+                   "(refuted at n = 64); quantize's N = 32 has the same blind spot (reported to the lead)")
+def test_chosen_sizes_run_every_tile_loop_twice() -> None:
+    spec = parse_spec_text(GROUPS_SPEC)
+    before = parse_text(GROUPS_C.format("for (int j = bj; j < bj + 32; j++) y[0] += x[j];"), "f.c")
+    wrong = parse_text(GROUPS_C.format("float g = 0.0f;\n    for (int j = bj; j < bj + 32; j++) g += x[j];\n"
+                                       "    y[0] = g;"), "f.c")
+    assert not check_step(before, wrong, spec, [{"n": 64}], "exact", 0.0, Runs()).ok
+    sets = choose_sizes(spec, {"n": 256}, None, [before, wrong])
+    assert not check_step(before, wrong, spec, sets, "exact", 0.0, Runs()).ok, sets
