@@ -392,3 +392,27 @@ def test_chosen_sizes_run_every_tile_loop_twice() -> None:
     assert not check_step(before, wrong, spec, [{"n": 64}], "exact", 0.0, Runs()).ok
     sets = choose_sizes(spec, {"n": 256}, None, [before, wrong])
     assert not check_step(before, wrong, spec, sets, "exact", 0.0, Runs()).ok, sets
+
+
+SCRATCH_C = """#include <stdlib.h>
+void f(int n, const float *x, float *y) {{
+  float *h = malloc(n * sizeof(float));
+  {}
+  free(h);
+}}
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the symexec merge bug (test_symexec.py::test_conditional_first_write_is_kept) "
+                   "drops the scratch writes of the first guarded loop, so the second reads undef: a "
+                   "correct guard sinking is refuted (as moe.sink_guard, step 9.2 of scripts/moe.py)")
+def test_guard_split_over_scratch_memory_is_equal() -> None:
+    spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  modifies y ~> Matrix1(n)\n")
+    one = ("if (x[0] > 0.0f) {\n    for (int i = 0; i < n; i++) h[i] = x[i];\n"
+           "    for (int i = 0; i < n; i++) y[i] += h[i];\n  }")
+    two = ("if (x[0] > 0.0f) {\n    for (int i = 0; i < n; i++) h[i] = x[i];\n  }\n"
+           "  if (x[0] > 0.0f) {\n    for (int i = 0; i < n; i++) y[i] += h[i];\n  }")
+    result = check_step(parse_text(SCRATCH_C.format(one), "f.c"), parse_text(SCRATCH_C.format(two), "f.c"), spec,
+                        [{"n": 3}], "exact", 0.0, Runs())
+    assert result.ok and result.label == "=", result.problems
