@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ir
-from .contract import LOOP_MODES, Binder, LoopContract, Resource, Shape, free_names
+from .contract import LOOP_MODES, Binder, LoopContract, Resource, Shape, free_names, int_literal
 from .dependence import Space, Unknown, instance_var
 from .errors import SpecError
 from .footprint import UNKNOWN, Access, Footprint, Loop, cell_name, function_footprint, under
-from .layout import ONE, ZERO, delinearize, linearize, product
+from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms
 from .printer import print_program
 from .resources import _within as within_bounds
 from .spec import loop_contract, parse_resource
@@ -58,7 +58,8 @@ class Inferred:
 class _Group:
     """Cells of one array an iteration touches: `cell[index]` (per dimension
     of `dims`, `lanes` consecutive cells from the last) for every value of the
-    binders (inner loops, or fresh names over widened dimensions)."""
+    binders (inner loops, or fresh names over widened dimensions). `parts`
+    are the groups of consecutive cells it was coalesced from, if any."""
 
     cell: str
     index: tuple[ir.Expr, ...]
@@ -67,6 +68,7 @@ class _Group:
     dims: tuple[ir.Expr, ...]
     accesses: tuple[Access, ...]
     exact: bool
+    parts: tuple["_Group", ...] = ()
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -254,7 +256,92 @@ def _widened(space: _Spaces, array: _Array, accesses: Sequence[Access], header: 
         old = merged.get(g.key)
         merged[g.key] = g if old is None else dataclasses.replace(old, accesses=old.accesses + g.accesses,
                                                                    exact=old.exact and g.exact)
-    return list(merged.values())
+    return _merged([_unstepped(g) for g in _coalesced(list(merged.values()))])
+
+
+def _merged(groups: list[_Group]) -> list[_Group]:
+    """Equal groups as one."""
+    out: dict[tuple[Any, ...], _Group] = {}
+    for g in groups:
+        old = out.get(g.key)
+        out[g.key] = g if old is None else dataclasses.replace(
+            old, accesses=tuple(sorted(old.accesses + g.accesses, key=lambda a: a.uid)), exact=False)
+    return list(out.values())
+
+
+def _unstepped(g: _Group) -> _Group:
+    """The group with binders the contract language can write: a binder
+    stepping by s that only moves the last index (`b + c`) over s cells at a
+    time covers a contiguous run, `(stop - start + s - 1) / s * s` cells from
+    `start + c` (a vector loop); any other stepped binder is taken by steps
+    of 1 (a superset of the cells, which the bounds proof covers)."""
+    for k, b in enumerate(g.binders):
+        s = _int(b.step)
+        if s is None or s == 1 or _int(g.lanes) != s or not g.index:
+            continue
+        base, c = _offset(g.index[-1])
+        others = g.index[:-1] + tuple(x for o in g.binders if o is not b for x in (o.start, o.stop))
+        if base != ir.Var(b.index) or any(v.name == b.index for x in others for v in free_names(x)):
+            continue
+        span, extra = _offset(ir.Binop("-", b.stop, b.start))
+        count = _plus_int(span, extra + s - 1)
+        last = _plus_int(*_offset(_plus_int(b.start, c)))
+        lanes = ir.Binop("*", ir.Binop("/", count, ir.Const(str(s))), ir.Const(str(s)))
+        return _unstepped(dataclasses.replace(g, index=g.index[:-1] + (last,), lanes=lanes,
+                                              binders=g.binders[:k] + g.binders[k + 1:], exact=False))
+    return dataclasses.replace(g, binders=tuple(dataclasses.replace(b, step=ONE) for b in g.binders))
+
+
+def _plus_int(e: ir.Expr, c: int) -> ir.Expr:
+    """`e + c`, folded when e is a literal or c is 0."""
+    v = _int(e)
+    if v is not None:
+        return ir.Const(str(v + c))
+    if c == 0:
+        return e
+    return ir.Binop("+" if c > 0 else "-", e, ir.Const(str(abs(c))))
+
+
+def _coalesced(groups: list[_Group]) -> list[_Group]:
+    """Groups that differ only by their last index, `b`, `b + L`, ...,
+    `b + (k - 1) * L` with L cells each (an unrolled vector loop), as one
+    group of k * L cells from `b`."""
+    runs: dict[tuple[Any, ...], list[tuple[int, _Group]]] = {}
+    for g in groups:
+        lanes = _int(g.lanes)
+        if not g.index or lanes is None:
+            runs[("alone", id(g))] = [(0, g)]
+            continue
+        base, offset = _offset(g.index[-1])
+        runs.setdefault((g.index[:-1], base, lanes, g.key[3]), []).append((offset, g))
+    out: list[_Group] = []
+    for run in runs.values():
+        run.sort(key=lambda x: x[0])
+        first, lanes = run[0], _int(run[0][1].lanes) or 1
+        if len(run) == 1 or [o for o, _ in run] != list(range(first[0], first[0] + lanes * len(run), lanes)):
+            out.extend(g for _, g in run)
+            continue
+        parts = tuple(g for _, g in run)
+        accesses = tuple(sorted((a for g in parts for a in g.accesses), key=lambda a: a.uid))
+        out.append(dataclasses.replace(first[1], lanes=ir.Const(str(lanes * len(run))), accesses=accesses,
+                                       exact=False, parts=parts))
+    return out
+
+
+def _offset(e: ir.Expr) -> tuple[ir.Expr, int]:
+    """`e` as `base + c` with c an integer literal (0 when it has none)."""
+    c, rest = 0, []
+    for sign, t in terms(e):
+        v = _int(t)
+        if v is None:
+            rest.append((sign, t))
+        else:
+            c += sign * v
+    return signed_sum(rest), c
+
+
+def _int(e: ir.Expr) -> Optional[int]:
+    return int_literal(e.text) if isinstance(e, ir.Const) and e.kind == "int" else None
 
 
 def _group(a: Access, array: _Array, header: Loop, m: int, space: _Spaces) -> Optional[_Group]:
@@ -319,13 +406,13 @@ def _indexed(a: Access, array: _Array) \
 
 def _binders(inner: Sequence[Loop], exprs: Iterable[ir.Expr]) -> tuple[Loop, ...]:
     """The inner loops whose indices the expressions use (directly or through
-    the bounds of another kept loop), as step-1 ranges: a superset of the
-    cells when a loop steps by more, which the bounds proof covers."""
+    the bounds of another kept loop), with their steps (`_unstepped` takes
+    them off)."""
     names = {v.name for e in exprs for v in free_names(e)}
     kept: list[Loop] = []
     for lp in reversed(inner):
         if lp.index in names:
-            kept.insert(0, dataclasses.replace(lp, step=ONE))
+            kept.insert(0, lp)
             names |= {v.name for e in (lp.start, lp.stop) for v in free_names(e)}
     return tuple(kept)
 
@@ -364,7 +451,10 @@ def _written_first(program: ir.Program, g: _Group, header: Loop) -> bool:
     reads it: the group's first access is a plain store, not conditional,
     run for every value of the group's binders (the loops around it are
     exactly the binders, by steps of 1), and its statement reads no cell of
-    the group (the arguments of a store intrinsic are read before it writes)."""
+    the group (the arguments of a store intrinsic are read before it writes).
+    A coalesced group is when each of its parts is."""
+    if g.parts:
+        return all(_written_first(program, p, header) for p in g.parts)
     first = g.accesses[0]
     if not g.exact or not first.write or first.read:
         return False

@@ -141,9 +141,9 @@ def test_transformer_matvec_and_kv_cache_rows() -> None:
     assert "&wq[l * dim * dim] ~> Matrix2(dim, dim)" in layer["xreads"]
     assert "&k_cache[l * SMAX * (dim * KVH / H)] ~> Matrix2(SMAX, dim * KVH / H)" in layer["xmodifies"]
     assert "x ~> Matrix1(dim)" in layer["smodifies"]
-    # rotary embedding: a step of 2 makes q[i], q[i + 1] exclusive to an iteration
+    # rotary embedding: a step of 2 makes the pair q[i], q[i + 1] exclusive to an iteration
     rope = clauses("transformer", "transformer_token", 1)
-    assert rope == {"xmodifies": ["&q[i] ~> Cell", "&q[i + 1] ~> Cell"]}
+    assert rope == {"xmodifies": ["&q[i] ~> Matrix1(2)"]}
 
 
 def test_moe_selection_writes_through_a_loaded_index() -> None:
@@ -170,7 +170,7 @@ SPEC_1D = "f(N, x, y):\n  requires N >= 2\n  reads x ~> Matrix1(N)\n  modifies y
      {"xreads": ["&x[i] ~> Cell"], "smodifies": ["y ~> Matrix1(N)"]}),
     # the same pairs with a step of 2: exclusive, each cell written first
     ("for (int i = 0; i < N - 1; i += 2) { y[i] = x[i]; y[i + 1] = x[i]; }",
-     {"xreads": ["&x[i] ~> Cell"], "xwrites": ["&y[i] ~> Cell", "&y[i + 1] ~> Cell"]}),
+     {"xreads": ["&x[i] ~> Cell"], "xwrites": ["&y[i] ~> Matrix1(2)"]}),
     # a write under a condition does not cover its cell: modifies, not writes
     ("for (int i = 0; i < N; i++) { if (x[i] > 0) { y[i] = x[i]; } }",
      {"xreads": ["&x[i] ~> Cell"], "xmodifies": ["&y[i] ~> Cell"]}),
@@ -183,6 +183,29 @@ def test_no_false_exclusive_or_writes(body: str, expected: dict[str, list[str]])
     for mode, r in inf.contract.resources():
         got.setdefault(mode, []).append(str(r))
     assert got == expected
+
+
+def test_unrolled_vector_loop_is_one_contiguous_run() -> None:
+    """A loop by steps of 4 touching j..j + 3 covers C / 4 * 4 cells from the
+    row's start, disjoint from its scalar tail: both exclusive to a row."""
+    program, contracts = parsed(
+        "void f(int R, int C, const float *x, float *y) {\n"
+        "  for (int i = 0; i < R; i++) {\n"
+        "    for (int j = 0; j < C - 3; j += 4) {\n"
+        "      y[i * C + j] = x[i * C + j]; y[i * C + (j + 1)] = x[i * C + (j + 1)];\n"
+        "      y[i * C + (j + 2)] = x[i * C + (j + 2)]; y[i * C + (j + 3)] = x[i * C + (j + 3)];\n"
+        "    }\n"
+        "    for (int j = C / 4 * 4; j < C; j++) { y[i * C + j] = 2.0f * x[i * C + j]; }\n"
+        "  }\n}\n",
+        "f(R, C, x, y):\n  requires R >= 1, C >= 1\n  reads x ~> Matrix2(R, C)\n  writes y ~> Matrix2(R, C)\n")
+    rows, vector, tail = infer_function(program, "f", contracts)
+    assert rows.contract is not None and vector.contract is not None
+    assert [str(r) for r in rows.contract.xreads] == ["&x[i * C] ~> Matrix1(C / 4 * 4)",
+                                                      "for j in C / 4 * 4..C -> &x[i * C + j] ~> Cell"]
+    assert [str(r) for r in rows.contract.xmodifies] == ["&y[i * C] ~> Matrix1(C / 4 * 4)"]
+    assert [str(r) for r in rows.contract.xwrites] == ["for j in C / 4 * 4..C -> &y[i * C + j] ~> Cell"]
+    # inside the vector loop, the four stores of an iteration are one run, each cell stored first
+    assert [str(r) for r in vector.contract.xwrites] == ["&y[i * C + j] ~> Matrix1(4)"]
 
 
 def test_unmodelled_call_gets_a_note_not_a_contract() -> None:
