@@ -103,6 +103,8 @@ def test_reassociated_sums_meet() -> None:
     assert left is not right and meet(left, right)
     assert meet(T.binary("mul", a, add(b, c)), add(T.binary("mul", c, a), T.binary("mul", a, b)))
     assert meet(T.binary("sub", add(a, b), b), a)
+    assert meet(Term.make("fma", a, b, c), add(T.binary("mul", a, b), c)), "a fused multiply-add: ≈fp, not ="
+    assert meet(Term.make("fnma", a, b, c), T.binary("sub", c, T.binary("mul", a, b)))
 
 
 def test_different_polynomials_do_not_meet() -> None:
@@ -119,6 +121,8 @@ def test_online_softmax_rescaling_meets() -> None:
     assert not meet(rescaled, T.unary("exp", T.binary("sub", a, m1)))
     assert meet(T.unary("exp", T.ZERO), T.ONE)
     assert meet(T.binary("mul", T.unary("exp", a), T.unary("exp", T.unary("neg", a))), T.ONE)
+    assert meet(T.binary("div", T.unary("exp", a), T.unary("exp", b)), T.unary("exp", T.binary("sub", a, b)))
+    assert meet(T.binary("mul", T.unary("exp", a), T.unary("exp", a)), T.unary("exp", add(a, a)))
 
 
 def test_exp_of_minus_infinity_is_zero() -> None:
