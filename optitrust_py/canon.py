@@ -240,9 +240,14 @@ def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
             continue
         seen.add(u.number)
         if u.op == "ite":
-            c = u.args[0]
-            assert isinstance(c, Term)
-            found.setdefault(c.number, c)
+            bases = [u.args[0]]
+            while bases:
+                c = bases.pop()
+                assert isinstance(c, Term)
+                if c.op in ("and", "or", "not"):
+                    bases.extend(c.args)  # type: ignore[arg-type]
+                elif c.op != "const":
+                    found.setdefault(c.number, c)
             if len(found) > limit:
                 return None
         stack.extend(a for a in u.args if isinstance(a, Term))
@@ -266,7 +271,9 @@ def _decide(t: object, choice: Mapping[int, bool], memo: dict[int, object]) -> o
     got = memo.get(t.number)
     if got is not None:
         return got
-    if t.op == "ite" and t.args[0].number in choice:  # type: ignore[union-attr]
+    if t.number in choice:
+        out = T.ONE if choice[t.number] else T.ZERO
+    elif t.op == "ite" and t.args[0].number in choice:  # type: ignore[union-attr]
         out = _decide(t.args[1] if choice[t.args[0].number] else t.args[2], choice, memo)  # type: ignore[union-attr]
     else:
         args = tuple(_decide(a, choice, memo) for a in t.args)
@@ -276,6 +283,8 @@ def _decide(t: object, choice: Mapping[int, bool], memo: dict[int, object]) -> o
             out = T.ite(args[0], args[1], args[2])  # type: ignore[arg-type]
         elif len(args) == 2 and t.op in T._FOLD:
             out = T.binary(t.op, args[0], args[1])  # type: ignore[arg-type]
+        elif t.op == "not":
+            out = T.unary("not", args[0])
         else:
             out = Term.make(t.op, *args)
     memo[t.number] = out

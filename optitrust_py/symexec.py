@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from . import ir, terms as T
 from .contract import Contract
@@ -57,8 +57,7 @@ class Alloc:
         peels iterations to reach an aligned address runs its peel."""
 
 
-@dataclass(frozen=True)
-class Ptr:
+class Ptr(NamedTuple):
     alloc: Alloc
     offset: int
     rows: tuple[int, ...] = ()
@@ -384,6 +383,14 @@ class Machine:
     # ------------------------------------------------------------ expressions
 
     def expr(self, e: ir.Expr) -> Any:
+        fast = _FAST.get(id(e))
+        if fast is None and type(e) in _COMPILED_ROOTS:
+            fast = _FAST[id(e)] = (e, _integer_code(e))
+        if fast is not None and fast[1] is not None:
+            try:
+                return fast[1](self.env)
+            except (TypeError, KeyError):
+                _FAST[id(e)] = (e, None)
         handler = _EXPRS.get(type(e))
         if handler is None:
             raise Unsupported(f"level 3 does not model this expression ({type(e).__name__})", getattr(e, "loc", None))
@@ -449,32 +456,36 @@ class Machine:
             return Ptr(base.alloc, base.offset + i * math.prod(base.rows), base.rows[1:])
         return self.load(base.alloc, base.offset + i, e)
 
+    def _data_store(self, e: ir.Assign, i: Term) -> Any:
+        """A write at an index computed from the data: every cell the index
+        may name gets `ite(the index names it, new value, old value)`."""
+        assert isinstance(e.lhs, ir.Index)
+        base = self.expr(e.lhs.base)
+        if not isinstance(base, Ptr) or base.rows:
+            raise Unsupported("a write at an index computed from the data, into a matrix", e.loc)
+        value = self.expr(e.rhs)
+        for cond, k in _leaves(i, T.ONE, e):
+            old = self.load(base.alloc, base.offset + k, e)
+            new = value if e.op == "=" else _arith(e.op[:-1], old, value, e)
+            self.store(base.alloc, base.offset + k, T.ite(cond, new, old), e)
+        return value
+
     def _data_index(self, base: Ptr, i: Term, e: ir.Index) -> Any:
         """A read at an index computed from the data: an `ite` over the
-        cells the index may name (its leaves are integer constants)."""
-        def pick(t: Any) -> Any:
-            if isinstance(t, int):
-                return self.load(base.alloc, base.offset + t, e)
-            if isinstance(t, Term) and t.op == "const":
-                return pick(_concrete(t, e))
-            if isinstance(t, Term) and t.op == "ite":
-                return T.ite(t.args[0], pick(t.args[1]), pick(t.args[2]))  # type: ignore[arg-type]
-            if isinstance(t, Term) and t.op in ("add", "mul", "sub") and t.args[0].op == "ite":  # type: ignore[union-attr]
-                c, x, y = t.args[0].args  # type: ignore[union-attr]
-                return T.ite(c, pick(T.binary(t.op, x, t.args[1])), pick(T.binary(t.op, y, t.args[1])))
-            if isinstance(t, Term) and t.op in ("add", "mul") and t.args[1].op == "ite":  # type: ignore[union-attr]
-                return pick(T.binary(t.op, t.args[1], t.args[0]))
-            raise Unsupported(f"an index computed from the data that is not a choice between known values "
-                              f"({T.show(t)})", e.loc)
+        cells the index may name."""
         if base.rows:
             raise Unsupported("a row of a matrix chosen by the data", e.loc)
-        return pick(i)
+        leaves = _leaves(i, T.ONE, e)
+        value = self.load(base.alloc, base.offset + leaves[-1][1], e)
+        for cond, k in reversed(leaves[:-1]):
+            value = T.ite(cond, self.load(base.alloc, base.offset + k, e), value)
+        return value
 
     def _assign(self, e: ir.Assign) -> Any:
         if isinstance(e.lhs, ir.Index):
             i = self.expr(e.lhs.index)
             if isinstance(i, Term) and i.op != "const":
-                raise Unsupported("a write at an index computed from the data", e.loc)
+                return self._data_store(e, i)
         place = self._place(e.lhs)
         value = self.expr(e.rhs)
         if e.op != "=":
@@ -616,6 +627,58 @@ class Machine:
         return _literal(e)
 
 
+_FAST: dict[int, tuple[ir.Expr, Optional[Callable[[dict[str, Any]], Any]]]] = {}
+"""Integer expressions compiled to Python, by node (the node is kept so its
+id is not reused). A node whose compiled form met a non-integer value (a
+float variable, a pointer) falls back to the interpreter for good."""
+_COMPILED_ROOTS = (ir.Binop, ir.Ternary, ir.Unop)
+_PY_OPS = {"+": "+", "-": "-", "*": "*", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
+
+
+def _integer_code(e: ir.Expr) -> Optional[Callable[[dict[str, Any]], Any]]:
+    """`e` as a Python function of the variables, when it is built of
+    integer constants, variables and C's integer operators only."""
+    src = _py(e)
+    if src is None:
+        return None
+    return eval(f"lambda env: {src}", {"_div": _c_div, "_mod": _INT_ONLY["%"], "_int": _must_int})  # type: ignore
+
+
+def _must_int(v: Any) -> int:
+    if v.__class__ is not int:
+        raise TypeError("not an integer")
+    return v  # type: ignore[no-any-return]
+
+
+def _py(e: ir.Expr) -> Optional[str]:
+    if isinstance(e, ir.Const):
+        return str(int(e.text.rstrip("uUlL"), 0)) if e.kind == "int" else None
+    if isinstance(e, ir.Var):
+        return f"_int(env[{e.name!r}])"
+    if isinstance(e, ir.Binop):
+        a, b = _py(e.left), _py(e.right)
+        if a is None or b is None:
+            return None
+        if e.op in ("+", "-", "*"):
+            return f"({a} {e.op} {b})"
+        if e.op in _PY_OPS:
+            return f"int({a} {_PY_OPS[e.op]} {b})"
+        if e.op == "/":
+            return f"_div({a}, {b})"
+        if e.op == "%":
+            return f"_mod({a}, {b})"
+        if e.op in ("&&", "||"):
+            return f"int(bool({a}) {'and' if e.op == '&&' else 'or'} bool({b}))"
+        return None
+    if isinstance(e, ir.Unop) and e.op in ("-", "!"):
+        a = _py(e.arg)
+        return None if a is None else f"(-{a})" if e.op == "-" else f"int(not {a})"
+    if isinstance(e, ir.Ternary):
+        c, a, b = _py(e.cond), _py(e.then), _py(e.other)
+        return None if c is None or a is None or b is None else f"({a} if {c} else {b})"
+    return None
+
+
 def convert(v: Any, kind: str) -> Any:
     """A value stored into (or cast to) a place of `kind`: an integer into a
     float becomes a constant; a float term into an integer is truncated."""
@@ -631,6 +694,30 @@ def convert(v: Any, kind: str) -> Any:
         if not v.integer:
             return T.unary("trunc", v)
     return v
+
+
+def _leaves(t: Any, cond: Term, where: ir.Node) -> list[tuple[Term, int]]:
+    """The integers a choice (`ite` nest over integer constants, possibly
+    offset or scaled by a constant) may be, each with the condition under
+    which it is."""
+    if isinstance(t, int):
+        return [(cond, t)]
+    if isinstance(t, Term) and t.op == "const":
+        return [(cond, _concrete(t, where))]
+    if isinstance(t, Term) and t.op == "trunc":
+        return _leaves(t.args[0], cond, where)
+    if isinstance(t, Term) and t.op == "ite":
+        c, a, b = t.args
+        return _leaves(a, T.binary("and", cond, c), where) + \
+            _leaves(b, T.binary("and", cond, T.unary("not", c)), where)  # type: ignore[arg-type]
+    if isinstance(t, Term) and t.op in ("add", "mul", "sub") and any(
+            isinstance(x, Term) and x.op == "const" for x in t.args):
+        k = next(x for x in t.args if isinstance(x, Term) and x.op == "const")
+        other = t.args[1] if t.args[0] is k else t.args[0]
+        return [(c, _concrete(T.binary(t.op, *((v, k) if other is t.args[0] else (k, v))), where))
+                for c, v in _leaves(other, cond, where)]
+    raise Unsupported(f"an index computed from the data that is not a choice between known values "
+                      f"({T.show(t)})", getattr(where, "loc", None))
 
 
 def _select(cond: Term, a: Any, b: Any, where: ir.Node) -> Any:

@@ -60,7 +60,7 @@ def _integer(op: str, args: tuple[object, ...]) -> bool:
     if op not in _KEEPS_INTEGER:
         return False
     kids = [a for a in (args[1:] if op == "ite" else args) if isinstance(a, Term)]
-    return any(a.integer for a in kids) and all(
+    return (op == "ite" or any(a.integer for a in kids)) and all(
         a.integer or (a.op == "const" and a.args[0].denominator == 1) for a in kids)  # type: ignore[union-attr]
 
 
@@ -104,6 +104,11 @@ def binary(op: str, a: Value, b: Value) -> Term:
             return ONE if r else ZERO
         if r is not None and _float_exact(r):
             return const(r)
+    if op == "and":
+        if is_const(a, 1):
+            return b
+        if is_const(b, 1):
+            return a
     if op == "add":
         if is_const(a, 0):
             return b
@@ -129,6 +134,7 @@ _FOLD = {
     "add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
     "div": lambda x, y: x / y if y else None, "max": max, "min": min,
     "lt": lambda x, y: x < y, "le": lambda x, y: x <= y, "eq": lambda x, y: x == y, "ne": lambda x, y: x != y,
+    "and": lambda x, y: x != 0 and y != 0, "or": lambda x, y: x != 0 or y != 0,
 }
 
 
