@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from . import canon, ir
 from .contract import Contract, evaluate
@@ -196,9 +196,9 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer) -> tuple[str, s
     rounding = _Rounding(norm)
     for cell, a in old.cells.items():
         b = new.cells[cell]
-        if rounding.same(a, b):
+        if rounding.same(a, b) or _by_cases(a, b, rounding.same):
             continue
-        if norm.normal(a) == norm.normal(b) or _equal_by_cases(a, b, norm):
+        if norm.normal(a) == norm.normal(b) or _by_cases(a, b, lambda x, y: norm.normal(x) == norm.normal(y)):
             reassociated = reassociated or f"e.g. {_cell(cell)}"
             continue
         return _differs(cell, a, b)
@@ -238,11 +238,11 @@ class _Rounding:
             and self.same(a.args[1], b.args[0])
 
 
-def _equal_by_cases(a: object, b: object, norm: canon.Normalizer) -> bool:
+def _by_cases(a: object, b: object, equal: Callable[[object, object], bool]) -> bool:
+    """Whether the terms are `equal` in every case of the data conditions
+    they test (a guard tested once in one and twice in the other)."""
     conds = canon.conditions([a, b], CONDITIONS)
-    if not conds:
-        return False
-    return all(norm.normal(x) == norm.normal(y) for _, (x, y) in canon.split([a, b], conds))
+    return bool(conds) and all(equal(x, y) for _, (x, y) in canon.split([a, b], conds))
 
 
 def _cell(cell: tuple[str, int]) -> str:

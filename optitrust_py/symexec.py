@@ -135,9 +135,10 @@ def _c_div(a: int, b: int) -> int:
 
 
 def _literal(c: ir.Const) -> Any:
-    text = c.text.lower().rstrip("ful")
+    text = c.text.lower()
     if c.kind == "int":
-        return int(text, 0)
+        return int(text.rstrip("ul"), 0)
+    text = text.rstrip("fl")
     if c.kind in ("float", "double"):
         return T.const(Fraction(text))
     if c.kind == "char":
@@ -195,6 +196,8 @@ class Machine:
     def store(self, alloc: Alloc, offset: int, value: Any, where: ir.Node) -> None:
         if not 0 <= offset < alloc.extent:
             raise Unsupported(f"write of {alloc.name}[{offset}], outside its {alloc.extent} cells", where.loc)
+        if offset not in alloc.cells:
+            self.load(alloc, offset, where)  # a branch's merge needs the value the cell had before
         value = convert(value, alloc.kind)
         if alloc.kind == "i" and alloc.width < 4 and isinstance(value, Term) and value.op != "narrow":
             value = Term.make("narrow", value, alloc.width)
@@ -757,6 +760,8 @@ def _arith(op: str, a: Any, b: Any, where: ir.Node) -> Any:
             return Ptr(a.alloc, a.offset + (n if op == "+" else -n) * (math.prod(a.rows) if a.rows else 1), a.rows)
         if op in ("==", "!="):
             return int((a == b) == (op == "=="))
+        if isinstance(b, Ptr) and a.alloc is b.alloc and op in ("<", "<=", ">", ">="):
+            return _arith(op, a.offset, b.offset, where)
     if isinstance(b, Ptr) and op == "+":
         return _arith("+", b, a, where)
     if op == ">":

@@ -359,9 +359,6 @@ def test_reassociation_inside_an_int8_conversion_is_not_exact() -> None:
     assert result.label == "≈fp" and not result.ok
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the symexec merge bug of test_symexec.py::"
-                   "test_conditional_first_write_is_kept hides a changed output: '='")
 def test_changed_conditional_write_is_refuted() -> None:
     spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")
     code = "void f(int n, const float *x, float *y) {{ if (x[0] > 0.0f) y[0] = x[{}]; }}"
@@ -407,10 +404,6 @@ void f(int n, const float *x, float *y) {{
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the symexec merge bug (test_symexec.py::test_conditional_first_write_is_kept) "
-                   "drops the scratch writes of the first guarded loop, so the second reads undef: a "
-                   "correct guard sinking is refuted (as moe.sink_guard, step 9.2 of scripts/moe.py)")
 def test_guard_split_over_scratch_memory_is_equal() -> None:
     spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  modifies y ~> Matrix1(n)\n")
     one = ("if (x[0] > 0.0f) {\n    for (int i = 0; i < n; i++) h[i] = x[i];\n"

@@ -255,10 +255,6 @@ def test_pointer_casts_give_addresses_12_bytes_past_64() -> None:
 
 # ---------------------------------------------------------------- known bugs (strict: they fail once fixed)
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="symexec._merge drops a write made under a data condition to a cell "
-                   "neither read nor written before (its old value is _MISSING, so the "
-                   "merge skips it): reported to the lead")
 def test_conditional_first_write_is_kept() -> None:
     program, contract = snippet("""
         void f(int n, const float *x, float *y) {
@@ -271,17 +267,11 @@ def test_conditional_first_write_is_kept() -> None:
     assert out.cells[("y", 0)] is T.ite(T.binary("lt", T.ZERO, cell("x", 0)), cell("x", 1), cell("y", 0))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="symexec._literal strips the suffix letters 'f', 'u', 'l' from an integer "
-                   "constant, hex digits included: 0x1F reads as 1 (reported to the lead)")
 def test_hex_constants_keep_their_digits() -> None:
     out = run_f("void f(int n, const float *x, float *y) { y[0] = x[0] * (float)(0x1F & n); }", {"n": 2})
     assert out.cells[("y", 0)] is T.binary("mul", cell("x", 0), T.const(2))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="comparing two pointers (`p < x + n`) makes a term of a Ptr: a TypeError, "
-                   "not a result or Unsupported (reported to the lead)")
 def test_pointer_walk_runs_or_is_unsupported() -> None:
     program, contract = snippet("""
         void f(int n, const float *x, float *y) {
