@@ -156,6 +156,7 @@ class _Spaces:
         self.bounds = Space(fp, assume_bounds=False)
         inner = {lp.index for a in inside for lp in a.loops[a.loops.index(header):]} | {_fresh(k) for k in range(rank)}
         self.pairs = Space(fp, inner)
+        self.context = (fp.requires, tuple(sorted(self.pairs.ranges.items())), header.index)
         self._accesses: dict[tuple[Any, ...], Access] = {}
 
     def access(self, g: _Group) -> Access:
@@ -167,12 +168,25 @@ class _Spaces:
     def meet(self, a: _Group, b: _Group, same_iteration: bool) -> bool:
         """Whether `a` (in one iteration) and `b` (in the same one, or in a
         different one) may share a cell; an undecided query counts as yes."""
-        i1, i2 = instance_var(self.header.index, 1), instance_var(self.header.index, 2)
-        relation = [i1 == i2] if same_iteration else [i1 != i2]
-        try:
-            return self.pairs.meet(self.access(a), 1, self.access(b), 2, relation) is not None
-        except Unknown:
-            return True
+        first, second = self.access(a), self.access(b)
+        key = (_content(first), _content(second), same_iteration, self.context)
+        if key not in _MEETS:
+            i1, i2 = instance_var(self.header.index, 1), instance_var(self.header.index, 2)
+            relation = [i1 == i2] if same_iteration else [i1 != i2]
+            try:
+                _MEETS[key] = self.pairs.meet(first, 1, second, 2, relation) is not None
+            except Unknown:
+                _MEETS[key] = True
+        return _MEETS[key]
+
+
+_MEETS: dict[tuple[Any, ...], bool] = {}
+"""Answers of `_Spaces.meet` by what they depend on (not where the loop
+sits), so the next step of a script asks Z3 only about the loops it changed."""
+
+
+def _content(a: Access) -> tuple[Any, ...]:
+    return a.cell, a.index, a.lanes, tuple((lp.index, lp.start, lp.stop, lp.step) for lp in a.loops), a.guards, a.shape
 
 
 def _array_clauses(program: ir.Program, space: _Spaces, array: _Array, accesses: Sequence[Access],
