@@ -111,7 +111,7 @@ def infer_function(program: ir.Program, function: str, contracts: Mapping[str, A
     fp = function_footprint(program, function, contracts)
     fn_path = function_path(program, function)
     fn: ir.FuncDef = get(program, fn_path)
-    arrays = _arrays(fn, contracts.get(function))
+    arrays = _arrays(fn, contracts.get(function), fp)
     loops = [p for p, n in walk(fn.body, fn_path + (("body", None),)) if isinstance(n, ir.For)]
     return tuple(_infer_loop(program, fp, arrays, p) for p in loops)
 
@@ -137,7 +137,7 @@ def _infer_loop(program: ir.Program, fp: Footprint, arrays: Mapping[str, _Array]
     space = _Spaces(fp, header, inside, max(rank, 1))
     chosen: dict[str, list[tuple[str, Resource]]] = {m: [] for m in LOOP_MODES}
     for cell, accesses in by_cell.items():
-        array = arrays.get(cell) or _Array(cell, fp.sizes.get(cell), False)
+        array = arrays.get(cell) or _Array(cell, None, False)
         found = _array_clauses(program, space, array, accesses, header)
         if found is None:
             return Inferred(path, None, f"the cells of '{array.name}' it touches cannot be written in the "
@@ -552,30 +552,20 @@ def _address(array: _Array, index: tuple[ir.Expr, ...], dims: tuple[ir.Expr, ...
 # ----------------------------------------------------------------- arrays of a function
 
 
-def _arrays(fn: ir.FuncDef, contract: Any) -> dict[str, _Array]:
-    """Parameters with a matrix resource (its dimensions) and local arrays
-    of arrays (their C dimensions, printed `&A[i][j]`)."""
+def _arrays(fn: ir.FuncDef, contract: Any, fp: Footprint) -> dict[str, _Array]:
+    """By cell: the parameters with a resource (the dimensions of a matrix),
+    and the local arrays and allocations of known size (those declared as C
+    arrays of arrays are printed `&A[i][j]`)."""
     out: dict[str, _Array] = {}
     if contract is not None:
         for _, r in contract.resources():
             if isinstance(r.subject, ir.Var) and not r.group:
-                dims = r.shape.dims if r.shape.kind == "matrix" else None
-                out.setdefault(r.base, _Array(r.base, dims, False))
-    for _, n in walk(fn.body):
-        if isinstance(n, ir.DeclStmt) and n.decl.name and isinstance(n.decl.type, ir.Array) \
-                and isinstance(n.decl.type.of, ir.Array):
-            out.setdefault(n.decl.name, _Array(n.decl.name, _c_dims(n.decl.type), True))
+                out.setdefault(r.base, _Array(r.base, r.shape.dims if r.shape.kind == "matrix" else None, False))
+    nested = {n.decl.name for _, n in walk(fn.body) if isinstance(n, ir.DeclStmt) and n.decl.name
+              and isinstance(n.decl.type, ir.Array) and isinstance(n.decl.type.of, ir.Array)}
+    for cell, dims in fp.sizes.items():
+        out.setdefault(cell, _Array(cell, dims, cell_name(cell) in nested and len(dims) > 1))
     return out
-
-
-def _c_dims(t: ir.CType) -> Optional[tuple[ir.Expr, ...]]:
-    dims: list[ir.Expr] = []
-    while isinstance(t, ir.Array):
-        if t.size is None:
-            return None
-        dims.append(t.size)
-        t = t.of
-    return tuple(dims)
 
 
 def _declared_cells(body: ir.Block, program: ir.Program, path: Path) -> set[str]:
