@@ -337,7 +337,7 @@ def test_cli_run_level3_shows_the_labels(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert {f["sizes"]["C"] for s in steps for f in s["checks"]["level3"]["functions"]} == {69}
 
 
-# ---------------------------------------------------------------- known bugs (strict: they fail once fixed)
+# ---------------------------------------------------------------- bugs these tests found (the strict xfails are open)
 
 NARROW_SPEC = "f(n, x, q):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes q ~> Matrix1(n)\n"
 

@@ -253,7 +253,7 @@ def test_pointer_casts_give_addresses_12_bytes_past_64() -> None:
     assert [out.cells[("y", i)] for i in range(13, 16)] == [T.const((12 + 4 * i) % 64) for i in range(13, 16)]
 
 
-# ---------------------------------------------------------------- known bugs (strict: they fail once fixed)
+# ---------------------------------------------------------------- bugs these tests found (fixed)
 
 def test_conditional_first_write_is_kept() -> None:
     program, contract = snippet("""
