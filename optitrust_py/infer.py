@@ -367,7 +367,9 @@ def _group(a: Access, array: _Array, header: Loop, m: int, space: _Spaces) -> Op
     if a.whole:
         if dims is None or m < len(dims):
             return None
-        index, lanes, shape, tail = tuple(ZERO for _ in dims), ONE, dims, len(dims)
+        index: tuple[ir.Expr, ...] = tuple(ZERO for _ in dims)
+        lanes: ir.Expr = ONE
+        shape, tail = dims, len(dims)
     elif dims is None:
         if m > 0 or len(a.index) != 1:
             return None
@@ -528,7 +530,9 @@ def _whole_suffix(g: _Group) -> tuple[ir.Var, ...]:
     out: list[ir.Var] = []
     for k in range(len(g.index) - 1, -1, -1):
         e, d = g.index[k], g.dims[k]
-        b = ranges.get(e.name) if isinstance(e, ir.Var) else None
+        if not isinstance(e, ir.Var):
+            break
+        b = ranges.get(e.name)
         if b is None or b.start != ZERO or b.stop != d or e in out:
             break
         others = g.index[:k] + tuple(x for c in g.binders if c.index != e.name for x in (c.start, c.stop))
@@ -579,8 +583,8 @@ def _declared_cells(body: ir.Block, program: ir.Program, path: Path) -> set[str]
     out: set[str] = set()
     for _, n in walk(body):
         if isinstance(n, ir.DeclStmt) and n.decl.name:
-            d = n.decl
-            out.add(d.name if counts[d.name] == 1 else f"{d.name}@{d.loc.line if d.loc else id(d)}")
+            name, loc = n.decl.name, n.decl.loc
+            out.add(name if counts[name] == 1 else f"{name}@{loc.line if loc else id(n.decl)}")
     return out
 
 
