@@ -315,9 +315,9 @@ def test_given_check_sizes_must_satisfy_the_requires() -> None:
 def test_cli_check_level3_on_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
     """`otp check scripts/matmul.py --level 3 --json` succeeds (a small
     --size keeps level 3's sizes small: it chooses them at most the --exec
-    ones; K = 3 leaves the k tiles partial, the labels test runs them)."""
+    ones; the tiles run whole in the labels test)."""
     monkeypatch.chdir(ROOT)
-    r = CliRunner().invoke(cli, ["check", "scripts/matmul.py", "--level", "3", "--json", "--size", "M=7,N=65,K=3"])
+    r = CliRunner().invoke(cli, ["check", "scripts/matmul.py", "--level", "3", "--json", "--size", "M=7,N=5,K=3"])
     assert r.exit_code == 0, r.output
     (entry,) = json.loads(r.output)["scripts"]
     assert entry["ok"] and entry["level"] == 3 and entry["failures"] == [] and entry["unproved_obligations"] == 0
@@ -336,6 +336,22 @@ def test_cli_run_level3_shows_the_labels(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert all(s["checks"]["level3"]["ok"] for s in steps)
     assert {f["sizes"]["C"] for s in steps for f in s["checks"]["level3"]["functions"]} == {69}
 
+
+
+def test_cli_check_fails_on_a_level3_refutation(tmp_path: Path) -> None:
+    """A script whose step level 3 refutes exits 1 and names the cell (level
+    2 refutes the same fission: both failures are listed)."""
+    (tmp_path / "shift.c").write_text(textwrap.dedent(SHIFT_C))
+    (tmp_path / "shift.spec").write_text(textwrap.dedent(SHIFT_SPEC))
+    script = tmp_path / "shift_script.py"
+    script.write_text("from optitrust_py.script import load\nfrom transformations import loop\n"
+                      "load('shift.c', spec='shift.spec', check_sizes=[{'n': 4}])\n"
+                      "loop.fission(\"shift > for i > after 'x[i] = 0.0f'\")\n")
+    r = CliRunner().invoke(cli, ["check", str(script), "--level", "3", "--json"])
+    assert r.exit_code == 1, r.output
+    (entry,) = json.loads(r.output)["scripts"]
+    (level3,) = [f for f in entry["failures"] if "level3 failed" in f]
+    assert "shift at n=4: refuted: output y[0] differs" in level3
 
 # ---------------------------------------------------------------- bugs these tests found (the strict xfails are open)
 
