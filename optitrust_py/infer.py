@@ -168,6 +168,8 @@ class _Spaces:
     def meet(self, a: _Group, b: _Group, same_iteration: bool) -> bool:
         """Whether `a` (in one iteration) and `b` (in the same one, or in a
         different one) may share a cell; an undecided query counts as yes."""
+        if not same_iteration and _apart(a, b, self.header.index):
+            return False
         first, second = self.access(a), self.access(b)
         key = (_content(first), _content(second), same_iteration, self.context)
         if key not in _MEETS:
@@ -178,6 +180,27 @@ class _Spaces:
             except Unknown:
                 _MEETS[key] = True
         return _MEETS[key]
+
+
+def _apart(a: _Group, b: _Group, index: str) -> bool:
+    """A quick proof that two iterations i != i' never share a cell: both
+    groups have, in one dimension that is not the last (or with one cell in
+    it), the same index `i + e` where e uses no name bound in the groups, so
+    the cells differ there. Sound because every group is proved within its
+    dimensions before it is used (or spans a whole dimension)."""
+    if len(a.index) != len(b.index) or a.dims != b.dims:
+        return False
+    bound = {lp.index for lp in a.binders + b.binders} - {index}
+    for k, (x, y) in enumerate(zip(a.index, b.index)):
+        if x != y or k == len(a.index) - 1 and (a.lanes != ONE or b.lanes != ONE):
+            continue
+        parts = terms(x)
+        names = {v.name for _, t in parts for v in free_names(t)}
+        if parts.count((1, ir.Var(index))) == 1 and not any(index in {v.name for v in free_names(t)}
+                                                            for sign, t in parts if (sign, t) != (1, ir.Var(index))) \
+                and not names & bound:
+            return True
+    return False
 
 
 _MEETS: dict[tuple[Any, ...], bool] = {}
