@@ -72,7 +72,7 @@ class _Group:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return self.cell, self.index, self.lanes, tuple((b.index, b.start, b.stop) for b in self.binders)
+        return self.cell, self.index, self.lanes, tuple((b.index, b.start, b.stop, b.step) for b in self.binders)
 
     @property
     def read(self) -> bool:
