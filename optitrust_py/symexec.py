@@ -287,11 +287,7 @@ class Machine:
                 stop = _concrete(self.expr(s.stop), s.stop)
                 if i >= stop:
                     break
-                try:
-                    self.block(s.body.stmts)
-                except _Continue:
-                    pass
-                except _Break:
+                if not self._iteration(s.body):
                     break
                 self._set(self.env, s.index, self.env[s.index] + _concrete(self.expr(s.step), s.step))
         finally:
@@ -306,11 +302,7 @@ class Machine:
             elif s.init is not None:
                 self.expr(s.init)
             while s.cond is None or self._decided(s.cond):
-                try:
-                    self.block(s.body.stmts)
-                except _Continue:
-                    pass
-                except _Break:
+                if not self._iteration(s.body):
                     break
                 if s.next is not None:
                     self.expr(s.next)
@@ -319,12 +311,18 @@ class Machine:
 
     def _while(self, s: ir.While, saved: list[tuple[str, Any, Any]]) -> None:
         while self._decided(s.cond):
-            try:
-                self.block(s.body.stmts)
-            except _Continue:
-                pass
-            except _Break:
+            if not self._iteration(s.body):
                 break
+
+    def _iteration(self, body: ir.Block) -> bool:
+        """Runs one iteration of a loop body; False when it breaks out."""
+        try:
+            self.block(body.stmts)
+        except _Continue:
+            pass
+        except _Break:
+            return False
+        return True
 
     def _decided(self, cond: ir.Expr) -> bool:
         return _concrete(self.expr(cond), cond) != 0
