@@ -11,7 +11,8 @@ language (`spec.py`), so a user can read what each loop owns:
   whole dimensions written as `MatrixN` (`&A[i * K] ~> Matrix1(K)`);
 - a group that mentions the loop index is exclusive to an iteration (x*) only
   when Z3 proves that two different iterations never touch one of its cells;
-  otherwise the whole array is shared (s*);
+  otherwise it is widened until it no longer depends on the index (up to the
+  whole array) and shared (s*);
 - xreads: only read; xwrites: each cell written before it is read (the first
   access is an unconditional plain store that covers the group), else
   xmodifies; sreads: only read, else smodifies;
@@ -224,7 +225,7 @@ def _array_clauses(program: ir.Program, space: _Spaces, array: _Array, accesses:
         groups = _widened(space, array, accesses, header, m)
         if groups is None or not (m == rank > 0 or _acceptable(space, groups, array)):
             continue
-        clauses = _classified(program, space, array, accesses, header, groups)
+        clauses = _classified(program, space, array, header, groups)
         if clauses is None:
             continue
         if best is None:
@@ -237,17 +238,14 @@ def _array_clauses(program: ir.Program, space: _Spaces, array: _Array, accesses:
     return best
 
 
-def _classified(program: ir.Program, space: _Spaces, array: _Array, accesses: Sequence[Access], header: Loop,
+def _classified(program: ir.Program, space: _Spaces, array: _Array, header: Loop,
                 groups: list[_Group]) -> Optional[list[tuple[str, Resource]]]:
-    """Each group under its mode; groups that mention the loop index but are
-    not proved exclusive to an iteration make the whole array shared."""
+    """Each group under its mode; None when a group that mentions the loop
+    index is not proved exclusive to an iteration (a wider choice, up to the
+    whole array, shares it) or when one is not printable."""
     moving = [g for g in groups if header.index in _names(g)]
     if moving and any(space.meet(g, h, False) for g in moving for h in groups):
-        if array.dims is None:
-            return None
-        whole = _widened(space, array, accesses, header, len(array.dims))
-        assert whole is not None, "an array of known dimensions can always be taken whole"
-        groups, moving = whole, []
+        return None
     clauses = [(_mode(program, g, g in moving, header), _printed(g, array)) for g in groups]
     return clauses if all(_printable(r) for _, r in clauses) else None
 

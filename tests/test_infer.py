@@ -108,11 +108,11 @@ def test_attention_heads_own_their_matrices_queries_share_keys() -> None:
         "xwrites": ["&out[h * S * D] ~> Matrix2(S, D)"],
         "smodifies": ["scores ~> Matrix1(S)"],
     }
-    # query i reads keys 0..i: rows shared between queries, so k and v are s*
+    # query i reads keys 0..i: rows shared between queries, so the head's k and v are s*
     assert clauses("attention", "attention", 1) == {
         "xreads": ["&q[(h * S + i) * D] ~> Matrix1(D)"],
         "xwrites": ["&out[(h * S + i) * D] ~> Matrix1(D)"],
-        "sreads": ["k ~> Matrix3(H, S, D)", "v ~> Matrix3(H, S, D)"],
+        "sreads": ["&k[h * S * D] ~> Matrix2(S, D)", "&v[h * S * D] ~> Matrix2(S, D)"],
         "smodifies": ["scores ~> Matrix1(S)"],
     }
     inner = [c for k in range(len(inferred("attention", "attention"))) for c in [clauses("attention", "attention", k)]]
