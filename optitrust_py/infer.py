@@ -22,7 +22,8 @@ Every printed resource is proved within its array's bounds, parses back with
 `spec.parse_resource` to the same resource, and the groups of one array are
 proved disjoint; when one of these fails, the array's groups are widened a
 trailing dimension at a time, up to the whole array. A loop whose body
-touches memory level 2 does not model gets a note instead of a contract."""
+touches memory level 2 does not model, or whose cells need a size the
+language cannot write (a `?:`), gets a note instead of a contract."""
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,10 @@ class Inferred:
 class _Group:
     """Cells of one array an iteration touches: `cell[index]` (per dimension
     of `dims`, `lanes` consecutive cells from the last) for every value of the
-    binders (inner loops, or fresh names over widened dimensions). `parts`
-    are the groups of consecutive cells it was coalesced from, if any."""
+    binders (inner loops, or fresh names over widened dimensions). `exact`:
+    the cells are those its accesses touch, no more (not widened, merged or
+    re-stepped); `parts` are the groups of consecutive cells it was
+    coalesced from, if any."""
 
     cell: str
     index: tuple[ir.Expr, ...]
@@ -88,7 +91,6 @@ class _Array:
     """What the inference knows of one array or scalar of a function."""
 
     def __init__(self, cell: str, dims: Optional[tuple[ir.Expr, ...]], c_array: bool) -> None:
-        self.cell = cell
         self.name = cell_name(cell)
         self.dims = dims
         self.c_array = c_array
