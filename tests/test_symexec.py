@@ -253,7 +253,7 @@ def test_pointer_casts_give_addresses_12_bytes_past_64() -> None:
     assert [out.cells[("y", i)] for i in range(13, 16)] == [T.const((12 + 4 * i) % 64) for i in range(13, 16)]
 
 
-# ---------------------------------------------------------------- bugs these tests found (fixed)
+# ---------------------------------------------------------------- bugs these tests found (the strict xfails are open)
 
 def test_conditional_first_write_is_kept() -> None:
     program, contract = snippet("""
@@ -288,3 +288,20 @@ def test_pointer_walk_runs_or_is_unsupported() -> None:
         assert isinstance(e, Unsupported)
         return
     assert out.cells[("y", 1)] is cell("x", 1)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="symexec._merge materialises the prior value of a cell of an array of vectors "
+                   "declared in the branch as a scalar undef leaf, and _select makes an ite of a Vec and "
+                   "a term: TypeError (moe's step 22, vector.vectorize, stops level 3 this way; reported)")
+def test_array_of_vectors_under_a_data_condition() -> None:
+    out = run_f("""
+        #include <immintrin.h>
+        void f(int n, const float *x, float *y) {
+          if (x[0] > 0.0f) {
+            __m512 v[1] = {_mm512_setzero_ps()};
+            _mm512_storeu_ps(&y[0], v[0]);
+          }
+        }
+    """, {"n": 16})
+    assert out.cells[("y", 3)] is T.ite(T.binary("lt", T.ZERO, cell("x", 0)), T.ZERO, cell("y", 3))
