@@ -348,7 +348,7 @@ _EVAL = {
     "not": lambda a, t, i: float(a[0] == 0),
     "exp": lambda a, t, i: _safe_exp(a[0]),
     "sqrt": lambda a, t, i: math.sqrt(abs(a[0])),
-    "round": lambda a, t, i: float(round(a[0])),
+    "round": lambda a, t, i: math.copysign(math.floor(abs(a[0]) + 0.5), a[0]),  # C's roundf: halves away from 0
     "trunc": lambda a, t, i: float(math.trunc(a[0])) if math.isfinite(a[0]) else a[0],
     "tofloat": lambda a, t, i: a[0],
     "widen": lambda a, t, i: a[0],
