@@ -92,24 +92,36 @@ L2_SIZES = {"matmul.c": {"M": 2, "N": 3, "K": 3}, "matvec.c": {"N": 3, "D": 2}, 
             "rmsnorm.c": {"R": 2, "C": 3}, "attention.c": {"H": 2, "S": 3, "D": 2},
             "gqa_decode.c": {"H": 2, "KVH": 1, "D": 2, "SMAX": 4, "pos": 2},
             "moe.c": {"T": 2, "dim": 2, "hidden": 2, "E": 3, "K": 2},
-            "transformer.c": {"n": 3, "d": 2, "T": 2, "L": 2, "dim": 2, "hidden": 1, "H": 1, "KVH": 1, "SMAX": 2,
+            "transformer.c": {"n": 3, "d": 2, "T": 1, "L": 2, "dim": 2, "hidden": 1, "H": 1, "KVH": 1, "SMAX": 2,
                               "pos": 1}}
 """Small sizes for the level-3 runs of the level-2 cases, by source."""
 
 
-@functools.lru_cache(maxsize=None)
-def level2_case_at_level3(case_id: str) -> tuple[bool, Level3Result]:
-    """Whether level 2 rejects the invalid step, and what level 3 alone says."""
-    case = L2_BY_ID[case_id]
+SLOW_ALONE = {"move-out-transformer-rope": "level 3 alone refutes transformer_token at once, but the normal forms "
+                                         "of transformer_prefill's cells grow exponentially (canon._product): "
+                                         "over 5 minutes; rejected here by level 2"}
+"""Cases whose level-3 run is too slow for the test (a known level-3 limit, reported): only level 2 runs."""
+
+
+def level3_alone(case: level2_corpus.Case) -> tuple[ir.Program, dict[str, Contract], Rewrite, Level3Result]:
+    """The invalid step, and what level 3 alone says of it."""
     before, contracts = level2_corpus.load(case)
     rewrite = case.step.apply(before)
-    rejected2 = not check_level2(before, rewrite.program, rewrite.obligations, contracts).ok
-    sizes = L2_SIZES[case.source]
-    result = check_level3(before, rewrite.program, contracts, [sizes], rewrite.fp, rewrite.tolerance, RUNS)
-    return rejected2, result
+    result = check_level3(before, rewrite.program, contracts, [L2_SIZES[case.source]], rewrite.fp,
+                          rewrite.tolerance, RUNS)
+    return before, contracts, rewrite, result
 
 
 @pytest.mark.parametrize("case", level2_corpus.CASES, ids=str)
 def test_level3_rejects_the_level2_corpus(case: level2_corpus.Case) -> None:
-    rejected2, result = level2_case_at_level3(case.id)
-    assert rejected2 or not result.ok, f"{case.id} is accepted at level 3: {result.label}"
+    """Rejected at level 3 as a whole: by level 3's own comparison, else by the
+    level 2 it includes (a race, which a sequential run cannot see)."""
+    if case.id in SLOW_ALONE:
+        before, contracts = level2_corpus.load(case)
+        rewrite = case.step.apply(before)
+        assert not check_level2(before, rewrite.program, rewrite.obligations, contracts).ok
+        return
+    before, contracts, rewrite, result = level3_alone(case)
+    if result.ok:
+        assert not check_level2(before, rewrite.program, rewrite.obligations, contracts).ok, \
+            f"{case.id} is accepted at level 3: {result.label}"
