@@ -111,6 +111,7 @@ ONLINE = (call(flash.online_softmax, "attention > for i", 4),)
 ATTENTION = {"H": 1, "S": 6, "D": 2}
 """Six queries: blocks of 4 with a tail of 2."""
 
+MOE = {"T": 1, "dim": 2, "hidden": 2, "E": 3, "K": 2}
 GQA = {"H": 4, "KVH": 2, "D": 2, "SMAX": 4, "pos": 2}
 TRANSFORMER = {"n": 6, "d": 2, "T": 2, "L": 1, "dim": 2, "hidden": 1, "H": 1, "KVH": 1, "SMAX": 2, "pos": 1}
 """Every size of transformer.c's functions: a step that changes rmsnorm_vec changes the layer and the prefill
@@ -201,6 +202,14 @@ CASES: tuple[Wrong, ...] = (
           "ss = ss / C + 1e-5f;", "ss = ss / (C + 1) + 1e-5f;", "y", {"R": 2, "C": 6},
           "the mean of the squares divides by C + 1",
           "no access changes; the tile has no obligation"),
+    Wrong("swap-sign-moe-silu", "moe.c", call(loop.tile, "moe > for i#3", 2, mode="min"),
+          "expf(-val)", "expf(val)", "out", MOE,
+          "SiLU with the sign slipped: val / (1 + exp(val)) instead of val / (1 + exp(-val))",
+          "the same local is read; the tile has no obligation"),
+    Wrong("hoist-moe-first-slot", "moe.c", call(loop.hoist, "moe > for s#1 > def best"),
+          "sel[s] = best_h[s];", "sel[s] = best_h[0];", "out", MOE,
+          "the hoisted array is read at the wrong slot: every slot records the first expert chosen",
+          "best_h[0] is a cell of the hoisted array written before (K >= 1)"),
     # ---- accumulators and fusion
     Wrong("local-accumulator-dropped-sum", "matvec.c", call(variable.local_accumulator, "matvec > for j", "y[i]"),
           "acc += W[i * N + j] * x[j];", "acc = W[i * N + j] * x[j];", "y", {"N": 3, "D": 2},

@@ -46,7 +46,7 @@ def test_the_corpus_covers_the_issue() -> None:
     assert len(CASES) >= 20 and len(BY_ID) == len(CASES)
     for prefix in ISSUE_BUGS:
         assert any(c.id.startswith(prefix) for c in CASES), f"no case of the kind {prefix!r}"
-    assert {"matmul.c", "softmax.c", "rmsnorm.c", "attention.c", "matvec.c", "gqa_decode.c",
+    assert {"matmul.c", "softmax.c", "rmsnorm.c", "attention.c", "matvec.c", "gqa_decode.c", "moe.c",
             "transformer.c"} <= {c.source for c in CASES}
 
 
