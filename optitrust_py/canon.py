@@ -27,7 +27,7 @@ import itertools
 import math
 import random
 from fractions import Fraction
-from typing import Iterator, Mapping, Optional
+from typing import Generic, Iterator, Mapping, Optional, TypeVar
 
 from .terms import NEG_INF, Term
 
@@ -37,31 +37,39 @@ Poly = tuple[tuple[Mono, Fraction], ...]
 _ONE_MONO: Mono = ()
 
 
+K = TypeVar("K")
+
+
+class _Numbering(Generic[K]):
+    """Numbers for keys, in order of first use, and the key of a number."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[K, int] = {}
+        self.keys: list[K] = []
+
+    def number(self, key: K) -> int:
+        n = self.numbers.get(key)
+        if n is None:
+            n = self.numbers[key] = len(self.keys)
+            self.keys.append(key)
+        return n
+
+
 class Normalizer:
     """Normal forms of terms, memoised per term; atoms are numbered by
     their content so equal atoms of two runs are one atom."""
 
     def __init__(self) -> None:
-        self._atoms: dict[tuple[object, ...], int] = {}
-        self._atom_keys: list[tuple[object, ...]] = []
+        self._atoms: _Numbering[tuple[object, ...]] = _Numbering()
         self._memo: dict[int, Poly] = {}
-        self._polys: dict[Poly, int] = {}
-        self._poly_list: list[Poly] = []
+        self._polys: _Numbering[Poly] = _Numbering()
         self._exp_memo: dict[tuple[tuple[int, Fraction], ...], int] = {}
 
     def atom(self, *key: object) -> int:
-        n = self._atoms.get(key)
-        if n is None:
-            n = self._atoms[key] = len(self._atoms)
-            self._atom_keys.append(key)
-        return n
+        return self._atoms.number(key)
 
     def poly_id(self, p: Poly) -> int:
-        n = self._polys.get(p)
-        if n is None:
-            n = self._polys[p] = len(self._polys)
-            self._poly_list.append(p)
-        return n
+        return self._polys.number(p)
 
     def normal(self, t: object) -> Poly:
         if not isinstance(t, Term):
@@ -119,14 +127,14 @@ class Normalizer:
         powers: dict[int, Fraction] = dict(m1)
         for a, e in m2:
             powers[a] = powers.get(a, Fraction(0)) + e
-        exps = [(a, e) for a, e in powers.items() if self._atom_keys[a][0] == "E" and e != 0]
+        exps = [(a, e) for a, e in powers.items() if self._atoms.keys[a][0] == "E" and e != 0]
         if len(exps) > 1 or (exps and exps[0][1] != 1):
             for a, _ in exps:
                 del powers[a]
             key = tuple(sorted(exps))
             merged = self._exp_memo.get(key)
             if merged is None:
-                parts = [_scale(self._poly_list[self._atom_keys[a][1]], e) for a, e in exps]  # type: ignore[index]
+                parts = [_scale(self._polys.keys[self._atoms.keys[a][1]], e) for a, e in exps]  # type: ignore[index]
                 total = _sum(parts)
                 merged = self._exp_memo[key] = self.atom("E", self.poly_id(total)) if total else -1
             if merged >= 0:
@@ -155,7 +163,7 @@ class Normalizer:
         return self._product(num, _monomial(((self.atom("inv", self.poly_id(den)), Fraction(1)),)))
 
     def _exp(self, arg: Poly) -> Poly:
-        neginf = self._atoms.get(("neginf",))
+        neginf = self._atoms.numbers.get(("neginf",))
         if neginf is not None and any(m == ((neginf, Fraction(1)),) and c > 0 for m, c in arg):
             return _constant(Fraction(0))
         if not arg:
@@ -180,13 +188,13 @@ class Normalizer:
                 members.add(self.poly_id(p))
         if len(members) == 1:
             (only,) = members
-            return self._poly_list[only]
+            return self._polys.keys[only]
         return _monomial(((self.atom(op, frozenset(members)), Fraction(1)),))
 
     def _atom_key(self, p: Poly) -> Optional[tuple[object, ...]]:
         """The key of the atom a polynomial is exactly (coefficient 1), if any."""
         if len(p) == 1 and p[0][1] == 1 and len(p[0][0]) == 1 and p[0][0][0][1] == 1:
-            return self._atom_keys[p[0][0][0][0]]
+            return self._atoms.keys[p[0][0][0][0]]
         return None
 
     def _ite(self, t: Term) -> Poly:

@@ -104,31 +104,22 @@ def binary(op: str, a: Value, b: Value) -> Term:
             return ONE if r else ZERO
         if r is not None and _float_exact(r):
             return const(r)
-    if op == "and":
-        if is_const(a, 1):
-            return b
-        if is_const(b, 1):
+    unit = _UNITS.get(op)
+    if unit is not None:
+        if is_const(b, unit):
             return a
-    if op == "add":
-        if is_const(a, 0):
+        if op in COMMUTATIVE and is_const(a, unit):
             return b
-        if is_const(b, 0):
-            return a
-    elif op == "sub" and is_const(b, 0):
-        return a
-    elif op == "mul":
-        if is_const(a, 1):
-            return b
-        if is_const(b, 1):
-            return a
-    elif op == "div" and is_const(b, 1):
-        return a
     elif op in ("max", "min") and a is b:
         return a
     if op in COMMUTATIVE and b.number < a.number:
         a, b = b, a
     return Term.make(op, a, b)
 
+
+_UNITS = {"and": 1, "add": 0, "mul": 1, "sub": 0, "div": 1}
+"""The operand that leaves the other unchanged (on the right; on either side
+for a commutative operator)."""
 
 _FOLD = {
     "add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
