@@ -12,7 +12,7 @@ unknown inputs at small concrete sizes, and every output cell is compared:
 - `quantized(bound)`: a step that declares it changes values (storage in
   int8) and does; its declared bound is stated and `--exec` measures it
   (a lossy step whose only approximation is one level 3 takes as exact,
-  the vector exp, is `≈fp`);
+  the vector exp, gets the label its comparison earns, `=` or `≈fp`);
 - refuted: some cell differs, shown by inputs on which the two terms
   evaluate to different numbers (the cell, both values and the seed);
 - unknown: neither equal nor shown different.
