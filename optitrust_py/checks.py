@@ -91,10 +91,14 @@ def run_level3(session: Session) -> None:
 
 
 def combine3(results: list[Any]) -> Any:
+    """One level-3 result for a composite: the label of its first failed
+    sub-step, else the loosest label of its sub-steps."""
     from .level3 import Level3Result
 
     labels = [r.label for r in results]
-    label = next((x for x in labels if x.startswith("quantized")), "≈fp" if "≈fp" in labels else "=")
+    failed = [r.label for r in results if not r.ok]
+    label = failed[0] if failed else next((x for x in labels if x.startswith("quantized")),
+                                          "≈fp" if "≈fp" in labels else "=")
     return Level3Result(label, tuple(f for r in results for f in r.functions),
                         tuple(p for r in results for p in r.problems), sum(r.time_s for r in results))
 

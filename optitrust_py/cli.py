@@ -19,8 +19,8 @@ from .errors import CheckFailed, OtpError, ScriptError
 from .frontend import parse_file
 from .outputs import CodeCache, write_run
 from .printer import to_c
-from .report import (failed_checks, leaf_results, level2_totals, print_obligations, print_steps, print_summary,
-                     totals_text, unproved)
+from .report import (failed_checks, leaf_results, level2_totals, level3_json, print_level3, print_obligations,
+                     print_steps, print_summary, totals_text, unproved)
 from .runner import new_session, run_script
 from .session import Session
 
@@ -239,6 +239,8 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         level2.extend(checked)
         if level >= 2:
             entry["level2"] = _level2_json(session, source, checked)
+        if level >= 3:
+            entry["level3"] = level3_json(session)
         if show_contracts and session.program is not None:
             entry["contracts"] = _inferred(session)
         results.append(entry)
@@ -280,7 +282,7 @@ def _level2_json(session: Session, source: Optional[Level2Result], checked: list
 def _print_script(console: Console, session: Session, entry: dict[str, Any], source: Optional[Level2Result]) -> None:
     """`otp check`'s text for one script (from its JSON entry): a line, what
     failed, and at level 2 every step's obligations with their times, then
-    the totals."""
+    the totals; at level 3 every step's label and time."""
     ok = entry["ok"]
     line = Text("✓ " if ok else "✗ ", "green" if ok else "bold red")
     line.append(f"{entry['script']}: {entry['steps']} steps, level {entry['level']}{' + exec' if entry['exec'] else ''}, ")
@@ -290,6 +292,8 @@ def _print_script(console: Console, session: Session, entry: dict[str, Any], sou
         console.print(Text(f"    {f}", "red"))
     if entry["level"] >= 2 and not entry["error"]:
         print_obligations(console, session, source)
+    if entry["level"] >= 3 and not entry["error"]:
+        print_level3(console, session)
     if "contracts" in entry:
         console.print(Text(f"  inferred loop contracts of the final program ({entry['contracts']['time_s']} s):",
                            "bold"))

@@ -37,6 +37,9 @@ from .symexec import Outcome, Unsupported, run
 from .terms import COMMUTATIVE, Term, integer_bound
 
 SEEDS = (1, 2, 3)
+FAILED = ("refuted", "not checkable", "unknown")
+"""The statuses that fail a step, the worst first: a failed step takes the
+worst of them as its label (never `=`)."""
 CONDITIONS = 8
 """At most this many data conditions are split into cases per cell pair."""
 
@@ -131,7 +134,8 @@ def check_step(before: ir.Program, after: ir.Program, contracts: Mapping[str, Co
                 if c.status not in ("=", "≈fp")]
     if fp == "lossy" and not problems:
         return Level3Result("≈fp" if "≈fp" in statuses else "=", tuple(checks), (), time.perf_counter() - t0)
-    label = "≈fp" if "≈fp" in statuses else "="
+    failed = [s for s in FAILED if s in statuses]
+    label = failed[0] if failed else "≈fp" if "≈fp" in statuses else "="
     if label == "≈fp" and fp == "exact" and not problems:
         where = next(c for c in checks if c.status == "≈fp")
         problems.append(f"the step declares bit-exact results, but {where.function}'s outputs are only equal over "

@@ -20,16 +20,42 @@ CLAIM_WIDTH = 90
 """Characters of a proved obligation's claim shown in `otp check`'s list."""
 
 
-def leaf_results(steps: list[Step]) -> list[tuple[Step, Level2Result]]:
-    """The level-2 results that hold each obligation once: those of the
-    primitive steps (a composite's result gathers its sub-steps'), in order."""
-    out: list[tuple[Step, Level2Result]] = []
+def leaf_results(steps: list[Step], check: str = "level2") -> list[tuple[Step, Any]]:
+    """The results of `check` that hold each obligation (or comparison)
+    once: those of the primitive steps (a composite's result gathers its
+    sub-steps'), in order."""
+    out: list[tuple[Step, Any]] = []
     for s in steps:
         if s.substeps:
-            out.extend(leaf_results(s.substeps))
-        elif "level2" in s.checks:
-            out.append((s, s.checks["level2"]))
+            out.extend(leaf_results(s.substeps, check))
+        elif check in s.checks:
+            out.append((s, s.checks[check]))
     return out
+
+
+def level3_json(session: Session) -> dict[str, Any]:
+    """A script's level-3 results: each primitive step's label, time and
+    per-function comparisons, and the total time."""
+    results = leaf_results(session.steps, "level3")
+    return {"steps": [{"number": s.number, "call": s.call, **r.to_json()} for s, r in results],
+            "time_s": sum(r.time_s for _, r in results)}
+
+
+def print_level3(console: Console, session: Session) -> None:
+    """`otp check --level 3`: per step its label (`=`, `≈fp`,
+    `quantized(b)`, or why it failed) and the time its comparison took."""
+    results = leaf_results(session.steps, "level3")
+    for step, r in results:
+        head = Text(f"  step {step.number} ", "bold").append(step.call, "cyan").append("  ")
+        head.append(f"✓ L3 {r.label}" if r.ok else f"✗ L3 {r.label}", "green" if r.ok else "bold red")
+        console.print(head.append(f"  {r.time_s * 1000:.0f} ms", "dim"))
+        for p in r.problems:
+            console.print(Text(f"    ✗ {p}", "bold red"))
+    ok = all(r.ok for _, r in results)
+    t = Text("  ✓ " if ok else "  ✗ ", "green" if ok else "bold red")
+    t.append(f"level 3: {len(results)} steps compared, {sum(not r.ok for _, r in results)} failed; "
+             f"{sum(r.time_s for _, r in results):.2f} s in all")
+    console.print(t)
 
 
 def unproved(step: Step) -> int:
