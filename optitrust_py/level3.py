@@ -217,12 +217,16 @@ class _Rounding:
     """Whether two terms round the same: the same operations on the same
     operands, except that subterms computing on integers small enough
     (under 2^24) that float arithmetic on them is exact may be arranged
-    differently (`integer_product`: float sums of int8 products)."""
+    differently (`integer_product`: float sums of int8 products). Such a
+    subterm's integer leaves that narrow a value (`(int8_t)roundf(v)`)
+    must round the same themselves: `v` may be float arithmetic, whose
+    rounding decides the integer."""
 
     def __init__(self, norm: canon.Normalizer) -> None:
         self.norm = norm
         self.bounds: dict[int, float] = {}
         self.memo: dict[tuple[int, int], bool] = {}
+        self.narrowed: dict[int, frozenset[Term]] = {}
 
     def same(self, a: object, b: object) -> bool:
         if a is b:
@@ -236,14 +240,27 @@ class _Rounding:
         return got
 
     def _same(self, a: Term, b: Term) -> bool:
-        if max(integer_bound(a, self.bounds), integer_bound(b, self.bounds)) < 2 ** 24:
-            return self.norm.normal(a) == self.norm.normal(b)
+        if a.op != "narrow" and max(integer_bound(a, self.bounds), integer_bound(b, self.bounds)) < 2 ** 24:
+            return self.norm.normal(a) == self.norm.normal(b) and self._paired(self._narrows(a), self._narrows(b)) \
+                and self._paired(self._narrows(b), self._narrows(a))
         if a.op != b.op or len(a.args) != len(b.args):
             return False
         if all(self.same(x, y) for x, y in zip(a.args, b.args)):
             return True
         return a.op in COMMUTATIVE and len(a.args) == 2 and self.same(a.args[0], b.args[1]) \
             and self.same(a.args[1], b.args[0])
+
+    def _paired(self, these: frozenset[Term], those: frozenset[Term]) -> bool:
+        return all(t in those or any(self.same(t, u) for u in those) for t in these)
+
+    def _narrows(self, t: Term) -> frozenset[Term]:
+        """The `narrow` subterms of t that no other `narrow` holds."""
+        got = self.narrowed.get(t.number)
+        if got is None:
+            got = frozenset((t,)) if t.op == "narrow" else \
+                frozenset().union(*(self._narrows(x) for x in t.args if isinstance(x, Term)))
+            self.narrowed[t.number] = got
+        return got
 
 
 def _by_cases(a: object, b: object, equal: Callable[[object, object], bool]) -> bool:

@@ -389,15 +389,25 @@ def narrow_step(product: str) -> str:
             f"  for (int i = 0; i < n; i++) q[i] = (int8_t)roundf({product});\n}}\n")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="level3._Rounding takes any term of small integer_bound as exactly "
-                   "computed, and integer_bound gives narrow(...) its width's bound even "
-                   "when its argument is float arithmetic: a reassociation inside an int8 "
-                   "conversion is labelled '=' (reported to the lead)")
 def test_reassociation_inside_an_int8_conversion_is_not_exact() -> None:
     before = parse_text(narrow_step("(x[i] * x[0]) * x[1]"), "f.c")
     after = parse_text(narrow_step("x[i] * (x[0] * x[1])"), "f.c")
     result = check_step(before, after, parse_spec_text(NARROW_SPEC), [{"n": 3}], "exact", 0.0, Runs())
+    assert result.label == "≈fp" and not result.ok
+
+
+def test_reassociation_inside_an_int8_conversion_of_a_sum_is_not_exact() -> None:
+    """A sum of two int8 codes is exact however it is arranged (its terms
+    may be swapped), but the float products each code rounds are not."""
+    spec = parse_spec_text(NARROW_SPEC.replace("q ~>", "y ~>").replace("(n, x, q)", "(n, x, y)"))
+    code = ("#include <stdint.h>\n#include <math.h>\nvoid f(int n, const float *x, float *y) {{\n  int8_t q[2];\n"
+            "  for (int i = 0; i < n; i++) {{\n    q[0] = (int8_t)roundf(x[i]);\n    q[1] = (int8_t)roundf({});\n"
+            "    y[i] = {};\n  }}\n}}\n")
+    before = parse_text(code.format("(x[i] * x[0]) * x[1]", "(float)q[0] + (float)q[1]"), "f.c")
+    swapped = parse_text(code.format("(x[i] * x[0]) * x[1]", "(float)q[1] + (float)q[0]"), "f.c")
+    reassociated = parse_text(code.format("x[i] * (x[0] * x[1])", "(float)q[0] + (float)q[1]"), "f.c")
+    assert check_step(before, swapped, spec, [{"n": 3}], "exact", 0.0, Runs()).label == "="
+    result = check_step(before, reassociated, spec, [{"n": 3}], "exact", 0.0, Runs())
     assert result.label == "≈fp" and not result.ok
 
 
