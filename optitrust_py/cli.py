@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from .errors import CheckFailed, OtpError, ScriptError
+from .errors import CheckFailed, OtpError, ScriptError, ToolError
 from .frontend import parse_file
 from .outputs import CodeCache, write_run
 from .printer import to_c
@@ -38,6 +38,20 @@ def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
         return value
     return click.option("--debug", is_flag=True, expose_value=False, callback=set_debug, is_eager=True,
                         help="Show Python tracebacks for errors.")(f)
+
+
+def _solver_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    def set_limit(ctx: click.Context, param: click.Parameter, value: Optional[int]) -> Optional[int]:
+        if value is not None:
+            if value < 1:
+                raise click.BadParameter(f"must be a positive number of Z3 work units, got {value}")
+            from . import smt  # Z3 only for the commands that prove
+
+            smt.RLIMIT = value
+        return value
+    return click.option("--solver-limit", type=int, expose_value=False, callback=set_limit,
+                        help="Z3's work limit per query (rlimit units; the default is smt.RLIMIT). Raise it "
+                             "when obligations come back unknown because the limit was reached.")(f)
 
 
 def parse_sizes(text: Optional[str]) -> dict[str, float]:
@@ -98,15 +112,18 @@ def cli() -> None:
 @click.option("--no-color", is_flag=True, help="Plain text output.")
 @click.option("--annotate", is_flag=True,
               help="Show the diffs with each loop's inferred contract; write final.annotated.c.")
+@click.option("--html", "show_html", is_flag=True,
+              help="Print the address of the trace viewer (out/<script>/trace.html, always written).")
+@_solver_option
 @_debug_option
 def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[str], stop_after: Optional[int],
-        out_dir: str, quiet: bool, no_color: bool, annotate: bool) -> None:
+        out_dir: str, quiet: bool, no_color: bool, annotate: bool, show_html: bool) -> None:
     """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
     _check_level(level)
     _check_target(target)
     session = new_session(script, target, stop_after, parse_sizes(sizes))
     _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
-                    no_color, annotate)
+                    no_color, annotate, show_html)
 
 
 @cli.command()
@@ -119,6 +136,7 @@ def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[st
 @click.option("--out", "out_dir", default="out", show_default=True)
 @click.option("--quiet", is_flag=True)
 @click.option("--no-color", is_flag=True)
+@_solver_option
 @_debug_option
 def apply(c_file: str, transformations: tuple[str, ...], spec: Optional[str], level: int, run_exec: bool,
           sizes: Optional[str], out_dir: str, quiet: bool, no_color: bool) -> None:
@@ -158,21 +176,32 @@ def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
-                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False) -> None:
+                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False,
+                    show_html: bool = False) -> None:
+    """Check the steps, write out/<script>/ and print the steps; the loop
+    contracts are inferred for the trace with --annotate or at level 3."""
+    from .progress import check_progress
+
     console = _console(no_color)
     error = body()
     code = CodeCache()
     source = None
     if session.steps:
-        check_error, source = _checked(session, level, run_exec)
+        with check_progress(session, level, run_exec, no_color):
+            check_error, source = _checked(session, level, run_exec)
         error = error or check_error
-    shown = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate else code
-    final = shown(session.program) if annotate and session.program is not None else None
-    dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, final)
+    inferred = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate or level >= 3 else None
+    try:
+        dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, inferred)
+    except OSError as e:
+        raise ToolError(f"cannot write the run's files into {Path(out_dir) / Path(name).stem}: "
+                        f"{e.strerror or e}") from None
     if not quiet:
-        print_steps(console, session, shown, source)
+        print_steps(console, session, inferred if annotate and inferred is not None else code, source)
     print_summary(console, session, level, run_exec, source)
     console.print(f"wrote {dest}/", style="dim")
+    if show_html:
+        console.print(f"trace viewer: {(dest / 'trace.html').resolve().as_uri()}")
     if error is not None:
         raise error
     failures = failed_checks(session, source)
@@ -209,6 +238,7 @@ class _Failed(OtpError):
 @click.option("--no-color", is_flag=True)
 @click.option("--show-contracts", is_flag=True,
               help="Print each script's final program with every loop's inferred contract.")
+@_solver_option
 @_debug_option
 def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
           no_color: bool, show_contracts: bool) -> None:
