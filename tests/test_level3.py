@@ -464,13 +464,24 @@ def test_guard_split_over_scratch_memory_is_equal() -> None:
     assert result.ok and result.label == "=", result.problems
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="check_step labels every refuted or unknown cell of a lossy step 'changed' without "
-                   "looking at how far apart the values are: a step declaring a 1e-6 bound (vectorize's "
-                   "vector exp) whose output is wrong is quantized(1e-06), ok (reported to the lead)")
 def test_lossy_step_beyond_its_bound_is_refuted() -> None:
     spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")
     code = "#include <math.h>\nvoid f(int n, const float *x, float *y) {{ for (int i = 0; i < n; i++) y[i] = {}; }}"
     before, wrong = (parse_text(code.format(e), "f.c") for e in ("expf(x[i])", "expf(x[i]) + x[i]"))
     result = check_step(before, wrong, spec, [{"n": 3}], "lossy", 1e-6, Runs())
-    assert not result.ok, result.label
+    assert not result.ok and result.label == "refuted", result.label
+    assert re.search(r"refuted: output y\[\d\] differs: .* a relative move of \S+, beyond the bound 1e-06",
+                     result.problems[0]), result.problems
+
+
+def test_lossy_step_within_its_bound_is_quantized() -> None:
+    """y = x * 1.001 moves every value by 1e-3 of it: within a declared 1e-2,
+    beyond a declared 1e-4."""
+    spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")
+    code = "void f(int n, const float *x, float *y) {{ for (int i = 0; i < n; i++) y[i] = {}; }}"
+    before, scaled = (parse_text(code.format(e), "f.c") for e in ("x[i]", "x[i] * 1.001f"))
+    result = check_step(before, scaled, spec, [{"n": 3}], "lossy", 1e-2, Runs())
+    assert result.ok and result.label == "quantized(0.01)", result.problems
+    (check,) = result.functions
+    assert check.status == "changed" and re.search(r"largest relative move, 0.001 at y\[\d\]", check.detail), check
+    assert check_step(before, scaled, spec, [{"n": 3}], "lossy", 1e-4, Runs()).label == "refuted"
