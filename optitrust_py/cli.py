@@ -112,18 +112,16 @@ def cli() -> None:
 @click.option("--no-color", is_flag=True, help="Plain text output.")
 @click.option("--annotate", is_flag=True,
               help="Show the diffs with each loop's inferred contract; write final.annotated.c.")
-@click.option("--html", "show_html", is_flag=True,
-              help="Print the address of the trace viewer (out/<script>/trace.html, always written).")
 @_solver_option
 @_debug_option
 def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[str], stop_after: Optional[int],
-        out_dir: str, quiet: bool, no_color: bool, annotate: bool, show_html: bool) -> None:
+        out_dir: str, quiet: bool, no_color: bool, annotate: bool) -> None:
     """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
     _check_level(level)
     _check_target(target)
     session = new_session(script, target, stop_after, parse_sizes(sizes))
     _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
-                    no_color, annotate, show_html)
+                    no_color, annotate)
 
 
 @cli.command()
@@ -176,32 +174,25 @@ def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
-                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False,
-                    show_html: bool = False) -> None:
-    """Check the steps, write out/<script>/ and print the steps; the loop
-    contracts are inferred for the trace with --annotate or at level 3."""
-    from .progress import check_progress
-
+                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False) -> None:
     console = _console(no_color)
     error = body()
     code = CodeCache()
     source = None
     if session.steps:
-        with check_progress(session, level, run_exec, no_color):
-            check_error, source = _checked(session, level, run_exec)
+        check_error, source = _checked(session, level, run_exec)
         error = error or check_error
-    inferred = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate or level >= 3 else None
+    shown = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate else code
+    final = shown(session.program) if annotate and session.program is not None else None
     try:
-        dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, inferred)
+        dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, final)
     except OSError as e:
         raise ToolError(f"cannot write the run's files into {Path(out_dir) / Path(name).stem}: "
                         f"{e.strerror or e}") from None
     if not quiet:
-        print_steps(console, session, inferred if annotate and inferred is not None else code, source)
+        print_steps(console, session, shown, source)
     print_summary(console, session, level, run_exec, source)
     console.print(f"wrote {dest}/", style="dim")
-    if show_html:
-        console.print(f"trace viewer: {(dest / 'trace.html').resolve().as_uri()}")
     if error is not None:
         raise error
     failures = failed_checks(session, source)
