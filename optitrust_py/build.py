@@ -18,7 +18,9 @@ check, benchmarks).
 Every compile gets `-I <package>/include`, whose `otp.h` turns the in-source
 contract clauses (`__reads("...")`, ...) into nothing, links `-lm`, and adds
 `-fopenmp` when the text has an `omp` pragma (so `-Wall`'s unknown-pragma
-warning does not fire and parallel code really runs in parallel).
+warning does not fire and parallel code really runs in parallel), and
+`-Wno-unknown-pragmas` when it has otp's GPU marks (`#pragma otp gpu block x`,
+see cuda_map.py), loops gcc runs sequentially.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ SANITIZE_ENV = {
 """Environment for running sanitized programs (leaks are not errors here)."""
 
 _OMP_RE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+omp\b", re.M)
+_GPU_MARK_RE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+otp[ \t]+gpu\b", re.M)
 _DIAG_START = re.compile(r"^(\S.*?:\d+:(\d+:)? |cc1\S*: |gcc\S*: |collect2: |/\S*ld\S*: )")
 
 
@@ -120,6 +123,8 @@ def _common_flags(c_text: str) -> list[str]:
     flags = ["-fdiagnostics-color=never", "-fno-diagnostics-show-caret", "-I", str(INCLUDE_DIR)]
     if uses_openmp(c_text):
         flags.append("-fopenmp")
+    if _GPU_MARK_RE.search(c_text):
+        flags.append("-Wno-unknown-pragmas")  # otp's GPU marks: gcc runs those loops sequentially
     return flags
 
 
