@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import canon, ir
+from . import canon, ir, locality
 from .contract import Contract, evaluate
 from .errors import OtpError
 from .symexec import Outcome, Unsupported, run
@@ -157,9 +157,16 @@ def _sizes_text(sizes: tuple[tuple[str, int], ...]) -> str:
 def _compare_function(before: ir.Program, after: ir.Program, name: str, contract: Contract,
                       sizes: Mapping[str, int], runs: Runs, bound: Optional[float] = None) -> list[FunctionCheck]:
     key = tuple(sorted(sizes.items()))
+    old_closure, new_closure = _closure(before, name), _closure(after, name)
+    where = locality.focus(before, after, old_closure, new_closure)
+    if where is not None and bound is None:
+        try:
+            return _compare_locally(before, after, name, contract, sizes, where, old_closure, runs)
+        except (locality.NotLocal, Unsupported):
+            pass  # whole runs decide, and name the output cell if one differs
     out: list[FunctionCheck] = []
     try:
-        for choices in _choice_sets(after, name, contract, sizes, runs):
+        for choices in _choice_sets(lambda c: runs.run(after, name, contract, sizes, c).choices):
             new = runs.run(after, name, contract, sizes, choices)
             old = runs.run(before, name, contract, sizes, choices)
             status, detail = _compare(old, new, runs.normalizer, bound)
@@ -174,19 +181,57 @@ def _choices_text(choices: Mapping[str, bool]) -> str:
     return ", ".join(f"{k} {'true' if v else 'false'}" for k, v in choices.items())
 
 
-def _choice_sets(program: ir.Program, name: str, contract: Contract, sizes: Mapping[str, int],
-                 runs: Runs) -> list[dict[str, bool]]:
-    """Every assignment of the choices (`__builtin_cpu_supports`) a run meets."""
+def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract: Contract,
+                     sizes: Mapping[str, int], where: locality.Focus, closure: Sequence[ir.FuncDef],
+                     runs: Runs) -> list[FunctionCheck]:
+    """The changed statement alone, at each of its runs (`locality`); raises
+    `NotLocal` when that does not show the step equal."""
+    reaching = frozenset(f.name for f in closure if any(
+        g.name == where.function for g in _closure(before, f.name)))
+    found: dict[tuple[tuple[str, bool], ...], list[locality.Instance]] = {}
+
+    def ask(choices: Mapping[str, bool]) -> dict[str, bool]:
+        got, asked = locality.instances(before, name, contract, sizes, choices, where, reaching)
+        found[tuple(sorted({**asked, **choices}.items()))] = got
+        return asked
+
+    out: list[FunctionCheck] = []
+    key = tuple(sorted(sizes.items()))
+    line = where.before.loc.line if where.before.loc else "?"
+    for choices in _choice_sets(ask):
+        status, detail, cells = "=", "", 0
+        todo = found[tuple(sorted(choices.items()))]
+        for at in todo:
+            a = locality.run_at(before, where.before, at, choices)
+            b = locality.run_at(after, where.after, at, choices)
+            if any(k not in choices for k in (*a.asked, *b.asked)):
+                raise locality.NotLocal("the changed statement makes a choice of its own")
+            old, new = locality.outcomes(a, b)
+            got, why = _compare(old, new, runs.normalizer)
+            if got not in ("=", "≈fp"):
+                raise locality.NotLocal(why)
+            cells += len(old.cells)
+            if got == "≈fp" and status == "=":
+                status, detail = got, why
+        shown = f"{detail + '; ' if detail else ''}the statement the step changed (line {line}) compared alone at " \
+                f"its {len(todo)} runs" + (f" (with {_choices_text(choices)})" if choices else "")
+        out.append(FunctionCheck(name, key, status, shown, cells))
+    return out
+
+
+def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> list[dict[str, bool]]:
+    """Every assignment of the choices (`__builtin_cpu_supports`) a run
+    meets; `ask` runs with some choices and says which it met."""
     done: list[dict[str, bool]] = []
     todo: list[dict[str, bool]] = [{}]
     while todo:
         choices = todo.pop()
-        outcome = runs.run(program, name, contract, sizes, choices)
-        full = {**outcome.choices, **choices}
+        asked = ask(choices)
+        full = {**asked, **choices}
         if full in done:
             continue
         done.append(full)
-        for k in outcome.choices:
+        for k in asked:
             if k not in choices:
                 todo.append({**full, k: not full[k]})
     return done
@@ -344,24 +389,28 @@ def choose_sizes(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, flo
         for s in sets:
             _check_requires(contracts, s)
         return sets
-    targets, equal = _targets(programs, base)
-    first = _small(contracts, {**targets, **{n: sorted(vs)[0] for n, vs in equal.items()}})
+    targets, equal, floors = _targets(programs, base)
+    floors = {n: v for n, v in floors.items() if n not in equal}
+    first = _small(contracts, {**targets, **{n: sorted(vs)[0] for n, vs in equal.items()}}, floors)
     out = [first]
     if equal:
         other = {**targets, **{n: max(2, sorted(equal[n])[0] // 2 + 1) for n in equal}}
-        second = _small(contracts, other)
+        second = _small(contracts, other, floors)
         if second != first:
             out.append(second)
     return out
 
 
 def _targets(programs: Sequence[ir.Program], sizes: Mapping[str, int]) -> tuple[dict[str, int],
-                                                                               dict[str, set[int]]]:
+                                                                               dict[str, set[int]], dict[str, int]]:
     """For each size, a value that runs every tile of the code in full and
     a tail: the smallest value past the largest constant step or divisor
     the size meets in a loop bound or a `%`, that none of them divides
     (69 for blocks of 64, 4 and 16 lanes); 5 where none. Also the
-    constants each size is tested equal to."""
+    constants each size is tested equal to, and the least value of each
+    size with a step that runs its largest tile twice (a `requires` may
+    forbid the target: N % 32 == 0 takes 64, not 32), at most the
+    --exec size."""
     from .tree import walk
 
     steps: dict[str, set[int]] = {n: set() for n in sizes}
@@ -385,6 +434,7 @@ def _targets(programs: Sequence[ir.Program], sizes: Mapping[str, int]) -> tuple[
                         if isinstance(a, ir.Var) and a.name in sizes and c is not None:
                             equal.setdefault(a.name, set()).add(c)
     targets: dict[str, int] = {}
+    floors = {n: min(max(cs) + 1, sizes[n]) if sizes[n] > 0 else max(cs) + 1 for n, cs in steps.items() if cs}
     for n, cs in steps.items():
         if not cs:
             targets[n] = min(sizes[n], 5)
@@ -393,7 +443,7 @@ def _targets(programs: Sequence[ir.Program], sizes: Mapping[str, int]) -> tuple[
         while any(v % c == 0 for c in cs):
             v += 1
         targets[n] = min(v + 4 if v - max(cs) < 3 else v, sizes[n]) if sizes[n] > 0 else v
-    return targets, equal
+    return targets, equal, floors
 
 
 def _int_const(e: ir.Expr) -> Optional[int]:
@@ -428,9 +478,11 @@ def _check_requires(contracts: Mapping[str, Contract], sizes: Mapping[str, int])
                                f"'requires' of {c.function}", r.loc)
 
 
-def _small(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, int]) -> dict[str, int]:
+def _small(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, int],
+           floors: Mapping[str, int]) -> dict[str, int]:
     """The sizes nearest to the targets that every `requires` allows (Z3
-    minimises the distance)."""
+    minimises the distance), each at least its floor where the `requires`
+    allow it."""
     import z3
 
     from .smt import Terms
@@ -449,8 +501,12 @@ def _small(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, int]) -> 
         opt.add(vs[n] >= min(1, exec_sizes[n]))
         cost.append(z3.If(vs[n] >= goal, vs[n] - goal, goal - vs[n]))
     opt.minimize(z3.Sum(cost) if cost else z3.IntVal(0))
+    opt.push()
+    opt.add(*(vs[n] >= v for n, v in floors.items() if n in vs))
     if opt.check() != z3.sat:
-        return dict(exec_sizes)
+        opt.pop()
+        if opt.check() != z3.sat:
+            return dict(exec_sizes)
     model = opt.model()
     return {n: model.eval(vs[n], model_completion=True).as_long() for n in names}
 
