@@ -10,7 +10,8 @@ real identities do the rest:
 - exp is a homomorphism: `exp(c1*m1 + ... + c0) = E(m1)^c1 * ... * E(1)^c0`
   with one atom `E(m)` per monomial, so `exp(a - m1) * exp(m1 - m2)` and
   `exp(a - m2)` meet (the online-softmax rescaling);
-- `exp(-inf + ...)` is 0, and -inf is dropped from a maximum;
+- `exp(-inf + ...)` is 0, -inf is dropped from a maximum and +inf from a
+  minimum;
 - max and min are associative, commutative and idempotent: an atom holds
   the set of its arguments' normal forms;
 - a quotient by a single monomial is a product by its inverse.
@@ -29,7 +30,7 @@ import random
 from fractions import Fraction
 from typing import Generic, Iterator, Mapping, Optional, TypeVar
 
-from .terms import NEG_INF, Term
+from .terms import NEG_INF, POS_INF, Term
 
 Mono = tuple[tuple[int, Fraction], ...]
 Poly = tuple[tuple[Mono, Fraction], ...]
@@ -104,8 +105,8 @@ class Normalizer:
             return self._ite(t)
         if op in ("tofloat", "widen"):
             return self.normal(args[0])
-        if op == "neginf":
-            return _monomial(((self.atom("neginf"), Fraction(1)),))
+        if op in ("neginf", "posinf"):
+            return self._unit(t)
         kids = tuple(self.poly_id(self.normal(a)) if isinstance(a, Term) else ("data", a) for a in args)
         return _monomial(((self.atom(op, *kids), Fraction(1)),))
 
@@ -173,12 +174,13 @@ class Normalizer:
     def _extremum(self, op: str, t: Term) -> Poly:
         members: set[int] = set()
         stack = list(t.args)
+        unit = NEG_INF if op == "max" else POS_INF
         while stack:
             u = stack.pop()
             if isinstance(u, Term) and u.op == op:
                 stack.extend(u.args)
                 continue
-            if u is NEG_INF and op == "max":
+            if u is unit:
                 continue
             p = self.normal(u)
             inner = self._atom_key(p)
@@ -186,10 +188,14 @@ class Normalizer:
                 members.update(inner[1])  # type: ignore[arg-type]
             else:
                 members.add(self.poly_id(p))
-        if len(members) == 1:
-            (only,) = members
-            return self._polys.keys[only]
+        if len(members) <= 1:
+            return self._polys.keys[members.pop()] if members else self._unit(unit)
         return _monomial(((self.atom(op, frozenset(members)), Fraction(1)),))
+
+    def _unit(self, t: Term) -> Poly:
+        """An infinity as a polynomial: an atom of its own (a maximum of
+        nothing but -inf, a minimum of nothing but +inf)."""
+        return _monomial(((self.atom(t.op), Fraction(1)),))
 
     def _atom_key(self, p: Poly) -> Optional[tuple[object, ...]]:
         """The key of the atom a polynomial is exactly (coefficient 1), if any."""

@@ -24,7 +24,7 @@ from optitrust_py.level3 import Level3Result, Runs, check_step, choose_sizes
 from optitrust_py.runner import new_session, run_script
 from optitrust_py.session import Session
 from optitrust_py.spec import parse_spec_file, parse_spec_text
-from optitrust_py.terms import NEG_INF, Term
+from optitrust_py.terms import NEG_INF, POS_INF, Term
 from helpers import SHIFT_C, SHIFT_SPEC
 from transformations import loop, vector
 
@@ -140,6 +140,13 @@ def test_max_is_a_set_and_minus_infinity_drops_out() -> None:
     assert not meet(T.binary("max", a, b), T.binary("max", a, c))
     assert not meet(T.binary("max", a, b), T.binary("min", a, b))
     assert meet(T.ite(T.binary("lt", a, b), b, a), T.binary("max", a, b)), "if (b > a) m = b: a maximum"
+
+
+def test_plus_infinity_drops_out_of_a_minimum() -> None:
+    assert meet(T.binary("min", a, POS_INF), a) and meet(T.binary("min", POS_INF, T.binary("min", b, a)),
+                                                         T.binary("min", a, b))
+    assert not meet(T.binary("max", a, POS_INF), a) and not meet(T.binary("min", a, NEG_INF), a)
+    assert meet(Term.make("min", POS_INF, POS_INF), POS_INF) and not meet(Term.make("max", NEG_INF, NEG_INF), POS_INF)
 
 
 def test_division_by_a_monomial_is_a_product() -> None:
