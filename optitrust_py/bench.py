@@ -85,7 +85,7 @@ import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from . import ir
 from .errors import CheckFailed, OtpError, ScriptError, SpecError
@@ -286,7 +286,7 @@ class BenchReport:
         out: dict[str, Any] = {"script": script, "target": target, "function": self.function,
                                "sizes": self.sizes, "threads": self.threads, "ok": self.ok,
                                "max_rel_err": _finite(self.errors.get("optimized", math.nan)),
-                               "tolerance": self.tolerance}
+                               "tolerance": self.tolerance, "unit": UNITS[self.unit][1], "library": self.library}
         if self.failure:
             out["error"] = self.failure
             return out
@@ -314,10 +314,11 @@ def _finite(x: float) -> Any:
 
 def run_bench(original: ir.Program, final: ir.Program, contracts: Mapping[str, Any], spec: BenchSpec,
               overrides: Mapping[str, float], threads: int, repeats: Optional[int] = None,
-              library: Optional[str] = None) -> BenchReport:
+              library: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> BenchReport:
     """Build, check and time `spec.function` of `original` and `final` (the
     final one through `spec.call` when given), the declared variants and
-    the `library` formulation. Bad input is an OtpError (exit 2); a crash of
+    the `library` formulation; `progress` is told what the measuring
+    process starts running (`running the optimized program`). Bad input is an OtpError (exit 2); a crash of
     the C code is a CheckFailed; a failed comparison is a report with
     `failure` set."""
     from .build import BENCH_FLAGS, BuildFailed, compile_many
@@ -366,7 +367,7 @@ def run_bench(original: ir.Program, final: ir.Program, contracts: Mapping[str, A
            "ret": None if plan.ret is None else plan.ret.code,
            "sizes": values, "threads": threads, "tolerance": spec.tolerance, "repeats": repeats,
            "library": library, "statement": statement}
-    result = _run_worker(job, threads)
+    result = _run_worker(job, threads, progress)
     errors = {k: float(v) for k, v in result["errors"].items()}
     timings = {k: Timing(tuple(v), work, spec.unit) for k, v in result.get("times", {}).items()}
     return BenchReport(name, values, threads, work, spec.unit, library, spec.tolerance, errors, timings,
@@ -506,8 +507,10 @@ def _param_json(p: Any) -> dict[str, Any]:
             "count": p.count, "fill": p.fill, "output": p.output, "dims": list(p.dims)}
 
 
-def _run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Run the measuring process; its result, or the error it reports."""
+def _run_worker(job: dict[str, Any], threads: int, progress: Optional[Callable[[str], None]] = None) \
+        -> dict[str, Any]:
+    """Run the measuring process; its result, or the error it reports. Its
+    progress lines on stderr go to `progress` as they come."""
     from .build import run_env
 
     env = run_env({k: str(threads) for k in THREAD_ENV})
@@ -516,14 +519,16 @@ def _run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="otp-bench-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps({**job, "result": str(result_path)}))
-        proc = subprocess.run([sys.executable, "-m", "optitrust_py.bench", str(job_path)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with subprocess.Popen([sys.executable, "-m", "optitrust_py.bench", str(job_path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+            assert proc.stderr is not None
+            lines = [ln.rstrip("\n") for ln in _reported(proc.stderr, progress)]
         if result_path.is_file():
             result = json.loads(result_path.read_text())
             if "error" in result:
                 raise ScriptError(result["error"])
             return result  # type: ignore[no-any-return]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if ln.strip()]
     doing = next((ln[len(PROGRESS):] for ln in reversed(lines) if ln.startswith(PROGRESS)), "")
     if proc.returncode < 0 and doing:
         import signal
@@ -531,6 +536,14 @@ def _run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
         raise CheckFailed(f"the benchmark process was killed by {signal.Signals(-proc.returncode).name} while "
                           f"{doing} (otp run --exec --size ... finds the step that breaks it)")
     raise RuntimeError(f"the benchmark process failed (status {proc.returncode}): " + "\n".join(lines[-15:]))
+
+
+def _reported(stream: Iterable[str], progress: Optional[Callable[[str], None]]) -> Iterator[str]:
+    """The lines of `stream`, each progress line also given to `progress`."""
+    for line in stream:
+        if progress is not None and line.startswith(PROGRESS):
+            progress(line[len(PROGRESS):].strip())
+        yield line
 
 
 # ----------------------------------------------------------------- the measuring process

@@ -82,11 +82,25 @@ def _check_level(level: int) -> None:
 
 
 def _check_target(target: str) -> None:
-    """Refuse a target whose back end does not exist, rather than write CPU code under its name."""
-    if target == "cuda":
-        raise OtpError("--target cuda is not available in this version of otp: the CUDA back end is not "
-                       "implemented yet (no CUDA printer, nvcc build or GPU timing), so a script's CUDA ending "
-                       "cannot be emitted; use --target cpu (the default)")
+    """--target cuda needs nvcc: level 1 compiles the emitted CUDA, bench builds it."""
+    from .cuda_build import find_nvcc
+
+    if target == "cuda" and find_nvcc() is None:
+        raise ToolError("--target cuda needs nvcc (the CUDA compiler), which was not found on PATH nor in "
+                        "/usr/local/cuda/bin; set OTP_NVCC to its path, or use --target cpu")
+
+
+def _cuda_final(session: Session, dest: Path) -> list[str]:
+    """`--target cuda`: write the final program as `dest/final.cu` and
+    compile it with nvcc (level 1); nvcc's complaints are returned."""
+    from .cuda_build import emit_checked
+
+    if session.program is None:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    text, problems = emit_checked(session.program, str(dest / "final.cu"))
+    (dest / "final.cu").write_text(text)
+    return problems
 
 
 def _console(no_color: bool) -> Console:
@@ -112,16 +126,18 @@ def cli() -> None:
 @click.option("--no-color", is_flag=True, help="Plain text output.")
 @click.option("--annotate", is_flag=True,
               help="Show the diffs with each loop's inferred contract; write final.annotated.c.")
+@click.option("--html", "show_html", is_flag=True,
+              help="Print the address of the trace viewer (out/<script>/trace.html, always written).")
 @_solver_option
 @_debug_option
 def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[str], stop_after: Optional[int],
-        out_dir: str, quiet: bool, no_color: bool, annotate: bool) -> None:
+        out_dir: str, quiet: bool, no_color: bool, annotate: bool, show_html: bool) -> None:
     """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
     _check_level(level)
     _check_target(target)
     session = new_session(script, target, stop_after, parse_sizes(sizes))
     _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
-                    no_color, annotate)
+                    no_color, annotate, show_html)
 
 
 @cli.command()
@@ -174,28 +190,38 @@ def _parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], name: str, level: int,
-                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False) -> None:
+                    run_exec: bool, out_dir: str, quiet: bool, no_color: bool, annotate: bool = False,
+                    show_html: bool = False) -> None:
+    """Check the steps, write out/<script>/ and print the steps; the loop
+    contracts are inferred for the trace with --annotate or at level 3."""
+    from .progress import check_progress
+
     console = _console(no_color)
     error = body()
     code = CodeCache()
     source = None
     if session.steps:
-        check_error, source = _checked(session, level, run_exec)
+        with check_progress(session, level, run_exec, no_color):
+            check_error, source = _checked(session, level, run_exec)
         error = error or check_error
-    shown = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate else code
-    final = shown(session.program) if annotate and session.program is not None else None
+    inferred = CodeCache(lambda p: _annotated(p, session.contracts)) if annotate or level >= 3 else None
     try:
-        dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, final)
+        dest = write_run(session, name, Path(out_dir), str(error) if error else None, code, source, inferred)
     except OSError as e:
         raise ToolError(f"cannot write the run's files into {Path(out_dir) / Path(name).stem}: "
                         f"{e.strerror or e}") from None
     if not quiet:
-        print_steps(console, session, shown, source)
+        print_steps(console, session, inferred if annotate and inferred is not None else code, source)
     print_summary(console, session, level, run_exec, source)
     console.print(f"wrote {dest}/", style="dim")
+    if show_html:
+        console.print(f"trace viewer: {(dest / 'trace.html').resolve().as_uri()}")
     if error is not None:
         raise error
     failures = failed_checks(session, source)
+    if session.target == "cuda":
+        failures += _cuda_final(session, dest)
+        console.print(f"wrote {dest / 'final.cu'}", style="dim")
     if failures:
         raise _Failed(failures)
 
@@ -250,6 +276,11 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         if error is None:
             error, source = _checked(session, level, run_exec)
         failures = failed_checks(session, source)
+        if error is None and target == "cuda":
+            try:
+                failures += _cuda_final(session, Path("out") / Path(script).stem)
+            except OtpError as e:
+                error = e
         status = 2 if error else 1 if failures else 0
         worst = max(worst, status)
         not_proved = sum(unproved(s) for s in session.steps)
@@ -332,15 +363,28 @@ def _print_script(console: Console, session: Session, entry: dict[str, Any], sou
               help="Also time the script's numpy= or torch= formulation on the same inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--no-color", is_flag=True)
+@click.option("--out", "out_dir", default="out", show_default=True,
+              help="Record the run in <out>/<script>/bench.json (the trace viewer's chart).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False),
+              help="Also write the chart of every run recorded for SCRIPT to this .svg file.")
 @_debug_option
 def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int], repeats: Optional[int],
-          library: Optional[str], as_json: bool, no_color: bool) -> None:
+          library: Optional[str], as_json: bool, no_color: bool, out_dir: str, plot: Optional[str]) -> None:
     """Build SCRIPT's original and final programs with gcc -O3, check that
     their outputs agree, and time them side by side."""
     from .bench import declared, print_report, run_bench
     from .build import BENCH_FLAGS
+    from .progress import bench_progress
+
+    if plot is not None and not plot.endswith(".svg"):
+        raise OtpError(f"--plot {plot}: the chart is written as SVG; give a file name ending in .svg")
 
     _check_target(target)
+    if target == "cuda":
+        from .cuda_bench import bench_cuda
+
+        bench_cuda(script, parse_sizes(sizes), repeats, library, as_json, _console(no_color))
+        return
     overrides = parse_sizes(sizes)
     session = new_session(script, target)
     error = run_script(session, script)
@@ -351,14 +395,33 @@ def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int]
         raise ScriptError(f"{script} declares no benchmark: add bench(\"FUNCTION\", sizes={{...}}, "
                           f"flops=\"...\") after load() to say what to time (see README, Benchmarks)")
     assert session.original is not None and session.program is not None
-    report = run_bench(session.original, session.program, session.contracts, spec, overrides,
-                       os.cpu_count() or 1 if threads is None else threads, repeats, library)
+    with bench_progress(2 + len(spec.variants) + (library is not None), no_color) as progress:
+        report = run_bench(session.original, session.program, session.contracts, spec, overrides,
+                           os.cpu_count() or 1 if threads is None else threads, repeats, library, progress)
+    _record_bench(report.to_json(script, target), Path(out_dir) / Path(script).stem, plot)
     if as_json:
         click.echo(json.dumps(report.to_json(script, target), indent=1))
     else:
         print_report(_console(no_color), report, BENCH_FLAGS)
     if not report.ok:
         raise CheckFailed(report.failure)
+
+
+def _record_bench(run: dict[str, Any], folder: Path, plot: Optional[str]) -> None:
+    """Keep the run in folder/bench.json, redraw the trace viewer there (if
+    `otp run` wrote one) and write the chart to `plot` when asked."""
+    from .bench_results import bench_svg, record_run, write_atomic
+    from .trace_html import refresh_page
+
+    try:
+        runs = record_run(folder, run)
+        refresh_page(folder)
+        if plot is not None:
+            write_atomic(Path(plot), bench_svg(runs))
+    except OSError as e:
+        raise OtpError(f"cannot write the benchmark's files ({e.filename}): {e.strerror or e}") from None
+    except ValueError as e:
+        raise OtpError(f"--plot {plot}: {e}") from None
 
 
 @cli.command(name="print")
