@@ -300,6 +300,8 @@ class _Converter:
             init = self.expr(e.init)
             assert isinstance(init, ir.InitList)
             return ir.CompoundLit(self.type(e.type), init, loc)
+        if isinstance(e, c_ast.InitList):  # designated: pycparser prints its braces in the parent only
+            return ir.OpaqueExpr("{" + self.gen.visit(e) + "}", loc)
         return ir.OpaqueExpr(self.gen.visit(e), loc)
 
     # ------------------------------------------------------------- statements
