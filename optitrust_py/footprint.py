@@ -13,8 +13,8 @@ parameters, loop indices and opaque values:
 - any other scalar that the function assigns is *mutable*: each occurrence
   in an index or a bound becomes its own unknown (`Access.mutable`);
 - a flattened access to an array whose contract gives it a shape is split
-  into per-dimension indices (`layout.delinearize`), which the resource
-  check proves within their dimensions.
+  into per-dimension indices (`layout.delinearize`, `_split`), which the
+  resource check proves within their dimensions.
 
 Anything whose effect is not modelled (an unknown call, an opaque node) is
 an access to `UNKNOWN` that conflicts with everything."""
@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from . import ir
 from .intrinsics import memory_args
-from .layout import ONE, ZERO, delinearize, factors, linearize
+from .layout import ONE, ZERO, delinearize, factors, linearize, signed_sum, terms
 from .names import PURE_FUNCTIONS, has_side_effects, subst
 from .printer import expr as expr_text
 from .tree import Path, children, function_path, get, walk as _walk
@@ -81,6 +81,21 @@ class Access:
         if len(self.index) <= 1:
             return self.index[0] if self.index else ZERO
         return linearize(self.index, self.shape) if self.shape is not None else None
+
+
+def _split(index: ir.Expr, shape: tuple[ir.Expr, ...]) -> Optional[tuple[ir.Expr, ...]]:
+    """The per-dimension indices of a flattened index. A term that is the
+    last dimension alone stays in the last index when that index subtracts
+    something: `k * N + (N - 1 - j)` is (k, N - 1 - j), within N columns,
+    not (k + 1, -1 - j). None when nothing else carries a dimension (the
+    access is then checked flat)."""
+    parts = terms(index)
+    bare = [(sign, t) for sign, t in parts if t == shape[-1]]
+    rest = [(sign, t) for sign, t in parts if t != shape[-1]]
+    if not bare or not any(sign < 0 and not factors(t).count(shape[-1]) for sign, t in rest):
+        return delinearize(index, shape)
+    split = delinearize(signed_sum(rest), shape)
+    return None if split is None else split[:-1] + (signed_sum(bare + terms(split[-1])),)
 
 
 @dataclass(frozen=True)
@@ -228,7 +243,7 @@ class _Collector:
         index = tuple(ctx.resolve(i) for i in index)
         shape = self.shapes.get(cell)
         if shape is not None and len(index) == 1 and len(shape) > 1:
-            split = delinearize(index[0], shape)
+            split = _split(index[0], shape)
             if split is not None:
                 index = split
         lanes = ctx.resolve(lanes)
