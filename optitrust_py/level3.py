@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import canon, ir
+from . import canon, ir, locality
 from .contract import Contract, evaluate
 from .errors import OtpError
 from .symexec import Outcome, Unsupported, run
@@ -157,9 +157,16 @@ def _sizes_text(sizes: tuple[tuple[str, int], ...]) -> str:
 def _compare_function(before: ir.Program, after: ir.Program, name: str, contract: Contract,
                       sizes: Mapping[str, int], runs: Runs, bound: Optional[float] = None) -> list[FunctionCheck]:
     key = tuple(sorted(sizes.items()))
+    old_closure, new_closure = _closure(before, name), _closure(after, name)
+    where = locality.focus(before, after, old_closure, new_closure)
+    if where is not None and bound is None:
+        try:
+            return _compare_locally(before, after, name, contract, sizes, where, old_closure, runs)
+        except (locality.NotLocal, Unsupported):
+            pass  # whole runs decide, and name the output cell if one differs
     out: list[FunctionCheck] = []
     try:
-        for choices in _choice_sets(after, name, contract, sizes, runs):
+        for choices in _choice_sets(lambda c: runs.run(after, name, contract, sizes, c).choices):
             new = runs.run(after, name, contract, sizes, choices)
             old = runs.run(before, name, contract, sizes, choices)
             status, detail = _compare(old, new, runs.normalizer, bound)
@@ -174,19 +181,57 @@ def _choices_text(choices: Mapping[str, bool]) -> str:
     return ", ".join(f"{k} {'true' if v else 'false'}" for k, v in choices.items())
 
 
-def _choice_sets(program: ir.Program, name: str, contract: Contract, sizes: Mapping[str, int],
-                 runs: Runs) -> list[dict[str, bool]]:
-    """Every assignment of the choices (`__builtin_cpu_supports`) a run meets."""
+def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract: Contract,
+                     sizes: Mapping[str, int], where: locality.Focus, closure: Sequence[ir.FuncDef],
+                     runs: Runs) -> list[FunctionCheck]:
+    """The changed statement alone, at each of its runs (`locality`); raises
+    `NotLocal` when that does not show the step equal."""
+    reaching = frozenset(f.name for f in closure if any(
+        g.name == where.function for g in _closure(before, f.name)))
+    found: dict[tuple[tuple[str, bool], ...], list[locality.Instance]] = {}
+
+    def ask(choices: Mapping[str, bool]) -> dict[str, bool]:
+        got, asked = locality.instances(before, name, contract, sizes, choices, where, reaching)
+        found[tuple(sorted({**asked, **choices}.items()))] = got
+        return asked
+
+    out: list[FunctionCheck] = []
+    key = tuple(sorted(sizes.items()))
+    line = where.before.loc.line if where.before.loc else "?"
+    for choices in _choice_sets(ask):
+        status, detail, cells = "=", "", 0
+        todo = found[tuple(sorted(choices.items()))]
+        for at in todo:
+            a = locality.run_at(before, where.before, at, choices)
+            b = locality.run_at(after, where.after, at, choices)
+            if any(k not in choices for k in (*a.asked, *b.asked)):
+                raise locality.NotLocal("the changed statement makes a choice of its own")
+            old, new = locality.outcomes(a, b)
+            got, why = _compare(old, new, runs.normalizer)
+            if got not in ("=", "≈fp"):
+                raise locality.NotLocal(why)
+            cells += len(old.cells)
+            if got == "≈fp" and status == "=":
+                status, detail = got, why
+        shown = f"{detail + '; ' if detail else ''}the statement the step changed (line {line}) compared alone at " \
+                f"its {len(todo)} runs" + (f" (with {_choices_text(choices)})" if choices else "")
+        out.append(FunctionCheck(name, key, status, shown, cells))
+    return out
+
+
+def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> list[dict[str, bool]]:
+    """Every assignment of the choices (`__builtin_cpu_supports`) a run
+    meets; `ask` runs with some choices and says which it met."""
     done: list[dict[str, bool]] = []
     todo: list[dict[str, bool]] = [{}]
     while todo:
         choices = todo.pop()
-        outcome = runs.run(program, name, contract, sizes, choices)
-        full = {**outcome.choices, **choices}
+        asked = ask(choices)
+        full = {**asked, **choices}
         if full in done:
             continue
         done.append(full)
-        for k in outcome.choices:
+        for k in asked:
             if k not in choices:
                 todo.append({**full, k: not full[k]})
     return done

@@ -56,6 +56,11 @@ class Alloc:
         """Where it starts, 12 bytes past a 64-byte boundary, so code that
         peels iterations to reach an aligned address runs its peel."""
 
+    def unknown(self, offset: int) -> Term:
+        """What a cell holds before anything is written to it."""
+        return T.leaf(self.fresh + "_int", self.name, offset, self.width) if self.kind == "i" \
+            else T.leaf(self.fresh, self.name, offset)
+
 
 class Ptr(NamedTuple):
     alloc: Alloc
@@ -160,6 +165,10 @@ class Machine:
         self.journal: Optional[list[tuple[Any, Any, Any]]] = None
         self.allocs = 0
         self.steps = 0
+        self.born: dict[int, tuple[Alloc, Any]] = {}
+        """Memory allocated while a branch on data runs, by its cells, with
+        that branch's journal: it dies with the branch, so its cells are
+        neither merged nor read back before a write."""
 
     # ------------------------------------------------------------ state
 
@@ -188,15 +197,13 @@ class Machine:
         if v is _MISSING:
             if not 0 <= offset < alloc.extent:
                 raise Unsupported(f"read of {alloc.name}[{offset}], outside its {alloc.extent} cells", where.loc)
-            v = T.leaf(alloc.fresh + "_int", alloc.name, offset, alloc.width) if alloc.kind == "i" \
-                else T.leaf(alloc.fresh, alloc.name, offset)
-            alloc.cells[offset] = v
+            v = alloc.cells[offset] = alloc.unknown(offset)
         return v
 
     def store(self, alloc: Alloc, offset: int, value: Any, where: ir.Node) -> None:
         if not 0 <= offset < alloc.extent:
             raise Unsupported(f"write of {alloc.name}[{offset}], outside its {alloc.extent} cells", where.loc)
-        if offset not in alloc.cells:
+        if offset not in alloc.cells and (self.journal is None or self._outer(alloc.cells)):
             self.load(alloc, offset, where)  # a branch's merge needs the value the cell had before
         value = convert(value, alloc.kind)
         if alloc.kind == "i" and alloc.width < 4 and isinstance(value, Term) and value.op != "narrow":
@@ -205,7 +212,15 @@ class Machine:
 
     def new_alloc(self, name: str, extent: int, kind: str, width: int = 4) -> Alloc:
         self.allocs += 1
-        return Alloc(f"{name}#{self.allocs}", extent, kind, "undef", width)
+        alloc = Alloc(f"{name}#{self.allocs}", extent, kind, "undef", width)
+        if self.journal is not None:
+            self.born[id(alloc.cells)] = (alloc, self.journal)
+        return alloc
+
+    def _outer(self, container: dict[Any, Any]) -> bool:
+        """Whether a container lives on after the branch now running."""
+        got = self.born.get(id(container))
+        return got is None or got[1] is not self.journal
 
     # ------------------------------------------------------------ statements
 
@@ -345,8 +360,10 @@ class Machine:
         place either wrote `ite(cond, then value, else value)`."""
         outer = self.journal
         finals: list[dict[tuple[int, Any], tuple[Any, Any, Any]]] = []
+        journals: list[list[tuple[Any, Any, Any]]] = []
         for branch in (then, other):
             self.journal = []
+            journals.append(self.journal)
             try:
                 branch()
             except (_Break, _Continue, _Return):
@@ -361,6 +378,9 @@ class Machine:
         self.journal = outer
         for key in dict.fromkeys([*finals[0], *finals[1]]):
             c, k, _ = finals[0].get(key) or finals[1][key]
+            born = self.born.get(id(c))
+            if born is not None and any(born[1] is j for j in journals):
+                continue
             now = c.get(k, _MISSING)
             a = finals[0][key][2] if key in finals[0] else now
             b = finals[1][key][2] if key in finals[1] else now
@@ -611,12 +631,16 @@ class Machine:
                     a = Ptr(a.alloc, a.offset, rows) if rows else Ptr(a.alloc, a.offset)
                 self._bind(p.name, convert(a, kind), kind, saved)
             try:
-                self.block(f.body.stmts)
+                self.body(f)
             except _Return as r:
                 return r.value
             return None
         finally:
             self.env, self.kinds = outer
+
+    def body(self, f: ir.FuncDef) -> None:
+        """Runs a called function's body (`locality` follows only part of it)."""
+        self.block(f.body.stmts)
 
     def _comma(self, e: ir.Comma) -> Any:
         out = None
@@ -824,12 +848,19 @@ class Outcome:
 def run(program: ir.Program, function: str, contract: Contract, sizes: Mapping[str, int],
         choices: Mapping[str, bool]) -> Outcome:
     """Runs `function` on symbolic inputs shaped by its contract at `sizes`."""
+    m = Machine(program, choices)
+    outputs = start(m, function, contract, sizes)
+    cells = {(name, i): a.cells.get(i, T.leaf("in", name, i)) for name, a in outputs for i in range(a.extent)}
+    return Outcome(cells, dict(m.asked), m.steps)
+
+
+def start(m: Machine, function: str, contract: Contract, sizes: Mapping[str, int]) -> list[tuple[str, Alloc]]:
+    """Calls `function` in `m` on unknown inputs; its output arrays."""
     from .execcheck import param_extent
 
-    f = program.function(function)
+    f = m.program.function(function)
     if f is None:
         raise Unsupported(f"no function '{function}' in the program")
-    m = Machine(program, choices)
     args: list[Any] = []
     outputs: list[tuple[str, Alloc]] = []
     written = {r.base for mode, r in contract.resources() if mode in ("writes", "modifies")}
@@ -847,5 +878,4 @@ def run(program: ir.Program, function: str, contract: Contract, sizes: Mapping[s
         else:
             raise Unsupported(f"no size given for the parameter '{p.name}' of '{function}'", p.loc)
     m.call(function, args, f)
-    cells = {(name, i): a.cells.get(i, T.leaf("in", name, i)) for name, a in outputs for i in range(a.extent)}
-    return Outcome(cells, dict(m.asked), m.steps)
+    return outputs

@@ -1,0 +1,351 @@
+"""Level 3 where a step changed one statement deep in a loop nest: compare
+that statement alone, not the whole function.
+
+When the code before and after a step differ only inside one statement X
+(the smallest statement holding every change, in one function), the rest
+of the run is the same code. So level 3 finds every time X runs (its
+*instances*, each with the integers in scope: loop indices, sizes) by
+following only the loops that lead to X, and runs X before and after the
+step from the same unknown state at each instance: every float variable and
+every memory cell holds an unknown. If both versions leave the same terms
+in every variable and cell at every instance, the whole functions are
+equal (by induction over the run); the label is the same as a whole run
+would give. The check is stronger than needed (any state, not only the
+reachable ones), so when it fails, level 3 falls back to whole runs, which
+name the output cell that differs.
+
+Following the loops skips what does not lead to X. A skipped statement must
+not change an integer or a pointer that the path uses; a cheap one that
+does (`n = min(S - bi, 64);`) runs, and one that would need memory to do so
+makes the step non-local (`NotLocal`), as do a data condition on the path,
+a jump out of X, and X changing an integer or a pointer of the scope.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from . import ir, terms as T
+from .contract import Contract
+from .symexec import Alloc, Machine, Outcome, Ptr, Vec, start
+from .terms import Term
+from .tree import Path, walk
+
+_BLOCKS = (ir.Block, ir.For, ir.If, ir.While)
+
+
+class NotLocal(Exception):
+    """The step cannot be checked statement by statement (see the module doc)."""
+
+
+@dataclass(frozen=True)
+class Focus:
+    """The statement a step changed: in `function`, at `path` from the body."""
+
+    function: str
+    path: Path
+    before: ir.Stmt
+    after: ir.Stmt
+
+
+def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.FuncDef],
+          closure_after: Sequence[ir.FuncDef]) -> Optional[Focus]:
+    """The one statement holding every change, when one function of the
+    closure changed and the change is inside a loop of it."""
+    old = {f.name: f for f in closure_before}
+    new = {f.name: f for f in closure_after}
+    if old.keys() != new.keys():
+        return None
+    changed = [n for n in old if old[n] != new[n]]
+    if len(changed) != 1 or old[changed[0]].decl != new[changed[0]].decl:
+        return None
+    path = _lowest(old[changed[0]].body, new[changed[0]].body, ())
+    if not any(step[0] == "body" for step in path):
+        return None  # not inside a loop: X runs once, and a whole run costs less than two of X
+    x, y = _get(old[changed[0]].body, path), _get(new[changed[0]].body, path)
+    if isinstance(x, ir.DeclStmt) or isinstance(y, ir.DeclStmt):
+        return None
+    return Focus(changed[0], path, x, y)
+
+
+def _lowest(a: Any, b: Any, path: Path) -> Path:
+    """The path to the smallest statement of `a` holding every difference with `b`."""
+    if type(a) is not type(b) or not isinstance(a, _BLOCKS):
+        return path
+    fields = [f.name for f in dataclasses.fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name)]
+    if len(fields) != 1:
+        return path
+    name = fields[0]
+    x, y = getattr(a, name), getattr(b, name)
+    if isinstance(x, ir.Block) and isinstance(y, ir.Block):
+        return _lowest(x, y, path + ((name, None),))
+    if name == "stmts" and len(x) == len(y):
+        differ = [i for i in range(len(x)) if x[i] != y[i]]
+        if len(differ) == 1:
+            return _lowest(x[differ[0]], y[differ[0]], path + ((name, differ[0]),))
+    return path
+
+
+def _get(node: Any, path: Path) -> Any:
+    for name, index in path:
+        node = getattr(node, name)
+        if index is not None:
+            node = node[index]
+    return node
+
+
+# ---------------------------------------------------------------- instances
+
+@dataclass(frozen=True)
+class Instance:
+    """The state in scope when X starts: variables and their kinds."""
+
+    env: dict[str, Any]
+    kinds: dict[str, str]
+    allocs: int
+
+
+class _Statics:
+    """What a statement does, seen from outside it (cached by node)."""
+
+    def __init__(self) -> None:
+        self.memo: dict[int, tuple[Any, frozenset[str], bool, bool, frozenset[str]]] = {}
+
+    def of(self, s: Any) -> tuple[frozenset[str], bool, bool, frozenset[str]]:
+        got = self.memo.get(id(s))
+        if got is None:
+            got = self.memo[id(s)] = (s, *_statics(s))
+        return got[1:]  # type: ignore[return-value]
+
+
+def _statics(s: Any) -> tuple[frozenset[str], bool, bool, frozenset[str]]:
+    """Variables assigned but not declared inside, whether a jump or a
+    return leaves it, whether it touches memory (or calls), and the
+    functions it calls."""
+    declared: set[str] = set()
+    assigned: set[str] = set()
+    calls: set[str] = set()
+    memory = escapes = False
+    for path, n in walk(s):
+        if isinstance(n, ir.DeclStmt) and n.decl.name:
+            declared.add(n.decl.name)
+        elif isinstance(n, ir.For):
+            declared.add(n.index)
+        elif isinstance(n, ir.Assign) and isinstance(n.lhs, ir.Var):
+            assigned.add(n.lhs.name)
+        elif isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--") and isinstance(n.arg, ir.Var):
+            assigned.add(n.arg.name)
+        elif isinstance(n, ir.Return) or (isinstance(n, ir.Jump) and not _inside_loop(s, path)):
+            escapes = True
+        if isinstance(n, (ir.Index, ir.Call)) or (isinstance(n, ir.Unop) and n.op == "*"):
+            memory = True
+        if isinstance(n, ir.Call) and isinstance(n.func, ir.Var):
+            calls.add(n.func.name)
+    return frozenset(assigned - declared), escapes, memory, frozenset(calls)
+
+
+def _inside_loop(s: Any, path: Path) -> bool:
+    node = s
+    for name, index in path[:-1]:
+        node = getattr(node, name)
+        if index is not None:
+            node = node[index]
+        if isinstance(node, (ir.For, ir.While, ir.GenericFor, ir.DoWhile)):
+            return True
+    return False
+
+
+class _Slicer(Machine):
+    """A run that follows only the loops leading to the focus, and records
+    the state each time it reaches it."""
+
+    def __init__(self, program: ir.Program, choices: Mapping[str, bool], where: Focus,
+                 reaching: frozenset[str], statics: _Statics) -> None:
+        super().__init__(program, choices)
+        self.where, self.reaching, self.statics = where, reaching, statics
+        self.instances: list[Instance] = []
+
+    def body(self, f: ir.FuncDef) -> None:
+        if f.name == self.where.function:
+            self._enter(f.body, self.where.path)
+        elif f.name in self.reaching:
+            self._enter(f.body, None)
+        else:
+            super().body(f)
+
+    def _walk(self, stmts: Sequence[ir.Stmt], rest: Path, index: Optional[int]) -> None:
+        """A block where statement `index` leads to the focus (by `rest`);
+        with no index, the statements that call towards it are followed."""
+        saved: list[tuple[str, Any, Any]] = []
+        try:
+            for i, s in enumerate(stmts):
+                if i == index:
+                    self._follow(s, rest, saved)
+                elif index is None and self.statics.of(s)[3] & self.reaching:
+                    self._follow(s, None, saved)
+                elif isinstance(s, (ir.DeclStmt, ir.Pragma)):
+                    self.stmt(s, saved)
+                else:
+                    self._pass(s, saved)
+        finally:
+            self._unbind(saved)
+
+    def _follow(self, s: ir.Stmt, rest: Optional[Path], saved: list[tuple[str, Any, Any]]) -> None:
+        """A statement on the way to the focus (`rest` from it), or, with no
+        rest, one that calls towards it."""
+        if rest == ():
+            self._reach(s)
+        elif isinstance(s, ir.For):
+            self._loop(s, rest)
+        elif isinstance(s, ir.If):
+            c = self.expr(s.cond)
+            if isinstance(c, Term):
+                raise NotLocal("a condition on the data leads to the changed statement")
+            taken = s.then if c else s.other
+            if taken is None:
+                return
+            if rest is None or rest[0][0] == ("then" if c else "other"):
+                self._enter(taken, rest[1:] if rest else None)
+            else:
+                self._pass(taken, saved)
+        elif isinstance(s, ir.Block):
+            self._enter(s, rest)
+        elif rest is None and isinstance(s, (ir.ExprStmt, ir.Return, ir.DeclStmt)):
+            self.stmt(s, saved)
+        else:
+            raise NotLocal(f"the path to the changed statement goes through a {type(s).__name__}")
+
+    def _enter(self, block: ir.Block, rest: Optional[Path]) -> None:
+        if rest == ():
+            self._reach(block)
+        elif rest is None:
+            self._walk(block.stmts, (), None)
+        else:
+            self._walk(block.stmts, rest[1:], rest[0][1])
+
+    def _loop(self, s: ir.For, rest: Optional[Path]) -> None:
+        from .symexec import _Break, _Continue, _concrete
+
+        inner: list[tuple[str, Any, Any]] = []
+        self._bind(s.index, _concrete(self.expr(s.start), s.start), "i", inner)
+        try:
+            while self.env[s.index] < _concrete(self.expr(s.stop), s.stop):
+                try:
+                    self._enter(s.body, rest[1:] if rest else None)
+                except _Continue:
+                    pass
+                except _Break:
+                    break
+                self._set(self.env, s.index, self.env[s.index] + _concrete(self.expr(s.step), s.step))
+        finally:
+            self._unbind(inner)
+
+    def _pass(self, s: ir.Stmt, saved: list[tuple[str, Any, Any]]) -> None:
+        """A statement off the path: skipped, unless it changes what the path
+        needs (an integer, a pointer, the control flow)."""
+        assigned, escapes, memory, _ = self.statics.of(s)
+        if not escapes and not any(self.kinds.get(v) in ("i", "p") for v in assigned):
+            return
+        if memory:
+            raise NotLocal("a statement off the path changes an integer or a pointer from memory")
+        self.stmt(s, saved)
+
+    def _reach(self, s: ir.Stmt) -> None:
+        assigned, escapes, _, _ = self.statics.of(s)
+        if escapes:
+            raise NotLocal("the changed statement may jump out of itself")
+        if any(self.kinds.get(v) in ("i", "p") for v in assigned):
+            raise NotLocal("the changed statement changes an integer or a pointer of its scope")
+        self.instances.append(Instance(dict(self.env), dict(self.kinds), self.allocs))
+
+
+def instances(program: ir.Program, function: str, contract: Contract, sizes: Mapping[str, int],
+              choices: Mapping[str, bool], where: Focus, reaching: frozenset[str]) -> tuple[list[Instance],
+                                                                                           dict[str, bool]]:
+    """Every state in which X starts in a run of `function`, and the choices asked."""
+    m = _Slicer(program, choices, where, reaching, _Statics())
+    start(m, function, contract, sizes)
+    return m.instances, dict(m.asked)
+
+
+# ---------------------------------------------------------------- local runs
+
+@dataclass(frozen=True)
+class Local:
+    """What X left at one instance: every cell and variable of the scope it
+    touched, and the unknown memory it started from (to fill the cells the
+    other version did not touch)."""
+
+    cells: dict[Any, Any]
+    memory: dict[str, Alloc]
+    asked: dict[str, bool]
+
+
+def run_at(program: ir.Program, stmt: ir.Stmt, at: Instance, choices: Mapping[str, bool]) -> Local:
+    """Runs X alone from an instance whose every float and memory cell is unknown."""
+    from .symexec import _Break, _Continue, _Return
+
+    m = Machine(program, choices)
+    shadows: dict[int, Alloc] = {}
+    m.env = {name: _unknown(name, v, shadows) for name, v in at.env.items()}
+    m.kinds, m.allocs = dict(at.kinds), at.allocs
+    try:
+        m.stmt(stmt, [])
+    except (_Break, _Continue, _Return):
+        raise NotLocal("the changed statement jumped out of itself") from None
+    cells: dict[Any, Any] = {}
+    for a in shadows.values():
+        for off, v in a.cells.items():
+            cells[(a.name, off)] = v
+    for name in at.env:
+        for key, v in _flat(("var", name), m.env.get(name)):
+            cells[key] = v
+    return Local(cells, {a.name: a for a in shadows.values()}, dict(m.asked))
+
+
+def _unknown(name: str, v: Any, shadows: dict[int, Alloc]) -> Any:
+    """The value a variable starts with in a local run: the same memory
+    object, all of it unknown; an unknown for a float (an integer stays)."""
+    if isinstance(v, Ptr):
+        a = shadows.get(id(v.alloc))
+        if a is None:
+            a = shadows[id(v.alloc)] = Alloc(v.alloc.name, v.alloc.extent, v.alloc.kind, "in", v.alloc.width)
+        return Ptr(a, v.offset, v.rows)
+    if isinstance(v, Vec):
+        return Vec(T.leaf("in", f"{name}@", k) if isinstance(x, Term) else x for k, x in enumerate(v))
+    if isinstance(v, Term):
+        return T.leaf("in_int", f"{name}@", 0, 4) if v.integer else T.leaf("in", f"{name}@", 0)
+    return v
+
+
+def _flat(key: tuple[str, str], v: Any) -> Iterator[tuple[Any, Any]]:
+    if isinstance(v, Vec):
+        for k, x in enumerate(v):
+            yield (*key, k), x
+    elif isinstance(v, Ptr):
+        yield key, (v.alloc.name, v.offset, v.rows)
+    else:
+        yield key, v
+
+
+def outcomes(old: Local, new: Local) -> tuple[Outcome, Outcome]:
+    """Both local runs over the same cells: a cell one run never touched
+    holds its unknown starting value."""
+    keys = old.cells.keys() | new.cells.keys()
+    for k in keys & old.cells.keys() & new.cells.keys():
+        x, y = old.cells[k], new.cells[k]
+        if not isinstance(x, (Term, int)) and x != y:
+            raise NotLocal(f"'{k[1]}' holds different pointers after the two versions")
+
+    def fill(run: Local) -> Outcome:
+        cells = {}
+        for k in keys:
+            if k in run.cells:
+                cells[k] = run.cells[k]
+            elif k[0] == "var" or k[0] not in run.memory:
+                raise NotLocal(f"'{k[1]}' is bound after one version of the changed statement only")
+            else:
+                cells[k] = run.memory[k[0]].unknown(k[1])
+        return Outcome(cells, run.asked, 0)
+    return fill(old), fill(new)
