@@ -38,7 +38,7 @@ from .errors import SpecError
 from .footprint import UNKNOWN, Access, Footprint, Loop, cell_name, function_footprint, under
 from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms
 from .printer import print_program
-from .resources import _within as within_bounds
+from .resources import within_bounds
 from .spec import loop_contract, parse_resource
 from .tree import Path, function_path, get, walk
 

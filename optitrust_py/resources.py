@@ -50,7 +50,7 @@ def _check_function(program: ir.Program, f: ir.FuncDef, contract: Any, contracts
         if a.cell in params and a.index is not None and (a.index or a.whole):
             problem = _param_access(space, a, contract)
         elif a.cell in locals_ and not a.whole:
-            problem = _within(space, a, locals_[a.cell], f"'{a.cell}' ({_dims_text(locals_[a.cell])})")
+            problem = within_bounds(space, a, locals_[a.cell], f"'{a.cell}' ({_dims_text(locals_[a.cell])})")
         else:
             continue
         if problem:
@@ -71,12 +71,16 @@ def _param_access(space: Space, a: Access, contract: Any) -> Optional[str]:
     if res.group or not isinstance(res.subject, ir.Var):
         return f"'{a.text}': the resource of '{a.cell}' ({res}) is not a whole array, which level 2 does not check yet"
     dims = res.shape.dims if res.shape.kind == "matrix" else ()
-    return _within(space, a, dims, str(res))
+    return within_bounds(space, a, dims, str(res))
 
 
-def _within(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> Optional[str]:
+def within_bounds(space: Space, a: Access, dims: tuple[ir.Expr, ...], shown: str) -> Optional[str]:
     """None when every cell `a` touches lies within `dims` (one cell when
-    there are none); else what may go out, with values."""
+    there are none); else what may go out, with values. `space` gives the
+    hypotheses at the access (its loops, guards and the function's
+    requires); `shown` names the region in the message. Answers are cached
+    by what they depend on. Public: the resource check and the loop
+    contract inference (`infer`) both prove their groups in bounds with it."""
     key = (a.cell, a.index, a.lanes, _headers(a.loops), a.guards, a.mutable, a.shape, dims, space.fp.requires,
            _headers(space.fp.outer_loops), space.fp.outer_guards, tuple(sorted(space.ranges.items())))
     if key in _CACHE:
