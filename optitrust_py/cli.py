@@ -90,16 +90,17 @@ def _check_target(target: str) -> None:
                         "/usr/local/cuda/bin; set OTP_NVCC to its path, or use --target cpu")
 
 
-def _cuda_final(session: Session, dest: Path) -> list[str]:
-    """`--target cuda`: write the final program as `dest/final.cu` and
-    compile it with nvcc (level 1); nvcc's complaints are returned."""
+def _cuda_final(session: Session, dest: Optional[Path]) -> list[str]:
+    """`--target cuda`: emit the final program as CUDA, compile it with nvcc
+    (level 1) and write it as `dest/final.cu` (when `dest` is given); nvcc's
+    complaints are returned."""
     from .cuda_build import emit_checked
 
     if session.program is None:
         return []
-    dest.mkdir(parents=True, exist_ok=True)
-    text, problems = emit_checked(session.program, str(dest / "final.cu"))
-    (dest / "final.cu").write_text(text)
+    text, problems = emit_checked(session.program, "final.cu")
+    if dest is not None:
+        (dest / "final.cu").write_text(text)
     return problems
 
 
@@ -278,7 +279,7 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         failures = failed_checks(session, source)
         if error is None and target == "cuda":
             try:
-                failures += _cuda_final(session, Path("out") / Path(script).stem)
+                failures += _cuda_final(session, None)
             except OtpError as e:
                 error = e
         status = 2 if error else 1 if failures else 0

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from . import effects, facts, online  # noqa: F401  (they register their dischargers)
 from . import ir
+from .cuda_map import recheck_obligations
 from .goal import DISCHARGERS, Goal
 from .obligation import Obligation
 from .resources import check_resources
@@ -82,6 +83,18 @@ def check_step(before: ir.Program, after: ir.Program, obligations: Sequence[Obli
     obligations (which reuse the footprints the resource check computed, so
     an obligation's time is the time of its own queries)."""
     t0 = time.perf_counter()
-    problems = check_resources(after, contracts)
+    problems = check_resources(after, contracts) + _gpu_races(before, after, obligations, contracts)
     verdicts = tuple(discharge(Goal(ob, before, after, contracts)) for ob in obligations)
     return Level2Result(verdicts, problems, time.perf_counter() - t0)
+
+
+def _gpu_races(before: ir.Program, after: ir.Program, obligations: Sequence[Obligation],
+               contracts: Mapping[str, Any]) -> tuple[str, ...]:
+    """The loops mapped to the GPU that the step changed and whose iterations
+    are not proved independent (cuda_map.recheck_obligations), as problems."""
+    out = []
+    for ob in recheck_obligations(before, after, obligations):
+        v = discharge(Goal(ob, before, after, contracts))
+        if v.status != "proved":
+            out.append(f"GPU race ({v.status}): {ob.claim}: {v.reason}")
+    return tuple(out)

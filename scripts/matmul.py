@@ -13,33 +13,81 @@ parallel kernel.
    slice are shared between threads, and the lane loops become AVX-512 (or
    AVX2) intrinsics: with AVX-512 the block is 24 vector registers, and
    each step of k is 4 loads of B, 6 broadcasts of A and 24 multiply-adds.
+
+With `--target cuda` the script ends in four CUDA kernels instead: C is
+zeroed (a block per row and 256 columns); the main part (rows, columns and
+k in multiples of 16) is tiled 16 x 16 with one block per tile of C and
+one thread per element, each 16-wide slice of k staged in shared memory
+(the tiles of A and B copied in by the block's threads, a barrier, the
+product, a barrier), the element of C kept in a register across the k
+slices; the remainder columns and rows are a thread per row and a thread
+per column.
 """
-from optitrust_py.script import bench, load
-from transformations import loop, matrix, parallel, vector
+from optitrust_py.script import bench, load, target
+from transformations import gpu, loop, matrix, parallel, vector
 
 load("../c_sources/matmul.c", sizes={"M": 21, "N": 141, "K": 300})
 bench("matmul", sizes={"M": 1024, "N": 1024, "K": 1024}, flops="2*M*N*K",
-      numpy="C = A.reshape(M, K) @ B.reshape(K, N)")
+      numpy="C = A.reshape(M, K) @ B.reshape(K, N)", torch="C = A.reshape(M, K) @ B.reshape(K, N)")
 
 loop.fission("matmul > for j > after 'C[i * N + j] = 0.0f'")
 loop.fission("matmul > for i > after for j#1")
-parallel.parallel_for("matmul > for i#1")
 
-loop.split("matmul > for i#2", "M - M % 6")
-loop.tile("matmul > for i#2", 6)
-loop.split("matmul > for bi > for j", "N - N % 64")
-loop.fission("matmul > for bi > for i > after for j#1")
-loop.tile("matmul > for bi > for i#1 > for j", 64)
-loop.tile("matmul > for bi > for i#1 > for k", 64, "bk", "min")
+if target() == "cuda":
+    # C = 0: one block per row and 256 columns
+    loop.tile("matmul > for i#1 > for j", 256, "bz", "guard")
+    gpu.map_blocks("matmul > for i#1", "y")
+    gpu.map_blocks("matmul > for i#1 > for bz", "x")
+    gpu.map_threads("matmul > for i#1 > for bz > for j", "x")
 
-loop.fission("matmul > for bi > after for i#1")
-loop.reorder("matmul > for bi#1", ["bk", "bi", "bj", "k", "i", "j"])
+    # main part: rows, columns and k in multiples of 16
+    loop.split("matmul > for i#2", "M - M % 16")
+    loop.split("matmul > for i#2 > for j", "N - N % 16")
+    loop.split("matmul > for i#2 > for j#1 > for k", "K - K % 16")
+    loop.fission("matmul > for i#2 > after for j#1")
+    loop.tile("matmul > for i#2", 16)
+    loop.tile("matmul > for bi > for i > for j", 16)
+    loop.swap("matmul > for bi > for i")
+    loop.fission("matmul > for bj > for i > for j > after for k#1")
+    loop.fission("matmul > for bj > for i > after for j#1")
+    loop.tile("matmul > for bj > for i#1 > for j > for k", 16)
+    loop.reorder("matmul > for bj > for i#1", ["bk", "i", "j", "k"])
+    gpu.map_blocks("matmul > for bi", "y")
+    gpu.map_blocks("matmul > for bi > for bj", "x")
+    gpu.stage("matmul > for bj > for bk", "C", "acc", ["M", "N"])
+    gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"])
+    gpu.stage("matmul > for bk > for i", "B", "Bs", ["K", "N"])
+    gpu.map_threads("matmul > for bk > for i", "y")
+    gpu.map_threads("matmul > for bk > for i > for j", "x")
+    gpu.map_threads("matmul > for bj > for i#2", "y")
+    gpu.map_threads("matmul > for bj > for i#2 > for j", "x")
+    # the remainder columns (of the main rows): a thread per row
+    loop.tile("matmul > for i#4", 16, "br")
+    gpu.map_blocks("matmul > for br", "x")
+    gpu.map_threads("matmul > for br > for i", "x")
+    # the remainder rows: a thread per column
+    loop.swap("matmul > for i#5")
+    loop.tile("matmul > for j#5", 256, "bc", "guard")
+    gpu.map_blocks("matmul > for bc", "x")
+    gpu.map_threads("matmul > for bc > for j", "x")
+else:
+    parallel.parallel_for("matmul > for i#1")
 
-# the remainder columns and rows: k outside j, so their inner loops walk B
-# and C along rows too
-loop.swap("matmul > for bi#2 > for i > for j")
-loop.swap("matmul > for i#4 > for j")
+    loop.split("matmul > for i#2", "M - M % 6")
+    loop.tile("matmul > for i#2", 6)
+    loop.split("matmul > for bi > for j", "N - N % 64")
+    loop.fission("matmul > for bi > for i > after for j#1")
+    loop.tile("matmul > for bi > for i#1 > for j", 64)
+    loop.tile("matmul > for bi > for i#1 > for k", 64, "bk", "min")
 
-matrix.local_buffer("matmul > for bk > for bj > for k", "C", "acc", ["M", "N"])
-parallel.parallel_for("matmul > for bk > for bi")
-vector.vectorize("matmul > for bk > for bi > for bj")
+    loop.fission("matmul > for bi > after for i#1")
+    loop.reorder("matmul > for bi#1", ["bk", "bi", "bj", "k", "i", "j"])
+
+    # the remainder columns and rows: k outside j, so their inner loops walk B
+    # and C along rows too
+    loop.swap("matmul > for bi#2 > for i > for j")
+    loop.swap("matmul > for i#4 > for j")
+
+    matrix.local_buffer("matmul > for bk > for bj > for k", "C", "acc", ["M", "N"])
+    parallel.parallel_for("matmul > for bk > for bi")
+    vector.vectorize("matmul > for bk > for bi > for bj")

@@ -257,7 +257,6 @@ def test_bad_declarations(otp, tmp_path, bench_args, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--target", "cuda"], "the CUDA back end is not implemented yet"),
     (["--size", "M=0"], "the sizes break the requirement 'M >= 1' of matmul (M = 0)"),
     (["--size", "m=8"], "--size: 'm' is not a size of matmul"),
     (["--threads", "0"], "--threads must be at least 1"),

@@ -308,12 +308,21 @@ def test_check_level_and_size_errors():
 
 
 @pytest.mark.parametrize("command", ["run", "check"])
-def test_cuda_target_is_refused_not_written_as_cpu_code(tmp_path, command):
+def test_cuda_target_without_gpu_ending_is_refused_not_written_as_cpu_code(tmp_path, command):
+    from optitrust_py.cuda_build import find_nvcc
+
+    script = tmp_path / "cpu_only.py"
+    script.write_text(f"from optitrust_py.script import load\nfrom transformations import parallel\n"
+                      f"load({str(ROOT / 'c_sources' / 'softmax.c')!r})\nparallel.parallel_for('softmax > for i')\n")
     out = tmp_path / "out"
     extra = ["--out", str(out)] if command == "run" else []
-    message = assert_clean_error(otp(command, "scripts/softmax.py", "--target", "cuda", *extra))
-    assert "--target cuda is not available" in message and "not implemented yet" in message
-    assert not out.exists()
+    r = otp(command, str(script), "--target", "cuda", *extra)
+    expected = "no loop mapped to the GPU" if find_nvcc() else "--target cuda needs nvcc"
+    if command == "run" or not find_nvcc():
+        assert expected in assert_clean_error(r)
+    else:  # otp check reports each script's error in its report
+        assert r.returncode == 2 and expected in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert not (out / "cpu_only" / "final.cu").exists()
 
 
 # ====================================================================== otp apply

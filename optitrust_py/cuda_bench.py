@@ -1,0 +1,284 @@
+"""`otp bench --target cuda`: build the script's CUDA ending with nvcc,
+check it against the original C program, time it on the GPU.
+
+The final program is emitted (cuda_emit) and built as a shared library whose
+wrapper takes device pointers; the original is built with gcc as for the CPU
+bench. Inputs are the CPU bench's (contract-shaped, the same seeds), held
+in torch tensors on the GPU; outputs start as NaN. Checks, before any
+timing: at the script's `load(sizes=...)` (small, with tails) the GPU
+outputs must match the original's run on the CPU; at the bench sizes they
+must match the library's (`--compare torch`) or, without it, the original's
+(slow for big kernels: the original is naive C on one core). Timing: CUDA
+events around each call, after warm-up calls, `--repeats` calls (default
+REPEATS); reported: median, min, max, rate at the median, and the ratio to
+torch (TF32 off, so an fp32 product is fp32). Needs torch with a CUDA device.
+"""
+from __future__ import annotations
+
+import ctypes
+import statistics
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from . import ir
+from .bench import BenchSpec, _fill, _formula, _param_json, _sizes, declared, relative_error, require_library
+from .errors import CheckFailed, OtpError, ScriptError, SpecError, ToolError
+
+REPEATS = 30
+WARMUP = 3
+
+
+@dataclass(frozen=True)
+class CudaTiming:
+    times: tuple[float, ...]
+    work: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def rate(self) -> float:
+        return self.work / self.median / 1e9
+
+
+@dataclass(frozen=True)
+class CudaReport:
+    function: str
+    sizes: Mapping[str, Any]
+    unit: str
+    errors: Mapping[str, float]
+    timings: Mapping[str, CudaTiming]
+    failure: str = ""
+
+    def to_json(self, script: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"script": script, "target": "cuda", "function": self.function,
+                               "sizes": dict(self.sizes), "unit": self.unit, "errors": dict(self.errors),
+                               "failure": self.failure or None}
+        for label, t in self.timings.items():
+            out[label] = {"median_s": t.median, "min_s": min(t.times), "max_s": max(t.times),
+                          "rate": t.rate(), "repeats": len(t.times)}
+        if "gpu" in self.timings and "torch" in self.timings:
+            out["ratio_vs_torch"] = self.timings["torch"].median / self.timings["gpu"].median
+        return out
+
+
+def _torch() -> Any:
+    require_library("torch")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ToolError("otp bench --target cuda needs a CUDA GPU, and torch sees none on this machine "
+                        "(otp run --target cuda still emits and compiles final.cu)")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
+def _plan(f: ir.FuncDef, contract: Any, sizes: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The call plan at `sizes` and the contract-shaped inputs (the CPU bench's seeds)."""
+    import numpy as np
+
+    from .execcheck import plan_call
+
+    plan = plan_call(f, contract, dict(sizes))
+    arrays = {}
+    for p in plan.params:
+        if p.role == "buffer":
+            j = _param_json(p)
+            arrays[p.name] = _fill(j, np.random.default_rng(zlib.crc32(f"{f.name}.{p.name}".encode()))) \
+                if p.fill == "random" else np.zeros(p.count, np.dtype(p.elem.code))
+    return plan, arrays
+
+
+def _args(plan: Any, buffers: Mapping[str, int]) -> list[Any]:
+    """ctypes arguments: buffers by address, sizes by value."""
+    import numpy as np
+
+    out: list[Any] = []
+    for p in plan.params:
+        if p.role == "buffer":
+            out.append(ctypes.c_void_p(buffers[p.name]))
+        else:
+            out.append(np.ctypeslib.as_ctypes_type(np.dtype(p.elem.code))(p.value))
+    return out
+
+
+def _outputs(plan: Any) -> list[str]:
+    return [p.name for p in plan.params if p.role == "buffer" and p.output]
+
+
+def _cpu_run(lib: Any, name: str, plan: Any, arrays: Mapping[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    mine = {k: v.copy() for k, v in arrays.items()}
+    for o in _outputs(plan):
+        if np.issubdtype(mine[o].dtype, np.floating):
+            mine[o][:] = np.nan
+    getattr(lib, name)(*_args(plan, {k: v.ctypes.data for k, v in mine.items()}))
+    return {o: mine[o] for o in _outputs(plan)}
+
+
+class _Gpu:
+    """The inputs on the GPU and the CUDA wrapper bound to them."""
+
+    def __init__(self, torch: Any, lib: Any, name: str, plan: Any, arrays: Mapping[str, Any]) -> None:
+        self.torch = torch
+        self.plan = plan
+        self.tensors = {k: torch.from_numpy(v.copy()).cuda() for k, v in arrays.items()}
+        for o in _outputs(plan):
+            if self.tensors[o].is_floating_point():
+                self.tensors[o].fill_(float("nan"))
+        self.fn = getattr(lib, name)
+        self.args = _args(plan, {k: t.data_ptr() for k, t in self.tensors.items()})
+
+    def call(self) -> None:
+        self.fn(*self.args)
+
+    def outputs(self) -> dict[str, Any]:
+        self.torch.cuda.synchronize()
+        return {o: self.tensors[o].cpu().numpy() for o in _outputs(self.plan)}
+
+
+def _library(torch: Any, statement: str, gpu: _Gpu) -> tuple[Callable[[], None], Callable[[], dict[str, Any]]]:
+    """The torch formulation over the same GPU tensors: a call and its outputs."""
+    import numpy as np
+
+    code = compile(statement, "<torch=>", "exec")
+    scope: dict[str, Any] = {}
+    env = {"torch": torch, "np": np, **{p.name: p.value for p in gpu.plan.params if p.role != "buffer"}}
+
+    def call() -> None:
+        scope.clear()
+        scope.update(env, **{k: t for k, t in gpu.tensors.items()})
+        exec(code, scope)
+
+    def outputs() -> dict[str, Any]:
+        torch.cuda.synchronize()
+        return {o: scope[o].reshape(-1).float().cpu().numpy() for o in _outputs(gpu.plan)}
+    return call, outputs
+
+
+def _timed(torch: Any, call: Callable[[], None], repeats: int) -> tuple[float, ...]:
+    for _ in range(WARMUP):
+        call()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end) / 1e3)
+    return tuple(out)
+
+
+def _compare(label: str, ref: Mapping[str, Any], got: Mapping[str, Any], tolerance: float) -> tuple[float, str]:
+    worst = 0.0
+    for name, r in ref.items():
+        err, at = relative_error(r, got[name])
+        worst = max(worst, err)
+        if not err <= tolerance:
+            return worst, (f"{label}: output {name} has max_rel_err {err:.3g} (tolerance {tolerance:g}); worst at "
+                           f"flat index {at}: expected {r.ravel()[at]:.9g}, GPU {got[name].ravel()[at]:.9g}")
+    return worst, ""
+
+
+def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float], repeats: Optional[int],
+                   library: Optional[str]) -> CudaReport:
+    """Build, check (small sizes against the original; bench sizes against
+    torch or the original) and time the script's CUDA ending."""
+    from .build import BENCH_FLAGS, compile_shared
+    from .contract import evaluate
+    from .cuda_build import build_shared
+    from .cuda_emit import to_cuda
+    from .execcheck import FORCE_INCLUDE
+    from .printer import to_c
+
+    if repeats is not None and repeats < 1:
+        raise OtpError(f"--repeats must be at least 1, got {repeats}")
+    if library not in (None, "torch"):
+        raise OtpError(f"--target cuda compares with torch only (on the GPU), not {library}")
+    statement = spec.formulation("torch") if library else None
+    if library and statement is None:
+        raise ScriptError("--compare torch: the script's bench() gives no torch= formulation")
+    torch = _torch()
+    name = spec.function
+    f0 = session.original.function(name)
+    contract = session.contracts.get(name)
+    if f0 is None or contract is None:
+        raise SpecError(f"bench(): '{name}' is not a function of the original program with a contract")
+    cpu = ctypes.CDLL(str(compile_shared(to_c(session.original), "original program", BENCH_FLAGS + FORCE_INCLUDE)))
+    gpu_lib = ctypes.CDLL(str(build_shared(to_cuda(session.program), "final.cu")))
+    scalars = {p.name for p in f0.params if isinstance(p.type, ir.Base)}
+    errors: dict[str, float] = {}
+    plan, arrays = _plan(f0, contract, {k: v for k, v in session.sizes.items() if k in scalars})
+    gpu = _Gpu(torch, gpu_lib, name, plan, arrays)
+    gpu.call()
+    errors["check_sizes"], failure = _compare("check sizes, GPU vs original", _cpu_run(cpu, name, plan, arrays),
+                                             gpu.outputs(), spec.tolerance)
+    sizes = _sizes(f0, spec, overrides)
+    plan, arrays = _plan(f0, contract, sizes)
+    values = {p.name: p.value for p in plan.params if p.role != "buffer"}
+    work = evaluate(_formula(spec.work, spec.unit), {k: v for k, v in values.items() if isinstance(v, int)})
+    if failure:
+        return CudaReport(name, values, spec.unit, errors, {}, failure)
+    gpu = _Gpu(torch, gpu_lib, name, plan, arrays)
+    gpu.call()
+    got = gpu.outputs()
+    timings: dict[str, CudaTiming] = {}
+    if statement is not None:
+        lib_call, lib_outputs = _library(torch, statement, gpu)
+        timings["torch"] = CudaTiming(_timed(torch, lib_call, repeats or REPEATS), work)
+        reference, against = lib_outputs(), "torch"
+    else:
+        reference, against = _cpu_run(cpu, name, plan, arrays), "original"
+    errors["bench_sizes"], failure = _compare(f"bench sizes, GPU vs {against}", reference, got, spec.tolerance)
+    if failure:
+        return CudaReport(name, values, spec.unit, errors, {}, failure)
+    timings["gpu"] = CudaTiming(_timed(torch, gpu.call, repeats or REPEATS), work)
+    gpu.outputs()
+    return CudaReport(name, values, spec.unit, errors, timings)
+
+
+def bench_cuda(script: str, overrides: Mapping[str, float], repeats: Optional[int], library: Optional[str],
+               as_json: bool, console: Any) -> None:
+    """The `otp bench SCRIPT --target cuda` command."""
+    import json
+
+    import click
+
+    from .runner import new_session, run_script
+
+    session = new_session(script, "cuda")
+    error = run_script(session, script)
+    if error is not None:
+        raise error
+    spec = declared(session)
+    if spec is None:
+        raise ScriptError(f"{script} declares no benchmark: add bench(...) after load() (see README, Benchmarks)")
+    report = run_cuda_bench(session, spec, overrides, repeats, library)
+    data = report.to_json(script)
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+    else:
+        _print(console, data)
+    if report.failure:
+        raise CheckFailed(report.failure)
+
+
+def _print(console: Any, data: dict[str, Any]) -> None:
+    unit = "GFLOP/s" if data["unit"] == "flops" else "GB/s"
+    sizes = ", ".join(f"{k}={v}" for k, v in data["sizes"].items())
+    console.print(f"{data['function']} on the GPU at {sizes}; max_rel_err "
+                  + ", ".join(f"{k} {v:.2g}" for k, v in data["errors"].items()))
+    for label in ("gpu", "torch"):
+        if label in data:
+            t = data[label]
+            console.print(f"  {label:6} median {t['median_s'] * 1e3:9.3f} ms  (min {t['min_s'] * 1e3:.3f}, "
+                          f"max {t['max_s'] * 1e3:.3f}, {t['repeats']} runs)  {t['rate']:10.1f} {unit}")
+    if "ratio_vs_torch" in data:
+        console.print(f"  GPU vs torch: {data['ratio_vs_torch']:.2f}x")
+    if data["failure"]:
+        console.print(f"  check failed: {data['failure']}")

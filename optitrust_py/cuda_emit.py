@@ -1,0 +1,392 @@
+"""The CUDA back end: a program whose loops are mapped to the GPU
+(`cuda_map`) becomes CUDA C++ with `__global__` kernels and host wrappers.
+
+A function with mapped loops becomes
+- one kernel per nest of block loops at the top of its body
+  (`<function>_kernel<k>`): the block indices come from `blockIdx`; the
+  statements inside the nest run on every thread of the block, except the
+  nests of thread loops (*phases*), whose iterations are the threads
+  (`threadIdx`; a phase with fewer iterations than the block has threads on
+  an axis is guarded). A `__syncthreads()` separates a phase from whatever
+  comes before or after it, and ends the body of a sequential loop that
+  holds one, so every phase sees all writes of the phases before it, as in
+  the sequential C. Arrays declared in the block are `__shared__`, except an
+  array whose every access indexes it by the thread positions of its phase
+  (one cell per thread, e.g. a tile of accumulators): that becomes one
+  scalar per thread, kept in a register;
+- a host wrapper, `extern "C"`, with the function's name and parameters
+  (pointers to device memory), that launches the kernels in order.
+
+Statements the GPU cannot run as written (a store to memory by every thread
+of a block, host code between kernels) are refused with a `CudaError`. The
+output is printed by the C printer: the CUDA constructs are ordinary IR
+(storage `__shared__`, `__global__`, calls, members) but the launch, kept as
+an opaque statement.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from . import ir
+from .cuda_map import MAX_THREADS, constant_extent, mapped_loops, mapping
+from .errors import OtpError
+from .names import PURE_FUNCTIONS, free_vars
+from .printer import expr as expr_text, stmt_text, to_c
+from .tree import children, map_children, walk
+
+CUDA_INCLUDE = "#include <cuda_runtime.h>"
+ZERO, ONE = ir.Const("0"), ir.Const("1")
+SYNC = ir.ExprStmt(ir.Call(ir.Var("__syncthreads"), ()))
+VOID = ir.Base(("void",))
+
+
+class CudaError(OtpError):
+    """The program has a structure the CUDA back end does not map."""
+
+
+def to_cuda(program: ir.Program) -> str:
+    """The CUDA text of `program` (functions without mapped loops stay host code)."""
+    if not any(next(mapped_loops(f.body), None) is not None for f in program.functions()):
+        raise CudaError("the final program has no loop mapped to the GPU, so there is no kernel to emit: give the "
+                        "script a CUDA ending (if target() == \"cuda\": ... gpu.map_blocks(...)), see "
+                        "scripts/matmul.py")
+    items: list[ir.TopLevel] = []
+    for item in program.items:
+        if isinstance(item, ir.FuncDef) and next(mapped_loops(item.body), None) is not None:
+            items.extend(_function(item))
+        else:
+            items.append(item)
+    return to_c(ir.Program((CUDA_INCLUDE,) + program.includes, tuple(items), program.file))
+
+
+def _first_line(s: ir.Stmt) -> str:
+    return stmt_text(s).split("\n", 1)[0]
+
+
+def _refuse(fn: str, s: Any, why: str) -> CudaError:
+    what = f"'{_first_line(s)}'" if not isinstance(s, ir.Decl) else f"'{s.name}'"
+    return CudaError(f"cannot emit CUDA for {fn}: {what} {why}", getattr(s, "loc", None))
+
+
+def _function(fn: ir.FuncDef) -> list[ir.TopLevel]:
+    """The kernels of `fn` and its host wrapper."""
+    host: list[ir.Stmt] = []
+    scalars: list[ir.Decl] = []
+    kernels: list[ir.FuncDef] = []
+    for s in fn.body.stmts:
+        m = mapping(s)
+        if m is not None and m[0] == "block":
+            kernel, launch = _kernel(fn, s, f"{fn.name}_kernel{len(kernels) + 1}", scalars)
+            kernels.append(kernel)
+            host.append(launch)
+        elif isinstance(s, ir.DeclStmt) and _is_scalar(s.decl) and next(mapped_loops(s), None) is None:
+            host.append(s)
+            scalars.append(s.decl)
+        else:
+            raise _refuse(fn.name, s, "runs on the host between kernels: the host wrapper only declares scalars "
+                                      "and launches kernels (map every loop nest to blocks, outermost first)")
+    wrapper = ir.FuncDef(dataclasses.replace(fn.decl, storage=('extern "C"',)), ir.Block(tuple(host)), (), fn.loc)
+    return [*kernels, wrapper]
+
+
+def _is_scalar(d: ir.Decl) -> bool:
+    return isinstance(d.type, ir.Base)
+
+
+def _nest(first: ir.For, level: str) -> list[ir.For]:
+    """`first` and the loops of `level` perfectly nested in it."""
+    nest = [first]
+    while len(nest[-1].body.stmts) == 1 and (mapping(nest[-1].body.stmts[0]) or ("",))[0] == level:
+        nest.append(nest[-1].body.stmts[0])
+    return nest
+
+
+def _check_axes(fn: str, nest: list[ir.For], what: str) -> None:
+    axes = [mapping(lp)[1] for lp in nest]  # type: ignore[index]
+    if len(set(axes)) != len(axes):
+        raise _refuse(fn, nest[0], f"maps two {what} loops of one nest to the same axis ({', '.join(axes)})")
+
+
+def _position(loop: ir.For, builtin: str) -> ir.Expr:
+    """The loop index of the block or thread at `builtin.<axis>`."""
+    _, axis = mapping(loop)  # type: ignore[misc]
+    pos: ir.Expr = ir.Cast(loop.itype, ir.Member(ir.Var(builtin), axis, False))
+    if loop.step != ONE:
+        pos = ir.Binop("*", pos, loop.step)
+    return pos if loop.start == ZERO else ir.Binop("+", loop.start, pos)
+
+
+def _index_decls(nest: list[ir.For], builtin: str) -> tuple[ir.Stmt, ...]:
+    return tuple(ir.DeclStmt(ir.Decl(lp.index, lp.itype, _position(lp, builtin))) for lp in nest)
+
+
+def _count(loop: ir.For) -> ir.Expr:
+    """The iteration count of a block loop, as a host expression."""
+    span = loop.stop if loop.start == ZERO else ir.Binop("-", loop.stop, loop.start)
+    if loop.step == ONE:
+        return span
+    return ir.Binop("/", ir.Binop("+", span, ir.Binop("-", loop.step, ONE)), loop.step)
+
+
+def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> tuple[ir.FuncDef, ir.Stmt]:
+    blocks = _nest(top, "block")
+    _check_axes(fn.name, blocks, "block")
+    indices = {lp.index for lp in blocks}
+    for lp in blocks:
+        if free_vars((lp.start, lp.stop, lp.step)) & indices:
+            raise _refuse(fn.name, lp, "has bounds that depend on another block index: the grid must be "
+                                       "rectangular")
+    body = blocks[-1].body
+    dims = _thread_dims(fn.name, body)
+    registers = _register_arrays(body)
+    emitter = _BlockEmitter(fn.name, dims, registers)
+    stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))
+    used = free_vars(top)
+    extra = tuple(dataclasses.replace(d, init=None) for d in scalars if d.name in used)
+    params = fn.params + extra
+    kernel = ir.FuncDef(ir.Decl(name, ir.FuncT(VOID, params), funcspec=("__global__",)), ir.Block(stmts), (),
+                        top.loc)
+    grid = {mapping(lp)[1]: _count(lp) for lp in blocks}  # type: ignore[index]
+    sizes = [expr_text(grid.get(a, ONE)) for a in "xyz"]
+    threads = [str(dims.get(a, 1)) for a in "xyz"]
+    args = ", ".join(p.name or "" for p in params)
+    launch = ir.Opaque(f"{name}<<<dim3({', '.join(sizes)}), dim3({', '.join(threads)})>>>({args});")
+    cond = _all([ir.Binop(">", g, ZERO) for g in grid.values()])
+    return kernel, ir.If(cond, ir.Block((launch,)))
+
+
+def _all(conds: list[ir.Expr]) -> ir.Expr:
+    out = conds[0]
+    for c in conds[1:]:
+        out = ir.Binop("&&", out, c)
+    return out
+
+
+# ----------------------------------------------------------------- threads
+
+
+def _phase_nest(fn: str, top: ir.For) -> list[ir.For]:
+    nest = _nest(top, "thread")
+    _check_axes(fn, nest, "thread")
+    inner = next(mapped_loops(nest[-1].body), None)
+    if inner is not None:
+        raise _refuse(fn, inner[1], "is mapped to the GPU inside a thread loop, not directly under it: a nest "
+                                    "of thread loops must be perfect, with at most one loop per axis")
+    return nest
+
+
+def _phase_extents(fn: str, nest: list[ir.For]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for lp in nest:
+        n = constant_extent(lp)
+        if n is None or n < 1:
+            raise _refuse(fn, lp, "is mapped to threads but does not run a constant, positive number of "
+                                  "iterations with step 1 (tile it first: for (i = b; i < b + 32; i++))")
+        out[mapping(lp)[1]] = n  # type: ignore[index]
+    return out
+
+
+def _phases(body: Any) -> list[ir.For]:
+    """The outermost thread loops under `body`."""
+    out: list[ir.For] = []
+
+    def visit(node: Any) -> None:
+        m = mapping(node)
+        if m is not None and m[0] == "thread":
+            out.append(node)
+            return
+        for _, child in children(node):
+            visit(child)
+    visit(body)
+    return out
+
+
+def _thread_dims(fn: str, body: ir.Block) -> dict[str, int]:
+    """Threads per axis: the largest extent of any phase on that axis."""
+    dims: dict[str, int] = {}
+    for top in _phases(body):
+        for axis, n in _phase_extents(fn, _phase_nest(fn, top)).items():
+            dims[axis] = max(dims.get(axis, 1), n)
+    total = 1
+    for n in dims.values():
+        total *= n
+    if total > MAX_THREADS:
+        raise CudaError(f"cannot emit CUDA for {fn}: a block would have {total} threads "
+                        f"({' x '.join(str(n) for n in dims.values())}), over the {MAX_THREADS} a block may have")
+    return dims
+
+
+# ----------------------------------------------------------------- registers
+
+
+def _chain(e: ir.Index) -> tuple[ir.Expr, list[ir.Expr]]:
+    """`a[i][j]` -> (a, [i, j])."""
+    indices: list[ir.Expr] = []
+    base: ir.Expr = e
+    while isinstance(base, ir.Index):
+        indices.insert(0, base.index)
+        base = base.base
+    return base, indices
+
+
+def _thread_position(loop: ir.For) -> ir.Expr:
+    """What a thread's index minus the loop's start is, as written by local_buffer."""
+    return ir.Var(loop.index) if loop.start == ZERO else ir.Binop("-", ir.Var(loop.index), loop.start)
+
+
+def _array_decls(body: ir.Block) -> dict[str, ir.Decl]:
+    """Arrays declared in the block, outside its phases."""
+    out: dict[str, ir.Decl] = {}
+
+    def visit(node: Any) -> None:
+        if mapping(node) is not None:
+            return
+        if isinstance(node, ir.DeclStmt) and isinstance(node.decl.type, ir.Array) and node.decl.name:
+            out[node.decl.name] = node.decl
+        for _, child in children(node):
+            visit(child)
+    visit(body)
+    return out
+
+
+def _owned_axes(body: ir.Block, name: str, rank: int) -> Optional[tuple[str, ...]]:
+    """The axes by which every access to array `name` is indexed, when each
+    access indexes all its `rank` dimensions by thread positions of its phase
+    and always by the same axes; else None."""
+    axes: Optional[tuple[str, ...]] = None
+    uses = sum(1 for _, n in walk(body) if n == ir.Var(name))
+    full = 0
+    for top in _phases(body):
+        nest = _nest(top, "thread")
+        by_position = {_thread_position(lp): mapping(lp)[1] for lp in nest}  # type: ignore[index]
+        for _, n in walk(nest[-1].body):
+            if not isinstance(n, ir.Index):
+                continue
+            base, indices = _chain(n)
+            if base != ir.Var(name) or len(indices) != rank:
+                continue
+            found = tuple(by_position.get(i, "") for i in indices)
+            if "" in found or (axes is not None and found != axes):
+                return None
+            axes = found
+            full += 1
+    return axes if full == uses and full else None
+
+
+def _register_arrays(body: ir.Block) -> dict[str, ir.CType]:
+    """Block arrays with one cell per thread -> the element type of their register."""
+    out: dict[str, ir.CType] = {}
+    for name, d in _array_decls(body).items():
+        t: ir.CType = d.type
+        rank = 0
+        while isinstance(t, ir.Array):
+            t, rank = t.of, rank + 1
+        if d.init is None and _owned_axes(body, name, rank) is not None:
+            out[name] = t
+    return out
+
+
+def _to_registers(node: Any, registers: dict[str, ir.CType]) -> Any:
+    """`node` with each full access to a register array replaced by its scalar."""
+    if isinstance(node, ir.Index):
+        base, _ = _chain(node)
+        if isinstance(base, ir.Var) and base.name in registers:
+            return base
+    return map_children(node, lambda c: _to_registers(c, registers))
+
+
+# ----------------------------------------------------------------- the block's statements
+
+
+class _BlockEmitter:
+    """Rewrites the statements of a block (run by every thread) into the kernel's."""
+
+    def __init__(self, fn: str, dims: dict[str, int], registers: dict[str, ir.CType]) -> None:
+        self.fn = fn
+        self.dims = dims
+        self.registers = registers
+        self.locals: set[str] = set()
+
+    def stmts(self, stmts: tuple[ir.Stmt, ...]) -> list[ir.Stmt]:
+        """The statements with barriers: before a phase when anything ran
+        since the last barrier, and before any statement that follows a
+        phase (it may read what the phase wrote)."""
+        out: list[ir.Stmt] = []
+        pending = after_phase = False
+        for s in stmts:
+            if isinstance(s, ir.DeclStmt) and s.decl.init is None:
+                out.append(self.decl(s))
+                continue
+            has = bool(_phases(s))
+            if (pending and has) or after_phase:
+                out.append(SYNC)
+                pending = after_phase = False
+            out.append(self.stmt(s))
+            is_phase = mapping(s) is not None
+            pending = pending or not has or is_phase
+            after_phase = is_phase
+        return out
+
+    def closed(self, b: ir.Block) -> ir.Block:
+        """A nested body that holds a phase ends with a barrier (it may run again, or be followed)."""
+        body = self.stmts(b.stmts)
+        return ir.Block(tuple(body + ([SYNC] if _phases(b) and body[-1:] != [SYNC] else [])), b.loc)
+
+    def stmt(self, s: ir.Stmt) -> ir.Stmt:
+        m = mapping(s)
+        if m is not None and m[0] == "thread":
+            assert isinstance(s, ir.For)
+            return self.phase(s)
+        if m is not None:
+            raise _refuse(self.fn, s, "is mapped to blocks inside a block: block loops must form the "
+                                      "outermost nest of a kernel")
+        if isinstance(s, ir.DeclStmt):
+            return self.decl(s)
+        if isinstance(s, ir.For) and not s.pragmas:
+            return dataclasses.replace(s, body=self.closed(s.body))
+        if isinstance(s, ir.Block):
+            return self.closed(s)
+        if isinstance(s, ir.If):
+            other = self.closed(s.other) if s.other is not None else None
+            return dataclasses.replace(s, then=self.closed(s.then), other=other)
+        if isinstance(s, ir.ExprStmt) and self.local_update(s.expr):
+            return s
+        raise _refuse(self.fn, s, "would run on every thread of the block: only declarations, updates of the "
+                                  "block's own scalars, sequential loops and ifs may sit outside the thread loops "
+                                  "(map the loop that holds it to threads)")
+
+    def local_update(self, e: ir.Expr) -> bool:
+        """An assignment to a scalar of the block that calls nothing impure."""
+        calls = [n.name for _, n in walk(e) if isinstance(n, ir.Call)]
+        if any(c not in PURE_FUNCTIONS for c in calls):
+            return False
+        target = e.lhs if isinstance(e, ir.Assign) else e.arg if isinstance(e, ir.Unop) else None
+        return isinstance(target, ir.Var) and target.name in self.locals
+
+    def decl(self, s: ir.DeclStmt) -> ir.Stmt:
+        d = s.decl
+        if d.name in self.registers:
+            return ir.DeclStmt(dataclasses.replace(d, type=self.registers[d.name]), s.loc)
+        if isinstance(d.type, ir.Array):
+            t: ir.CType = d.type
+            while isinstance(t, ir.Array):
+                if not (isinstance(t.size, ir.Const) and t.size.kind == "int"):
+                    raise _refuse(self.fn, d, "is a block array (shared memory) whose size is not a constant")
+                t = t.of
+            if d.init is not None:
+                raise _refuse(self.fn, d, "is a block array (shared memory) with an initializer")
+            return ir.DeclStmt(dataclasses.replace(d, storage=("__shared__",) + d.storage), s.loc)
+        if d.name:
+            self.locals.add(d.name)
+        return s
+
+    def phase(self, top: ir.For) -> ir.Stmt:
+        nest = _phase_nest(self.fn, top)
+        extents = _phase_extents(self.fn, nest)
+        inner = _to_registers(nest[-1].body, self.registers)
+        block = ir.Block(_index_decls(nest, "threadIdx") + inner.stmts, top.loc)
+        guards = [ir.Binop("<", ir.Cast(ir.INT, ir.Member(ir.Var("threadIdx"), a, False)),
+                            ir.Const(str(extents.get(a, 1))))
+                  for a, n in self.dims.items() if extents.get(a, 1) < n]
+        return ir.If(_all(guards), block, None, top.loc) if guards else block

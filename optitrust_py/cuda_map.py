@@ -1,0 +1,80 @@
+"""Which loops run on the GPU, and how: the `#pragma otp gpu block x` marks.
+
+A loop mapped to the GPU stays an ordinary C loop in every step, so gcc,
+the exec check and levels 2 and 3 still read a sequential program; the mark
+only tells the CUDA printer (`cuda_emit`) to run its iterations as the
+blocks (`block`) or the threads of a block (`thread`) along one axis of the
+grid. Sequential execution is a faithful model of the GPU run when the
+iterations of every mapped loop touch disjoint cells (the obligation
+`parallel`, which level 2 re-proves for every mapped loop a step changes)
+and consecutive thread loops of a block are separated by a barrier (which
+the printer always emits).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Sequence
+
+import z3
+
+from . import ir
+from .obligation import Obligation
+from .smt import int_term
+from .tree import Path, walk
+
+LEVELS = ("block", "thread")
+AXES = ("x", "y", "z")
+MAX_THREADS = 1024
+_PREFIX = ("otp", "gpu")
+
+
+def mark(level: str, axis: str) -> str:
+    """The pragma text (without `#pragma`) that maps a loop to `level` along `axis`."""
+    return f"otp gpu {level} {axis}"
+
+
+def mapping(loop: Any) -> Optional[tuple[str, str]]:
+    """(level, axis) of a loop mapped to the GPU, else None."""
+    if not isinstance(loop, ir.For):
+        return None
+    for p in loop.pragmas:
+        words = p.split()
+        if tuple(words[:2]) == _PREFIX and len(words) == 4 and words[2] in LEVELS and words[3] in AXES:
+            return words[2], words[3]
+    return None
+
+
+def mapped_loops(node: Any, path: Path = ()) -> Iterator[tuple[Path, ir.For]]:
+    """Every loop under `node` that is mapped to blocks or threads."""
+    for p, n in walk(node, path):
+        if mapping(n) is not None:
+            yield p, n
+
+
+def constant_extent(loop: ir.For) -> Optional[int]:
+    """How many iterations a unit-step loop runs when that is a constant
+    (`for (i = bi; i < bi + 16; i++)`: 16), else None."""
+    if loop.step != ir.Const("1"):
+        return None
+    start, stop = int_term(loop.start), int_term(loop.stop)
+    if start is None or stop is None:
+        return None
+    count = z3.simplify(stop - start)
+    return count.as_long() if z3.is_int_value(count) else None
+
+
+def recheck_obligations(before: ir.Program, after: ir.Program, declared: Sequence[Obligation]) \
+        -> tuple[Obligation, ...]:
+    """`parallel` for every mapped loop of a function the step changed, apart
+    from those the step itself declares: a later step (a fusion, a moved
+    statement) must not make the blocks or threads of a mapped loop race."""
+    have = {(o.function, o.paths[0]) for o in declared if o.kind == "parallel" and o.paths}
+    out = []
+    for i, f in enumerate(after.items):
+        if not isinstance(f, ir.FuncDef) or before.function(f.name) == f:
+            continue
+        for path, loop in mapped_loops(f, (("items", i),)):
+            if (f.name, path) not in have:
+                level, axis = mapping(loop)  # type: ignore[misc]
+                out.append(Obligation("parallel", f"distinct iterations of the {level} loop for {loop.index} "
+                                      f"({level} {axis}) still touch disjoint cells", f.name, (path,)))
+    return tuple(out)

@@ -1,0 +1,222 @@
+"""GPU transformations: map loops to the blocks and threads of a CUDA grid,
+and stage tiles in shared memory.
+
+A mapped loop stays a C loop with a mark (`#pragma otp gpu block y`), so
+every step still runs sequentially under gcc, `--exec` and levels 2 and 3;
+`otp run --target cuda` prints the marked program as CUDA (see
+optitrust_py/cuda_emit.py for how blocks, threads, barriers, shared memory
+and registers come out of it).
+
+Running the iterations of a loop at once is valid when they touch disjoint
+cells: each mapping declares the obligation `parallel` (the same one as
+`parallel.parallel_for`), and level 2 re-proves it for every mapped loop a
+later step changes, so a step that merges two thread loops across a
+barrier, or makes two threads write one cell, is refuted whichever
+transformation made it. Reductions are not privatized here: a scalar every
+iteration updates is a race, refuted.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from optitrust_py import ir
+from optitrust_py.cuda_map import AXES, constant_extent, mapping, mark
+from optitrust_py.errors import TransformError
+from optitrust_py.obligation import Obligation
+from optitrust_py.session import Rewrite, composite, current_session, primitive
+from optitrust_py.target import Match, Resolver
+from optitrust_py.tree import Path, get, replace, walk
+from transformations import matrix
+from transformations.loop import _check_bounds_stable, _refuse_early_exit, _where
+
+_WHO = {"block": "gpu.map_blocks", "thread": "gpu.map_threads"}
+
+
+def _enclosing_mapped(program: ir.Program, path: Path) -> list[tuple[str, str]]:
+    """The GPU mappings of the loops around the statement at `path`, outermost first."""
+    out = []
+    for k in range(1, len(path)):
+        m = mapping(get(program, path[:k]))
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def _map(program: ir.Program, target: str, level: str, axis: str) -> Rewrite:
+    """Mark the loop at `target` as run by the blocks or threads of `axis`."""
+    who = _WHO[level]
+    res = Resolver(program)
+    m: Match = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if axis not in AXES:
+        raise TransformError(f"{who}: axis must be one of {', '.join(AXES)}, got {axis!r}", loop.loc)
+    if loop.pragmas:
+        raise TransformError(f"{who}: {where} already has '#pragma {loop.pragmas[0]}'", loop.loc)
+    _refuse_early_exit(who, where, loop.body.stmts, loop)
+    _check_bounds_stable(who, res, m.path, loop, loop.body)
+    around = _enclosing_mapped(program, m.path)
+    _check_place(who, where, level, axis, around, loop)
+    new = dataclasses.replace(loop, pragmas=(mark(level, axis),))
+    runs = "concurrent blocks of the grid" if level == "block" else "concurrent threads of a block"
+    ob = Obligation("parallel", f"distinct iterations of {where} touch disjoint cells (they run as {runs})",
+                    m.function, (m.path,))
+    return Rewrite(replace(program, m.path, new), (ob,))
+
+
+def _check_place(who: str, where: str, level: str, axis: str, around: list[tuple[str, str]],
+                 loop: ir.For) -> None:
+    """Blocks outermost, threads inside blocks; one loop per axis and level."""
+    if level == "block" and any(lv == "thread" for lv, _ in around):
+        raise TransformError(f"{who}: {where} is inside a thread loop; map blocks outside threads", loop.loc)
+    if level == "thread":
+        if not any(lv == "block" for lv, _ in around):
+            raise TransformError(f"{who}: {where} is not inside a loop mapped to blocks (gpu.map_blocks): "
+                                 f"threads belong to a block", loop.loc)
+        if constant_extent(loop) is None:
+            raise TransformError(f"{who}: {where} does not run a constant number of iterations with step 1, so "
+                                 f"it cannot be a block's threads; tile it first (loop.tile(..., 32, mode='guard'))",
+                                 loop.loc)
+    if (level, axis) in around:
+        raise TransformError(f"{who}: {where} is inside another loop mapped to {level} {axis}", loop.loc)
+
+
+@primitive
+def map_blocks(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
+    """Run the iterations of a loop as the blocks of the grid along `axis`.
+
+    Before (`gpu.map_blocks("matmul > for bi", "y")`):
+
+        for (int bi = 0; bi < M; bi += 16) {
+          for (int i = bi; i < bi + 16; i++) { ... }
+        }
+
+    After (obligation parallel):
+
+        #pragma otp gpu block y
+        for (int bi = 0; bi < M; bi += 16) {
+          for (int i = bi; i < bi + 16; i++) { ... }
+        }
+
+    In CUDA, `bi` is `0 + (int)blockIdx.y * 16` and the grid has
+    `(M + 15) / 16` blocks along y. Nested block loops on distinct axes give
+    a 2-D or 3-D grid (no flattening). Refused: a loop with pragmas, inside
+    a thread loop or a block loop of the same axis, or leaving early.
+    """
+    return _map(program, target, "block", axis)
+
+
+@primitive
+def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
+    """Run the iterations of a loop inside a block loop as the block's threads along `axis`.
+
+    Before (`gpu.map_threads("matmul > for bi > for i", "y")`):
+
+        #pragma otp gpu block y
+        for (int bi = 0; bi < M; bi += 16) {
+          for (int i = bi; i < bi + 16; i++) { ... }
+        }
+
+    After (obligation parallel):
+
+        #pragma otp gpu block y
+        for (int bi = 0; bi < M; bi += 16) {
+          #pragma otp gpu thread y
+          for (int i = bi; i < bi + 16; i++) { ... }
+        }
+
+    In CUDA, `i` is `bi + (int)threadIdx.y`; each nest of thread loops is one
+    phase of the block, separated from what comes before and after it by
+    `__syncthreads()`. The loop must run a constant number of iterations
+    with step 1 (the block's size along the axis). Refused: a loop outside
+    any block loop, with pragmas, leaving early, or of non-constant extent.
+    """
+    return _map(program, target, "thread", axis)
+
+
+@composite
+def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
+          axes: Optional[list[str]] = None) -> None:
+    """Stage the tile of `array` that a loop reads in a block array (shared
+    memory), copied in by the block's threads.
+
+    Before (`gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"])`,
+    inside a block loop):
+
+        for (int bk = 0; bk < K - K % 16; bk += 16) {
+          #pragma otp gpu thread y
+          for (int i = bi; i < bi + 16; i++) { ... A[i * K + k] ... }
+        }
+
+    After (matrix.local_buffer, then gpu.map_threads on each copy loop):
+
+        for (int bk = 0; bk < K - K % 16; bk += 16) {
+          float As[16][16];
+          #pragma otp gpu thread y
+          for (int i0 = 0; i0 < 16; i0++) {
+            #pragma otp gpu thread x
+            for (int i1 = 0; i1 < 16; i1++) {
+              As[i0][i1] = A[(bi + i0) * K + bk + i1];
+            }
+          }
+          #pragma otp gpu thread y
+          for (int i = bi; i < bi + 16; i++) { ... As[i - bi][k - bk] ... }
+        }
+
+    In CUDA: copy in, `__syncthreads()`, use, `__syncthreads()` (before the
+    next iteration overwrites the tile). `axes` are the thread axes of the
+    copy loops, outermost first (default: "y", "x" for two dimensions,
+    "x" for one). The obligations are local_buffer's and each mapping's.
+    """
+    before = current_session().current()
+    matrix.local_buffer(target, array, name, shape)
+    program = current_session().current()
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    copies = _copy_loops(program, before, m.path)
+    if not copies:
+        raise TransformError(f"gpu.stage: matrix.local_buffer made no copy loop for '{array}' around "
+                             f"{_where(res, m.path, m.node)}", m.node.loc)
+    for path in copies:
+        nest = _perfect(program, path)
+        chosen = axes or ["z", "y", "x"][-len(nest):]
+        if len(chosen) != len(nest):
+            raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
+                                 f"{len(chosen)} axes were given ({chosen})", m.node.loc)
+        for depth, axis in enumerate(chosen):
+            map_threads(_target_at(program, m.function, path, depth), axis)
+
+
+def _target_at(program: ir.Program, function: str, path: Path, depth: int) -> str:
+    """A target for the loop `depth` levels inside the perfect nest at `path`
+    (its index name and occurrence, in source order)."""
+    top: ir.For = get(program, path)
+    fn = get(program, path[:1])
+    same = [p for p, n in walk(fn, path[:1]) if isinstance(n, ir.For) and n.index == top.index]
+    inner = "".join(f" > for {lp.index}" for lp in _perfect(program, path)[1:depth + 1])
+    return f"{function} > for {top.index}#{same.index(path) + 1}{inner}"
+
+
+def _copy_loops(program: ir.Program, before: ir.Program, path: Path) -> list[Path]:
+    """The loops local_buffer put just before and after the loop at `path`."""
+    block, k = path[:-1], path[-1][1]
+    assert k is not None
+    stmts = get(program, block).stmts
+    known = {n.index for n in _all_loops(before)}
+    out = []
+    for j in (k - 1, k + 1):
+        if 0 <= j < len(stmts) and isinstance(stmts[j], ir.For) and stmts[j].index not in known:
+            out.append(block + (("stmts", j),))
+    return out
+
+
+def _all_loops(program: ir.Program) -> list[ir.For]:
+    return [n for _, n in walk(program) if isinstance(n, ir.For)]
+
+
+def _perfect(program: ir.Program, path: Path) -> list[ir.For]:
+    nest = [get(program, path)]
+    while len(nest[-1].body.stmts) == 1 and isinstance(nest[-1].body.stmts[0], ir.For):
+        nest.append(nest[-1].body.stmts[0])
+    return nest
