@@ -66,7 +66,8 @@ def highlight_lines(text: str) -> list[str]:
                 continue
             head, line, in_comment = _span("c", line[:end + 2]), line[end + 2:], False
         if _PREPROCESSOR.match(line) and not head:
-            out.append(_span("p", line))
+            body = line.lstrip()
+            out.append(line[:len(line) - len(body)] + _span("p", body))
             continue
         body, in_comment = _code(line)
         out.append(head + body)

@@ -150,7 +150,8 @@ td.no{color:var(--mut);text-align:right;user-select:none;width:1%;background:#f6
 td.sg{width:1%;user-select:none;color:var(--mut)}tr.add td.code,td.code.add{background:var(--add)}
 tr.add td.no,td.no.add{background:var(--addn)}tr.del td.code,td.code.del{background:var(--del)}
 tr.del td.no,td.no.del{background:var(--deln)}tr.hunk td{background:#ddf4ff;color:var(--mut)}
-tr.re td.code{color:#57606a}td.split{width:50%}
+tr.re td.code{color:#57606a}table.diff.split{table-layout:fixed}table.diff.split td.no{width:3.5em}
+table.diff td.split{white-space:pre-wrap;overflow-wrap:anywhere}
 .k{color:#cf222e}.t{color:#8250df}.n{color:#0550ae}.s{color:#0a3069}.c{color:#6e7781;font-style:italic}
 .p{color:#953800}table.grid{border-collapse:collapse;font-size:13px;background:#fff}
 table.grid th,table.grid td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
@@ -219,7 +220,8 @@ function diffTable(rows, split) {
                `<td class="no ${a ? "add" : ""}">${a ? a[2] : ""}</td><td class="code split ${a ? "add" : ""}">${a ? a[3] : ""}</td></tr>`);
     }
   }
-  return `<table class="diff split">${out.join("")}</table>`;
+  return `<table class="diff split"><colgroup><col style="width:3.5em"><col><col style="width:3.5em"><col></colgroup>` +
+         `${out.join("")}</table>`;
 }
 
 function obligationsTable(obs) {
