@@ -21,16 +21,19 @@ import dataclasses
 from typing import Optional
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import AXES, constant_extent, mapping, mark
+from optitrust_py.cuda_map import AXES, MAX_THREADS, constant_extent, mapping, mark
 from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.tree import Path, get, replace, walk
+from optitrust_py.names import subst
+from optitrust_py.tree import Path, get, replace, splice, walk
+from optitrust_py.typeof import env_at, resolve, typedefs_of, unqualified
 from transformations import matrix
-from transformations.loop import _check_bounds_stable, _refuse_early_exit, _where
+from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
 
 _WHO = {"block": "gpu.map_blocks", "thread": "gpu.map_threads"}
+ZERO = ir.Const("0")
 
 
 def _enclosing_mapped(program: ir.Program, path: Path) -> list[tuple[str, str]]:
@@ -50,12 +53,7 @@ def _map(program: ir.Program, target: str, level: str, axis: str) -> Rewrite:
     m: Match = res.one(target, "canonical for loop", (ir.For,))
     loop: ir.For = m.node
     where = _where(res, m.path, loop)
-    if axis not in AXES:
-        raise TransformError(f"{who}: axis must be one of {', '.join(AXES)}, got {axis!r}", loop.loc)
-    if loop.pragmas:
-        raise TransformError(f"{who}: {where} already has '#pragma {loop.pragmas[0]}'", loop.loc)
-    _refuse_early_exit(who, where, loop.body.stmts, loop)
-    _check_bounds_stable(who, res, m.path, loop, loop.body)
+    _checked_loop(who, res, m, axis)
     around = _enclosing_mapped(program, m.path)
     _check_place(who, where, level, axis, around, loop)
     new = dataclasses.replace(loop, pragmas=(mark(level, axis),))
@@ -220,3 +218,188 @@ def _perfect(program: ir.Program, path: Path) -> list[ir.For]:
     while len(nest[-1].body.stmts) == 1 and isinstance(nest[-1].body.stmts[0], ir.For):
         nest.append(nest[-1].body.stmts[0])
     return nest
+
+
+# ----------------------------------------------------------------- cyclic loops and reductions
+
+
+def _threads_count(who: str, threads: int, loop: ir.For) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS \
+            or threads & (threads - 1):
+        raise TransformError(f"{who}: threads must be a power of two from 1 to {MAX_THREADS}, got {threads!r}",
+                             loop.loc)
+
+
+def _in_block_only(who: str, program: ir.Program, res: Resolver, m: Match) -> None:
+    around = [lv for lv, _ in _enclosing_mapped(program, m.path)]
+    if "block" not in around or "thread" in around:
+        raise TransformError(f"{who}: {_where(res, m.path, m.node)} must be inside a block loop and outside "
+                             f"any thread loop", m.node.loc)
+
+
+def _cyclic_loop(loop: ir.For, t: str, threads: int, axis: str, body: ir.Block) -> ir.For:
+    """`for (t = 0; t < threads; t++) for (j = start + t * step; j < stop; j += threads * step) body`,
+    the `t` loop mapped to the threads of `axis`."""
+    step = ir.Const(str(threads)) if loop.step == ONE else ir.Binop("*", ir.Const(str(threads)), loop.step)
+    offset = ir.Var(t) if loop.step == ONE else ir.Binop("*", ir.Var(t), loop.step)
+    start = offset if loop.start == ZERO else ir.Binop("+", loop.start, offset)
+    inner = dataclasses.replace(loop, start=start, step=step, body=body, inclusive=False, pragmas=())
+    return ir.For(t, ZERO, ir.Const(str(threads)), ir.Block((inner,)), ONE, ir.INT, False,
+                  (mark("thread", axis),), (), loop.loc)
+
+
+def _thread_ob(program: ir.Program, function: str, path: Path, claim: str) -> Obligation:
+    return Obligation("parallel", f"distinct threads of {claim} touch disjoint cells", function, (path,))
+
+
+@primitive
+def cyclic(program: ir.Program, target: str, threads: int = 256, axis: str = "x") -> Rewrite:
+    """Share the iterations of a loop inside a block among `threads` threads, cyclically.
+
+    Before (`gpu.cyclic("softmax > for j#3", 256)`, inside a block loop):
+
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = y[i * C + j] / sum;
+        }
+
+    After (obligation parallel):
+
+        #pragma otp gpu thread x
+        for (int t = 0; t < 256; t++) {
+          for (int j = t; j < C; j += 256) {
+            y[i * C + j] = y[i * C + j] / sum;
+          }
+        }
+
+    Thread t runs iterations t, t + 256, ...: neighbouring threads touch
+    neighbouring cells at each step (coalesced). Refused: outside a block
+    loop or inside a thread loop, pragmas, leaving early, a thread count
+    that is not a power of two up to 1024.
+    """
+    who = "gpu.cyclic"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    _threads_count(who, threads, loop)
+    _checked_loop(who, res, m, axis)
+    _in_block_only(who, program, res, m)
+    t = _fresh_local(who, "thread index", None, "t", program, m.path, m.function, loop.loc)
+    new = _cyclic_loop(loop, t, threads, axis, loop.body)
+    return Rewrite(replace(program, m.path, new), (_thread_ob(program, m.function, m.path, f"for {t}"),))
+
+
+def _checked_loop(who: str, res: Resolver, m: Match, axis: str) -> None:
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if axis not in AXES:
+        raise TransformError(f"{who}: axis must be one of {', '.join(AXES)}, got {axis!r}", loop.loc)
+    if loop.pragmas:
+        raise TransformError(f"{who}: {where} already has '#pragma {loop.pragmas[0]}'", loop.loc)
+    _refuse_early_exit(who, where, loop.body.stmts, loop)
+    _check_bounds_stable(who, res, m.path, loop, loop.body)
+
+
+_IDENTITY = {"+": "0", "max": "-INFINITY", "min": "INFINITY"}
+_COMBINE = {"max": "fmax", "min": "fmin"}
+
+
+def _elem_code(t: ir.CType) -> Optional[str]:
+    """'float' or 'double' for a floating scalar type, else None."""
+    names = getattr(t, "names", ())
+    return "float" if names == ("float",) else "double" if names == ("double",) else None
+
+
+def _identity(op: str, code: str) -> ir.Expr:
+    if op == "+":
+        return ir.Const("0.0f" if code == "float" else "0.0", "float")
+    text = _IDENTITY[op]
+    return ir.Unop("-", ir.Var("INFINITY")) if text.startswith("-") else ir.Var(text)
+
+
+def _combine(op: str, code: str, into: ir.Expr, other: ir.Expr) -> ir.Stmt:
+    if op == "+":
+        return ir.ExprStmt(ir.Assign("+=", into, other))
+    fn = _COMBINE[op] + ("f" if code == "float" else "")
+    return ir.ExprStmt(ir.Assign("=", into, ir.Call(ir.Var(fn), (into, other))))
+
+
+@primitive
+def reduce(program: ir.Program, target: str, var: str, threads: int = 256, axis: str = "x") -> Rewrite:
+    """Run a reduction loop of a block on its threads: partial results per
+    thread in a block array, then a tree of halving steps.
+
+    Before (`gpu.reduce("softmax > for j#2", "sum", 256)`, inside a block loop):
+
+        float sum = 0.0f;
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = expf(x[i * C + j] - max_val);
+          sum += y[i * C + j];
+        }
+
+    After (obligations parallel, one per thread loop; fp "reassoc" for a
+    float sum):
+
+        float sum = 0.0f;
+        float sum_part[256];
+        #pragma otp gpu thread x
+        for (int t = 0; t < 256; t++) {
+          sum_part[t] = 0.0f;
+          for (int j = t; j < C; j += 256) {
+            y[i * C + j] = expf(x[i * C + j] - max_val);
+            sum_part[t] += y[i * C + j];
+          }
+        }
+        #pragma otp gpu thread x
+        for (int t = 0; t < 256; t++) {
+          if (t < 128) {
+            sum_part[t] += sum_part[t + 128];
+          }
+        }
+        ... (64, 32, ..., 1)
+        sum += sum_part[0];
+
+    `var` must be a reduction of the loop (`s += e`, `s -= e`, `m = fmaxf(m, e)`,
+    `if (e > m) m = e`, and the min forms, as parallel.parallel_for finds
+    them) of type float or double; the partial results start at the
+    operator's identity (0, -INFINITY, INFINITY) and the last step folds
+    them into `var`. The CUDA printer puts a barrier between the steps.
+    Refused: outside a block loop or inside a thread loop, no such
+    reduction, an integer max or min, a thread count that is not a power of
+    two up to 1024.
+    """
+    from transformations.parallel import _sharing
+
+    who = "gpu.reduce"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    _threads_count(who, threads, loop)
+    _checked_loop(who, res, m, axis)
+    _in_block_only(who, program, res, m)
+    op = dict(_sharing(who, program, res, [(m.path, loop)]).reductions).get(var)
+    code = _elem_code(resolve(unqualified(env_at(program, m.path).get(var, ir.INT)), typedefs_of(program)))
+    if op is None or code is None:
+        raise TransformError(f"{who}: '{var}' is not a float or double reduction of {_where(res, m.path, loop)} "
+                             f"(s += e, s -= e, m = fmaxf(m, e), if (e > m) m = e, ...)", loop.loc)
+    part = _fresh_local(who, "partial results", None, f"{var}_part", program, m.path, m.function, loop.loc)
+    t = _fresh_local(who, "thread index", None, "t", program, m.path, m.function, loop.loc)
+    mine = ir.Index(ir.Var(part), ir.Var(t))
+    body = subst(loop.body, {var: mine})
+    first = _cyclic_loop(loop, t, threads, axis, body)
+    first = dataclasses.replace(first, body=ir.Block((ir.ExprStmt(ir.Assign("=", mine, _identity(op, code))),)
+                                                     + first.body.stmts))
+    new: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(part, ir.Array(ir.Base((code,)), ir.Const(str(threads))))), first]
+    half = threads // 2
+    while half >= 1:
+        other = ir.Index(ir.Var(part), ir.Binop("+", ir.Var(t), ir.Const(str(half))))
+        step = ir.If(ir.Binop("<", ir.Var(t), ir.Const(str(half))), ir.Block((_combine(op, code, mine, other),)))
+        new.append(ir.For(t, ZERO, ir.Const(str(threads)), ir.Block((step,)), ONE, ir.INT, False,
+                          (mark("thread", axis),), (), loop.loc))
+        half //= 2
+    new.append(_combine(op, code, ir.Var(var), ir.Index(ir.Var(part), ZERO)))
+    block, k = m.path[:-1], m.path[-1][1]
+    assert k is not None
+    out = splice(program, m.path, tuple(new))
+    obs = tuple(_thread_ob(out, m.function, block + (("stmts", k + 1 + n),), f"step {n} of the reduction of {var}")
+                for n in range(len(new) - 2))
+    return Rewrite(out, obs, "reassoc" if op == "+" else "exact")

@@ -1,0 +1,67 @@
+"""Every CUDA ending, built, checked and timed in one go (a benchmark, not a
+test; run it on a machine with an NVIDIA GPU, nvcc and torch):
+
+    python tests/benchmarks/cuda_bench.py [--repeats N] [--json FILE] [--cu DIR]
+
+For each case: `otp bench SCRIPT --target cuda --compare torch --json` at
+the case's sizes (nvcc build, outputs checked against the original C at the
+script's small sizes and against torch at the bench sizes, CUDA-event
+timing, median of the runs, torch in the same process on the same inputs,
+TF32 off). Prints a table last; `--json` keeps every report, `--cu` the
+emitted kernels (otp run --target cuda)."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = [
+    ("scripts/matmul.py", "M=4096,N=4096,K=4096"),
+    ("scripts/matmul.py", "M=1000,N=1000,K=1000"),
+    ("scripts/softmax.py", "R=4096,C=4096"),
+]
+
+
+def _otp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "optitrust_py", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", default="30")
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--cu", dest="cu_dir")
+    opts = ap.parse_args()
+    reports, failed = [], 0
+    for script, sizes in CASES:
+        if opts.cu_dir:
+            _otp("run", script, "--target", "cuda", "--quiet", "--no-color", "--out", opts.cu_dir)
+        r = _otp("bench", script, "--target", "cuda", "--compare", "torch", "--json", "--size", sizes,
+                 "--repeats", opts.repeats)
+        try:
+            report = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            report = {"script": script, "sizes": sizes, "failure": (r.stderr or r.stdout).strip()[-2000:]}
+        failed += bool(report.get("failure")) or r.returncode != 0
+        reports.append(report)
+        print(json.dumps(report), flush=True)
+    if opts.json_out:
+        Path(opts.json_out).write_text(json.dumps(reports, indent=1))
+    print(f"\n{'script':20} {'sizes':24} {'GPU ms':>9} {'rate':>9} {'torch ms':>9} {'rate':>9} {'vs torch':>8}  unit")
+    for rep in reports:
+        if rep.get("failure"):
+            print(f"{rep['script']:20} FAILED: {rep['failure'][:300]}")
+            continue
+        unit = "GFLOP/s" if rep["unit"] == "flops" else "GB/s"
+        sizes = ",".join(f"{k}={v}" for k, v in rep["sizes"].items())
+        g, t = rep["gpu"], rep["torch"]
+        print(f"{rep['script']:20} {sizes:24} {g['median_s'] * 1e3:9.3f} {g['rate']:9.1f} "
+              f"{t['median_s'] * 1e3:9.3f} {t['rate']:9.1f} {rep['ratio_vs_torch']:8.2f}  {unit}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
