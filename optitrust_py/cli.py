@@ -261,6 +261,8 @@ class _Failed(OtpError):
 def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
           no_color: bool, show_contracts: bool) -> None:
     """Check every step of SCRIPTS (default: every script in scripts/)."""
+    from .progress import check_progress
+
     _check_level(level)
     _check_target(target)
     paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
@@ -275,7 +277,8 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
         error = run_script(session, script)
         source = None
         if error is None:
-            error, source = _checked(session, level, run_exec)
+            with check_progress(session, level, run_exec, no_color, not as_json):
+                error, source = _checked(session, level, run_exec)
         failures = failed_checks(session, source)
         if error is None and target == "cuda":
             try:
@@ -396,7 +399,7 @@ def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int]
         raise ScriptError(f"{script} declares no benchmark: add bench(\"FUNCTION\", sizes={{...}}, "
                           f"flops=\"...\") after load() to say what to time (see README, Benchmarks)")
     assert session.original is not None and session.program is not None
-    with bench_progress(2 + len(spec.variants) + (library is not None), no_color) as progress:
+    with bench_progress(2 + len(spec.variants) + (library is not None), no_color, not as_json) as progress:
         report = run_bench(session.original, session.program, session.contracts, spec, overrides,
                            os.cpu_count() or 1 if threads is None else threads, repeats, library, progress)
     _record_bench(report.to_json(script, target), Path(out_dir) / Path(script).stem, plot)

@@ -22,8 +22,9 @@ from .session import Session, Step
 POLL_S = 0.2
 
 
-def on_terminal() -> bool:
-    return sys.stdout.isatty()
+def on_terminal(shown: bool = True) -> bool:
+    """Whether to draw bars: asked for (not `--json`) and stdout is a terminal."""
+    return shown and sys.stdout.isatty()
 
 
 def _bar(console: Console) -> Progress:
@@ -50,10 +51,11 @@ def phases(session: Session, level: int, run_exec: bool) -> list[tuple[str, str,
 
 
 @contextlib.contextmanager
-def check_progress(session: Session, level: int, run_exec: bool, no_color: bool = False) -> Iterator[None]:
+def check_progress(session: Session, level: int, run_exec: bool, no_color: bool = False,
+                   shown: bool = True) -> Iterator[None]:
     """Bars for the checks run inside the `with` block (level 2 or 3, or
-    `--exec`), when stdout is a terminal."""
-    if not on_terminal() or (level < 2 and not run_exec):
+    `--exec`), when `shown` and stdout is a terminal."""
+    if not on_terminal(shown) or (level < 2 and not run_exec):
         yield
         return
     stop = threading.Event()
@@ -75,10 +77,11 @@ def check_progress(session: Session, level: int, run_exec: bool, no_color: bool 
 
 
 @contextlib.contextmanager
-def bench_progress(programs: int, no_color: bool = False) -> Iterator[Optional[Callable[[str], None]]]:
-    """A bar over the `programs` a benchmark times, when stdout is a
-    terminal: yields the callback `run_bench` reports to (None otherwise)."""
-    if not on_terminal():
+def bench_progress(programs: int, no_color: bool = False, shown: bool = True) \
+        -> Iterator[Optional[Callable[[str], None]]]:
+    """A bar over the `programs` a benchmark times, when `shown` and stdout
+    is a terminal: yields the callback `run_bench` reports to (None otherwise)."""
+    if not on_terminal(shown):
         yield None
         return
     with _bar(Console(no_color=no_color)) as bar:

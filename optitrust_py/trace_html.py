@@ -48,7 +48,7 @@ def status(step: dict[str, Any]) -> str:
     """`refused` (the transformation failed), `failed` (a check failed) or `ok`."""
     if step.get("error"):
         return "refused"
-    return "failed" if any(not c.get("ok", True) for c in step["checks"].values()) else "ok"
+    return "failed" if any(not c.get("ok", True) for c in step.get("checks", {}).values()) else "ok"
 
 
 def _flatten(steps: list[dict[str, Any]], start: str, start_annotated: Optional[str], depth: int) \
@@ -58,21 +58,22 @@ def _flatten(steps: list[dict[str, Any]], start: str, start_annotated: Optional[
     before, annotated = start, start_annotated
     for s in steps:
         yield s, before, annotated, depth
-        yield from _flatten(s["substeps"], before, annotated, depth + 1)
+        yield from _flatten(s.get("substeps", []), before, annotated, depth + 1)
         before, annotated = s["code"], s.get("annotated")
 
 
 def page_step(step: dict[str, Any], before: str, annotated: Optional[str], depth: int,
               sides: dict[str, _Side]) -> dict[str, Any]:
-    """What the page shows of one step."""
+    """What the page shows of one step (a trace.json written by an older
+    otp may lack some fields: they are shown empty)."""
     def side(text: str) -> _Side:
         if text not in sides:
             sides[text] = _Side(text)
         return sides[text]
 
-    out = {k: step[k] for k in ("number", "name", "args", "target", "line", "time_s", "fp", "tolerance", "error",
-                                "obligations", "checks")}
-    out.update(depth=depth, status=status(step), substeps=len(step["substeps"]),
+    out = {k: step.get(k) for k in ("number", "name", "args", "target", "line", "time_s", "fp", "tolerance", "error")}
+    out.update(obligations=step.get("obligations", []), checks=step.get("checks", {}), depth=depth,
+               status=status(step), substeps=len(step.get("substeps", [])),
                diff=diff_rows(side(before), side(step["code"])))
     if annotated is not None and step.get("annotated") is not None:
         out["contracts_diff"] = diff_rows(side(annotated), side(step["annotated"]))

@@ -197,6 +197,17 @@ def test_render_page_escapes_the_title():
     assert "<title>otp trace: a&lt;/title&gt;&lt;b&gt;.py</title>" in page
 
 
+def test_refresh_page_reads_an_older_trace(tmp_path):
+    """`otp bench` redraws a page from whatever trace.json is there: one
+    written before some fields existed still makes a page."""
+    step = {"number": "1", "name": "loop.tile", "args": ["'f > for i'", "4"], "code": "int g;\n", "substeps": []}
+    (tmp_path / "trace.json").write_text(json.dumps({"script": "s.py", "original": "int f;\n", "steps": [step]}))
+    data = page_blob(refresh_page(tmp_path).read_text())  # type: ignore[union-attr]
+    shown = data["steps"][0]
+    assert shown["status"] == "ok" and shown["tolerance"] is None and shown["checks"] == {}
+    assert [r[0] for r in shown["diff"]] == ["@", "-", "+"]
+
+
 # ----------------------------------------------------------------- progress bars
 
 
@@ -221,12 +232,22 @@ def _on_a_terminal(*args: str) -> str:
 
 def test_progress_bars_only_on_a_terminal(tmp_path):
     args = ("run", "scripts/softmax.py", "--level", "2", "--exec", "--quiet", "--out", str(tmp_path))
-    bar = re.compile(r"(level 1|level 2|--exec) +━+ +\d+/\d+")
+    bar = re.compile(r"(level 1|level 2|--exec) +[━╺╸]+ +\d+/\d+")
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _on_a_terminal(*args))
     assert {m.group(1) for m in bar.finditer(shown)} == {"level 1", "level 2", "--exec"}
     assert "wrote " in shown  # the run went on
     piped = otp(*args)
     assert piped.returncode == 0 and "wrote " in piped.stdout and not bar.search(piped.stdout + piped.stderr)
+    checked = _on_a_terminal("check", "scripts/softmax.py", "--level", "2", "--json")  # JSON only, even here
+    assert json.loads(checked)["scripts"][0]["ok"] is True
+
+
+def test_benchmark_progress_bar_on_a_terminal(tmp_path):
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _on_a_terminal(
+        "bench", "scripts/softmax.py", "--size", "R=16,C=256", "--repeats", "1", "--threads", "1",
+        "--out", str(tmp_path)))
+    assert re.search(r"running the optimized program +[━╺╸]+ +1/2", shown), shown
+    assert "vs original" in shown
 
 
 # ----------------------------------------------------------------- in a browser
