@@ -117,13 +117,18 @@ def test_a_refused_step_is_in_the_page_with_its_message(refused_run):
     assert swap["diff"] == [] and "step 2 loop.swap" in data["error"]
 
 
-def test_a_failed_check_marks_its_step(tmp_path):
+@pytest.fixture(scope="module")
+def refuted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A loop with a dependence made parallel: level 2 refutes the step."""
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("refuted") / "out"
     r = otp("apply", "c_sources/matmul.c", "parallel.parallel_for('matmul > for k')", "--level", "2",
             "--out", str(out), "--quiet")
     assert r.returncode == 1, r.stdout + r.stderr
-    step = page_blob((out / "matmul" / "trace.html").read_text())["steps"][0]
+    return out / "matmul"
+
+
+def test_a_failed_check_marks_its_step(refuted_run):
+    step = page_blob((refuted_run / "trace.html").read_text())["steps"][0]
     assert step["status"] == "failed" and not step["checks"]["level2"]["ok"]
     assert step["obligations"][0]["status"] == "refuted" and step["obligations"][0]["reason"]
 
@@ -407,3 +412,12 @@ def test_browser_shows_a_refused_step_in_place(refused_run, browser):
     assert page.eval("document.getElementById('banner').hidden") is False
     page.press("k")
     assert page.eval(SHOWN)["title"].startswith("step 1 loop.tile")
+
+
+def test_browser_shows_a_refuted_obligation_with_its_counterexample(refuted_run, browser):
+    page = browser(refuted_run / "trace.html")
+    shown = page.eval(SHOWN)
+    assert shown["title"].startswith("step 1 parallel.parallel_for") and "✗ L2 1 refuted" in shown["badges"]
+    assert page.eval("document.querySelector('#panel table.obligations td.refuted').textContent") == "refuted"
+    reason = page.eval("document.querySelector('#panel table.obligations pre.reason').textContent")
+    assert "e.g." in reason and "C[" in reason
