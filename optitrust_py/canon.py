@@ -28,7 +28,7 @@ import itertools
 import math
 import random
 from fractions import Fraction
-from typing import Generic, Iterator, Mapping, Optional, TypeVar
+from typing import Generic, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from .terms import NEG_INF, POS_INF, Term
 
@@ -243,16 +243,23 @@ def _scale(p: Poly, k: Fraction) -> Poly:
 
 # ---------------------------------------------------------------- case splits
 
-def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
-    """The conditions of the `ite`s the terms contain (None past `limit`)."""
+def subterms(terms: Iterable[object]) -> Iterator[Term]:
+    """Every subterm of the terms, each once (the DAG, not the tree)."""
     seen: set[int] = set()
-    found: dict[int, Term] = {}
     stack = [t for t in terms if isinstance(t, Term)]
     while stack:
         u = stack.pop()
         if u.number in seen:
             continue
         seen.add(u.number)
+        yield u
+        stack.extend(a for a in u.args if isinstance(a, Term))
+
+
+def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
+    """The conditions of the `ite`s the terms contain (None past `limit`)."""
+    found: dict[int, Term] = {}
+    for u in subterms(terms):
         if u.op == "ite":
             bases = [u.args[0]]
             while bases:
@@ -264,7 +271,6 @@ def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
                     found.setdefault(c.number, c)
             if len(found) > limit:
                 return None
-        stack.extend(a for a in u.args if isinstance(a, Term))
     return sorted(found.values(), key=lambda c: c.number)
 
 
@@ -280,17 +286,31 @@ def split(terms: list[object], conds: list[Term]) -> Iterator[tuple[dict[int, bo
 def _decide(t: object, choice: Mapping[int, bool], memo: dict[int, object]) -> object:
     from . import terms as T
 
-    if not isinstance(t, Term) or not t.args or t.op in ("const", "in", "undef", "in_int", "undef_int"):
+    return substitute(t, {n: T.ONE if v else T.ZERO for n, v in choice.items()}, memo)
+
+
+def substitute(t: object, table: Mapping[int, object], memo: dict[int, object]) -> object:
+    """`t` with each subterm whose number `table` holds replaced by its
+    value, rebuilt through the constructors of `terms` (so folds, operand
+    order and interning hold: a rebuilt term is the term a run computing it
+    would have built); an `ite` whose condition becomes a constant is
+    replaced by its branch, the other never rebuilt."""
+    from . import terms as T
+
+    if not isinstance(t, Term):
+        return t
+    if t.number in table:
+        return table[t.number]
+    if not t.args or t.op in ("const", "in", "undef", "in_int", "undef_int"):
         return t
     got = memo.get(t.number)
     if got is not None:
         return got
-    if t.number in choice:
-        out = T.ONE if choice[t.number] else T.ZERO
-    elif t.op == "ite" and t.args[0].number in choice:  # type: ignore[union-attr]
-        out = _decide(t.args[1] if choice[t.args[0].number] else t.args[2], choice, memo)  # type: ignore[union-attr]
+    cond = substitute(t.args[0], table, memo) if t.op == "ite" else None
+    if isinstance(cond, Term) and cond.op == "const":
+        out = substitute(t.args[1] if cond.args[0] != 0 else t.args[2], table, memo)
     else:
-        args = tuple(_decide(a, choice, memo) for a in t.args)
+        args = tuple(substitute(a, table, memo) for a in t.args)
         if all(a is b for a, b in zip(args, t.args)):
             out = t
         elif t.op == "ite":
@@ -298,14 +318,12 @@ def _decide(t: object, choice: Mapping[int, bool], memo: dict[int, object]) -> o
         elif len(args) == 2 and t.op in T._FOLD:
             out = T.binary(t.op, args[0], args[1])  # type: ignore[arg-type]
         elif t.op == "not":
-            out = T.unary("not", args[0])
+            out = T.unary("not", args[0])  # type: ignore[arg-type]
         else:
             out = Term.make(t.op, *args)
     memo[t.number] = out
     return out
 
-
-# ---------------------------------------------------------------- counterexamples
 
 def evaluate(t: object, inputs: "Inputs", memo: dict[int, float]) -> float:
     """The value of a term over the reals (as a double) on given inputs."""

@@ -10,7 +10,10 @@ unknown inputs at small concrete sizes, and every output cell is compared:
   (`canon`: reassociated sums, the online-softmax rescaling, ...), so the
   step may round differently;
 - `quantized(bound)`: a step that declares it changes values (storage in
-  int8) and does; its declared bound is stated and `--exec` measures it
+  int8) and does: every cell stays within its declared relative bound on
+  the seeds (`--exec` measures it on real data), and where it reads inputs
+  through int8 codes, each output is the step before's with each such
+  input replaced by its code times its own group's scale (`quantized`)
   (a lossy step whose only approximation is one level 3 takes as exact,
   the vector exp, gets the label its comparison earns, `=` or `≈fp`);
 - refuted: some cell differs, shown by inputs on which the two terms
@@ -25,11 +28,12 @@ are chosen small, within the contract's `requires`, near the `--exec` ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import canon, ir, locality
+from . import canon, ir, locality, quantized
 from .contract import Contract, evaluate
 from .errors import OtpError
 from .symexec import Outcome, Unsupported, run
@@ -244,6 +248,9 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional
     measured, and a cell that moves further is refuted."""
     reassociated: Optional[str] = None
     moves = _Moves(bound) if bound is not None else None
+    structure = _structure(old, new, norm) if bound is not None else None
+    if structure is not None and structure[0] not in ("=", "≈fp"):
+        return structure
     rounding = _Rounding(norm)
     inputs = canon.Inputs(SEEDS[0])
     memo: dict[int, float] = {}
@@ -260,8 +267,28 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional
         elif not moves.within(cell, a, b):
             return "refuted", moves.beyond
     if moves is not None and moves.where:
-        return "changed", moves.summary()
+        return "changed", "; ".join([*([structure[1]] if structure else []), moves.summary()])
     return ("≈fp", reassociated) if reassociated else ("=", "")
+
+
+def _structure(old: Outcome, new: Outcome, norm: canon.Normalizer) -> Optional[tuple[str, str]]:
+    """A quantizing step's outputs against the model (`quantized`): the
+    step before's outputs with each input the step reads through an int8
+    code replaced by its dequantized value. None when no input is read so."""
+    try:
+        table = quantized.dequantized(new.cells.values())
+    except quantized.BadQuantization as e:
+        return "refuted", str(e)
+    if not table:
+        return None
+    memo: dict[int, object] = {}
+    model = dataclasses.replace(old, cells={c: canon.substitute(t, table, memo) for c, t in old.cells.items()})
+    status, detail = _compare(model, new, norm)
+    if status in ("=", "≈fp"):
+        return status, (f"each output is {'exactly' if status == '=' else 'over the reals'} the step before's with "
+                        f"its {len(table)} quantized inputs each read as its int8 code times its group's scale")
+    return status, (f"{detail}; 'before the step' here is the step before's value with each of its {len(table)} "
+                    f"quantized inputs read as its int8 code times its group's scale")
 
 
 class _Moves:

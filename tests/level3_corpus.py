@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Optional
 
 from optitrust_py import ir
@@ -147,6 +146,12 @@ CASES: tuple[Wrong, ...] = (
           "xs[bj / 32]", "xs[0]", "y", {"N": 64, "D": 2},
           "wrong scale index: every group of x is scaled by the first group's scale",
           "xs[0] is in bounds", prepare=MATVEC_Q8, spec="matvec_q8.spec"),
+    Wrong("quantize-int8-groups-scale-of-row-0", "matvec.c", MATVEC_Q8[1], "Ws[i * (N / 32) + j / 32]", "Ws[j / 32]",
+          "y", {"N": 64, "D": 2},
+          "wrong scale index in the quantizing step's own kernel: every row's codes are scaled by row 0's scales "
+          "(the values move by a few percent, within the step's declared bound: only the structure shows it)",
+          "Ws[j / 32] lies in the scales of row 0, in bounds; the step is lossy, so its values may change",
+          prepare=MATVEC_Q8[:1], spec="matvec_q8.spec"),
     # ---- online softmax, after the fact
     Wrong("online-softmax-rescale-inverted-later", "attention.c", call(flash.drop_buffer, "attention > def scores"),
           "expf(max_val - max_val_blk)", "expf(max_val_blk - max_val)", "out", ATTENTION,

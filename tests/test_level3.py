@@ -26,6 +26,7 @@ from optitrust_py.session import Session
 from optitrust_py.spec import parse_spec_file, parse_spec_text
 from optitrust_py.terms import NEG_INF, POS_INF, Term
 from helpers import SHIFT_C, SHIFT_SPEC
+from level3_corpus import MATVEC_Q8, Wrong, build
 from transformations import loop, vector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,6 +237,26 @@ def test_quantize_labels() -> None:
     assert got["quantize.group_accumulator"] == "≈fp"
     (lossy,) = [s for s in session.steps if s.call.startswith("quantize.int8_groups")]
     assert all(f.status == "changed" for f in lossy.checks["level3"].functions)
+    n = lossy.checks["level3"].functions[0].sizes
+    structure = f"each output is exactly the step before's with its {dict(n)['N'] * (dict(n)['D'] + 1)} quantized inputs"
+    assert all(f.detail.startswith(structure) for f in lossy.checks["level3"].functions), lossy.checks["level3"]
+
+
+@pytest.mark.parametrize("old, new, problem", [
+    ("fabsf(src[r * C + g * 32 + k])", "fabsf(src[r * C + k])",
+     r"the int8 code of W\[\d+\] is scaled by the largest magnitude of \{W\[64\], .*\}, not of its own group of 32"),
+    ("xs[j / 32]", "xs[0]", r"output y\[\d\] differs: .* 'before the step' here is the step before's value with each "
+                            r"of its 192 quantized inputs read as its int8 code times its group's scale")])
+def test_quantizing_step_with_a_wrong_group_is_refuted(old: str, new: str, problem: str) -> None:
+    """int8_groups' quantizer taking each row's first group's maximum, or its
+    kernel scaling x by its first group's scale: the values move within the
+    declared bound, but not as quantizing the step before's inputs does."""
+    case = Wrong("q", "matvec.c", MATVEC_Q8[1], old, new, "y", {"N": 64, "D": 2}, "", "", MATVEC_Q8[:1],
+                 "matvec_q8.spec")
+    before, contracts, rewrite, wrong = build(case)
+    assert check_step(before, rewrite.program, contracts, [case.sizes], "lossy", rewrite.tolerance, Runs()).ok
+    result = check_step(before, wrong, contracts, [case.sizes], "lossy", rewrite.tolerance, Runs())
+    assert result.label == "refuted" and re.search(problem, result.problems[0]), result.problems
 
 
 def test_fp_exact_step_that_reassociates_is_a_problem() -> None:
