@@ -299,6 +299,10 @@ def _to_registers(node: Any, registers: dict[str, ir.CType]) -> Any:
 # ----------------------------------------------------------------- the block's statements
 
 
+def _impure_call(e: Optional[ir.Expr]) -> bool:
+    return e is not None and any(isinstance(n, ir.Call) and n.name not in PURE_FUNCTIONS for _, n in walk(e))
+
+
 class _BlockEmitter:
     """Rewrites the statements of a block (run by every thread) into the kernel's."""
 
@@ -358,8 +362,7 @@ class _BlockEmitter:
 
     def local_update(self, e: ir.Expr) -> bool:
         """An assignment to a scalar of the block that calls nothing impure."""
-        calls = [n.name for _, n in walk(e) if isinstance(n, ir.Call)]
-        if any(c not in PURE_FUNCTIONS for c in calls):
+        if _impure_call(e):
             return False
         target = e.lhs if isinstance(e, ir.Assign) else e.arg if isinstance(e, ir.Unop) else None
         return isinstance(target, ir.Var) and target.name in self.locals
@@ -377,6 +380,9 @@ class _BlockEmitter:
             if d.init is not None:
                 raise _refuse(self.fn, d, "is a block array (shared memory) with an initializer")
             return ir.DeclStmt(dataclasses.replace(d, storage=("__shared__",) + d.storage), s.loc)
+        if _impure_call(d.init):
+            raise _refuse(self.fn, d, "is initialized by a call every thread of the block would make (an "
+                                      "allocation?): give it a constant size, or compute it on the host")
         if d.name:
             self.locals.add(d.name)
         return s

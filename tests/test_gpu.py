@@ -167,6 +167,17 @@ def test_stage_refuses_a_loop_that_does_not_touch_the_array(ck):
             x[i] = 0.0f;
           }
         }""", "no loop mapped to the GPU"),
+    ("""#include <stdlib.h>
+        void f(int n, float *x) {
+          #pragma otp gpu block x
+          for (int b = 0; b < n; b += 64) {
+            float *tmp = malloc(64 * sizeof(float));
+            #pragma otp gpu thread x
+            for (int i = b; i < b + 64; i++) {
+              x[i] = 0.0f;
+            }
+          }
+        }""", "initialized by a call every thread of the block would make"),
     ("""void f(int n, float *x) {
           #pragma otp gpu block x
           for (int b = 0; b < n; b += 2048) {
