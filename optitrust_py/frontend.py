@@ -22,7 +22,6 @@ from pycparser import c_ast, c_generator, c_parser
 
 from . import ir
 from .errors import ParseError, ToolError
-from .tree import walk
 
 FAKE_INCLUDE = FsPath(__file__).parent / "fake_include"
 HEADER_MARK = "<otp-headers>"
@@ -185,6 +184,12 @@ class _Converter:
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.gen = c_generator.CGenerator()
+        self.written: list[set[str]] = [set()]  # names assigned in each loop body being converted
+
+    def wrote(self, target: Any) -> None:
+        """Note that the loop bodies being converted write `target` (when it is a name)."""
+        if isinstance(target, c_ast.ID):
+            self.written[-1].add(target.name)
 
     def loc(self, node: Any) -> Optional[ir.Loc]:
         c = getattr(node, "coord", None)
@@ -285,10 +290,13 @@ class _Converter:
         if isinstance(e, c_ast.UnaryOp):
             if e.op in ("sizeof", "_Alignof") and isinstance(e.expr, c_ast.Typename):
                 return ir.SizeofType(self.type(e.expr), e.op, loc)
+            if e.op in ("++", "--", "p++", "p--", "&"):
+                self.wrote(e.expr)
             return ir.Unop(e.op, self.expr(e.expr), loc)
         if isinstance(e, c_ast.BinaryOp):
             return ir.Binop(e.op, self.expr(e.left), self.expr(e.right), loc)
         if isinstance(e, c_ast.Assignment):
+            self.wrote(e.lvalue)
             return ir.Assign(e.op, self.expr(e.lvalue), self.expr(e.rvalue), loc)
         if isinstance(e, c_ast.TernaryOp):
             return ir.Ternary(self.expr(e.cond), self.expr(e.iftrue), self.expr(e.iffalse), loc)
@@ -345,6 +353,8 @@ class _Converter:
         if isinstance(s, (c_ast.Decl, c_ast.Typedef)):
             if getattr(s, "align", None):
                 return ir.Opaque(self.opaque_text(s), loc)
+            if s.name:
+                self.written[-1].add(s.name)
             return ir.DeclStmt(self.decl(s), loc)
         if isinstance(s, c_ast.For):
             return self.for_loop(s)
@@ -382,7 +392,10 @@ class _Converter:
 
     def for_loop(self, s: c_ast.For) -> ir.Stmt:
         loc = self.loc(s)
+        self.written.append(set())
         body = self.block(s.stmt)
+        written = self.written.pop()
+        self.written[-1] |= written
         canonical = _canonical_for(s)
         if canonical is not None:
             index, itype_node, start, cmp, bound, step = canonical
@@ -393,7 +406,7 @@ class _Converter:
             loop = ir.For(index, self.expr(start), stop, ir.Block(rest, body.loc),
                           self.expr(step) if step is not None else ir.Const("1"),
                           self.type(itype_node), cmp == "<=", (), clauses, loc)
-            if not _writes_var(loop.body, index):
+            if index not in written:
                 return loop
         init: Any = None
         if isinstance(s.init, c_ast.DeclList):
@@ -432,18 +445,6 @@ def _canonical_for(s: c_ast.For) -> Optional[tuple[str, Any, Any, str, Any, Any]
     else:
         return None
     return index, d.type, d.init, c.op, c.right, step
-
-
-def _writes_var(node: Any, name: str) -> bool:
-    for _, n in walk(node):
-        if isinstance(n, ir.Assign) and isinstance(n.lhs, ir.Var) and n.lhs.name == name:
-            return True
-        if isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--", "&") and \
-                isinstance(n.arg, ir.Var) and n.arg.name == name:
-            return True
-        if isinstance(n, ir.DeclStmt) and n.decl.name == name:
-            return True
-    return False
 
 
 def _leading_clauses(stmts: tuple[ir.Stmt, ...], names: tuple[str, ...]) \
