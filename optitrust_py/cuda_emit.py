@@ -7,7 +7,8 @@ A function with mapped loops becomes
   statements inside the nest run on every thread of the block, except the
   nests of thread loops (*phases*), whose iterations are the threads
   (`threadIdx`; a phase with fewer iterations than the block has threads on
-  an axis is guarded). A `__syncthreads()` separates a phase from whatever
+  an axis is guarded, and so is the last tile of a loop tiled in mode
+  "min", which runs at most as many iterations as it has threads). A `__syncthreads()` separates a phase from whatever
   comes before or after it, and ends the body of a sequential loop that
   holds one, so every phase sees all writes of the phases before it, as in
   the sequential C. Arrays declared in the block are `__shared__`, except an
@@ -29,7 +30,7 @@ import dataclasses
 from typing import Any, Optional
 
 from . import ir
-from .cuda_map import MAX_THREADS, constant_extent, mapped_loops, mapping
+from .cuda_map import MAX_THREADS, mapped_loops, mapping, thread_extent
 from .errors import OtpError
 from .names import PURE_FUNCTIONS, free_vars
 from .printer import expr as expr_text, stmt_text, to_c
@@ -179,11 +180,12 @@ def _phase_nest(fn: str, top: ir.For) -> list[ir.For]:
 def _phase_extents(fn: str, nest: list[ir.For]) -> dict[str, int]:
     out: dict[str, int] = {}
     for lp in nest:
-        n = constant_extent(lp)
-        if n is None or n < 1:
+        n = thread_extent(lp)
+        if n is None or n[0] < 1:
             raise _refuse(fn, lp, "is mapped to threads but does not run a constant, positive number of "
-                                  "iterations with step 1 (tile it first: for (i = b; i < b + 32; i++))")
-        out[mapping(lp)[1]] = n  # type: ignore[index]
+                                  "iterations (or at most that many) with step 1 (tile it first: for (i = b; "
+                                  "i < b + 32; i++))")
+        out[mapping(lp)[1]] = n[0]  # type: ignore[index]
     return out
 
 
@@ -391,7 +393,10 @@ class _BlockEmitter:
         nest = _phase_nest(self.fn, top)
         extents = _phase_extents(self.fn, nest)
         inner = _to_registers(nest[-1].body, self.registers)
-        block = ir.Block(_index_decls(nest, "threadIdx") + inner.stmts, top.loc)
+        bounded = [ir.Binop("<", ir.Var(lp.index), lp.stop) for lp in nest
+                   if not thread_extent(lp)[1]]  # type: ignore[index]
+        body = (ir.If(_all(bounded), inner),) if bounded else inner.stmts
+        block = ir.Block(_index_decls(nest, "threadIdx") + body, top.loc)
         guards = [ir.Binop("<", ir.Cast(ir.INT, ir.Member(ir.Var("threadIdx"), a, False)),
                             ir.Const(str(extents.get(a, 1))))
                   for a, n in self.dims.items() if extents.get(a, 1) < n]

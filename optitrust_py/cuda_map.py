@@ -12,6 +12,7 @@ the printer always emits).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterator, Optional, Sequence
 
 import z3
@@ -48,6 +49,22 @@ def mapped_loops(node: Any, path: Path = ()) -> Iterator[tuple[Path, ir.For]]:
     for p, n in walk(node, path):
         if mapping(n) is not None:
             yield p, n
+
+
+def thread_extent(loop: ir.For) -> Optional[tuple[int, bool]]:
+    """How many threads a unit-step loop needs, and whether it runs exactly
+    that many iterations: (16, True) for `i < b + 16`; (16, False) for the
+    last tile of `loop.tile(..., mode="min")`, `i < (b + 16 < n ? b + 16 : n)`,
+    whose extra threads skip the body; None otherwise."""
+    exact = constant_extent(loop)
+    if exact is not None:
+        return exact, True
+    stop = loop.stop
+    if isinstance(stop, ir.Ternary) and stop.cond == ir.Binop("<", stop.then, stop.other):
+        bounds = [constant_extent(dataclasses.replace(loop, stop=e)) for e in (stop.then, stop.other)]
+        known = [n for n in bounds if n is not None]
+        return (min(known), False) if known else None
+    return None
 
 
 def constant_extent(loop: ir.For) -> Optional[int]:

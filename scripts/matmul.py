@@ -20,8 +20,7 @@ k in multiples of 16) is tiled 16 x 16 with one block per tile of C and
 one thread per element, each 16-wide slice of k staged in shared memory
 (the tiles of A and B copied in by the block's threads, a barrier, the
 product, a barrier), the element of C kept in a register across the k
-slices; the remainder columns and rows are a thread per row and a thread
-per column.
+slices; the remainder columns and rows are a thread per element.
 """
 from optitrust_py.script import bench, load, target
 from transformations import gpu, loop, matrix, parallel, vector
@@ -61,15 +60,23 @@ if target() == "cuda":
     gpu.map_threads("matmul > for bk > for i > for j", "x")
     gpu.map_threads("matmul > for bj > for i#2", "y")
     gpu.map_threads("matmul > for bj > for i#2 > for j", "x")
-    # the remainder columns (of the main rows): a thread per row
+    # the remainder columns of the main rows, then the remainder rows: a
+    # thread per element of C, 16 x 16 threads per block (the last tile of
+    # each loop, tiled in mode min, leaves its extra threads idle)
     loop.tile("matmul > for i#4", 16, "br")
-    gpu.map_blocks("matmul > for br", "x")
-    gpu.map_threads("matmul > for br > for i", "x")
-    # the remainder rows: a thread per column
-    loop.swap("matmul > for i#5")
-    loop.tile("matmul > for j#5", 256, "bc", "guard")
-    gpu.map_blocks("matmul > for bc", "x")
-    gpu.map_threads("matmul > for bc > for j", "x")
+    loop.tile("matmul > for br > for i > for j", 16, "bc", "min")
+    loop.swap("matmul > for br > for i")
+    gpu.map_blocks("matmul > for br", "y")
+    gpu.map_blocks("matmul > for br > for bc", "x")
+    gpu.map_threads("matmul > for bc > for i", "y")
+    gpu.map_threads("matmul > for bc > for i > for j", "x")
+    loop.tile("matmul > for i#5", 16, "br2", "min")
+    loop.tile("matmul > for br2 > for i > for j", 16, "bc2", "min")
+    loop.swap("matmul > for br2 > for i")
+    gpu.map_blocks("matmul > for br2", "y")
+    gpu.map_blocks("matmul > for br2 > for bc2", "x")
+    gpu.map_threads("matmul > for bc2 > for i", "y")
+    gpu.map_threads("matmul > for bc2 > for i > for j", "x")
 else:
     parallel.parallel_for("matmul > for i#1")
 

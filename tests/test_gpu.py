@@ -333,3 +333,14 @@ def test_reduce_and_cyclic_keep_the_results(ck):
               (gpu.reduce, "softmax > for j#2", "sum", 64), (gpu.cyclic, "softmax > for j#3", 64))
     ck.roundtrip(p)
     ck.close_outputs(p0, p, "softmax", [3, 150, ck.floats(450), ck.floats(450)])
+
+
+def test_a_min_tile_maps_to_guarded_threads(ck):
+    """The last tile of a loop tiled in mode "min" is shorter: its extra threads skip the body."""
+    p0 = ck.load("matmul.c")
+    p = steps(p0, (loop.tile, "matmul > for j", 64, "bj", "min"), (gpu.map_blocks, "matmul > for i", "y"),
+              (gpu.map_blocks, "matmul > for bj", "x"), (gpu.map_threads, "matmul > for j", "x"))
+    ck.same_outputs(p0, p, "matmul", matmul_args(ck, 3, 100, 5))
+    cu = to_cuda(p)
+    assert "int j = bj + (int)threadIdx.x;\n    if (j < (bj + 64 < N ? bj + 64 : N)) {" in cu
+    assert "dim3(64, 1, 1)" in cu

@@ -21,7 +21,7 @@ import dataclasses
 from typing import Optional
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import AXES, MAX_THREADS, constant_extent, mapping, mark
+from optitrust_py.cuda_map import AXES, MAX_THREADS, mapping, mark, thread_extent
 from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
@@ -72,10 +72,10 @@ def _check_place(who: str, where: str, level: str, axis: str, around: list[tuple
         if not any(lv == "block" for lv, _ in around):
             raise TransformError(f"{who}: {where} is not inside a loop mapped to blocks (gpu.map_blocks): "
                                  f"threads belong to a block", loop.loc)
-        if constant_extent(loop) is None:
-            raise TransformError(f"{who}: {where} does not run a constant number of iterations with step 1, so "
-                                 f"it cannot be a block's threads; tile it first (loop.tile(..., 32, mode='guard'))",
-                                 loop.loc)
+        if thread_extent(loop) is None:
+            raise TransformError(f"{who}: {where} does not run a constant number of iterations (or at most a "
+                                 f"constant: a tile of mode 'min') with step 1, so it cannot be a block's threads; "
+                                 f"tile it first (loop.tile(..., 32, mode='min'))", loop.loc)
     if (level, axis) in around:
         raise TransformError(f"{who}: {where} is inside another loop mapped to {level} {axis}", loop.loc)
 
