@@ -12,9 +12,9 @@ A function with mapped loops becomes
   comes before or after it, and ends the body of a sequential loop that
   holds one, so every phase sees all writes of the phases before it, as in
   the sequential C. Arrays declared in the block are `__shared__`, except an
-  array whose every access indexes it by the thread positions of its phase
-  (one cell per thread, e.g. a tile of accumulators): that becomes one
-  scalar per thread, kept in a register;
+  array each of whose cells one thread owns (a tile of accumulators, see
+  cuda_registers): that becomes a small array per thread, or a scalar,
+  kept in registers;
 - a host wrapper, `extern "C"`, with the function's name and parameters
   (pointers to device memory), that launches the kernels in order.
 
@@ -31,10 +31,11 @@ from typing import Any, Optional
 
 from . import ir
 from .cuda_map import MAX_THREADS, mapped_loops, mapping, thread_extent
+from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .errors import OtpError
 from .names import PURE_FUNCTIONS, free_vars
 from .printer import expr as expr_text, stmt_text, to_c
-from .tree import children, map_children, walk
+from .tree import children, walk
 
 CUDA_INCLUDE = "#include <cuda_runtime.h>"
 ZERO, ONE = ir.Const("0"), ir.Const("1")
@@ -140,7 +141,7 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
                                        "rectangular")
     body = blocks[-1].body
     dims = _thread_dims(fn.name, body)
-    registers = _register_arrays(body)
+    registers = _register_arrays(body, blocks, dims)
     emitter = _BlockEmitter(fn.name, dims, registers)
     stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))
     used = free_vars(top)
@@ -222,21 +223,6 @@ def _thread_dims(fn: str, body: ir.Block) -> dict[str, int]:
 # ----------------------------------------------------------------- registers
 
 
-def _chain(e: ir.Index) -> tuple[ir.Expr, list[ir.Expr]]:
-    """`a[i][j]` -> (a, [i, j])."""
-    indices: list[ir.Expr] = []
-    base: ir.Expr = e
-    while isinstance(base, ir.Index):
-        indices.insert(0, base.index)
-        base = base.base
-    return base, indices
-
-
-def _thread_position(loop: ir.For) -> ir.Expr:
-    """What a thread's index minus the loop's start is, as written by local_buffer."""
-    return ir.Var(loop.index) if loop.start == ZERO else ir.Binop("-", ir.Var(loop.index), loop.start)
-
-
 def _array_decls(body: ir.Block) -> dict[str, ir.Decl]:
     """Arrays declared in the block, outside its phases."""
     out: dict[str, ir.Decl] = {}
@@ -252,50 +238,14 @@ def _array_decls(body: ir.Block) -> dict[str, ir.Decl]:
     return out
 
 
-def _owned_axes(body: ir.Block, name: str, rank: int) -> Optional[tuple[str, ...]]:
-    """The axes by which every access to array `name` is indexed, when each
-    access indexes all its `rank` dimensions by thread positions of its phase
-    and always by the same axes; else None."""
-    axes: Optional[tuple[str, ...]] = None
-    uses = sum(1 for _, n in walk(body) if n == ir.Var(name))
-    full = 0
-    for top in _phases(body):
-        nest = _nest(top, "thread")
-        by_position = {_thread_position(lp): mapping(lp)[1] for lp in nest}  # type: ignore[index]
-        for _, n in walk(nest[-1].body):
-            if not isinstance(n, ir.Index):
-                continue
-            base, indices = _chain(n)
-            if base != ir.Var(name) or len(indices) != rank:
-                continue
-            found = tuple(by_position.get(i, "") for i in indices)
-            if "" in found or (axes is not None and found != axes):
-                return None
-            axes = found
-            full += 1
-    return axes if full == uses and full else None
-
-
-def _register_arrays(body: ir.Block) -> dict[str, ir.CType]:
-    """Block arrays with one cell per thread -> the element type of their register."""
-    out: dict[str, ir.CType] = {}
+def _register_arrays(body: ir.Block, blocks: list[ir.For], dims: dict[str, int]) -> dict[str, Register]:
+    """Block arrays whose cells are each owned by one thread (cuda_registers)."""
+    out = {}
     for name, d in _array_decls(body).items():
-        t: ir.CType = d.type
-        rank = 0
-        while isinstance(t, ir.Array):
-            t, rank = t.of, rank + 1
-        if d.init is None and _owned_axes(body, name, rank) is not None:
-            out[name] = t
+        reg = register_of(body, blocks, d, dims)
+        if reg is not None:
+            out[name] = reg
     return out
-
-
-def _to_registers(node: Any, registers: dict[str, ir.CType]) -> Any:
-    """`node` with each full access to a register array replaced by its scalar."""
-    if isinstance(node, ir.Index):
-        base, _ = _chain(node)
-        if isinstance(base, ir.Var) and base.name in registers:
-            return base
-    return map_children(node, lambda c: _to_registers(c, registers))
 
 
 # ----------------------------------------------------------------- the block's statements
@@ -308,7 +258,7 @@ def _impure_call(e: Optional[ir.Expr]) -> bool:
 class _BlockEmitter:
     """Rewrites the statements of a block (run by every thread) into the kernel's."""
 
-    def __init__(self, fn: str, dims: dict[str, int], registers: dict[str, ir.CType]) -> None:
+    def __init__(self, fn: str, dims: dict[str, int], registers: dict[str, Register]) -> None:
         self.fn = fn
         self.dims = dims
         self.registers = registers
@@ -372,7 +322,7 @@ class _BlockEmitter:
     def decl(self, s: ir.DeclStmt) -> ir.Stmt:
         d = s.decl
         if d.name in self.registers:
-            return ir.DeclStmt(dataclasses.replace(d, type=self.registers[d.name]), s.loc)
+            return ir.DeclStmt(dataclasses.replace(d, type=self.registers[d.name].ctype()), s.loc)
         if isinstance(d.type, ir.Array):
             t: ir.CType = d.type
             while isinstance(t, ir.Array):
@@ -392,7 +342,7 @@ class _BlockEmitter:
     def phase(self, top: ir.For) -> ir.Stmt:
         nest = _phase_nest(self.fn, top)
         extents = _phase_extents(self.fn, nest)
-        inner = _to_registers(nest[-1].body, self.registers)
+        inner = to_registers(nest[-1].body, self.registers, phase_positions(nest))
         bounded = [ir.Binop("<", ir.Var(lp.index), lp.stop) for lp in nest
                    if not thread_extent(lp)[1]]  # type: ignore[index]
         body = (ir.If(_all(bounded), inner),) if bounded else inner.stmts

@@ -29,7 +29,7 @@ from optitrust_py.target import Match, Resolver
 from optitrust_py.names import subst
 from optitrust_py.tree import Path, get, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, typedefs_of, unqualified
-from transformations import matrix
+from transformations import arith, loop as loops, matrix
 from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
 
 _WHO = {"block": "gpu.map_blocks", "thread": "gpu.map_threads"}
@@ -135,15 +135,15 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 
 @composite
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
-          axes: Optional[list[str]] = None) -> None:
-    """Stage the tile of `array` that a loop reads in a block array (shared
-    memory), copied in by the block's threads.
+          axes: Optional[list[str]] = None, region: Optional[list[str]] = None, threads: int = 0) -> None:
+    """Stage the tile of `array` that a loop touches in a block array (shared
+    memory, or registers when each thread owns its cells), copied in (and
+    back, if the loop writes it) by the block's threads.
 
     Before (`gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"])`,
     inside a block loop):
 
         for (int bk = 0; bk < K - K % 16; bk += 16) {
-          #pragma otp gpu thread y
           for (int i = bi; i < bi + 16; i++) { ... A[i * K + k] ... }
         }
 
@@ -155,20 +155,23 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
           for (int i0 = 0; i0 < 16; i0++) {
             #pragma otp gpu thread x
             for (int i1 = 0; i1 < 16; i1++) {
-              As[i0][i1] = A[(bi + i0) * K + bk + i1];
+              As[i0][i1] = A[(bi + i0) * K + (bk + i1)];
             }
           }
-          #pragma otp gpu thread y
           for (int i = bi; i < bi + 16; i++) { ... As[i - bi][k - bk] ... }
         }
 
     In CUDA: copy in, `__syncthreads()`, use, `__syncthreads()` (before the
     next iteration overwrites the tile). `axes` are the thread axes of the
     copy loops, outermost first (default: "y", "x" for two dimensions,
-    "x" for one). The obligations are local_buffer's and each mapping's.
+    "x" for one); `region` is local_buffer's ("bi:64", one origin:size per
+    dimension) where it cannot be inferred; with `threads`, a copy loop
+    longer than that many iterations is first cut by gpu.thread_tile, so
+    that each thread copies several cells. The obligations are those of
+    the steps it makes.
     """
     before = current_session().current()
-    matrix.local_buffer(target, array, name, shape)
+    matrix.local_buffer(target, array, name, shape, region)
     program = current_session().current()
     res = Resolver(program)
     m = res.one(target, "loop", (ir.For,))
@@ -182,8 +185,84 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
         if len(chosen) != len(nest):
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
+        indices = [lp.index for lp in nest]
+        if threads:
+            _tile_copy(m.function, _target_at(program, m.function, path, 0), indices, threads)
+        program = current_session().current()
+        top = _target_at(program, m.function, path, 0)
         for depth, axis in enumerate(chosen):
-            map_threads(_target_at(program, m.function, path, depth), axis)
+            map_threads(top + "".join(f" > for {i}" for i in indices[1:depth + 1]), axis)
+
+
+def _tile_copy(function: str, top: str, indices: list[str], threads: int) -> None:
+    """Cut each loop of a copy nest longer than `threads` into threads x
+    repeats, and sink the repeat loops under the thread loops."""
+    program = current_session().current()
+    nest = _perfect(program, Resolver(program).one(top, "loop", (ir.For,)).path)
+    repeats: list[str] = []
+    for depth, lp in enumerate(nest):
+        extent = thread_extent(lp)
+        if extent is not None and extent[1] and extent[0] > threads:
+            inner = top + "".join(f" > for {i}" for i in indices[1:depth + 1])
+            repeats.append(thread_tile_name(inner))
+            thread_tile(inner, threads)
+    for r in repeats:
+        _sink(function, r, indices)
+
+
+def _sink(function: str, repeat: str, indices: list[str]) -> None:
+    """Swap the repeat loop `repeat` under every thread loop below it."""
+    while True:
+        program = current_session().current()
+        m = Resolver(program).one(f"{function} > for {repeat}", "loop", (ir.For,))
+        body = m.node.body.stmts
+        if len(body) != 1 or not isinstance(body[0], ir.For) or body[0].index not in indices:
+            return
+        loops.swap(f"{function} > for {repeat}")
+
+
+def thread_tile_name(target: str) -> str:
+    """The name gpu.thread_tile gives the repeat loop of the loop at `target`."""
+    program = current_session().current()
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    return _fresh_local("gpu.thread_tile", "repeat index", None, "r" + m.node.index, program, m.path, m.function,
+                        m.node.loc)
+
+
+@composite
+def thread_tile(target: str, threads: int) -> None:
+    """Cut a loop of constant extent E (a multiple of `threads`) into `threads`
+    iterations, each running E / threads strided iterations: thread t takes
+    t, t + threads, t + 2 * threads, ... (neighbouring threads, neighbouring
+    cells).
+
+    Before (`gpu.thread_tile("matmul > for bk > for i", 16)`):
+
+        for (int i = bi; i < bi + 64; i++) {
+          body(i);
+        }
+
+    After (loop.tile, loop.shift, arith.simplify, loop.swap; their obligations):
+
+        for (int i = 0; i < 16; i++) {
+          for (int ri = bi; ri < bi + 64; ri += 16) {
+            body(i + ri);
+          }
+        }
+
+    The outer loop is then ready for gpu.map_threads, and the inner one runs
+    in each thread (an accumulator indexed by `i + ri - bi` is owned by thread
+    `i`: the CUDA printer keeps it in registers).
+    """
+    program = current_session().current()
+    m = Resolver(program).one(target, "loop", (ir.For,))
+    repeat = thread_tile_name(target)
+    loops.tile(target, threads, repeat)
+    inner = f"{m.function} > for {repeat} > for {m.node.index}"
+    loops.shift(inner, f"-{repeat}")
+    arith.simplify(f"{m.function} > for {repeat}")
+    loops.swap(f"{m.function} > for {repeat}")
 
 
 def _target_at(program: ir.Program, function: str, path: Path, depth: int) -> str:

@@ -1,0 +1,161 @@
+"""Which arrays of a GPU block the CUDA printer keeps in registers.
+
+An array declared in a block loop is one array per block: `__shared__` by
+default. When every cell is touched by one thread only, it can instead be
+split into one small array per thread, which nvcc keeps in registers once
+the loops that index it are unrolled (an accumulator tile). Ownership is
+read off the indices: along a thread axis of period T (the block's threads
+on that axis), a dimension is owned when each access indexes it by an
+expression congruent to the thread's position modulo T, proved by Z3 from
+the steps of the enclosing loops (`ri` in `bi, bi + 16, ...` makes
+`i + ri - bi` congruent to `i` modulo 16). Each thread axis of the block
+must own exactly one dimension, the same in every access, so that two
+threads never share a cell; the per-thread array keeps that dimension's
+size / T cells, indexed by `(index - position) / T`, and every other
+dimension whole.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import z3
+
+from . import ir
+from .cuda_map import mapping, thread_extent
+from .smt import int_term, proves
+from .tree import children, map_children, walk
+
+ZERO = ir.Const("0")
+
+
+@dataclass(frozen=True)
+class Register:
+    """A block array kept per thread: its element type and, per dimension,
+    the owning thread axis (None for a dimension each thread keeps whole),
+    the period and the size."""
+
+    elem: ir.CType
+    dims: tuple[tuple[Optional[str], int, int], ...]
+
+    def ctype(self) -> ir.CType:
+        t = self.elem
+        for axis, period, size in reversed(self.dims):
+            kept = size // period if axis else size
+            if kept > 1:
+                t = ir.Array(t, ir.Const(str(kept)))
+        return t
+
+    def access(self, indices: list[ir.Expr], positions: dict[str, ir.Expr], name: str) -> ir.Expr:
+        out: ir.Expr = ir.Var(name)
+        for (axis, period, size), e in zip(self.dims, indices):
+            if axis is None:
+                out = ir.Index(out, e)
+            elif size // period > 1:
+                out = ir.Index(out, ir.Binop("/", ir.Binop("-", e, positions[axis]), ir.Const(str(period))))
+        return out
+
+
+def chain(e: ir.Index) -> tuple[ir.Expr, list[ir.Expr]]:
+    """`a[i][j]` -> (a, [i, j])."""
+    indices: list[ir.Expr] = []
+    base: ir.Expr = e
+    while isinstance(base, ir.Index):
+        indices.insert(0, base.index)
+        base = base.base
+    return base, indices
+
+
+def thread_position(loop: ir.For) -> ir.Expr:
+    """A thread's position along the axis of its thread loop: the index minus the start."""
+    return ir.Var(loop.index) if loop.start == ZERO else ir.Binop("-", ir.Var(loop.index), loop.start)
+
+
+def phase_positions(nest: list[ir.For]) -> dict[str, ir.Expr]:
+    return {mapping(lp)[1]: thread_position(lp) for lp in nest}  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class _Access:
+    indices: tuple[ir.Expr, ...]
+    loops: tuple[ir.For, ...]
+    phase: tuple[ir.For, ...]
+
+
+def _accesses(node: Any, name: str, rank: int, loops: tuple[ir.For, ...], phase: tuple[ir.For, ...],
+              out: list[_Access]) -> None:
+    m = mapping(node)
+    if isinstance(node, ir.For):
+        if m is not None and m[0] == "thread" and not phase:
+            phase = (node,)
+        elif m is not None and m[0] == "thread":
+            phase = phase + (node,)
+        loops = loops + (node,)
+    if isinstance(node, ir.Index):
+        base, indices = chain(node)
+        if base == ir.Var(name) and len(indices) == rank:
+            out.append(_Access(tuple(indices), loops, phase))
+    for _, child in children(node):
+        _accesses(child, name, rank, loops, phase, out)
+
+
+def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
+    """`var = start + step * n, n >= 0` for each loop of integer start and constant step."""
+    out = []
+    for lp in loops:
+        start, step = int_term(lp.start), int_term(lp.step)
+        if start is None or step is None or not z3.is_int_value(z3.simplify(step)):
+            continue
+        n = z3.Int(f"n_{lp.index}")
+        out += [z3.Int(lp.index) == start + step * n, n >= 0]
+    return out
+
+
+def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[str]:
+    """The thread axis whose position `e` is congruent to, modulo the axis's period."""
+    for lp in a.phase:
+        axis = mapping(lp)[1]  # type: ignore[index]
+        ext = thread_extent(lp)
+        term, pos = int_term(e), int_term(thread_position(lp))
+        if ext is None or ext != (periods.get(axis), True) or term is None or pos is None:
+            continue
+        if proves((term - pos) % ext[0] == 0, _facts(a.loops)):
+            return axis
+    return None
+
+
+def register_of(body: ir.Block, blocks: list[ir.For], decl: ir.Decl, periods: dict[str, int]) -> Optional[Register]:
+    """The per-thread form of the block array `decl`, or None when threads share cells."""
+    name = decl.name
+    sizes: list[int] = []
+    t: ir.CType = decl.type
+    while isinstance(t, ir.Array):
+        if not (isinstance(t.size, ir.Const) and t.size.kind == "int" and t.size.text.isdigit()):
+            return None
+        sizes.append(int(t.size.text))
+        t = t.of
+    found: list[_Access] = []
+    _accesses(body, name or "", len(sizes), tuple(blocks), (), found)
+    uses = sum(1 for _, n in walk(body) if n == ir.Var(name or ""))
+    if decl.init is not None or not found or len(found) != uses or any(not a.phase for a in found):
+        return None
+    owners = {tuple(_owner(a, e, periods) for e in a.indices) for a in found}
+    if len(owners) != 1:
+        return None
+    owner = owners.pop()
+    used = [x for x in owner if x is not None]
+    if sorted(used) != sorted(a for a, n in periods.items() if n > 1) or len(set(used)) != len(used):
+        return None
+    if any(x is not None and size % periods[x] for x, size in zip(owner, sizes)):
+        return None
+    return Register(t, tuple((x, periods[x] if x else 1, size) for x, size in zip(owner, sizes)))
+
+
+def to_registers(node: Any, registers: dict[str, Register], positions: dict[str, ir.Expr]) -> Any:
+    """`node` (a phase's body) with each access to a register array rewritten to its per-thread cell."""
+    if isinstance(node, ir.Index):
+        base, indices = chain(node)
+        if isinstance(base, ir.Var) and base.name in registers:
+            return registers[base.name].access([to_registers(i, registers, positions) for i in indices],
+                                               positions, base.name)
+    return map_children(node, lambda c: to_registers(c, registers, positions))
