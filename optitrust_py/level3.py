@@ -243,14 +243,10 @@ def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> lis
 
 def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional[float] = None) -> tuple[str, str]:
     """`=`, `≈fp`, or the first cell that differs. With a `bound` (the
-    relative tolerance a lossy step declares), cells may differ by up to
-    it on every seed: the result is then `changed`, with the largest move
-    measured, and a cell that moves further is refuted."""
+    relative tolerance a lossy step declares), cells may differ, as `_Moves`
+    allows: the result is then `changed`."""
     reassociated: Optional[str] = None
-    moves = _Moves(bound) if bound is not None else None
-    structure = _structure(old, new, norm) if bound is not None else None
-    if structure is not None and structure[0] not in ("=", "≈fp"):
-        return structure
+    moves = _Moves(bound, old, new, norm) if bound is not None else None
     rounding = _Rounding(norm)
     inputs = canon.Inputs(SEEDS[0])
     memo: dict[int, float] = {}
@@ -264,10 +260,12 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional
             reassociated = reassociated or f"e.g. {_cell(cell)}"
         elif moves is None:
             return _differs(cell, a, b)
-        elif not moves.within(cell, a, b):
-            return "refuted", moves.beyond
+        else:
+            failed = moves.failed(cell, a, b)
+            if failed is not None:
+                return failed
     if moves is not None and moves.where:
-        return "changed", "; ".join([*([structure[1]] if structure else []), moves.summary()])
+        return "changed", moves.summary()
     return ("≈fp", reassociated) if reassociated else ("=", "")
 
 
@@ -292,34 +290,43 @@ def _structure(old: Outcome, new: Outcome, norm: canon.Normalizer) -> Optional[t
 
 
 class _Moves:
-    """How far a lossy step moves the output cells, relative to the bound
-    it declares: |x - y| <= bound * max(1, |x|, |y|) on every seed, as
-    `--exec` measures it."""
+    """The cells a lossy step changes. Once one changes, the step's outputs
+    must meet the quantization model (`_structure`) if it quantizes its
+    inputs; and each cell may move by at most the bound the step declares,
+    |x - y| <= bound * max(1, |x|, |y|) on every seed, as `--exec`
+    measures it."""
 
-    def __init__(self, bound: float) -> None:
+    def __init__(self, bound: float, old: Outcome, new: Outcome, norm: canon.Normalizer) -> None:
         self.bound = bound
+        self.outcomes = (old, new, norm)
+        self.structure: Optional[tuple[str, str]] = None
         self.inputs = [canon.Inputs(seed) for seed in SEEDS]
         self.memos: list[dict[int, float]] = [{} for _ in SEEDS]
         self.worst = 0.0
         self.where = ""
-        self.beyond = ""
 
-    def within(self, cell: tuple[str, int], a: object, b: object) -> bool:
+    def failed(self, cell: tuple[str, int], a: object, b: object) -> Optional[tuple[str, str]]:
+        """Why the change of `cell` from `a` to `b` refutes the step, if it does."""
+        if not self.where:
+            self.structure = _structure(*self.outcomes)
+            if self.structure is not None and self.structure[0] not in ("=", "≈fp"):
+                return self.structure
         for inputs, memo in zip(self.inputs, self.memos):
             x, y = canon.evaluate(a, inputs, memo), canon.evaluate(b, inputs, memo)
             move = 0.0 if x == y or (x != x and y != y) else abs(x - y) / max(1.0, abs(x), abs(y))
             if not move <= self.bound:
-                self.beyond = (f"output {_cell(cell)} differs: {x:.6g} before the step, {y:.6g} after, on the inputs "
-                               f"of seed {inputs.seed} (each input cell uniform in [-2, 2]): a relative move of "
-                               f"{move:.3g}, beyond the bound {self.bound:.2g} the step declares")
-                return False
+                return "refuted", (f"output {_cell(cell)} differs: {x:.6g} before the step, {y:.6g} after, on the "
+                                   f"inputs of seed {inputs.seed} (each input cell uniform in [-2, 2]): a relative "
+                                   f"move of {move:.3g}, beyond the bound {self.bound:.2g} the step declares")
             if move >= self.worst:
                 self.worst, self.where = move, _cell(cell)
-        return True
+        return None
 
     def summary(self) -> str:
-        return (f"the step changes values on purpose: the largest relative move, {self.worst:.2g} at {self.where} "
-                f"on the seeds, is within its declared bound {self.bound:.2g} (--exec measures it on real data)")
+        structure = f"{self.structure[1]}; " if self.structure is not None else ""
+        return (f"{structure}the step changes values on purpose: the largest relative move, {self.worst:.2g} at "
+                f"{self.where} on the seeds, is within its declared bound {self.bound:.2g} (--exec measures it on "
+                f"real data)")
 
 
 class _Rounding:
