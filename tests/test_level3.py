@@ -237,8 +237,9 @@ def test_quantize_labels() -> None:
     assert got["quantize.group_accumulator"] == "≈fp"
     (lossy,) = [s for s in session.steps if s.call.startswith("quantize.int8_groups")]
     assert all(f.status == "changed" for f in lossy.checks["level3"].functions)
-    n = lossy.checks["level3"].functions[0].sizes
-    structure = f"each output is exactly the step before's with its {dict(n)['N'] * (dict(n)['D'] + 1)} quantized inputs"
+    sizes = dict(lossy.checks["level3"].functions[0].sizes)
+    inputs = sizes["N"] * (sizes["D"] + 1)
+    structure = f"each output is exactly the step before's with its {inputs} quantized inputs"
     assert all(f.detail.startswith(structure) for f in lossy.checks["level3"].functions), lossy.checks["level3"]
 
 
@@ -408,7 +409,7 @@ def test_cli_check_fails_on_a_level3_refutation(tmp_path: Path) -> None:
     (step,) = entry["level3"]["steps"]
     assert step["label"] == "refuted" and not step["ok"], "a refuted step must not carry the label '='"
 
-# ---------------------------------------------------------------- bugs these tests found (the strict xfails are open)
+# ---------------------------------------------------------------- bugs these tests found (all fixed now)
 
 NARROW_SPEC = "f(n, x, q):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes q ~> Matrix1(n)\n"
 
