@@ -139,6 +139,10 @@ def _c_div(a: int, b: int) -> int:
     return q if (a >= 0) == (b > 0) else -q
 
 
+def _c_mod(a: int, b: int) -> int:
+    return a - _c_div(a, b) * b
+
+
 def _literal(c: ir.Const) -> Any:
     text = c.text.lower()
     if c.kind == "int":
@@ -404,14 +408,13 @@ class Machine:
     # ------------------------------------------------------------ expressions
 
     def expr(self, e: ir.Expr) -> Any:
-        fast = _FAST.get(id(e))
-        if fast is None and type(e) in _COMPILED_ROOTS:
-            fast = _FAST[id(e)] = (e, _integer_code(e))
-        if fast is not None and fast[1] is not None:
-            try:
-                return fast[1](self.env)
-            except (TypeError, KeyError):
-                _FAST[id(e)] = (e, None)
+        code = _CODE.get(id(e))
+        if code is None:
+            code = _CODE[id(e)] = (e, _compile(e))
+        return code[1](self)
+
+    def _expr(self, e: ir.Expr) -> Any:
+        """The interpreter's way, by the node's handler."""
         handler = _EXPRS.get(type(e))
         if handler is None:
             raise Unsupported(f"level 3 does not model this expression ({type(e).__name__})", getattr(e, "loc", None))
@@ -465,8 +468,9 @@ class Machine:
             self.store(a, b, value, where)
 
     def _index(self, e: ir.Index) -> Any:
-        base = self.expr(e.base)
-        i = self.expr(e.index)
+        return self._index_of(self.expr(e.base), self.expr(e.index), e)
+
+    def _index_of(self, base: Any, i: Any, e: ir.Index) -> Any:
         if not isinstance(base, Ptr):
             raise Unsupported("indexing something that is not an array", e.loc)
         if isinstance(i, Term) and i.op != "const":
@@ -652,56 +656,161 @@ class Machine:
         return _literal(e)
 
 
-_FAST: dict[int, tuple[ir.Expr, Optional[Callable[[dict[str, Any]], Any]]]] = {}
-"""Integer expressions compiled to Python, by node (the node is kept so its
-id is not reused). A node whose compiled form met a non-integer value (a
-float variable, a pointer) falls back to the interpreter for good."""
-_COMPILED_ROOTS = (ir.Binop, ir.Ternary, ir.Unop)
-_PY_OPS = {"+": "+", "-": "-", "*": "*", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
+_CODE: dict[int, tuple[ir.Expr, Callable[[Machine], Any]]] = {}
+"""Expressions compiled to closures (`_compile`), by node (the node is kept
+so its id is not reused)."""
+
+_INT_OPS: dict[str, Callable[[int, int], int]] = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "<": lambda a, b: int(a < b), "<=": lambda a, b: int(a <= b), ">": lambda a, b: int(a > b),
+    ">=": lambda a, b: int(a >= b), "==": lambda a, b: int(a == b), "!=": lambda a, b: int(a != b),
+    "/": lambda a, b: _c_div(a, b), "%": lambda a, b: _c_mod(a, b),
+}
 
 
-def _integer_code(e: ir.Expr) -> Optional[Callable[[dict[str, Any]], Any]]:
-    """`e` as a Python function of the variables, when it is built of
-    integer constants, variables and C's integer operators only."""
+def _code(e: ir.Expr) -> Callable[[Machine], Any]:
+    code = _CODE.get(id(e))
+    if code is None:
+        code = _CODE[id(e)] = (e, _compile(e))
+    return code[1]
+
+
+def _compile(e: ir.Expr) -> Callable[[Machine], Any]:
+    """`e` as a closure over a machine. What runs most (integer arithmetic
+    on integers, a variable, a cell at a known index, an assignment to one)
+    goes straight; anything else goes through the handler (`Machine._expr`),
+    which is also where the straight path falls back to."""
+    t = type(e)
+    if t is ir.Var:
+        name = e.name
+
+        def var(m: Machine) -> Any:
+            v = m.env.get(name, _MISSING)
+            return m._var(e) if v is _MISSING else v
+        return var
+    if t is ir.Const and e.kind == "int":
+        value = _literal(e)
+        return lambda m: value
+    if t is ir.Binop and e.op in _INT_OPS:
+        return _integers_code(e, _binop_code(e))
+    if t is ir.Index:
+        return _index_code(e)
+    if t is ir.Assign and _pure(e.lhs):
+        return _assign_code(e)
+    return lambda m: m._expr(e)
+
+
+def _integers_code(e: ir.Binop, otherwise: Callable[[Machine], Any]) -> Callable[[Machine], Any]:
+    """An expression of integer constants, variables and operators as one
+    Python expression, tried first: what is not an integer (a term has no
+    arithmetic, a pointer none with an integer, a missing name) makes it
+    fail or give a non-integer, and the node goes `otherwise` from then on."""
     src = _py(e)
     if src is None:
-        return None
-    return eval(f"lambda env: {src}", {"_div": _c_div, "_mod": _INT_ONLY["%"], "_int": _must_int})  # type: ignore
+        return otherwise
+    fast: list[Optional[Callable[[dict[str, Any]], Any]]] = [
+        eval(f"lambda env: {src}", {"_div": _c_div, "_mod": _c_mod})]  # noqa: S307 (our own generated text)
 
-
-def _must_int(v: Any) -> int:
-    if v.__class__ is not int:
-        raise TypeError("not an integer")
-    return v  # type: ignore[no-any-return]
+    def integers(m: Machine) -> Any:
+        f = fast[0]
+        if f is not None:
+            try:
+                v = f(m.env)
+                if v.__class__ is int:
+                    return v
+            except (TypeError, KeyError, ZeroDivisionError):
+                pass
+            fast[0] = None
+        return otherwise(m)
+    return integers
 
 
 def _py(e: ir.Expr) -> Optional[str]:
     if isinstance(e, ir.Const):
         return str(int(e.text.rstrip("uUlL"), 0)) if e.kind == "int" else None
     if isinstance(e, ir.Var):
-        return f"_int(env[{e.name!r}])"
-    if isinstance(e, ir.Binop):
+        return f"env[{e.name!r}]"
+    if isinstance(e, ir.Binop) and e.op in _INT_OPS:
         a, b = _py(e.left), _py(e.right)
         if a is None or b is None:
             return None
         if e.op in ("+", "-", "*"):
             return f"({a} {e.op} {b})"
-        if e.op in _PY_OPS:
-            return f"int({a} {_PY_OPS[e.op]} {b})"
-        if e.op == "/":
-            return f"_div({a}, {b})"
-        if e.op == "%":
-            return f"_mod({a}, {b})"
-        if e.op in ("&&", "||"):
-            return f"int(bool({a}) {'and' if e.op == '&&' else 'or'} bool({b}))"
-        return None
-    if isinstance(e, ir.Unop) and e.op in ("-", "!"):
+        if e.op in ("/", "%"):
+            return f"{'_div' if e.op == '/' else '_mod'}({a}, {b})"
+        return f"int({a} {e.op} {b})"
+    if isinstance(e, ir.Unop) and e.op == "-":
         a = _py(e.arg)
-        return None if a is None else f"(-{a})" if e.op == "-" else f"int(not {a})"
-    if isinstance(e, ir.Ternary):
-        c, a, b = _py(e.cond), _py(e.then), _py(e.other)
-        return None if c is None or a is None or b is None else f"({a} if {c} else {b})"
+        return None if a is None else f"(-{a})"
     return None
+
+
+def _binop_code(e: ir.Binop) -> Callable[[Machine], Any]:
+    left, right, op, fn = _code(e.left), _code(e.right), e.op, _INT_OPS[e.op]
+
+    def binop(m: Machine) -> Any:
+        a = left(m)
+        b = right(m)
+        if a.__class__ is int and b.__class__ is int:
+            return fn(a, b)
+        return _arith(op, a, b, e)
+    return binop
+
+
+def _index_code(e: ir.Index) -> Callable[[Machine], Any]:
+    base_of, index_of = _code(e.base), _code(e.index)
+
+    def index(m: Machine) -> Any:
+        base = base_of(m)
+        i = index_of(m)
+        if i.__class__ is int and base.__class__ is Ptr and not base.rows:
+            off = base.offset + i
+            v = base.alloc.cells.get(off, _MISSING)
+            return m.load(base.alloc, off, e) if v is _MISSING else v
+        return m._index_of(base, i, e)
+    return index
+
+
+def _assign_code(e: ir.Assign) -> Callable[[Machine], Any]:
+    rhs, op = _code(e.rhs), (e.op[:-1] if e.op != "=" else None)
+    if isinstance(e.lhs, ir.Var):
+        name = e.lhs.name
+
+        def to_var(m: Machine) -> Any:
+            env = m.env
+            if name not in env:
+                return m._expr(e)
+            value = rhs(m)
+            if op is not None:
+                value = _arith(op, env[name], value, e)
+            value = convert(value, m.kinds.get(name, "i"))
+            m._set(env, name, value)
+            return value
+        return to_var
+    if not isinstance(e.lhs, ir.Index):
+        return lambda m: m._expr(e)
+    base_of, index_of = _code(e.lhs.base), _code(e.lhs.index)
+
+    def to_cell(m: Machine) -> Any:
+        base = base_of(m)
+        i = index_of(m)
+        if i.__class__ is not int or base.__class__ is not Ptr or base.rows:
+            return m._expr(e)
+        value = rhs(m)
+        alloc, off = base.alloc, base.offset + i
+        if op is not None:
+            value = _arith(op, m.load(alloc, off, e), value, e)
+        m.store(alloc, off, value, e)
+        return alloc.cells[off]
+    return to_cell
+
+
+def _pure(e: ir.Expr) -> bool:
+    """No side effect: evaluating it twice (the fallback does) is harmless."""
+    from .tree import walk
+
+    return not any(isinstance(n, (ir.Assign, ir.Call)) or (isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--"))
+                   for _, n in walk(e))
 
 
 def convert(v: Any, kind: str) -> Any:
@@ -756,7 +865,7 @@ def _select(cond: Term, a: Any, b: Any, where: ir.Node) -> Any:
 
 
 _ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div", "<": "lt", "<=": "le", "==": "eq", "!=": "ne"}
-_INT_ONLY = {"%": lambda a, b: a - _c_div(a, b) * b, "<<": lambda a, b: a << b, ">>": lambda a, b: a >> b,
+_INT_ONLY = {"%": lambda a, b: _c_mod(a, b), "<<": lambda a, b: a << b, ">>": lambda a, b: a >> b,
              "&": lambda a, b: a & b, "|": lambda a, b: a | b, "^": lambda a, b: a ^ b}
 
 

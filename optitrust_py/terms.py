@@ -59,9 +59,15 @@ def _integer(op: str, args: tuple[object, ...]) -> bool:
         return True
     if op not in _KEEPS_INTEGER:
         return False
-    kids = [a for a in (args[1:] if op == "ite" else args) if isinstance(a, Term)]
-    return (op == "ite" or any(a.integer for a in kids)) and all(
-        a.integer or (a.op == "const" and a.args[0].denominator == 1) for a in kids)  # type: ignore[union-attr]
+    some = op == "ite"
+    for a in args[1:] if some else args:
+        if a.__class__ is not Term:
+            continue
+        if a.integer:  # type: ignore[attr-defined]
+            some = True
+        elif not (a.op == "const" and a.args[0].denominator == 1):  # type: ignore[attr-defined]
+            return False
+    return some
 
 
 def const(x: Union[int, float, Fraction]) -> Term:
@@ -97,7 +103,15 @@ def _float_exact(x: Fraction) -> bool:
 
 def binary(op: str, a: Value, b: Value) -> Term:
     """`a op b` for the arithmetic and comparison operators of the model."""
-    a, b = lift(a), lift(b)
+    if a.__class__ is not Term:
+        a = const(a)  # type: ignore[arg-type]
+    if b.__class__ is not Term:
+        b = const(b)  # type: ignore[arg-type]
+    if a.op != "const" and b.op != "const" and op not in _SAME:  # type: ignore[union-attr]
+        if op in COMMUTATIVE and b.number < a.number:  # type: ignore[union-attr]
+            a, b = b, a
+        t = Term._table.get((op, a, b))
+        return t if t is not None else Term.make(op, a, b)
     if a.op == "const" and b.op == "const" and op in _FOLD:
         r = _FOLD[op](a.args[0], b.args[0])
         if isinstance(r, bool):
@@ -116,6 +130,9 @@ def binary(op: str, a: Value, b: Value) -> Term:
         a, b = b, a
     return Term.make(op, a, b)
 
+
+_SAME = frozenset({"max", "min"})
+"""Operators for which `a op a` is `a`."""
 
 _UNITS = {"and": 1, "add": 0, "mul": 1, "sub": 0, "div": 1}
 """The operand that leaves the other unchanged (on the right; on either side
