@@ -14,18 +14,20 @@ parallel kernel.
    AVX2) intrinsics: with AVX-512 the block is 24 vector registers, and
    each step of k is 4 loads of B, 6 broadcasts of A and 24 multiply-adds.
 
-With `--target cuda` the script ends in four CUDA kernels instead: C is
-zeroed (a block per row and 256 columns); the main part (rows, columns and
-k in multiples of 16) is tiled 16 x 16 with one block per tile of C and
-one thread per element, each 16-wide slice of k staged in shared memory
-(the tiles of A and B copied in by the block's threads, a barrier, the
-product, a barrier), the element of C kept in a register across the k
-slices; the remainder columns and rows are a thread per element.
+With `--target cuda` the script ends in four CUDA kernels instead (and runs
+--exec at sizes past one GPU tile): C is zeroed (a block per row and 256
+columns); the main part (rows and columns in multiples of 128, k of 16) has
+a block of 16 x 16 threads per 128 x 128 tile of C, each thread computing 8
+x 8 cells strided by 16 (gpu.thread_tile) kept in registers across the
+whole k loop, each 16-wide slice of A and B staged in shared memory by all
+the threads (copy in, barrier, 64 multiply-adds per k, barrier); the
+remainder columns and rows are a thread per element.
 """
 from optitrust_py.script import bench, load, target
 from transformations import gpu, loop, matrix, parallel, vector
 
-load("../c_sources/matmul.c", sizes={"M": 21, "N": 141, "K": 300})
+load("../c_sources/matmul.c", sizes={"M": 21, "N": 141, "K": 300} if target() == "cpu" else
+     {"M": 140, "N": 141, "K": 40})  # past one 128 x 128 tile, with remainders
 bench("matmul", sizes={"M": 1024, "N": 1024, "K": 1024}, flops="2*M*N*K",
       numpy="C = A.reshape(M, K) @ B.reshape(K, N)", torch="C = A.reshape(M, K) @ B.reshape(K, N)")
 
@@ -39,13 +41,14 @@ if target() == "cuda":
     gpu.map_blocks("matmul > for i#1 > for bz", "x")
     gpu.map_threads("matmul > for i#1 > for bz > for j", "x")
 
-    # main part: rows, columns and k in multiples of 16
-    loop.split("matmul > for i#2", "M - M % 16")
-    loop.split("matmul > for i#2 > for j", "N - N % 16")
+    # main part: rows and columns in multiples of 128, k of 16; a block per
+    # 128 x 128 tile of C, k in slices of 16
+    loop.split("matmul > for i#2", "M - M % 128")
+    loop.split("matmul > for i#2 > for j", "N - N % 128")
     loop.split("matmul > for i#2 > for j#1 > for k", "K - K % 16")
     loop.fission("matmul > for i#2 > after for j#1")
-    loop.tile("matmul > for i#2", 16)
-    loop.tile("matmul > for bi > for i > for j", 16)
+    loop.tile("matmul > for i#2", 128)
+    loop.tile("matmul > for bi > for i > for j", 128)
     loop.swap("matmul > for bi > for i")
     loop.fission("matmul > for bj > for i > for j > after for k#1")
     loop.fission("matmul > for bj > for i > after for j#1")
@@ -53,13 +56,26 @@ if target() == "cuda":
     loop.reorder("matmul > for bj > for i#1", ["bk", "i", "j", "k"])
     gpu.map_blocks("matmul > for bi", "y")
     gpu.map_blocks("matmul > for bi > for bj", "x")
-    gpu.stage("matmul > for bj > for bk", "C", "acc", ["M", "N"])
-    gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"])
-    gpu.stage("matmul > for bk > for i", "B", "Bs", ["K", "N"])
+    # 16 x 16 threads, each computing the 8 x 8 cells i + ri, j + rj of the
+    # tile (ri, rj step by 16), k outside them: 8 + 8 loads, 64 FMAs per k
+    gpu.thread_tile("matmul > for bk > for i", 16)
+    gpu.thread_tile("matmul > for bk > for ri > for j", 16)
+    loop.swap("matmul > for bk > for ri")
+    loop.reorder("matmul > for bk > for ri", ["k", "ri", "rj"])
+    # the tile of C in registers (each thread owns its 8 x 8 cells), the
+    # slices of A and B in shared memory, each copied by all the threads
+    gpu.stage("matmul > for bj > for bk", "C", "acc", ["M", "N"], region=["bi:128", "bj:128"], threads=16)
+    gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"], region=["bi:128", "bk:16"], threads=16)
+    gpu.stage("matmul > for bk > for i", "B", "Bs", ["K", "N"], region=["bk:16", "bj:128"], threads=16)
     gpu.map_threads("matmul > for bk > for i", "y")
     gpu.map_threads("matmul > for bk > for i > for j", "x")
+    # the k remainder of the tile: the same threads, from A and B directly
+    gpu.thread_tile("matmul > for bj > for i#2", 16, "si")
+    gpu.thread_tile("matmul > for bj > for si > for j", 16, "sj")
+    loop.swap("matmul > for bj > for si")
     gpu.map_threads("matmul > for bj > for i#2", "y")
     gpu.map_threads("matmul > for bj > for i#2 > for j", "x")
+
     # the remainder columns of the main rows, then the remainder rows: a
     # thread per element of C, 16 x 16 threads per block (the last tile of
     # each loop, tiled in mode min, leaves its extra threads idle)

@@ -231,7 +231,7 @@ def thread_tile_name(target: str) -> str:
 
 
 @composite
-def thread_tile(target: str, threads: int) -> None:
+def thread_tile(target: str, threads: int, repeat: Optional[str] = None) -> None:
     """Cut a loop of constant extent E (a multiple of `threads`) into `threads`
     iterations, each running E / threads strided iterations: thread t takes
     t, t + threads, t + 2 * threads, ... (neighbouring threads, neighbouring
@@ -253,11 +253,12 @@ def thread_tile(target: str, threads: int) -> None:
 
     The outer loop is then ready for gpu.map_threads, and the inner one runs
     in each thread (an accumulator indexed by `i + ri - bi` is owned by thread
-    `i`: the CUDA printer keeps it in registers).
+    `i`: the CUDA printer keeps it in registers). The inner index is
+    `repeat`, by default `r<index>` made fresh.
     """
     program = current_session().current()
     m = Resolver(program).one(target, "loop", (ir.For,))
-    repeat = thread_tile_name(target)
+    repeat = repeat or thread_tile_name(target)
     loops.tile(target, threads, repeat)
     inner = f"{m.function} > for {repeat} > for {m.node.index}"
     loops.shift(inner, f"-{repeat}")

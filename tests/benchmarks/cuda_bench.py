@@ -1,7 +1,7 @@
 """Every CUDA ending, built, checked and timed in one go (a benchmark, not a
 test; run it on a machine with an NVIDIA GPU, nvcc and torch):
 
-    python tests/benchmarks/cuda_bench.py [--repeats N] [--json FILE] [--cu DIR]
+    python tests/benchmarks/cuda_bench.py [--repeats N] [--json FILE] [--cu DIR] [SCRIPT:SIZES ...]
 
 For each case: `otp bench SCRIPT --target cuda --compare torch --json` at
 the case's sizes (nvcc build, outputs checked against the original C at the
@@ -34,9 +34,10 @@ def main() -> int:
     ap.add_argument("--repeats", default="30")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--cu", dest="cu_dir")
+    ap.add_argument("cases", nargs="*", help="script:sizes (default: every case of CASES)")
     opts = ap.parse_args()
     reports, failed = [], 0
-    for script, sizes in CASES:
+    for script, sizes in [tuple(c.split(":", 1)) for c in opts.cases] or CASES:
         if opts.cu_dir:
             _otp("run", script, "--target", "cuda", "--quiet", "--no-color", "--out", opts.cu_dir)
         r = _otp("bench", script, "--target", "cuda", "--compare", "torch", "--json", "--size", sizes,
