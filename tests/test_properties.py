@@ -6,9 +6,10 @@ a step declares that it reassociates); equivalently, a sequence whose result
 --exec shows wrong must have had a step that level 2 did not prove.
 
 The kernel: `A` (modified) and `B` (read) are (N + 2) x (M + 2) matrices,
-and one to three statements `A[i + a][j + b] (= or +=) A[i + c][j + d] * 0.5f
-+ B[i + e][j + f]` (offsets 0..2) run in an i-j nest, so the steps meet
-flow, anti and output dependences in every direction. A step a
+and statements `A[i + a][x + b] (= or +=) A[i + c][y + d] * 0.5f
++ B[i + e][z + f]` (offsets 0..2; x, y, z are j or k) run in an i-j nest or an
+imperfect i-j-k nest (k < M), so the steps meet flow, anti and output
+dependences in every direction. A step a
 transformation refuses (its structural precondition) is left out; any
 other exception fails the test."""
 from __future__ import annotations
@@ -40,20 +41,33 @@ k(N, M, A, B):
 SIZES = {"N": 5, "M": 7}  # not multiples of the tile sizes drawn: tails run
 
 
-def cell(array: str, di: int, dj: int) -> str:
-    return f"{array}[(i + {di}) * (M + 2) + (j + {dj})]"
-
-
 offsets = st.integers(0, 2)
-statement = st.builds(
-    lambda op, a, b, c, d, e, f: f"{cell('A', a, b)} {op} {cell('A', c, d)} * 0.5f + {cell('B', e, f)};",
-    st.sampled_from(["=", "+="]), offsets, offsets, offsets, offsets, offsets, offsets)
 
 
-def kernel(statements: list[str]) -> str:
-    body = "\n".join(f"      {s}" for s in statements)
-    return ("void k(int N, int M, float *A, const float *B) {\n  for (int i = 0; i < N; i++) {\n"
-            f"    for (int j = 0; j < M; j++) {{\n{body}\n    }}\n  }}\n}}\n")
+def cell(array: str, columns: tuple[str, ...]) -> st.SearchStrategy[str]:
+    """`array[i + a][c + b]` flattened, c one of the column indices (j, k: both below M)."""
+    return st.builds(lambda a, c, b: f"{array}[(i + {a}) * (M + 2) + ({c} + {b})]",
+                     offsets, st.sampled_from(columns), offsets)
+
+
+def statement(columns: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.builds(lambda lhs, op, a, b: f"{lhs} {op} {a} * 0.5f + {b};", cell("A", columns),
+                     st.sampled_from(["=", "+="]), cell("A", columns), cell("B", columns))
+
+
+def kernel(data: st.DataObject) -> str:
+    """An i-j nest, or an i-j-k nest with statements before the k loop too
+    (imperfect, like matmul's initialization of C)."""
+    lines = ["void k(int N, int M, float *A, const float *B) {", "  for (int i = 0; i < N; i++) {",
+             "    for (int j = 0; j < M; j++) {"]
+    if data.draw(st.booleans()):
+        lines += [f"      {x}" for x in data.draw(st.lists(statement(("j",)), max_size=2))]
+        lines += ["      for (int k = 0; k < M; k++) {"]
+        lines += [f"        {x}" for x in data.draw(st.lists(statement(("j", "k")), min_size=1, max_size=2))]
+        lines += ["      }"]
+    else:
+        lines += [f"      {x}" for x in data.draw(st.lists(statement(("j",)), min_size=1, max_size=3))]
+    return "\n".join(lines + ["    }", "  }", "}", ""])
 
 
 def loop_targets(program: ir.Program) -> list[str]:
@@ -130,8 +144,7 @@ def apply_moves(data: st.DataObject, trial: Trial, program: ir.Program, contract
 
 
 def check_soundness(data: st.DataObject) -> None:
-    statements = data.draw(st.lists(statement, min_size=1, max_size=3))
-    trial = Trial(kernel(statements))
+    trial = Trial(kernel(data))
     original = parse_text(trial.source, "k.c")
     contracts = parse_spec_text(SPEC, "k.spec")
     check_contract(contracts["k"], original.function("k"))
