@@ -73,23 +73,41 @@ def _refuse(fn: str, s: Any, why: str) -> CudaError:
 
 def _function(fn: ir.FuncDef) -> list[ir.TopLevel]:
     """The kernels of `fn` and its host wrapper."""
-    host: list[ir.Stmt] = []
-    scalars: list[ir.Decl] = []
-    kernels: list[ir.FuncDef] = []
-    for s in fn.body.stmts:
-        m = mapping(s)
-        if m is not None and m[0] == "block":
-            kernel, launch = _kernel(fn, s, f"{fn.name}_kernel{len(kernels) + 1}", scalars)
-            kernels.append(kernel)
-            host.append(launch)
-        elif isinstance(s, ir.DeclStmt) and _is_scalar(s.decl) and next(mapped_loops(s), None) is None:
-            host.append(s)
-            scalars.append(s.decl)
-        else:
-            raise _refuse(fn.name, s, "runs on the host between kernels: the host wrapper only declares scalars "
-                                      "and launches kernels (map every loop nest to blocks, outermost first)")
-    wrapper = ir.FuncDef(dataclasses.replace(fn.decl, storage=('extern "C"',)), ir.Block(tuple(host)), (), fn.loc)
-    return [*kernels, wrapper]
+    host = _Host(fn)
+    body = host.stmts(fn.body.stmts, [])
+    wrapper = ir.FuncDef(dataclasses.replace(fn.decl, storage=('extern "C"',)), ir.Block(tuple(body)), (), fn.loc)
+    return [*host.kernels, wrapper]
+
+
+class _Host:
+    """The host wrapper's statements: scalar declarations, ifs on them, and
+    a launch for each nest of block loops (its kernel is kept)."""
+
+    def __init__(self, fn: ir.FuncDef) -> None:
+        self.fn = fn
+        self.kernels: list[ir.FuncDef] = []
+
+    def stmts(self, stmts: tuple[ir.Stmt, ...], scalars: list[ir.Decl]) -> list[ir.Stmt]:
+        out: list[ir.Stmt] = []
+        scalars = list(scalars)
+        for s in stmts:
+            m = mapping(s)
+            if m is not None and m[0] == "block":
+                kernel, launch = _kernel(self.fn, s, f"{self.fn.name}_kernel{len(self.kernels) + 1}", scalars)
+                self.kernels.append(kernel)
+                out.append(launch)
+            elif isinstance(s, ir.DeclStmt) and _is_scalar(s.decl) and next(mapped_loops(s), None) is None:
+                out.append(s)
+                scalars.append(s.decl)
+            elif isinstance(s, ir.If) and not _impure_call(s.cond):
+                then = ir.Block(tuple(self.stmts(s.then.stmts, scalars)))
+                other = ir.Block(tuple(self.stmts(s.other.stmts, scalars))) if s.other is not None else None
+                out.append(dataclasses.replace(s, then=then, other=other))
+            else:
+                raise _refuse(self.fn.name, s, "runs on the host between kernels: the host wrapper only declares "
+                                               "scalars, tests them and launches kernels (map every loop nest to "
+                                               "blocks, outermost first)")
+        return out
 
 
 def _is_scalar(d: ir.Decl) -> bool:

@@ -30,12 +30,20 @@ scores to a FlashAttention-shaped kernel.
    the transposing copy, which has no vector form; the lanes of a row's max
    and sum are combined by one reduce intrinsic each (`reduce=True`).
 
+With `--target cuda`, steps 1-2 are shared and the script ends in CUDA
+(fp32 flash attention): for D == 64 a block per (head, 64 queries) with a
+thread per query; the key blocks of 64 up to the diagonal are staged in
+shared memory by the block's threads (K and V tiles, 16 KB each), the
+query's Q row, output row, running max and sum stay in registers, the
+online softmax as in step 2; the last S % 64 queries and other D run a
+thread per query from global memory.
+
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
 flash kernel for the plain math path, about 6x slower here.
 """
-from optitrust_py.script import bench, load
-from transformations import flash, loop, matrix, parallel, variable, vector
+from optitrust_py.script import bench, load, target
+from transformations import flash, gpu, loop, matrix, parallel, variable, vector
 
 load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 64})
 bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
@@ -51,51 +59,100 @@ for _ in range(3):
 flash.online_softmax("attention > for i", 64)
 flash.drop_buffer("attention > def scores")
 
-# 3. query blocks, key blocks up to the diagonal
-loop.tile("attention > for i", 64, mode="min")
-loop.hoist("attention > for i > def max_val")
-loop.hoist("attention > for i > def sum")
-loop.fission("attention > for i > before for bj")
-loop.fission("attention > for i#2 > after for bj")
-flash.swap_triangular("attention > for i#2")
-variable.local_accumulator("attention > for bj > for j#3", "sum_h[i - bi]")
+if target() == "cuda":
+    # 3. (CUDA) blocks of 64 queries (the last S % 64 apart), for D == 64 a copy
+    #    whose key-block loop goes outside the queries of a block, up to the diagonal
+    loop.split("attention > for i", "S - S % 64")
+    loop.tile("attention > for i#1", 64)
+    flash.version("attention > for h", "D", 64)
+    loop.hoist("attention > for h#1 > for bi > for i > def max_val")
+    loop.hoist("attention > for h#1 > for bi > for i > def sum")
+    loop.fission("attention > for h#1 > for bi > for i > before for bj")
+    loop.fission("attention > for h#1 > for bi > for i#2 > after for bj")
+    flash.swap_triangular("attention > for h#1 > for bi > for i#2")
+    full = "attention > for h#1 > for bi"
+    # 4. (CUDA) the output rows and the Q rows of the block's queries local (one
+    #    row per query), each K and V tile local to a key block (transposed copy
+    #    loops: thread t copies column t, coalesced)
+    matrix.local_buffer(f"{full} > for bj", "out", "o", shape=["H", "S", 64])
+    matrix.local_buffer(f"{full} > for bj > for i", "k", "kt", shape=["H", "S", 64], region=["h:1", "bj:64", "0:64"])
+    matrix.local_buffer(f"{full} > for bj > for i", "v", "vt", shape=["H", "S", 64], region=["h:1", "bj:64", "0:64"])
+    matrix.local_buffer(f"{full} > for bj", "q", "qt", shape=["H", "S", 64], region=["h:1", "bi:64", "0:64"])
+    loop.swap(f"{full} > for bj > for i0_1")
+    loop.swap(f"{full} > for bj > for i0_2")
+    # 5. (CUDA) a block per (head, 64 queries), a thread per query; the K and V
+    #    tiles in shared memory, the Q and output rows, running max and sum in
+    #    registers (each thread owns its query's cells)
+    loop.fission("attention > for h#1 > after for bi")
+    gpu.map_blocks("attention > for h#1", "y")
+    gpu.map_blocks(f"{full}", "x")
+    gpu.map_threads(f"{full} > for i#1", "x")
+    gpu.map_threads(f"{full} > for i0#1", "x")
+    gpu.map_threads(f"{full} > for i0_3", "x")
+    gpu.map_threads(f"{full} > for bj > for i1_1", "x")
+    gpu.map_threads(f"{full} > for bj > for i1_2", "x")
+    gpu.map_threads(f"{full} > for bj > for i", "x")
+    gpu.map_threads(f"{full} > for i0#2", "x")
+    gpu.map_threads(f"{full} > for i#3", "x")
+    # the last S % 64 queries of each head (D == 64), and any other D: a block of 64 queries, a thread per query
+    loop.tile("attention > for h#2 > for i", 64, "bq", "min")
+    gpu.map_blocks("attention > for h#2", "y")
+    gpu.map_blocks("attention > for h#2 > for bq", "x")
+    gpu.map_threads("attention > for h#2 > for bq > for i", "x")
+    loop.fission("attention > for h#3 > after for bi")
+    gpu.map_blocks("attention > for h#3", "y")
+    gpu.map_blocks("attention > for h#3 > for bi", "x")
+    gpu.map_threads("attention > for h#3 > for bi > for i", "x")
+    loop.tile("attention > for h#4 > for i", 64, "bq2", "min")
+    gpu.map_blocks("attention > for h#4", "y")
+    gpu.map_blocks("attention > for h#4 > for bq2", "x")
+    gpu.map_threads("attention > for h#4 > for bq2 > for i", "x")
+else:
+    # 3. query blocks, key blocks up to the diagonal
+    loop.tile("attention > for i", 64, mode="min")
+    loop.hoist("attention > for i > def max_val")
+    loop.hoist("attention > for i > def sum")
+    loop.fission("attention > for i > before for bj")
+    loop.fission("attention > for i#2 > after for bj")
+    flash.swap_triangular("attention > for i#2")
+    variable.local_accumulator("attention > for bj > for j#3", "sum_h[i - bi]")
 
-# 4. D == 64: whole key blocks, K tile transposed, Q tile and output row local
-flash.version("attention > for h", "D", 64)
-flash.split_blocks("attention > for h#1 > for bj", "bi")
-full, diagonal = "attention > for h#1 > for bj#1", "attention > for h#1 > for bj#2"
-flash.full_blocks(full)
-matrix.local_buffer(f"{full} > for j#4", "out", "o", shape=["H", "S", 64])
-matrix.local_buffer(f"{diagonal} > for j#4", "out", "o_diag", shape=["H", "S", 64])
-loop.hoist(f"{full} > for j#1 > def s")
-loop.fission(f"{full} > for j#1 > after 's_h[j - bj] = 0.0f'")
-loop.fission(f"{full} > for j#2 > after for d")
-loop.swap(f"{full} > for j#2")
-matrix.local_buffer(f"{full} > for i", "k", "kt", shape=["H", "S", 64])
-matrix.reorder_dims(f"{full} > def kt", [1, 0])
-matrix.local_buffer(full, "q", "q_tile", shape=["H", "S", 64])
-matrix.local_buffer(f"{full} > for i", "v", "vt", shape=["H", "S", 64])
+    # 4. D == 64: whole key blocks, K tile transposed, Q tile and output row local
+    flash.version("attention > for h", "D", 64)
+    flash.split_blocks("attention > for h#1 > for bj", "bi")
+    full, diagonal = "attention > for h#1 > for bj#1", "attention > for h#1 > for bj#2"
+    flash.full_blocks(full)
+    matrix.local_buffer(f"{full} > for j#4", "out", "o", shape=["H", "S", 64])
+    matrix.local_buffer(f"{diagonal} > for j#4", "out", "o_diag", shape=["H", "S", 64])
+    loop.hoist(f"{full} > for j#1 > def s")
+    loop.fission(f"{full} > for j#1 > after 's_h[j - bj] = 0.0f'")
+    loop.fission(f"{full} > for j#2 > after for d")
+    loop.swap(f"{full} > for j#2")
+    matrix.local_buffer(f"{full} > for i", "k", "kt", shape=["H", "S", 64])
+    matrix.reorder_dims(f"{full} > def kt", [1, 0])
+    matrix.local_buffer(full, "q", "q_tile", shape=["H", "S", 64])
+    matrix.local_buffer(f"{full} > for i", "v", "vt", shape=["H", "S", 64])
 
-# 4b. four queries at a time in the whole blocks
-flash.drop_guard(f"{full} > for i > 'if (bj < i + 1)'")
-flash.move_up(f"{full} > for i > 'max_val_h[i - bi] = max_val_blk;'", f"{full} > for i > def rescale")
-flash.split_tail(f"{full} > for i", 4)
-loop.tile(f"{full} > for i#1", 4, "i4")
-quad = f"{full} > for i4 > for i"
-for name, new in (("s_h", "s4"), ("scores_blk", "p4"), ("o", "o4")):
-    loop.hoist(f"{quad} > def {name}", new)
-quads = f"{full} > for i4"
-loop.fission(f"{quad} > after for j#1")
-loop.fission(f"{quads} > for i#2 > after for d#1")
-loop.fission(f"{quads} > for i#3 > after for i0#1")
-loop.fission(f"{quads} > for i#4 > after for j")
-loop.swap(f"{quads} > for i#2")
-loop.swap(f"{quads} > for i#4")
+    # 4b. four queries at a time in the whole blocks
+    flash.drop_guard(f"{full} > for i > 'if (bj < i + 1)'")
+    flash.move_up(f"{full} > for i > 'max_val_h[i - bi] = max_val_blk;'", f"{full} > for i > def rescale")
+    flash.split_tail(f"{full} > for i", 4)
+    loop.tile(f"{full} > for i#1", 4, "i4")
+    quad = f"{full} > for i4 > for i"
+    for name, new in (("s_h", "s4"), ("scores_blk", "p4"), ("o", "o4")):
+        loop.hoist(f"{quad} > def {name}", new)
+    quads = f"{full} > for i4"
+    loop.fission(f"{quad} > after for j#1")
+    loop.fission(f"{quads} > for i#2 > after for d#1")
+    loop.fission(f"{quads} > for i#3 > after for i0#1")
+    loop.fission(f"{quads} > for i#4 > after for j")
+    loop.swap(f"{quads} > for i#2")
+    loop.swap(f"{quads} > for i#4")
 
-# 5. threads and AVX-512
-parallel.parallel_for("attention > for h#1", collapse=2)
-vector.vectorize("attention > for h#1 > for bi > for i#1")
-vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i4", reduce=True)
-vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i#6", reduce=True)
-vector.vectorize("attention_avx512 > for h#1 > for bj#2 > for i", reduce=True)
-vector.vectorize("attention_avx512 > for h#1 > for bi > for i#9")
+    # 5. threads and AVX-512
+    parallel.parallel_for("attention > for h#1", collapse=2)
+    vector.vectorize("attention > for h#1 > for bi > for i#1")
+    vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i4", reduce=True)
+    vector.vectorize("attention_avx512 > for h#1 > for bj#1 > for i#6", reduce=True)
+    vector.vectorize("attention_avx512 > for h#1 > for bj#2 > for i", reduce=True)
+    vector.vectorize("attention_avx512 > for h#1 > for bi > for i#9")

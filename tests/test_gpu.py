@@ -214,7 +214,7 @@ def otp(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @needs_nvcc
-@pytest.mark.parametrize("script", ["scripts/matmul.py", "scripts/softmax.py"])
+@pytest.mark.parametrize("script", ["scripts/matmul.py", "scripts/softmax.py", "scripts/attention.py"])
 def test_cuda_endings_pass_level2_exec_and_nvcc(script):
     r = otp("check", script, "--level", "2", "--exec", "--target", "cuda", "--no-color")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -22,6 +22,8 @@ CASES = [
     ("scripts/matmul.py", "M=4096,N=4096,K=4096"),
     ("scripts/matmul.py", "M=1000,N=1000,K=1000"),
     ("scripts/softmax.py", "R=4096,C=4096"),
+    ("scripts/attention.py", "H=8,S=4096,D=64"),
+    ("scripts/attention.py", "H=32,S=4096,D=64"),
 ]
 
 
