@@ -128,7 +128,7 @@ def test_run_files(full_run):
     name, r, dest = full_run
     n, files = SCRIPTS[name]
     assert r.returncode == 0
-    assert sorted(p.name for p in dest.iterdir()) == sorted(["00_original.c", *files, "final.c", "trace.json"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(["00_original.c", *files, "final.c", "trace.html", "trace.json"])
     no_temporaries(dest.parent)
     # final.c is the last step; 00_original.c is the source as otp prints it
     assert (dest / "final.c").read_text() == (dest / files[-1]).read_text()
@@ -178,7 +178,7 @@ def test_run_quiet_step_and_exec(tmp_path, name):
     assert "transformation" in r.stdout and "✓ exec" in r.stdout
     assert "add --exec" not in r.stdout
     dest = tmp_path / name
-    assert sorted(p.name for p in dest.iterdir()) == sorted(["00_original.c", *files[:2], "final.c", "trace.json"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(["00_original.c", *files[:2], "final.c", "trace.html", "trace.json"])
     assert (dest / "final.c").read_text() == (dest / files[1]).read_text()
     t = trace(dest)
     assert len(t["steps"]) == 2 and t["error"] is None
@@ -215,7 +215,7 @@ def test_rerun_replaces_the_folder(tmp_path):
     assert (tmp_path / "matmul" / "06_loop_split.c").exists()
     assert otp("run", "scripts/matmul.py", "--out", tmp_path, "--quiet", "--step", "1").returncode == 0
     assert sorted(p.name for p in (tmp_path / "matmul").iterdir()) == \
-        ["00_original.c", "01_loop_fission.c", "final.c", "trace.json"]
+        ["00_original.c", "01_loop_fission.c", "final.c", "trace.html", "trace.json"]
     no_temporaries(tmp_path)
 
 
@@ -336,7 +336,7 @@ def test_apply_writes_files(tmp_path):
     assert "step 2/2 loop.swap('matmul > for i')" in r.stdout
     dest = tmp_path / "matmul"
     assert sorted(p.name for p in dest.iterdir()) == \
-        ["00_original.c", "01_loop_tile.c", "02_loop_swap.c", "final.c", "trace.json"]
+        ["00_original.c", "01_loop_tile.c", "02_loop_swap.c", "final.c", "trace.html", "trace.json"]
     t = trace(dest)
     assert t["script"] == "c_sources/matmul.c" and t["error"] is None
     assert [s["checks"]["exec"]["status"] for s in t["steps"]] == ["pass", "pass"]
@@ -365,7 +365,7 @@ def test_apply_unknown_transformation(tmp_path):
         assert known in err
     # the C file was loaded: the run is written, with the error and no step
     dest = tmp_path / "matmul"
-    assert sorted(p.name for p in dest.iterdir()) == ["00_original.c", "final.c", "trace.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["00_original.c", "final.c", "trace.html", "trace.json"]
     t = trace(dest)
     assert t["steps"] == [] and "unknown transformation" in t["error"]
 
@@ -408,7 +408,7 @@ def test_target_matching_nothing_keeps_earlier_steps(tmp_path):
         assert re.search(rf"^  line +\d+: for {loop}$", err, re.M), loop
     assert "✗ refused" in r.stdout
     dest = out / "nomatch"
-    assert sorted(p.name for p in dest.iterdir()) == ["00_original.c", "01_loop_tile.c", "final.c", "trace.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["00_original.c", "01_loop_tile.c", "final.c", "trace.html", "trace.json"]
     assert (dest / "final.c").read_text() == (dest / "01_loop_tile.c").read_text()
     t = trace(dest)
     assert "for q matches nothing" in t["error"]
@@ -427,7 +427,7 @@ def test_failing_run_replaces_a_previous_run(tmp_path):
     """)
     assert otp("run", s, "--out", out, "--quiet").returncode == 2
     assert sorted(p.name for p in (out / "matmul").iterdir()) == \
-        ["00_original.c", "01_loop_tile.c", "final.c", "trace.json"]
+        ["00_original.c", "01_loop_tile.c", "final.c", "trace.html", "trace.json"]
     no_temporaries(out)
 
 
