@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import canon, ir, locality, quantized
+from . import canon, ir, locality, printer, quantized
 from .contract import Contract, evaluate
 from .errors import OtpError
 from .symexec import Outcome, Unsupported, run
@@ -88,14 +88,26 @@ class Runs:
 
     outcomes: dict[tuple[Any, ...], Outcome] = field(default_factory=dict)
     normalizer: canon.Normalizer = field(default_factory=canon.Normalizer)
+    costs: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    """Seconds the latest whole run of a function took, by function, sizes and choices."""
 
     def run(self, program: ir.Program, function: str, contract: Contract, sizes: Mapping[str, int],
             choices: Mapping[str, bool]) -> Outcome:
-        key = (_closure(program, function), tuple(sorted(sizes.items())), tuple(sorted(choices.items())))
+        key = self._key(program, function, sizes, choices)
         got = self.outcomes.get(key)
         if got is None:
+            t0 = time.process_time()
             got = self.outcomes[key] = run(program, function, contract, sizes, choices)
+            self.costs[(function, *key[1:])] = time.process_time() - t0
         return got
+
+    def has(self, program: ir.Program, function: str, sizes: Mapping[str, int], choices: Mapping[str, bool]) -> bool:
+        return self._key(program, function, sizes, choices) in self.outcomes
+
+    @staticmethod
+    def _key(program: ir.Program, function: str, sizes: Mapping[str, int],
+             choices: Mapping[str, bool]) -> tuple[Any, ...]:
+        return _closure(program, function), tuple(sorted(sizes.items())), tuple(sorted(choices.items()))
 
 
 def _closure(program: ir.Program, function: str) -> tuple[ir.FuncDef, ...]:
@@ -187,9 +199,10 @@ def _choices_text(choices: Mapping[str, bool]) -> str:
 
 def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract: Contract,
                      sizes: Mapping[str, int], where: locality.Focus, closure: Sequence[ir.FuncDef],
-                     runs: Runs) -> list[FunctionCheck]:
+                     runs: Runs, weigh: bool = True) -> list[FunctionCheck]:
     """The changed statement alone, at each of its runs (`locality`); raises
-    `NotLocal` when that does not show the step equal."""
+    `NotLocal` when that does not show the step equal, or (`weigh`) when its
+    first run shows whole runs would cost less."""
     reaching = frozenset(f.name for f in closure if any(
         g.name == where.function for g in _closure(before, f.name)))
     found: dict[tuple[tuple[str, bool], ...], list[locality.Instance]] = {}
@@ -201,11 +214,13 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
 
     out: list[FunctionCheck] = []
     key = tuple(sorted(sizes.items()))
-    line = where.before.loc.line if where.before.loc else "?"
+    shown_stmt = printer.stmt_text(where.before).strip().splitlines()[0].rstrip(" {")
+    line = f"line {where.before.loc.line}: " if where.before.loc else ""
     for choices in _choice_sets(ask):
         status, detail, cells = "=", "", 0
         todo = found[tuple(sorted(choices.items()))]
-        for at in todo:
+        for k, at in enumerate(todo):
+            t0 = time.process_time()
             a = locality.run_at(before, where.before, at, choices)
             b = locality.run_at(after, where.after, at, choices)
             if any(k not in choices for k in (*a.asked, *b.asked)):
@@ -214,13 +229,28 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
             got, why = _compare(old, new, runs.normalizer)
             if got not in ("=", "≈fp"):
                 raise locality.NotLocal(why)
+            if k == 0 and weigh and not _cheaper_locally((time.process_time() - t0) * len(todo), before, after, name,
+                                               contract, sizes, choices, runs):
+                raise locality.NotLocal("whole runs cost less")
             cells += len(old.cells)
             if got == "≈fp" and status == "=":
                 status, detail = got, why
-        shown = f"{detail + '; ' if detail else ''}the statement the step changed (line {line}) compared alone at " \
-                f"its {len(todo)} runs" + (f" (with {_choices_text(choices)})" if choices else "")
+        shown = f"{detail + '; ' if detail else ''}the statement the step changed ({line}`{shown_stmt[:60]}`) " \
+                f"compared alone at its {len(todo)} runs" + (f" (with {_choices_text(choices)})" if choices else "")
         out.append(FunctionCheck(name, key, status, shown, cells))
     return out
+
+
+def _cheaper_locally(estimate: float, before: ir.Program, after: ir.Program, name: str, contract: Contract,
+                     sizes: Mapping[str, int], choices: Mapping[str, bool], runs: Runs) -> bool:
+    """Whether comparing X at every instance (`estimate` seconds, from the
+    first) costs less than the whole runs not cached yet, each as long as
+    the latest whole run (made now if there is none: the fallback needs it)."""
+    key = (name, tuple(sorted(sizes.items())), tuple(sorted(choices.items())))
+    if key not in runs.costs:
+        runs.run(before, name, contract, sizes, choices)
+    missing = sum(not runs.has(p, name, sizes, choices) for p in (before, after))
+    return estimate < runs.costs[key] * missing
 
 
 def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> list[dict[str, bool]]:
@@ -428,7 +458,8 @@ def choose_sizes(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, flo
     first = _small(contracts, {**targets, **{n: sorted(vs)[0] for n, vs in equal.items()}}, floors)
     out = [first]
     if equal:
-        other = {**targets, **{n: max(2, sorted(equal[n])[0] // 2 + 1) for n in equal}}
+        other = {**targets, **{n: targets[n] if targets[n] not in equal[n] else max(2, sorted(equal[n])[0] // 2 + 1)
+                               for n in equal}}
         second = _small(contracts, other, floors)
         if second != first:
             out.append(second)

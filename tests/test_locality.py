@@ -1,0 +1,115 @@
+"""Level 3 at the statement a step changed (optitrust_py/locality.py): the
+statement found, its runs, the comparison from an unknown state, and the
+fallback to whole runs whenever that comparison does not show the step
+equal (so a wrong step is still refuted with an output cell)."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from optitrust_py import ir, locality
+from optitrust_py.contract import Contract
+from optitrust_py.frontend import parse_text
+from optitrust_py.level3 import Runs, _closure, _compare_locally, check_step
+from optitrust_py.spec import parse_spec_text
+
+SPEC = """
+    f(n, x, y):
+      requires n >= 1
+      reads    x ~> Matrix1(n)
+      writes   y ~> Matrix1(n)
+"""
+BEFORE = """
+    void f(int n, const float *x, float *y) {
+      int k = 0;
+      for (int i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < n; j++) {
+          s += x[j] * x[i];
+        }
+        y[i] = (s + x[i]) + x[0];
+        k = k + 1;
+      }
+    }
+"""
+
+
+def program(code: str) -> ir.Program:
+    return parse_text(textwrap.dedent(code), "<snippet>")
+
+
+def contract() -> Contract:
+    return parse_spec_text(textwrap.dedent(SPEC))["f"]
+
+
+def focus_of(after: str) -> locality.Focus:
+    old, new = program(BEFORE), program(after)
+    where = locality.focus(old, new, _closure(old, "f"), _closure(new, "f"))
+    assert where is not None
+    return where
+
+
+def local(after: str, sizes: dict[str, int]) -> list[tuple[str, str]]:
+    old, new = program(BEFORE), program(after)
+    where = focus_of(after)
+    got = _compare_locally(old, new, "f", contract(), sizes, where, _closure(old, "f"), Runs(), weigh=False)
+    return [(c.status, c.detail) for c in got]
+
+
+def test_the_focus_is_the_smallest_statement_holding_every_change() -> None:
+    where = focus_of(BEFORE.replace("x[j] * x[i]", "x[i] * x[j]"))
+    assert isinstance(where.before, ir.ExprStmt) and where.function == "f"
+    assert [step[0] for step in where.path] == ["stmts", "body", "stmts", "body", "stmts"]
+    two = focus_of(BEFORE.replace("x[j] * x[i]", "x[i] * x[j]").replace("(s + x[i]) + x[0]", "s + (x[i] + x[0])"))
+    assert isinstance(two.before, ir.Block), "two statements of the i loop changed: its body"
+
+
+def test_a_change_outside_every_loop_has_no_focus() -> None:
+    old, new = program(BEFORE), program(BEFORE.replace("int k = 0;", "int k = 1;"))
+    assert locality.focus(old, new, _closure(old, "f"), _closure(new, "f")) is None
+
+
+def test_a_commuted_product_is_equal_at_each_run() -> None:
+    got = local(BEFORE.replace("x[j] * x[i]", "x[i] * x[j]"), {"n": 3})
+    assert got == [("=", "the statement the step changed (line 7: `s += x[j] * x[i];`) compared alone at its 9 runs")]
+
+
+def test_a_reassociated_sum_is_equal_over_the_reals_only() -> None:
+    [(status, detail)] = local(BEFORE.replace("(s + x[i]) + x[0]", "s + (x[i] + x[0])"), {"n": 4})
+    assert status == "≈fp" and "compared alone at its 4 runs" in detail
+
+
+def test_a_statement_that_never_runs_is_equal_at_no_cost() -> None:
+    code = BEFORE.replace("for (int j = 0; j < n; j++) {", "for (int j = 0; j < n; j++) if (n == 3) {")
+    old, new = program(code), program(code.replace("x[j] * x[i]", "x[j] * x[j]"))
+    where = locality.focus(old, new, _closure(old, "f"), _closure(new, "f"))
+    assert where is not None
+    got = _compare_locally(old, new, "f", contract(), {"n": 2}, where, _closure(old, "f"), Runs(), weigh=False)
+    assert [(c.status, c.detail[-13:]) for c in got] == [("=", "at its 0 runs")]
+
+
+def test_a_wrong_statement_is_not_local_and_whole_runs_refute_it() -> None:
+    after = BEFORE.replace("(s + x[i]) + x[0]", "(s + x[i]) + x[1]")
+    with pytest.raises(locality.NotLocal):
+        local(after, {"n": 3})
+    result = check_step(program(BEFORE), program(after), {"f": contract()}, [{"n": 3}], "exact", 0.0, Runs())
+    assert result.label == "refuted" and "output y[" in result.problems[0]
+
+
+def test_changing_an_integer_of_the_scope_is_not_local() -> None:
+    after = BEFORE.replace("k = k + 1;", "k = k + 2;")
+    with pytest.raises(locality.NotLocal, match="integer or a pointer of its scope"):
+        local(after, {"n": 3})
+    result = check_step(program(BEFORE), program(after), {"f": contract()}, [{"n": 3}], "exact", 0.0, Runs())
+    assert result.label == "=", "k is not an output: whole runs show the step equal"
+
+
+def test_a_skipped_statement_that_sets_a_loop_bound_runs() -> None:
+    code = BEFORE.replace("int k = 0;", "int k = 0; int m = 1;").replace("k = k + 1;", "k = k + 1; m = m + 1;") \
+        .replace("j < n", "j < m")
+    old, new = program(code), program(code.replace("x[j] * x[i]", "x[i] * x[j]"))
+    where = locality.focus(old, new, _closure(old, "f"), _closure(new, "f"))
+    assert where is not None
+    got = _compare_locally(old, new, "f", contract(), {"n": 3}, where, _closure(old, "f"), Runs(), weigh=False)
+    assert got[0].detail.endswith("at its 6 runs"), "m is 1, 2, 3 in the three rows: 1 + 2 + 3 runs"
