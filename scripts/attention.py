@@ -30,13 +30,13 @@ scores to a FlashAttention-shaped kernel.
    the transposing copy, which has no vector form; the lanes of a row's max
    and sum are combined by one reduce intrinsic each (`reduce=True`).
 
-With `--target cuda`, steps 1-2 are shared and the script ends in CUDA
-(fp32 flash attention): for D == 64 a block per (head, 64 queries) with a
-thread per query; the key blocks of 64 up to the diagonal are staged in
-shared memory by the block's threads (K and V tiles, 16 KB each), the
-query's Q row, output row, running max and sum stay in registers, the
-online softmax as in step 2; the last S % 64 queries and other D run a
-thread per query from global memory.
+With `--target cuda`, step 1 is shared and the script ends in CUDA (fp32
+flash attention, see flash_tiles below): for D == 64 and D == 128 (copies
+with constant tile sizes) a block per (head, 64 queries), a thread per
+query, key blocks of 32 up to the diagonal staged in shared memory (K and
+V tiles), the query's output row, running max and sum (and Q row for D ==
+64) in registers, the online softmax of step 2; the last S % 64 queries and
+other D run a thread per query from global memory.
 
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
@@ -55,59 +55,67 @@ variable.bind("attention > expr 'sqrtf(D)'", "scale")
 for _ in range(3):
     loop.move_out("attention > def scale")
 
-# 2. one streaming pass over key blocks
-flash.online_softmax("attention > for i", 64)
-flash.drop_buffer("attention > def scores")
+
+def flash_tiles(h: str, d: int, q_local: bool) -> None:
+    """CUDA, for the copy of the head loop `h` where D == d: a block per
+    (head, 64 queries), a thread per query; the key-block loop outside the
+    queries of a block, up to the diagonal; each tile of 32 keys of K and V
+    staged in shared memory (thread t copies column t: coalesced), the
+    query's output row (and Q row if `q_local`), running max and sum in
+    registers (each thread owns its query's cells)."""
+    full = f"{h} > for bi"
+    loop.hoist(f"{full} > for i > def max_val")
+    loop.hoist(f"{full} > for i > def sum")
+    loop.fission(f"{full} > for i > before for bj")
+    loop.fission(f"{full} > for i#2 > after for bj")
+    flash.swap_triangular(f"{full} > for i#2")
+    gpu.map_blocks(h, "y")
+    gpu.map_blocks(full, "x")
+    shape = ["H", "S", d]
+    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
+    if q_local:
+        gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=["x", None], region=["h:1", "bi:64", f"0:{d}"])
+    for array in ("k", "v"):
+        gpu.stage(f"{full} > for bj > for i", array, f"{array}{d}", shape, axes=[None, "x"],
+                  region=["h:1", "bj:32", f"0:{d}"], threads=64)
+    gpu.map_threads(f"{full} > for i#1", "x")
+    gpu.map_threads(f"{full} > for bj > for i", "x")
+    gpu.map_threads(f"{full} > for i#3", "x")
+
+
+def thread_per_query(h: str, queries: str) -> None:
+    """CUDA, for what flash_tiles does not cover: a block per (head, 64
+    queries), a thread per query, reading q, k and v where they are."""
+    gpu.map_blocks(h, "y")
+    gpu.map_blocks(f"{h} > for {queries}", "x")
+    gpu.map_threads(f"{h} > for {queries} > for i", "x")
+
 
 if target() == "cuda":
-    # 3. (CUDA) blocks of 64 queries (the last S % 64 apart), for D == 64 a copy
-    #    whose key-block loop goes outside the queries of a block, up to the diagonal
+    # 2. (CUDA) one streaming pass over key blocks of 32; 3. blocks of 64
+    #    queries (the last S % 64 apart), a copy of the code for D == 64 and
+    #    for D == 128 (constant tile sizes), each head loop split in two
+    flash.online_softmax("attention > for i", 32)
+    flash.drop_buffer("attention > def scores")
     loop.split("attention > for i", "S - S % 64")
     loop.tile("attention > for i#1", 64)
     flash.version("attention > for h", "D", 64)
-    loop.hoist("attention > for h#1 > for bi > for i > def max_val")
-    loop.hoist("attention > for h#1 > for bi > for i > def sum")
-    loop.fission("attention > for h#1 > for bi > for i > before for bj")
-    loop.fission("attention > for h#1 > for bi > for i#2 > after for bj")
-    flash.swap_triangular("attention > for h#1 > for bi > for i#2")
-    full = "attention > for h#1 > for bi"
-    # 4. (CUDA) the output rows and the Q rows of the block's queries local (one
-    #    row per query), each K and V tile local to a key block (transposed copy
-    #    loops: thread t copies column t, coalesced)
-    matrix.local_buffer(f"{full} > for bj", "out", "o", shape=["H", "S", 64])
-    matrix.local_buffer(f"{full} > for bj > for i", "k", "kt", shape=["H", "S", 64], region=["h:1", "bj:64", "0:64"])
-    matrix.local_buffer(f"{full} > for bj > for i", "v", "vt", shape=["H", "S", 64], region=["h:1", "bj:64", "0:64"])
-    matrix.local_buffer(f"{full} > for bj", "q", "qt", shape=["H", "S", 64], region=["h:1", "bi:64", "0:64"])
-    loop.swap(f"{full} > for bj > for i0_1")
-    loop.swap(f"{full} > for bj > for i0_2")
-    # 5. (CUDA) a block per (head, 64 queries), a thread per query; the K and V
-    #    tiles in shared memory, the Q and output rows, running max and sum in
-    #    registers (each thread owns its query's cells)
-    loop.fission("attention > for h#1 > after for bi")
-    gpu.map_blocks("attention > for h#1", "y")
-    gpu.map_blocks(f"{full}", "x")
-    gpu.map_threads(f"{full} > for i#1", "x")
-    gpu.map_threads(f"{full} > for i0#1", "x")
-    gpu.map_threads(f"{full} > for i0_3", "x")
-    gpu.map_threads(f"{full} > for bj > for i1_1", "x")
-    gpu.map_threads(f"{full} > for bj > for i1_2", "x")
-    gpu.map_threads(f"{full} > for bj > for i", "x")
-    gpu.map_threads(f"{full} > for i0#2", "x")
-    gpu.map_threads(f"{full} > for i#3", "x")
-    # the last S % 64 queries of each head (D == 64), and any other D: a block of 64 queries, a thread per query
-    loop.tile("attention > for h#2 > for i", 64, "bq", "min")
-    gpu.map_blocks("attention > for h#2", "y")
-    gpu.map_blocks("attention > for h#2 > for bq", "x")
-    gpu.map_threads("attention > for h#2 > for bq > for i", "x")
-    loop.fission("attention > for h#3 > after for bi")
-    gpu.map_blocks("attention > for h#3", "y")
-    gpu.map_blocks("attention > for h#3 > for bi", "x")
-    gpu.map_threads("attention > for h#3 > for bi > for i", "x")
-    loop.tile("attention > for h#4 > for i", 64, "bq2", "min")
-    gpu.map_blocks("attention > for h#4", "y")
-    gpu.map_blocks("attention > for h#4 > for bq2", "x")
-    gpu.map_threads("attention > for h#4 > for bq2 > for i", "x")
+    flash.version("attention > for h#2", "D", 128)
+    for k in (1, 3, 5):
+        loop.fission(f"attention > for h#{k} > after for bi")
+        loop.tile(f"attention > for h#{k + 1} > for i", 64, f"bq{k}", "min")
+    # 4. shared K and V tiles for D == 64 and 128 (the Q row stays in memory
+    #    for D == 128: with the output row, 256 registers would not fit)
+    flash_tiles("attention > for h#1", 64, True)
+    flash_tiles("attention > for h#3", 128, False)
+    for k in (1, 3, 5):
+        thread_per_query(f"attention > for h#{k + 1}", f"bq{k}")
+    thread_per_query("attention > for h#5", "bi")
 else:
+    # 2. one streaming pass over key blocks
+    flash.online_softmax("attention > for i", 64)
+    flash.drop_buffer("attention > def scores")
+
     # 3. query blocks, key blocks up to the diagonal
     loop.tile("attention > for i", 64, mode="min")
     loop.hoist("attention > for i > def max_val")

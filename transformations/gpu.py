@@ -135,7 +135,7 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 
 @composite
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
-          axes: Optional[list[str]] = None, region: Optional[list[str]] = None, threads: int = 0) -> None:
+          axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None, threads: int = 0) -> None:
     """Stage the tile of `array` that a loop touches in a block array (shared
     memory, or registers when each thread owns its cells), copied in (and
     back, if the loop writes it) by the block's threads.
@@ -164,7 +164,9 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     In CUDA: copy in, `__syncthreads()`, use, `__syncthreads()` (before the
     next iteration overwrites the tile). `axes` are the thread axes of the
     copy loops, outermost first (default: "y", "x" for two dimensions,
-    "x" for one); `region` is local_buffer's ("bi:64", one origin:size per
+    "x" for one); a loop given None stays sequential, swapped under the
+    mapped ones (`[None, "x"]`: thread t copies column t of every row);
+    `region` is local_buffer's ("bi:64", one origin:size per
     dimension) where it cannot be inferred; with `threads`, a copy loop
     longer than that many iterations is first cut by gpu.thread_tile, so
     that each thread copies several cells. The obligations are those of
@@ -188,10 +190,23 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
         indices = [lp.index for lp in nest]
         if threads:
             _tile_copy(m.function, _target_at(program, m.function, path, 0), indices, threads)
-        program = current_session().current()
-        top = _target_at(program, m.function, path, 0)
-        for depth, axis in enumerate(chosen):
-            map_threads(top + "".join(f" > for {i}" for i in indices[1:depth + 1]), axis)
+        order = _mapped_first(m.function, path, list(zip(indices, chosen)))
+        top = _target_at(current_session().current(), m.function, path, 0)
+        for depth, (_, axis) in enumerate(order):
+            if axis is not None:
+                map_threads(top + "".join(f" > for {i}" for i, _ in order[1:depth + 1]), axis)
+
+
+def _mapped_first(function: str, path: Path, order: list[tuple[str, Optional[str]]]) \
+        -> list[tuple[str, Optional[str]]]:
+    """Swap the copy loops of the nest at `path` that stay sequential (axis
+    None) under those mapped to threads; the new order."""
+    while True:
+        k = next((d for d in range(len(order) - 1) if order[d][1] is None and order[d + 1][1] is not None), None)
+        if k is None:
+            return order
+        loops.swap(_target_at(current_session().current(), function, path, k))
+        order[k], order[k + 1] = order[k + 1], order[k]
 
 
 def _tile_copy(function: str, top: str, indices: list[str], threads: int) -> None:

@@ -24,6 +24,7 @@ CASES = [
     ("scripts/softmax.py", "R=4096,C=4096"),
     ("scripts/attention.py", "H=8,S=4096,D=64"),
     ("scripts/attention.py", "H=32,S=4096,D=64"),
+    ("scripts/attention.py", "H=32,S=4096,D=128"),
 ]
 
 
