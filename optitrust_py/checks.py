@@ -68,13 +68,18 @@ def _level2(step: Step, session: Session) -> Optional[Level2Result]:
 
 
 def run_level3(session: Session) -> None:
-    """Compares every primitive step's functions with the step before, at
-    the script's level-3 sizes; a composite gathers its sub-steps'."""
+    """Checks the original program against the models its contracts state
+    (`ensures`, kept as `session.models`), then compares every primitive
+    step's functions with the step before, at the script's level-3 sizes;
+    a composite gathers its sub-steps'."""
     from .level3 import Runs, check_step, choose_sizes
+    from .models import check_models
 
     programs = [s.after for s in _all_steps(session.steps) if s.error is None]
     sizes = choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
     runs = Runs()
+    session.models = check_models(session.original, session.contracts, sizes, runs) \
+        if session.original is not None else []  # type: ignore[attr-defined]
 
     def visit(step: Step) -> None:
         for s in step.substeps:

@@ -37,21 +37,33 @@ def level3_json(session: Session) -> dict[str, Any]:
     """A script's level-3 results: each primitive step's label, time and
     per-function comparisons, and the total time."""
     results = leaf_results(session.steps, "level3")
-    return {"steps": [{"number": s.number, "call": s.call, **r.to_json()} for s, r in results],
+    return {"models": [m.to_json() for m in model_checks(session)],
+            "steps": [{"number": s.number, "call": s.call, **r.to_json()} for s, r in results],
             "time_s": sum(r.time_s for _, r in results)}
+
+
+def model_checks(session: Session) -> list[Any]:
+    """The original program against its contracts' models (`ensures`), as
+    level 3 stored them; none before level 3 ran."""
+    return list(getattr(session, "models", ()))
 
 
 def print_level3(console: Console, session: Session) -> None:
     """`otp check --level 3`: per step its label (`=`, `≈fp`,
-    `quantized(b)`, or why it failed) and the time its comparison took."""
+    `quantized(b)`, or why it failed) and the time its comparison took,
+    after the original program's check against its models."""
     results = leaf_results(session.steps, "level3")
+    models = model_checks(session)
+    for m in models:
+        console.print(Text(f"  {m.text()}  ", "green" if m.ok else "bold red").append(f"{m.time_s * 1000:.0f} ms",
+                                                                                     "dim"))
     for step, r in results:
         head = Text(f"  step {step.number} ", "bold").append(step.call, "cyan").append("  ")
         head.append(f"✓ L3 {r.label}" if r.ok else f"✗ L3 {r.label}", "green" if r.ok else "bold red")
         console.print(head.append(f"  {r.time_s * 1000:.0f} ms", "dim"))
         for p in r.problems:
             console.print(Text(f"    ✗ {p}", "bold red"))
-    ok = all(r.ok for _, r in results)
+    ok = all(r.ok for _, r in results) and all(m.ok for m in models)
     t = Text("  ✓ " if ok else "  ✗ ", "green" if ok else "bold red")
     t.append(f"level 3: {len(results)} steps compared, {sum(not r.ok for _, r in results)} failed; "
              f"{sum(r.time_s for _, r in results):.2f} s in all")
@@ -263,6 +275,7 @@ def failed_checks(session: Session, source: Optional[Level2Result] = None) -> li
     """One line per failed check, named after the deepest step that fails it
     (a composite that fails only because a sub-step does is not repeated)."""
     out = [f"input: does not fit its contracts: {p}" for p in (source.resources if source else ())]
+    out += [f"input: {m.text()}" for m in model_checks(session) if not m.ok]
 
     def visit(step: Step) -> None:
         for name, c in step.checks.items():

@@ -31,6 +31,7 @@ from . import ir
 from .contract import (LOOP_MODES, Binder, Contract, LoopContract, Resource, Shape,
                        free_names, subject_base)
 from .errors import SpecError
+from .models import check_ensures
 from .ir import Expr, Loc
 from .printer import expr as c_expr
 from .printer import type_name
@@ -577,6 +578,7 @@ class _Checker:
             for v in free_names(e):
                 if v.name not in self.types:
                     raise self.unknown(v, "ensures", ())
+        check_ensures(self.c, self.types)
 
 
 def check_contract(contract: Contract, f: ir.FuncDef) -> None:
