@@ -34,9 +34,9 @@ With `--target cuda`, step 1 is shared and the script ends in CUDA (fp32
 flash attention, see flash_tiles below): for D == 64 and D == 128 (copies
 with constant tile sizes) a block per (head, 64 queries), a thread per
 query, key blocks of 32 up to the diagonal staged in shared memory (K and
-V tiles), the query's output row, running max and sum (and Q row for D ==
-64) in registers, the online softmax of step 2; the last S % 64 queries and
-other D run a thread per query from global memory.
+V tiles), the query's Q and output rows, running max and sum in
+registers, the online softmax of step 2; the last S % 64 queries and other
+D run a thread per query from global memory.
 
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
@@ -56,13 +56,15 @@ for _ in range(3):
     loop.move_out("attention > def scale")
 
 
-def flash_tiles(h: str, d: int, q_local: bool) -> None:
+def flash_tiles(h: str, d: int) -> None:
     """CUDA, for the copy of the head loop `h` where D == d: a block per
     (head, 64 queries), a thread per query; the key-block loop outside the
     queries of a block, up to the diagonal; each tile of 32 keys of K and V
     staged in shared memory (thread t copies column t: coalesced), the
-    query's output row (and Q row if `q_local`), running max and sum in
-    registers (each thread owns its query's cells)."""
+    query's Q and output rows, running max and sum in registers (each
+    thread owns its query's cells; for D == 128 nvcc spills a few of the
+    255 registers, measured far cheaper than reading Q rows from memory,
+    one row per thread: a warp's load then touches 32 cache lines)."""
     full = f"{h} > for bi"
     loop.hoist(f"{full} > for i > def max_val")
     loop.hoist(f"{full} > for i > def sum")
@@ -73,8 +75,7 @@ def flash_tiles(h: str, d: int, q_local: bool) -> None:
     gpu.map_blocks(full, "x")
     shape = ["H", "S", d]
     gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
-    if q_local:
-        gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=["x", None], region=["h:1", "bi:64", f"0:{d}"])
+    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=["x", None], region=["h:1", "bi:64", f"0:{d}"])
     for array in ("k", "v"):
         gpu.stage(f"{full} > for bj > for i", array, f"{array}{d}", shape, axes=[None, "x"],
                   region=["h:1", "bj:32", f"0:{d}"], threads=64)
@@ -104,10 +105,9 @@ if target() == "cuda":
     for k in (1, 3, 5):
         loop.fission(f"attention > for h#{k} > after for bi")
         loop.tile(f"attention > for h#{k + 1} > for i", 64, f"bq{k}", "min")
-    # 4. shared K and V tiles for D == 64 and 128 (the Q row stays in memory
-    #    for D == 128: with the output row, 256 registers would not fit)
-    flash_tiles("attention > for h#1", 64, True)
-    flash_tiles("attention > for h#3", 128, False)
+    # 4. shared K and V tiles, Q and output rows in registers, for D == 64 and 128
+    flash_tiles("attention > for h#1", 64)
+    flash_tiles("attention > for h#3", 128)
     for k in (1, 3, 5):
         thread_per_query(f"attention > for h#{k + 1}", f"bq{k}")
     thread_per_query("attention > for h#5", "bi")
