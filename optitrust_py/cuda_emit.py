@@ -27,7 +27,7 @@ an opaque statement.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from . import ir
 from .cuda_map import MAX_THREADS, mapped_loops, mapping, thread_extent
@@ -92,7 +92,7 @@ class _Host:
         scalars = list(scalars)
         for s in stmts:
             m = mapping(s)
-            if m is not None and m[0] == "block":
+            if isinstance(s, ir.For) and m is not None and m[0] == "block":
                 kernel, launch = _kernel(self.fn, s, f"{self.fn.name}_kernel{len(self.kernels) + 1}", scalars)
                 self.kernels.append(kernel)
                 out.append(launch)
@@ -117,8 +117,11 @@ def _is_scalar(d: ir.Decl) -> bool:
 def _nest(first: ir.For, level: str) -> list[ir.For]:
     """`first` and the loops of `level` perfectly nested in it."""
     nest = [first]
-    while len(nest[-1].body.stmts) == 1 and (mapping(nest[-1].body.stmts[0]) or ("",))[0] == level:
-        nest.append(nest[-1].body.stmts[0])
+    while len(nest[-1].body.stmts) == 1:
+        inner = nest[-1].body.stmts[0]
+        if not isinstance(inner, ir.For) or (mapping(inner) or ("",))[0] != level:
+            break
+        nest.append(inner)
     return nest
 
 
@@ -176,7 +179,7 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     return kernel, ir.If(cond, ir.Block((launch,)))
 
 
-def _all(conds: list[ir.Expr]) -> ir.Expr:
+def _all(conds: Sequence[ir.Expr]) -> ir.Expr:
     out = conds[0]
     for c in conds[1:]:
         out = ir.Binop("&&", out, c)
