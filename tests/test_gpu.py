@@ -373,3 +373,27 @@ def test_thread_tile_gives_each_thread_a_register_tile(ck):
     assert "acc[(i + ri - bi - i) / 16][(j + rj - bj - j) / 16] += A[" in cu
     if find_nvcc() is not None:
         assert compile_check(cu, "final.cu") == ()
+
+
+def test_three_block_axes_make_a_3d_grid(ck):
+    """Heads on z, query tiles on y, 64-wide column tiles on x: no flattening."""
+    src = ck.parse(textwrap.dedent("""
+        void scale3(int H, int S, int D, const float *x, float *y) {
+          for (int h = 0; h < H; h++) {
+            for (int i = 0; i < S; i++) {
+              for (int d = 0; d < D; d++) {
+                y[(h * S + i) * D + d] = 2.0f * x[(h * S + i) * D + d];
+              }
+            }
+          }
+        }"""), "scale3.c")
+    p = steps(src, (loop.tile, "scale3 > for d", 64, "bd", "min"), (gpu.map_blocks, "scale3 > for h", "z"),
+              (gpu.map_blocks, "scale3 > for i", "y"), (gpu.map_blocks, "scale3 > for bd", "x"),
+              (gpu.map_threads, "scale3 > for d", "x"))
+    n = 2 * 3 * 70
+    ck.same_outputs(src, p, "scale3", [2, 3, 70, ck.floats(n), ck.floats(n)])
+    cu = to_cuda(p)
+    assert "int h = (int)blockIdx.z;" in cu and "int i = (int)blockIdx.y;" in cu
+    assert "<<<dim3((D + (64 - 1)) / 64, S, H), dim3(64, 1, 1)>>>" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
