@@ -34,6 +34,20 @@ bench("matmul", sizes={"M": 1024, "N": 1024, "K": 1024}, flops="2*M*N*K",
 loop.fission("matmul > for j > after 'C[i * N + j] = 0.0f'")
 loop.fission("matmul > for i > after for j#1")
 
+
+def thread_per_element(rows: str, br: str, bc: str) -> None:
+    """CUDA: the i-j nest `rows` as blocks of 16 x 16 threads, a thread per
+    element of C (the last tile of each loop, tiled in mode min, leaves its
+    extra threads idle)."""
+    loop.tile(rows, 16, br, "min")
+    loop.tile(f"matmul > for {br} > for i > for j", 16, bc, "min")
+    loop.swap(f"matmul > for {br} > for i")
+    gpu.map_blocks(f"matmul > for {br}", "y")
+    gpu.map_blocks(f"matmul > for {br} > for {bc}", "x")
+    gpu.map_threads(f"matmul > for {bc} > for i", "y")
+    gpu.map_threads(f"matmul > for {bc} > for i > for j", "x")
+
+
 if target() == "cuda":
     # C = 0: one block per row and 256 columns
     loop.tile("matmul > for i#1 > for j", 256, "bz", "guard")
@@ -76,23 +90,9 @@ if target() == "cuda":
     gpu.map_threads("matmul > for bj > for i#2", "y")
     gpu.map_threads("matmul > for bj > for i#2 > for j", "x")
 
-    # the remainder columns of the main rows, then the remainder rows: a
-    # thread per element of C, 16 x 16 threads per block (the last tile of
-    # each loop, tiled in mode min, leaves its extra threads idle)
-    loop.tile("matmul > for i#4", 16, "br")
-    loop.tile("matmul > for br > for i > for j", 16, "bc", "min")
-    loop.swap("matmul > for br > for i")
-    gpu.map_blocks("matmul > for br", "y")
-    gpu.map_blocks("matmul > for br > for bc", "x")
-    gpu.map_threads("matmul > for bc > for i", "y")
-    gpu.map_threads("matmul > for bc > for i > for j", "x")
-    loop.tile("matmul > for i#5", 16, "br2", "min")
-    loop.tile("matmul > for br2 > for i > for j", 16, "bc2", "min")
-    loop.swap("matmul > for br2 > for i")
-    gpu.map_blocks("matmul > for br2", "y")
-    gpu.map_blocks("matmul > for br2 > for bc2", "x")
-    gpu.map_threads("matmul > for bc2 > for i", "y")
-    gpu.map_threads("matmul > for bc2 > for i > for j", "x")
+    # the remainder columns of the main rows, then the remainder rows
+    thread_per_element("matmul > for i#4", "br", "bc")
+    thread_per_element("matmul > for i#5", "br2", "bc2")
 else:
     parallel.parallel_for("matmul > for i#1")
 
