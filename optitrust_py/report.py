@@ -258,6 +258,8 @@ def print_summary(console: Console, session: Session, level: int, exec_run: bool
         table.add_row(Text(s.number), Text(s.call), Text(str(s.line or "")), badges(s),
                       Text(f"{s.time_s * 1000:.0f} ms"))
     console.print(table)
+    for m in model_checks(session):
+        console.print(Text(m.text(), "green" if m.ok else "bold red"))
     if level >= 2:
         console.print(totals_text(level2_totals([r for _, r in leaf_results(session.steps)]
                                                 + ([source] if source is not None else []))))

@@ -221,3 +221,13 @@ def test_model_arguments_must_be_whole_float_arrays() -> None:
              "'y', the output of ensures, must own one whole resource 'y ~> MatrixN(...)'")):
         with pytest.raises(SpecError, match=re.escape(message)):
             check_contract(parse_spec_text(spec.format(writes, ensures), "f.spec")["f"], f)
+
+
+def test_transformer_helpers_meet_their_models_at_their_own_sizes() -> None:
+    """transformer.c's helpers take sizes (n, d) the script's sizes do not
+    name: level 3 chooses theirs; softmax_vec works in place (x on the
+    right is x on entry)."""
+    program, contracts = source("transformer")
+    got = check(program, contracts, T=5, L=2, dim=8, hidden=6, H=4, KVH=2, SMAX=6)
+    assert [(m.function, m.status, dict(m.sizes)) for m in got] == [
+        ("rmsnorm_vec", "≈fp", {"n": 5}), ("matvec", "=", {"d": 5, "n": 5}), ("softmax_vec", "≈fp", {"n": 5})]
