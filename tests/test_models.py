@@ -231,3 +231,22 @@ def test_transformer_helpers_meet_their_models_at_their_own_sizes() -> None:
     got = check(program, contracts, T=5, L=2, dim=8, hidden=6, H=4, KVH=2, SMAX=6)
     assert [(m.function, m.status, dict(m.sizes)) for m in got] == [
         ("rmsnorm_vec", "≈fp", {"n": 5}), ("matvec", "=", {"d": 5, "n": 5}), ("softmax_vec", "≈fp", {"n": 5})]
+
+
+def test_in_source_ensures() -> None:
+    """The clause may sit at the top of the body, as the other clauses may;
+    a model the function does not meet is refuted there too."""
+    text = """
+        #include <math.h>
+        #include <otp.h>
+        void scale(int n, const float *x, float *y) {
+          __requires("n >= 1");
+          __reads("x ~> Matrix1(n)");
+          __writes("y ~> Matrix1(n)");
+          __ensures("y == exp(x)");
+          for (int i = 0; i < n; i++) y[i] = expf(x[i]) EXTRA;
+        }"""
+    for extra, status in (("", "="), ("* 2.0f", "refuted")):
+        program = parse_text(textwrap.dedent(text.replace("EXTRA", extra)), "scale.c")
+        (got,) = check(program, load_contracts(program, None), n=3)
+        assert got.status == status, got.text()
