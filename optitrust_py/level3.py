@@ -174,6 +174,9 @@ def _compare_function(before: ir.Program, after: ir.Program, name: str, contract
                       sizes: Mapping[str, int], runs: Runs, bound: Optional[float] = None) -> list[FunctionCheck]:
     key = tuple(sorted(sizes.items()))
     old_closure, new_closure = _closure(before, name), _closure(after, name)
+    if locality.sequential(old_closure) == locality.sequential(new_closure):
+        return [FunctionCheck(name, key, "=", "only pragmas changed, and level 3 runs the code as written, in "
+                              "sequence (whether threads race is level 2's question)")]
     where = locality.focus(before, after, old_closure, new_closure)
     if where is not None and bound is None:
         try:
@@ -214,8 +217,11 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
 
     out: list[FunctionCheck] = []
     key = tuple(sorted(sizes.items()))
-    shown_stmt = printer.stmt_text(where.before).strip().splitlines()[0].rstrip(" {")
-    line = f"line {where.before.loc.line}: " if where.before.loc else ""
+    first = where.before.stmts[0] if isinstance(where.before, ir.Block) and where.before.stmts else where.before
+    shown_stmt = f"`{printer.stmt_text(first).strip().splitlines()[0].rstrip(' {')[:60]}`"
+    if first is not where.before:
+        shown_stmt = f"the block from {shown_stmt}"
+    line = f"line {first.loc.line}: " if first.loc else ""
     for choices in _choice_sets(ask):
         status, detail, cells = "=", "", 0
         todo = found[tuple(sorted(choices.items()))]
@@ -235,7 +241,7 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
             cells += len(old.cells)
             if got == "≈fp" and status == "=":
                 status, detail = got, why
-        shown = f"{detail + '; ' if detail else ''}the statement the step changed ({line}`{shown_stmt[:60]}`) " \
+        shown = f"{detail + '; ' if detail else ''}the statement the step changed ({line}{shown_stmt}) " \
                 f"compared alone at its {len(todo)} runs" + (f" (with {_choices_text(choices)})" if choices else "")
         out.append(FunctionCheck(name, key, status, shown, cells))
     return out
@@ -411,7 +417,8 @@ class _Rounding:
 
 def _by_cases(a: object, b: object, equal: Callable[[object, object], bool]) -> bool:
     """Whether the terms are `equal` in every case of the data conditions
-    they test (a guard tested once in one and twice in the other)."""
+    they test (a guard tested once in one and twice in the other), when
+    they test at most `CONDITIONS`."""
     conds = canon.conditions([a, b], CONDITIONS)
     return bool(conds) and all(equal(x, y) for _, (x, y) in canon.split([a, b], conds))
 
@@ -446,8 +453,13 @@ def choose_sizes(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, flo
     """The size sets level 3 runs at: the script's (checked against every
     `requires`), else chosen from the code (`_targets`) within the
     `requires`: one set, and a second where a size the code compares with
-    a constant (`if (D == 64)`) takes another value."""
+    a constant (`if (D == 64)`) takes another value. A scalar parameter of
+    a contract that the script gives no size (a token's position) is
+    chosen as a size is."""
     base = _integers(exec_sizes)
+    arrays = {r.base for c in contracts.values() for _, r in c.resources()}
+    base.update({p: max(base.values(), default=5) for c in contracts.values() for p in c.params
+                 if p not in base and p not in arrays})
     if given:
         sets = [{**base, **g} for g in given]
         for s in sets:

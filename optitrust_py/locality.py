@@ -30,9 +30,10 @@ from . import ir, terms as T
 from .contract import Contract
 from .symexec import Alloc, Machine, Outcome, Ptr, Vec, start
 from .terms import Term
-from .tree import Path, walk
+from .tree import Path, map_children, walk
 
 _BLOCKS = (ir.Block, ir.For, ir.If, ir.While)
+_HAS_STMTS = (ir.FuncDef, ir.Block, ir.For, ir.GenericFor, ir.If, ir.While, ir.DoWhile, ir.Switch, ir.Case, ir.Label)
 
 
 class NotLocal(Exception):
@@ -52,10 +53,11 @@ class Focus:
 def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.FuncDef],
           closure_after: Sequence[ir.FuncDef]) -> Optional[Focus]:
     """The one statement holding every change, when one function of the
-    closure changed and the change is inside a loop of it."""
+    closure changed (functions the step added aside: only the changed code
+    can call them) and the change is inside a loop of it."""
     old = {f.name: f for f in closure_before}
     new = {f.name: f for f in closure_after}
-    if old.keys() != new.keys():
+    if not old.keys() <= new.keys():
         return None
     changed = [n for n in old if old[n] != new[n]]
     if len(changed) != 1 or old[changed[0]].decl != new[changed[0]].decl:
@@ -67,6 +69,21 @@ def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.Fun
     if isinstance(x, ir.DeclStmt) or isinstance(y, ir.DeclStmt):
         return None
     return Focus(changed[0], path, x, y)
+
+
+def sequential(closure: Sequence[ir.FuncDef]) -> tuple[ir.FuncDef, ...]:
+    """The functions without their pragmas: what a sequential run runs
+    (a step that only adds `#pragma omp` is equal; races are level 2's)."""
+    return tuple(_unpragma(f) for f in closure)
+
+
+def _unpragma(node: Any) -> Any:
+    if isinstance(node, ir.Block):
+        kept = tuple(s for s in node.stmts if not isinstance(s, ir.Pragma))
+        node = node if len(kept) == len(node.stmts) else dataclasses.replace(node, stmts=kept)
+    elif isinstance(node, (ir.For, ir.GenericFor)) and node.pragmas:
+        node = dataclasses.replace(node, pragmas=())
+    return map_children(node, _unpragma) if isinstance(node, _HAS_STMTS) else node
 
 
 def _lowest(a: Any, b: Any, path: Path) -> Path:
@@ -280,6 +297,7 @@ class Local:
     cells: dict[Any, Any]
     memory: dict[str, Alloc]
     asked: dict[str, bool]
+    steps: int
 
 
 def run_at(program: ir.Program, stmt: ir.Stmt, at: Instance, choices: Mapping[str, bool]) -> Local:
@@ -301,7 +319,7 @@ def run_at(program: ir.Program, stmt: ir.Stmt, at: Instance, choices: Mapping[st
     for name in at.env:
         for key, v in _flat(("var", name), m.env.get(name)):
             cells[key] = v
-    return Local(cells, {a.name: a for a in shadows.values()}, dict(m.asked))
+    return Local(cells, {a.name: a for a in shadows.values()}, dict(m.asked), m.steps)
 
 
 def _unknown(name: str, v: Any, shadows: dict[int, Alloc]) -> Any:

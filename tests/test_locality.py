@@ -113,3 +113,11 @@ def test_a_skipped_statement_that_sets_a_loop_bound_runs() -> None:
     assert where is not None
     got = _compare_locally(old, new, "f", contract(), {"n": 3}, where, _closure(old, "f"), Runs(), weigh=False)
     assert got[0].detail.endswith("at its 6 runs"), "m is 1, 2, 3 in the three rows: 1 + 2 + 3 runs"
+
+
+def test_a_step_that_only_adds_pragmas_is_equal_without_a_run() -> None:
+    after = BEFORE.replace("  for (int i = 0; i < n; i++) {", "  #pragma omp parallel for\n  for (int i = 0; i < n; i++) {")
+    old, new = program(BEFORE), program(after)
+    assert old != new
+    result = check_step(old, new, {"f": contract()}, [{"n": 3}], "exact", 0.0, Runs())
+    assert result.label == "=" and "only pragmas changed" in result.functions[0].detail
