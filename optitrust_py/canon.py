@@ -87,9 +87,9 @@ class Normalizer:
         if op == "add":
             return _sum(self._addends(t))
         if op == "sub":
-            return _sum([self.normal(args[0]), _scale(self.normal(args[1]), Fraction(-1))])
+            return _sum([self.normal(args[0]), _scale(self.normal(args[1]), -1)])
         if op == "neg":
-            return _scale(self.normal(args[0]), Fraction(-1))
+            return _scale(self.normal(args[0]), -1)
         if op == "mul":
             return self._product(self.normal(args[0]), self.normal(args[1]))
         if op == "div":
@@ -108,7 +108,7 @@ class Normalizer:
         if op in ("neginf", "posinf"):
             return self._unit(t)
         kids = tuple(self.poly_id(self.normal(a)) if isinstance(a, Term) else ("data", a) for a in args)
-        return _monomial(((self.atom(op, *kids), Fraction(1)),))
+        return _monomial(((self.atom(op, *kids), 1),))
 
     def _product(self, p: Poly, q: Poly) -> Poly:
         if len(p) == 1 and p[0][0] == _ONE_MONO:
@@ -119,7 +119,7 @@ class Normalizer:
         for m1, c1 in p:
             for m2, c2 in q:
                 m = self._merge(m1, m2)
-                acc[m] = acc.get(m, Fraction(0)) + c1 * c2
+                acc[m] = _small(acc.get(m, 0) + c1 * c2)
         return tuple(sorted((m, c) for m, c in acc.items() if c != 0))
 
     def _merge(self, m1: Mono, m2: Mono) -> Mono:
@@ -127,7 +127,7 @@ class Normalizer:
         `E(a)^x * E(b)^y = E(x*a + y*b)`."""
         powers: dict[int, Fraction] = dict(m1)
         for a, e in m2:
-            powers[a] = powers.get(a, Fraction(0)) + e
+            powers[a] = _small(powers.get(a, 0) + e)
         exps = [(a, e) for a, e in powers.items() if self._atoms.keys[a][0] == "E" and e != 0]
         if len(exps) > 1 or (exps and exps[0][1] != 1):
             for a, _ in exps:
@@ -139,7 +139,7 @@ class Normalizer:
                 total = _sum(parts)
                 merged = self._exp_memo[key] = self.atom("E", self.poly_id(total)) if total else -1
             if merged >= 0:
-                powers[merged] = Fraction(1)
+                powers[merged] = 1
         return tuple(sorted((a, e) for a, e in powers.items() if e != 0))
 
     def _addends(self, t: Term) -> list[Poly]:
@@ -161,15 +161,15 @@ class Normalizer:
             if coef != 0:
                 inv = tuple((a, -e) for a, e in mono)
                 return self._product(num, ((inv, 1 / coef),))
-        return self._product(num, _monomial(((self.atom("inv", self.poly_id(den)), Fraction(1)),)))
+        return self._product(num, _monomial(((self.atom("inv", self.poly_id(den)), 1),)))
 
     def _exp(self, arg: Poly) -> Poly:
         neginf = self._atoms.numbers.get(("neginf",))
-        if neginf is not None and any(m == ((neginf, Fraction(1)),) and c > 0 for m, c in arg):
+        if neginf is not None and any(m == ((neginf, 1),) and c > 0 for m, c in arg):
             return _constant(Fraction(0))
         if not arg:
             return _constant(Fraction(1))
-        return _monomial(((self.atom("E", self.poly_id(arg)), Fraction(1)),))
+        return _monomial(((self.atom("E", self.poly_id(arg)), 1),))
 
     def _extremum(self, op: str, t: Term) -> Poly:
         members: set[int] = set()
@@ -190,12 +190,12 @@ class Normalizer:
                 members.add(self.poly_id(p))
         if len(members) <= 1:
             return self._polys.keys[members.pop()] if members else self._unit(unit)
-        return _monomial(((self.atom(op, frozenset(members)), Fraction(1)),))
+        return _monomial(((self.atom(op, frozenset(members)), 1),))
 
     def _unit(self, t: Term) -> Poly:
         """An infinity as a polynomial: an atom of its own (a maximum of
         nothing but -inf, a minimum of nothing but +inf)."""
-        return _monomial(((self.atom(t.op), Fraction(1)),))
+        return _monomial(((self.atom(t.op), 1),))
 
     def _atom_key(self, p: Poly) -> Optional[tuple[object, ...]]:
         """The key of the atom a polynomial is exactly (coefficient 1), if any."""
@@ -218,27 +218,34 @@ class Normalizer:
                 return self._extremum("max", Term.make("max", lo, hi))
             if then is lo and other is hi:
                 return self._extremum("min", Term.make("min", lo, hi))
-        return _monomial(((self.atom("ite", self.poly_id(c), self.poly_id(a), self.poly_id(b)), Fraction(1)),))
+        return _monomial(((self.atom("ite", self.poly_id(c), self.poly_id(a), self.poly_id(b)), 1),))
 
 
 def _constant(x: Fraction) -> Poly:
-    return () if x == 0 else ((_ONE_MONO, x),)
+    return () if x == 0 else ((_ONE_MONO, _small(x)),)
 
 
 def _monomial(mono: Mono) -> Poly:
-    return ((mono, Fraction(1)),)
+    return ((mono, 1),)
+
+
+def _small(x: Fraction) -> Fraction:
+    """An integral coefficient or exponent as an int: equal, with the same
+    hash, and far cheaper to hash and add than a Fraction (polynomials are
+    dictionary keys all the time)."""
+    return x.numerator if x.__class__ is Fraction and x.denominator == 1 else x  # type: ignore[return-value]
 
 
 def _sum(parts: list[Poly]) -> Poly:
     acc: dict[Mono, Fraction] = {}
     for p in parts:
         for mono, coef in p:
-            acc[mono] = acc.get(mono, Fraction(0)) + coef
+            acc[mono] = _small(acc.get(mono, 0) + coef)
     return tuple(sorted((m, c) for m, c in acc.items() if c != 0))
 
 
 def _scale(p: Poly, k: Fraction) -> Poly:
-    return tuple((m, c * k) for m, c in p) if k else ()
+    return tuple((m, _small(c * k)) for m, c in p) if k else ()
 
 
 # ---------------------------------------------------------------- case splits
