@@ -229,14 +229,15 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
             t0 = time.process_time()
             a = locality.run_at(before, where.before, at, choices)
             b = locality.run_at(after, where.after, at, choices)
+            ran = time.process_time() - t0
             if any(k not in choices for k in (*a.asked, *b.asked)):
                 raise locality.NotLocal("the changed statement makes a choice of its own")
             old, new = locality.outcomes(a, b)
             got, why = _compare(old, new, runs.normalizer)
             if got not in ("=", "≈fp"):
                 raise locality.NotLocal(why)
-            if k == 0 and weigh and not _cheaper_locally((time.process_time() - t0) * len(todo), before, after, name,
-                                               contract, sizes, choices, runs):
+            if k == 0 and weigh and not _cheaper_locally(ran * len(todo), before, after, name, contract, sizes,
+                                                         choices, runs):
                 raise locality.NotLocal("whole runs cost less")
             cells += len(old.cells)
             if got == "≈fp" and status == "=":
@@ -249,9 +250,11 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
 
 def _cheaper_locally(estimate: float, before: ir.Program, after: ir.Program, name: str, contract: Contract,
                      sizes: Mapping[str, int], choices: Mapping[str, bool], runs: Runs) -> bool:
-    """Whether comparing X at every instance (`estimate` seconds, from the
+    """Whether running X at every instance (`estimate` seconds, from the
     first) costs less than the whole runs not cached yet, each as long as
-    the latest whole run (made now if there is none: the fallback needs it)."""
+    the latest whole run (made now if there is none: the fallback needs it).
+    Comparing is left out of both: X's cells are fewer and their terms
+    smaller than the outputs'."""
     key = (name, tuple(sorted(sizes.items())), tuple(sorted(choices.items())))
     if key not in runs.costs:
         runs.run(before, name, contract, sizes, choices)
