@@ -264,7 +264,8 @@ def subterms(terms: Iterable[object]) -> Iterator[Term]:
 
 
 def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
-    """The conditions of the `ite`s the terms contain (None past `limit`)."""
+    """The conditions of the `ite`s the terms contain (None past `limit`)
+    that hold no other one: the ones to split on first."""
     found: dict[int, Term] = {}
     for u in subterms(terms):
         if u.op == "ite":
@@ -278,7 +279,15 @@ def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
                     found.setdefault(c.number, c)
             if len(found) > limit:
                 return None
-    return sorted(found.values(), key=lambda c: c.number)
+    return sorted((c for c in found.values() if not _holds_another(c, found)), key=lambda c: c.number)
+
+
+def _holds_another(c: Term, found: Mapping[int, Term]) -> bool:
+    """Whether another condition is inside `c` (a routing's second choice
+    compares against the winner of its first): deciding that one decides
+    or rewrites `c`, so `c` is not split on its own, which would try cases
+    that cannot happen."""
+    return any(u.number in found and u is not c for u in subterms([c]))
 
 
 def split(terms: list[object], conds: list[Term]) -> Iterator[tuple[dict[int, bool], list[object]]]:
