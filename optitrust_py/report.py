@@ -45,7 +45,7 @@ def level3_json(session: Session) -> dict[str, Any]:
 def model_checks(session: Session) -> list[Any]:
     """The original program against its contracts' models (`ensures`), as
     level 3 stored them; none before level 3 ran."""
-    return list(getattr(session, "models", ()))
+    return list(session.models)
 
 
 def print_level3(console: Console, session: Session) -> None:

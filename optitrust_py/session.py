@@ -129,6 +129,8 @@ class Session:
         self.contracts: dict[str, Any] = {}
         self.sizes: dict[str, float] = {}
         self.check_sizes: list[dict[str, int]] = []
+        self.models: list[Any] = []
+        """The original program against its contracts' models (`ensures`), once level 3 ran."""
         self.steps: list[Step] = []
         self._open: list[Step] = []
         self._token: Optional[contextvars.Token[Optional[Session]]] = None

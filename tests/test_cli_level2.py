@@ -190,7 +190,8 @@ def test_apply_level2(tmp_path: Path) -> None:
 def test_input_breaking_its_contract(tmp_path: Path) -> None:
     """The original writes C, which the contract says it only reads: the
     input is reported, not only the steps."""
-    spec = (ROOT / "specs" / "matmul.spec").read_text().replace("writes   C", "reads    C")
+    spec = (ROOT / "specs" / "matmul.spec").read_text().replace("writes   C", "reads    C") \
+        .replace("  ensures  C == matmul(A, B)\n", "")
     s = kernel_script(tmp_path, "matmul", (ROOT / "c_sources" / "matmul.c").read_text(), spec,
                       'loop.swap("matmul > for i")')
     r = otp("check", s, "--level", "2", "--no-color")
