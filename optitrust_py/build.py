@@ -158,6 +158,9 @@ def _syntax_check_cached(c_text: str, name: str, flags: tuple[str, ...]) -> tupl
         if proc.returncode == 0:
             return ()
         diags = _diagnostics(proc.stderr, src, name)
+        if proc.returncode != 1:  # 1: the code has errors; anything else: gcc itself failed
+            raise ToolError(f"gcc could not check {name}: it stopped with exit status {proc.returncode}"
+                            + "".join(f"\n{d}" for d in diags))
         return tuple(diags) or (f"gcc failed (exit {proc.returncode}) without a message",)
 
 
