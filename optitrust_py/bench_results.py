@@ -29,6 +29,8 @@ BENCH_FILE = "bench.json"
 BAR, GAP, GROUP_GAP = 26, 4, 36
 CHAR = 7
 """Width of a character of the labels, in pixels (roughly: no font metrics here)."""
+TITLE_CHAR = 8
+"""The same for the title (13px bold)."""
 LEFT, TOP, PLOT_H, BOTTOM = 70, 40, 240, 90
 
 
@@ -79,7 +81,7 @@ def bench_svg(runs: Sequence[dict[str, Any]], title: str = "") -> str:
     title = title or f"{good[0]['function']}: {unit} at the median time (higher is faster)"
     notes = [(size_label(r), f"{r['threads']} threads, speedup {r['speedup']:.2f}×") for r in good]
     widths = [max(len(series(r)) * (BAR + GAP), CHAR * max(map(len, n))) for r, n in zip(good, notes)]
-    width = max(LEFT + sum(widths) + GROUP_GAP * len(good), LEFT + CHAR * len(title)) + 20
+    width = max(LEFT + sum(widths) + GROUP_GAP * len(good), LEFT + TITLE_CHAR * len(title)) + 20
     height = TOP + PLOT_H + BOTTOM + 18 * len(failed)
     ticks = _ticks(max(t[key] for r in good for _, t in series(r)))
     scale = PLOT_H / ticks[-1]
