@@ -340,6 +340,15 @@ def test_choose_sizes_takes_both_sides_of_a_size_test() -> None:
     assert choose_sizes(contracts, {"H": 2, "S": 150, "D": 64}, None, [program]) == [{"H": 2, "S": 5, "D": 5}]
 
 
+def test_a_scalar_parameter_the_script_does_not_size_is_chosen_within_the_requires() -> None:
+    """transformer_token's `pos` (0 <= pos < SMAX) is no size of the script:
+    level 3 still needs a value to run the function."""
+    contracts = parse_spec_file(ROOT / "specs" / "transformer.spec")
+    sizes = {"T": 21, "L": 2, "dim": 24, "hidden": 40, "H": 4, "KVH": 2, "SMAX": 24}
+    (chosen,) = choose_sizes(contracts, sizes, None, [parse_file(ROOT / "c_sources" / "transformer.c")])
+    assert 0 <= chosen["pos"] < chosen["SMAX"]
+
+
 def test_given_check_sizes_must_satisfy_the_requires() -> None:
     contracts = parse_spec_file(ROOT / "specs" / "matvec_q8.spec")
     assert choose_sizes(contracts, {"N": 256, "D": 24}, [{"N": 64, "D": 3}], []) == [{"N": 64, "D": 3}]
