@@ -263,9 +263,12 @@ def subterms(terms: Iterable[object]) -> Iterator[Term]:
         stack.extend(a for a in u.args if isinstance(a, Term))
 
 
-def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
-    """The conditions of the `ite`s the terms contain (None past `limit`)
-    that hold no other one: the ones to split on first."""
+def conditions(terms: list[object], limit: int, first: bool = False) -> Optional[list[Term]]:
+    """The conditions of the `ite`s the terms contain (None past `limit`);
+    with `first`, only those that hold no other one: the ones to split on
+    first (a routing's second choice compares against the winner of its
+    first: deciding that one decides or rewrites it, and splitting on it
+    alone would try cases that cannot happen)."""
     found: dict[int, Term] = {}
     for u in subterms(terms):
         if u.op == "ite":
@@ -279,15 +282,27 @@ def conditions(terms: list[object], limit: int) -> Optional[list[Term]]:
                     found.setdefault(c.number, c)
             if len(found) > limit:
                 return None
-    return sorted((c for c in found.values() if not _holds_another(c, found)), key=lambda c: c.number)
+    inner = _inner_conditions(list(found.values()), found.keys()) if first else {}
+    return sorted((c for c in found.values() if not inner.get(c.number)), key=lambda c: c.number)
 
 
-def _holds_another(c: Term, found: Mapping[int, Term]) -> bool:
-    """Whether another condition is inside `c` (a routing's second choice
-    compares against the winner of its first): deciding that one decides
-    or rewrites `c`, so `c` is not split on its own, which would try cases
-    that cannot happen."""
-    return any(u.number in found and u is not c for u in subterms([c]))
+def _inner_conditions(conds: list[Term], found: Iterable[int]) -> dict[int, bool]:
+    """For each condition, whether another one is inside it: one pass over
+    their DAG, bottom up."""
+    wanted = set(found)
+    holds: dict[int, bool] = {}
+    stack: list[tuple[Term, bool]] = [(c, False) for c in conds]
+    while stack:
+        u, done = stack.pop()
+        if u.number in holds:
+            continue
+        kids = [a for a in u.args if isinstance(a, Term)]
+        if not done:
+            stack.append((u, True))
+            stack.extend((a, False) for a in kids if a.number not in holds)
+            continue
+        holds[u.number] = any(a.number in wanted or holds[a.number] for a in kids)
+    return holds
 
 
 def split(terms: list[object], conds: list[Term]) -> Iterator[tuple[dict[int, bool], list[object]]]:

@@ -297,11 +297,15 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional
     memo: dict[int, float] = {}
     for cell, a in old.cells.items():
         b = new.cells[cell]
-        if rounding.same(a, b) or _by_cases(a, b, rounding.same, ROUNDING_CONDITIONS):
+        if rounding.same(a, b) or _by_cases(a, b, rounding.same):
             continue
         # a cell whose values are apart is not normalised: normal forms can grow exponentially
-        if not _apart(canon.evaluate(a, inputs, memo), canon.evaluate(b, inputs, memo)) and (
-                norm.normal(a) == norm.normal(b) or _by_cases(a, b, lambda x, y: norm.normal(x) == norm.normal(y))):
+        near = not _apart(canon.evaluate(a, inputs, memo), canon.evaluate(b, inputs, memo))
+        if near and norm.normal(a) == norm.normal(b):
+            reassociated = reassociated or f"e.g. {_cell(cell)}"
+        elif near and _by_decisions(a, b, rounding.same, ROUNDING_CONDITIONS):
+            continue
+        elif near and _by_decisions(a, b, lambda x, y: norm.normal(x) == norm.normal(y), CONDITIONS):
             reassociated = reassociated or f"e.g. {_cell(cell)}"
         elif moves is None:
             return _differs(cell, a, b)
@@ -424,20 +428,27 @@ class _Rounding:
         return got
 
 
-def _by_cases(a: object, b: object, equal: Callable[[object, object], bool], limit: int = CONDITIONS,
-              cases: Optional[list[int]] = None) -> bool:
+def _by_cases(a: object, b: object, equal: Callable[[object, object], bool]) -> bool:
     """Whether the terms are `equal` in every case of the data conditions
     they test (a guard tested once in one and twice in the other), when
-    they test at most `limit`. Conditions that hold others (a routing's
-    later comparisons name the winners of its first) are split after
-    those are decided, case by case, within `CASES` cases in all."""
+    they test at most `CONDITIONS`, each taken true and false."""
+    conds = canon.conditions([a, b], CONDITIONS)
+    return bool(conds) and all(equal(x, y) for _, (x, y) in canon.split([a, b], conds))
+
+
+def _by_decisions(a: object, b: object, equal: Callable[[object, object], bool], limit: int,
+                  cases: Optional[list[int]] = None) -> bool:
+    """The same, tried last (where neither the terms nor their normal forms
+    meet), for up to `limit` conditions: conditions that hold others (a
+    routing's later comparisons name the winners of its first) are split
+    after those are decided, case by case, within `CASES` cases in all."""
     left = [CASES] if cases is None else cases
-    conds = canon.conditions([a, b], limit)
+    conds = canon.conditions([a, b], limit, first=True)
     if not conds:
         return False
     for _, (x, y) in canon.split([a, b], conds):
         left[0] -= 1
-        if left[0] < 0 or not (equal(x, y) or _by_cases(x, y, equal, limit, left)):
+        if left[0] < 0 or not (equal(x, y) or _by_decisions(x, y, equal, limit, left)):
             return False
     return True
 

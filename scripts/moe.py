@@ -25,7 +25,7 @@ from transformations import llm, loop, moe, parallel, variable, vector
 # level 3 at 3 experts: its case split over a token's routing (top-2 of E)
 # tests 14 data conditions there, and 32 at E = 5, past what it splits
 load("../c_sources/moe.c", sizes={"T": 7, "dim": 24, "hidden": 20, "E": 5, "K": 2},
-     check_sizes=[{"T": 3, "dim": 24, "hidden": 20, "E": 3, "K": 2}])
+     check_sizes=[{"T": 3, "dim": 9, "hidden": 20, "E": 3, "K": 2}])
 bench("moe", sizes={"T": 512, "dim": 512, "hidden": 1408, "E": 8, "K": 2},
       flops="T*2*dim*E + T*K*6*dim*hidden")
 
