@@ -61,7 +61,8 @@ def _checksum(c_text: str, exe: Path) -> Optional[str]:
 
 def roundtrip(seed: int, options: tuple[str, ...], work: Path) -> Outcome:
     """csmith's program for `seed`, and otp's print of it, built and run."""
-    gen = subprocess.run(["csmith", "--seed", str(seed), *options], capture_output=True, text=True, timeout=60)
+    gen = subprocess.run(["csmith", "--seed", str(seed), *options], capture_output=True, text=True, timeout=60,
+                         cwd=work)  # csmith leaves a platform.info where it runs
     assert gen.returncode == 0 and gen.stdout, gen.stderr
     source = gen.stdout
     want = _checksum(source, work / "original")
