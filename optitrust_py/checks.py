@@ -3,7 +3,11 @@ their results on the steps (`step.checks["level1"]`, `step.checks["level2"]`,
 `step.checks["level3"]`, `step.checks["exec"]`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+import os
+import pickle
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .execcheck import check_steps
 from .level1 import check_program
@@ -75,24 +79,61 @@ def run_level3(session: Session) -> None:
     from .level3 import Runs, check_step, choose_sizes
     from .models import check_models
 
+    t0 = time.perf_counter()
+
     programs = [s.after for s in _all_steps(session.steps) if s.error is None]
     sizes = choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
     runs = Runs()
     session.models = check_models(session.original, session.contracts, sizes, runs) \
         if session.original is not None else []  # type: ignore[attr-defined]
 
+    primitive = [s for s in _all_steps(session.steps) if not s.substeps and s.error is None]
+    results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, sizes, s.fp,
+                                                      s.tolerance, runs))
+
     def visit(step: Step) -> None:
         for s in step.substeps:
             visit(s)
         if step.error is not None:
             return
-        if step.substeps:
-            step.checks["level3"] = combine3([s.checks["level3"] for s in step.substeps if "level3" in s.checks])
-        else:
-            step.checks["level3"] = check_step(step.before, step.after, session.contracts, sizes, step.fp,
-                                               step.tolerance, runs)
+        step.checks["level3"] = combine3([s.checks["level3"] for s in step.substeps if "level3" in s.checks]) \
+            if step.substeps else results[id(step)]
     for step in session.steps:
         visit(step)
+    session.level3_s = time.perf_counter() - t0
+
+
+def _in_two(steps: list[Step], check: Callable[[Step], Any]) -> dict[int, Any]:
+    """`check` of every step, by the step's id: the later half in a forked
+    process where the machine has two cores. Halves are contiguous, since a
+    step's code before is the code after the step before, whose runs the
+    process then has at hand (only the later half's first is run twice)."""
+    if len(steps) < 8 or (os.cpu_count() or 1) < 2:
+        return {id(s): check(s) for s in steps}
+    first, later = steps[:len(steps) // 2], steps[len(steps) // 2:]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: check the later half, send the results, leave without cleaning up the parent's state
+        os.close(read)
+        try:
+            reply = pickle.dumps(("ok", [check(s) for s in later]))
+        except BaseException:  # noqa: B036 (anything is sent back, to be raised in the parent)
+            reply = pickle.dumps(("error", traceback.format_exc()))
+        with os.fdopen(write, "wb") as out:
+            out.write(reply)
+        os._exit(0)
+    os.close(write)
+    try:
+        done = {id(s): check(s) for s in first}
+    finally:
+        with os.fdopen(read, "rb") as got:
+            reply = got.read()
+        _, code = os.waitpid(pid, 0)
+    status, value = pickle.loads(reply) if reply else ("error", f"it ended with status {code} and no answer")
+    if status != "ok":
+        raise RuntimeError(f"level 3's second process failed:\n{value}")
+    done.update(zip(map(id, later), value))
+    return done
 
 
 def combine3(results: list[Any]) -> Any:

@@ -39,7 +39,7 @@ def level3_json(session: Session) -> dict[str, Any]:
     results = leaf_results(session.steps, "level3")
     return {"models": [m.to_json() for m in model_checks(session)],
             "steps": [{"number": s.number, "call": s.call, **r.to_json()} for s, r in results],
-            "time_s": sum(r.time_s for _, r in results)}
+            "time_s": sum(r.time_s for _, r in results), "elapsed_s": session.level3_s}
 
 
 def model_checks(session: Session) -> list[Any]:
@@ -66,7 +66,7 @@ def print_level3(console: Console, session: Session) -> None:
     ok = all(r.ok for _, r in results) and all(m.ok for m in models)
     t = Text("  ✓ " if ok else "  ✗ ", "green" if ok else "bold red")
     t.append(f"level 3: {len(results)} steps compared, {sum(not r.ok for _, r in results)} failed; "
-             f"{sum(r.time_s for _, r in results):.2f} s in all")
+             f"{sum(r.time_s for _, r in results):.2f} s in all, {session.level3_s:.2f} s elapsed")
     console.print(t)
 
 

@@ -131,6 +131,8 @@ class Session:
         self.check_sizes: list[dict[str, int]] = []
         self.models: list[Any] = []
         """The original program against its contracts' models (`ensures`), once level 3 ran."""
+        self.level3_s = 0.0
+        """Seconds level 3 took, start to end (its steps' times add up to more: it runs in two processes)."""
         self.steps: list[Step] = []
         self._open: list[Step] = []
         self._token: Optional[contextvars.Token[Optional[Session]]] = None

@@ -383,7 +383,7 @@ def test_cli_check_level3_prints_each_label_and_time(monkeypatch: pytest.MonkeyP
     lines = r.output.splitlines()
     assert any(re.fullmatch(r"  step 1 parallel\.parallel_for\(.*\)  ✓ L3 =  \d+ ms", x) for x in lines), r.output
     assert any(re.fullmatch(r"  step 2 vector\.vectorize\(.*\)  ✓ L3 ≈fp  \d+ ms", x) for x in lines), r.output
-    assert any(re.fullmatch(r"  ✓ level 3: 2 steps compared, 0 failed; [\d.]+ s in all", x) for x in lines), r.output
+    assert any(re.fullmatch(r"  ✓ level 3: 2 steps compared, 0 failed; [\d.]+ s in all, [\d.]+ s elapsed", x) for x in lines), r.output
 
 
 def test_cli_run_level3_shows_the_labels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ fallback to whole runs whenever that comparison does not show the step
 equal (so a wrong step is still refuted with an output cell)."""
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -121,3 +122,24 @@ def test_a_step_that_only_adds_pragmas_is_equal_without_a_run() -> None:
     assert old != new
     result = check_step(old, new, {"f": contract()}, [{"n": 3}], "exact", 0.0, Runs())
     assert result.label == "=" and "only pragmas changed" in result.functions[0].detail
+
+
+def test_level_3_of_many_steps_runs_in_two_processes_and_keeps_each_result_with_its_step() -> None:
+    from optitrust_py.checks import _in_two
+
+    steps = [object() for _ in range(9)]
+    pids = _in_two(steps, lambda s: (steps.index(s), os.getpid()))  # type: ignore[arg-type]
+    assert [pids[id(s)][0] for s in steps] == list(range(9))
+    assert len({pid for _, pid in pids.values()}) == (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+
+def test_a_failure_in_the_second_process_is_raised_with_its_traceback() -> None:
+    from optitrust_py.checks import _in_two
+
+    def check(s: object) -> int:
+        if s == 8:
+            raise ValueError("step eight")
+        return 0
+    if (os.cpu_count() or 1) >= 2:
+        with pytest.raises(RuntimeError, match="second process failed:(.|\\n)*ValueError: step eight"):
+            _in_two(list(range(9)), check)  # type: ignore[arg-type]
