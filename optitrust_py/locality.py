@@ -30,7 +30,7 @@ from . import ir, terms as T
 from .contract import Contract
 from .symexec import Alloc, Machine, Outcome, Ptr, Vec, start
 from .terms import Term
-from .tree import Path, map_children, walk
+from .tree import Path, get, map_children, walk
 
 _BLOCKS = (ir.Block, ir.For, ir.If, ir.While)
 _HAS_STMTS = (ir.FuncDef, ir.Block, ir.For, ir.GenericFor, ir.If, ir.While, ir.DoWhile, ir.Switch, ir.Case, ir.Label)
@@ -65,7 +65,7 @@ def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.Fun
     path = _lowest(old[changed[0]].body, new[changed[0]].body, ())
     if not any(step[0] == "body" for step in path):
         return None  # not inside a loop: X runs once, and a whole run costs less than two of X
-    x, y = _get(old[changed[0]].body, path), _get(new[changed[0]].body, path)
+    x, y = get(old[changed[0]].body, path), get(new[changed[0]].body, path)
     if isinstance(x, ir.DeclStmt) or isinstance(y, ir.DeclStmt):
         return None
     return Focus(changed[0], path, x, y)
@@ -102,14 +102,6 @@ def _lowest(a: Any, b: Any, path: Path) -> Path:
         if len(differ) == 1:
             return _lowest(x[differ[0]], y[differ[0]], path + ((name, differ[0]),))
     return path
-
-
-def _get(node: Any, path: Path) -> Any:
-    for name, index in path:
-        node = getattr(node, name)
-        if index is not None:
-            node = node[index]
-    return node
 
 
 # ---------------------------------------------------------------- instances
@@ -163,14 +155,7 @@ def _statics(s: Any) -> tuple[frozenset[str], bool, bool, frozenset[str]]:
 
 
 def _inside_loop(s: Any, path: Path) -> bool:
-    node = s
-    for name, index in path[:-1]:
-        node = getattr(node, name)
-        if index is not None:
-            node = node[index]
-        if isinstance(node, (ir.For, ir.While, ir.GenericFor, ir.DoWhile)):
-            return True
-    return False
+    return any(isinstance(get(s, path[:k]), (ir.For, ir.While, ir.GenericFor, ir.DoWhile)) for k in range(1, len(path)))
 
 
 class _Slicer(Machine):
