@@ -11,7 +11,8 @@ A function with mapped loops becomes
   "min", which runs at most as many iterations as it has threads). A `__syncthreads()` separates a phase from whatever
   comes before or after it, and ends the body of a sequential loop that
   holds one, so every phase sees all writes of the phases before it, as in
-  the sequential C. Arrays declared in the block are `__shared__`, except an
+  the sequential C. Arrays declared in the block are `__shared__` (16-byte
+  aligned), except an
   array each of whose cells one thread owns (a tile of accumulators, see
   cuda_registers): that becomes a small array per thread, or a scalar,
   kept in registers;
@@ -30,17 +31,20 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 from . import ir
-from .cuda_map import MAX_THREADS, mapped_loops, mapping, thread_extent
+from .cuda_map import MAX_THREADS, mapped_loops, mapping, sums, thread_extent
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .errors import OtpError
-from .names import PURE_FUNCTIONS, free_vars
+from .names import PURE_FUNCTIONS, free_vars, lvalue_bases
 from .printer import expr as expr_text, stmt_text, to_c
-from .tree import children, walk
+from .tree import children, map_children, walk
 
 CUDA_INCLUDE = "#include <cuda_runtime.h>"
 ZERO, ONE = ir.Const("0"), ir.Const("1")
 SYNC = ir.ExprStmt(ir.Call(ir.Var("__syncthreads"), ()))
 VOID = ir.Base(("void",))
+# 16-byte aligned shared arrays: nvcc then merges four neighbouring float
+# reads of an unrolled loop into one 16-byte shared load (ld.shared.v4)
+SHARED_ALIGN = "__align__(16)"
 
 
 class CudaError(OtpError):
@@ -49,17 +53,34 @@ class CudaError(OtpError):
 
 def to_cuda(program: ir.Program) -> str:
     """The CUDA text of `program` (functions without mapped loops stay host code)."""
-    if not any(next(mapped_loops(f.body), None) is not None for f in program.functions()):
+    gpu = _gpu_functions(program)
+    if not gpu:
         raise CudaError("the final program has no loop mapped to the GPU, so there is no kernel to emit: give the "
                         "script a CUDA ending (if target() == \"cuda\": ... gpu.map_blocks(...)), see "
                         "scripts/matmul.py")
     items: list[ir.TopLevel] = []
+    scratch = _Scratch()
     for item in program.items:
-        if isinstance(item, ir.FuncDef) and next(mapped_loops(item.body), None) is not None:
-            items.extend(_function(item))
+        if isinstance(item, ir.FuncDef) and item.name in gpu:
+            items.extend(_function(item, gpu, scratch))
         else:
             items.append(item)
+    if scratch.slots:
+        items.insert(0, ir.Opaque(SCRATCH_HELPER))
     return to_c(ir.Program((CUDA_INCLUDE,) + program.includes, tuple(items), program.file))
+
+
+def _gpu_functions(program: ir.Program) -> set[str]:
+    """The functions that become host wrappers: those with loops mapped to
+    the GPU, and those that call one of them (their arguments are device
+    pointers too)."""
+    gpu = {f.name for f in program.functions() if next(mapped_loops(f.body), None) is not None}
+    while True:
+        more = {f.name for f in program.functions() if f.name not in gpu
+                and any(isinstance(n, ir.Call) and n.name in gpu for _, n in walk(f.body))}
+        if not more:
+            return gpu
+        gpu |= more
 
 
 def _first_line(s: ir.Stmt) -> str:
@@ -71,9 +92,59 @@ def _refuse(fn: str, s: Any, why: str) -> CudaError:
     return CudaError(f"cannot emit CUDA for {fn}: {what} {why}", getattr(s, "loc", None))
 
 
-def _function(fn: ir.FuncDef) -> list[ir.TopLevel]:
+SCRATCH_SLOTS = 16
+SCRATCH_HELPER = f"""/* device scratch buffers, one per malloc of a host wrapper, kept between calls
+   and grown when a call needs more (a cudaMalloc per call would cost more than a decode step) */
+static void *otp_scratch(int slot, size_t bytes) {{
+  static void *buffers[{SCRATCH_SLOTS}];
+  static size_t sizes[{SCRATCH_SLOTS}];
+  if (bytes > sizes[slot]) {{
+    cudaFree(buffers[slot]);
+    if (cudaMalloc(&buffers[slot], bytes) != cudaSuccess) {{
+      sizes[slot] = 0;
+      return NULL;
+    }}
+    sizes[slot] = bytes;
+  }}
+  return buffers[slot];
+}}"""
+
+
+class _Scratch:
+    """The scratch slots handed out to the wrappers' allocations."""
+
+    def __init__(self) -> None:
+        self.slots = 0
+
+    def take(self, fn: str, s: ir.DeclStmt) -> int:
+        if self.slots == SCRATCH_SLOTS:
+            raise _refuse(fn, s, f"is one allocation too many: the host wrappers may hold {SCRATCH_SLOTS} scratch "
+                                 f"buffers")
+        self.slots += 1
+        return self.slots - 1
+
+
+def _allocation(s: ir.Stmt) -> Optional[ir.Expr]:
+    """The byte count of `T *p = malloc(n);`, else None."""
+    if isinstance(s, ir.DeclStmt) and isinstance(s.decl.type, ir.Ptr):
+        init = s.decl.init
+        if isinstance(init, ir.Cast):
+            init = init.arg
+        if isinstance(init, ir.Call) and init.name == "malloc" and len(init.args) == 1:
+            return init.args[0]
+    return None
+
+
+def _freed(s: ir.Stmt, names: set[str]) -> bool:
+    """`free(p);` of a scratch buffer."""
+    e = s.expr if isinstance(s, ir.ExprStmt) else None
+    return isinstance(e, ir.Call) and e.name == "free" and len(e.args) == 1 and isinstance(e.args[0], ir.Var) \
+        and e.args[0].name in names
+
+
+def _function(fn: ir.FuncDef, gpu: set[str], scratch: _Scratch) -> list[ir.TopLevel]:
     """The kernels of `fn` and its host wrapper."""
-    host = _Host(fn)
+    host = _Host(fn, gpu, scratch)
     body = host.stmts(fn.body.stmts, [])
     wrapper = ir.FuncDef(dataclasses.replace(fn.decl, storage=('extern "C"',)), ir.Block(tuple(body)), (), fn.loc)
     return [*host.kernels, wrapper]
@@ -83,8 +154,11 @@ class _Host:
     """The host wrapper's statements: scalar declarations, ifs on them, and
     a launch for each nest of block loops (its kernel is kept)."""
 
-    def __init__(self, fn: ir.FuncDef) -> None:
+    def __init__(self, fn: ir.FuncDef, gpu: set[str], scratch: _Scratch) -> None:
         self.fn = fn
+        self.gpu = gpu
+        self.scratch = scratch
+        self.buffers: set[str] = set()
         self.kernels: list[ir.FuncDef] = []
 
     def stmts(self, stmts: tuple[ir.Stmt, ...], scalars: list[ir.Decl]) -> list[ir.Stmt]:
@@ -99,15 +173,37 @@ class _Host:
             elif isinstance(s, ir.DeclStmt) and _is_scalar(s.decl) and next(mapped_loops(s), None) is None:
                 out.append(s)
                 scalars.append(s.decl)
+            elif _allocation(s) is not None:
+                out.append(self.buffer(s))  # type: ignore[arg-type]
+                scalars.append(s.decl)  # type: ignore[union-attr]
+            elif _freed(s, self.buffers):
+                continue
+            elif self.launches(s):
+                out.append(s)
             elif isinstance(s, ir.If) and not _impure_call(s.cond):
                 then = ir.Block(tuple(self.stmts(s.then.stmts, scalars)))
                 other = ir.Block(tuple(self.stmts(s.other.stmts, scalars))) if s.other is not None else None
                 out.append(dataclasses.replace(s, then=then, other=other))
             else:
                 raise _refuse(self.fn.name, s, "runs on the host between kernels: the host wrapper only declares "
-                                               "scalars, tests them and launches kernels (map every loop nest to "
-                                               "blocks, outermost first)")
+                                               "scalars and scratch buffers, tests scalars, calls other wrappers "
+                                               "and launches kernels (map every loop nest to blocks, outermost "
+                                               "first)")
         return out
+
+    def buffer(self, s: ir.DeclStmt) -> ir.Stmt:
+        """`T *p = malloc(n);` as a device scratch buffer of the wrapper."""
+        d = s.decl
+        self.buffers.add(d.name or "")
+        slot = self.scratch.take(self.fn.name, s)
+        call = ir.Call(ir.Var("otp_scratch"), (ir.Const(str(slot)), _allocation(s)))  # type: ignore[arg-type]
+        return dataclasses.replace(s, decl=dataclasses.replace(d, init=ir.Cast(d.type, call)))
+
+    def launches(self, s: ir.Stmt) -> bool:
+        """A call of another host wrapper (its arguments are device pointers
+        and scalars the host has)."""
+        e = s.expr if isinstance(s, ir.ExprStmt) else None
+        return isinstance(e, ir.Call) and e.name in self.gpu and not any(_impure_call(a) for a in e.args)
 
 
 def _is_scalar(d: ir.Decl) -> bool:
@@ -165,6 +261,9 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     registers = _register_arrays(body, blocks, dims)
     emitter = _BlockEmitter(fn.name, dims, registers)
     stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))
+    added = {a for lp in blocks for a in sums(lp)}
+    if added:
+        stmts = tuple(_atomic(fn.name, s, added) for s in stmts)
     used = free_vars(top)
     extra = tuple(dataclasses.replace(d, init=None) for d in scalars if d.name in used)
     params = fn.params + extra
@@ -177,6 +276,22 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     launch = ir.Opaque(f"{name}<<<dim3({', '.join(sizes)}), dim3({', '.join(threads)})>>>({args});")
     cond = _all([ir.Binop(">", g, ZERO) for g in grid.values()])
     return kernel, ir.If(cond, ir.Block((launch,)))
+
+
+def _atomic(fn: str, node: Any, added: set[str]) -> Any:
+    """`a[i] += e;` as `atomicAdd(&a[i], e);` for the arrays that distinct
+    blocks add into (gpu.map_blocks' sums); any other write to them is refused."""
+    if isinstance(node, ir.ExprStmt) and isinstance(node.expr, (ir.Assign, ir.Unop)):
+        e = node.expr
+        target = e.lhs if isinstance(e, ir.Assign) else e.arg
+        if lvalue_bases(target) & added:
+            if not (isinstance(e, ir.Assign) and e.op in ("+=", "-=") and isinstance(target, ir.Index)):
+                raise _refuse(fn, node, f"writes {', '.join(sorted(lvalue_bases(target) & added))}, which distinct "
+                                        f"blocks add into: only `a[i] += e;` can be made atomic")
+            value = e.rhs if e.op == "+=" else ir.Unop("-", e.rhs)
+            return dataclasses.replace(node, expr=ir.Call(ir.Var("atomicAdd"), (ir.Unop("&", target), value)))
+        return node
+    return map_children(node, lambda c: _atomic(fn, c, added))
 
 
 def _all(conds: Sequence[ir.Expr]) -> ir.Expr:
@@ -352,7 +467,7 @@ class _BlockEmitter:
                 t = t.of
             if d.init is not None:
                 raise _refuse(self.fn, d, "is a block array (shared memory) with an initializer")
-            return ir.DeclStmt(dataclasses.replace(d, storage=("__shared__",) + d.storage), s.loc)
+            return ir.DeclStmt(dataclasses.replace(d, storage=("__shared__", SHARED_ALIGN) + d.storage), s.loc)
         if _impure_call(d.init):
             raise _refuse(self.fn, d, "is initialized by a call every thread of the block would make (an "
                                       "allocation?): give it a constant size, or compute it on the host")

@@ -13,6 +13,7 @@ the printer always emits).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Iterator, Optional, Sequence
 
 import z3
@@ -28,20 +29,39 @@ MAX_THREADS = 1024
 _PREFIX = ("otp", "gpu")
 
 
-def mark(level: str, axis: str) -> str:
-    """The pragma text (without `#pragma`) that maps a loop to `level` along `axis`."""
-    return f"otp gpu {level} {axis}"
+_SUMS = re.compile(r"reduction\(\+:(\w+(?:,\w+)*)\)$")
 
 
-def mapping(loop: Any) -> Optional[tuple[str, str]]:
-    """(level, axis) of a loop mapped to the GPU, else None."""
+def mark(level: str, axis: str, sums: Sequence[str] = ()) -> str:
+    """The pragma text (without `#pragma`) that maps a loop to `level` along
+    `axis`; `sums` are the arrays its iterations add into (`reduction(+:out)`:
+    distinct blocks may update one cell, the printer makes those updates
+    atomic, and level 2 lets such updates be reordered)."""
+    return f"otp gpu {level} {axis}" + (f" reduction(+:{','.join(sums)})" if sums else "")
+
+
+def _mark_words(loop: Any) -> Optional[list[str]]:
     if not isinstance(loop, ir.For):
         return None
     for p in loop.pragmas:
         words = p.split()
-        if tuple(words[:2]) == _PREFIX and len(words) == 4 and words[2] in LEVELS and words[3] in AXES:
-            return words[2], words[3]
+        if tuple(words[:2]) == _PREFIX and len(words) in (4, 5) and words[2] in LEVELS and words[3] in AXES \
+                and (len(words) == 4 or _SUMS.match(words[4])):
+            return words
     return None
+
+
+def mapping(loop: Any) -> Optional[tuple[str, str]]:
+    """(level, axis) of a loop mapped to the GPU, else None."""
+    words = _mark_words(loop)
+    return (words[2], words[3]) if words is not None else None
+
+
+def sums(loop: Any) -> tuple[str, ...]:
+    """The arrays a mapped loop's iterations add into (its mark's reduction clause)."""
+    words = _mark_words(loop)
+    found = _SUMS.match(words[4]) if words is not None and len(words) == 5 else None
+    return tuple(found.group(1).split(",")) if found else ()
 
 
 def mapped_loops(node: Any, path: Path = ()) -> Iterator[tuple[Path, ir.For]]:

@@ -18,7 +18,7 @@ iteration updates is a race, refuted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 from optitrust_py import ir
 from optitrust_py.cuda_map import AXES, MAX_THREADS, mapping, mark, thread_extent
@@ -26,10 +26,10 @@ from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.names import subst
+from optitrust_py.names import subst, writes_of
 from optitrust_py.tree import Path, get, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, typedefs_of, unqualified
-from transformations import arith, loop as loops, matrix
+from transformations import arith, loop as loops, matrix, variable
 from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
 
 _WHO = {"block": "gpu.map_blocks", "thread": "gpu.map_threads"}
@@ -46,7 +46,7 @@ def _enclosing_mapped(program: ir.Program, path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _map(program: ir.Program, target: str, level: str, axis: str) -> Rewrite:
+def _map(program: ir.Program, target: str, level: str, axis: str, sums: Sequence[str] = ()) -> Rewrite:
     """Mark the loop at `target` as run by the blocks or threads of `axis`."""
     who = _WHO[level]
     res = Resolver(program)
@@ -56,11 +56,27 @@ def _map(program: ir.Program, target: str, level: str, axis: str) -> Rewrite:
     _checked_loop(who, res, m, axis)
     around = _enclosing_mapped(program, m.path)
     _check_place(who, where, level, axis, around, loop)
-    new = dataclasses.replace(loop, pragmas=(mark(level, axis),))
+    _check_sums(who, program, m.path, loop, sums)
+    new = dataclasses.replace(loop, pragmas=(mark(level, axis, sums),))
     runs = "concurrent blocks of the grid" if level == "block" else "concurrent threads of a block"
-    ob = Obligation("parallel", f"distinct iterations of {where} touch disjoint cells (they run as {runs})",
-                    m.function, (m.path,))
-    return Rewrite(replace(program, m.path, new), (ob,))
+    but = f", apart from their additions into {', '.join(sums)}" if sums else ""
+    ob = Obligation("parallel", f"distinct iterations of {where} touch disjoint cells{but} (they run as {runs})",
+                    m.function, (m.path,), names=tuple(sums))
+    return Rewrite(replace(program, m.path, new), (ob,), "reassoc" if sums else "exact")
+
+
+def _check_sums(who: str, program: ir.Program, path: Path, loop: ir.For, sums: Sequence[str]) -> None:
+    """The arrays blocks add into: a list of distinct arrays (pointers or C
+    arrays) visible at the loop, each updated in its body."""
+    if isinstance(sums, str) or not all(isinstance(a, str) for a in sums) or len(set(sums)) != len(sums):
+        raise TransformError(f"{who}: sums must be a list of distinct array names, got {sums!r}", loop.loc)
+    env = env_at(program, path)
+    tds = typedefs_of(program)
+    for a in sums:
+        if not isinstance(resolve(unqualified(env.get(a, ir.INT)), tds), (ir.Ptr, ir.Array)):
+            raise TransformError(f"{who}: '{a}' is not an array or pointer visible at {loop.index}", loop.loc)
+        if a not in writes_of(loop.body):
+            raise TransformError(f"{who}: the loop over {loop.index} never adds into '{a}'", loop.loc)
 
 
 def _check_place(who: str, where: str, level: str, axis: str, around: list[tuple[str, str]],
@@ -81,7 +97,7 @@ def _check_place(who: str, where: str, level: str, axis: str, around: list[tuple
 
 
 @primitive
-def map_blocks(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
+def map_blocks(program: ir.Program, target: str, axis: str = "x", sums: Sequence[str] = ()) -> Rewrite:
     """Run the iterations of a loop as the blocks of the grid along `axis`.
 
     Before (`gpu.map_blocks("matmul > for bi", "y")`):
@@ -99,10 +115,15 @@ def map_blocks(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 
     In CUDA, `bi` is `0 + (int)blockIdx.y * 16` and the grid has
     `(M + 15) / 16` blocks along y. Nested block loops on distinct axes give
-    a 2-D or 3-D grid (no flattening). Refused: a loop with pragmas, inside
-    a thread loop or a block loop of the same axis, or leaving early.
+    a 2-D or 3-D grid (no flattening). `sums` names arrays that distinct
+    blocks may add into (`out[c] += e;`, a split reduction): the mark gets
+    `reduction(+:out)`, the obligation exempts those additions from
+    disjointness (they may be reordered: fp "reassoc"), and the CUDA printer
+    makes them `atomicAdd`. Refused: a loop with pragmas, inside a thread
+    loop or a block loop of the same axis, or leaving early; a sum that is
+    not an array the loop writes.
     """
-    return _map(program, target, "block", axis)
+    return _map(program, target, "block", axis, sums)
 
 
 @primitive
@@ -498,3 +519,54 @@ def reduce(program: ir.Program, target: str, var: str, threads: int = 256, axis:
     obs = tuple(_thread_ob(out, m.function, block + (("stmts", k + 1 + n),), f"step {n} of the reduction of {var}")
                 for n in range(len(new) - 2))
     return Rewrite(out, obs, "reassoc" if op == "+" else "exact")
+
+
+@primitive
+def partial_sum(program: ir.Program, target: str, cell: str) -> Rewrite:
+    """Sum a loop's additions into a memory cell in a local that starts at
+    zero, then add the local to the cell once: what a block adds into an
+    array that other blocks add into too (gpu.map_blocks' `sums`), one
+    atomic addition per block instead of one per iteration.
+
+    Before (`gpu.partial_sum("gqa_decode > for bt > for d > for r > for t", "out[(g * G + r) * D + d]")`):
+
+        for (int t = bt; t < (bt + 64 < pos + 1 ? bt + 64 : pos + 1); t++) {
+          out[(g * G + r) * D + d] += scores_b[...] * v_cache[(g * SMAX + t) * D + d];
+        }
+
+    After (obligation unaliased, as variable.local_accumulator; fp "reassoc":
+    the additions are grouped):
+
+        {
+          float acc = 0.0f;
+          for (int t = bt; t < (bt + 64 < pos + 1 ? bt + 64 : pos + 1); t++) {
+            acc += scores_b[...] * v_cache[(g * SMAX + t) * D + d];
+          }
+          out[(g * G + r) * D + d] += acc;
+        }
+
+    The cell is as variable.local_accumulator takes it (updated only by
+    `cell += e;` or `cell -= e;` in the loop, the same cell at every
+    iteration) and of type float or double. Refused otherwise (a product
+    `cell *= e` cannot be split this way).
+    """
+    who = "gpu.partial_sum"
+    try:
+        local = variable.local_accumulator.apply(program, target, cell)
+    except TransformError as e:
+        raise TransformError(f"{who}: {e.message.split(': ', 1)[-1]}", e.loc) from None
+    m = Resolver(program).one(target, "canonical loop", (ir.For,))
+    block: ir.Block = get(local.program, m.path)
+    decl, loop, store = block.stmts
+    code = _elem_code(resolve(unqualified(decl.decl.type), typedefs_of(program)))
+    acc = decl.decl.name
+    if code is None:
+        raise TransformError(f"{who}: '{cell}' is not a float or double cell", m.node.loc)
+    ops = {n.expr.op for _, n in walk(loop.body) if isinstance(n, ir.ExprStmt) and isinstance(n.expr, ir.Assign)
+           and n.expr.lhs == ir.Var(acc)}
+    if not ops <= {"+=", "-="}:
+        raise TransformError(f"{who}: the loop updates '{cell}' with {sorted(ops - {'+=', '-='})[0]}, not only by "
+                             f"additions and subtractions", m.node.loc)
+    new = ir.Block((dataclasses.replace(decl, decl=dataclasses.replace(decl.decl, init=_identity("+", code))), loop,
+                    ir.ExprStmt(ir.Assign("+=", store.expr.lhs, ir.Var(acc)))), block.loc)
+    return Rewrite(replace(local.program, m.path, new), local.obligations, "reassoc")
