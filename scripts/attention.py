@@ -33,10 +33,11 @@ scores to a FlashAttention-shaped kernel.
 With `--target cuda`, step 1 is shared and the script ends in CUDA (fp32
 flash attention, see flash_tiles below): for D == 64 and D == 128 (copies
 with constant tile sizes) a block per (head, 64 queries), a thread per
-query, key blocks of 32 up to the diagonal staged in shared memory (K and
-V tiles), the query's Q and output rows, running max and sum in
-registers, the online softmax of step 2; the last S % 64 queries and other
-D run a thread per query from global memory.
+query, the Q tile in shared memory (transposed), the output row, running
+max and sum in registers, the online softmax of step 2 over key blocks of
+16; the key blocks before the diagonal are whole, their K and V tiles
+staged in shared memory and their scores formed along d; the last S % 64
+queries and other D run a thread per query from global memory.
 
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
@@ -59,12 +60,15 @@ for _ in range(3):
 def flash_tiles(h: str, d: int) -> None:
     """CUDA, for the copy of the head loop `h` where D == d: a block per
     (head, 64 queries), a thread per query; the key-block loop outside the
-    queries of a block, up to the diagonal; each tile of 32 keys of K and V
-    staged in shared memory (thread t copies column t: coalesced), the
-    query's Q and output rows, running max and sum in registers (each
-    thread owns its query's cells; for D == 128 nvcc spills a few of the
-    255 registers, measured far cheaper than reading Q rows from memory,
-    one row per thread: a warp's load then touches 32 cache lines)."""
+    queries of a block, up to the diagonal. The Q tile is staged once in
+    shared memory, transposed (thread t reads column t: no bank conflict),
+    the output row of a query stays in registers. The key blocks before the
+    diagonal run whole: their K and V tiles of 16 keys are staged in shared
+    memory (thread t copies column t: coalesced), and the 16 scores of a
+    query are formed along d (16 independent accumulators in registers, each
+    K value read once for the whole warp) rather than key by key (a chain of
+    d dependent FMAs). The diagonal blocks read K and V in place (every
+    thread of a warp reads the same cell)."""
     full = f"{h} > for bi"
     loop.hoist(f"{full} > for i > def max_val")
     loop.hoist(f"{full} > for i > def sum")
@@ -75,13 +79,24 @@ def flash_tiles(h: str, d: int) -> None:
     gpu.map_blocks(full, "x")
     shape = ["H", "S", d]
     gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
-    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=["x", None], region=["h:1", "bi:64", f"0:{d}"])
+    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
+              threads=64)
+    matrix.reorder_dims(f"{full} > def q{d}", [1, 0])
+    flash.split_blocks(f"{full} > for bj", "bi")
+    blocks, diagonal = f"{full} > for bj#1", f"{full} > for bj#2"
+    flash.full_blocks(blocks)
+    flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
+    loop.hoist(f"{blocks} > for j#1 > def s", f"s{d}")
+    loop.fission(f"{blocks} > for j#1 > after 's{d}[j - bj] = 0.0f'")
+    loop.fission(f"{blocks} > for j#2 > after for d")
+    loop.swap(f"{blocks} > for j#2")
     for array in ("k", "v"):
-        gpu.stage(f"{full} > for bj > for i", array, f"{array}{d}", shape, axes=[None, "x"],
-                  region=["h:1", "bj:32", f"0:{d}"], threads=64)
+        gpu.stage(f"{blocks} > for i", array, f"{array}{d}", shape, axes=[None, "x"],
+                  region=["h:1", "bj:16", f"0:{d}"], threads=64)
     gpu.map_threads(f"{full} > for i#1", "x")
-    gpu.map_threads(f"{full} > for bj > for i", "x")
-    gpu.map_threads(f"{full} > for i#3", "x")
+    gpu.map_threads(f"{blocks} > for i", "x")
+    gpu.map_threads(f"{diagonal} > for i", "x")
+    gpu.map_threads(f"{full} > for i#4", "x")
 
 
 def thread_per_query(h: str, queries: str) -> None:
@@ -96,7 +111,7 @@ if target() == "cuda":
     # 2. (CUDA) one streaming pass over key blocks of 32; 3. blocks of 64
     #    queries (the last S % 64 apart), a copy of the code for D == 64 and
     #    for D == 128 (constant tile sizes), each head loop split in two
-    flash.online_softmax("attention > for i", 32)
+    flash.online_softmax("attention > for i", 16)
     flash.drop_buffer("attention > def scores")
     loop.split("attention > for i", "S - S % 64")
     loop.tile("attention > for i#1", 64)

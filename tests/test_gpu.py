@@ -130,7 +130,7 @@ def staged(ck: Any) -> ir.Program:
 
 def test_shared_tiles_registers_and_barriers(ck):
     cu = to_cuda(staged(ck))
-    assert "__shared__ float As[16][16];" in cu
+    assert "__shared__ __align__(16) float As[16][16];" in cu
     assert "  float acc;\n" in cu and "acc += As[i - bi][k - bk] * B[k * N + j];" in cu
     body = cu.split("for (int bk = 0; bk < K; bk += 16) {")[1]
     copy, use = body.index("As[i0_1][i1_1] = A["), body.index("acc += As")
@@ -226,7 +226,7 @@ def test_run_writes_final_cu(tmp_path):
     r = otp("run", "scripts/softmax.py", "--target", "cuda", "--quiet", "--no-color", "--out", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     cu = (tmp_path / "softmax" / "final.cu").read_text()
-    assert "__global__ void softmax_kernel1" in cu and "__shared__ float sum_part[256];" in cu
+    assert "__global__ void softmax_kernel1" in cu and "__shared__ __align__(16) float sum_part[256];" in cu
     assert "#pragma otp" in (tmp_path / "softmax" / "final.c").read_text()
 
 
