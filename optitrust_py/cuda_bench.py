@@ -8,7 +8,10 @@ in torch tensors on the GPU; outputs start as NaN. Checks, before any
 timing: at the script's `load(sizes=...)` (small, with tails) the GPU
 outputs must match the original's run on the CPU; at the bench sizes they
 must match the library's (`--compare torch`) or, without it, the original's
-(slow for big kernels: the original is naive C on one core). Timing: CUDA
+(slow for big kernels: the original is naive C on one core). A script's
+`setup=` and `call=` are honoured as on the CPU (quantize.py): the setup
+calls run once on the GPU, untimed, into buffers sized by their callees'
+contracts, and the call is what is checked and timed. Timing: CUDA
 events around each call, after warm-up calls, `--repeats` calls (default
 REPEATS); reported: median, min, max, rate at the median, and the ratio to
 torch (TF32 off, so an fp32 product is fp32). Needs torch with a CUDA device.
@@ -19,10 +22,11 @@ import ctypes
 import statistics
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from . import ir
-from .bench import BenchSpec, _fill, _formula, _param_json, _sizes, declared, relative_error, require_library
+from .bench import (BenchSpec, _fill, _formula, _param_json, _prepared, _sizes, declared, relative_error,
+                    require_library)
 from .errors import CheckFailed, OtpError, ScriptError, SpecError, ToolError
 
 REPEATS = 30
@@ -91,15 +95,18 @@ def _plan(f: ir.FuncDef, contract: Any, sizes: Mapping[str, Any]) -> tuple[Any, 
     return plan, arrays
 
 
-def _args(plan: Any, buffers: Mapping[str, int]) -> list[Any]:
-    """ctypes arguments: buffers by address, sizes by value."""
+def _args(plan: Any, buffers: Mapping[str, int], names: Optional[Sequence[str]] = None) -> list[Any]:
+    """ctypes arguments for the parameters `names` (default: the plan's, in
+    order): buffers by address, sizes by value."""
     import numpy as np
 
+    scalars = {p.name: p for p in plan.params if p.role != "buffer"}
     out: list[Any] = []
-    for p in plan.params:
-        if p.role == "buffer":
-            out.append(ctypes.c_void_p(buffers[p.name]))
+    for n in names if names is not None else [p.name for p in plan.params]:
+        if n in buffers:
+            out.append(ctypes.c_void_p(buffers[n]))
         else:
+            p = scalars[n]
             out.append(np.ctypeslib.as_ctypes_type(np.dtype(p.elem.code))(p.value))
     return out
 
@@ -120,20 +127,32 @@ def _cpu_run(lib: Any, name: str, plan: Any, arrays: Mapping[str, Any]) -> dict[
 
 
 class _Gpu:
-    """The inputs on the GPU and the CUDA wrapper bound to them."""
+    """The inputs on the GPU and the CUDA wrapper bound to them: the
+    script's `call=` after its `setup=` calls (run once, untimed, into the
+    buffers they prepare), else the benchmarked function itself."""
 
-    def __init__(self, torch: Any, lib: Any, name: str, plan: Any, arrays: Mapping[str, Any]) -> None:
+    def __init__(self, torch: Any, lib: Any, spec: BenchSpec, plan: Any, arrays: Mapping[str, Any],
+                 prepared: Mapping[str, Any]) -> None:
+        import numpy as np
+
         self.torch = torch
         self.plan = plan
         self.tensors = {k: torch.from_numpy(v.copy()).cuda() for k, v in arrays.items()}
+        self.tensors.update({k: torch.from_numpy(np.zeros(j["count"], np.dtype(j["code"]))).cuda()
+                             for k, j in prepared.items()})
         for o in _outputs(plan):
             if self.tensors[o].is_floating_point():
                 self.tensors[o].fill_(float("nan"))
-        self.fn = getattr(lib, name)
-        self.args = _args(plan, {k: t.data_ptr() for k, t in self.tensors.items()})
+        for c in spec.setup:
+            self._bound(lib, c.function, c.args)()
+        self.call = self._bound(lib, spec.call.function, spec.call.args) if spec.call else \
+            self._bound(lib, spec.function, None)
 
-    def call(self) -> None:
-        self.fn(*self.args)
+    def _bound(self, lib: Any, function: str, names: Optional[Sequence[str]]) -> Callable[[], None]:
+        fn = getattr(lib, function)
+        fn.restype = None
+        args = _args(self.plan, {k: t.data_ptr() for k, t in self.tensors.items()}, names)
+        return lambda: fn(*args)
 
     def outputs(self) -> dict[str, Any]:
         self.torch.cuda.synchronize()
@@ -214,7 +233,7 @@ def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float]
     scalars = {p.name for p in f0.params if isinstance(p.type, ir.Base)}
     errors: dict[str, float] = {}
     plan, arrays = _plan(f0, contract, {k: v for k, v in session.sizes.items() if k in scalars})
-    gpu = _Gpu(torch, gpu_lib, name, plan, arrays)
+    gpu = _Gpu(torch, gpu_lib, spec, plan, arrays, _prepared(session.program, session.contracts, spec, plan))
     gpu.call()
     errors["check_sizes"], failure = _compare("check sizes, GPU vs original", _cpu_run(cpu, name, plan, arrays),
                                              gpu.outputs(), spec.tolerance)
@@ -224,7 +243,7 @@ def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float]
     work = evaluate(_formula(spec.work, spec.unit), {k: v for k, v in values.items() if isinstance(v, int)})
     if failure:
         return CudaReport(name, values, spec.unit, errors, {}, failure)
-    gpu = _Gpu(torch, gpu_lib, name, plan, arrays)
+    gpu = _Gpu(torch, gpu_lib, spec, plan, arrays, _prepared(session.program, session.contracts, spec, plan))
     gpu.call()
     got = gpu.outputs()
     timings: dict[str, CudaTiming] = {}

@@ -482,7 +482,9 @@ class _BlockEmitter:
         bounded = [ir.Binop("<", ir.Var(lp.index), lp.stop) for lp in nest
                    if not thread_extent(lp)[1]]  # type: ignore[index]
         body = (ir.If(_all(bounded), inner),) if bounded else inner.stmts
-        block = ir.Block(_index_decls(nest, "threadIdx") + body, top.loc)
+        used = free_vars(body)
+        indices = tuple(d for d in _index_decls(nest, "threadIdx") if d.decl.name in used)  # type: ignore[attr-defined]
+        block = ir.Block(indices + body, top.loc)
         guards = [ir.Binop("<", ir.Cast(ir.INT, ir.Member(ir.Var("threadIdx"), a, False)),
                             ir.Const(str(extents.get(a, 1))))
                   for a, n in self.dims.items() if extents.get(a, 1) < n]

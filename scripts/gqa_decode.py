@@ -27,7 +27,11 @@ CHUNK = 64
 """Cached positions per block in the CUDA weighted sum of V."""
 
 load("../c_sources/gqa_decode.c", sizes={"H": 8, "KVH": 2, "D": 20, "SMAX": 40, "pos": 33})
-bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D")
+bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D",
+      torch="K = k_cache.view(KVH, SMAX, D); V = v_cache.view(KVH, SMAX, D); "
+            "K[:, pos] = k_new.view(KVH, D); V[:, pos] = v_new.view(KVH, D); "
+            "out = torch.nn.functional.scaled_dot_product_attention(q.view(1, H, 1, D), K[None, :, :pos + 1], "
+            "V[None, :, :pos + 1], enable_gqa=True).reshape(-1)")
 
 variable.bind("gqa_decode > expr 'H / KVH'", "G")
 loop.move_out("gqa_decode > for h > def G")

@@ -23,8 +23,8 @@ straightforward quantized kernel of c_sources/matvec_q8.c (`runq`).
 Quantization noise on random inputs is about 0.5% of the outputs' largest
 magnitude: the outputs must agree with the fp32 original within 2%.
 """
-from optitrust_py.script import bench, load
-from transformations import loop, parallel, quantize, variable, vector
+from optitrust_py.script import bench, load, target
+from transformations import gpu, llm, loop, parallel, quantize, variable, vector
 
 load("../c_sources/matvec.c", spec="../specs/matvec_q8.spec", sizes={"N": 256, "D": 24})
 
@@ -39,13 +39,28 @@ def fp32() -> None:
 bench("matvec", sizes={"N": 4096, "D": 4096}, flops="2*N*D", tolerance=0.02,
       setup="quantize_q8(D, N, W, Wq, Ws)", call="matvec_q8(N, D, Wq, Ws, x, y)",
       variants={"fp32": fp32, "runq": "../c_sources/matvec_q8.c"},
-      numpy="y = W.reshape(D, N) @ x")
+      numpy="y = W.reshape(D, N) @ x", torch="y = W.reshape(D, N) @ x")
 
 loop.tile("matvec > for j", 32)
 quantize.int8_groups("matvec > for bj > for j", {"W": ["D", "N"], "x": ["N"]}, ahead=["W"])
 quantize.group_accumulator("matvec_q8 > for bj > for j")
 quantize.integer_product("matvec_q8 > for bj > for j")
 
-parallel.parallel_for("matvec_q8 > for i")
-variable.local_accumulator("matvec_q8 > for bj", "y[i]")
-vector.vectorize("matvec_q8 > for bj")
+if target() == "cuda":
+    # 5. (CUDA) quantize_q8: a block per row and 128 groups, a thread per
+    #    group; matvec_q8: a block per row, a thread per group, the row's
+    #    sum reduced over the block's threads and stored by one of them
+    loop.tile("quantize_q8 > for g", 128, "bg", "min")
+    gpu.map_blocks("quantize_q8 > for r", "y")
+    gpu.map_blocks("quantize_q8 > for r > for bg", "x")
+    gpu.map_threads("quantize_q8 > for r > for bg > for g", "x")
+    variable.local_accumulator("matvec_q8 > for bj", "y[i]")
+    llm.unblock("matvec_q8 > def acc_1")
+    gpu.map_blocks("matvec_q8 > for i", "x")
+    gpu.reduce("matvec_q8 > for i > for bj", "acc_1", 128)
+    gpu.single("matvec_q8 > for i > 'y[i] = 0.0f;'")
+    gpu.single("matvec_q8 > for i > 'y[i] = acc_1;'")
+else:
+    parallel.parallel_for("matvec_q8 > for i")
+    variable.local_accumulator("matvec_q8 > for bj", "y[i]")
+    vector.vectorize("matvec_q8 > for bj")

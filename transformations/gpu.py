@@ -27,6 +27,7 @@ from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
 from optitrust_py.names import subst, writes_of
+from optitrust_py.printer import stmt_text
 from optitrust_py.tree import Path, get, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
@@ -356,7 +357,9 @@ def _in_block_only(who: str, program: ir.Program, res: Resolver, m: Match) -> No
 def _cyclic_loop(loop: ir.For, t: str, threads: int, axis: str, body: ir.Block) -> ir.For:
     """`for (t = 0; t < threads; t++) for (j = start + t * step; j < stop; j += threads * step) body`,
     the `t` loop mapped to the threads of `axis`."""
-    step = ir.Const(str(threads)) if loop.step == ONE else ir.Binop("*", ir.Const(str(threads)), loop.step)
+    constant = isinstance(loop.step, ir.Const) and loop.step.text.isdigit()
+    step = ir.Const(str(threads * int(loop.step.text))) if constant \
+        else ir.Binop("*", ir.Const(str(threads)), loop.step)  # folded: the checkers read a literal step
     offset = ir.Var(t) if loop.step == ONE else ir.Binop("*", ir.Var(t), loop.step)
     start = offset if loop.start == ZERO else ir.Binop("+", loop.start, offset)
     inner = dataclasses.replace(loop, start=start, step=step, body=body, inclusive=False, pragmas=())
@@ -570,3 +573,43 @@ def partial_sum(program: ir.Program, target: str, cell: str) -> Rewrite:
     new = ir.Block((dataclasses.replace(decl, decl=dataclasses.replace(decl.decl, init=_identity("+", code))), loop,
                     ir.ExprStmt(ir.Assign("+=", store.expr.lhs, ir.Var(acc)))), block.loc)
     return Rewrite(replace(local.program, m.path, new), local.obligations, "reassoc")
+
+
+@primitive
+def single(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
+    """Run a statement of a block on one of its threads: a loop of one
+    iteration mapped to the threads of `axis` (the printer guards it with
+    `threadIdx.x < 1`), so that a store every thread would otherwise make
+    is made once.
+
+    Before (`gpu.single("matvec_q8 > for i > 'y[i] = acc;'")`, in a block loop):
+
+        y[i] = acc;
+
+    After (obligation parallel, trivially met by one iteration):
+
+        #pragma otp gpu thread x
+        for (int t = 0; t < 1; t++) {
+          y[i] = acc;
+        }
+
+    The statement runs once, as before; in CUDA a barrier separates it from
+    what comes before and after. Refused: a declaration (its name would not
+    outlive the loop), a statement outside a block loop or inside a thread
+    loop, one that leaves the block early.
+    """
+    who = "gpu.single"
+    res = Resolver(program)
+    m = res.one(target, "statement (not a declaration)", (ir.ExprStmt, ir.For, ir.If, ir.Block))
+    s, where = m.node, f"the statement at line {m.line}"
+    if axis not in AXES:
+        raise TransformError(f"{who}: axis must be one of {', '.join(AXES)}, got {axis!r}", s.loc)
+    around = [lv for lv, _ in _enclosing_mapped(program, m.path)]
+    if "block" not in around or "thread" in around or m.path[-1][0] != "stmts":
+        raise TransformError(f"{who}: {where} must be a statement of a block loop, outside any thread loop", s.loc)
+    esc = loops._escapes((s,))
+    if esc is not None:
+        raise TransformError(f"{who}: '{stmt_text(esc).splitlines()[0]}' leaves {where} early", s.loc)
+    t = _fresh_local(who, "thread index", None, "t", program, m.path, m.function, s.loc)
+    loop = ir.For(t, ZERO, ONE, ir.Block((s,)), ONE, ir.INT, False, (mark("thread", axis),), (), s.loc)
+    return Rewrite(replace(program, m.path, loop), (_thread_ob(program, m.function, m.path, f"for {t}"),))
