@@ -25,6 +25,8 @@ CASES = [
     ("scripts/attention.py", "H=8,S=4096,D=64"),
     ("scripts/attention.py", "H=32,S=4096,D=64"),
     ("scripts/attention.py", "H=32,S=4096,D=128"),
+    ("scripts/gqa_decode.py", "H=32,KVH=8,D=128,SMAX=4096,pos=4095"),
+    ("scripts/quantize.py", "N=4096,D=4096"),
 ]
 
 
