@@ -21,10 +21,17 @@ q and out are parameters, laid out [H][D] by the caller: the heads of a
 group are already contiguous there (h = g * G + r), so their layout stays.
 """
 from optitrust_py.script import bench, load, target
-from transformations import gpu, llm, loop, parallel, variable, vector
+from transformations import flash, gpu, llm, loop, parallel, variable, vector
 
 CHUNK = 64
 """Cached positions per block in the CUDA weighted sum of V."""
+
+
+def thread_per_position(g: str, tile: str) -> None:
+    """CUDA: a block per (kv head, tile of positions), a thread per position."""
+    gpu.map_blocks(g, "y")
+    gpu.map_blocks(f"{g} > for {tile}", "x")
+    gpu.map_threads(f"{g} > for {tile} > for t", "x")
 
 load("../c_sources/gqa_decode.c", sizes={"H": 8, "KVH": 2, "D": 20, "SMAX": 40, "pos": 33})
 bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D",
@@ -45,11 +52,6 @@ if target() == "cuda":
     # the append: a block per kv head
     gpu.map_blocks("gqa_decode > for g#1", "x")
     gpu.cyclic("gqa_decode > for g#1 > for d", 128)
-    # scores: a block per (kv head, 128 positions), a thread per position
-    loop.tile("gqa_decode > for g#2 > for t", 128, "bt", "min")
-    gpu.map_blocks("gqa_decode > for g#2", "y")
-    gpu.map_blocks("gqa_decode > for g#2 > for bt", "x")
-    gpu.map_threads("gqa_decode > for g#2 > for bt > for t", "x")
     # softmax: a block per query head, reductions over the block's threads
     gpu.map_blocks("gqa_decode > for g#3", "y")
     gpu.map_blocks("gqa_decode > for g#3 > for r", "x")
@@ -67,6 +69,25 @@ if target() == "cuda":
     gpu.map_blocks("gqa_decode > for g#4", "y")
     gpu.map_blocks("gqa_decode > for g#4 > for bc", "x", sums=["out"])
     gpu.cyclic("gqa_decode > for g#4 > for bc > for d", 128)
+    # scores: whole tiles of 64 positions, then the last (pos + 1) % 64;
+    # for D == 128 (a copy), a block per (kv head, 64 positions) stages the
+    # K tile in shared memory (thread d copies column d of each row:
+    # coalesced), its rows padded to 129 floats so that the threads, a
+    # position each, read distinct banks; other D read K where it is
+    loop.split("gqa_decode > for g#2 > for t", "pos + 1 - (pos + 1) % 64")
+    loop.fission("gqa_decode > for g#2 > after for t#1")
+    flash.version("gqa_decode > for g#2", "D", 128)
+    loop.tile("gqa_decode > for g#2 > for t", 64, "bt")
+    gpu.map_blocks("gqa_decode > for g#2", "y")
+    gpu.map_blocks("gqa_decode > for g#2 > for bt", "x")
+    gpu.stage("gqa_decode > for g#2 > for bt > for t", "k_cache", "ks", ["KVH", "SMAX", 128], axes=[None, "x"],
+              region=["g:1", "bt:64", "0:128"])
+    gpu.pad("gqa_decode > def ks")
+    gpu.map_threads("gqa_decode > for g#2 > for bt > for t", "x")
+    loop.tile("gqa_decode > for g#3 > for t", 64, "bu")
+    thread_per_position("gqa_decode > for g#3", "bu")
+    loop.tile("gqa_decode > for g#4 > for t", 64, "bv", "min")
+    thread_per_position("gqa_decode > for g#4", "bv")
 else:
     parallel.parallel_for("gqa_decode > for g#2", schedule="dynamic")
     vector.vectorize("gqa_decode > for g#2")

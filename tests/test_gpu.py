@@ -18,6 +18,7 @@ from optitrust_py import ir
 from optitrust_py.cuda_build import compile_check, find_nvcc
 from optitrust_py.cuda_emit import CudaError, to_cuda
 from optitrust_py.cuda_map import mapping
+from optitrust_py.errors import TargetError
 from optitrust_py.frontend import parse_text
 from optitrust_py.level2 import check_step
 from optitrust_py.session import Rewrite
@@ -167,6 +168,15 @@ def test_stage_refuses_a_loop_that_does_not_touch_the_array(ck):
             x[i] = 0.0f;
           }
         }""", "no loop mapped to the GPU"),
+    ("""void f(int n, float *x) {
+          #pragma otp gpu block x reduction(+:x)
+          for (int b = 0; b < n; b += 64) {
+            #pragma otp gpu thread x
+            for (int t = 0; t < 64; t++) {
+              x[t] = 1.0f;
+            }
+          }
+        }""", "only `a[i] += e;` can be made atomic"),
     ("""#include <stdlib.h>
         void f(int n, float *x) {
           #pragma otp gpu block x
@@ -214,7 +224,8 @@ def otp(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @needs_nvcc
-@pytest.mark.parametrize("script", ["scripts/matmul.py", "scripts/softmax.py", "scripts/attention.py"])
+@pytest.mark.parametrize("script", ["scripts/matmul.py", "scripts/softmax.py", "scripts/attention.py",
+                                    "scripts/gqa_decode.py", "scripts/quantize.py"])
 def test_cuda_endings_pass_level2_exec_and_nvcc(script):
     r = otp("check", script, "--level", "2", "--exec", "--target", "cuda", "--no-color")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -397,3 +408,172 @@ def test_three_block_axes_make_a_3d_grid(ck):
     assert "<<<dim3((D + (64 - 1)) / 64, S, H), dim3(64, 1, 1)>>>" in cu
     if find_nvcc() is not None:
         assert compile_check(cu, "final.cu") == ()
+
+
+# ----------------------------------------------------------------- split reductions, scratch, one thread, padding
+
+
+GQA_SPEC = ROOT / "specs" / "gqa_decode.spec"
+
+
+PARTIAL = (gpu.partial_sum, "gqa_decode > for g#4 > for bc > for d > for r > for t", "out[(g * G + r) * D + d]")
+
+
+def gqa_chunks(ck: Any, partial: bool = True) -> ir.Program:
+    """gqa_decode as scripts/gqa_decode.py's CUDA ending has it before the
+    weighted sum of V is mapped: kv heads outside, chunks of 64 positions,
+    a partial sum per (d, query head of the group) and chunk."""
+    from transformations import llm, variable
+
+    return steps(ck.load("gqa_decode.c"), (variable.bind, "gqa_decode > expr 'H / KVH'", "G"),
+                 (loop.move_out, "gqa_decode > for h > def G"),
+                 (llm.group_heads, "gqa_decode > for h", "G", "scores", "pos + 1"),
+                 (llm.batch_buffer, "gqa_decode > for g#2", "scores"),
+                 (loop.fission, "gqa_decode > for g#2 > after for t#1"),
+                 (loop.fission, "gqa_decode > for g#3 > after for r#1"),
+                 (loop.tile, "gqa_decode > for g#4 > for t", 64, "bc", "min"),
+                 (loop.swap, "gqa_decode > for g#4 > for bc > for t"),
+                 (loop.swap, "gqa_decode > for g#4 > for bc > for r > for t"),
+                 (loop.swap, "gqa_decode > for g#4 > for bc > for r"), *([PARTIAL] if partial else []))
+
+
+def gqa_args(ck: Any, H: int, KVH: int, D: int, SMAX: int, pos: int) -> list[Any]:
+    return [H, KVH, D, SMAX, pos, ck.floats(H * D), ck.floats(KVH * D), ck.floats(KVH * D),
+            ck.floats(KVH * SMAX * D), ck.floats(KVH * SMAX * D), ck.floats(H * D)]
+
+
+def test_partial_sum_adds_a_chunk_once(ck):
+    p0 = ck.load("gqa_decode.c")
+    p = gqa_chunks(ck)
+    text = ck.function_text(p, "gqa_decode")
+    assert "float acc = 0.0f;" in text and "out[(g * G + r) * D + d] += acc;" in text
+    ck.roundtrip(p)
+    ck.close_outputs(p0, p, "gqa_decode", gqa_args(ck, 8, 2, 20, 140, 130))
+    rw = gpu.partial_sum.apply(gqa_chunks(ck, partial=False), *PARTIAL[1:])
+    assert rw.program == p and rw.fp == "reassoc" and [o.kind for o in rw.obligations] == ["unaliased"]
+
+
+def quantized(ck: Any) -> ir.Program:
+    """scripts/quantize.py up to its CUDA ending: matvec quantizes W, then
+    calls matvec_q8, which quantizes x and calls quantize_q8."""
+    from optitrust_py.session import Session
+    from optitrust_py.spec import load_contracts
+    from transformations import quantize
+
+    p = ck.load("matvec.c")
+    with Session() as s:
+        s.contracts = load_contracts(p, ROOT / "specs" / "matvec_q8.spec")
+        return steps(p, (loop.tile, "matvec > for j", 32),
+                     (quantize.int8_groups, "matvec > for bj > for j", {"W": ["D", "N"], "x": ["N"]}, ["W"]),
+                     (quantize.group_accumulator, "matvec_q8 > for bj > for j"),
+                     (quantize.integer_product, "matvec_q8 > for bj > for j"))
+
+
+def test_partial_sum_refusals(ck):
+    p = quantized(ck)
+    assert "not a float or double cell" in refusal(gpu.partial_sum.apply, p, "matvec_q8 > for bj > for j", "acc")
+    assert "does not occur" in refusal(gpu.partial_sum.apply, p, "matvec_q8 > for bj > for j", "y[i]")
+
+
+def test_blocks_adding_into_one_array_are_proved_with_sums_and_refuted_without(ck):
+    """Chunks of positions as blocks: they all add into out, which only a
+    split reduction (atomic additions) allows."""
+    p = steps(gqa_chunks(ck), (gpu.map_blocks, "gqa_decode > for g#4", "y"))
+    contracts = parse_spec_text(GQA_SPEC.read_text())
+    rw = gpu.map_blocks.apply(p, "gqa_decode > for g#4 > for bc", "x", ["out"])
+    assert rw.fp == "reassoc" and rw.obligations[0].names == ("out",)
+    assert check_step(p, rw.program, rw.obligations, contracts).ok
+    assert "#pragma otp gpu block x reduction(+:out)" in ck.function_text(rw.program, "gqa_decode")
+    reason = refuted(p, gpu.map_blocks.apply(p, "gqa_decode > for g#4 > for bc", "x"), contracts)
+    assert reason.startswith("parallel") and "out[" in reason
+    assert "sums must be a list" in refusal(gpu.map_blocks.apply, p, "gqa_decode > for g#4 > for bc", "x", "out")
+    assert "never adds into 'q'" in refusal(gpu.map_blocks.apply, p, "gqa_decode > for g#4 > for bc", "x", ["q"])
+    assert "not an array" in refusal(gpu.map_blocks.apply, p, "gqa_decode > for g#4 > for bc", "x", ["G"])
+
+
+def test_a_later_step_breaking_a_split_reduction_is_refuted(ck):
+    """Once blocks add into out, a later step that makes each block load
+    and store out (variable.local_accumulator where gpu.partial_sum was
+    meant) is a race between blocks, which level 2 reports."""
+    from transformations import variable
+
+    p = steps(gqa_chunks(ck, partial=False), (gpu.map_blocks, "gqa_decode > for g#4", "y"),
+              (gpu.map_blocks, "gqa_decode > for g#4 > for bc", "x", ["out"]))
+    rw = variable.local_accumulator.apply(p, PARTIAL[1], PARTIAL[2])
+    contracts = parse_spec_text(GQA_SPEC.read_text())
+    result = check_step(p, rw.program, rw.obligations, contracts)
+    assert not result.ok and any("for bc" in x and "out[" in x for x in result.problems), result.problems
+    assert check_step(p, gpu.partial_sum.apply(p, *PARTIAL[1:]).program, (), contracts).ok
+
+
+def test_cuda_of_split_reduction_and_scratch(ck):
+    p = steps(gqa_chunks(ck), (gpu.map_blocks, "gqa_decode > for g#1", "x"),
+              (gpu.cyclic, "gqa_decode > for g#1 > for d", 128),
+              (gpu.map_blocks, "gqa_decode > for g#2", "y"), (gpu.cyclic, "gqa_decode > for g#2 > for t", 128),
+              (gpu.map_blocks, "gqa_decode > for g#3", "y"), (gpu.map_blocks, "gqa_decode > for g#3 > for r", "x"),
+              (gpu.reduce, "gqa_decode > for g#3 > for r > for t#1", "max_val", 256),
+              (gpu.reduce, "gqa_decode > for g#3 > for r > for t#2", "sum", 256),
+              (gpu.cyclic, "gqa_decode > for g#3 > for r > for t#3", 256),
+              (gpu.cyclic, "gqa_decode > for g#3 > for r > for d", 256),
+              (gpu.map_blocks, "gqa_decode > for g#4", "y"),
+              (gpu.map_blocks, "gqa_decode > for g#4 > for bc", "x", ["out"]),
+              (gpu.cyclic, "gqa_decode > for g#4 > for bc > for d", 128))
+    cu = to_cuda(p)
+    assert "atomicAdd(&out[(g * G + r) * D + d], acc);" in cu
+    assert "float *scores_b = (float *)otp_scratch(0, H / G * (G * (pos + 1)) * sizeof(float));" in cu
+    assert "static void *otp_scratch(int slot, size_t bytes)" in cu and "free(" not in cu.split("extern")[-1]
+    assert ", int G, float *scores_b) {" in cu  # the scratch buffer and G are kernel parameters
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+
+
+def test_single_runs_a_store_on_one_thread(ck):
+    p0 = quantized(ck)
+    p = steps(p0, (gpu.map_blocks, "matvec_q8 > for i", "x"), (gpu.cyclic, "matvec_q8 > for i > for bj", 128))
+    assert "'quantize_q8(1, N, x, xq, xs);' runs on the host" in str(pytest.raises(CudaError, to_cuda, p).value)
+    p = steps(p, (loop.tile, "quantize_q8 > for g", 128, "bg", "min"), (gpu.map_blocks, "quantize_q8 > for r", "y"),
+              (gpu.map_blocks, "quantize_q8 > for bg", "x"), (gpu.map_threads, "quantize_q8 > for bg > for g", "x"))
+    assert "'y[i] = 0.0f;' would run on every thread" in str(pytest.raises(CudaError, to_cuda, p).value)
+    p = steps(p, (gpu.single, "matvec_q8 > for i > 'y[i] = 0.0f;'"))
+    text = ck.function_text(p, "matvec_q8")
+    assert "#pragma otp gpu thread x\n    for (int t_1 = 0; t_1 < 1; t_1++) {\n      y[i] = 0.0f;" in text
+    cu = to_cuda(p)
+    assert "if ((int)threadIdx.x < 1) {\n    y[i] = 0.0f;\n  }\n  __syncthreads();" in cu
+    assert "matvec_q8(N, D, Wq, Ws, x, y);" in cu  # matvec calls the wrapper, its buffers are scratch
+    assert "quantize_q8(D, N, W, Wq, Ws);" in cu and "(int8_t *)otp_scratch(" in cu
+    n, d = 64, 3
+    ck.same_outputs(p0, p, "matvec", [n, d, ck.floats(n * d), ck.floats(n), ck.floats(d)])
+    assert "must be a statement of a block loop" in refusal(gpu.single.apply, p0, "matvec_q8 > for i > 'y[i] = 0.0f;'")
+    with pytest.raises(TargetError, match="must name a statement"):
+        gpu.single.apply(p, "matvec_q8 > def xq")
+
+
+def test_pad_lengthens_the_rows_of_a_shared_tile(ck):
+    src = ck.parse(textwrap.dedent("""
+        void rowsum(int R, const float *x, float *y) {
+          for (int b = 0; b < R; b += 32) {
+            float tile[32][64];
+            for (int i = 0; i < 32; i++) {
+              for (int j = 0; j < 64; j++) {
+                tile[i][j] = x[(b + i) * 64 + j];
+              }
+            }
+            for (int i = 0; i < 32; i++) {
+              y[b + i] = 0.0f;
+              for (int j = 0; j < 64; j++) {
+                y[b + i] += tile[i][j];
+              }
+            }
+          }
+        }"""), "rowsum.c")
+    p = gpu.pad.apply(src, "rowsum > def tile", 1).program
+    assert "float tile[32][65];" in ck.function_text(p, "rowsum")
+    ck.same_outputs(src, p, "rowsum", [64, ck.floats(64 * 64), ck.floats(64)])
+    contracts = parse_spec_text("rowsum(R, x, y):\n  requires R >= 32, R % 32 == 0\n  reads x ~> Matrix2(R, 64)\n"
+                                "  writes y ~> Matrix1(R)\n")
+    assert check_step(src, p, (), contracts).ok
+    assert "positive integer" in refusal(gpu.pad.apply, src, "rowsum > def tile", 0)
+    flat = ck.parse("void f(float *y) {\n  float t[64];\n  t[0] = 1.0f;\n  y[0] = t[0];\n}\n")
+    assert "two or more constant dimensions" in refusal(gpu.pad.apply, flat, "f > def t")
+    passed = ck.parse("void g(float (*r)[4]);\nvoid f(void) {\n  float t[4][4];\n  g(t);\n}\n")
+    assert "used otherwise than indexed" in refusal(gpu.pad.apply, passed, "f > def t")

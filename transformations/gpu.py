@@ -21,7 +21,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import AXES, MAX_THREADS, mapping, mark, thread_extent
+from optitrust_py.cuda_map import AXES, MAX_THREADS, constant_extent, mapping, mark, thread_extent
 from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
@@ -301,6 +301,64 @@ def thread_tile(target: str, threads: int, repeat: Optional[str] = None) -> None
     loops.shift(inner, f"-{repeat}")
     arith.simplify(f"{m.function} > for {repeat}")
     loops.swap(f"{m.function} > for {repeat}")
+
+
+@primitive
+def interleave(program: ir.Program, target: str, threads: int, repeat: Optional[str] = None) -> Rewrite:
+    """Cut a loop of constant extent E (a multiple of `threads`) into
+    `threads` iterations, each running E / threads iterations with a unit-step
+    repeat index: iteration t takes t, t + threads, t + 2 * threads, ...,
+    as gpu.thread_tile does, but the cell is written `t + threads * r`.
+
+    Before (`gpu.interleave("matmul > for bk > for i", 16)`):
+
+        for (int i = bi; i < bi + 64; i++) {
+          body(i);
+        }
+
+    After (obligation parallel, on the loop before the step: its iterations
+    now run in another order):
+
+        for (int i = 0; i < 16; i++) {
+          for (int ri = 0; ri < 4; ri++) {
+            body(bi + i + 16 * ri);
+          }
+        }
+
+    Why: with the repeat index counted in steps, arith.simplify can split an
+    index of a tile relaid out by thread (matrix.tile_dim, reorder_dims):
+    `(i + 16 * ri) % 16` is `i` and `/ 16` is `ri`, so the cells a thread
+    reads are neighbours and nvcc loads four at once (16-byte shared loads).
+    The repeat index is `repeat`, by default `r<index>` made fresh. Refused:
+    a loop that is not unit-step with a constant extent that `threads`
+    divides, pragmas, an early exit, bounds the body changes.
+    """
+    who = "gpu.interleave"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    extent = constant_extent(loop)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise TransformError(f"{who}: threads must be a positive integer, got {threads!r}", loop.loc)
+    if extent is None or extent % threads:
+        raise TransformError(f"{who}: {where} must run a constant number of iterations with step 1, a multiple of "
+                             f"{threads}", loop.loc)
+    if loop.pragmas:
+        raise TransformError(f"{who}: {where} already has '#pragma {loop.pragmas[0]}'", loop.loc)
+    _refuse_early_exit(who, where, loop.body.stmts, loop)
+    _check_bounds_stable(who, res, m.path, loop, loop.body)
+    r = _fresh_local(who, "repeat index", repeat, "r" + loop.index, program, m.path, m.function, loop.loc)
+    cell: ir.Expr = ir.Binop("+", ir.Var(loop.index), ir.Binop("*", ir.Const(str(threads)), ir.Var(r)))
+    if loop.start != ZERO:
+        cell = ir.Binop("+", loop.start, cell)
+    inner = ir.For(r, ZERO, ir.Const(str(extent // threads)), subst(loop.body, {loop.index: cell}), ONE,
+                   loop.itype, False, (), (), loop.loc)
+    outer = dataclasses.replace(loop, start=ZERO, stop=ir.Const(str(threads)), body=ir.Block((inner,)),
+                                inclusive=False)
+    ob = Obligation("parallel", f"distinct iterations of {where} touch disjoint cells (they run interleaved)",
+                    m.function, (m.path,), before=True)
+    return Rewrite(replace(program, m.path, outer), (ob,))
 
 
 def _target_at(program: ir.Program, function: str, path: Path, depth: int) -> str:
@@ -613,3 +671,68 @@ def single(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
     t = _fresh_local(who, "thread index", None, "t", program, m.path, m.function, s.loc)
     loop = ir.For(t, ZERO, ONE, ir.Block((s,)), ONE, ir.INT, False, (mark("thread", axis),), (), s.loc)
     return Rewrite(replace(program, m.path, loop), (_thread_ob(program, m.function, m.path, f"for {t}"),))
+
+
+def _dims(t: ir.CType) -> list[ir.Expr]:
+    out = []
+    while isinstance(t, ir.Array):
+        out.append(t.size)
+        t = t.of
+    return out
+
+
+def _padded(t: ir.CType, amount: int) -> ir.CType:
+    """`t` with its innermost array dimension `amount` cells longer."""
+    assert isinstance(t, ir.Array)
+    if isinstance(t.of, ir.Array):
+        return dataclasses.replace(t, of=_padded(t.of, amount))
+    return dataclasses.replace(t, size=ir.Const(str(int(t.size.text) + amount)))  # type: ignore[union-attr]
+
+
+@primitive
+def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
+    """Lengthen the rows of a block's 2-D (or more) array by `amount` unused
+    cells, so that the threads of a warp reading down a column hit distinct
+    shared-memory banks.
+
+    Before (`gpu.pad("gqa_decode > def ks")`, thread t reading ks[t][d]:
+    with rows of 128 floats every thread hits the same bank):
+
+        float ks[64][128];
+
+    After (no obligation: each access ks[i][j] stays within its row, since
+    level 2 checked it against the old row length, and distinct (i, j)
+    stay distinct cells):
+
+        float ks[64][129];
+
+    Refused: not a local C array of two or more constant dimensions, an
+    amount that is not a positive integer, or an array used otherwise than
+    indexed in every dimension (passed to a call, taken the address of: its
+    layout could then matter).
+    """
+    who = "gpu.pad"
+    res = Resolver(program)
+    m = res.one(target, "array declaration", (ir.DeclStmt,))
+    decl: ir.Decl = m.node.decl
+    dims = _dims(decl.type)
+    if len(dims) < 2 or not all(isinstance(d, ir.Const) and d.text.isdigit() for d in dims) or decl.init is not None:
+        raise TransformError(f"{who}: '{decl.name}' is not a local array of two or more constant dimensions "
+                             f"without initializer", decl.loc)
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+        raise TransformError(f"{who}: the padding must be a positive integer, got {amount!r}", decl.loc)
+    block, k = m.path[:-1], m.path[-1][1]
+    assert k is not None
+    full = 0
+    for p, n in walk(get(program, block), block):
+        if isinstance(n, ir.Index):
+            depth, base = 1, n.base
+            while isinstance(base, ir.Index):
+                depth, base = depth + 1, base.base
+            full += base == ir.Var(decl.name) and depth == len(dims)
+    uses = sum(1 for _, n in walk(get(program, block)) if n == ir.Var(decl.name))
+    if uses != full:
+        raise TransformError(f"{who}: '{decl.name}' is used otherwise than indexed in all its {len(dims)} "
+                             f"dimensions, so its layout may matter", decl.loc)
+    new = dataclasses.replace(m.node, decl=dataclasses.replace(decl, type=_padded(decl.type, amount)))
+    return Rewrite(replace(program, m.path, new))
