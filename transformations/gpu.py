@@ -21,7 +21,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import AXES, MAX_THREADS, constant_extent, mapping, mark, thread_extent
+from optitrust_py.cuda_map import AXES, MAX_THREADS, mapping, mark, thread_extent
 from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
@@ -301,64 +301,6 @@ def thread_tile(target: str, threads: int, repeat: Optional[str] = None) -> None
     loops.shift(inner, f"-{repeat}")
     arith.simplify(f"{m.function} > for {repeat}")
     loops.swap(f"{m.function} > for {repeat}")
-
-
-@primitive
-def interleave(program: ir.Program, target: str, threads: int, repeat: Optional[str] = None) -> Rewrite:
-    """Cut a loop of constant extent E (a multiple of `threads`) into
-    `threads` iterations, each running E / threads iterations with a unit-step
-    repeat index: iteration t takes t, t + threads, t + 2 * threads, ...,
-    as gpu.thread_tile does, but the cell is written `t + threads * r`.
-
-    Before (`gpu.interleave("matmul > for bk > for i", 16)`):
-
-        for (int i = bi; i < bi + 64; i++) {
-          body(i);
-        }
-
-    After (obligation parallel, on the loop before the step: its iterations
-    now run in another order):
-
-        for (int i = 0; i < 16; i++) {
-          for (int ri = 0; ri < 4; ri++) {
-            body(bi + i + 16 * ri);
-          }
-        }
-
-    Why: with the repeat index counted in steps, arith.simplify can split an
-    index of a tile relaid out by thread (matrix.tile_dim, reorder_dims):
-    `(i + 16 * ri) % 16` is `i` and `/ 16` is `ri`, so the cells a thread
-    reads are neighbours and nvcc loads four at once (16-byte shared loads).
-    The repeat index is `repeat`, by default `r<index>` made fresh. Refused:
-    a loop that is not unit-step with a constant extent that `threads`
-    divides, pragmas, an early exit, bounds the body changes.
-    """
-    who = "gpu.interleave"
-    res = Resolver(program)
-    m = res.one(target, "canonical for loop", (ir.For,))
-    loop: ir.For = m.node
-    where = _where(res, m.path, loop)
-    extent = constant_extent(loop)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise TransformError(f"{who}: threads must be a positive integer, got {threads!r}", loop.loc)
-    if extent is None or extent % threads:
-        raise TransformError(f"{who}: {where} must run a constant number of iterations with step 1, a multiple of "
-                             f"{threads}", loop.loc)
-    if loop.pragmas:
-        raise TransformError(f"{who}: {where} already has '#pragma {loop.pragmas[0]}'", loop.loc)
-    _refuse_early_exit(who, where, loop.body.stmts, loop)
-    _check_bounds_stable(who, res, m.path, loop, loop.body)
-    r = _fresh_local(who, "repeat index", repeat, "r" + loop.index, program, m.path, m.function, loop.loc)
-    cell: ir.Expr = ir.Binop("+", ir.Var(loop.index), ir.Binop("*", ir.Const(str(threads)), ir.Var(r)))
-    if loop.start != ZERO:
-        cell = ir.Binop("+", loop.start, cell)
-    inner = ir.For(r, ZERO, ir.Const(str(extent // threads)), subst(loop.body, {loop.index: cell}), ONE,
-                   loop.itype, False, (), (), loop.loc)
-    outer = dataclasses.replace(loop, start=ZERO, stop=ir.Const(str(threads)), body=ir.Block((inner,)),
-                                inclusive=False)
-    ob = Obligation("parallel", f"distinct iterations of {where} touch disjoint cells (they run interleaved)",
-                    m.function, (m.path,), before=True)
-    return Rewrite(replace(program, m.path, outer), (ob,))
 
 
 def _target_at(program: ir.Program, function: str, path: Path, depth: int) -> str:
