@@ -31,7 +31,7 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 from . import ir
-from .cuda_map import MAX_THREADS, mapped_loops, mapping, sums, thread_extent
+from .cuda_map import MAX_THREADS, mapped_loops, mapping, sums, thread_extent, vector_cells
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .errors import OtpError
 from .names import PURE_FUNCTIONS, free_vars, lvalue_bases
@@ -264,6 +264,9 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     added = {a for lp in blocks for a in sums(lp)}
     if added:
         stmts = tuple(_atomic(fn.name, s, added) for s in stmts)
+    wide = {n.body.stmts[0].expr.lhs for s in stmts for _, n in walk(s) if vector_cells(n)}
+    if wide:
+        stmts = tuple(_aligned(_vectors(s), {lvalue_bases(e).pop() for e in wide}) for s in stmts)
     used = free_vars(top)
     extra = tuple(dataclasses.replace(d, init=None) for d in scalars if d.name in used)
     params = fn.params + extra
@@ -292,6 +295,29 @@ def _atomic(fn: str, node: Any, added: set[str]) -> Any:
             return dataclasses.replace(node, expr=ir.Call(ir.Var("atomicAdd"), (ir.Unop("&", target), value)))
         return node
     return map_children(node, lambda c: _atomic(fn, c, added))
+
+
+def _int4(e: ir.Expr, const: bool) -> ir.Expr:
+    """`*(int4 *)&e`: the 16 bytes at `e`."""
+    return ir.Unop("*", ir.Cast(ir.Ptr(ir.Base(("int4",), ("const",) if const else ())), ir.Unop("&", e)))
+
+
+def _vectors(node: Any) -> Any:
+    """The copy loops gpu.vector_copy marked, by steps of one `int4`."""
+    cells = vector_cells(node)
+    if cells:
+        copy = node.body.stmts[0].expr
+        body = ir.ExprStmt(ir.Assign("=", _int4(copy.lhs, False), _int4(copy.rhs, True)))
+        return dataclasses.replace(node, step=ir.Const(str(cells)), body=ir.Block((body,)), pragmas=())
+    return map_children(node, _vectors)
+
+
+def _aligned(node: Any, names: set[str]) -> Any:
+    """The declarations of `names` 16-byte aligned (they receive `int4` stores)."""
+    if isinstance(node, ir.DeclStmt) and node.decl.name in names and SHARED_ALIGN not in node.decl.storage:
+        return dataclasses.replace(node, decl=dataclasses.replace(node.decl, storage=(SHARED_ALIGN,)
+                                                                   + node.decl.storage))
+    return map_children(node, lambda c: _aligned(c, names))
 
 
 def _all(conds: Sequence[ir.Expr]) -> ir.Expr:

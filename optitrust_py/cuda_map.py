@@ -40,6 +40,22 @@ def mark(level: str, axis: str, sums: Sequence[str] = ()) -> str:
     return f"otp gpu {level} {axis}" + (f" reduction(+:{','.join(sums)})" if sums else "")
 
 
+def vector_mark(cells: int) -> str:
+    """The pragma text of a copy loop the printer runs `cells` cells (16
+    bytes) at a time, as `int4` loads and stores (gpu.vector_copy)."""
+    return f"otp gpu int4 {cells}"
+
+
+def vector_cells(loop: Any) -> Optional[int]:
+    """The cells per `int4` of a loop gpu.vector_copy marked, else None."""
+    if isinstance(loop, ir.For):
+        for p in loop.pragmas:
+            words = p.split()
+            if words[:3] == ["otp", "gpu", "int4"] and len(words) == 4 and words[3].isdigit():
+                return int(words[3])
+    return None
+
+
 def _mark_words(loop: Any) -> Optional[list[str]]:
     if not isinstance(loop, ir.For):
         return None

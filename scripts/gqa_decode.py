@@ -27,6 +27,20 @@ CHUNK = 64
 """Cached positions per block in the CUDA weighted sum of V."""
 
 
+def weighted_sum(g: str, chunk: str, mode: str) -> None:
+    """CUDA, the weighted sum of V in the kv-head loop `g`: a block per (kv
+    head, chunk of CHUNK positions), a thread per d summing the chunk for
+    each query head of the group, then one atomic addition into out."""
+    loop.tile(f"{g} > for t", CHUNK, chunk, mode)
+    loop.swap(f"{g} > for {chunk} > for t")
+    loop.swap(f"{g} > for {chunk} > for r > for t")
+    loop.swap(f"{g} > for {chunk} > for r")
+    gpu.partial_sum(f"{g} > for {chunk} > for d > for r > for t", "out[(g * G + r) * D + d]")
+    gpu.map_blocks(g, "y")
+    gpu.map_blocks(f"{g} > for {chunk}", "x", sums=["out"])
+    gpu.cyclic(f"{g} > for {chunk} > for d", 128)
+
+
 def thread_per_position(g: str, tile: str) -> None:
     """CUDA: a block per (kv head, tile of positions), a thread per position."""
     gpu.map_blocks(g, "y")
@@ -60,15 +74,12 @@ if target() == "cuda":
     gpu.cyclic("gqa_decode > for g#3 > for r > for t#3", 256)
     gpu.cyclic("gqa_decode > for g#3 > for r > for d", 256)
     # weighted sum of V: a block per (kv head, chunk of positions), a
-    # thread per d, the chunk's sum added into out atomically
-    loop.tile("gqa_decode > for g#4 > for t", CHUNK, "bc", "min")
-    loop.swap("gqa_decode > for g#4 > for bc > for t")
-    loop.swap("gqa_decode > for g#4 > for bc > for r > for t")
-    loop.swap("gqa_decode > for g#4 > for bc > for r")
-    gpu.partial_sum("gqa_decode > for g#4 > for bc > for d > for r > for t", "out[(g * G + r) * D + d]")
-    gpu.map_blocks("gqa_decode > for g#4", "y")
-    gpu.map_blocks("gqa_decode > for g#4 > for bc", "x", sums=["out"])
-    gpu.cyclic("gqa_decode > for g#4 > for bc > for d", 128)
+    # thread per d, the chunk's sum added into out atomically; whole chunks
+    # (a constant count, which nvcc unrolls), then the last (pos + 1) % CHUNK
+    loop.split("gqa_decode > for g#4 > for t", f"pos + 1 - (pos + 1) % {CHUNK}")
+    loop.fission("gqa_decode > for g#4 > after for t#1")
+    weighted_sum("gqa_decode > for g#4", "bc", "divides")
+    weighted_sum("gqa_decode > for g#5", "bd", "min")
     # scores: whole tiles of 64 positions, then the last (pos + 1) % 64;
     # for D == 128 (a copy), a block per (kv head, 64 positions) stages the
     # K tile in shared memory (thread d copies column d of each row:

@@ -24,7 +24,7 @@ Quantization noise on random inputs is about 0.5% of the outputs' largest
 magnitude: the outputs must agree with the fp32 original within 2%.
 """
 from optitrust_py.script import bench, load, target
-from transformations import gpu, llm, loop, parallel, quantize, variable, vector
+from transformations import gpu, llm, loop, matrix, parallel, quantize, variable, vector
 
 load("../c_sources/matvec.c", spec="../specs/matvec_q8.spec", sizes={"N": 256, "D": 24})
 
@@ -54,10 +54,16 @@ if target() == "cuda":
     gpu.map_blocks("quantize_q8 > for r", "y")
     gpu.map_blocks("quantize_q8 > for r > for bg", "x")
     gpu.map_threads("quantize_q8 > for r > for bg > for g", "x")
+    matrix.local_buffer("quantize_q8 > for g > for k#1", "src", "sg", ["R", "C"], ["r:1", "g * 32:32"])
+    gpu.vector_copy("quantize_q8 > for g > for i0")
     variable.local_accumulator("matvec_q8 > for bj", "y[i]")
     llm.unblock("matvec_q8 > def acc_1")
     gpu.map_blocks("matvec_q8 > for i", "x")
     gpu.reduce("matvec_q8 > for i > for bj", "acc_1", 128)
+    matrix.local_buffer("matvec_q8 > for bj > for j", "Wq", "wq", ["D", "N"], ["i:1", "bj:32"])
+    matrix.local_buffer("matvec_q8 > for bj > for j", "xq", "xg", ["N"], ["bj:32"])
+    gpu.vector_copy("matvec_q8 > for bj > for i0#1")
+    gpu.vector_copy("matvec_q8 > for bj > for i0_1")
     gpu.single("matvec_q8 > for i > 'y[i] = 0.0f;'")
     gpu.single("matvec_q8 > for i > 'y[i] = acc_1;'")
 else:

@@ -232,11 +232,16 @@ def test_cuda_endings_pass_level2_exec_and_nvcc(script):
     assert "0 obligations not proved" in r.stdout and "0 resource problems" in r.stdout
 
 
+def final_cu(script: str, out: Path) -> str:
+    """The final.cu that `otp run SCRIPT --target cuda` writes."""
+    r = otp("run", script, "--target", "cuda", "--quiet", "--no-color", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return (out / Path(script).stem / "final.cu").read_text()
+
+
 @needs_nvcc
 def test_run_writes_final_cu(tmp_path):
-    r = otp("run", "scripts/softmax.py", "--target", "cuda", "--quiet", "--no-color", "--out", str(tmp_path))
-    assert r.returncode == 0, r.stdout + r.stderr
-    cu = (tmp_path / "softmax" / "final.cu").read_text()
+    cu = final_cu("scripts/softmax.py", tmp_path)
     assert "__global__ void softmax_kernel1" in cu and "__shared__ __align__(16) float sum_part[256];" in cu
     assert "#pragma otp" in (tmp_path / "softmax" / "final.c").read_text()
 
@@ -577,3 +582,59 @@ def test_pad_lengthens_the_rows_of_a_shared_tile(ck):
     assert "two or more constant dimensions" in refusal(gpu.pad.apply, flat, "f > def t")
     passed = ck.parse("void g(float (*r)[4]);\nvoid f(void) {\n  float t[4][4];\n  g(t);\n}\n")
     assert "used otherwise than indexed" in refusal(gpu.pad.apply, passed, "f > def t")
+
+
+def test_vector_copy_moves_16_bytes_at_a_time(ck):
+    """matvec_q8's group of 32 int8 weights, staged per thread: two int4 loads."""
+    from optitrust_py.spec import load_contracts
+    from transformations import matrix
+
+    p0 = quantized(ck)
+    p = matrix.local_buffer.apply(p0, "matvec_q8 > for bj > for j", "Wq", "wq", ["D", "N"], ["i:1", "bj:32"]).program
+    rw = gpu.vector_copy.apply(p, "matvec_q8 > for bj > for i0")
+    assert [o.kind for o in rw.obligations] == ["equals", "equals"]
+    result = check_step(p, rw.program, rw.obligations, load_contracts(p, ROOT / "specs" / "matvec_q8.spec"))
+    assert result.ok and [v.status for v in result.verdicts] == ["proved", "proved"], result.problems
+    assert "#pragma otp gpu int4 16\n" in ck.function_text(rw.program, "matvec_q8")
+    n, d = 64, 3
+    ck.same_outputs(p0, rw.program, "matvec", [n, d, ck.floats(n * d), ck.floats(n), ck.floats(d)])
+    assert "is not a copy" in refusal(gpu.vector_copy.apply, p, "matvec_q8 > for bj > for j")
+
+
+@needs_nvcc
+def test_quantize_cuda_loads_groups_16_bytes_at_a_time(tmp_path):
+    cu = final_cu("scripts/quantize.py", tmp_path)
+    assert "__align__(16) int8_t wq[32];" in cu and "for (int i0 = 0; i0 < 32; i0 += 16) {" in cu
+    assert "*(int4 *)&wq[i0] = *(const int4 *)&Wq[i * N + (bj + i0)];" in cu
+    assert "*(int4 *)&sg[i0] = *(const int4 *)&src[r * C + (32 * g + i0)];" in cu
+    assert 'extern "C" void matvec(' in cu and "matvec_q8(N, D, Wq, Ws, x, y);" in cu
+
+
+VECTOR_SPEC = """
+    shift(n, o, x, y):
+      requires n >= 64, n % 16 == 0, o >= 0, o + 16 <= n
+      reads    x ~> Matrix1(n)
+      writes   y ~> Matrix1(16)
+"""
+
+
+def test_vector_copy_from_an_unaligned_place_is_refuted(ck):
+    src = ck.parse(textwrap.dedent("""
+        void shift(int n, int o, const float *x, float *y) {
+          for (int k = 0; k < 16; k++) {
+            y[k] = x[o + k];
+          }
+        }"""), "shift.c")
+    contracts = parse_spec_text(textwrap.dedent(VECTOR_SPEC))
+    reason = refuted(src, gpu.vector_copy.apply(src, "shift > for k"), contracts)
+    assert reason.startswith("equals") and "o" in reason
+    two = ck.parse("void f(float *y, const double *x) {\n  for (int k = 0; k < 4; k++) {\n    y[k] = x[k];\n  }\n}\n")
+    assert "one scalar type" in refusal(gpu.vector_copy.apply, two, "f > for k")
+    odd = ck.parse("void f(float *y, const float *x) {\n  for (int k = 0; k < 6; k++) {\n    y[k] = x[k];\n  }\n}\n")
+    assert "must divide the bytes copied" in refusal(gpu.vector_copy.apply, odd, "f > for k")
+    strided = ck.parse("void f(float *y, const float *x) {\n  for (int k = 0; k < 8; k++) {\n    y[k] = x[2 * k];\n"
+                       "  }\n}\n")
+    assert "consecutive cells" in refusal(gpu.vector_copy.apply, strided, "f > for k")
+    padded = ck.parse("void f(const float *x) {\n  float t[2][6];\n  for (int k = 0; k < 4; k++) {\n"
+                      "    t[1][k] = x[k];\n  }\n  x = &t[0][0];\n}\n")
+    assert "rows of 't[1][k]'" in refusal(gpu.vector_copy.apply, padded, "f > for k")

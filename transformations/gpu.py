@@ -20,16 +20,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+import z3
+
 from optitrust_py import ir
-from optitrust_py.cuda_map import AXES, MAX_THREADS, mapping, mark, thread_extent
+from optitrust_py.cuda_map import AXES, MAX_THREADS, constant_extent, mapping, mark, thread_extent, vector_mark
 from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.names import subst, writes_of
-from optitrust_py.printer import stmt_text
+from optitrust_py.names import free_vars, subst, writes_of
+from optitrust_py.printer import expr as expr_text, stmt_text, type_name
+from optitrust_py.smt import int_term
 from optitrust_py.tree import Path, get, replace, splice, walk
-from optitrust_py.typeof import env_at, resolve, typedefs_of, unqualified
+from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
 from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
 
@@ -678,3 +681,92 @@ def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
                              f"dimensions, so its layout may matter", decl.loc)
     new = dataclasses.replace(m.node, decl=dataclasses.replace(decl, type=_padded(decl.type, amount)))
     return Rewrite(replace(program, m.path, new))
+
+
+VECTOR_BYTES = 16
+"""The width of the loads and stores gpu.vector_copy asks for (`int4`)."""
+_BYTES = {"char": 1, "signed char": 1, "unsigned char": 1, "int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2,
+          "_Float16": 2, "int": 4, "int32_t": 4, "uint32_t": 4, "float": 4, "double": 8, "int64_t": 8}
+
+
+def _unit_stride(who: str, e: ir.Expr, k: str, where: str, loc: Optional[ir.Loc]) -> tuple[ir.Expr, ...]:
+    """The indices of the access `e`, whose last one must step by 1 with `k`
+    and the others not depend on it."""
+    index: list[ir.Expr] = []
+    while isinstance(e, ir.Index):
+        index.insert(0, e.index)
+        e = e.base
+    last = int_term(index[-1]) if index else None
+    step = last is not None and z3.simplify(z3.substitute(last, (z3.Int(k), z3.Int(k) + 1)) - last)
+    if not index or not isinstance(e, ir.Var) or last is None or not z3.is_int_value(step) \
+            or step.as_long() != 1 or any(k in free_vars(i) for i in index[:-1]):  # type: ignore[union-attr]
+        raise TransformError(f"{who}: the copy in {where} must read and write arrays at consecutive cells of "
+                             f"{k} (a[... + {k}])", loc)
+    return tuple(index)
+
+
+@primitive
+def vector_copy(program: ir.Program, target: str) -> Rewrite:
+    """Copy a run of consecutive cells with 16-byte loads and stores (`int4`
+    in CUDA) instead of one element at a time.
+
+    Before (`gpu.vector_copy("matvec_q8 > for bj > for i0#1")`, the copy
+    matrix.local_buffer made of a group of 32 int8 weights):
+
+        int8_t wq[32];
+        for (int i0 = 0; i0 < 32; i0++) {
+          wq[i0] = Wq[i * N + (bj + i0)];
+        }
+
+    After (obligations equals: each side's first cell is a multiple of 16
+    bytes from its array's start, `(i * N + bj) % 16 == 0` and `0 % 16 == 0`):
+
+        int8_t wq[32];
+        #pragma otp gpu int4 16
+        for (int i0 = 0; i0 < 32; i0++) {
+          wq[i0] = Wq[i * N + (bj + i0)];
+        }
+
+    The loop stays a C loop (gcc, --exec and the levels read it as before);
+    the CUDA printer runs it by steps of 16 bytes, `*(int4 *)&wq[i0] =
+    *(const int4 *)&Wq[i * N + (bj + i0)];`, and declares a local
+    destination `__align__(16)`. Arrays passed to the kernels are assumed
+    16-byte aligned (cudaMalloc and torch align to 256). Refused: a loop
+    that is not `for (k = a; k < a + n; k++) dst[... + k] = src[... + k];`
+    over a constant count of elements of one type whose bytes are a multiple
+    of 16, a row of a C array whose bytes are not a multiple of 16, pragmas.
+    """
+    who = "gpu.vector_copy"
+    res = Resolver(program)
+    m = res.one(target, "copy loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if loop.pragmas:
+        raise TransformError(f"{who}: {where} already has '#pragma {loop.pragmas[0]}'", loop.loc)
+    body = loop.body.stmts
+    copy = body[0].expr if len(body) == 1 and isinstance(body[0], ir.ExprStmt) else None
+    n = constant_extent(loop)
+    if not (isinstance(copy, ir.Assign) and copy.op == "=" and isinstance(copy.lhs, ir.Index)
+            and isinstance(copy.rhs, ir.Index)) or n is None:
+        raise TransformError(f"{who}: {where} is not a copy `dst[...] = src[...];` over a constant number of "
+                             f"cells", loop.loc)
+    env, tds = env_at(program, m.path + (("body", None), ("stmts", 0))), typedefs_of(program)
+    types = {type_name(unqualified(type_of(e, env, tds))) for e in (copy.lhs, copy.rhs)}
+    size = _BYTES.get(next(iter(types))) if len(types) == 1 else None
+    if size is None or n * size % VECTOR_BYTES:
+        raise TransformError(f"{who}: {where} copies {n} cells of {' and '.join(sorted(types))}: the two sides "
+                             f"must have one scalar type and {VECTOR_BYTES} must divide the bytes copied", loop.loc)
+    per = VECTOR_BYTES // size
+    obs = []
+    for side in (copy.lhs, copy.rhs):
+        index = _unit_stride(who, side, loop.index, where, loop.loc)
+        row = resolve(type_of(side.base, env, tds), tds) if len(index) > 1 else None
+        if row is not None and not (isinstance(row, ir.Array) and isinstance(row.size, ir.Const)
+                                    and int(row.size.text) % per == 0):
+            raise TransformError(f"{who}: the rows of '{expr_text(side)}' in {where} are not a multiple of "
+                                 f"{VECTOR_BYTES} bytes long", loop.loc)
+        first = subst(index[-1], {loop.index: loop.start})
+        obs.append(Obligation("equals", f"the copy in {where} starts a multiple of {VECTOR_BYTES} bytes into "
+                              f"'{expr_text(side)}'", m.function, (m.path,),
+                              (ir.Binop("%", first, ir.Const(str(per))), ZERO)))
+    return Rewrite(replace(program, m.path, dataclasses.replace(loop, pragmas=(vector_mark(per),))), tuple(obs))
