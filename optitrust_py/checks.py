@@ -74,22 +74,23 @@ def _level2(step: Step, session: Session) -> Optional[Level2Result]:
 def run_level3(session: Session) -> None:
     """Checks the original program against the models its contracts state
     (`ensures`, kept as `session.models`), then compares every primitive
-    step's functions with the step before, at the script's level-3 sizes;
+    step's functions with the step before, at the sizes that exercise the
+    code it compares (the script's, or chosen from that code: `choose_sizes`);
     a composite gathers its sub-steps'."""
     from .level3 import Runs, check_step, choose_sizes
     from .models import check_models
 
     t0 = time.perf_counter()
 
-    programs = [s.after for s in _all_steps(session.steps) if s.error is None]
-    sizes = choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
+    def sizes(*programs: Any) -> list[dict[str, int]]:
+        return choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
     runs = Runs()
-    session.models = check_models(session.original, session.contracts, sizes, runs) \
+    session.models = check_models(session.original, session.contracts, sizes(session.original), runs) \
         if session.original is not None else []  # type: ignore[attr-defined]
 
     primitive = [s for s in _all_steps(session.steps) if not s.substeps and s.error is None]
-    results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, sizes, s.fp,
-                                                      s.tolerance, runs))
+    results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, sizes(s.before, s.after),
+                                                      s.fp, s.tolerance, runs))
 
     def visit(step: Step) -> None:
         for s in step.substeps:

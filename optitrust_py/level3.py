@@ -23,8 +23,13 @@ unknown inputs at small concrete sizes, and every output cell is compared:
 A step that declares bit-exact results (`fp="exact"`) but is only `≈fp`
 fails: its `--exec` check would be bit-exact. Runs are cached by the
 function's code and sizes, so each version of a function runs once per
-script. Sizes come from the script (`load(..., check_sizes=[...])`) or
-are chosen small, within the contract's `requires`, near the `--exec` ones.
+size set. Sizes come from the script (`load(..., check_sizes=[...])`) or
+are chosen for each step from the code it compares (`choose_sizes`: every
+tile of that code run in full and a tail, both sides of each test of a size
+against a constant), within the contract's `requires`: a step that only
+names a scale runs at sizes of 5, one that tiles by 64 at 69. Each step is
+thus checked where its own code branches, not at sizes chosen for the
+whole script (which made every step pay for the largest tile of any).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import canon, ir, locality, printer, quantized
+from . import canon, dispatch, ir, locality, printer, quantized, unfold
 from .contract import Contract, evaluate
 from .errors import OtpError
 from .symexec import Outcome, Unsupported, run
@@ -96,6 +101,12 @@ class Runs:
     normalizer: canon.Normalizer = field(default_factory=canon.Normalizer)
     costs: dict[tuple[Any, ...], float] = field(default_factory=dict)
     """Seconds the latest whole run of a function took, by function, sizes and choices."""
+    unfolding: unfold.Unfolding = field(default_factory=unfold.Unfolding)
+    locals: dict[tuple[Any, ...], tuple[ir.Stmt, locality.Local]] = field(default_factory=dict)
+    """Local runs by statement (kept, so its id stays its own), callees, instance and choices."""
+    verdicts: dict[tuple[int, int], tuple[locality.Local, locality.Local, tuple[str, str, int]]] = \
+        field(default_factory=dict)
+    """Comparisons of two local runs, by the runs (kept)."""
 
     def run(self, program: ir.Program, function: str, contract: Contract, sizes: Mapping[str, int],
             choices: Mapping[str, bool]) -> Outcome:
@@ -106,6 +117,29 @@ class Runs:
             got = self.outcomes[key] = run(program, function, contract, sizes, choices)
             self.costs[(function, *key[1:])] = time.process_time() - t0
         return got
+
+    def local(self, program: ir.Program, stmt: ir.Stmt, at: locality.Instance,
+              choices: Mapping[str, bool]) -> locality.Local:
+        """`locality.run_at`, once per statement, instance and choices (a step's
+        code after is the next step's code before, and a function that
+        dispatches to a variant runs the variant's statements)."""
+        where = at.key()
+        if where is None:
+            return locality.run_at(program, stmt, at, choices)
+        callees = tuple(f for n in sorted(_callees_of(stmt)) for f in _closure(program, n))
+        key = (id(stmt), callees, where, tuple(sorted(choices.items())))
+        got = self.locals.get(key)
+        if got is None:
+            got = self.locals[key] = (stmt, locality.run_at(program, stmt, at, choices))
+        return got[1]
+
+    def verdict(self, old: locality.Local, new: locality.Local) -> tuple[str, str, int]:
+        """`_compare` of two local runs, and the cells compared, once per pair."""
+        got = self.verdicts.get((id(old), id(new)))
+        if got is None:
+            a, b = locality.outcomes(old, new)
+            got = self.verdicts[(id(old), id(new))] = (old, new, (*_compare(a, b, self.normalizer), len(a.cells)))
+        return got[2]
 
     def has(self, program: ir.Program, function: str, sizes: Mapping[str, int], choices: Mapping[str, bool]) -> bool:
         return self._key(program, function, sizes, choices) in self.outcomes
@@ -132,9 +166,13 @@ def _closure(program: ir.Program, function: str) -> tuple[ir.FuncDef, ...]:
 
 
 def _callees(f: ir.FuncDef) -> list[str]:
+    return list(_callees_of(f.body))
+
+
+def _callees_of(node: Any) -> set[str]:
     from .tree import walk
 
-    return [n.func.name for _, n in walk(f.body) if isinstance(n, ir.Call) and isinstance(n.func, ir.Var)]
+    return {n.func.name for _, n in walk(node) if isinstance(n, ir.Call) and isinstance(n.func, ir.Var)}
 
 
 def check_step(before: ir.Program, after: ir.Program, contracts: Mapping[str, Contract],
@@ -183,6 +221,16 @@ def _compare_function(before: ir.Program, after: ir.Program, name: str, contract
     if locality.sequential(old_closure) == locality.sequential(new_closure):
         return [FunctionCheck(name, key, "=", "only pragmas changed, and level 3 runs the code as written, in "
                               "sequence (whether threads race is level 2's question)")]
+    if runs.unfolding.same(before, old_closure, new_closure):
+        return [FunctionCheck(name, key, "=", "the same code once each local that keeps its definition is replaced "
+                              "by it (`unfold`): equal at every size, with no run")]
+    if runs.unfolding.same(before, old_closure, new_closure, sizes):
+        return [FunctionCheck(name, key, "=", "the same code at these sizes, once each local that keeps its "
+                              "definition is replaced by it and each test of constants decided (`unfold`), with no run")]
+    split = _dispatched(before, after, name)
+    if split:
+        return [dataclasses.replace(c, detail=f"{c.detail} (with {_choices_text(answers)})")
+                for answers, b, a in split for c in _compare_function(b, a, name, contract, sizes, runs, bound)]
     where = locality.focus(before, after, old_closure, new_closure)
     if where is not None:
         try:
@@ -199,6 +247,25 @@ def _compare_function(before: ir.Program, after: ir.Program, name: str, contract
             out.append(FunctionCheck(name, key, status, shown, len(new.cells)))
     except Unsupported as e:
         out.append(FunctionCheck(name, key, "not checkable", e.message))
+    return out
+
+
+def _dispatched(before: ir.Program, after: ir.Program,
+                name: str) -> list[tuple[dict[str, bool], ir.Program, ir.Program]]:
+    """Both programs under each answer of the CPU test `name` starts with
+    (`dispatch`), where both then run their own code; none otherwise."""
+    found = {got[0] for p in (before, after) for f in [p.function(name)] if f is not None
+             for got in [dispatch.choice(f)] if got is not None}
+    if len(found) != 1:
+        return []
+    (key,) = found
+    out = []
+    for value in (True, False):
+        answers = {key: value}
+        b, a = dispatch.specialized(before, name, answers), dispatch.specialized(after, name, answers)
+        if any(dispatch.choice(p.function(name)) is not None for p in (b, a)):  # type: ignore[arg-type]
+            return []
+        out.append((answers, b, a))
     return out
 
 
@@ -233,19 +300,18 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
         todo = found[tuple(sorted(choices.items()))]
         for k, at in enumerate(todo):
             t0 = time.process_time()
-            a = locality.run_at(before, where.before, at, choices)
-            b = locality.run_at(after, where.after, at, choices)
+            a = runs.local(before, where.before, at, choices)
+            b = runs.local(after, where.after, at, choices)
             ran = time.process_time() - t0
             if any(k not in choices for k in (*a.asked, *b.asked)):
                 raise locality.NotLocal("the changed statement makes a choice of its own")
-            old, new = locality.outcomes(a, b)
-            got, why = _compare(old, new, runs.normalizer)
+            got, why, compared = runs.verdict(a, b)
             if got not in ("=", "≈fp"):
                 raise locality.NotLocal(why)
             if k == 0 and weigh and not _cheaper_locally(ran * len(todo), before, after, name, contract, sizes,
                                                          choices, runs):
                 raise locality.NotLocal("whole runs cost less")
-            cells += len(old.cells)
+            cells += compared
             if got == "≈fp" and status == "=":
                 status, detail = got, why
         shown = f"{detail + '; ' if detail else ''}the statement the step changed ({line}{shown_stmt}) " \
@@ -524,16 +590,21 @@ def _targets(programs: Sequence[ir.Program], sizes: Mapping[str, int]) -> tuple[
     equal: dict[str, set[int]] = {}
     for program in programs:
         for f in program.functions():
+            spans: dict[str, set[str]] = {n: {n} for n in sizes}
+            # the sizes each variable ranges with (`bj < i + 1` under `i < S`: S)
             for _, node in walk(f.body):
                 if isinstance(node, ir.For):
+                    spans[node.index] = _spanned(spans, node.start, node.stop)
                     c = _int_const(node.step)
                     if c is not None and c > 1:
-                        for n in _names(node.stop) & steps.keys():
+                        for n in _spanned(spans, node.stop):
                             steps[n].add(c)
+                elif isinstance(node, ir.DeclStmt) and node.decl.name and node.decl.init is not None:
+                    spans[node.decl.name] = _spanned(spans, node.decl.init)
                 elif isinstance(node, ir.Binop) and node.op in ("%", "/"):
                     c = _int_const(node.right)
                     if c is not None and c > 1:
-                        for n in _names(node.left) & steps.keys():
+                        for n in _spanned(spans, node.left):
                             steps[n].add(c)
                 elif isinstance(node, ir.Binop) and node.op == "==":
                     for a, b in ((node.left, node.right), (node.right, node.left)):
@@ -551,6 +622,10 @@ def _targets(programs: Sequence[ir.Program], sizes: Mapping[str, int]) -> tuple[
             v += 1
         targets[n] = min(v + 4 if v - max(cs) < 3 else v, sizes[n]) if sizes[n] > 0 else v
     return targets, equal, floors
+
+
+def _spanned(spans: Mapping[str, set[str]], *es: ir.Expr) -> set[str]:
+    return {n for e in es for v in _names(e) for n in spans.get(v, ())}
 
 
 def _int_const(e: ir.Expr) -> Optional[int]:
@@ -585,11 +660,25 @@ def _check_requires(contracts: Mapping[str, Contract], sizes: Mapping[str, int])
                                f"'requires' of {c.function}", r.loc)
 
 
+_SMALL: dict[tuple[Any, ...], tuple[Mapping[str, Contract], dict[str, int]]] = {}
+"""`_small`'s answers (each step asks, mostly the same question), with
+the contracts they were asked for (kept, so their ids stay theirs)."""
+
+
 def _small(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, int],
            floors: Mapping[str, int]) -> dict[str, int]:
     """The sizes nearest to the targets that every `requires` allows (Z3
     minimises the distance), each at least its floor where the `requires`
     allow it."""
+    key = (tuple(map(id, contracts.values())), tuple(sorted(exec_sizes.items())), tuple(sorted(floors.items())))
+    got = _SMALL.get(key)
+    if got is None:
+        got = _SMALL[key] = (contracts, _nearest(contracts, exec_sizes, floors))
+    return dict(got[1])
+
+
+def _nearest(contracts: Mapping[str, Contract], exec_sizes: Mapping[str, int],
+             floors: Mapping[str, int]) -> dict[str, int]:
     import z3
 
     from .smt import Terms

@@ -114,6 +114,25 @@ class Instance:
     kinds: dict[str, str]
     allocs: int
 
+    def key(self) -> Optional[tuple[Any, ...]]:
+        """What a local run from this instance depends on (`run_at` makes
+        every float and cell unknown, named by its variable or memory), or
+        None for a value it does not know how to name."""
+        parts: list[Any] = [self.allocs, tuple(sorted(self.kinds.items()))]
+        for name, v in sorted(self.env.items()):
+            if isinstance(v, int):
+                parts.append((name, v))
+            elif isinstance(v, Ptr):
+                a = v.alloc
+                parts.append((name, "p", a.name, a.extent, a.kind, a.width, v.offset, v.rows))
+            elif isinstance(v, Term):
+                parts.append((name, "t", v.integer))
+            elif isinstance(v, Vec):
+                parts.append((name, "v", tuple(("t", x.integer) if isinstance(x, Term) else x for x in v)))
+            else:
+                return None
+        return tuple(parts)
+
 
 class _Statics:
     """What a statement does, seen from outside it (cached by node)."""
