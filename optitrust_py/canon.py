@@ -65,6 +65,13 @@ class Normalizer:
         self._memo: dict[int, Poly] = {}
         self._polys: _Numbering[Poly] = _Numbering()
         self._exp_memo: dict[tuple[tuple[int, Fraction], ...], int] = {}
+        self._inputs = Inputs(1)
+        self._values: dict[int, float] = {}
+
+    def value(self, t: object) -> float:
+        """`t` over the reals on the first seed's inputs (memoised: the
+        cells of every comparison of a script share their subterms)."""
+        return evaluate(t, self._inputs, self._values)
 
     def atom(self, *key: object) -> int:
         return self._atoms.number(key)

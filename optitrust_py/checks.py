@@ -73,7 +73,8 @@ def _level2(step: Step, session: Session) -> Optional[Level2Result]:
 
 def run_level3(session: Session) -> None:
     """Checks the original program against the models its contracts state
-    (`ensures`, kept as `session.models`), then compares every primitive
+    (`ensures`, kept as `session.models`) at every size set a step is
+    checked at, then compares every primitive
     step's functions with the step before, at the sizes that exercise the
     code it compares (the script's, or chosen from that code: `choose_sizes`);
     a composite gathers its sub-steps'."""
@@ -84,13 +85,14 @@ def run_level3(session: Session) -> None:
 
     def sizes(*programs: Any) -> list[dict[str, int]]:
         return choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
-    runs = Runs()
-    session.models = check_models(session.original, session.contracts, sizes(session.original), runs) \
-        if session.original is not None else []  # type: ignore[attr-defined]
-
     primitive = [s for s in _all_steps(session.steps) if not s.substeps and s.error is None]
-    results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, sizes(s.before, s.after),
-                                                      s.fp, s.tolerance, runs))
+    chosen = {id(s): sizes(s.before, s.after) for s in primitive}
+    every = [dict(t) for t in dict.fromkeys(tuple(sorted(d.items())) for sets in chosen.values() for d in sets)]
+    runs = Runs()
+    session.models = check_models(session.original, session.contracts, every or sizes(session.original), runs) \
+        if session.original is not None else []  # type: ignore[attr-defined]
+    results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, chosen[id(s)], s.fp,
+                                                      s.tolerance, runs))
 
     def visit(step: Step) -> None:
         for s in step.substeps:

@@ -308,8 +308,7 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
             got, why, compared = runs.verdict(a, b)
             if got not in ("=", "≈fp"):
                 raise locality.NotLocal(why)
-            if k == 0 and weigh and not _cheaper_locally(ran * len(todo), before, after, name, contract, sizes,
-                                                         choices, runs):
+            if k == 0 and weigh and not _cheaper_locally(ran * len(todo), before, after, name, sizes, choices, runs):
                 raise locality.NotLocal("whole runs cost less")
             cells += compared
             if got == "≈fp" and status == "=":
@@ -320,16 +319,17 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
     return out
 
 
-def _cheaper_locally(estimate: float, before: ir.Program, after: ir.Program, name: str, contract: Contract,
-                     sizes: Mapping[str, int], choices: Mapping[str, bool], runs: Runs) -> bool:
+def _cheaper_locally(estimate: float, before: ir.Program, after: ir.Program, name: str, sizes: Mapping[str, int],
+                     choices: Mapping[str, bool], runs: Runs) -> bool:
     """Whether running X at every instance (`estimate` seconds, from the
     first) costs less than the whole runs not cached yet, each as long as
-    the latest whole run (made now if there is none: the fallback needs it).
+    the latest whole run; with none measured, X goes on (measuring one
+    would cost a whole run, which X spares when it shows the step equal).
     Comparing is left out of both: X's cells are fewer and their terms
     smaller than the outputs'."""
     key = (name, tuple(sorted(sizes.items())), tuple(sorted(choices.items())))
     if key not in runs.costs:
-        runs.run(before, name, contract, sizes, choices)
+        return True
     missing = sum(not runs.has(p, name, sizes, choices) for p in (before, after))
     return estimate < runs.costs[key] * missing
 
@@ -359,14 +359,12 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional
     reassociated: Optional[str] = None
     moves = _Moves(bound, old, new, norm) if bound is not None else None
     rounding = _Rounding(norm)
-    inputs = canon.Inputs(SEEDS[0])
-    memo: dict[int, float] = {}
     for cell, a in old.cells.items():
         b = new.cells[cell]
         if rounding.same(a, b) or _by_cases(a, b, rounding.same):
             continue
         # a cell whose values are apart is not normalised: normal forms can grow exponentially
-        near = not _apart(canon.evaluate(a, inputs, memo), canon.evaluate(b, inputs, memo))
+        near = not _apart(norm.value(a), norm.value(b))
         if near and norm.normal(a) == norm.normal(b):
             reassociated = reassociated or f"e.g. {_cell(cell)}"
         elif near and _by_decisions(a, b, rounding.same, ROUNDING_CONDITIONS):

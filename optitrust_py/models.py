@@ -388,7 +388,7 @@ class ModelCheck:
         at = ",".join(f"{k}={v}" for k, v in self.sizes)
         if self.ok:
             return (f"model: {self.function}: {self.clause} ✓ ({self.status}, {self.cells} cells at {at}); every "
-                    f"later step labelled = or ≈fp keeps it")
+                    f"later step labelled = or ≈fp at these sizes keeps it")
         return f"model: {self.function}: {self.clause} ✗ {self.status} at {at}: {self.detail}"
 
     def to_json(self) -> dict[str, Any]:

@@ -229,12 +229,16 @@ class Machine:
     # ------------------------------------------------------------ statements
 
     def block(self, stmts: Sequence[ir.Stmt]) -> None:
+        code = _BLOCKS.get(id(stmts))
+        if code is None:
+            code = _BLOCKS[id(stmts)] = (stmts, [_stmt_code(s) for s in stmts])
         saved: list[tuple[str, Any, Any]] = []
         try:
-            for s in stmts:
-                self.stmt(s, saved)
+            for run in code[1]:
+                run(self, saved)
         finally:
-            self._unbind(saved)
+            if saved:
+                self._unbind(saved)
 
     def stmt(self, s: ir.Stmt, saved: list[tuple[str, Any, Any]]) -> None:
         self.steps += 1
@@ -656,6 +660,63 @@ class Machine:
         return _literal(e)
 
 
+_StmtCode = Callable[[Machine, list[tuple[str, Any, Any]]], None]
+_STMT_CODE: dict[int, tuple[ir.Stmt, _StmtCode]] = {}
+"""Statements compiled to closures (`_compile_stmt`), by node (kept)."""
+_BLOCKS: dict[int, tuple[Sequence[ir.Stmt], list[_StmtCode]]] = {}
+"""A block's statements' closures, by its statement tuple (kept)."""
+
+
+def _stmt_code(s: ir.Stmt) -> _StmtCode:
+    code = _STMT_CODE.get(id(s))
+    if code is None:
+        code = _STMT_CODE[id(s)] = (s, _compile_stmt(s))
+    return code[1]
+
+
+def _compile_stmt(s: ir.Stmt) -> _StmtCode:
+    """`s` as a closure over a machine and the bindings of its block: an
+    expression statement and a counted loop go straight (the loop's bounds
+    and body compiled once), anything else through `Machine.stmt`."""
+    if type(s) is ir.ExprStmt:
+        expr = _code(s.expr)
+
+        def expr_stmt(m: Machine, saved: list[tuple[str, Any, Any]]) -> None:
+            m.steps += 1
+            expr(m)
+        return expr_stmt
+    if type(s) is ir.For:
+        return _for_code(s)
+    return lambda m, saved: m.stmt(s, saved)
+
+
+def _for_code(s: ir.For) -> _StmtCode:
+    start, stop, step, index, body = _code(s.start), _code(s.stop), _code(s.step), s.index, s.body.stmts
+
+    def for_(m: Machine, saved: list[tuple[str, Any, Any]]) -> None:
+        m.steps += 1
+        first = start(m)
+        inner: list[tuple[str, Any, Any]] = []
+        m._bind(index, first if first.__class__ is int else _concrete(first, s.start), "i", inner)
+        env = m.env
+        try:
+            while True:
+                n = stop(m)
+                if env[index] >= (n if n.__class__ is int else _concrete(n, s.stop)):
+                    break
+                try:
+                    m.block(body)
+                except _Continue:
+                    pass
+                except _Break:
+                    break
+                d = step(m)
+                m._set(env, index, env[index] + (d if d.__class__ is int else _concrete(d, s.step)))
+        finally:
+            m._unbind(inner)
+    return for_
+
+
 _CODE: dict[int, tuple[ir.Expr, Callable[[Machine], Any]]] = {}
 """Expressions compiled to closures (`_compile`), by node (the node is kept
 so its id is not reused)."""
@@ -747,12 +808,15 @@ def _py(e: ir.Expr) -> Optional[str]:
 
 def _binop_code(e: ir.Binop) -> Callable[[Machine], Any]:
     left, right, op, fn = _code(e.left), _code(e.right), e.op, _INT_OPS[e.op]
+    on_terms = _ARITH.get(op) if op != "/" else None  # what `_arith` makes of two terms
 
     def binop(m: Machine) -> Any:
         a = left(m)
         b = right(m)
         if a.__class__ is int and b.__class__ is int:
             return fn(a, b)
+        if on_terms is not None and a.__class__ is Term and b.__class__ is Term:
+            return T.binary(on_terms, a, b)
         return _arith(op, a, b, e)
     return binop
 

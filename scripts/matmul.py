@@ -16,10 +16,10 @@ parallel kernel.
 
 With `--target cuda` the script ends in four CUDA kernels instead (and runs
 --exec at sizes past one GPU tile): C is zeroed (a block per row and 256
-columns); the main part (rows and columns in multiples of 128, k of 32) has
+columns); the main part (rows and columns in multiples of 128, k of 64) has
 a block of 16 x 16 threads per 128 x 128 tile of C, each thread computing 8
 x 8 cells strided by 16 (gpu.thread_tile) kept in registers across the
-whole k loop, each 32-wide slice of A and B staged in shared memory by all
+whole k loop, each 64-wide slice of A and B staged in shared memory by all
 the threads (copy in, barrier, 64 multiply-adds per k, k unrolled by 4 so
 that a thread's four A values of a row come in one 16-byte shared load,
 barrier); the
@@ -29,7 +29,7 @@ from optitrust_py.script import bench, load, target
 from transformations import arith, gpu, loop, matrix, parallel, vector
 
 load("../c_sources/matmul.c", sizes={"M": 21, "N": 141, "K": 300} if target() == "cpu" else
-     {"M": 140, "N": 141, "K": 40})  # past one 128 x 128 tile, with remainders
+     {"M": 140, "N": 141, "K": 80})  # past one 128 x 128 tile, with remainders
 bench("matmul", sizes={"M": 1024, "N": 1024, "K": 1024}, flops="2*M*N*K",
       numpy="C = A.reshape(M, K) @ B.reshape(K, N)", torch="C = A.reshape(M, K) @ B.reshape(K, N)")
 
@@ -57,18 +57,19 @@ if target() == "cuda":
     gpu.map_blocks("matmul > for i#1 > for bz", "x")
     gpu.map_threads("matmul > for i#1 > for bz > for j", "x")
 
-    # main part: rows and columns in multiples of 128, k of 32; a block per
-    # 128 x 128 tile of C, k in slices of 32
+    # main part: rows and columns in multiples of 128, k of 64; a block per
+    # 128 x 128 tile of C, k in slices of 64 (A's and B's: 64 KB of shared
+    # memory, past the 48 KB of static arrays: the printer makes it dynamic)
     loop.split("matmul > for i#2", "M - M % 128")
     loop.split("matmul > for i#2 > for j", "N - N % 128")
-    loop.split("matmul > for i#2 > for j#1 > for k", "K - K % 32")
+    loop.split("matmul > for i#2 > for j#1 > for k", "K - K % 64")
     loop.fission("matmul > for i#2 > after for j#1")
     loop.tile("matmul > for i#2", 128)
     loop.tile("matmul > for bi > for i > for j", 128)
     loop.swap("matmul > for bi > for i")
     loop.fission("matmul > for bj > for i > for j > after for k#1")
     loop.fission("matmul > for bj > for i > after for j#1")
-    loop.tile("matmul > for bj > for i#1 > for j > for k", 32)
+    loop.tile("matmul > for bj > for i#1 > for j > for k", 64)
     loop.reorder("matmul > for bj > for i#1", ["bk", "i", "j", "k"])
     gpu.map_blocks("matmul > for bi", "y")
     gpu.map_blocks("matmul > for bi > for bj", "x")
@@ -81,8 +82,8 @@ if target() == "cuda":
     # the tile of C in registers (each thread owns its 8 x 8 cells), the
     # slices of A and B in shared memory, each copied by all the threads
     gpu.stage("matmul > for bj > for bk", "C", "acc", ["M", "N"], region=["bi:128", "bj:128"], threads=16)
-    gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"], region=["bi:128", "bk:32"], threads=16)
-    gpu.stage("matmul > for bk > for i", "B", "Bs", ["K", "N"], region=["bk:32", "bj:128"], threads=16)
+    gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"], region=["bi:128", "bk:64"], threads=16)
+    gpu.stage("matmul > for bk > for i", "B", "Bs", ["K", "N"], region=["bk:64", "bj:128"], threads=16)
     gpu.map_threads("matmul > for bk > for i", "y")
     gpu.map_threads("matmul > for bk > for i > for j", "x")
     # k unrolled by 4: the four A values of a row that a thread reads are

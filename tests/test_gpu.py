@@ -141,6 +141,39 @@ def test_shared_tiles_registers_and_barriers(ck):
     # ... and a barrier before the next tile overwrites As
 
 
+def test_shared_arrays_past_48_kb_go_to_dynamic_shared_memory(ck):
+    """Two 32 KB tiles that other threads read (so not registers): the
+    kernel asks for 64 KB of dynamic shared memory, and nvcc accepts it."""
+    src = ck.parse(textwrap.dedent("""
+        void flip(int n, const float *x, float *y) {
+          for (int b = 0; b < n; b += 128) {
+            float t[128][64];
+            float u[128][64];
+            for (int i = 0; i < 128; i++) {
+              for (int j = 0; j < 64; j++) {
+                t[i][j] = x[(b + i) * 64 + j];
+                u[i][j] = 2.0f * x[(b + i) * 64 + j];
+              }
+            }
+            for (int i = 0; i < 128; i++) {
+              for (int j = 0; j < 64; j++) {
+                y[(b + i) * 64 + j] = t[127 - i][j] + u[127 - i][j];
+              }
+            }
+          }
+        }"""), "flip.c")
+    p = steps(src, (gpu.map_blocks, "flip > for b", "x"), (gpu.map_threads, "flip > for i#1", "x"),
+              (gpu.map_threads, "flip > for i#2", "x"))
+    cu = to_cuda(p)
+    assert "extern __shared__ __align__(16) unsigned char otp_smem[];" in cu
+    assert "float (*t)[64] = (float (*)[64])(otp_smem + 0);" in cu
+    assert "float (*u)[64] = (float (*)[64])(otp_smem + 32768);" in cu
+    assert "cudaFuncSetAttribute(flip_kernel1, cudaFuncAttributeMaxDynamicSharedMemorySize, 65536);" in cu
+    assert "dim3(128, 1, 1), 65536>>>(n, x, y);" in cu and "__shared__ __align__(16) float" not in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+
+
 def test_stage_refuses_a_loop_that_does_not_touch_the_array(ck):
     p = steps(ck.load("matmul.c"), (loop.tile, "matmul > for i", 16, "bi", "guard"),
               (gpu.map_blocks, "matmul > for bi", "y"))
