@@ -19,12 +19,30 @@ group of G = H / KVH heads instead of once per head.
 
 q and out are parameters, laid out [H][D] by the caller: the heads of a
 group are already contiguous there (h = g * G + r), so their layout stays.
+
+With `--target cuda`, steps 1 and 2 are shared and the kv-head loop is cut
+into one kernel per pass, the scores in one buffer for all kv heads
+(device scratch, kept between calls): the append (a block per kv head);
+the scores (a block per kv head and TILE positions, the G heads of the
+group together; for D == 128 the K tile is staged in shared memory by a
+coalesced copy, its rows padded against bank conflicts); the softmax of
+each head's row (a block per head, max and sum reduced over 1024 threads);
+the weighted sum of V split over blocks of CHUNK positions (a thread per
+d sums the chunk for each head of the group, then adds it into out with
+one atomic addition: gpu.map_blocks(sums=["out"])). This is a split-K
+decode, not flash-decoding: the blocks share the row's max and sum, which
+the softmax kernel computes first, instead of keeping a partial max and
+sum per chunk and rescaling in a combine kernel (that rescaling is the
+online-softmax recurrence, whose level-2 obligation only
+flash.online_softmax's sequential form has).
 """
 from optitrust_py.script import bench, load, target
 from transformations import flash, gpu, llm, loop, parallel, variable, vector
 
-CHUNK = 64
+CHUNK = 32
 """Cached positions per block in the CUDA weighted sum of V."""
+TILE = 32
+"""Cached positions per block in the CUDA scores (a K tile in shared memory)."""
 
 
 def weighted_sum(g: str, chunk: str, mode: str) -> None:
@@ -69,10 +87,10 @@ if target() == "cuda":
     # softmax: a block per query head, reductions over the block's threads
     gpu.map_blocks("gqa_decode > for g#3", "y")
     gpu.map_blocks("gqa_decode > for g#3 > for r", "x")
-    gpu.reduce("gqa_decode > for g#3 > for r > for t#1", "max_val", 256)
-    gpu.reduce("gqa_decode > for g#3 > for r > for t#2", "sum", 256)
-    gpu.cyclic("gqa_decode > for g#3 > for r > for t#3", 256)
-    gpu.cyclic("gqa_decode > for g#3 > for r > for d", 256)
+    gpu.reduce("gqa_decode > for g#3 > for r > for t#1", "max_val", 1024)
+    gpu.reduce("gqa_decode > for g#3 > for r > for t#2", "sum", 1024)
+    gpu.cyclic("gqa_decode > for g#3 > for r > for t#3", 1024)
+    gpu.cyclic("gqa_decode > for g#3 > for r > for d", 1024)
     # weighted sum of V: a block per (kv head, chunk of positions), a
     # thread per d, the chunk's sum added into out atomically; whole chunks
     # (a constant count, which nvcc unrolls), then the last (pos + 1) % CHUNK
@@ -80,24 +98,24 @@ if target() == "cuda":
     loop.fission("gqa_decode > for g#4 > after for t#1")
     weighted_sum("gqa_decode > for g#4", "bc", "divides")
     weighted_sum("gqa_decode > for g#5", "bd", "min")
-    # scores: whole tiles of 64 positions, then the last (pos + 1) % 64;
-    # for D == 128 (a copy), a block per (kv head, 64 positions) stages the
+    # scores: whole tiles of TILE positions, then the last (pos + 1) % TILE;
+    # for D == 128 (a copy), a block per (kv head, TILE positions) stages the
     # K tile in shared memory (thread d copies column d of each row:
     # coalesced), its rows padded to 129 floats so that the threads, a
     # position each, read distinct banks; other D read K where it is
-    loop.split("gqa_decode > for g#2 > for t", "pos + 1 - (pos + 1) % 64")
+    loop.split("gqa_decode > for g#2 > for t", f"pos + 1 - (pos + 1) % {TILE}")
     loop.fission("gqa_decode > for g#2 > after for t#1")
     flash.version("gqa_decode > for g#2", "D", 128)
-    loop.tile("gqa_decode > for g#2 > for t", 64, "bt")
+    loop.tile("gqa_decode > for g#2 > for t", TILE, "bt")
     gpu.map_blocks("gqa_decode > for g#2", "y")
     gpu.map_blocks("gqa_decode > for g#2 > for bt", "x")
     gpu.stage("gqa_decode > for g#2 > for bt > for t", "k_cache", "ks", ["KVH", "SMAX", 128], axes=[None, "x"],
-              region=["g:1", "bt:64", "0:128"])
+              region=["g:1", f"bt:{TILE}", "0:128"])
     gpu.pad("gqa_decode > def ks")
     gpu.map_threads("gqa_decode > for g#2 > for bt > for t", "x")
-    loop.tile("gqa_decode > for g#3 > for t", 64, "bu")
+    loop.tile("gqa_decode > for g#3 > for t", TILE, "bu")
     thread_per_position("gqa_decode > for g#3", "bu")
-    loop.tile("gqa_decode > for g#4 > for t", 64, "bv", "min")
+    loop.tile("gqa_decode > for g#4 > for t", TILE, "bv", "min")
     thread_per_position("gqa_decode > for g#4", "bv")
 else:
     parallel.parallel_for("gqa_decode > for g#2", schedule="dynamic")

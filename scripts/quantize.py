@@ -22,6 +22,15 @@ the row loop parallel, the dot product in AVX-512 vectors) and the
 straightforward quantized kernel of c_sources/matvec_q8.c (`runq`).
 Quantization noise on random inputs is about 0.5% of the outputs' largest
 magnitude: the outputs must agree with the fp32 original within 2%.
+
+With `--target cuda`, steps 1 to 4 are shared; quantize_q8 runs a thread
+per group (its 32 floats read, and its 32 int8 written, 16 bytes at a
+time: gpu.vector_copy), and matvec_q8 a block per row, a thread per group
+of 32: the group's int8 weights and quantized x staged in registers by
+16-byte loads, the int32 dot product, the scaled partial sums reduced over
+the block's threads, the row stored by one thread (gpu.single). The bench
+times matvec_q8 on weights quantized once on the GPU (setup=), against
+torch's fp32 matvec (TF32 off).
 """
 from optitrust_py.script import bench, load, target
 from transformations import gpu, llm, loop, matrix, parallel, quantize, variable, vector
@@ -56,6 +65,8 @@ if target() == "cuda":
     gpu.map_threads("quantize_q8 > for r > for bg > for g", "x")
     matrix.local_buffer("quantize_q8 > for g > for k#1", "src", "sg", ["R", "C"], ["r:1", "g * 32:32"])
     gpu.vector_copy("quantize_q8 > for g > for i0")
+    matrix.local_buffer("quantize_q8 > for g > for k#2", "q", "qg", ["R", "C"], ["r:1", "g * 32:32"])
+    gpu.vector_copy("quantize_q8 > for g > for i0_1")
     variable.local_accumulator("matvec_q8 > for bj", "y[i]")
     llm.unblock("matvec_q8 > def acc_1")
     gpu.map_blocks("matvec_q8 > for i", "x")

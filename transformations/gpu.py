@@ -360,8 +360,8 @@ def _in_block_only(who: str, program: ir.Program, res: Resolver, m: Match) -> No
 def _cyclic_loop(loop: ir.For, t: str, threads: int, axis: str, body: ir.Block) -> ir.For:
     """`for (t = 0; t < threads; t++) for (j = start + t * step; j < stop; j += threads * step) body`,
     the `t` loop mapped to the threads of `axis`."""
-    constant = isinstance(loop.step, ir.Const) and loop.step.text.isdigit()
-    step = ir.Const(str(threads * int(loop.step.text))) if constant \
+    literal = loop.step.text if isinstance(loop.step, ir.Const) and loop.step.text.isdigit() else None
+    step = ir.Const(str(threads * int(literal))) if literal is not None \
         else ir.Binop("*", ir.Const(str(threads)), loop.step)  # folded: the checkers read a literal step
     offset = ir.Var(t) if loop.step == ONE else ir.Binop("*", ir.Var(t), loop.step)
     start = offset if loop.start == ZERO else ir.Binop("+", loop.start, offset)
@@ -564,6 +564,8 @@ def partial_sum(program: ir.Program, target: str, cell: str) -> Rewrite:
     m = Resolver(program).one(target, "canonical loop", (ir.For,))
     block: ir.Block = get(local.program, m.path)
     decl, loop, store = block.stmts
+    assert isinstance(decl, ir.DeclStmt) and isinstance(loop, ir.For) and isinstance(store, ir.ExprStmt) \
+        and isinstance(store.expr, ir.Assign) and decl.decl.name  # as local_accumulator builds them
     code = _elem_code(resolve(unqualified(decl.decl.type), typedefs_of(program)))
     acc = decl.decl.name
     if code is None:
@@ -618,8 +620,8 @@ def single(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
     return Rewrite(replace(program, m.path, loop), (_thread_ob(program, m.function, m.path, f"for {t}"),))
 
 
-def _dims(t: ir.CType) -> list[ir.Expr]:
-    out = []
+def _dims(t: ir.CType) -> list[Optional[ir.Expr]]:
+    out: list[Optional[ir.Expr]] = []
     while isinstance(t, ir.Array):
         out.append(t.size)
         t = t.of
@@ -668,14 +670,14 @@ def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
         raise TransformError(f"{who}: the padding must be a positive integer, got {amount!r}", decl.loc)
     block, k = m.path[:-1], m.path[-1][1]
     assert k is not None
-    full = 0
-    for p, n in walk(get(program, block), block):
+    full, me = 0, ir.Var(decl.name or "")
+    for _, n in walk(get(program, block)):
         if isinstance(n, ir.Index):
             depth, base = 1, n.base
             while isinstance(base, ir.Index):
                 depth, base = depth + 1, base.base
-            full += base == ir.Var(decl.name) and depth == len(dims)
-    uses = sum(1 for _, n in walk(get(program, block)) if n == ir.Var(decl.name))
+            full += int(base == me and depth == len(dims))
+    uses = sum(1 for _, n in walk(get(program, block)) if n == me)
     if uses != full:
         raise TransformError(f"{who}: '{decl.name}' is used otherwise than indexed in all its {len(dims)} "
                              f"dimensions, so its layout may matter", decl.loc)
