@@ -3,6 +3,8 @@ their results on the steps (`step.checks["level1"]`, `step.checks["level2"]`,
 `step.checks["level3"]`, `step.checks["exec"]`)."""
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import pickle
 import time
@@ -92,7 +94,8 @@ def run_level3(session: Session) -> None:
     session.models = check_models(session.original, session.contracts, every or sizes(session.original), runs) \
         if session.original is not None else []  # type: ignore[attr-defined]
     results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, chosen[id(s)], s.fp,
-                                                      s.tolerance, runs))
+                                                      s.tolerance, runs),
+                      lambda s: sum(math.prod(d.values()) for d in chosen[id(s)]))
 
     def visit(step: Step) -> None:
         for s in step.substeps:
@@ -106,14 +109,19 @@ def run_level3(session: Session) -> None:
     session.level3_s = time.perf_counter() - t0
 
 
-def _in_two(steps: list[Step], check: Callable[[Step], Any]) -> dict[int, Any]:
+def _in_two(steps: list[Step], check: Callable[[Step], Any],
+            weight: Callable[[Step], float] = lambda s: 1.0) -> dict[int, Any]:
     """`check` of every step, by the step's id: the later half in a forked
     process where the machine has two cores. Halves are contiguous, since a
     step's code before is the code after the step before, whose runs the
-    process then has at hand (only the later half's first is run twice)."""
+    process then has at hand (only the later half's first is run twice);
+    they are halves of the steps' `weight` (level 3: the product of the
+    sizes a step runs at, which grow along a script as tiles appear)."""
     if len(steps) < 8 or (os.cpu_count() or 1) < 2:
         return {id(s): check(s) for s in steps}
-    first, later = steps[:len(steps) // 2], steps[len(steps) // 2:]
+    before = list(itertools.accumulate(weight(s) for s in steps))
+    cut = min(range(1, len(steps)), key=lambda k: max(before[k - 1], before[-1] - before[k - 1]))
+    first, later = steps[:cut], steps[cut:]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: check the later half, send the results, leave without cleaning up the parent's state

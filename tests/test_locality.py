@@ -133,6 +133,15 @@ def test_level_3_of_many_steps_runs_in_two_processes_and_keeps_each_result_with_
     assert len({pid for _, pid in pids.values()}) == (2 if (os.cpu_count() or 1) >= 2 else 1)
 
 
+def test_the_two_processes_share_the_steps_weight_not_their_number() -> None:
+    from optitrust_py.checks import _in_two
+
+    steps = list(range(10))
+    got = _in_two(steps, lambda s: os.getpid(), lambda s: 10.0 if s >= 8 else 1.0)  # type: ignore[arg-type]
+    parent = [s for s in steps if got[id(s)] == os.getpid()]
+    assert parent == (list(range(9)) if (os.cpu_count() or 1) >= 2 else steps), "18 of 28 here, 10 there"
+
+
 def test_a_failure_in_the_second_process_is_raised_with_its_traceback() -> None:
     from optitrust_py.checks import _in_two
 
