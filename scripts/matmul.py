@@ -90,6 +90,10 @@ if target() == "cuda":
     # neighbours, and nvcc loads them at once (16-byte shared loads)
     loop.unroll("matmul > for bk > for i > for j > for k", 4)
     arith.simplify("matmul > for bk > for i > for j")
+    # rows of the tiles padded by 16 floats: the two rows a warp copies (or
+    # reads four at a time, A's) fall in distinct banks
+    gpu.pad("matmul > def As", 16)
+    gpu.pad("matmul > def Bs", 16)
     # the k remainder of the tile: the same threads, from A and B directly
     gpu.thread_tile("matmul > for bj > for i#2", 16, "si")
     gpu.thread_tile("matmul > for bj > for si > for j", 16, "sj")
