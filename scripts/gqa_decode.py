@@ -43,29 +43,20 @@ CHUNK = 32
 """Cached positions per block in the CUDA weighted sum of V."""
 TILE = 32
 """Cached positions per block in the CUDA scores (a K tile in shared memory)."""
-HEADS = 4
-"""Threads along y sharing the query heads of a group in the CUDA weighted sum."""
 
 
-def weighted_sum(g: str, chunk: str, mode: str, d: str = "D") -> None:
+def weighted_sum(g: str, chunk: str, mode: str) -> None:
     """CUDA, the weighted sum of V in the kv-head loop `g`: a block per (kv
     head, chunk of CHUNK positions), a thread per d summing the chunk for
-    a query head of the group, then one atomic addition into out. Where D
-    is the constant 128 (`d`), the block has 128 x HEADS threads: thread
-    (d, y) takes the heads y, y + HEADS, ...; else 128 threads take d
-    cyclically and every head."""
+    each query head of the group, then one atomic addition into out."""
     loop.tile(f"{g} > for t", CHUNK, chunk, mode)
     loop.swap(f"{g} > for {chunk} > for t")
     loop.swap(f"{g} > for {chunk} > for r > for t")
     loop.swap(f"{g} > for {chunk} > for r")
-    gpu.partial_sum(f"{g} > for {chunk} > for d > for r > for t", f"out[(g * G + r) * {d} + d]")
+    gpu.partial_sum(f"{g} > for {chunk} > for d > for r > for t", "out[(g * G + r) * D + d]")
     gpu.map_blocks(g, "y")
     gpu.map_blocks(f"{g} > for {chunk}", "x", sums=["out"])
-    if d == "D":
-        gpu.cyclic(f"{g} > for {chunk} > for d", 128)
-    else:
-        gpu.cyclic(f"{g} > for {chunk} > for d > for r", HEADS, "y")
-        gpu.map_threads(f"{g} > for {chunk} > for d", "x")
+    gpu.cyclic(f"{g} > for {chunk} > for d", 128)
 
 
 def thread_per_position(g: str, tile: str) -> None:
@@ -105,10 +96,8 @@ if target() == "cuda":
     # (a constant count, which nvcc unrolls), then the last (pos + 1) % CHUNK
     loop.split("gqa_decode > for g#4 > for t", f"pos + 1 - (pos + 1) % {CHUNK}")
     loop.fission("gqa_decode > for g#4 > after for t#1")
-    flash.version("gqa_decode > for g#4", "D", 128)
-    weighted_sum("gqa_decode > for g#4", "bc", "divides", "128")
-    weighted_sum("gqa_decode > for g#5", "be", "divides")
-    weighted_sum("gqa_decode > for g#6", "bd", "min")
+    weighted_sum("gqa_decode > for g#4", "bc", "divides")
+    weighted_sum("gqa_decode > for g#5", "bd", "min")
     # scores: whole tiles of TILE positions, then the last (pos + 1) % TILE;
     # for D == 128 (a copy), a block per (kv head, TILE positions) stages the
     # K tile in shared memory (thread d copies column d of each row:
