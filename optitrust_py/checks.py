@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import pickle
+import signal
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -37,9 +38,12 @@ def run_checks(session: Session, level: int, run_exec: bool) -> Optional[Level2R
     for step in _all_steps(session.steps):
         if step.error is None:
             step.checks["level1"] = check_program(step.after, session.contracts)
-    source = run_level2(session) if level >= 2 else None
     if level >= 3:
-        run_level3(session)
+        level2: list[Level2Result] = []
+        run_level3(session, lambda: level2.append(run_level2(session)))
+        source: Optional[Level2Result] = level2[0]
+    else:
+        source = run_level2(session) if level >= 2 else None
     if run_exec:
         run_exec_checks(session)
     return source
@@ -73,17 +77,20 @@ def _level2(step: Step, session: Session) -> Optional[Level2Result]:
     return result
 
 
-def run_level3(session: Session) -> None:
+def run_level3(session: Session, meanwhile: Callable[[], Any] = lambda: None) -> None:
     """Checks the original program against the models its contracts state
     (`ensures`, kept as `session.models`) at every size set a step is
-    checked at, then compares every primitive
-    step's functions with the step before, at the sizes that exercise the
-    code it compares (the script's, or chosen from that code: `choose_sizes`);
-    a composite gathers its sub-steps'."""
+    checked at, then compares every primitive step's functions with the
+    step before, at the sizes that exercise the code it compares (the
+    script's, or chosen from that code: `choose_sizes`); a composite
+    gathers its sub-steps'. `meanwhile` (level 2) runs first in this
+    process, while the second process (`_in_two`) starts on its steps; its
+    time is not level 3's."""
     from .level3 import Runs, check_step, choose_sizes
     from .models import check_models
 
     t0 = time.perf_counter()
+    aside = [0.0]
 
     def sizes(*programs: Any) -> list[dict[str, int]]:
         return choose_sizes(session.contracts, session.sizes, session.check_sizes, programs)
@@ -91,11 +98,16 @@ def run_level3(session: Session) -> None:
     chosen = {id(s): sizes(s.before, s.after) for s in primitive}
     every = [dict(t) for t in dict.fromkeys(tuple(sorted(d.items())) for sets in chosen.values() for d in sets)]
     runs = Runs()
-    session.models = check_models(session.original, session.contracts, every or sizes(session.original), runs) \
-        if session.original is not None else []  # type: ignore[attr-defined]
+
+    def first() -> None:
+        t1 = time.perf_counter()
+        meanwhile()
+        aside[0] = time.perf_counter() - t1
+        session.models = check_models(session.original, session.contracts, every or sizes(session.original), runs) \
+            if session.original is not None else []  # type: ignore[attr-defined]
     results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, chosen[id(s)], s.fp,
                                                       s.tolerance, runs),
-                      lambda s: sum(math.prod(d.values()) for d in chosen[id(s)]))
+                      lambda s: sum(math.prod(d.values()) for d in chosen[id(s)]), first)
 
     def visit(step: Step) -> None:
         for s in step.substeps:
@@ -106,18 +118,20 @@ def run_level3(session: Session) -> None:
             if step.substeps else results[id(step)]
     for step in session.steps:
         visit(step)
-    session.level3_s = time.perf_counter() - t0
+    session.level3_s = time.perf_counter() - t0 - aside[0]
 
 
-def _in_two(steps: list[Step], check: Callable[[Step], Any],
-            weight: Callable[[Step], float] = lambda s: 1.0) -> dict[int, Any]:
+def _in_two(steps: list[Step], check: Callable[[Step], Any], weight: Callable[[Step], float] = lambda s: 1.0,
+            meanwhile: Callable[[], Any] = lambda: None) -> dict[int, Any]:
     """`check` of every step, by the step's id: the later half in a forked
-    process where the machine has two cores. Halves are contiguous, since a
-    step's code before is the code after the step before, whose runs the
-    process then has at hand (only the later half's first is run twice);
-    they are halves of the steps' `weight` (level 3: the product of the
-    sizes a step runs at, which grow along a script as tiles appear)."""
+    process where the machine has two cores, while this one runs
+    `meanwhile`, then the first half. Halves are contiguous, since a step's
+    code before is the code after the step before, whose runs the process
+    then has at hand (only the later half's first is run twice); they are
+    halves of the steps' `weight` (level 3: the product of the sizes a step
+    runs at, which grow along a script as tiles appear)."""
     if len(steps) < 8 or (os.cpu_count() or 1) < 2:
+        meanwhile()
         return {id(s): check(s) for s in steps}
     before = list(itertools.accumulate(weight(s) for s in steps))
     cut = min(range(1, len(steps)), key=lambda k: max(before[k - 1], before[-1] - before[k - 1]))
@@ -135,7 +149,11 @@ def _in_two(steps: list[Step], check: Callable[[Step], Any],
         os._exit(0)
     os.close(write)
     try:
+        meanwhile()
         done = {id(s): check(s) for s in first}
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # its answer would not be read
+        raise
     finally:
         with os.fdopen(read, "rb") as got:
             reply = got.read()
