@@ -259,7 +259,7 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     body = blocks[-1].body
     dims = _thread_dims(fn.name, body)
     registers = _register_arrays(body, blocks, dims)
-    emitter = _BlockEmitter(fn.name, dims, registers)
+    emitter = _BlockEmitter(fn.name, dims, registers, _array_decls(body))
     stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))
     added = {a for lp in blocks for a in sums(lp)}
     if added:
@@ -469,13 +469,87 @@ def _impure_call(e: Optional[ir.Expr]) -> bool:
     return e is not None and any(isinstance(n, ir.Call) and n.name not in PURE_FUNCTIONS for _, n in walk(e))
 
 
+WARP = 32
+WARP_STEPS = (16, 8, 4, 2, 1)
+_SHUFFLED = ("fmaxf", "fminf", "fmax", "fmin")
+
+
+def _tree_step(s: ir.Stmt) -> Optional[tuple[str, str, int, str]]:
+    """(array, combine, half, thread index) of a step of gpu.reduce's tree,
+    a phase `for (t = 0; t < T; t++) if (t < half) p[t] += p[t + half];`
+    (or `p[t] = fmaxf(p[t], p[t + half])`, fminf, fmax, fmin), else None."""
+    m = mapping(s)
+    if m != ("thread", "x") or not isinstance(s, ir.For) or len(s.body.stmts) != 1:
+        return None
+    cond, t = s.body.stmts[0], ir.Var(s.index)
+    if not (isinstance(cond, ir.If) and cond.other is None and len(cond.then.stmts) == 1
+            and isinstance(cond.cond, ir.Binop) and cond.cond.op == "<" and cond.cond.left == t
+            and isinstance(cond.cond.right, ir.Const) and cond.cond.right.text.isdigit()):
+        return None
+    half = int(cond.cond.right.text)
+    step = cond.then.stmts[0]
+    e = step.expr if isinstance(step, ir.ExprStmt) else None
+    if not (isinstance(e, ir.Assign) and isinstance(e.lhs, ir.Index) and isinstance(e.lhs.base, ir.Var)
+            and e.lhs.index == t):
+        return None
+    other = ir.Index(e.lhs.base, ir.Binop("+", t, ir.Const(str(half))))
+    if e.op == "+=" and e.rhs == other:
+        return e.lhs.base.name, "+", half, s.index
+    if e.op == "=" and isinstance(e.rhs, ir.Call) and e.rhs.name in _SHUFFLED and e.rhs.args == (e.lhs, other):
+        return e.lhs.base.name, e.rhs.name or "", half, s.index
+    return None
+
+
+def _warp_chain(stmts: tuple[ir.Stmt, ...], k: int, dims: dict[str, int]) -> Optional[tuple[str, str, str]]:
+    """(array, combine, thread index) when stmts[k:] starts with the tree
+    steps of halves 16, 8, 4, 2, 1 over one array, in a block whose threads
+    all lie along x (a warp is 32 neighbouring x), the array is declared
+    among the statements before them and those after them read it only at
+    [0] (the shuffles leave its other cells as they were before these
+    steps, where the sequential steps change them)."""
+    if set(dims) != {"x"} or dims["x"] < WARP or dims["x"] % WARP or len(stmts) < k + len(WARP_STEPS):
+        return None
+    steps = [st for st in map(_tree_step, stmts[k:k + len(WARP_STEPS)]) if st is not None]
+    if [st[2] for st in steps] != list(WARP_STEPS) or len({(st[0], st[1], st[3]) for st in steps}) != 1:
+        return None
+    name, combine, _, t = steps[0]
+    if not any(isinstance(d, ir.DeclStmt) and d.decl.name == name for d in stmts[:k]):
+        return None  # declared here, so nothing outside these statements reads it
+    for later in stmts[k + len(WARP_STEPS):]:
+        for _, n in walk(later):
+            if isinstance(n, ir.Index) and n.base == ir.Var(name) and n.index != ZERO:
+                return None
+    return name, combine, t
+
+
+def _shuffles(name: str, combine: str, t: str, array: ir.CType) -> ir.Stmt:
+    """The first warp's lanes fold p[0..31] by `__shfl_down_sync`, in the
+    tree's order (lane t adds lane t + half's value to its own, half = 16,
+    ..., 1: the sequential steps' operations on the cells they read), and
+    lane 0 stores the result in p[0]."""
+    elem = array.of if isinstance(array, ir.Array) else array
+    v, lane = ir.Var(f"{name}_lane"), ir.Var(t)
+    body: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(t, ir.INT, ir.Cast(ir.INT, ir.Member(ir.Var("threadIdx"), "x", False)))),
+                           ir.DeclStmt(ir.Decl(v.name, elem, ir.Index(ir.Var(name), lane)))]
+    for half in WARP_STEPS:
+        down = ir.Call(ir.Var("__shfl_down_sync"), (ir.Const("0xffffffffu"), v, ir.Const(str(half))))
+        body.append(ir.ExprStmt(ir.Assign("+=", v, down) if combine == "+"
+                                else ir.Assign("=", v, ir.Call(ir.Var(combine), (v, down)))))
+    body.append(ir.If(ir.Binop("==", lane, ZERO), ir.Block((ir.ExprStmt(ir.Assign("=", ir.Index(ir.Var(name), ZERO),
+                                                                                   v)),))))
+    first = ir.Binop("<", ir.Cast(ir.INT, ir.Member(ir.Var("threadIdx"), "x", False)), ir.Const(str(WARP)))
+    return ir.If(first, ir.Block(tuple(body)))
+
+
 class _BlockEmitter:
     """Rewrites the statements of a block (run by every thread) into the kernel's."""
 
-    def __init__(self, fn: str, dims: dict[str, int], registers: dict[str, Register]) -> None:
+    def __init__(self, fn: str, dims: dict[str, int], registers: dict[str, Register],
+                 arrays: dict[str, ir.Decl]) -> None:
         self.fn = fn
         self.dims = dims
         self.registers = registers
+        self.arrays = arrays
         self.locals: set[str] = set()
 
     def stmts(self, stmts: tuple[ir.Stmt, ...]) -> list[ir.Stmt]:
@@ -484,7 +558,10 @@ class _BlockEmitter:
         phase (it may read what the phase wrote)."""
         out: list[ir.Stmt] = []
         pending = after_phase = False
-        for s in stmts:
+        k = 0
+        while k < len(stmts):
+            s = stmts[k]
+            k += 1
             if isinstance(s, ir.DeclStmt) and s.decl.init is None:
                 out.append(self.decl(s))
                 continue
@@ -492,7 +569,12 @@ class _BlockEmitter:
             if (pending and has) or after_phase:
                 out.append(SYNC)
                 pending = after_phase = False
-            out.append(self.stmt(s))
+            chain = _warp_chain(stmts, k - 1, self.dims)
+            if chain is not None and chain[0] in self.arrays:
+                out.append(_shuffles(*chain, self.arrays[chain[0]].type))
+                k += len(WARP_STEPS) - 1
+            else:
+                out.append(self.stmt(s))
             is_phase = mapping(s) is not None
             pending = pending or not has or is_phase
             after_phase = is_phase

@@ -384,6 +384,31 @@ def test_reduce_and_cyclic_keep_the_results(ck):
     ck.close_outputs(p0, p, "softmax", [3, 150, ck.floats(450), ck.floats(450)])
 
 
+def test_the_last_five_tree_steps_run_as_warp_shuffles(ck):
+    """gpu.reduce over 64 threads: the halving steps 32 keeps (a barrier
+    after it), 16 .. 1 become __shfl_down_sync in the first warp, in the
+    tree's order (the same additions on the same values), lane 0 storing
+    the sum; under 32 threads, or when a later statement reads another
+    cell of the partial results, the steps stay as they were."""
+    p0 = ck.load("softmax.c")
+    p = steps(p0, (gpu.map_blocks, "softmax > for i", "x"), (gpu.reduce, "softmax > for j#1", "max_val", 64),
+              (gpu.reduce, "softmax > for j#2", "sum", 64), (gpu.cyclic, "softmax > for j#3", 64))
+    cu = to_cuda(p)
+    assert "if (t_1 < 32) {\n      sum_part[t_1] += sum_part[t_1 + 32];" in cu and "t_1 < 16" not in cu
+    lane = cu.split("float sum_part_lane = sum_part[t_1];\n")[1]
+    assert lane.startswith("    sum_part_lane += __shfl_down_sync(0xffffffffu, sum_part_lane, 16);\n")
+    assert "max_val_part_lane = fmaxf(max_val_part_lane, __shfl_down_sync(0xffffffffu, max_val_part_lane, 1));" in cu
+    assert "if (t_1 == 0) {\n      sum_part[0] = sum_part_lane;\n    }\n  }\n  __syncthreads();\n  sum += sum_part[0];" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+    narrow = steps(p0, (gpu.map_blocks, "softmax > for i", "x"), (gpu.reduce, "softmax > for j#1", "max_val", 16),
+                   (gpu.reduce, "softmax > for j#2", "sum", 16), (gpu.cyclic, "softmax > for j#3", 16))
+    assert "__shfl" not in to_cuda(narrow)
+    peek = ck.parse(ck.function_text(p, "softmax").replace("sum += sum_part[0];", "sum += sum_part[1];"),
+                    "softmax.c")
+    assert "sum_part_lane" not in to_cuda(peek) and "max_val_part_lane" in to_cuda(peek)
+
+
 def test_a_min_tile_maps_to_guarded_threads(ck):
     """The last tile of a loop tiled in mode "min" is shorter: its extra threads skip the body."""
     p0 = ck.load("matmul.c")

@@ -484,7 +484,9 @@ def reduce(program: ir.Program, target: str, var: str, threads: int = 256, axis:
     `if (e > m) m = e`, and the min forms, as parallel.parallel_for finds
     them) of type float or double; the partial results start at the
     operator's identity (0, -INFINITY, INFINITY) and the last step folds
-    them into `var`. The CUDA printer puts a barrier between the steps.
+    them into `var`. The CUDA printer puts a barrier between the steps,
+    and runs the last five (halves 16 to 1) in the first warp as
+    `__shfl_down_sync` steps, without barriers.
     Refused: outside a block loop or inside a thread loop, no such
     reduction, an integer max or min, a thread count that is not a power of
     two up to 1024.
