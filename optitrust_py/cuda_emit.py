@@ -31,7 +31,7 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 from . import ir
-from .cuda_map import MAX_THREADS, mapped_loops, mapping, sums, thread_extent, vector_cells
+from .cuda_map import MAX_THREADS, last_first, mapped_loops, mapping, sums, thread_extent, vector_cells
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .errors import OtpError
 from .names import PURE_FUNCTIONS, free_vars, lvalue_bases
@@ -228,9 +228,12 @@ def _check_axes(fn: str, nest: list[ir.For], what: str) -> None:
 
 
 def _position(loop: ir.For, builtin: str) -> ir.Expr:
-    """The loop index of the block or thread at `builtin.<axis>`."""
+    """The loop index of the block or thread at `builtin.<axis>` (blocks
+    counted from the last iteration for gpu.last_first)."""
     _, axis = mapping(loop)  # type: ignore[misc]
     pos: ir.Expr = ir.Cast(loop.itype, ir.Member(ir.Var(builtin), axis, False))
+    if builtin == "blockIdx" and last_first(loop):
+        pos = ir.Binop("-", ir.Binop("-", _count(loop), ONE), pos)
     if loop.step != ONE:
         pos = ir.Binop("*", pos, loop.step)
     return pos if loop.start == ZERO else ir.Binop("+", loop.start, pos)

@@ -40,6 +40,15 @@ def mark(level: str, axis: str, sums: Sequence[str] = ()) -> str:
     return f"otp gpu {level} {axis}" + (f" reduction(+:{','.join(sums)})" if sums else "")
 
 
+LAST_FIRST = "otp gpu last_first"
+
+
+def last_first(loop: Any) -> bool:
+    """Whether a block loop's blocks are launched from its last iteration
+    to its first (gpu.last_first)."""
+    return isinstance(loop, ir.For) and LAST_FIRST in loop.pragmas
+
+
 def vector_mark(cells: int) -> str:
     """The pragma text of a copy loop the printer runs `cells` cells (16
     bytes) at a time, as `int4` loads and stores (gpu.vector_copy)."""

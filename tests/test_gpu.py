@@ -398,7 +398,8 @@ def test_the_last_five_tree_steps_run_as_warp_shuffles(ck):
     lane = cu.split("float sum_part_lane = sum_part[t_1];\n")[1]
     assert lane.startswith("    sum_part_lane += __shfl_down_sync(0xffffffffu, sum_part_lane, 16);\n")
     assert "max_val_part_lane = fmaxf(max_val_part_lane, __shfl_down_sync(0xffffffffu, max_val_part_lane, 1));" in cu
-    assert "if (t_1 == 0) {\n      sum_part[0] = sum_part_lane;\n    }\n  }\n  __syncthreads();\n  sum += sum_part[0];" in cu
+    assert ("if (t_1 == 0) {\n      sum_part[0] = sum_part_lane;\n    }\n  }\n  __syncthreads();\n"
+            "  sum += sum_part[0];") in cu
     if find_nvcc() is not None:
         assert compile_check(cu, "final.cu") == ()
     narrow = steps(p0, (gpu.map_blocks, "softmax > for i", "x"), (gpu.reduce, "softmax > for j#1", "max_val", 16),
@@ -407,6 +408,17 @@ def test_the_last_five_tree_steps_run_as_warp_shuffles(ck):
     peek = ck.parse(ck.function_text(p, "softmax").replace("sum += sum_part[0];", "sum += sum_part[1];"),
                     "softmax.c")
     assert "sum_part_lane" not in to_cuda(peek) and "max_val_part_lane" in to_cuda(peek)
+
+
+def test_last_first_counts_the_blocks_from_the_end(ck):
+    p = gpu.last_first.apply(rows_in_blocks(ck), "matmul > for bj").program
+    assert "#pragma otp gpu last_first\n" in ck.function_text(p, "matmul")
+    cu = to_cuda(p)
+    assert "int bj = ((N + (256 - 1)) / 256 - 1 - (int)blockIdx.x) * 256;" in cu and "int i = (int)blockIdx.y;" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+    assert "not mapped to blocks" in refusal(gpu.last_first.apply, p, "matmul > for j")
+    assert "already launches its last block first" in refusal(gpu.last_first.apply, p, "matmul > for bj")
 
 
 def test_a_min_tile_maps_to_guarded_threads(ck):

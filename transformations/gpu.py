@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 import z3
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import AXES, MAX_THREADS, constant_extent, mapping, mark, thread_extent, vector_mark
+from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, thread_extent,
+                                   vector_mark)
 from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
@@ -128,6 +129,40 @@ def map_blocks(program: ir.Program, target: str, axis: str = "x", sums: Sequence
     not an array the loop writes.
     """
     return _map(program, target, "block", axis, sums)
+
+
+@primitive
+def last_first(program: ir.Program, target: str) -> Rewrite:
+    """Launch the blocks of a block loop from its last iteration to its
+    first: in causal attention the last query blocks attend to the most
+    keys; started first, the short blocks fill the end of the run (H100,
+    attention.py: 1-2% faster).
+
+    Before (`gpu.last_first("attention > for h > for bi")`):
+
+        #pragma otp gpu block x
+        for (int bi = 0; bi < S; bi += 64) { ... }
+
+    After (no obligation: the blocks of the grid run in no set order, so
+    the loop's `parallel` obligation already covers this one):
+
+        #pragma otp gpu block x
+        #pragma otp gpu last_first
+        for (int bi = 0; bi < S; bi += 64) { ... }
+
+    In CUDA, `bi` is `((S + (64 - 1)) / 64 - 1 - (int)blockIdx.x) * 64`. The C
+    program runs as before. Refused: a loop that is not mapped to blocks,
+    or already marked.
+    """
+    res = Resolver(program)
+    m: Match = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if mapping(loop) is None or mapping(loop)[0] != "block":  # type: ignore[index]
+        raise TransformError(f"gpu.last_first: {where} is not mapped to blocks (gpu.map_blocks first)", loop.loc)
+    if LAST_FIRST in loop.pragmas:
+        raise TransformError(f"gpu.last_first: {where} already launches its last block first", loop.loc)
+    return Rewrite(replace(program, m.path, dataclasses.replace(loop, pragmas=loop.pragmas + (LAST_FIRST,))), ())
 
 
 @primitive
