@@ -4,9 +4,10 @@ check it against the original C program, time it on the GPU.
 The final program is emitted (cuda_emit) and built as a shared library whose
 wrapper takes device pointers; the original is built with gcc as for the CPU
 bench. Inputs are the CPU bench's (contract-shaped, the same seeds), held
-in torch tensors on the GPU; outputs start as NaN. Checks, before any
-timing: at the script's `load(sizes=...)` (small, with tails) the GPU
-outputs must match the original's run on the CPU; at the bench sizes they
+in torch tensors on the GPU; outputs the function only writes start as
+NaN (an array it modifies keeps its contents). Checks, before any timing:
+at the script's `load(sizes=...)` (small, with tails) the GPU outputs must
+match the original's run on the CPU; at the bench sizes they
 must match the library's (`--compare torch`) or, without it, the original's
 (slow for big kernels: the original is naive C on one core). A script's
 `setup=` and `call=` are honoured as on the CPU (quantize.py): the setup
@@ -115,11 +116,18 @@ def _outputs(plan: Any) -> list[str]:
     return [p.name for p in plan.params if p.role == "buffer" and p.output]
 
 
+def _poisoned(plan: Any) -> list[str]:
+    """The outputs that start as NaN: those the function only writes (an
+    array it modifies, such as a KV cache, keeps its random contents: it
+    is read too)."""
+    return [p.name for p in plan.params if p.role == "buffer" and p.output and p.fill == "poison"]
+
+
 def _cpu_run(lib: Any, name: str, plan: Any, arrays: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     mine = {k: v.copy() for k, v in arrays.items()}
-    for o in _outputs(plan):
+    for o in _poisoned(plan):
         if np.issubdtype(mine[o].dtype, np.floating):
             mine[o][:] = np.nan
     getattr(lib, name)(*_args(plan, {k: v.ctypes.data for k, v in mine.items()}))
@@ -140,7 +148,7 @@ class _Gpu:
         self.tensors = {k: torch.from_numpy(v.copy()).cuda() for k, v in arrays.items()}
         self.tensors.update({k: torch.from_numpy(np.zeros(j["count"], np.dtype(j["code"]))).cuda()
                              for k, j in prepared.items()})
-        for o in _outputs(plan):
+        for o in _poisoned(plan):
             if self.tensors[o].is_floating_point():
                 self.tensors[o].fill_(float("nan"))
         for c in spec.setup:
