@@ -708,3 +708,18 @@ def test_vector_copy_from_an_unaligned_place_is_refuted(ck):
     padded = ck.parse("void f(const float *x) {\n  float t[2][6];\n  for (int k = 0; k < 4; k++) {\n"
                       "    t[1][k] = x[k];\n  }\n  x = &t[0][0];\n}\n")
     assert "rows of 't[1][k]'" in refusal(gpu.vector_copy.apply, padded, "f > for k")
+
+
+def test_cuda_bench_keeps_the_contents_of_modified_arrays(ck):
+    """gqa_decode reads the KV caches it appends to: only `out`, which it
+    only writes, starts as NaN in the GPU check (NaN caches made every
+    output NaN on both sides, and the check vacuous)."""
+    from optitrust_py.cuda_bench import _outputs, _plan, _poisoned
+    from optitrust_py.spec import load_contracts
+
+    p = ck.load("gqa_decode.c")
+    f = p.function("gqa_decode")
+    plan, arrays = _plan(f, load_contracts(p, GQA_SPEC)["gqa_decode"], {"H": 4, "KVH": 2, "D": 8, "SMAX": 16, "pos": 9})
+    assert _outputs(plan) == ["k_cache", "v_cache", "out"] and _poisoned(plan) == ["out"]
+    cache = arrays["k_cache"]
+    assert cache.any() and all(x == x for x in cache)  # random, not NaN: what the check runs on
