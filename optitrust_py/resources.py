@@ -25,14 +25,46 @@ from .tree import function_path, walk
 _CACHE: dict[Any, Optional[str]] = {}
 
 
+_CHECKED: dict[tuple[int, ...], tuple[Any, list[str]]] = {}
+"""Each function's problems, by the identity of what they depend on: the
+contracts, the function, the functions it calls and the program's other
+top-level items (all kept with the answer, so their ids stay theirs). A
+step leaves the functions it does not touch as the same objects, and those
+are the costly ones to check again (transformer_token: 3 s at each of the
+steps that only change transformer_prefill)."""
+_KEEP = 256
+
+
 def check_resources(program: ir.Program, contracts: Mapping[str, Any]) -> tuple[str, ...]:
     """Problems of every function of `program` that has a contract."""
     problems: list[str] = []
+    defs = {f.name: f for f in program.functions()}
+    others = tuple(i for i in program.items if not isinstance(i, ir.FuncDef))
     for f in program.functions():
         contract = contracts.get(f.decl.name or "")
         if contract is not None and f.body is not None:
-            problems.extend(_check_function(program, f, contract, contracts))
+            depends = (contracts, f, *_reached(f, defs), *others)
+            key = tuple(map(id, depends))
+            got = _CHECKED.get(key)
+            if got is None:
+                while len(_CHECKED) >= _KEEP:
+                    del _CHECKED[next(iter(_CHECKED))]
+                got = _CHECKED[key] = (depends, _check_function(program, f, contract, contracts))
+            problems.extend(got[1])
     return tuple(problems)
+
+
+def _reached(f: ir.FuncDef, defs: Mapping[str, ir.FuncDef]) -> list[ir.FuncDef]:
+    """The functions of the program `f` calls, directly or not."""
+    seen: dict[str, ir.FuncDef] = {}
+    stack = [f]
+    while stack:
+        for _, n in walk(stack.pop().body):
+            if isinstance(n, ir.Call) and isinstance(n.func, ir.Var) and n.func.name in defs \
+                    and n.func.name not in seen and n.func.name != f.name:
+                seen[n.func.name] = defs[n.func.name]
+                stack.append(defs[n.func.name])
+    return [seen[n] for n in sorted(seen)]
 
 
 def _check_function(program: ir.Program, f: ir.FuncDef, contract: Any, contracts: Mapping[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 from optitrust_py import ir
 from optitrust_py.errors import TargetError
 from optitrust_py.frontend import parse_text
+from optitrust_py.printer import to_c
 from optitrust_py.tree import get, walk
 from transformations import loop, parallel
 from helpers import attention_args, matmul_args, refusal, refuted
@@ -255,6 +256,30 @@ def test_parallel_for_refuses_nesting_pragmas_and_exits(ck):
     w = ck.parse("void f(int n, float *x) { for (int i = 0; i < n; i++) { x[i] = 0.0f; n = n - 1; } }")
     assert "the body writes 'n', which the bounds of for i (line 2) read" in refusal(parallel.parallel_for.apply, w,
                                                                                   "f > for i")
+
+
+def test_parallel_for_in_a_nested_block_sees_the_parallel_region_around_it(ck):
+    """A loop in a `{ }` block: the statement before the block is looked up
+    in the enclosing block's statements (it used to index the block itself)."""
+    p = ck.parse(c("""
+        void f(int n, float *x) {
+          x[0] = 1.0f;
+          {
+            for (int i = 0; i < n; i++) {
+              x[i] = 0.0f;
+            }
+          }
+          #pragma omp parallel
+          {
+            for (int i = 0; i < n; i++) {
+              x[i] = 2.0f;
+            }
+          }
+        }"""))
+    assert "#pragma omp parallel for" in to_c(parallel.parallel_for.apply(p, "f > for i#1").program)
+    assert refusal(parallel.parallel_for.apply, p, "f > for i#2") == (
+        "parallel.parallel_for: for i (line 10) is inside a parallel construct ('#pragma omp parallel'); "
+        "nested parallelism is refused")
 
 
 def test_parallel_for_refuses_bad_collapse_and_schedule(ck):

@@ -170,7 +170,7 @@ def _enclosing_parallel(program: ir.Program, path: Path) -> Optional[str]:
             return _parallel_pragma(node.pragmas)
         name, index = path[k - 1]
         if isinstance(node, ir.Block) and name == "stmts" and index:
-            before = get(program, path[:k - 1])[index - 1]
+            before = getattr(get(program, path[:k - 1]), name)[index - 1]
             if isinstance(before, ir.Pragma) and _parallel_pragma((before.text,)):
                 return before.text
     return None
