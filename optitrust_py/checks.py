@@ -3,8 +3,7 @@ their results on the steps (`step.checks["level1"]`, `step.checks["level2"]`,
 `step.checks["level3"]`, `step.checks["exec"]`)."""
 from __future__ import annotations
 
-import itertools
-import math
+import multiprocessing
 import os
 import pickle
 import signal
@@ -106,8 +105,7 @@ def run_level3(session: Session, meanwhile: Callable[[], Any] = lambda: None) ->
         session.models = check_models(session.original, session.contracts, every or sizes(session.original), runs) \
             if session.original is not None else []  # type: ignore[attr-defined]
     results = _in_two(primitive, lambda s: check_step(s.before, s.after, session.contracts, chosen[id(s)], s.fp,
-                                                      s.tolerance, runs),
-                      lambda s: sum(math.prod(d.values()) for d in chosen[id(s)]), first)
+                                                      s.tolerance, runs), first)
 
     def visit(step: Step) -> None:
         for s in step.substeps:
@@ -121,27 +119,40 @@ def run_level3(session: Session, meanwhile: Callable[[], Any] = lambda: None) ->
     session.level3_s = time.perf_counter() - t0 - aside[0]
 
 
-def _in_two(steps: list[Step], check: Callable[[Step], Any], weight: Callable[[Step], float] = lambda s: 1.0,
-            meanwhile: Callable[[], Any] = lambda: None) -> dict[int, Any]:
-    """`check` of every step, by the step's id: the later half in a forked
-    process where the machine has two cores, while this one runs
-    `meanwhile`, then the first half. Halves are contiguous, since a step's
-    code before is the code after the step before, whose runs the process
-    then has at hand (only the later half's first is run twice); they are
-    halves of the steps' `weight` (level 3: the product of the sizes a step
-    runs at, which grow along a script as tiles appear)."""
+def _in_two(steps: list[Step], check: Callable[[Step], Any], meanwhile: Callable[[], Any] = lambda: None
+            ) -> dict[int, Any]:
+    """`check` of every step, by the step's id, from both ends where the
+    machine has two cores: a forked process takes the steps from the last
+    one down, while this one runs `meanwhile`, then takes them from the
+    first one up, each claiming its next step under a shared lock, until
+    they meet. Each side thus goes along the script (a step's code before
+    is the code after the step before, whose runs the side then has at
+    hand) and neither waits for the other, whatever the steps cost."""
     if len(steps) < 8 or (os.cpu_count() or 1) < 2:
         meanwhile()
         return {id(s): check(s) for s in steps}
-    before = list(itertools.accumulate(weight(s) for s in steps))
-    cut = min(range(1, len(steps)), key=lambda k: max(before[k - 1], before[-1] - before[k - 1]))
-    first, later = steps[:cut], steps[cut:]
+    ends = multiprocessing.RawArray("i", [0, len(steps)])  # the next step from the front, one past the next from the back
+    lock = multiprocessing.Lock()
+
+    def claim(front: bool) -> Optional[int]:
+        with lock:
+            if ends[0] >= ends[1]:
+                return None
+            k = ends[0] if front else ends[1] - 1
+            ends[0 if front else 1] += 1 if front else -1
+            return k
+
+    def side(front: bool) -> dict[int, Any]:
+        out = {}
+        while (k := claim(front)) is not None:
+            out[k] = check(steps[k])
+        return out
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: check the later half, send the results, leave without cleaning up the parent's state
+    if pid == 0:  # the child: check from the back, send the results, leave without cleaning up the parent's state
         os.close(read)
         try:
-            reply = pickle.dumps(("ok", [check(s) for s in later]))
+            reply = pickle.dumps(("ok", side(False)))
         except BaseException:  # noqa: B036 (anything is sent back, to be raised in the parent)
             reply = pickle.dumps(("error", traceback.format_exc()))
         with os.fdopen(write, "wb") as out:
@@ -150,7 +161,7 @@ def _in_two(steps: list[Step], check: Callable[[Step], Any], weight: Callable[[S
     os.close(write)
     try:
         meanwhile()
-        done = {id(s): check(s) for s in first}
+        done = side(True)
     except BaseException:
         os.kill(pid, signal.SIGKILL)  # its answer would not be read
         raise
@@ -161,8 +172,8 @@ def _in_two(steps: list[Step], check: Callable[[Step], Any], weight: Callable[[S
     status, value = pickle.loads(reply) if reply else ("error", f"it ended with status {code} and no answer")
     if status != "ok":
         raise RuntimeError(f"level 3's second process failed:\n{value}")
-    done.update(zip(map(id, later), value))
-    return done
+    done.update(value)
+    return {id(steps[k]): r for k, r in done.items()}
 
 
 def combine3(results: list[Any]) -> Any:

@@ -276,10 +276,29 @@ def _subterms(e: z3.ExprRef) -> list[z3.ExprRef]:
     return _subterms_of([e])
 
 
+_WALKED: dict[int, tuple[z3.ExprRef, dict[int, z3.ExprRef]]] = {}
+"""Each formula's subterms, by the formula (kept, so its id stays its own):
+the requires and loop ranges are the hypotheses of most queries, and
+walking them through z3's Python API cost a quarter of level 2."""
+_WALKED_MAX = 20000
+
+
 def _subterms_of(exprs: Iterable[z3.ExprRef]) -> list[z3.ExprRef]:
     """The distinct subterms of some formulas, each once."""
     seen: dict[int, z3.ExprRef] = {}
-    todo = list(exprs)
+    for e in exprs:
+        got = _WALKED.get(e.get_id())
+        if got is None:
+            if len(_WALKED) >= _WALKED_MAX:
+                _WALKED.clear()
+            got = _WALKED[e.get_id()] = (e, _walk(e))
+        seen.update(got[1])
+    return list(seen.values())
+
+
+def _walk(e: z3.ExprRef) -> dict[int, z3.ExprRef]:
+    seen: dict[int, z3.ExprRef] = {}
+    todo = [e]
     while todo:
         n = todo.pop()
         if n.get_id() in seen:
@@ -287,7 +306,7 @@ def _subterms_of(exprs: Iterable[z3.ExprRef]) -> list[z3.ExprRef]:
         seen[n.get_id()] = n
         if z3.is_app(n):
             todo.extend(n.children())
-    return list(seen.values())
+    return seen
 
 
 def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tuple[str, Optional[z3.ModelRef]]:

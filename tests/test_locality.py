@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 
 import pytest
 
@@ -125,21 +126,27 @@ def test_a_step_that_only_adds_pragmas_is_equal_without_a_run() -> None:
 
 
 def test_level_3_of_many_steps_runs_in_two_processes_and_keeps_each_result_with_its_step() -> None:
+    """While this process is busy (level 2, here 1 s), the other takes the
+    steps from the last one down; then this one from the first one up (on
+    one core, this one takes them all)."""
     from optitrust_py.checks import _in_two
 
-    steps = [object() for _ in range(9)]
-    pids = _in_two(steps, lambda s: (steps.index(s), os.getpid()))  # type: ignore[arg-type]
-    assert [pids[id(s)][0] for s in steps] == list(range(9))
-    assert len({pid for _, pid in pids.values()}) == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    steps = list(range(12))
+    order: list[int] = []
 
-
-def test_the_two_processes_share_the_steps_weight_not_their_number() -> None:
-    from optitrust_py.checks import _in_two
-
-    steps = list(range(10))
-    got = _in_two(steps, lambda s: os.getpid(), lambda s: 10.0 if s >= 8 else 1.0)  # type: ignore[arg-type]
-    parent = [s for s in steps if got[id(s)] == os.getpid()]
-    assert parent == (list(range(9)) if (os.cpu_count() or 1) >= 2 else steps), "18 of 28 here, 10 there"
+    def check(s: int) -> tuple[int, int, float]:
+        order.append(s)
+        return s, os.getpid(), time.monotonic()
+    got = _in_two(steps, check, lambda: time.sleep(1.0))  # type: ignore[arg-type]
+    assert [got[id(s)][0] for s in steps] == steps
+    mine = [s for s in steps if got[id(s)][1] == os.getpid()]
+    assert order == mine, "this process went from the front"
+    if (os.cpu_count() or 1) < 2:
+        assert mine == steps
+        return
+    assert len(mine) <= 2, f"the other process took only {12 - len(mine)} of 12 steps that cost nothing in 1 s"
+    theirs = [s for _, s in sorted((got[id(s)][2], s) for s in steps if s not in mine)]
+    assert theirs == sorted(theirs, reverse=True), "the other process went from the back"
 
 
 def test_a_failure_in_the_second_process_is_raised_with_its_traceback() -> None:
@@ -151,4 +158,4 @@ def test_a_failure_in_the_second_process_is_raised_with_its_traceback() -> None:
         return 0
     if (os.cpu_count() or 1) >= 2:
         with pytest.raises(RuntimeError, match="second process failed:(.|\\n)*ValueError: step eight"):
-            _in_two(list(range(9)), check)  # type: ignore[arg-type]
+            _in_two(list(range(9)), check, lambda: time.sleep(1.0))  # type: ignore[arg-type]
