@@ -361,7 +361,12 @@ def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional
     rounding = _Rounding(norm)
     for cell, a in old.cells.items():
         b = new.cells[cell]
-        if rounding.same(a, b) or _by_cases(a, b, rounding.same):
+        if rounding.same(a, b):
+            continue
+        if norm.regrouped(a, b):
+            reassociated = reassociated or f"e.g. {_cell(cell)}"
+            continue
+        if _by_cases(a, b, rounding.same):
             continue
         # a cell whose values are apart is not normalised: normal forms can grow exponentially
         near = not _apart(norm.value(a), norm.value(b))

@@ -77,6 +77,22 @@ def test_only_ieee_exact_folds() -> None:
     assert T.unary("neg", T.unary("neg", a)) is a and T.unary("neg", T.const(2)) is T.const(-2)
 
 
+def test_regrouped_chains_are_read_as_multisets_and_nothing_more() -> None:
+    """What a vectorized reduction changes (the grouping of a chain of +,
+    *, max or min) is seen without a normal form; anything else is left to
+    normal forms (a distributed product is equal over the reals, not
+    regrouped)."""
+    norm = canon.Normalizer()
+    assert norm.regrouped(add(add(a, b), c), add(a, add(c, b)))
+    assert norm.regrouped(T.binary("max", T.binary("max", a, b), c), T.binary("max", a, T.binary("max", b, c)))
+    assert norm.regrouped(T.unary("exp", add(add(a, b), c)), T.unary("exp", add(a, add(b, c))))
+    assert not norm.regrouped(T.binary("sub", a, b), T.binary("sub", b, a))
+    assert not norm.regrouped(add(a, b), add(a, a)) and not norm.regrouped(add(a, b), T.binary("max", a, b))
+    distributed = add(T.binary("mul", x, a), T.binary("mul", x, b))
+    assert not norm.regrouped(T.binary("mul", x, add(a, b)), distributed)
+    assert meet(T.binary("mul", x, add(a, b)), distributed)
+
+
 def test_ite_picks_a_decided_branch() -> None:
     assert T.ite(T.ONE, a, b) is a and T.ite(T.ZERO, a, b) is b
     cond = T.binary("lt", a, b)
