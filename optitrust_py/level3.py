@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from . import canon, dispatch, ir, locality, printer, quantized, unfold
 from .contract import Contract, evaluate
 from .errors import OtpError
+from .names import calls, reached
 from .symexec import Outcome, Unsupported, run
 from .terms import COMMUTATIVE, Term, integer_bound
 
@@ -126,7 +127,7 @@ class Runs:
         where = at.key()
         if where is None:
             return locality.run_at(program, stmt, at, choices)
-        callees = tuple(f for n in sorted(_callees_of(stmt)) for f in _closure(program, n))
+        callees = tuple(f for n in sorted(calls(stmt)) for f in reached(program, n))
         key = (id(stmt), callees, where, tuple(sorted(choices.items())))
         got = self.locals.get(key)
         if got is None:
@@ -147,32 +148,7 @@ class Runs:
     @staticmethod
     def _key(program: ir.Program, function: str, sizes: Mapping[str, int],
              choices: Mapping[str, bool]) -> tuple[Any, ...]:
-        return _closure(program, function), tuple(sorted(sizes.items())), tuple(sorted(choices.items()))
-
-
-def _closure(program: ir.Program, function: str) -> tuple[ir.FuncDef, ...]:
-    """The function and every function of the program it calls, transitively
-    (what a run of it depends on)."""
-    defs = {f.name: f for f in program.functions()}
-    seen: dict[str, ir.FuncDef] = {}
-    stack = [function]
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in defs:
-            continue
-        seen[name] = defs[name]
-        stack.extend(_callees(defs[name]))
-    return tuple(seen[n] for n in sorted(seen))
-
-
-def _callees(f: ir.FuncDef) -> list[str]:
-    return list(_callees_of(f.body))
-
-
-def _callees_of(node: Any) -> set[str]:
-    from .tree import walk
-
-    return {n.func.name for _, n in walk(node) if isinstance(n, ir.Call) and isinstance(n.func, ir.Var)}
+        return reached(program, function), tuple(sorted(sizes.items())), tuple(sorted(choices.items()))
 
 
 def check_step(before: ir.Program, after: ir.Program, contracts: Mapping[str, Contract],
@@ -205,7 +181,7 @@ def _changed(before: ir.Program, after: ir.Program, contracts: Mapping[str, Cont
     out = []
     for f in after.functions():
         if f.name in contracts and before.function(f.name) is not None \
-                and _closure(before, f.name) != _closure(after, f.name):
+                and reached(before, f.name) != reached(after, f.name):
             out.append(f.name)
     return out
 
@@ -217,7 +193,7 @@ def _sizes_text(sizes: tuple[tuple[str, int], ...]) -> str:
 def _compare_function(before: ir.Program, after: ir.Program, name: str, contract: Contract,
                       sizes: Mapping[str, int], runs: Runs, bound: Optional[float] = None) -> list[FunctionCheck]:
     key = tuple(sorted(sizes.items()))
-    old_closure, new_closure = _closure(before, name), _closure(after, name)
+    old_closure, new_closure = reached(before, name), reached(after, name)
     if locality.sequential(old_closure) == locality.sequential(new_closure):
         return [FunctionCheck(name, key, "=", "only pragmas changed, and level 3 runs the code as written, in "
                               "sequence (whether threads race is level 2's question)")]
@@ -280,7 +256,7 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
     `NotLocal` when that does not show the step equal, or (`weigh`) when its
     first run shows whole runs would cost less."""
     reaching = frozenset(f.name for f in closure if any(
-        g.name == where.function for g in _closure(before, f.name)))
+        g.name == where.function for g in reached(before, f.name)))
     found: dict[tuple[tuple[str, bool], ...], list[locality.Instance]] = {}
 
     def ask(choices: Mapping[str, bool]) -> dict[str, bool]:

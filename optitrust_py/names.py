@@ -310,6 +310,41 @@ def reads_of(node: Any) -> set[str]:
     return free_vars(strip(node)) if node is not None else set()
 
 
+def stored_var(e: ir.Expr) -> Optional[str]:
+    """The variable that a store into lvalue `e` changes as a whole: `x` for
+    `x` or `x.f`; None for a store through memory (`x[i]`, `*p`, `p->f`)."""
+    while isinstance(e, ir.Member) and not e.arrow:
+        e = e.base
+    return e.name if isinstance(e, ir.Var) else None
+
+
+def address_taken(node: Any) -> set[str]:
+    """Variables whose address `node` takes somewhere (`&x`, `&x.f`): code
+    elsewhere may change them through a pointer."""
+    return {root for _, n in walk(node) if isinstance(n, ir.Unop) and n.op == "&"
+            for root in [stored_var(n.arg)] if root}
+
+
+def calls(node: Any) -> set[str]:
+    """The names of the functions `node` calls by name."""
+    return {n.func.name for _, n in walk(node) if isinstance(n, ir.Call) and isinstance(n.func, ir.Var)}
+
+
+def reached(program: ir.Program, function: str) -> tuple[ir.FuncDef, ...]:
+    """The function and every function of the program it calls, directly or
+    not (what a run of it depends on), by name."""
+    defs = {f.name: f for f in program.functions()}
+    seen: dict[str, ir.FuncDef] = {}
+    stack = [function]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in defs:
+            continue
+        seen[name] = defs[name]
+        stack.extend(calls(defs[name].body))
+    return tuple(seen[n] for n in sorted(seen))
+
+
 def has_side_effects(expr: Any, pure_functions: Iterable[str] = PURE_FUNCTIONS) -> bool:
     """Whether evaluating `expr` may change state: an assignment, `++`/`--`,
     a call to a function not in `pure_functions`, or an opaque expression."""

@@ -17,7 +17,7 @@ import z3
 from . import ir
 from .dependence import Space
 from .footprint import UNKNOWN, Access, Loop, footprint, function_footprint
-from .names import subst
+from .names import reached, subst
 from .printer import expr as expr_text
 from .smt import Terms, satisfy, solver as new_solver, unknown_reason
 from .tree import function_path, walk
@@ -38,12 +38,11 @@ _KEEP = 256
 def check_resources(program: ir.Program, contracts: Mapping[str, Any]) -> tuple[str, ...]:
     """Problems of every function of `program` that has a contract."""
     problems: list[str] = []
-    defs = {f.name: f for f in program.functions()}
     others = tuple(i for i in program.items if not isinstance(i, ir.FuncDef))
     for f in program.functions():
         contract = contracts.get(f.decl.name or "")
         if contract is not None and f.body is not None:
-            depends = (contracts, f, *_reached(f, defs), *others)
+            depends = (contracts, *reached(program, f.name), *others)
             key = tuple(map(id, depends))
             got = _CHECKED.get(key)
             if got is None:
@@ -52,19 +51,6 @@ def check_resources(program: ir.Program, contracts: Mapping[str, Any]) -> tuple[
                 got = _CHECKED[key] = (depends, _check_function(program, f, contract, contracts))
             problems.extend(got[1])
     return tuple(problems)
-
-
-def _reached(f: ir.FuncDef, defs: Mapping[str, ir.FuncDef]) -> list[ir.FuncDef]:
-    """The functions of the program `f` calls, directly or not."""
-    seen: dict[str, ir.FuncDef] = {}
-    stack = [f]
-    while stack:
-        for _, n in walk(stack.pop().body):
-            if isinstance(n, ir.Call) and isinstance(n.func, ir.Var) and n.func.name in defs \
-                    and n.func.name not in seen and n.func.name != f.name:
-                seen[n.func.name] = defs[n.func.name]
-                stack.append(defs[n.func.name])
-    return [seen[n] for n in sorted(seen)]
 
 
 def _check_function(program: ir.Program, f: ir.FuncDef, contract: Any, contracts: Mapping[str, Any]) -> list[str]:

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from . import ir
 from .errors import OtpError
-from .names import PURE_FUNCTIONS, declared_names, free_vars, has_side_effects, subst, writes_of
-from .tree import map_children, walk
+from .names import PURE_FUNCTIONS, address_taken, declared_names, free_vars, has_side_effects, subst, writes_of
+from .tree import get, map_children, walk
 from .typeof import param_type, resolve, type_of, typedefs_of, unqualified
 
 _LOOPS = (ir.For, ir.GenericFor, ir.While, ir.DoWhile, ir.If, ir.Block)
@@ -59,9 +59,7 @@ class Unfolding:
         got = self.memo.get(id(f))
         if got is None:
             env = {p.name: param_type(p.type) for p in f.params if p.name}
-            taken = {n.arg.name for _, n in walk(f.body)
-                     if isinstance(n, ir.Unop) and n.op == "&" and isinstance(n.arg, ir.Var)}
-            body = _Unfolder(typedefs, frozenset(taken)).block(f.body, env)
+            body = _Unfolder(typedefs, frozenset(address_taken(f.body))).block(f.body, env)
             got = self.memo[id(f)] = (f, dataclasses.replace(f, body=_addresses(body)))
         return got[1]
 
@@ -132,8 +130,6 @@ def _reads_memory(e: ir.Expr) -> bool:
 
 
 def _under_address(e: ir.Expr, path: Any) -> bool:
-    from .tree import get
-
     parent = get(e, path[:-1])
     return isinstance(parent, ir.Unop) and parent.op == "&"
 
@@ -151,8 +147,7 @@ def _addresses(node: Any) -> Any:
 def _at(f: ir.FuncDef, sizes: Mapping[str, int]) -> ir.FuncDef:
     """`f` at `sizes`: its size parameters that nothing assigns or takes the
     address of replaced by their values, and tests of constants decided."""
-    fixed = writes_of(f.body) | {n.arg.name for _, n in walk(f.body)
-                                 if isinstance(n, ir.Unop) and n.op == "&" and isinstance(n.arg, ir.Var)}
+    fixed = writes_of(f.body) | address_taken(f.body)
     values = {p.name: ir.Const(str(sizes[p.name])) for p in f.params
               if p.name in sizes and p.name not in fixed and isinstance(p.type, ir.Base)}
     return dataclasses.replace(f, body=_decided(subst(f.body, values)))

@@ -57,6 +57,17 @@ for _ in range(3):
     loop.move_out("attention > def scale")
 
 
+def key_blocks_outside(queries: str) -> None:
+    """The queries' loop of a query block (`queries`, inside the loop over
+    blocks): their running max and sum become per-query arrays, and the
+    key-block loop goes outside the queries, up to the diagonal block."""
+    loop.hoist(f"{queries} > def max_val")
+    loop.hoist(f"{queries} > def sum")
+    loop.fission(f"{queries} > before for bj")
+    loop.fission(f"{queries}#2 > after for bj")
+    flash.swap_triangular(f"{queries}#2")
+
+
 def flash_tiles(h: str, d: int) -> None:
     """CUDA, for the copy of the head loop `h` where D == d: a block per
     (head, 64 queries), a thread per query; the key-block loop outside the
@@ -73,11 +84,7 @@ def flash_tiles(h: str, d: int) -> None:
     (every thread of a warp reads the same cell). The query blocks are
     launched from the last (the longest) to the first (gpu.last_first)."""
     full = f"{h} > for bi"
-    loop.hoist(f"{full} > for i > def max_val")
-    loop.hoist(f"{full} > for i > def sum")
-    loop.fission(f"{full} > for i > before for bj")
-    loop.fission(f"{full} > for i#2 > after for bj")
-    flash.swap_triangular(f"{full} > for i#2")
+    key_blocks_outside(f"{full} > for i")
     gpu.map_blocks(h, "y")
     gpu.map_blocks(full, "x")
     gpu.last_first(full)
@@ -140,11 +147,7 @@ else:
 
     # 3. query blocks, key blocks up to the diagonal
     loop.tile("attention > for i", 64, mode="min")
-    loop.hoist("attention > for i > def max_val")
-    loop.hoist("attention > for i > def sum")
-    loop.fission("attention > for i > before for bj")
-    loop.fission("attention > for i#2 > after for bj")
-    flash.swap_triangular("attention > for i#2")
+    key_blocks_outside("attention > for i")
     variable.local_accumulator("attention > for bj > for j#3", "sum_h[i - bi]")
 
     # 4. D == 64: whole key blocks, K tile transposed, Q tile and output row local

@@ -13,7 +13,8 @@ import pytest
 from optitrust_py import ir, locality
 from optitrust_py.contract import Contract
 from optitrust_py.frontend import parse_text
-from optitrust_py.level3 import Runs, _closure, _compare_locally, check_step
+from optitrust_py.level3 import Runs, _compare_locally, check_step
+from optitrust_py.names import reached
 from optitrust_py.spec import parse_spec_text
 
 SPEC = """
@@ -47,7 +48,7 @@ def contract() -> Contract:
 
 def focus_of(after: str) -> locality.Focus:
     old, new = program(BEFORE), program(after)
-    where = locality.focus(old, new, _closure(old, "f"), _closure(new, "f"))
+    where = locality.focus(old, new, reached(old, "f"), reached(new, "f"))
     assert where is not None
     return where
 
@@ -55,7 +56,7 @@ def focus_of(after: str) -> locality.Focus:
 def local(after: str, sizes: dict[str, int]) -> list[tuple[str, str]]:
     old, new = program(BEFORE), program(after)
     where = focus_of(after)
-    got = _compare_locally(old, new, "f", contract(), sizes, where, _closure(old, "f"), Runs(), weigh=False)
+    got = _compare_locally(old, new, "f", contract(), sizes, where, reached(old, "f"), Runs(), weigh=False)
     return [(c.status, c.detail) for c in got]
 
 
@@ -69,7 +70,7 @@ def test_the_focus_is_the_smallest_statement_holding_every_change() -> None:
 
 def test_a_change_outside_every_loop_has_no_focus() -> None:
     old, new = program(BEFORE), program(BEFORE.replace("int k = 0;", "int k = 1;"))
-    assert locality.focus(old, new, _closure(old, "f"), _closure(new, "f")) is None
+    assert locality.focus(old, new, reached(old, "f"), reached(new, "f")) is None
 
 
 def test_a_commuted_product_is_equal_at_each_run() -> None:
@@ -85,9 +86,9 @@ def test_a_reassociated_sum_is_equal_over_the_reals_only() -> None:
 def test_a_statement_that_never_runs_is_equal_at_no_cost() -> None:
     code = BEFORE.replace("for (int j = 0; j < n; j++) {", "for (int j = 0; j < n; j++) if (n == 3) {")
     old, new = program(code), program(code.replace("x[j] * x[i]", "x[j] * x[j]"))
-    where = locality.focus(old, new, _closure(old, "f"), _closure(new, "f"))
+    where = locality.focus(old, new, reached(old, "f"), reached(new, "f"))
     assert where is not None
-    got = _compare_locally(old, new, "f", contract(), {"n": 2}, where, _closure(old, "f"), Runs(), weigh=False)
+    got = _compare_locally(old, new, "f", contract(), {"n": 2}, where, reached(old, "f"), Runs(), weigh=False)
     assert [(c.status, c.detail[-13:]) for c in got] == [("=", "at its 0 runs")]
 
 
@@ -111,9 +112,9 @@ def test_a_skipped_statement_that_sets_a_loop_bound_runs() -> None:
     code = BEFORE.replace("int k = 0;", "int k = 0; int m = 1;").replace("k = k + 1;", "k = k + 1; m = m + 1;") \
         .replace("j < n", "j < m")
     old, new = program(code), program(code.replace("x[j] * x[i]", "x[i] * x[j]"))
-    where = locality.focus(old, new, _closure(old, "f"), _closure(new, "f"))
+    where = locality.focus(old, new, reached(old, "f"), reached(new, "f"))
     assert where is not None
-    got = _compare_locally(old, new, "f", contract(), {"n": 3}, where, _closure(old, "f"), Runs(), weigh=False)
+    got = _compare_locally(old, new, "f", contract(), {"n": 3}, where, reached(old, "f"), Runs(), weigh=False)
     assert got[0].detail.endswith("at its 6 runs"), "m is 1, 2, 3 in the three rows: 1 + 2 + 3 runs"
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from optitrust_py import dispatch, ir
 from optitrust_py.checks import _all_steps
 from optitrust_py.frontend import parse_text
-from optitrust_py.level3 import Runs, _closure, check_step, choose_sizes
+from optitrust_py.level3 import Runs, check_step, choose_sizes
+from optitrust_py.names import reached
 from optitrust_py.runner import new_session, run_script
 from optitrust_py.spec import parse_spec_text
 from optitrust_py.unfold import Unfolding
@@ -31,7 +32,7 @@ def program(code: str) -> ir.Program:
 
 def same(before: str, after: str, sizes: dict[str, int] | None = None) -> bool:
     a, b = program(before), program(after)
-    return Unfolding().same(a, _closure(a, "f"), _closure(b, "f"), sizes)
+    return Unfolding().same(a, reached(a, "f"), reached(b, "f"), sizes)
 
 
 def check(before: str, after: str, sizes: dict[str, int]) -> list[tuple[str, str]]:

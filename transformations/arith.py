@@ -20,7 +20,7 @@ import z3
 from optitrust_py import ir
 from optitrust_py.contract import Contract, c_div as int_div, c_mod as int_mod, int_literal
 from optitrust_py.errors import ScriptError, TransformError
-from optitrust_py.names import free_vars, has_side_effects
+from optitrust_py.names import address_taken, free_vars, has_side_effects
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.session import Rewrite, current_session, primitive
 from optitrust_py.smt import Terms, settle
@@ -28,7 +28,7 @@ from optitrust_py.spec import contract_from_clauses
 from optitrust_py.target import Resolver
 from optitrust_py.tree import Path, children, get, replace, walk
 from optitrust_py.typeof import Env, env_at, is_arithmetic, resolve, type_of, typedefs_of
-from transformations.variable import address_taken, written_by
+from transformations.variable import written_by
 
 _ARITH = ("+", "-", "*", "/", "%")
 _LOGIC = ("<", "<=", ">", ">=", "==", "!=", "&&", "||")

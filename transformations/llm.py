@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence, Union
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
 from optitrust_py.footprint import _allocated_count, assigned_scalars
-from optitrust_py.names import declared_names, free_vars, has_side_effects, subst, writes_of
+from optitrust_py.names import address_taken, declared_names, free_vars, has_side_effects, subst, writes_of
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive
@@ -20,7 +20,6 @@ from transformations.loop import (_check_bounds_stable, _const_offset, _fresh_lo
                                   _loop_target, _minus, _plus_expr, _refuse_annotated, _refuse_early_exit,
                                   _require_unit_step, _where, fission, swap)
 from transformations.matrix import _exprs, _local_array
-from transformations.variable import address_taken
 
 
 def _plain_loop(name: str, program: ir.Program, target: str, verb: str,

@@ -7,8 +7,8 @@ from typing import Any, Optional, Union
 
 from optitrust_py import frontend, ir
 from optitrust_py.errors import OtpError, TransformError
-from optitrust_py.names import (declared_names, free_vars, fresh_name, has_side_effects, is_identifier, lvalue_bases,
-                                subst)
+from optitrust_py.names import (address_taken, declared_names, free_vars, fresh_name, has_side_effects, is_identifier,
+                                lvalue_bases, stored_var, subst)
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import declaration, expr as expr_text, stmt_text, type_name
 from optitrust_py.session import Rewrite, primitive
@@ -155,14 +155,6 @@ def bind(program: ir.Program, target: str, name: str, type: Union[str, ir.CType,
 _INCDEC = ("++", "--", "p++", "p--")
 
 
-def _stored_var(e: ir.Expr) -> Optional[str]:
-    """The variable that a store into lvalue `e` changes as a whole: `x` for
-    `x` or `x.f`; None for a store through memory (`x[i]`, `*p`, `p->f`)."""
-    while isinstance(e, ir.Member) and not e.arrow:
-        e = e.base
-    return e.name if isinstance(e, ir.Var) else None
-
-
 def written_by(n: Any, memory: bool = True) -> set[str]:
     """What node `n` itself may change: the variables it assigns or
     increments (with `memory`, also the bases of the memory it stores into,
@@ -172,19 +164,12 @@ def written_by(n: Any, memory: bool = True) -> set[str]:
     if target is not None:
         if memory:
             return lvalue_bases(target)
-        root = _stored_var(target)
+        root = stored_var(target)
     elif isinstance(n, ir.Unop) and n.op == "&":
-        root = _stored_var(n.arg)
+        root = stored_var(n.arg)
     else:
         return set()
     return {root} if root else set()
-
-
-def address_taken(node: Any) -> set[str]:
-    """Variables whose address `node` takes somewhere (`&x`, `&x.f`): code
-    elsewhere may change them through a pointer."""
-    return {root for _, n in walk(node) if isinstance(n, ir.Unop) and n.op == "&"
-            for root in [_stored_var(n.arg)] if root}
 
 
 def _first_write(parts: list[tuple[Path, Any]], names: set[str], memory: bool = True) -> Optional[tuple[Path, str]]:
