@@ -1,4 +1,4 @@
 """`python -m optitrust_py` is the `otp` command."""
-from .cli import main
+from .cli import entry
 
-main()
+entry()

@@ -28,7 +28,7 @@ import itertools
 import math
 import random
 from fractions import Fraction
-from typing import Generic, Iterable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from .terms import NEG_INF, POS_INF, Term
 
@@ -308,20 +308,39 @@ def conditions(terms: list[object], limit: int, first: bool = False) -> Optional
     first: deciding that one decides or rewrites it, and splitting on it
     alone would try cases that cannot happen)."""
     found: dict[int, Term] = {}
-    for u in subterms(terms):
-        if u.op == "ite":
-            bases = [u.args[0]]
-            while bases:
-                c = bases.pop()
-                assert isinstance(c, Term)
-                if c.op in ("and", "or", "not"):
-                    bases.extend(c.args)  # type: ignore[arg-type]
-                elif c.op != "const":
-                    found.setdefault(c.number, c)
+    for t in terms:
+        if isinstance(t, Term):
+            for c in _conditions_in(t):
+                found.setdefault(c.number, c)
             if len(found) > limit:
                 return None
     inner = _inner_conditions(list(found.values()), found.keys()) if first else {}
     return sorted((c for c in found.values() if not inner.get(c.number)), key=lambda c: c.number)
+
+
+_NONE: frozenset[Term] = frozenset()
+_CONDITIONS: dict[int, frozenset[Term]] = {}
+"""The conditions of the `ite`s under each term, by its number: the cells of
+a run share most of their DAG, so each node is visited once per script."""
+
+
+def _conditions_in(t: Term) -> frozenset[Term]:
+    def own(u: Term, kids: list[Term]) -> frozenset[Term]:
+        sets = [s for s in (_CONDITIONS[k.number] for k in kids) if s]
+        got = sets[0] if len(sets) == 1 else frozenset().union(*sets) if sets else _NONE
+        if u.op != "ite":
+            return got
+        bases, mine = [u.args[0]], set()
+        while bases:
+            c = bases.pop()
+            assert isinstance(c, Term)
+            if c.op in ("and", "or", "not"):
+                bases.extend(c.args)  # type: ignore[arg-type]
+            elif c.op != "const":
+                mine.add(c)
+        return got | mine
+    _bottom_up([t], _CONDITIONS, own)
+    return _CONDITIONS[t.number]
 
 
 def _inner_conditions(conds: list[Term], found: Iterable[int]) -> dict[int, bool]:
@@ -329,18 +348,25 @@ def _inner_conditions(conds: list[Term], found: Iterable[int]) -> dict[int, bool
     their DAG, bottom up."""
     wanted = set(found)
     holds: dict[int, bool] = {}
-    stack: list[tuple[Term, bool]] = [(c, False) for c in conds]
+    _bottom_up(conds, holds, lambda u, kids: any(a.number in wanted or holds[a.number] for a in kids))
+    return holds
+
+
+def _bottom_up(roots: list[Term], memo: dict[int, Any], value: Callable[[Term, list[Term]], Any]) -> None:
+    """Fills `memo` (by term number) for every term under `roots`, each
+    from the term and its operands (whose values are in `memo` by then),
+    without recursion: a long chain of sums is deep."""
+    stack: list[tuple[Term, bool]] = [(t, False) for t in roots]
     while stack:
-        u, done = stack.pop()
-        if u.number in holds:
+        u, ready = stack.pop()
+        if u.number in memo:
             continue
         kids = [a for a in u.args if isinstance(a, Term)]
-        if not done:
+        if not ready:
             stack.append((u, True))
-            stack.extend((a, False) for a in kids if a.number not in holds)
+            stack.extend((k, False) for k in kids if k.number not in memo)
             continue
-        holds[u.number] = any(a.number in wanted or holds[a.number] for a in kids)
-    return holds
+        memo[u.number] = value(u, kids)
 
 
 def split(terms: list[object], conds: list[Term]) -> Iterator[tuple[dict[int, bool], list[object]]]:

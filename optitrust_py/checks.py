@@ -34,14 +34,16 @@ def run_checks(session: Session, level: int, run_exec: bool) -> Optional[Level2R
     then with --exec. Returns, at level 2, the check of the input program
     against its contracts (a script cannot prove steps of an input that
     already breaks its contract); None below level 2."""
-    for step in _all_steps(session.steps):
-        if step.error is None:
-            step.checks["level1"] = check_program(step.after, session.contracts)
+    def level1() -> None:
+        for step in _all_steps(session.steps):
+            if step.error is None:
+                step.checks["level1"] = check_program(step.after, session.contracts)
     if level >= 3:
         level2: list[Level2Result] = []
-        run_level3(session, lambda: level2.append(run_level2(session)))
+        run_level3(session, lambda: (level1(), level2.append(run_level2(session))))
         source: Optional[Level2Result] = level2[0]
     else:
+        level1()
         source = run_level2(session) if level >= 2 else None
     if run_exec:
         run_exec_checks(session)
@@ -82,9 +84,9 @@ def run_level3(session: Session, meanwhile: Callable[[], Any] = lambda: None) ->
     checked at, then compares every primitive step's functions with the
     step before, at the sizes that exercise the code it compares (the
     script's, or chosen from that code: `choose_sizes`); a composite
-    gathers its sub-steps'. `meanwhile` (level 2) runs first in this
-    process, while the second process (`_in_two`) starts on its steps; its
-    time is not level 3's."""
+    gathers its sub-steps'. `meanwhile` (levels 1 and 2) runs first in
+    this process, while the second process (`_in_two`) starts on its steps;
+    its time is not level 3's."""
     from .level3 import Runs, check_step, choose_sizes
     from .models import check_models
 

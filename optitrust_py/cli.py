@@ -458,3 +458,19 @@ def main() -> None:
         click.echo(f"internal error: {type(e).__name__}: {e}\n(this is a bug in otp; rerun with --debug "
                    f"for the traceback)", err=True)
         sys.exit(3)
+
+
+def entry() -> None:
+    """The `otp` command: `main`, then leave without tearing the heap down
+    (a level-3 run interns millions of terms, and freeing them one by one
+    takes a second that frees nothing the system would not)."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            click.echo(e.code, err=True)
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

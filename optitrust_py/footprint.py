@@ -149,26 +149,16 @@ class _Collector:
         contract = contracts.get(fn.decl.name or "")
         self.pointers = {p.name for p in _params(fn) if isinstance(p.type, (ir.Ptr, ir.Array)) and p.name}
         self.defined = {f.name: f for f in program.functions()}
-        self.assigned = assigned_scalars(fn.body)
+        self.assigned, declared_pointers, addressed, self.redeclared, self.int_cells = _body_facts(fn.body)
+        self.pointers |= declared_pointers
         self.shapes: dict[str, tuple[ir.Expr, ...]] = {}
         self.sizes: dict[str, tuple[ir.Expr, ...]] = {}
-        for n in _nodes(fn.body):
-            if isinstance(n, ir.DeclStmt) and n.decl.name and isinstance(n.decl.type, (ir.Ptr, ir.Array)):
-                self.pointers.add(n.decl.name)
-        addressed = {n.arg.name for n in _nodes(fn.body)
-                     if isinstance(n, ir.Unop) and n.op == "&" and isinstance(n.arg, ir.Var)}
         self.scalars = self.assigned | addressed
-        counts: dict[str, int] = {}
-        for n in _nodes(fn.body):
-            if isinstance(n, ir.DeclStmt) and n.decl.name:
-                counts[n.decl.name] = counts.get(n.decl.name, 0) + 1
-        self.redeclared = {n for n, k in counts.items() if k > 1}
         if contract is not None:
             for _, r in contract.resources():
                 if r.shape.kind == "matrix" and not r.group and isinstance(r.subject, ir.Var):
                     self.shapes.setdefault(r.base, r.shape.dims)
         self.out: list[Access] = []
-        self.int_cells = _private_ints(fn.body, addressed) - self.redeclared
         self.values: dict[int, tuple[ir.Expr, tuple[str, ...]]] = {}
 
     def stored(self, a: Access, value: ir.Expr, ctx: "_Ctx") -> None:
@@ -632,14 +622,48 @@ def _array_dims(t: ir.CType) -> tuple[ir.Expr, ...]:
 
 def assigned_scalars(node: Any) -> set[str]:
     """Variables assigned as a whole (`x = ...`, `x += ...`, `x++`), not
-    through an index or a pointer."""
-    out: set[str] = set()
-    for n in _nodes(node):
-        if isinstance(n, ir.Assign) and isinstance(n.lhs, ir.Var):
-            out.add(n.lhs.name)
-        elif isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--") and isinstance(n.arg, ir.Var):
-            out.add(n.arg.name)
-    return out
+    through an index or a pointer (once per node: level 2 asks again for
+    every loop of every step)."""
+    got = _ASSIGNED.get(id(node))
+    if got is None or got[0] is not node:
+        out: set[str] = set()
+        for n in _nodes(node):
+            if isinstance(n, ir.Assign) and isinstance(n.lhs, ir.Var):
+                out.add(n.lhs.name)
+            elif isinstance(n, ir.Unop) and n.op in ("++", "--", "p++", "p--") and isinstance(n.arg, ir.Var):
+                out.add(n.arg.name)
+        if len(_ASSIGNED) > 50_000:
+            _ASSIGNED.clear()  # nodes of programs long gone
+        got = _ASSIGNED[id(node)] = (node, frozenset(out))
+    return set(got[1])
+
+
+_ASSIGNED: dict[int, tuple[Any, frozenset[str]]] = {}
+_BODIES: dict[int, tuple[ir.Block, tuple[set[str], set[str], set[str], set[str], set[str]]]] = {}
+
+
+def _body_facts(body: ir.Block) -> tuple[set[str], set[str], set[str], set[str], set[str]]:
+    """A function body's assigned scalars, declared pointers and arrays,
+    scalars whose address is taken, names declared twice, and private
+    integer cells (`_private_ints`), once per body."""
+    got = _BODIES.get(id(body))
+    if got is None or got[0] is not body:
+        pointers: set[str] = set()
+        addressed: set[str] = set()
+        counts: dict[str, int] = {}
+        for n in _nodes(body):
+            if isinstance(n, ir.DeclStmt) and n.decl.name:
+                counts[n.decl.name] = counts.get(n.decl.name, 0) + 1
+                if isinstance(n.decl.type, (ir.Ptr, ir.Array)):
+                    pointers.add(n.decl.name)
+            elif isinstance(n, ir.Unop) and n.op == "&" and isinstance(n.arg, ir.Var):
+                addressed.add(n.arg.name)
+        redeclared = {n for n, k in counts.items() if k > 1}
+        if len(_BODIES) > 1000:
+            _BODIES.clear()
+        got = _BODIES[id(body)] = (body, (assigned_scalars(body), pointers, addressed, redeclared,
+                                          _private_ints(body, addressed) - redeclared))
+    return tuple(set(x) for x in got[1])  # type: ignore[return-value]
 
 
 def _syntactic_base(e: ir.Expr) -> str:

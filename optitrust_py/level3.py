@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import canon, dispatch, ir, locality, printer, quantized, unfold
+from . import canon, dispatch, ir, locality, printer, quantized, translate, unfold
 from .contract import Contract, evaluate
 from .errors import OtpError
 from .names import calls, reached
@@ -108,6 +108,8 @@ class Runs:
     verdicts: dict[tuple[int, int], tuple[locality.Local, locality.Local, tuple[str, str, int]]] = \
         field(default_factory=dict)
     """Comparisons of two local runs, by the runs (kept)."""
+    patterns: dict[tuple[int, int], tuple[ir.Stmt, ir.Stmt, translate.Pattern]] = field(default_factory=dict)
+    """`translate` patterns of changed statements, by their versions (kept)."""
 
     def run(self, program: ir.Program, function: str, contract: Contract, sizes: Mapping[str, int],
             choices: Mapping[str, bool]) -> Outcome:
@@ -140,6 +142,13 @@ class Runs:
         if got is None:
             a, b = locality.outcomes(old, new)
             got = self.verdicts[(id(old), id(new))] = (old, new, (*_compare(a, b, self.normalizer), len(a.cells)))
+        return got[2]
+
+    def pattern(self, old: ir.Stmt, new: ir.Stmt) -> translate.Pattern:
+        """`translate.pattern` of a changed statement's two versions, once."""
+        got = self.patterns.get((id(old), id(new)))
+        if got is None:
+            got = self.patterns[(id(old), id(new))] = (old, new, translate.pattern(old, new))
         return got[2]
 
     def has(self, program: ir.Program, function: str, sizes: Mapping[str, int], choices: Mapping[str, bool]) -> bool:
@@ -208,11 +217,13 @@ def _compare_function(before: ir.Program, after: ir.Program, name: str, contract
         return [dataclasses.replace(c, detail=f"{c.detail} (with {_choices_text(answers)})")
                 for answers, b, a in split for c in _compare_function(b, a, name, contract, sizes, runs, bound)]
     where = locality.focus(before, after, old_closure, new_closure)
-    if where is not None:
+    pieces = locality.foci(before, after, old_closure, new_closure)
+    for parts in ([pieces] if pieces else []) + ([[where]] if where is not None else []):
         try:
-            return _compare_locally(before, after, name, contract, sizes, where, old_closure, runs)
+            return [c for w in parts for c in _compare_locally(before, after, name, contract, sizes, w, old_closure,
+                                                                 runs)]
         except (locality.NotLocal, Unsupported):
-            pass  # whole runs decide, and name the output cell if one differs
+            pass  # the whole changed statement, or else whole runs, decide (and name the output cell that differs)
     out: list[FunctionCheck] = []
     try:
         for choices in _choice_sets(lambda c: runs.run(after, name, contract, sizes, c).choices):
@@ -266,31 +277,47 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
 
     out: list[FunctionCheck] = []
     key = tuple(sorted(sizes.items()))
-    first = where.before.stmts[0] if isinstance(where.before, ir.Block) and where.before.stmts else where.before
+    added = isinstance(where.before, ir.Block) and not where.before.stmts  # statements the step inserted
+    side = where.after if added else where.before
+    first = side.stmts[0] if isinstance(side, ir.Block) and side.stmts else side
     shown_stmt = f"`{printer.stmt_text(first).strip().splitlines()[0].rstrip(' {')[:60]}`"
-    if first is not where.before:
-        shown_stmt = f"the block from {shown_stmt}"
-    line = f"line {first.loc.line}: " if first.loc else ""
+    if first is not side:
+        shown_stmt = f"the {'statements it added' if added else 'block'} from {shown_stmt}"
+    line = f"line {first.loc.line}: " if first.loc and not added else ""
+    shape = runs.pattern(where.before, where.after)
     for choices in _choice_sets(ask):
-        status, detail, cells = "=", "", 0
+        status, detail, cells, shared = "=", "", 0, 0
         todo = found[tuple(sorted(choices.items()))]
-        for k, at in enumerate(todo):
-            t0 = time.process_time()
-            a = runs.local(before, where.before, at, choices)
-            b = runs.local(after, where.after, at, choices)
-            ran = time.process_time() - t0
-            if any(k not in choices for k in (*a.asked, *b.asked)):
-                raise locality.NotLocal("the changed statement makes a choice of its own")
-            got, why, compared = runs.verdict(a, b)
-            if got not in ("=", "≈fp"):
-                raise locality.NotLocal(why)
-            if k == 0 and weigh and not _cheaper_locally(ran * len(todo), before, after, name, sizes, choices, runs):
-                raise locality.NotLocal("whole runs cost less")
+        places = [translate.place(shape, at) for at in todo]
+        expected = len({p.key for p in places if p is not None}) + places.count(None)  # runs, translates aside
+        firsts: dict[Any, tuple[translate.Place, frozenset[tuple[str, int]], tuple[str, str, int]]] = {}
+        for k, (at, here) in enumerate(zip(todo, places)):
+            first = firsts.get(here.key) if here is not None else None
+            if first is not None and translate.translates(first[0], here, first[1]):  # type: ignore[arg-type]
+                got, why, compared = first[2]
+                shared += 1
+            else:
+                t0 = time.process_time()
+                a = runs.local(before, where.before, at, choices)
+                b = runs.local(after, where.after, at, choices)
+                ran = time.process_time() - t0
+                if any(k not in choices for k in (*a.asked, *b.asked)):
+                    raise locality.NotLocal("the changed statement makes a choice of its own")
+                got, why, compared = runs.verdict(a, b)
+                if got not in ("=", "≈fp"):
+                    raise locality.NotLocal(why)
+                if k == 0 and weigh and not _cheaper_locally(ran * expected, before, after, name, sizes, choices, runs):
+                    raise locality.NotLocal("whole runs cost less")
+                if here is not None and here.key not in firsts:
+                    touched = frozenset(c for c in (*a.cells, *b.cells) if c[0] != "var")
+                    firsts[here.key] = (here, touched, (got, why, compared))
             cells += compared
             if got == "≈fp" and status == "=":
                 status, detail = got, why
+        moved = f", {shared} of them as translates of others (`translate`)" if shared else ""
         shown = f"{detail + '; ' if detail else ''}the statement the step changed ({line}{shown_stmt}) " \
-                f"compared alone at its {len(todo)} runs" + (f" (with {_choices_text(choices)})" if choices else "")
+                f"compared alone at its {len(todo)} runs{moved}" + \
+                (f" (with {_choices_text(choices)})" if choices else "")
         out.append(FunctionCheck(name, key, status, shown, cells))
     return out
 
@@ -299,15 +326,18 @@ def _cheaper_locally(estimate: float, before: ir.Program, after: ir.Program, nam
                      choices: Mapping[str, bool], runs: Runs) -> bool:
     """Whether running X at every instance (`estimate` seconds, from the
     first) costs less than the whole runs not cached yet, each as long as
-    the latest whole run; with none measured, X goes on (measuring one
-    would cost a whole run, which X spares when it shows the step equal).
-    Comparing is left out of both: X's cells are fewer and their terms
-    smaller than the outputs'."""
+    twice the latest whole run: that run is of an earlier version of the
+    function, and steps make code longer (a tiled flash loop costs twice
+    the naive loops it came from), while X's first instance is often its
+    largest (a full tile, where later ones are tails). With no whole run
+    measured, X goes on (measuring one would cost a whole run, which X
+    spares when it shows the step equal). Comparing is left out of both:
+    X's cells are fewer and their terms smaller than the outputs'."""
     key = (name, tuple(sorted(sizes.items())), tuple(sorted(choices.items())))
     if key not in runs.costs:
         return True
     missing = sum(not runs.has(p, name, sizes, choices) for p in (before, after))
-    return estimate < runs.costs[key] * missing
+    return estimate < 2 * runs.costs[key] * missing
 
 
 def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> list[dict[str, bool]]:

@@ -19,6 +19,11 @@ not change an integer or a pointer that the path uses; a cheap one that
 does (`n = min(S - bi, 64);`) runs, and one that would need memory to do so
 makes the step non-local (`NotLocal`), as do a data condition on the path,
 a jump out of X, and X changing an integer or a pointer of the scope.
+
+X may also be a run of statements of one block (a declaration changed
+with its uses, statements added or removed), and a step's changes may be
+split into several such pieces (`foci`), each compared alone: each equal
+from any state, the function is equal, one piece replaced at a time.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from . import ir, terms as T
 from .contract import Contract
 from .symexec import Alloc, Machine, Outcome, Ptr, Vec, start
 from .terms import Term
+from .names import declared_names as declared_in, free_vars
 from .tree import Path, get, map_children, walk
 
 _BLOCKS = (ir.Block, ir.For, ir.If, ir.While)
@@ -42,12 +48,15 @@ class NotLocal(Exception):
 
 @dataclass(frozen=True)
 class Focus:
-    """The statement a step changed: in `function`, at `path` from the body."""
+    """The statement a step changed: in `function`, at `path` from the body.
+    With `span`, the `span[0]` statements from `path` before the step and
+    the `span[1]` after it, each side as one block (`before`, `after`)."""
 
     function: str
     path: Path
     before: ir.Stmt
     after: ir.Stmt
+    span: Optional[tuple[int, int]] = None
 
 
 def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.FuncDef],
@@ -55,6 +64,36 @@ def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.Fun
     """The one statement holding every change, when one function of the
     closure changed (functions the step added aside: only the changed code
     can call them) and the change is inside a loop of it."""
+    got = _changed(closure_before, closure_after)
+    if got is None:
+        return None
+    name, old, new = got
+    path = _lowest(old.body, new.body, ())
+    return _focus(name, old.body, new.body, path, None)
+
+
+def foci(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.FuncDef],
+         closure_after: Sequence[ir.FuncDef]) -> list[Focus]:
+    """The changes of one function as separate pieces, each a statement or
+    a run of statements of one block (with every later use of what the run
+    declares), all inside loops; empty when that is not finer than `focus`.
+    Each piece equal from any state makes the function equal, one piece
+    replaced at a time: a piece changes no integer or pointer of its scope,
+    so the others still run at the same instances."""
+    got = _changed(closure_before, closure_after)
+    if got is None:
+        return []
+    name, old, new = got
+    out = [_focus(name, old.body, new.body, path, span) for path, span in _pieces(old.body, new.body, ())]
+    if any(f is None for f in out) or [(f.path, f.span) for f in out] == \
+            [(_lowest(old.body, new.body, ()), None)]:  # type: ignore[union-attr]
+        return []
+    return out  # type: ignore[return-value]
+
+
+def _changed(closure_before: Sequence[ir.FuncDef],
+             closure_after: Sequence[ir.FuncDef]) -> Optional[tuple[str, ir.FuncDef, ir.FuncDef]]:
+    """The one function of the closure the step changed, its name unchanged."""
     old = {f.name: f for f in closure_before}
     new = {f.name: f for f in closure_after}
     if not old.keys() <= new.keys():
@@ -62,13 +101,20 @@ def focus(before: ir.Program, after: ir.Program, closure_before: Sequence[ir.Fun
     changed = [n for n in old if old[n] != new[n]]
     if len(changed) != 1 or old[changed[0]].decl != new[changed[0]].decl:
         return None
-    path = _lowest(old[changed[0]].body, new[changed[0]].body, ())
+    return changed[0], old[changed[0]], new[changed[0]]
+
+
+def _focus(name: str, old: ir.Block, new: ir.Block, path: Path, span: Optional[tuple[int, int]]) -> Optional[Focus]:
     if not any(step[0] == "body" for step in path):
         return None  # not inside a loop: X runs once, and a whole run costs less than two of X
-    x, y = get(old[changed[0]].body, path), get(new[changed[0]].body, path)
-    if isinstance(x, ir.DeclStmt) or isinstance(y, ir.DeclStmt):
-        return None
-    return Focus(changed[0], path, x, y)
+    if span is None:
+        x, y = get(old, path), get(new, path)
+        if isinstance(x, ir.DeclStmt) or isinstance(y, ir.DeclStmt):
+            return None
+        return Focus(name, path, x, y)
+    (field, k), block = path[-1], path[:-1]
+    xs, ys = getattr(get(old, block), field), getattr(get(new, block), field)
+    return Focus(name, path, ir.Block(tuple(xs[k:k + span[0]])), ir.Block(tuple(ys[k:k + span[1]])), span)
 
 
 def sequential(closure: Sequence[ir.FuncDef]) -> tuple[ir.FuncDef, ...]:
@@ -104,6 +150,61 @@ def _lowest(a: Any, b: Any, path: Path) -> Path:
     return path
 
 
+def _pieces(a: Any, b: Any, path: Path) -> list[tuple[Path, Optional[tuple[int, int]]]]:
+    """Paths to the smallest pieces holding every difference of `a` and
+    `b`: statements (no span), and runs of a block's statements (with their
+    spans) where statements were added or removed or a declaration changed,
+    stretched to every later use of a name they declare."""
+    if type(a) is not type(b) or not isinstance(a, _BLOCKS):
+        return [(path, None)]
+    fields = [f.name for f in dataclasses.fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name)]
+    if len(fields) != 1:
+        return [(path, None)]
+    name = fields[0]
+    x, y = getattr(a, name), getattr(b, name)
+    if isinstance(x, ir.Block) and isinstance(y, ir.Block):
+        return _pieces(x, y, path + ((name, None),))
+    if name != "stmts":
+        return [(path, None)]
+    top = 0
+    while top < min(len(x), len(y)) and x[top] == y[top]:
+        top += 1
+    tail = 0
+    while tail < min(len(x), len(y)) - top and x[-1 - tail] == y[-1 - tail]:
+        tail += 1
+    runs: list[list[int]] = []  # [start, end in x, end in y]
+    if len(x) != len(y):
+        runs.append([top, len(x) - tail, len(y) - tail])
+    else:
+        runs.extend([i, i + 1, i + 1] for i in range(top, len(x) - tail)
+                    if x[i] != y[i] and (isinstance(x[i], ir.DeclStmt) or isinstance(y[i], ir.DeclStmt)))
+    for r in runs:  # stretched over the later uses of what it declares
+        while True:
+            declared = declared_in(x[r[0]:r[1]]) | declared_in(y[r[0]:r[2]])
+            later = [k for k in range(r[1], len(x)) if free_vars(x[k]) & declared] + \
+                [k - r[2] + r[1] for k in range(r[2], len(y)) if free_vars(y[k]) & declared]
+            if not later:
+                break
+            grow = max(later) + 1 - r[1]
+            r[1] += grow
+            r[2] += grow
+    merged: list[list[int]] = []
+    for r in sorted(runs):
+        if merged and r[0] < merged[-1][1]:
+            merged[-1][1], merged[-1][2] = max(merged[-1][1], r[1]), max(merged[-1][2], r[2])
+        else:
+            merged.append(r)
+    out: list[tuple[Path, Optional[tuple[int, int]]]] = []
+    inside = {i for r in merged for i in range(r[0], r[1])}
+    for r in merged:
+        out.append((path + ((name, r[0]),), (r[1] - r[0], r[2] - r[0])))
+    if len(x) == len(y):
+        for i in range(top, len(x) - tail):
+            if i not in inside and x[i] != y[i]:
+                out.extend(_pieces(x[i], y[i], path + ((name, i),)))
+    return sorted(out, key=lambda p: p[0])
+
+
 # ---------------------------------------------------------------- instances
 
 @dataclass(frozen=True)
@@ -120,18 +221,27 @@ class Instance:
         None for a value it does not know how to name."""
         parts: list[Any] = [self.allocs, tuple(sorted(self.kinds.items()))]
         for name, v in sorted(self.env.items()):
-            if isinstance(v, int):
-                parts.append((name, v))
-            elif isinstance(v, Ptr):
-                a = v.alloc
-                parts.append((name, "p", a.name, a.extent, a.kind, a.width, v.offset, v.rows))
-            elif isinstance(v, Term):
-                parts.append((name, "t", v.integer))
-            elif isinstance(v, Vec):
-                parts.append((name, "v", tuple(("t", x.integer) if isinstance(x, Term) else x for x in v)))
-            else:
+            seen = seen_as(v, True)
+            if seen is None:
                 return None
+            parts.append((name, seen))
         return tuple(parts)
+
+
+def seen_as(v: Any, where: bool) -> Any:
+    """A value in scope as a local run sees it: an integer, the shape of a
+    pointer's object (with `where`, which object and where in it), the kind
+    of an unknown; None for a value it does not know how to name."""
+    if isinstance(v, int):
+        return v
+    if isinstance(v, Ptr):
+        a = v.alloc
+        return ("p", a.extent, a.kind, a.width, v.rows, *((a.name, v.offset) if where else ()))
+    if isinstance(v, Term):
+        return "t", v.integer
+    if isinstance(v, Vec):
+        return "v", tuple(("t", x.integer) if isinstance(x, Term) else x for x in v)
+    return None
 
 
 class _Statics:
@@ -199,16 +309,27 @@ class _Slicer(Machine):
         """A block where statement `index` leads to the focus (by `rest`);
         with no index, the statements that call towards it are followed."""
         saved: list[tuple[str, Any, Any]] = []
+        run = self.where.span is not None and rest == () and index is not None  # X is a run of statements here
+        span = self.where.span[0] if run and self.where.span else 0
         try:
             for i, s in enumerate(stmts):
-                if i == index:
+                if run and i == index:
+                    self._reach(self.where.before)
+                    if span:
+                        continue
+                elif run and index is not None and index < i < index + span:
+                    continue  # the rest of X
+                elif i == index:
                     self._follow(s, rest, saved)
-                elif index is None and self.statics.of(s)[3] & self.reaching:
+                    continue
+                if index is None and self.statics.of(s)[3] & self.reaching:
                     self._follow(s, None, saved)
                 elif isinstance(s, (ir.DeclStmt, ir.Pragma)):
                     self.stmt(s, saved)
                 else:
                     self._pass(s, saved)
+            if run and index == len(stmts):
+                self._reach(self.where.before)  # X adds statements at the end of the block
         finally:
             self._unbind(saved)
 

@@ -21,8 +21,16 @@ def _fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "loc")
 
 
+_NODE_TYPES: dict[type, bool] = {}
+"""Whether instances of a type are nodes, by type: every walk asks for
+every field of every node."""
+
+
 def _is_node(x: Any) -> bool:
-    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+    got = _NODE_TYPES.get(type(x))
+    if got is None:
+        got = _NODE_TYPES[type(x)] = dataclasses.is_dataclass(x) and not isinstance(x, type)
+    return got
 
 
 def children(node: Any) -> Iterator[tuple[PathStep, Any]]:

@@ -33,6 +33,7 @@ class Unfolding:
 
     def __init__(self) -> None:
         self.memo: dict[int, tuple[ir.FuncDef, ir.FuncDef]] = {}
+        self.forms: dict[tuple[int, Any], tuple[ir.FuncDef, ir.FuncDef]] = {}
 
     def same(self, before: ir.Program, closure_before: Sequence[ir.FuncDef],
              closure_after: Sequence[ir.FuncDef], sizes: Optional[Mapping[str, int]] = None) -> bool:
@@ -41,18 +42,23 @@ class Unfolding:
         once each size parameter nothing assigns is replaced by its value
         and each test of constants decided (`flash.version`'s copy for
         D == 64 is then the code it copied, at D = 64)."""
-        from .locality import sequential
-
         if len(closure_before) != len(closure_after):
             return False
         typedefs = typedefs_of(before)
-        for a, b in zip(closure_before, closure_after):
-            x, y = self.unfolded(a, typedefs), self.unfolded(b, typedefs)
-            if sizes is not None:
-                x, y = _at(x, sizes), _at(y, sizes)
-            if sequential((x,)) != sequential((y,)):
-                return False
-        return True
+        return all(a is b or self.form(a, typedefs, sizes) == self.form(b, typedefs, sizes)
+                   for a, b in zip(closure_before, closure_after))
+
+    def form(self, f: ir.FuncDef, typedefs: Mapping[str, ir.CType], sizes: Optional[Mapping[str, int]]) -> ir.FuncDef:
+        """`f` unfolded, at `sizes` if given, without pragmas: what `same`
+        compares, once per function and sizes."""
+        from .locality import sequential
+
+        key = (id(f), None if sizes is None else tuple(sorted(sizes.items())))
+        got = self.forms.get(key)
+        if got is None:
+            x = self.unfolded(f, typedefs)
+            got = self.forms[key] = (f, sequential((x if sizes is None else _at(x, sizes),))[0])
+        return got[1]
 
     def unfolded(self, f: ir.FuncDef, typedefs: Mapping[str, ir.CType]) -> ir.FuncDef:
         """`f` with every local that keeps its definition replaced by it."""

@@ -1,0 +1,107 @@
+"""Instances of a changed statement that are translates of one another
+share one verdict (optitrust_py/translate.py): what may move, what keeps
+two instances apart, and that a step wrong only at a later head or past
+an object's end is still caught."""
+from __future__ import annotations
+
+import textwrap
+
+from optitrust_py import ir, locality, translate
+from optitrust_py.frontend import parse_text
+from optitrust_py.level3 import Runs, _compare_locally, check_step
+from optitrust_py.names import reached
+from optitrust_py.spec import parse_spec_text
+
+SPEC = """
+    f(H, n, x, y):
+      requires H >= 1
+      requires n >= 1
+      reads    x ~> Matrix1(H * n)
+      writes   y ~> Matrix1(H * n)
+"""
+BEFORE = """
+    void f(int H, int n, const float *x, float *y) {
+      for (int h = 0; h < H; h++) {
+        for (int i = 0; i < n; i++) {
+          y[h * n + i] = x[h * n + i] * 2.0f;
+        }
+      }
+    }
+"""
+
+
+def program(code: str) -> ir.Program:
+    return parse_text(textwrap.dedent(code), "<snippet>")
+
+
+def check(after: str, sizes: dict[str, int]) -> tuple[str, list[str]]:
+    old, new = program(BEFORE), program(after)
+    got = check_step(old, new, parse_spec_text(textwrap.dedent(SPEC)), [sizes], "reassoc", 0.0, Runs())
+    return got.label, [c.detail for c in got.functions]
+
+
+def body_pattern(code: str) -> translate.Pattern:
+    f = program(code).function("f")
+    assert f is not None
+    inner = f.body.stmts[0].body.stmts[0].body  # type: ignore[attr-defined]
+    return translate.pattern(inner)
+
+
+def test_an_integer_only_in_indices_moves_and_one_in_a_condition_does_not() -> None:
+    assert body_pattern(BEFORE).movable == {"h", "i", "n"}
+    guarded = BEFORE.replace("y[h * n + i] = x[h * n + i] * 2.0f;", "if (h > 0) y[h * n + i] = x[i];")
+    assert body_pattern(guarded).movable == {"i", "n"}, "h decides a branch"
+    looped = BEFORE.replace("y[h * n + i] = x[h * n + i] * 2.0f;",
+                            "for (int d = 0; d < 2; d++) y[h * n + i] += x[h * d];")
+    assert "h" not in body_pattern(looped).movable, "h times a variable of X moves each access differently"
+    cast = BEFORE.replace("x[h * n + i] * 2.0f", "(float)(long)&x[h]")
+    assert body_pattern(cast).exposes, "an address made an integer would differ"
+
+
+def test_the_heads_of_a_correct_step_are_translates_of_the_first() -> None:
+    label, details = check(BEFORE.replace("x[h * n + i] * 2.0f", "2.0f * x[h * n + i]"), {"H": 3, "n": 4})
+    assert label == "="
+    assert details == ["the statement the step changed (line 5: `y[h * n + i] = x[h * n + i] * 2.0f;`) compared "
+                       "alone at its 12 runs, 11 of them as translates of others (`translate`)"]
+
+
+def test_a_step_wrong_only_at_the_second_head_is_refuted() -> None:
+    """At h = 0 both versions read x[i]; the accesses to x move apart from
+    one head to the next, so no later head is taken for a translate."""
+    label, details = check(BEFORE.replace("x[h * n + i] * 2.0f", "x[i] * 2.0f"), {"H": 2, "n": 3})
+    assert label == "refuted" and "y[3]" in details[0], details
+
+
+def test_a_read_past_the_end_at_the_last_head_is_not_hidden() -> None:
+    """The read of x[h * n + n] lands inside x for every head but the last:
+    the last one is no translate (its cell would fall outside) and runs on
+    its own, which the symbolic run refuses."""
+    after = BEFORE.replace("y[h * n + i] = x[h * n + i] * 2.0f;",
+                           "y[h * n + i] = x[h * n + i] * 2.0f;\n          float t = x[h * n + n];")
+    old, new = program(BEFORE), program(after)
+    parts = locality.foci(old, new, reached(old, "f"), reached(new, "f"))
+    assert [p.span for p in parts] == [(0, 1)], "the added declaration alone"
+    label, details = check(after, {"H": 2, "n": 3})
+    assert label == "not checkable" and "outside its 6 cells" in details[0], details
+
+
+def test_separate_changes_are_compared_apart_and_a_declaration_with_its_uses() -> None:
+    before = BEFORE.replace("y[h * n + i] = x[h * n + i] * 2.0f;",
+                            "float t[2];\n          t[0] = x[h * n + i];\n          y[h * n + i] = t[0] * 2.0f;")
+    after = before.replace("float t[2];", "float t[3];").replace("t[0] * 2.0f", "2.0f * t[0]")
+    old, new = program(before), program(after)
+    parts = locality.foci(old, new, reached(old, "f"), reached(new, "f"))
+    assert [p.span for p in parts] == [(3, 3)], "t is used to the end of the body"
+    two = BEFORE.replace("y[h * n + i] = x[h * n + i] * 2.0f;",
+                         "y[h * n + i] = x[h * n + i] * 2.0f;\n          y[h * n + i] += x[h * n + i];")
+    right = two.replace("x[h * n + i] * 2.0f", "2.0f * x[h * n + i]").replace("+= x[h * n + i]", "+= 1.0f * x[h * n + i]")
+    old, new = program(two), program(right)
+    parts = locality.foci(old, new, reached(old, "f"), reached(new, "f"))
+    assert [(p.span, type(p.before).__name__) for p in parts] == [(None, "ExprStmt"), (None, "ExprStmt")]
+    contracts = parse_spec_text(textwrap.dedent(SPEC))
+    got = check_step(old, new, contracts, [{"H": 2, "n": 2}], "exact", 0.0, Runs())
+    assert got.label == "=" and [c.detail[:52] for c in got.functions] == \
+        ["the statement the step changed (line 5: `y[h * n + i", "the statement the step changed (line 6: `y[h * n + i"]
+    wrong = program(right.replace("+= 1.0f * x", "-= 1.0f * x"))
+    got = check_step(old, wrong, contracts, [{"H": 2, "n": 2}], "exact", 0.0, Runs())
+    assert got.label == "refuted" and "output y[0]" in got.problems[0], got.problems
