@@ -268,12 +268,12 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
     paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
     if not paths:
         raise ScriptError("no scripts given and none found in ./scripts/")
+    sessions = [new_session(script, target, None, parse_sizes(sizes)) for script in paths]  # bad paths fail first
     console = _console(no_color)
     results: list[dict[str, Any]] = []
     level2: list[Level2Result] = []
     worst = 0
-    for script in paths:
-        session = new_session(script, target, None, parse_sizes(sizes))
+    for script, session in zip(paths, sessions):
         error = run_script(session, script)
         source = None
         if error is None:

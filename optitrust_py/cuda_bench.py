@@ -15,7 +15,9 @@ calls run once on the GPU, untimed, into buffers sized by their callees'
 contracts, and the call is what is checked and timed. Timing: CUDA
 events around each call, after warm-up calls, `--repeats` calls (default
 REPEATS); reported: median, min, max, rate at the median, and the ratio to
-torch (TF32 off, so an fp32 product is fp32). Needs torch with a CUDA device.
+torch (TF32 off, so an fp32 product is fp32). A torch= formulation may
+write `bf16(x)` for the input x converted to bfloat16 once, untimed (see
+_bf16). Needs torch with a CUDA device.
 """
 from __future__ import annotations
 
@@ -167,13 +169,27 @@ class _Gpu:
         return {o: self.tensors[o].cpu().numpy() for o in _outputs(self.plan)}
 
 
+def _bf16(torch: Any) -> Callable[[Any], Any]:
+    """`bf16(x)` in a torch= formulation: the input x as a bfloat16 tensor,
+    converted at its first use (a warm-up call) and kept, so that the timed
+    calls measure the library's kernel on bfloat16 inputs alone."""
+    kept: dict[int, Any] = {}
+
+    def convert(t: Any) -> Any:
+        if t.data_ptr() not in kept:
+            kept[t.data_ptr()] = t.to(torch.bfloat16)
+        return kept[t.data_ptr()]
+    return convert
+
+
 def _library(torch: Any, statement: str, gpu: _Gpu) -> tuple[Callable[[], None], Callable[[], dict[str, Any]]]:
     """The torch formulation over the same GPU tensors: a call and its outputs."""
     import numpy as np
 
     code = compile(statement, "<torch=>", "exec")
     scope: dict[str, Any] = {}
-    env = {"torch": torch, "np": np, **{p.name: p.value for p in gpu.plan.params if p.role != "buffer"}}
+    env = {"torch": torch, "np": np, "bf16": _bf16(torch),
+           **{p.name: p.value for p in gpu.plan.params if p.role != "buffer"}}
 
     def call() -> None:
         scope.clear()

@@ -294,7 +294,7 @@ STATIC_SHARED = 48 * 1024
 DYNAMIC_SHARED = "otp_smem"
 _ELEM_BYTES = {"float": 4, "int": 4, "unsigned": 4, "double": 8, "char": 1, "short": 2, "long": 8, "int8_t": 1,
                "uint8_t": 1, "int16_t": 2, "int32_t": 4, "uint32_t": 4, "int64_t": 8, "_Float16": 2, "__half": 2,
-               "__nv_bfloat16": 2}
+               "__nv_bfloat16": 2, "otp_bf16": 2}
 
 
 def _shared_bytes(d: ir.Decl) -> Optional[int]:

@@ -23,6 +23,7 @@ from . import ir
 from .dependence import Space, Unknown
 from .footprint import UNKNOWN, Access, Footprint, assigned_scalars, footprint
 from .goal import Goal, discharges
+from .intrinsics import CONVERSIONS
 from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms as sum_terms
 from .names import free_vars, has_side_effects, subst
 from .printer import expr as expr_text, type_name
@@ -566,14 +567,17 @@ def in_type_range(goal: Goal) -> Outcome:
     is proved within the type (a clamp, or a narrower source type). Stores
     into a narrower floating type change values by design (rounding, and
     overflow to infinity): no static proof, the step stands on its declared
-    tolerance, checked by --exec."""
+    tolerance, checked by --exec; unless the type is one that every store
+    reaches through its saturating conversion (`otp_to_bf16`, see
+    intrinsics.CONVERSIONS), whose results are within the type by definition."""
     ob = goal.obligation
     program = goal.program
     decl = get(program, ob.paths[0]).decl
     elem = unqualified(_element(decl.type))
     tds = typedefs_of(program)
     span = integer_range(elem, tds)
-    if span is None:
+    conversion = CONVERSIONS.get(type_name(elem))
+    if span is None and conversion is None:
         kind = "floating" if is_arithmetic(elem, tds) else "non-arithmetic"
         return "unknown", (f"'{decl.name}' now holds {type_name(elem)}, a {kind} type: storing into it rounds (and "
                            f"overflows to infinity beyond its range), a value-changing step that level 2 cannot "
@@ -585,7 +589,8 @@ def in_type_range(goal: Goal) -> Outcome:
             continue
         if isinstance(stored, str):
             return "unknown", stored
-        status, reason = _fits(goal, path, stored, span, elem, tds)
+        status, reason = _converted(program, path, stored, conversion, decl.name or "") \
+            if span is None else _fits(goal, path, stored, span, elem, tds)
         if status != "proved":
             return status, reason
     return PROVED
@@ -601,6 +606,15 @@ def _stored_value(program: ir.Program, path: Path, node: Any, name: str) -> "ir.
     if isinstance(node, ir.Assign) and node.op == "=":
         return node.rhs
     return f"'{expr_text(node)}' (line {_line(program, path)}) updates '{name}' in place; its range is not followed"
+
+
+def _converted(program: ir.Program, path: Path, value: ir.Expr, conversion: Optional[str], name: str) -> Outcome:
+    """A store into an array of a saturating storage type is in range when
+    its value is the conversion's result."""
+    if isinstance(value, ir.Call) and value.name == conversion:
+        return PROVED
+    return "unknown", (f"'{expr_text(value)}' (line {_line(program, path)}) is stored into '{name}' without "
+                       f"{conversion}(), so nothing bounds it to the type's range")
 
 
 def _fits(goal: Goal, path: Path, value: ir.Expr, span: tuple[int, int], elem: ir.CType,

@@ -2,7 +2,8 @@
 checker can give their footprints: a load reads `width` consecutive floats
 (for an integer vector, `_si512` and friends: its bytes, int8_t elements)
 from its pointer argument, a store writes them; every other `_mm*` call on
-float or integer vectors is a computation on register values."""
+float or integer vectors is a computation on register values. otp's own
+conversions (`otp_to_bf16`, include/otp.h) touch no memory either."""
 from __future__ import annotations
 
 import re
@@ -21,10 +22,18 @@ _MEMORY = {
 }
 
 
+CONVERSIONS = {"otp_bf16": "otp_to_bf16"}
+"""Storage types that C does not convert to on assignment, with the function
+(include/otp.h) that rounds a float into one; each saturates at the type's
+largest finite value, so what it returns is always within the type's range."""
+
+
 def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int]]]:
     """For an intrinsic on vectors: its pointer arguments, each with its role
     and the number of elements it spans (empty when it touches no memory).
     None when `name` is not such an intrinsic."""
+    if name in CONVERSIONS.values():
+        return {}
     m = _NAME.match(name)
     if m is None:
         return None

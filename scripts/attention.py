@@ -39,17 +39,35 @@ max and sum in registers, the online softmax of step 2 over key blocks of
 staged in shared memory and their scores formed along d; the last S % 64
 queries and other D run a thread per query from global memory.
 
+With `OTP_PRECISION=bf16` in the environment the CUDA ending stores the
+shared Q, K and V tiles in bfloat16 (`matrix.set_precision(..., "otp_bf16")`,
+lossy, relative tolerance 8 x 2^-8 per tile, the products still in fp32),
+and `otp bench --target cuda --compare torch` races torch's SDPA on
+bfloat16 inputs (converted once, untimed) restricted to its
+FlashAttention-2 backend.
+
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
 flash kernel for the plain math path, about 6x slower here.
 """
+import os
+
 from optitrust_py.script import bench, load, target
 from transformations import arith, flash, gpu, loop, matrix, parallel, variable, vector
 
+BF16 = target() == "cuda" and os.environ.get("OTP_PRECISION") == "bf16"
+SDPA = "torch.nn.functional.scaled_dot_product_attention"
+FLASH = "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)"
+
 load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 64})
-bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
-      torch="out = torch.nn.functional.scaled_dot_product_attention(q.view(1, H, S, D), k.view(1, H, S, D), "
-            "v.view(1, H, S, D), is_causal=True).reshape(-1)")
+if BF16:
+    bench("attention", sizes={"H": 32, "S": 4096, "D": 128}, flops="2*H*S*S*D", tolerance=2e-2,
+          torch=f"with {FLASH}: out = {SDPA}(bf16(q).view(1, H, S, D), bf16(k).view(1, H, S, D), "
+                "bf16(v).view(1, H, S, D), is_causal=True).reshape(-1)")
+else:
+    bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
+          torch=f"out = {SDPA}(q.view(1, H, S, D), k.view(1, H, S, D), v.view(1, H, S, D), "
+                "is_causal=True).reshape(-1)")
 
 # 1. the scale, once
 variable.bind("attention > expr 'sqrtf(D)'", "scale")
@@ -111,6 +129,9 @@ def flash_tiles(h: str, d: int) -> None:
     gpu.map_threads(f"{blocks} > for i", "x")
     gpu.map_threads(f"{diagonal} > for i", "x")
     gpu.map_threads(f"{full} > for i#4", "x")
+    if BF16:
+        for array in ("q", "k", "v"):
+            matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
 
 
 def thread_per_query(h: str, queries: str) -> None:

@@ -237,6 +237,14 @@ def test_solver_limit_must_be_positive() -> None:
     assert "Invalid value for '--solver-limit': must be a positive number of Z3 work units, got 0" in r.stderr
 
 
+def test_a_bad_script_among_several_fails_before_any_is_checked(tmp_path: Path) -> None:
+    """`otp check a.py --json out.json` names out.json as a second script:
+    it is refused at once, not after a.py's level 3."""
+    r = otp("check", "scripts/attention.py", "--level", "3", "--json", str(tmp_path / "out.json"))
+    assert "no such script: " in assert_clean_error(r)
+    assert r.stdout == ""
+
+
 # ====================================================================== no half-written out/
 
 

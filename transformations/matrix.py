@@ -35,6 +35,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from optitrust_py import ir
 from optitrust_py.errors import SpecError, TransformError
+from optitrust_py.intrinsics import CONVERSIONS
 from optitrust_py.layout import delinearize, linearize, signed_sum
 from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_effects, is_identifier, writes_of
 from optitrust_py.obligation import Obligation
@@ -679,8 +680,26 @@ def reorder_dims(program: ir.Program, target: str, order: list[int],
 
 # ----------------------------------------------------------------- set_precision
 
-UNIT_ROUNDOFF = {"_Float16": 2.0 ** -11, "float": 2.0 ** -24, "double": 2.0 ** -53}
+
+def _converted_stores(program: ir.Program, accesses: Sequence[_Access], conversion: str, who: str,
+                      arr: _Array) -> ir.Program:
+    """Every store into the array made through `conversion` (a type that C
+    does not convert to on assignment); an update cannot be."""
+    for a in accesses:
+        if a.role == "update":
+            raise TransformError(f"{who}: '{expr_text(get(program, a.path))}' updates '{arr.name}', whose new type "
+                                 f"is stored through {conversion}(): write it as a store", get(program, a.path).loc)
+        if a.role == "write":
+            store = get(program, a.path[:-1])
+            call = ir.Call(ir.Var(conversion), (store.rhs,), store.rhs.loc)
+            program = replace(program, a.path[:-1], dataclasses.replace(store, rhs=call))
+    return program
+
+UNIT_ROUNDOFF = {"_Float16": 2.0 ** -11, "otp_bf16": 2.0 ** -8, "float": 2.0 ** -24, "double": 2.0 ** -53}
 """The floating types set_precision knows, with their unit roundoff."""
+
+OTP_H = "#include <otp.h>"
+"""Where otp_bf16 and its conversion are defined (optitrust_py/include/otp.h)."""
 
 LOSSY_FACTOR = 8
 """Default tolerance of set_precision, in units of the new type's roundoff:
@@ -737,12 +756,21 @@ def set_precision(program: ir.Program, target: str, ctype: str, tolerance: Optio
     reports. Long reductions over values read back round more: give a
     larger tolerance for them. Obligation `in_type_range`: every value stored
     is within the new type's range (65504 for _Float16), or it becomes an
-    infinity. Types known: _Float16, float, double (UNIT_ROUNDOFF); the new
-    one must be narrower than the old. Refused: a parameter, a pointer not
-    allocated in its declaration or whose allocation does not say
-    `sizeof(old type)`, an array with an initializer, escapes (see the
-    module), a loop contract naming the array, an unknown or not narrower
-    type, and a tolerance that is not a positive number.
+    infinity. Types known: _Float16, otp_bf16, float, double
+    (UNIT_ROUNDOFF); the new one must be narrower than the old.
+
+    `otp_bf16` (bfloat16, `#include <otp.h>`, added to the program) is
+    `__nv_bfloat16` in CUDA and, on the CPU, a float that holds bfloat16
+    values only: each store goes through the conversion
+    (`k_tile[j][d] = otp_to_bf16(k[...]);`), which rounds to bfloat16 and
+    saturates at its largest finite value, so level 2 proves in_type_range
+    from it; an update (`+=`) of such an array is refused (write the store).
+
+    Refused: a parameter, a pointer not allocated in its declaration or
+    whose allocation does not say `sizeof(old type)`, an array with an
+    initializer, escapes (see the module), a loop contract naming the array,
+    an unknown or not narrower type, and a tolerance that is not a positive
+    number.
     """
     who = "matrix.set_precision"
     decl_path, arr, accesses = _local_array(program, target, who, None, need_shape=False)
@@ -760,6 +788,10 @@ def set_precision(program: ir.Program, target: str, ctype: str, tolerance: Optio
     plain_old, plain_new = unqualified(arr.elem), unqualified(new_elem)
     reads = [a for a in accesses if a.role == "read"]
     new = _rewrite(program, reads, lambda a: ir.Cast(plain_old, get(program, a.path)))
+    conversion = CONVERSIONS.get(ctype)
+    if conversion is not None:
+        new = _converted_stores(new, accesses, conversion, who, arr)
+        new = dataclasses.replace(new, includes=new.includes + ((OTP_H,) if OTP_H not in new.includes else ()))
     if isinstance(arr.decl.type, ir.Ptr):
         init, sizes = _retyped(arr.decl.init, plain_old, plain_new)  # type: ignore[arg-type]
         if not sizes:
