@@ -137,11 +137,12 @@ class Runs:
         return got[1]
 
     def verdict(self, old: locality.Local, new: locality.Local) -> tuple[str, str, int]:
-        """`_compare` of two local runs, and the cells compared, once per pair."""
+        """`compare_outcomes` of two local runs, and the cells compared, once per pair."""
         got = self.verdicts.get((id(old), id(new)))
         if got is None:
             a, b = locality.outcomes(old, new)
-            got = self.verdicts[(id(old), id(new))] = (old, new, (*_compare(a, b, self.normalizer), len(a.cells)))
+            verdict = (*compare_outcomes(a, b, self.normalizer), len(a.cells))
+            got = self.verdicts[(id(old), id(new))] = (old, new, verdict)
         return got[2]
 
     def pattern(self, old: ir.Stmt, new: ir.Stmt) -> translate.Pattern:
@@ -226,10 +227,10 @@ def _compare_function(before: ir.Program, after: ir.Program, name: str, contract
             pass  # the whole changed statement, or else whole runs, decide (and name the output cell that differs)
     out: list[FunctionCheck] = []
     try:
-        for choices in _choice_sets(lambda c: runs.run(after, name, contract, sizes, c).choices):
+        for choices in choice_sets(lambda c: runs.run(after, name, contract, sizes, c).choices):
             new = runs.run(after, name, contract, sizes, choices)
             old = runs.run(before, name, contract, sizes, choices)
-            status, detail = _compare(old, new, runs.normalizer, bound)
+            status, detail = compare_outcomes(old, new, runs.normalizer, bound)
             shown = detail + (f" (with {_choices_text(choices)})" if choices else "")
             out.append(FunctionCheck(name, key, status, shown, len(new.cells)))
     except Unsupported as e:
@@ -285,7 +286,7 @@ def _compare_locally(before: ir.Program, after: ir.Program, name: str, contract:
         shown_stmt = f"the {'statements it added' if added else 'block'} from {shown_stmt}"
     line = f"line {first.loc.line}: " if first.loc and not added else ""
     shape = runs.pattern(where.before, where.after)
-    for choices in _choice_sets(ask):
+    for choices in choice_sets(ask):
         status, detail, cells, shared = "=", "", 0, 0
         todo = found[tuple(sorted(choices.items()))]
         places = [translate.place(shape, at) for at in todo]
@@ -340,7 +341,7 @@ def _cheaper_locally(estimate: float, before: ir.Program, after: ir.Program, nam
     return estimate < 2 * runs.costs[key] * missing
 
 
-def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> list[dict[str, bool]]:
+def choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> list[dict[str, bool]]:
     """Every assignment of the choices (`__builtin_cpu_supports`) a run
     meets; `ask` runs with some choices and says which it met."""
     done: list[dict[str, bool]] = []
@@ -358,7 +359,8 @@ def _choice_sets(ask: Callable[[Mapping[str, bool]], Mapping[str, bool]]) -> lis
     return done
 
 
-def _compare(old: Outcome, new: Outcome, norm: canon.Normalizer, bound: Optional[float] = None) -> tuple[str, str]:
+def compare_outcomes(old: Outcome, new: Outcome, norm: canon.Normalizer,
+                     bound: Optional[float] = None) -> tuple[str, str]:
     """`=`, `≈fp`, or the first cell that differs. With a `bound` (the
     relative tolerance a lossy step declares), cells may differ, as `_Moves`
     allows: the result is then `changed`."""
@@ -405,7 +407,7 @@ def _structure(old: Outcome, new: Outcome, norm: canon.Normalizer) -> Optional[t
         return None
     memo: dict[int, object] = {}
     model = dataclasses.replace(old, cells={c: canon.substitute(t, table, memo) for c, t in old.cells.items()})
-    status, detail = _compare(model, new, norm)
+    status, detail = compare_outcomes(model, new, norm)
     if status in ("=", "≈fp"):
         return status, (f"each output is {'exactly' if status == '=' else 'over the reals'} the step before's with "
                         f"its {len(table)} quantized inputs each read as its int8 code times its group's scale")

@@ -17,7 +17,7 @@ leading ones.
 
 Level 3 runs the original function (`symexec`) at its chosen sizes and
 compares each output cell with the model's, as it compares two steps
-(`level3._compare`): the same term (`=`) or the same normal form over the
+(`level3.compare_outcomes`): the same term (`=`) or the same normal form over the
 reals (`≈fp`), else refuted with the cell and both values on random inputs.
 Every later step computes what the step before did (`=` or `≈fp`), so the
 model carries over to the final program.
@@ -436,7 +436,7 @@ def _check_one(program: ir.Program, name: str, contract: Contract, e: ir.Expr, s
     """One `ensures` at one size set: the model's cells against the run's,
     compared as level 3 compares two steps (the model on the side of the
     step before), once per choice of `__builtin_cpu_supports` the run meets."""
-    from .level3 import _choice_sets, _compare
+    from .level3 import choice_sets, compare_outcomes
     from .symexec import Outcome, Unsupported
 
     assert isinstance(e, ir.Binop) and isinstance(e.left, ir.Var) and isinstance(e.right, ir.Call)
@@ -459,8 +459,9 @@ def _check_one(program: ir.Program, name: str, contract: Contract, e: ir.Expr, s
     expected = Outcome({(out_name, i): c for i, c in enumerate(model.cells)}, {}, 0)
     checks: list[ModelCheck] = []
     try:
-        for choices in _choice_sets(lambda c: runs.run(program, name, contract, sizes, c).choices):
-            status, detail = _compare(expected, runs.run(program, name, contract, sizes, choices), runs.normalizer)
+        for choices in choice_sets(lambda c: runs.run(program, name, contract, sizes, c).choices):
+            got = runs.run(program, name, contract, sizes, choices)
+            status, detail = compare_outcomes(expected, got, runs.normalizer)
             if status not in ("=", "≈fp"):
                 detail += "; here 'before the step' is the model's value and 'after' the source's"
             checks.append(result(status, detail, len(model.cells)))

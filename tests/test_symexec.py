@@ -14,7 +14,7 @@ from optitrust_py.canon import Normalizer
 from optitrust_py.contract import Contract
 from optitrust_py.errors import OtpError
 from optitrust_py.frontend import parse_file, parse_text
-from optitrust_py.level3 import Runs, _choice_sets
+from optitrust_py.level3 import Runs, choice_sets
 from optitrust_py.runner import new_session, run_script
 from optitrust_py.spec import parse_spec_file, parse_spec_text
 from optitrust_py.symexec import Outcome, Unsupported, run
@@ -128,10 +128,10 @@ def test_cpu_supports_is_a_choice_and_both_ways_are_enumerated() -> None:
     assert default.choices == {key: True} and default.cells[("y", 0)] is cell("x", 0)
     assert run(program, "f", contract, {"n": 2}, {key: False}).cells[("y", 0)] is cell("x", 1)
     runs = Runs()
-    sets = _choice_sets(lambda c: runs.run(program, "f", contract, {"n": 2}, c).choices)
+    sets = choice_sets(lambda c: runs.run(program, "f", contract, {"n": 2}, c).choices)
     assert sorted(s[key] for s in sets) == [False, True]
     matmul, matmul_contract = kernel("matmul")
-    plain = _choice_sets(lambda c: runs.run(matmul, "matmul", matmul_contract, {"M": 1, "N": 1, "K": 1}, c).choices)
+    plain = choice_sets(lambda c: runs.run(matmul, "matmul", matmul_contract, {"M": 1, "N": 1, "K": 1}, c).choices)
     assert plain == [{}]
 
 
@@ -146,7 +146,7 @@ def test_vectorized_softmax_dispatch_runs_both_paths() -> None:
     contract = session.contracts["softmax"]
     sizes = {"R": 1, "C": 69}
     runs = Runs()
-    sets = _choice_sets(lambda c: runs.run(program, "softmax", contract, sizes, c).choices)
+    sets = choice_sets(lambda c: runs.run(program, "softmax", contract, sizes, c).choices)
     assert sorted(sets, key=str) == [{'cpu_supports("avx512f")': False}, {'cpu_supports("avx512f")': True}]
     vec = run(program, "softmax", contract, sizes, {'cpu_supports("avx512f")': True})
     scalar = run(program, "softmax", contract, sizes, {'cpu_supports("avx512f")': False})
