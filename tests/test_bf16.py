@@ -1,0 +1,135 @@
+"""bfloat16 storage: matrix.set_precision(..., "otp_bf16"), the conversion
+otp_to_bf16 of include/otp.h (CPU build), level 2's in_type_range for it,
+and attention.py's bf16 CUDA ending compiled by nvcc."""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from array import array
+from pathlib import Path
+
+import pytest
+
+from optitrust_py import ir
+from optitrust_py.cuda_build import compile_check, find_nvcc
+from optitrust_py.level2 import check_step
+from optitrust_py.obligation import Obligation
+from optitrust_py.session import Rewrite
+from optitrust_py.spec import load_contracts
+from conftest import Floats
+from helpers import attention_args, refusal
+from transformations import matrix
+
+ROOT = Path(__file__).resolve().parents[1]
+BF16_TOL = 8 * 2.0 ** -8
+
+
+def in_type_range(before: ir.Program, rewrite: Rewrite) -> tuple[str, str]:
+    contracts = load_contracts(before, ROOT / "specs" / "attention.spec")
+    result = check_step(before, rewrite.program, rewrite.obligations, contracts)
+    (v,) = [v for v in result.verdicts if v.kind == "in_type_range"]
+    return v.status, v.reason
+
+
+def test_set_precision_bf16_converts_every_store(ck):
+    p = ck.load("attention.c")
+    r = matrix.set_precision.apply(p, "attention > def scores", "otp_bf16")
+    text = ck.function_text(r.program, "attention")
+    assert "otp_bf16 *scores = malloc(S * sizeof(otp_bf16));" in text
+    assert "scores[j] = otp_to_bf16(s / scale);" in text or "scores[j] = otp_to_bf16(s / sqrtf(D));" in text
+    assert "scores[j] = otp_to_bf16(expf((float)scores[j] - max_val));" in text
+    assert "#include <otp.h>" in r.program.includes
+    assert r.fp == "lossy" and r.tolerance == BF16_TOL
+    ck.roundtrip(r.program)
+    ck.compiles(r.program)
+    assert ck.close_outputs(p, r.program, "attention", attention_args(ck, 2, 8, 4), r.tolerance, floor=1.0) > 0
+    assert in_type_range(p, r) == ("proved", "")
+
+
+def test_a_store_without_the_conversion_is_not_proved_in_range(ck):
+    p = ck.load("attention.c")
+    r = matrix.set_precision.apply(p, "attention > def scores", "otp_bf16")
+    text = ck.function_text(r.program, "attention").replace("otp_to_bf16(expf(", "(expf(")
+    bypass = ck.parse("#include <math.h>\n#include <stdlib.h>\n#include <otp.h>\n" + text, str(p.file))
+    (ob,) = r.obligations
+    status, reason = in_type_range(p, Rewrite(bypass, (Obligation(ob.kind, ob.claim, ob.function, ob.paths),),
+                                              "lossy", r.tolerance))
+    assert status == "unknown"
+    assert "is stored into 'scores' without otp_to_bf16()" in reason
+
+
+def test_set_precision_bf16_refuses_an_update(ck):
+    odd = ck.parse(textwrap.dedent("""
+        void f(int n, const float *x, float *y) {
+          float t[16];
+          for (int i = 0; i < 16; i++) {
+            t[i] = x[i];
+            t[i] += x[i + 16];
+          }
+          for (int i = 0; i < 16; i++) {
+            y[i] = t[i];
+          }
+        }"""))
+    assert "'t[i]' updates 't', whose new type is stored through otp_to_bf16(): write it as a store" in \
+        refusal(matrix.set_precision.apply, odd, "f > def t", "otp_bf16")
+
+
+def bf16_reference(x: float) -> float:
+    """Round to the nearest bfloat16, ties to even, saturating finite
+    overflow and infinities at the largest finite bfloat16 (as otp.h says)."""
+    largest = struct.unpack("<f", struct.pack("<I", 0x7F7F0000))[0]
+    if math.isnan(x):
+        return x
+    x = max(-largest, min(largest, x))
+    u = struct.unpack("<I", struct.pack("<f", x))[0]
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", u))[0]
+
+
+class Given(Floats):
+    """A float array argument holding the given values."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__(len(values), 0)
+        self.values = values
+
+    def make(self) -> array:
+        return array("f", self.values)
+
+
+def test_otp_to_bf16_rounds_to_nearest_even_and_saturates(ck):
+    code = textwrap.dedent("""
+        #include <otp.h>
+        void convert(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            otp_bf16 b = otp_to_bf16(x[i]);
+            x[i] = (float)b;
+          }
+        }""")
+    ties = [1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, 1.0 + 2.0 ** -8 + 2.0 ** -20]
+    values = ties + [3.14159, -2.5e-3, 3.4e38, -3.4e38, math.inf, -math.inf, 1e-40, 0.0, math.nan]
+    (got,) = ck.run_text(code, "bf16.c", "convert", [len(values), Given(values)])
+    out = array("f", got)
+    want = [bf16_reference(array("f", [v])[0]) for v in values]
+    assert out[:3].tolist() == [1.0, 1.0 + 4 * 2.0 ** -8, 1.0 + 2.0 ** -7]
+    assert [str(a) for a in out] == [str(b) for b in want]
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed here (PATH, /usr/local/cuda/bin)")
+def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
+    """OTP_PRECISION=bf16 stores the shared Q, K, V tiles of both copies in
+    __nv_bfloat16 (otp_bf16 in CUDA), converted as they are staged."""
+    env = {**os.environ, "OTP_PRECISION": "bf16"}
+    r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/attention.py", "--target", "cuda",
+                        "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cu = (tmp_path / "attention" / "final.cu").read_text()
+    for tile in ("q64[64][64]", "k64[16][64]", "v64[16][64]", "q128[128][64]", "k128[16][128]", "v128[16][128]"):
+        assert f"__shared__ __align__(16) otp_bf16 {tile};" in cu
+    assert "k128[i0_6][i1_6 + ri1_6] = otp_to_bf16(k[(h * S + bj + i0_6) * 128 + i1_6 + ri1_6]);" in cu
+    assert compile_check(cu, "final.cu") == ()
