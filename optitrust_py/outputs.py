@@ -118,6 +118,7 @@ def trace_json(session: Session, script: str, error: Optional[str], code: CodeCa
         "sizes": session.sizes,
         "original": code(session.original) if session.original else None,
         "input_check": source.to_json() if source is not None else None,
+        "models": [m.to_json() for m in session.models],
         "steps": [step_json(s, code, annotated) for s in session.steps],
         "error": error,
     }

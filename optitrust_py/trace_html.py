@@ -87,7 +87,8 @@ def page_data(trace: dict[str, Any]) -> dict[str, Any]:
     sides: dict[str, _Side] = {}
     steps = [page_step(s, b, a, d, sides)
              for s, b, a, d in _flatten(trace["steps"], original, trace.get("original_annotated"), 0)]
-    head = {k: trace.get(k) for k in ("script", "source", "spec", "target", "sizes", "error", "input_check")}
+    head = {k: trace.get(k) for k in ("script", "source", "spec", "target", "sizes", "error", "input_check",
+                                    "models")}
     return {**head, "original": highlight_lines(original), "steps": steps}
 
 
@@ -299,6 +300,13 @@ function inputPanel() {
           `sizes <b>${esc(Object.entries(data.sizes ?? {}).map(([k, v]) => k + "=" + v).join(" ") || "-")}</b></div>`;
   if (ic) h += `<div style="margin-top:6px"><span class="badge ${ic.ok ? "ok" : "bad"}">${ic.ok ? "✓ L2 fits its contracts" : "✗ L2 does not fit its contracts"}</span></div>` +
                ic.resources.map(r => `<div class="error">${esc(r)}</div>`).join("");
+  const models = data.models ?? [];
+  if (models.length) h += `<h3>Functional models (level 3)</h3><table class="grid models"><tr><th>function</th>` +
+    `<th>ensures</th><th>sizes</th><th>result</th><th>cells</th><th>detail</th></tr>` +
+    models.map(m => `<tr><td>${esc(m.function)}</td><td>${esc(m.ensures)}</td>` +
+      `<td>${esc(Object.entries(m.sizes).map(([k, v]) => k + "=" + v).join(" "))}</td>` +
+      `<td class="${m.ok ? "eq" : "refuted"}">${esc(m.status)}</td><td>${m.cells}</td><td>${esc(m.detail)}</td></tr>`).join("") +
+    `</table><div class="kv">every later step labelled = or ≈fp at these sizes keeps it</div>`;
   h += `<h3>Original program</h3><table class="diff">` +
        data.original.map((l, i) => `<tr><td class="no">${i + 1}</td><td class="code">${l}</td></tr>`).join("") + `</table>`;
   return h;

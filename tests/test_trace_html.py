@@ -107,6 +107,9 @@ def test_page_is_self_contained_and_holds_the_run(softmax_run):
     assert second["checks"]["exec"]["functions"][0]["max_rel_error"] > 0
     # level 3 ran: the loop contracts were inferred, shown as a diff of annotated code
     assert any("xwrites" in r[3] for r in second["contracts_diff"])
+    # and the original was checked against its model at the sizes the steps use
+    assert [(m["ensures"], m["status"], m["sizes"]) for m in trace["models"]] == \
+        [("y == softmax(x)", "≈fp", {"C": 5, "R": 5}), ("y == softmax(x)", "≈fp", {"C": 69, "R": 5})]
 
 
 def test_a_refused_step_is_in_the_page_with_its_message(refused_run):
@@ -389,6 +392,7 @@ def test_browser_keyboard_navigation(softmax_run, browser, tmp_path):
     page.press("k")
     shown = page.eval(SHOWN)
     assert shown["title"].startswith("input") and "input" in shown["selected"]
+    assert page.eval("document.querySelectorAll('#panel table.models td.eq').length") == 2, "the model at two sizes"
     page.press("ArrowDown")
     page.press("ArrowDown")
     assert page.eval(SHOWN)["title"].startswith("step 2")

@@ -29,7 +29,7 @@ from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.names import free_vars, subst, writes_of
+from optitrust_py.names import declared_names, free_vars, fresh_name, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.smt import int_term
 from optitrust_py.tree import Path, get, replace, splice, walk
@@ -728,9 +728,9 @@ _BYTES = {"char": 1, "signed char": 1, "unsigned char": 1, "int8_t": 1, "uint8_t
           "_Float16": 2, "int": 4, "int32_t": 4, "uint32_t": 4, "float": 4, "double": 8, "int64_t": 8}
 
 
-def _unit_stride(who: str, e: ir.Expr, k: str, where: str, loc: Optional[ir.Loc]) -> tuple[ir.Expr, ...]:
-    """The indices of the access `e`, whose last one must step by 1 with `k`
-    and the others not depend on it."""
+def _steps_by_one(e: ir.Expr, k: str) -> Optional[tuple[ir.Expr, ...]]:
+    """The indices of the array access `e` when its last one steps by 1 with
+    `k` and the others do not depend on it, else None."""
     index: list[ir.Expr] = []
     while isinstance(e, ir.Index):
         index.insert(0, e.index)
@@ -739,9 +739,18 @@ def _unit_stride(who: str, e: ir.Expr, k: str, where: str, loc: Optional[ir.Loc]
     step = last is not None and z3.simplify(z3.substitute(last, (z3.Int(k), z3.Int(k) + 1)) - last)
     if not index or not isinstance(e, ir.Var) or last is None or not z3.is_int_value(step) \
             or step.as_long() != 1 or any(k in free_vars(i) for i in index[:-1]):  # type: ignore[union-attr]
+        return None
+    return tuple(index)
+
+
+def _unit_stride(who: str, e: ir.Expr, k: str, where: str, loc: Optional[ir.Loc]) -> tuple[ir.Expr, ...]:
+    """The indices of the access `e`, whose last one must step by 1 with `k`
+    and the others not depend on it."""
+    index = _steps_by_one(e, k)
+    if index is None:
         raise TransformError(f"{who}: the copy in {where} must read and write arrays at consecutive cells of "
                              f"{k} (a[... + {k}])", loc)
-    return tuple(index)
+    return index
 
 
 @primitive
@@ -809,3 +818,142 @@ def vector_copy(program: ir.Program, target: str) -> Rewrite:
                               f"'{expr_text(side)}'", m.function, (m.path,),
                               (ir.Binop("%", first, ir.Const(str(per))), ZERO)))
     return Rewrite(replace(program, m.path, dataclasses.replace(loop, pragmas=(vector_mark(per),))), tuple(obs))
+
+
+# ----------------------------------------------------------------- tensor cores
+
+MMA = "otp_mma_m16n8k16_bf16"
+"""The warp's tile product (include/otp.h): see mma."""
+WARP = 32
+_MMA_SHAPE = (16, 8, 16)
+
+
+def _mma_nest(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], ir.Assign]:
+    """The loops i, j, k (16, 8, 16 iterations, perfectly nested, unit step)
+    at `m` and the update in the innermost."""
+    nest, node = [], m.node
+    for n in _MMA_SHAPE:
+        if not isinstance(node, ir.For) or constant_extent(node) != n or node.pragmas:
+            raise TransformError(f"{who}: {_where(res, m.path, m.node)} must be a nest of three loops of 16, 8 and "
+                                 f"16 iterations (i, j, k: rows, columns and the reduction of a 16 x 8 tile), "
+                                 f"step 1, unmapped, one inside the other", m.node.loc)
+        nest.append(node)
+        node = node.body.stmts[0] if len(node.body.stmts) == 1 else None
+    e = node.expr if isinstance(node, ir.ExprStmt) else None
+    if not isinstance(e, ir.Assign) or e.op != "+=":
+        raise TransformError(f"{who}: the innermost loop of {_where(res, m.path, m.node)} must hold one update "
+                             f"C[..] += (float)A[..] * (float)B[..]", m.node.loc)
+    return nest, e
+
+
+def _bf16_operand(who: str, program: ir.Program, path: Path, e: ir.Expr, loc: Optional[ir.Loc]) -> ir.Expr:
+    """`(float)X[..]` of an otp_bf16 array X: the access."""
+    if isinstance(e, ir.Cast) and type_name(e.type) == "float" and isinstance(e.arg, ir.Index):
+        t = type_of(e.arg, env_at(program, path), typedefs_of(program))
+        if type_name(unqualified(t)) == "otp_bf16":
+            return e.arg
+    raise TransformError(f"{who}: '{expr_text(e)}' must read an otp_bf16 array converted to float "
+                         f"((float)A[..]; matrix.set_precision(..., \"otp_bf16\") stores one)", loc)
+
+
+def _mma_access(who: str, e: ir.Expr, unit: str, absent: str, role: str, loc: Optional[ir.Loc]) -> ir.Expr:
+    """An operand whose cells are consecutive along `unit` and do not depend on `absent`."""
+    index = _steps_by_one(e, unit)
+    if index is None or any(absent in free_vars(i) for i in index):
+        raise TransformError(f"{who}: {role} '{expr_text(e)}' must step by one cell with {unit} (its last index "
+                             f"... + {unit}) and not depend on {absent}", loc)
+    return e
+
+
+@primitive
+def mma(program: ir.Program, target: str) -> Rewrite:
+    """A 16 x 8 tile product over a k-slice of 16, C += A * B^T with A and B
+    in bfloat16, as one tensor-core operation of a warp (`mma.sync
+    m16n8k16`, fp32 accumulation), written as 32 calls, one per lane.
+
+    Before (`gpu.mma("attention > for h#3 > for bi > for mi > for nj > for kd > for i")`):
+
+        for (int i = 0; i < 16; i++)
+          for (int j = 0; j < 8; j++)
+            for (int k = 0; k < 16; k++)
+              S[mi * 16 + i][nj * 8 + j] += (float)q_t[mi * 16 + i][kd * 16 + k]
+                                           * (float)k_t[nj * 8 + j][kd * 16 + k];
+
+    After (fp reassoc: the hardware sums the 16 products in its own order):
+
+        for (int lane = 0; lane < 32; lane++) {
+          otp_mma_m16n8k16_bf16(&S[mi * 16 + lane / 4][nj * 8 + 2 * (lane % 4)],
+                                &S[mi * 16 + (lane / 4 + 8)][nj * 8 + 2 * (lane % 4)],
+                                &q_t[mi * 16 + lane / 4][kd * 16], &q_t[mi * 16 + (lane / 4 + 8)][kd * 16],
+                                &k_t[nj * 8 + 2 * (lane % 4)][kd * 16],
+                                &k_t[nj * 8 + (2 * (lane % 4) + 1)][kd * 16], lane);
+        }
+
+    Each call is what one lane of the warp owns in the instruction's
+    accumulator layout: the cells (g, 2t), (g, 2t + 1) and (g + 8, 2t),
+    (g + 8, 2t + 1) of the tile, g = lane / 4, t = lane % 4, each updated
+    with its 16 products; it reads rows g and g + 8 of A and rows 2t and
+    2t + 1 of B (B^T's columns), 16 cells each (optitrust_py/intrinsics.py
+    gives level 2 these footprints, so the lanes' writes are proved
+    disjoint like any thread loop's). On the CPU (include/otp.h) a call adds
+    the products in k order, as the loops did. In CUDA the 32 calls must be
+    the 32 lanes of one warp, together: map the lane loop (or a loop over
+    warps x 32 lanes, `lane` then `t % 32`) to threads along x; the printer
+    refuses a call whose lane is not the thread's lane, or that not all
+    lanes reach (cuda_emit). There the lanes swap row pointers of B by
+    shuffles and load their fragments: the warp reads exactly the cells its
+    lanes declare, and writes only each lane's own.
+
+    The loops run 16, 8 and 16 iterations with step 1: the update must
+    step by one cell with j in C and with k in A and B (their last index),
+    C must not depend on k, A on j, B on i; A and B are otp_bf16 arrays
+    read as `(float)`, C another array of float. Refused otherwise.
+    """
+    who = "gpu.mma"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    (li, lj, lk), update = _mma_nest(who, res, m)
+    loc = update.lhs.loc or m.node.loc
+    inner = m.path + (("body", None), ("stmts", 0)) * 2 + (("body", None), ("stmts", 0), ("expr", None))
+    product = update.rhs
+    if not (isinstance(product, ir.Binop) and product.op == "*"):
+        raise TransformError(f"{who}: the update must add a product (float)A[..] * (float)B[..], not "
+                             f"'{expr_text(product)}'", loc)
+    a = _bf16_operand(who, program, inner, product.left, loc)
+    b = _bf16_operand(who, program, inner, product.right, loc)
+    c = _mma_access(who, update.lhs, lj.index, lk.index, "the accumulator", loc)
+    a = _mma_access(who, a, lk.index, lj.index, "the left operand", loc)
+    b = _mma_access(who, b, lk.index, li.index, "the right operand", loc)
+    c_type = type_of(c, env_at(program, inner), typedefs_of(program))
+    arrays = [next(iter(free_vars(_array_base(x)))) for x in (c, a, b)]
+    if type_name(unqualified(c_type)) != "float" or arrays[0] in arrays[1:]:
+        raise TransformError(f"{who}: the accumulator '{expr_text(c)}' must be a float array other than the "
+                             f"operands", loc)
+    lane = fresh_name(set(free_vars(program.items[m.path[0][1]])) | _declared(program, m.path), "lane")
+    g = ir.Binop("/", ir.Var(lane), ir.Const("4"))
+    t2 = ir.Binop("*", ir.Const("2"), ir.Binop("%", ir.Var(lane), ir.Const("4")))
+    eight, one = ir.Const("8"), ir.Const("1")
+
+    def at(x: ir.Expr, **by: ir.Expr) -> ir.Expr:
+        return ir.Unop("&", subst(x, {**{lp.index: lp.start for lp in (li, lj, lk)},
+                                      **{lp.index: _plus(lp.start, by[n]) for n, lp in
+                                         (("i", li), ("j", lj), ("k", lk)) if n in by}}))
+    args = (at(c, i=g, j=t2), at(c, i=ir.Binop("+", g, eight), j=t2), at(a, i=g), at(a, i=ir.Binop("+", g, eight)),
+            at(b, j=t2), at(b, j=ir.Binop("+", t2, one)), ir.Var(lane))
+    call = ir.ExprStmt(ir.Call(ir.Var(MMA), args, loc), loc)
+    lanes = ir.For(lane, ZERO, ir.Const(str(WARP)), ir.Block((call,)), loc=m.node.loc)
+    return Rewrite(replace(program, m.path, lanes), (), fp="reassoc")
+
+
+def _plus(start: ir.Expr, offset: ir.Expr) -> ir.Expr:
+    return offset if start == ZERO else ir.Binop("+", start, offset)
+
+
+def _array_base(e: ir.Expr) -> ir.Expr:
+    while isinstance(e, ir.Index):
+        e = e.base
+    return e
+
+
+def _declared(program: ir.Program, path: Path) -> set[str]:
+    return set(declared_names(program.items[path[0][1]]))
