@@ -105,3 +105,31 @@ def test_separate_changes_are_compared_apart_and_a_declaration_with_its_uses() -
     wrong = program(right.replace("+= 1.0f * x", "-= 1.0f * x"))
     got = check_step(old, wrong, contracts, [{"H": 2, "n": 2}], "exact", 0.0, Runs())
     assert got.label == "refuted" and "output y[0]" in got.problems[0], got.problems
+
+
+def test_statements_added_or_removed_mid_block_are_compared_where_they_stand() -> None:
+    """A statement added before the last one runs at every instance of its
+    place (H * n of them), and the same one taken away again is compared
+    from the same places: a dead store into a local changes nothing; one
+    into y changes the output, refuted."""
+    two = BEFORE.replace("y[h * n + i] = x[h * n + i] * 2.0f;",
+                         "float t = x[h * n + i];\n          y[h * n + i] = t * 2.0f;")
+    dead = two.replace("float t = x[h * n + i];", "float t = x[h * n + i];\n          float u[1];\n          u[0] = t;")
+    old, new = program(two), program(dead)
+    parts = locality.foci(old, new, reached(old, "f"), reached(new, "f"))
+    assert [(p.path[-1], p.span) for p in parts] == [(("stmts", 1), (0, 2))]
+    contracts = parse_spec_text(textwrap.dedent(SPEC))
+    added = check_step(old, new, contracts, [{"H": 2, "n": 3}], "exact", 0.0, Runs())
+    assert added.label == "=" and "statements it added from `float u[1];`) compared alone at its 6 runs" \
+        in added.functions[0].detail, added.functions[0].detail
+    removed = check_step(new, old, contracts, [{"H": 2, "n": 3}], "exact", 0.0, Runs())
+    assert removed.label == "=" and "block from `float u[1];`) compared alone at its 6 runs" \
+        in removed.functions[0].detail, removed.functions[0].detail
+    live = program(two.replace("float t = x[h * n + i];", "float t = x[h * n + i];\n          y[h * n + i] = t;"))
+    wrong = check_step(old, live, contracts, [{"H": 2, "n": 3}], "exact", 0.0, Runs())
+    assert wrong.label == "=", "y is written again right after: the store is dead in the function too"
+    first = program(two.replace("float t = x[h * n + i];", "y[h * n + i] = 1.0f;\n          float t = x[h * n + i];")
+                    .replace("y[h * n + i] = t * 2.0f;", "y[h * n + i] += t * 2.0f;"))
+    base = program(two.replace("y[h * n + i] = t * 2.0f;", "y[h * n + i] += t * 2.0f;"))
+    got = check_step(base, first, contracts, [{"H": 2, "n": 3}], "exact", 0.0, Runs())
+    assert got.label == "refuted" and "output y[" in got.problems[0], got.problems
