@@ -34,6 +34,7 @@ from . import ir
 from .cuda_map import MAX_THREADS, last_first, mapped_loops, mapping, sums, thread_extent, vector_cells
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .errors import OtpError
+from .intrinsics import TILE_PRODUCTS
 from .names import PURE_FUNCTIONS, free_vars, lvalue_bases
 from .printer import expr as expr_text, stmt_text, to_c
 from .tree import children, map_children, walk
@@ -544,6 +545,46 @@ def _shuffles(name: str, combine: str, t: str, array: ir.CType) -> ir.Stmt:
     return ir.If(first, ir.Block(tuple(body)))
 
 
+def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int]) -> None:
+    """Refuse a warp's tile product (gpu.mma, intrinsics.TILE_PRODUCTS) that
+    the 32 lanes of a warp would not call together with their own lane: the
+    phase's x loop must start at 0 and run exactly a multiple of 32
+    iterations in a block whose x size is a multiple of 32 (a warp is then 32
+    neighbouring x), the call's lane must be that index (modulo 32), and no
+    test or loop bound inside the phase may depend on the thread."""
+    x = next((lp for lp in nest if mapping(lp)[1] == "x"), None)  # type: ignore[index]
+    threads = {lp.index for lp in nest}
+
+    def visit(node: Any, divergent: Optional[str]) -> None:
+        if isinstance(node, ir.Call) and node.name in TILE_PRODUCTS:
+            why = _lane_problem(node.args[-1] if node.args else None, x, dims) or divergent
+            if why:
+                raise CudaError(f"cannot emit CUDA for {fn}: '{expr_text(node)}' is a warp's tile product, which "
+                                f"the 32 lanes of a warp must make together, each with its own lane; {why}",
+                                node.loc)
+        if isinstance(node, ir.If) and free_vars(node.cond) & threads:
+            divergent = f"it is under a test on the thread ('{expr_text(node.cond)}')"
+        if isinstance(node, ir.For) and free_vars((node.start, node.stop, node.step)) & threads:
+            divergent = f"it is in a loop whose bounds depend on the thread (for {node.index})"
+        for _, child in children(node):
+            visit(child, divergent)
+    visit(nest[-1].body, None)
+
+
+def _lane_problem(lane: Optional[ir.Expr], x: Optional[ir.For], dims: dict[str, int]) -> str:
+    """Why `lane` is not the lane of the thread in the phase whose x loop is `x`; empty when it is."""
+    if x is None:
+        return "its phase has no thread loop along x"
+    n = thread_extent(x)
+    if x.start != ZERO or n is None or not n[1] or n[0] % WARP or dims.get("x", 1) % WARP:
+        return (f"the phase's x loop (for {x.index}) must start at 0 and run a multiple of {WARP} iterations, in "
+                f"a block of a multiple of {WARP} threads along x")
+    t = ir.Var(x.index)
+    if lane not in (ir.Binop("%", t, ir.Const(str(WARP))),) + ((t,) if n[0] == WARP else ()):
+        return f"its lane '{expr_text(lane) if lane is not None else ''}' is not {x.index} % {WARP}"
+    return ""
+
+
 class _BlockEmitter:
     """Rewrites the statements of a block (run by every thread) into the kernel's."""
 
@@ -641,6 +682,7 @@ class _BlockEmitter:
     def phase(self, top: ir.For) -> ir.Stmt:
         nest = _phase_nest(self.fn, top)
         extents = _phase_extents(self.fn, nest)
+        _whole_warps(self.fn, nest, self.dims)
         inner = to_registers(nest[-1].body, self.registers, phase_positions(nest))
         bounded = [ir.Binop("<", ir.Var(lp.index), lp.stop) for lp in nest
                    if not thread_extent(lp)[1]]  # type: ignore[index]

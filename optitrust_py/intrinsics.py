@@ -3,7 +3,9 @@ checker can give their footprints: a load reads `width` consecutive floats
 (for an integer vector, `_si512` and friends: its bytes, int8_t elements)
 from its pointer argument, a store writes them; every other `_mm*` call on
 float or integer vectors is a computation on register values. otp's own
-conversions (`otp_to_bf16`, include/otp.h) touch no memory either."""
+conversions (`otp_to_bf16`, include/otp.h) touch no memory either, and its
+per-lane tile products (`otp_mma_m16n8k16_bf16`) the cells TILE_PRODUCTS
+gives."""
 from __future__ import annotations
 
 import re
@@ -28,12 +30,21 @@ CONVERSIONS = {"otp_bf16": "otp_to_bf16"}
 largest finite value, so what it returns is always within the type's range."""
 
 
+TILE_PRODUCTS = {"otp_mma_m16n8k16_bf16": {0: ("update", 2), 1: ("update", 2), 2: ("read", 16), 3: ("read", 16),
+                                           4: ("read", 16), 5: ("read", 16)}}
+"""otp's per-lane tensor-core products (include/otp.h, gpu.mma): what one
+call touches through each pointer argument, the cells of its lane: two pairs
+of accumulators it updates, two rows of A and two of B^T it reads."""
+
+
 def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int]]]:
     """For an intrinsic on vectors: its pointer arguments, each with its role
     and the number of elements it spans (empty when it touches no memory).
     None when `name` is not such an intrinsic."""
     if name in CONVERSIONS.values():
         return {}
+    if name in TILE_PRODUCTS:
+        return TILE_PRODUCTS[name] if nargs == len(TILE_PRODUCTS[name]) + 1 else None
     m = _NAME.match(name)
     if m is None:
         return None

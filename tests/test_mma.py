@@ -1,0 +1,139 @@
+"""gpu.mma: a 16 x 8 x 16 bfloat16 tile product as a warp's tensor-core
+operation, one call per lane (structure, refusals, CPU outputs, level 2's
+footprints of the lanes and warps, the CUDA printer's lane checks, nvcc)."""
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import pytest
+
+from optitrust_py import ir
+from optitrust_py.cuda_build import compile_check, find_nvcc
+from optitrust_py.cuda_emit import CudaError, to_cuda
+from optitrust_py.level2 import check_step
+from optitrust_py.spec import parse_spec_text
+from transformations import gpu, loop, variable
+from helpers import refusal, refuted
+
+# Each block multiplies its 32 x 16 rows of a by the 8 x 16 rows of b
+# (C = A B^T): warp w takes rows 16 w .. 16 w + 15.
+TILES = """
+    #include <otp.h>
+    void tiles(int n, const float *a, const float *b, float *c) {
+      for (int r = 0; r < n; r++) {
+        otp_bf16 at[32][16];
+        otp_bf16 bt[8][16];
+        float ct[32][8];
+        for (int i = 0; i < 32; i++) {
+          for (int k = 0; k < 16; k++) {
+            at[i][k] = otp_to_bf16(a[(r * 32 + i) * 16 + k]);
+          }
+        }
+        for (int i = 0; i < 8; i++) {
+          for (int k = 0; k < 16; k++) {
+            bt[i][k] = otp_to_bf16(b[i * 16 + k]);
+          }
+        }
+        for (int i = 0; i < 32; i++) {
+          for (int j = 0; j < 8; j++) {
+            ct[i][j] = 0.0f;
+          }
+        }
+        for (int w = 0; w < 2; w++) {
+          for (int i = 0; i < 16; i++) {
+            for (int j = 0; j < 8; j++) {
+              for (int k = 0; k < 16; k++) {
+                ct[ROW][j] += (float)at[w * 16 + i][k] * (float)bt[j][k];
+              }
+            }
+          }
+        }
+        for (int i = 0; i < 32; i++) {
+          for (int j = 0; j < 8; j++) {
+            c[(r * 32 + i) * 8 + j] = ct[i][j];
+          }
+        }
+      }
+    }
+"""
+SPEC = parse_spec_text("""
+tiles(n, a, b, c):
+  requires n >= 1
+  reads    a ~> Matrix3(n, 32, 16), b ~> Matrix2(8, 16)
+  writes   c ~> Matrix3(n, 32, 8)
+""")
+NEST = "tiles > for w > for i"
+
+
+def tiles(ck: Any, row: str = "w * 16 + i") -> ir.Program:
+    return ck.parse(textwrap.dedent(TILES).replace("ROW", row), "tiles.c")
+
+
+def test_mma_writes_one_call_per_lane_with_the_same_cpu_outputs(ck):
+    p = tiles(ck)
+    r = gpu.mma.apply(p, NEST)
+    text = ck.function_text(r.program, "tiles")
+    assert ck.contains(text, """
+        for (int w = 0; w < 2; w++) {
+          for (int lane = 0; lane < 32; lane++) {
+            otp_mma_m16n8k16_bf16(&ct[w * 16 + lane / 4][2 * (lane % 4)], &ct[w * 16 + (lane / 4 + 8)][2 * (lane % 4)], &at[w * 16 + lane / 4][0], &at[w * 16 + (lane / 4 + 8)][0], &bt[2 * (lane % 4)][0], &bt[2 * (lane % 4) + 1][0], lane);
+          }
+        }""")
+    assert r.fp == "reassoc" and r.obligations == ()
+    ck.roundtrip(r.program)
+    ck.compiles(r.program)
+    # on the CPU each lane adds its products in k order, as the loops did: bit for bit
+    ck.same_outputs(p, r.program, "tiles", [3, ck.floats(3 * 32 * 16), ck.floats(8 * 16), ck.floats(3 * 32 * 8)])
+    assert check_step(p, r.program, r.obligations, SPEC).problems == ()
+
+
+def test_mma_refusals(ck):
+    p = tiles(ck)
+    mma = gpu.mma.apply
+    assert "must be a nest of three loops of 16, 8 and 16 iterations" in refusal(mma, p, "tiles > for w")
+    assert "must be a nest of three loops" in refusal(mma, p, "tiles > for i#1")
+    fp32 = ck.parse(textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("(float)bt[j][k]", "b[j * 16 + k]"),
+                    "tiles.c")
+    assert "'b[j * 16 + k]' must read an otp_bf16 array converted to float" in refusal(mma, fp32, NEST)
+    assert "the accumulator 'ct[j][w * 16 + i]' must step by one cell with j" in refusal(
+        mma, ck.parse(textwrap.dedent(TILES).replace("ct[ROW][j]", "ct[j][w * 16 + i]"), "tiles.c"), NEST)
+
+
+def mapped(ck: Any, row: str) -> tuple[ir.Program, Any]:
+    """The tile product as tensor-core calls: blocks over r, the warps and
+    their lanes collapsed into one loop of 64 threads along x (w = t / 32,
+    lane = t % 32), and the step mapping it."""
+    p = gpu.mma.apply(tiles(ck, row), NEST).program
+    p = loop.collapse.apply(p, "tiles > for w", "t").program
+    p = variable.inline.apply(p, "tiles > def lane").program
+    p = variable.inline.apply(p, "tiles > def w").program
+    p = gpu.map_blocks.apply(p, "tiles > for r", "x").program
+    for k in range(1, 5):
+        p = gpu.map_threads.apply(p, f"tiles > for i#{k}", "x").program
+    return p, gpu.map_threads.apply(p, "tiles > for t", "x")
+
+
+def test_level2_proves_the_lanes_and_warps_write_their_own_accumulators(ck):
+    before, r = mapped(ck, "w * 16 + i")
+    result = check_step(before, r.program, r.obligations, SPEC)
+    assert [v.status for v in result.verdicts] == ["proved"] and result.problems == ()
+
+
+def test_level2_refutes_two_warps_writing_one_accumulator(ck):
+    """Both warps add their product into rows 0..15: sequentially the sum
+    of the two, on the GPU a race between the warps."""
+    before, r = mapped(ck, "i")
+    reason = refuted(before, r, SPEC)
+    assert reason.startswith("parallel: ") and "ct" in reason and "otp_mma_m16n8k16_bf16" in reason
+
+
+def test_the_printer_checks_the_lanes(ck):
+    before, r = mapped(ck, "w * 16 + i")
+    cu = to_cuda(r.program)
+    assert "otp_mma_m16n8k16_bf16(&ct[t / 32 * 16 + t % 32 / 4][2 * (t % 32 % 4)]" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "tiles.cu") == ()
+    wrong = ck.parse(ck.function_text(r.program, "tiles").replace(", t % 32);", ", t % 16);"), "tiles.c")
+    with pytest.raises(CudaError, match="its lane 't % 16' is not t % 32"):
+        to_cuda(wrong)
