@@ -12,7 +12,7 @@ the steps of the enclosing loops (`ri` in `bi, bi + 16, ...` makes
 must own exactly one dimension, the same in every access, so that two
 threads never share a cell; the per-thread array keeps that dimension's
 size / T cells, indexed by `(index - position) / T`, and every other
-dimension whole.
+dimension whole. An array whose cells' addresses are taken stays shared.
 """
 from __future__ import annotations
 
@@ -124,6 +124,13 @@ def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[str]:
     return None
 
 
+def _address_taken(body: ir.Block, name: str) -> bool:
+    """A cell's address is passed on (`&acc[i]` to gpu.mma's call): what the
+    callee touches through it is not read off the indices."""
+    return any(isinstance(n, ir.Unop) and n.op == "&" and isinstance(n.arg, ir.Index)
+               and chain(n.arg)[0] == ir.Var(name) for _, n in walk(body))
+
+
 def register_of(body: ir.Block, blocks: list[ir.For], decl: ir.Decl, periods: dict[str, int]) -> Optional[Register]:
     """The per-thread form of the block array `decl`, or None when threads share cells."""
     name = decl.name
@@ -137,7 +144,8 @@ def register_of(body: ir.Block, blocks: list[ir.For], decl: ir.Decl, periods: di
     found: list[_Access] = []
     _accesses(body, name or "", len(sizes), tuple(blocks), (), found)
     uses = sum(1 for _, n in walk(body) if n == ir.Var(name or ""))
-    if decl.init is not None or not found or len(found) != uses or any(not a.phase for a in found):
+    if decl.init is not None or not found or len(found) != uses or any(not a.phase for a in found) \
+            or _address_taken(body, name or ""):
         return None
     owners = {tuple(_owner(a, e, periods) for e in a.indices) for a in found}
     if len(owners) != 1:

@@ -129,9 +129,74 @@ def flash_tiles(h: str, d: int) -> None:
     gpu.map_threads(f"{blocks} > for i", "x")
     gpu.map_threads(f"{diagonal} > for i", "x")
     gpu.map_threads(f"{full} > for i#4", "x")
-    if BF16:
-        for array in ("q", "k", "v"):
-            matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
+
+
+def lanes_outside(where: str, tiles: list[str], lanes: str) -> None:
+    """The lane loop gpu.mma made inside the tile loops `tiles` (outermost
+    first, in `where`) moved outermost (the lanes write their own cells), and
+    mapped to threads: `lanes` names it then."""
+    for k in range(len(tiles), 0, -1):
+        loop.swap(" > ".join([where] + [f"for {t}" for t in tiles[:k]]))
+    gpu.map_threads(f"{where} > {lanes}", "x")
+
+
+def flash_mma(h: str, d: int) -> None:
+    """CUDA, bf16 with tensor cores, for the copy of the head loop `h` where
+    D == d: as flash_tiles, a block per (head, 64 queries) and the key-block
+    loop outside the queries; Q, K and V tiles are staged in shared memory
+    in bfloat16 (V transposed), and in the key blocks before the diagonal
+    the 64 x 16 scores (S = Q K^T) and the update of the 64 x d output
+    (O += P V, P the exp-scores in bfloat16) are warp tile products
+    (gpu.mma, fp32 accumulation) by the block's first warp; a thread per
+    query runs the online softmax between them."""
+    full = f"{h} > for bi"
+    key_blocks_outside(f"{full} > for i")
+    gpu.map_blocks(h, "y")
+    gpu.map_blocks(full, "x")
+    gpu.last_first(full)
+    shape = ["H", "S", d]
+    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
+    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
+              threads=64)
+    flash.split_blocks(f"{full} > for bj", "bi")
+    blocks, diagonal = f"{full} > for bj#1", f"{full} > for bj#2"
+    flash.full_blocks(blocks)
+    flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
+    loop.hoist(f"{blocks} > for j#1 > def s", f"s{d}")
+    loop.fission(f"{blocks} > for j#1 > after 's{d}[j - bj] = 0.0f'")
+    loop.fission(f"{blocks} > for j#2 > after for d")
+    flash.move_up(f"{blocks} > for i > '] = max_val_blk;'", f"{blocks} > for i > def rescale")
+    loop.hoist(f"{blocks} > for i > def s{d}")
+    loop.hoist(f"{blocks} > for i > def scores_blk", f"sc{d}")
+    loop.fission(f"{blocks} > for i > after for j#1")
+    loop.fission(f"{blocks} > for i#2 > after for j#1")
+    loop.fission(f"{blocks} > for i#3 > after for j#3")
+    for array, at in (("k", "i#2"), ("v", "i#4")):
+        gpu.stage(f"{blocks} > for {at}", array, f"{array}{d}", shape, axes=[None, "x"],
+                  region=["h:1", "bj:16", f"0:{d}"], threads=64)
+    matrix.reorder_dims(f"{full} > def v{d}", [1, 0])
+    matrix.local_buffer(f"{blocks} > for i#4", f"sc{d}", f"p{d}")
+    for array in ("q", "k", "v", "p"):
+        matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
+    # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d
+    loop.tile(f"{blocks} > for i#2", 16, "mi")
+    loop.tile(f"{blocks} > for mi > for i > for j", 8, "nj")
+    loop.tile(f"{blocks} > for mi > for i > for nj > for j > for d", 16, "kd")
+    loop.swap(f"{blocks} > for mi > for i")
+    loop.swap(f"{blocks} > for mi > for nj > for i > for j")
+    loop.swap(f"{blocks} > for mi > for nj > for i")
+    gpu.mma(f"{blocks} > for mi > for nj > for kd > for i")
+    lanes_outside(blocks, ["mi", "nj", "kd"], "for lane")
+    # O += P V: 4 x (d / 8) tiles of 16 x 8, one k-slice (the block's 16 keys)
+    loop.swap(f"{blocks} > for i#3 > for j")
+    loop.tile(f"{blocks} > for i#3", 16, "mo")
+    loop.tile(f"{blocks} > for mo > for i > for d", 8, "nd")
+    loop.swap(f"{blocks} > for mo > for i")
+    gpu.mma(f"{blocks} > for mo > for nd > for i")
+    lanes_outside(blocks, ["mo", "nd"], "for lane_1")
+    for threads in (f"{blocks} > for i#1", f"{blocks} > for i#2", f"{blocks} > for i0_8", f"{diagonal} > for i",
+                    f"{full} > for i#1", f"{full} > for i#5"):
+        gpu.map_threads(threads, "x")
 
 
 def thread_per_query(h: str, queries: str) -> None:
@@ -157,7 +222,7 @@ if target() == "cuda":
         loop.tile(f"attention > for h#{k + 1} > for i", 64, f"bq{k}", "min")
     # 4. shared K and V tiles, Q and output rows in registers, for D == 64 and 128
     flash_tiles("attention > for h#1", 64)
-    flash_tiles("attention > for h#3", 128)
+    (flash_mma if BF16 else flash_tiles)("attention > for h#3", 128)
     for k in (1, 3, 5):
         thread_per_query(f"attention > for h#{k + 1}", f"bq{k}")
     thread_per_query("attention > for h#5", "bi")
