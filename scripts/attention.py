@@ -175,26 +175,27 @@ def flash_mma(h: str, d: int) -> None:
         gpu.stage(f"{blocks} > for {at}", array, f"{array}{d}", shape, axes=[None, "x"],
                   region=["h:1", "bj:16", f"0:{d}"], threads=64)
     matrix.reorder_dims(f"{full} > def v{d}", [1, 0])
-    matrix.local_buffer(f"{blocks} > for i#4", f"sc{d}", f"p{d}")
+    gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None])
     for array in ("q", "k", "v", "p"):
         matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
     # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d
-    loop.tile(f"{blocks} > for i#2", 16, "mi")
-    loop.tile(f"{blocks} > for mi > for i > for j", 8, "nj")
-    loop.tile(f"{blocks} > for mi > for i > for nj > for j > for d", 16, "kd")
-    loop.swap(f"{blocks} > for mi > for i")
-    loop.swap(f"{blocks} > for mi > for nj > for i > for j")
-    loop.swap(f"{blocks} > for mi > for nj > for i")
-    gpu.mma(f"{blocks} > for mi > for nj > for kd > for i")
-    lanes_outside(blocks, ["mi", "nj", "kd"], "for lane")
+    mi, nj, kd, mo, nd = (f"{tile}{d}" for tile in ("mi", "nj", "kd", "mo", "nd"))
+    loop.tile(f"{blocks} > for i#2", 16, mi)
+    loop.tile(f"{blocks} > for {mi} > for i > for j", 8, nj)
+    loop.tile(f"{blocks} > for {mi} > for i > for {nj} > for j > for d", 16, kd)
+    loop.swap(f"{blocks} > for {mi} > for i")
+    loop.swap(f"{blocks} > for {mi} > for {nj} > for i > for j")
+    loop.swap(f"{blocks} > for {mi} > for {nj} > for i")
+    gpu.mma(f"{blocks} > for {mi} > for {nj} > for {kd} > for i", f"lane{d}")
+    lanes_outside(blocks, [mi, nj, kd], f"for lane{d}")
     # O += P V: 4 x (d / 8) tiles of 16 x 8, one k-slice (the block's 16 keys)
     loop.swap(f"{blocks} > for i#3 > for j")
-    loop.tile(f"{blocks} > for i#3", 16, "mo")
-    loop.tile(f"{blocks} > for mo > for i > for d", 8, "nd")
-    loop.swap(f"{blocks} > for mo > for i")
-    gpu.mma(f"{blocks} > for mo > for nd > for i")
-    lanes_outside(blocks, ["mo", "nd"], "for lane_1")
-    for threads in (f"{blocks} > for i#1", f"{blocks} > for i#2", f"{blocks} > for i0_8", f"{diagonal} > for i",
+    loop.tile(f"{blocks} > for i#3", 16, mo)
+    loop.tile(f"{blocks} > for {mo} > for i > for d", 8, nd)
+    loop.swap(f"{blocks} > for {mo} > for i")
+    gpu.mma(f"{blocks} > for {mo} > for {nd} > for i", f"lane{d}_pv")
+    lanes_outside(blocks, [mo, nd], f"for lane{d}_pv")
+    for threads in (f"{blocks} > for i#1", f"{blocks} > for i#2", f"{diagonal} > for i",
                     f"{full} > for i#1", f"{full} > for i#5"):
         gpu.map_threads(threads, "x")
 
@@ -221,7 +222,7 @@ if target() == "cuda":
         loop.fission(f"attention > for h#{k} > after for bi")
         loop.tile(f"attention > for h#{k + 1} > for i", 64, f"bq{k}", "min")
     # 4. shared K and V tiles, Q and output rows in registers, for D == 64 and 128
-    flash_tiles("attention > for h#1", 64)
+    (flash_mma if BF16 else flash_tiles)("attention > for h#1", 64)
     (flash_mma if BF16 else flash_tiles)("attention > for h#3", 128)
     for k in (1, 3, 5):
         thread_per_query(f"attention > for h#{k + 1}", f"bq{k}")

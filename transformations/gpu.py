@@ -29,7 +29,7 @@ from optitrust_py.errors import TransformError
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.names import declared_names, free_vars, fresh_name, subst, writes_of
+from optitrust_py.names import free_vars, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.smt import int_term
 from optitrust_py.tree import Path, get, replace, splice, walk
@@ -866,7 +866,7 @@ def _mma_access(who: str, e: ir.Expr, unit: str, absent: str, role: str, loc: Op
 
 
 @primitive
-def mma(program: ir.Program, target: str) -> Rewrite:
+def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite:
     """A 16 x 8 tile product over a k-slice of 16, C += A * B^T with A and B
     in bfloat16, as one tensor-core operation of a warp (`mma.sync
     m16n8k16`, fp32 accumulation), written as 32 calls, one per lane.
@@ -907,7 +907,9 @@ def mma(program: ir.Program, target: str) -> Rewrite:
     The loops run 16, 8 and 16 iterations with step 1: the update must
     step by one cell with j in C and with k in A and B (their last index),
     C must not depend on k, A on j, B on i; A and B are otp_bf16 arrays
-    read as `(float)`, C another array of float. Refused otherwise.
+    read as `(float)`, C another array of float. Refused otherwise. The lane
+    index is `lane` (a name unused in the function), by default a fresh
+    `lane`.
     """
     who = "gpu.mma"
     res = Resolver(program)
@@ -929,7 +931,7 @@ def mma(program: ir.Program, target: str) -> Rewrite:
     if type_name(unqualified(c_type)) != "float" or arrays[0] in arrays[1:]:
         raise TransformError(f"{who}: the accumulator '{expr_text(c)}' must be a float array other than the "
                              f"operands", loc)
-    lane = fresh_name(set(free_vars(program.items[m.path[0][1]])) | _declared(program, m.path), "lane")
+    lane = _fresh_local(who, "lane index", lane, "lane", program, m.path, m.function, m.node.loc)
     g = ir.Binop("/", ir.Var(lane), ir.Const("4"))
     t2 = ir.Binop("*", ir.Const("2"), ir.Binop("%", ir.Var(lane), ir.Const("4")))
     eight, one = ir.Const("8"), ir.Const("1")
@@ -953,7 +955,3 @@ def _array_base(e: ir.Expr) -> ir.Expr:
     while isinstance(e, ir.Index):
         e = e.base
     return e
-
-
-def _declared(program: ir.Program, path: Path) -> set[str]:
-    return set(declared_names(program.items[path[0][1]]))
