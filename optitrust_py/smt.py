@@ -59,12 +59,20 @@ def proves(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> bool:
 
 def c_div(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
     """C's `/` on Z3 integers: the quotient truncated toward zero (Z3's own
-    `/` rounds down for a positive divisor). Meaningless when b is 0."""
+    `/` rounds down for a positive divisor). Meaningless when b is 0. Built
+    once per pair of operands: level 2's lemmas ask for the same remainders
+    again and again, and building a term through Z3's Python API is slow."""
+    key = (a.get_id(), b.get_id())
+    got = _DIVIDED.get(key)
+    if got is not None:
+        return got[0]
     q = z3.If(a >= 0, a, -a) / z3.If(b >= 0, b, -b)
     out = z3.If((a >= 0) == (b >= 0), q, -q)
     if len(_QUOTIENTS) > _QUOTIENTS_MAX:
         _QUOTIENTS.clear()
+        _DIVIDED.clear()
     _QUOTIENTS[out.get_id()] = (out, a, b)
+    _DIVIDED[key] = (out, a, b)
     return out
 
 
@@ -72,6 +80,8 @@ _QUOTIENTS: dict[int, tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]] = {}
 """Every `c_div(a, b)` term built, by its Z3 id: (term, a, b), so that
 `satisfy` can name quotients by variables (forgetting them is harmless)."""
 _QUOTIENTS_MAX = 200_000
+_DIVIDED: dict[tuple[int, int], tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]] = {}
+"""`c_div`'s terms by the ids of their operands (kept, so the ids stay theirs)."""
 
 
 def c_mod(a: z3.ArithRef, b: z3.ArithRef) -> z3.ArithRef:
@@ -253,12 +263,25 @@ def _nonlinear(e: z3.ExprRef) -> bool:
 
 
 def _is_nonlinear_node(n: z3.ExprRef) -> bool:
-    kind = n.decl().kind() if z3.is_app(n) else None
-    if kind in _DIVISIONS:
-        return not z3.is_int_value(n.arg(1))
-    if kind == z3.Z3_OP_MUL:
-        return sum(not z3.is_int_value(a) for a in n.children()) > 1
-    return False
+    return _facts(n)[1]
+
+
+_FACTS: dict[int, tuple[z3.ExprRef, tuple[Optional[int], bool]]] = {}
+"""Each term's operator kind and whether it is non-linear, by its id (kept,
+so the id stays its own): every query asks again of the hypotheses'
+terms, and each question through Z3's Python API costs several calls."""
+
+
+def _facts(n: z3.ExprRef) -> tuple[Optional[int], bool]:
+    got = _FACTS.get(n.get_id())
+    if got is None:
+        kind = n.decl().kind() if z3.is_app(n) else None
+        nonlinear = (not z3.is_int_value(n.arg(1))) if kind in _DIVISIONS else \
+            sum(not z3.is_int_value(a) for a in n.children()) > 1 if kind == z3.Z3_OP_MUL else False
+        if len(_FACTS) >= _WALKED_MAX * 10:
+            _FACTS.clear()
+        got = _FACTS[n.get_id()] = (n, (kind, nonlinear))
+    return got[1]
 
 
 def _divisor_vars(exprs: Iterable[z3.ExprRef]) -> list[z3.ArithRef]:
@@ -344,12 +367,17 @@ def _with_named_quotients(hyps: list[z3.BoolRef], cons: list[z3.BoolRef]) -> tup
                 rest = _product([f for f in a.children() if not f.eq(a2)] or [z3.IntVal(1)])
                 defs.append(z3.Implies(z3.And(b != 0, a2 == b * var[q2.get_id()]),
                                        var[q.get_id()] == var[q2.get_id()] * named_in(rest)))
-    body = [named_in(e) for e in hyps + cons] + [named_in(e) for e in defs]
+    body = [named_in(z3.And(*hyps, *cons, *defs))]  # one call: each call checks every pair
     moduli = {q[2].as_long() for q in terms if z3.is_int_value(q[2]) and q[2].as_long() > 1}
     products = [m for m in _subterms_of(body) if _is_mul(m) and _is_nonlinear_node(m) and m.num_args() == 2]
     lemmas = [z3.Implies(c_mod(f, z3.IntVal(c)) == 0, c_mod(m, z3.IntVal(c)) == 0)
               for m in products for f in m.children() for c in sorted(moduli)]
-    lemmas += [lemma for m in products for m2 in products if m2 is not m for lemma in _monotone(m, m2)]
+    sharing: dict[int, list[tuple[int, int]]] = {}  # a factor (by id) -> the products with it, and where
+    for k, m in enumerate(products):
+        for i in (0, 1):
+            sharing.setdefault(m.arg(i).get_id(), []).append((k, i))
+    lemmas += [lemma for pairs in sharing.values() for k, i in pairs for k2, j in pairs if k2 != k
+               for lemma in _monotone(products[k], i, products[k2], j)]
     lemmas += [z3.Implies(z3.And(m.arg(0) >= 0, m.arg(1) >= 0), m >= 0) for m in products]
     if not named and not lemmas:
         return "unknown", None
@@ -374,19 +402,15 @@ def _products_named(formulas: list[z3.BoolRef]) -> list[z3.BoolRef]:
     them carry what is known of the products."""
     products = [m for m in _subterms_of(formulas) if _is_mul(m) and _is_nonlinear_node(m)]
     sub = [(m, z3.Int(f"{k}:product")) for k, m in enumerate(products)]
-    return [z3.substitute(e, *sub) for e in formulas] if sub else formulas
+    return [z3.substitute(z3.And(*formulas), *sub)] if sub else formulas  # one call: each checks every pair
 
 
-def _monotone(m: z3.ArithRef, m2: z3.ArithRef) -> list[z3.BoolRef]:
-    """For products a*y and b*y of a common factor y >= 0: a <= b makes
-    a*y <= b*y, and a < b makes a*y + y <= b*y (facts of all integers)."""
-    out: list[z3.BoolRef] = []
-    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        y = m.arg(i)
-        if y.eq(m2.arg(j)):
-            a, b = m.arg(1 - i), m2.arg(1 - j)
-            out += [z3.Implies(z3.And(y >= 0, a <= b), m <= m2), z3.Implies(z3.And(y >= 0, a < b), m + y <= m2)]
-    return out
+def _monotone(m: z3.ArithRef, i: int, m2: z3.ArithRef, j: int) -> list[z3.BoolRef]:
+    """For products a*y and b*y of a common factor y >= 0 (argument i of m,
+    j of m2): a <= b makes a*y <= b*y, and a < b makes a*y + y <= b*y
+    (facts of all integers)."""
+    y, a, b = m.arg(i), m.arg(1 - i), m2.arg(1 - j)
+    return [z3.Implies(z3.And(y >= 0, a <= b), m <= m2), z3.Implies(z3.And(y >= 0, a < b), m + y <= m2)]
 
 
 def _quotients(exprs: list[z3.BoolRef]) -> list[tuple[z3.ArithRef, z3.ArithRef, z3.ArithRef]]:
@@ -395,7 +419,7 @@ def _quotients(exprs: list[z3.BoolRef]) -> list[tuple[z3.ArithRef, z3.ArithRef, 
 
 
 def _is_mul(e: z3.ExprRef) -> bool:
-    return z3.is_app(e) and e.decl().kind() == z3.Z3_OP_MUL
+    return _facts(e)[0] == z3.Z3_OP_MUL
 
 
 def _product(factors: list[z3.ArithRef]) -> z3.ArithRef:
