@@ -137,3 +137,23 @@ def test_the_printer_checks_the_lanes(ck):
     wrong = ck.parse(ck.function_text(r.program, "tiles").replace(", t % 32);", ", t % 16);"), "tiles.c")
     with pytest.raises(CudaError, match="its lane 't % 16' is not t % 32"):
         to_cuda(wrong)
+
+
+def test_padding_keeps_each_lane_s_cells_in_their_rows(ck):
+    """gpu.pad of an operand gpu.mma reaches through pointers: each pointer's
+    16 (or 2) cells must lie in its row, proved; a product reaching past a
+    row (from column 8 of rows of 16) is refuted, and an address taken for
+    anything else is refused."""
+    p = gpu.mma.apply(tiles(ck), NEST).program
+    r = gpu.pad.apply(p, "tiles > def at", 8)
+    assert "otp_bf16 at[32][24];" in ck.function_text(r.program, "tiles")
+    assert [ob.kind for ob in r.obligations] == ["in_range", "in_range"]
+    assert all(v.status == "proved" for v in check_step(p, r.program, r.obligations, SPEC).verdicts)
+    past = ck.parse(ck.function_text(p, "tiles").replace("&at[w * 16 + lane / 4][0]", "&at[w * 16 + lane / 4][8]"),
+                    "tiles.c")
+    reason = refuted(past, gpu.pad.apply(past, "tiles > def at", 8), SPEC)
+    assert reason.startswith("in_range: ") and "the point 8 is beyond the stop 0" in reason
+    taken = ck.parse(ck.function_text(p, "tiles").replace("c[(r * 32 + i) * 8 + j] = ct[i][j];",
+                                                           "c[(r * 32 + i) * 8 + j] = *&ct[i][j];"), "tiles.c")
+    assert "the address of 'ct[i][j]' is taken, so its layout may matter" in refusal(gpu.pad.apply, taken,
+                                                                                      "tiles > def ct")

@@ -26,6 +26,7 @@ from optitrust_py import ir
 from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, thread_extent,
                                    vector_mark)
 from optitrust_py.errors import TransformError
+from optitrust_py.intrinsics import memory_args
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
@@ -690,10 +691,13 @@ def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
 
         float ks[64][129];
 
+    A cell whose address goes to an intrinsic or to gpu.mma's tile product,
+    which reach the next cells through it, gets the obligation in_range:
+    those cells lie in its row (padding puts unused cells after the row).
     Refused: not a local C array of two or more constant dimensions, an
     amount that is not a positive integer, or an array used otherwise than
-    indexed in every dimension (passed to a call, taken the address of: its
-    layout could then matter).
+    indexed in every dimension (passed to a call, its address taken
+    otherwise: its layout could then matter).
     """
     who = "gpu.pad"
     res = Resolver(program)
@@ -707,19 +711,42 @@ def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
         raise TransformError(f"{who}: the padding must be a positive integer, got {amount!r}", decl.loc)
     block, k = m.path[:-1], m.path[-1][1]
     assert k is not None
-    full, me = 0, ir.Var(decl.name or "")
-    for _, n in walk(get(program, block)):
+    full, me, obligations = 0, ir.Var(decl.name or ""), []
+    for path, n in walk(get(program, block), block):
         if isinstance(n, ir.Index):
             depth, base = 1, n.base
             while isinstance(base, ir.Index):
                 depth, base = depth + 1, base.base
-            full += int(base == me and depth == len(dims))
+            if base == me and depth == len(dims):
+                full += 1
+                obligations += _row_span(who, program, path, n, int(dims[-1].text), m.function)  # type: ignore[union-attr]
     uses = sum(1 for _, n in walk(get(program, block)) if n == me)
     if uses != full:
         raise TransformError(f"{who}: '{decl.name}' is used otherwise than indexed in all its {len(dims)} "
                              f"dimensions, so its layout may matter", decl.loc)
     new = dataclasses.replace(m.node, decl=dataclasses.replace(decl, type=_padded(decl.type, amount)))
-    return Rewrite(replace(program, m.path, new))
+    return Rewrite(replace(program, m.path, new), tuple(obligations))
+
+
+def _row_span(who: str, program: ir.Program, path: Path, cell: ir.Index, row: int,
+              function: str) -> list[Obligation]:
+    """For a cell whose address is passed to an intrinsic or a tile product
+    that reaches `width` cells from it (intrinsics.memory_args), the
+    obligation that they stay in the cell's row of `row` cells (0 <= j <=
+    row - width, j the last index), which padding moves apart; none for a
+    plain access; refused for an address taken otherwise."""
+    parent = get(program, path[:-1])
+    if not (isinstance(parent, ir.Unop) and parent.op == "&"):
+        return []
+    call = get(program, path[:-2]) if len(path) > 2 and path[-2][0] == "args" else None
+    spans = memory_args(call.name or "", len(call.args)) if isinstance(call, ir.Call) else None
+    if not spans or path[-2][1] not in spans:
+        raise TransformError(f"{who}: the address of '{expr_text(cell)}' is taken, so its layout may matter",
+                             cell.loc)
+    width = spans[path[-2][1]][1]
+    return [Obligation("in_range", f"the {width} cells from '{expr_text(cell)}' that {call.name} reaches lie in "
+                       f"its row of {row}: 0 <= {expr_text(cell.index)} <= {row - width}", function,
+                       (path,), (ZERO, cell.index, ir.Const(str(row - width))))]
 
 
 VECTOR_BYTES = 16
