@@ -157,3 +157,39 @@ def test_padding_keeps_each_lane_s_cells_in_their_rows(ck):
                                                            "c[(r * 32 + i) * 8 + j] = *&ct[i][j];"), "tiles.c")
     assert "the address of 'ct[i][j]' is taken, so its layout may matter" in refusal(gpu.pad.apply, taken,
                                                                                       "tiles > def ct")
+
+
+def test_mma_over_k_slices_keeps_the_accumulators_in_a_local_array(ck):
+    """Targeted at a loop over k-slices (rows of 32: two slices of 16), each
+    lane's four cells live in lane_acc across the slices: same CPU outputs,
+    and level 2 proves the lanes and warps apart as before."""
+    source = (textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("[16];", "[32];")
+              .replace("k < 16; k++) {\n        at", "k < 32; k++) {\n        at")
+              .replace("k < 16; k++) {\n        bt", "k < 32; k++) {\n        bt")
+              .replace("* 16 + k]", "* 32 + k]").replace("n, 32, 16)", "n, 32, 32)")
+              .replace("for (int i = 0; i < 16; i++) {\n        for (int j = 0; j < 8; j++) {",
+                       "for (int kd = 0; kd < 32; kd += 16) {\n      for (int i = 0; i < 16; i++) {\n"
+                       "        for (int j = 0; j < 8; j++) {")
+              .replace("for (int k = 0; k < 16; k++) {\n            ct", "for (int k = kd; k < kd + 16; k++) {\n"
+                       "            ct"))
+    source = source.replace("* (float)bt[j][k];\n          }\n        }\n      }", "* (float)bt[j][k];\n"
+                            "          }\n        }\n      }\n      }")
+    p = ck.parse(source, "tiles.c")
+    r = gpu.mma.apply(p, "tiles > for w > for kd")
+    text = ck.function_text(r.program, "tiles")
+    assert ck.contains(text, """
+        for (int lane = 0; lane < 32; lane++) {
+          float lane_acc[4];
+          lane_acc[0] = ct[w * 16 + lane / 4][2 * (lane % 4)];""")
+    assert "otp_mma_m16n8k16_bf16(&lane_acc[0], &lane_acc[2], &at[w * 16 + lane / 4][kd]" in text
+    assert "ct[w * 16 + (lane / 4 + 8)][2 * (lane % 4) + 1] = lane_acc[3];" in text
+    ck.compiles(r.program)
+    ck.same_outputs(p, r.program, "tiles", [2, ck.floats(2 * 32 * 32), ck.floats(8 * 32), ck.floats(2 * 32 * 8)])
+    spec = parse_spec_text("tiles(n, a, b, c):\n  requires n >= 1\n  reads a ~> Matrix3(n, 32, 32), "
+                           "b ~> Matrix2(8, 32)\n  writes c ~> Matrix3(n, 32, 8)\n")
+    q = loop.collapse.apply(r.program, "tiles > for w", "t").program
+    q = variable.inline.apply(q, "tiles > def lane").program
+    q = variable.inline.apply(q, "tiles > def w").program
+    q = gpu.map_blocks.apply(q, "tiles > for r", "x").program
+    step = gpu.map_threads.apply(q, "tiles > for t", "x")
+    assert [v.status for v in check_step(q, step.program, step.obligations, spec).verdicts] == ["proved"]

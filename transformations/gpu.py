@@ -18,7 +18,7 @@ iteration updates is a race, refuted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import z3
 
@@ -855,21 +855,22 @@ WARP = 32
 _MMA_SHAPE = (16, 8, 16)
 
 
-def _mma_nest(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], ir.Assign]:
+def _mma_nest(who: str, where: str, top: ir.For) -> tuple[list[ir.For], ir.Assign]:
     """The loops i, j, k (16, 8, 16 iterations, perfectly nested, unit step)
-    at `m` and the update in the innermost."""
-    nest, node = [], m.node
+    from `top` and the update in the innermost."""
+    nest: list[ir.For] = []
+    node: Any = top
     for n in _MMA_SHAPE:
         if not isinstance(node, ir.For) or constant_extent(node) != n or node.pragmas:
-            raise TransformError(f"{who}: {_where(res, m.path, m.node)} must be a nest of three loops of 16, 8 and "
-                                 f"16 iterations (i, j, k: rows, columns and the reduction of a 16 x 8 tile), "
-                                 f"step 1, unmapped, one inside the other", m.node.loc)
+            raise TransformError(f"{who}: {where} must be a nest of three loops of 16, 8 and 16 iterations (i, j, "
+                                 f"k: rows, columns and the reduction of a 16 x 8 tile), step 1, unmapped, one "
+                                 f"inside the other, or a loop over k-slices holding only such a nest", top.loc)
         nest.append(node)
         node = node.body.stmts[0] if len(node.body.stmts) == 1 else None
     e = node.expr if isinstance(node, ir.ExprStmt) else None
     if not isinstance(e, ir.Assign) or e.op != "+=":
-        raise TransformError(f"{who}: the innermost loop of {_where(res, m.path, m.node)} must hold one update "
-                             f"C[..] += (float)A[..] * (float)B[..]", m.node.loc)
+        raise TransformError(f"{who}: the innermost loop of {where} must hold one update "
+                             f"C[..] += (float)A[..] * (float)B[..]", top.loc)
     return nest, e
 
 
@@ -931,19 +932,42 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     shuffles and load their fragments: the warp reads exactly the cells its
     lanes declare, and writes only each lane's own.
 
+    Targeted at a loop over k-slices whose body is such a nest (`for kd`,
+    around the `for i` above), the lane's four cells stay in a local array
+    across the slices (registers in CUDA), read before and written back
+    after them, so that the accumulation does not go through memory at
+    every slice:
+
+        for (int lane = 0; lane < 32; lane++) {
+          float lane_acc[4];
+          lane_acc[0] = S[mi * 16 + lane / 4][nj * 8 + 2 * (lane % 4)];
+          ... (its 4 cells)
+          for (int kd = 0; kd < 128; kd += 16) {
+            otp_mma_m16n8k16_bf16(&lane_acc[0], &lane_acc[2], &q_t[...][kd], ..., lane);
+          }
+          S[mi * 16 + lane / 4][nj * 8 + 2 * (lane % 4)] = lane_acc[0];
+          ...
+        }
+
     The loops run 16, 8 and 16 iterations with step 1: the update must
     step by one cell with j in C and with k in A and B (their last index),
     C must not depend on k, A on j, B on i; A and B are otp_bf16 arrays
-    read as `(float)`, C another array of float. Refused otherwise. The lane
+    read as `(float)`, C another array of float (the same cells at every
+    slice, when targeted at the slices). Refused otherwise. The lane
     index is `lane` (a name unused in the function), by default a fresh
     `lane`.
     """
     who = "gpu.mma"
     res = Resolver(program)
     m = res.one(target, "canonical for loop", (ir.For,))
-    (li, lj, lk), update = _mma_nest(who, res, m)
+    where = _where(res, m.path, m.node)
+    body = m.node.body.stmts
+    slices = m.node if constant_extent(m.node) is None and len(body) == 1 and isinstance(body[0], ir.For) \
+        and not m.node.pragmas else None
+    top_path = m.path + ((("body", None), ("stmts", 0)) if slices else ())
+    (li, lj, lk), update = _mma_nest(who, where, get(program, top_path))
     loc = update.lhs.loc or m.node.loc
-    inner = m.path + (("body", None), ("stmts", 0)) * 2 + (("body", None), ("stmts", 0), ("expr", None))
+    inner = top_path + (("body", None), ("stmts", 0)) * 2 + (("body", None), ("stmts", 0), ("expr", None))
     product = update.rhs
     if not (isinstance(product, ir.Binop) and product.op == "*"):
         raise TransformError(f"{who}: the update must add a product (float)A[..] * (float)B[..], not "
@@ -955,23 +979,44 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     b = _mma_access(who, b, lk.index, li.index, "the right operand", loc)
     c_type = type_of(c, env_at(program, inner), typedefs_of(program))
     arrays = [next(iter(free_vars(_array_base(x)))) for x in (c, a, b)]
-    if type_name(unqualified(c_type)) != "float" or arrays[0] in arrays[1:]:
+    if type_name(unqualified(c_type)) != "float" or arrays[0] in arrays[1:] \
+            or (slices is not None and slices.index in free_vars(c)):
         raise TransformError(f"{who}: the accumulator '{expr_text(c)}' must be a float array other than the "
-                             f"operands", loc)
+                             f"operands" + (f", the same cells at every {slices.index}" if slices else ""), loc)
     lane = _fresh_local(who, "lane index", lane, "lane", program, m.path, m.function, m.node.loc)
     g = ir.Binop("/", ir.Var(lane), ir.Const("4"))
     t2 = ir.Binop("*", ir.Const("2"), ir.Binop("%", ir.Var(lane), ir.Const("4")))
-    eight, one = ir.Const("8"), ir.Const("1")
+    g8, t21 = ir.Binop("+", g, ir.Const("8")), ir.Binop("+", t2, ir.Const("1"))
+
+    def cell(x: ir.Expr, **by: ir.Expr) -> ir.Expr:
+        return subst(x, {**{lp.index: lp.start for lp in (li, lj, lk)},
+                         **{lp.index: _plus(lp.start, by[n]) for n, lp in (("i", li), ("j", lj), ("k", lk)) if n in by}})
 
     def at(x: ir.Expr, **by: ir.Expr) -> ir.Expr:
-        return ir.Unop("&", subst(x, {**{lp.index: lp.start for lp in (li, lj, lk)},
-                                      **{lp.index: _plus(lp.start, by[n]) for n, lp in
-                                         (("i", li), ("j", lj), ("k", lk)) if n in by}}))
-    args = (at(c, i=g, j=t2), at(c, i=ir.Binop("+", g, eight), j=t2), at(a, i=g), at(a, i=ir.Binop("+", g, eight)),
-            at(b, j=t2), at(b, j=ir.Binop("+", t2, one)), ir.Var(lane))
-    call = ir.ExprStmt(ir.Call(ir.Var(MMA), args, loc), loc)
-    lanes = ir.For(lane, ZERO, ir.Const(str(WARP)), ir.Block((call,)), loc=m.node.loc)
-    return Rewrite(replace(program, m.path, lanes), (), fp="reassoc")
+        return ir.Unop("&", cell(x, **by))
+    operands = (at(a, i=g), at(a, i=g8), at(b, j=t2), at(b, j=t21), ir.Var(lane))
+    if slices is None:
+        call = ir.Call(ir.Var(MMA), (at(c, i=g, j=t2), at(c, i=g8, j=t2)) + operands, loc)
+        lanes = ir.Block((ir.ExprStmt(call, loc),))
+    else:
+        lanes = _registers(program, m, slices, lane, operands, [cell(c, i=i, j=j) for i in (g, g8) for j in (t2, t21)])
+    return Rewrite(replace(program, m.path, ir.For(lane, ZERO, ir.Const(str(WARP)), lanes, loc=m.node.loc)), (),
+                   fp="reassoc")
+
+
+def _registers(program: ir.Program, m: Match, slices: ir.For, lane: str, operands: tuple[ir.Expr, ...],
+               cells: list[ir.Expr]) -> ir.Block:
+    """A lane's body when the tile product runs over k-slices: its four
+    accumulator cells in a local array across the slices (registers in
+    CUDA), copied in before them and back after them."""
+    acc = ir.Var(_fresh_local("gpu.mma", "accumulator", None, f"{lane}_acc", program, m.path, m.function,
+                              slices.loc))
+    slot = [ir.Index(acc, ir.Const(str(e))) for e in range(4)]
+    call = ir.Call(ir.Var(MMA), (ir.Unop("&", slot[0]), ir.Unop("&", slot[2])) + operands, slices.loc)
+    loop_ = dataclasses.replace(slices, body=ir.Block((ir.ExprStmt(call, slices.loc),)))
+    return ir.Block((ir.DeclStmt(ir.Decl(acc.name, ir.Array(ir.Base(("float",)), ir.Const("4")))),
+                     *(ir.ExprStmt(ir.Assign("=", s, c)) for s, c in zip(slot, cells)), loop_,
+                     *(ir.ExprStmt(ir.Assign("=", c, s)) for s, c in zip(slot, cells))))
 
 
 def _plus(start: ir.Expr, offset: ir.Expr) -> ir.Expr:
