@@ -39,12 +39,13 @@ max and sum in registers, the online softmax of step 2 over key blocks of
 staged in shared memory and their scores formed along d; the last S % 64
 queries and other D run a thread per query from global memory.
 
-With `OTP_PRECISION=bf16` in the environment the CUDA ending stores the
-shared Q, K and V tiles in bfloat16 (`matrix.set_precision(..., "otp_bf16")`,
-lossy, relative tolerance 8 x 2^-8 per tile, the products still in fp32),
-and `otp bench --target cuda --compare torch` races torch's SDPA on
-bfloat16 inputs (converted once, untimed) restricted to its
-FlashAttention-2 backend.
+With `OTP_PRECISION=bf16` in the environment the CUDA ending uses tensor
+cores instead (flash_mma): key blocks of 64, the Q, K, V and P tiles in
+bfloat16 in shared memory (`matrix.set_precision(..., "otp_bf16")`, lossy,
+relative tolerance 8 x 2^-8 each), Q K^T and P V as warp tile products
+(`gpu.mma`, fp32 accumulation); `otp bench --target cuda --compare torch`
+then races torch's SDPA on bfloat16 inputs (converted once, untimed)
+restricted to its FlashAttention-2 backend, checking within 2e-2.
 
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
@@ -56,6 +57,7 @@ from optitrust_py.script import bench, load, target
 from transformations import arith, flash, gpu, loop, matrix, parallel, variable, vector
 
 BF16 = target() == "cuda" and os.environ.get("OTP_PRECISION") == "bf16"
+KEYS = 64 if BF16 else 16  # CUDA: keys per block of the online softmax
 SDPA = "torch.nn.functional.scaled_dot_product_attention"
 FLASH = "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)"
 
@@ -143,12 +145,17 @@ def lanes_outside(where: str, tiles: list[str], lanes: str) -> None:
 def flash_mma(h: str, d: int) -> None:
     """CUDA, bf16 with tensor cores, for the copy of the head loop `h` where
     D == d: as flash_tiles, a block per (head, 64 queries) and the key-block
-    loop outside the queries; Q, K and V tiles are staged in shared memory
-    in bfloat16 (V transposed), and in the key blocks before the diagonal
-    the 64 x 16 scores (S = Q K^T) and the update of the 64 x d output
-    (O += P V, P the exp-scores in bfloat16) are warp tile products
-    (gpu.mma, fp32 accumulation) by the block's first warp; a thread per
-    query runs the online softmax between them."""
+    loop outside the queries, up to the diagonal; Q, K and V tiles (of
+    KEYS keys) are staged in shared memory in bfloat16 (V transposed), and
+    in the key blocks before the diagonal the 64 x KEYS scores (S = Q K^T)
+    and the update of the 64 x d output (O += P V, P the exp-scores copied
+    in bfloat16) are warp tile products (gpu.mma over k-slices: each lane's
+    accumulators in registers across them, fp32) by the block's first warp;
+    a thread per query runs the online softmax between them and the
+    diagonal blocks (in fp32, K and V read in place). Rows of the shared
+    tiles are padded against bank conflicts (gpu.pad: o and s are read down
+    their columns by the queries' threads, the lanes' fragments take rows
+    of q, k, v and p)."""
     full = f"{h} > for bi"
     key_blocks_outside(f"{full} > for i")
     gpu.map_blocks(h, "y")
@@ -173,7 +180,7 @@ def flash_mma(h: str, d: int) -> None:
     loop.fission(f"{blocks} > for i#3 > after for j#3")
     for array, at in (("k", "i#2"), ("v", "i#4")):
         gpu.stage(f"{blocks} > for {at}", array, f"{array}{d}", shape, axes=[None, "x"],
-                  region=["h:1", "bj:16", f"0:{d}"], threads=64)
+                  region=["h:1", f"bj:{KEYS}", f"0:{d}"], threads=64)
     matrix.reorder_dims(f"{full} > def v{d}", [1, 0])
     gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None])
     for array in ("q", "k", "v", "p"):
@@ -186,15 +193,23 @@ def flash_mma(h: str, d: int) -> None:
     loop.swap(f"{blocks} > for {mi} > for i")
     loop.swap(f"{blocks} > for {mi} > for {nj} > for i > for j")
     loop.swap(f"{blocks} > for {mi} > for {nj} > for i")
-    gpu.mma(f"{blocks} > for {mi} > for {nj} > for {kd} > for i", f"lane{d}")
-    lanes_outside(blocks, [mi, nj, kd], f"for lane{d}")
-    # O += P V: 4 x (d / 8) tiles of 16 x 8, one k-slice (the block's 16 keys)
+    gpu.mma(f"{blocks} > for {mi} > for {nj} > for {kd}", f"lane{d}")
+    lanes_outside(blocks, [mi, nj], f"for lane{d}")
+    # O += P V: 4 x (d / 8) tiles of 16 x 8, k-slices of 16 along the block's keys
+    kj = f"kj{d}"
     loop.swap(f"{blocks} > for i#3 > for j")
     loop.tile(f"{blocks} > for i#3", 16, mo)
     loop.tile(f"{blocks} > for {mo} > for i > for d", 8, nd)
+    loop.tile(f"{blocks} > for {mo} > for i > for {nd} > for d > for j", 16, kj)
     loop.swap(f"{blocks} > for {mo} > for i")
-    gpu.mma(f"{blocks} > for {mo} > for {nd} > for i", f"lane{d}_pv")
+    loop.swap(f"{blocks} > for {mo} > for {nd} > for i > for d")
+    loop.swap(f"{blocks} > for {mo} > for {nd} > for i")
+    gpu.mma(f"{blocks} > for {mo} > for {nd} > for {kj}", f"lane{d}_pv")
     lanes_outside(blocks, [mo, nd], f"for lane{d}_pv")
+    # rows padded against bank conflicts: a thread per query reads down the
+    # columns of o, s and q; the lanes' fragments take rows g of K, V and P
+    for array, amount in (("o", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
+        gpu.pad(f"{full} > def {array}{d}" + ("_h" if array == "s" else ""), amount)
     for threads in (f"{blocks} > for i#1", f"{blocks} > for i#2", f"{diagonal} > for i",
                     f"{full} > for i#1", f"{full} > for i#5"):
         gpu.map_threads(threads, "x")
@@ -212,7 +227,7 @@ if target() == "cuda":
     # 2. (CUDA) one streaming pass over key blocks of 32; 3. blocks of 64
     #    queries (the last S % 64 apart), a copy of the code for D == 64 and
     #    for D == 128 (constant tile sizes), each head loop split in two
-    flash.online_softmax("attention > for i", 16)
+    flash.online_softmax("attention > for i", KEYS)
     flash.drop_buffer("attention > def scores")
     loop.split("attention > for i", "S - S % 64")
     loop.tile("attention > for i#1", 64)

@@ -121,15 +121,20 @@ def test_otp_to_bf16_rounds_to_nearest_even_and_saturates(ck):
 
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed here (PATH, /usr/local/cuda/bin)")
 def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
-    """OTP_PRECISION=bf16 stores the shared Q, K, V tiles of both copies in
-    __nv_bfloat16 (otp_bf16 in CUDA), converted as they are staged."""
+    """OTP_PRECISION=bf16: the Q, K, V and P tiles of both copies are
+    otp_bf16 (__nv_bfloat16) in shared memory, padded, and Q K^T and P V are
+    tensor-core calls by the lanes of a warp, accumulating in registers."""
     env = {**os.environ, "OTP_PRECISION": "bf16"}
     r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/attention.py", "--target", "cuda",
                         "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     cu = (tmp_path / "attention" / "final.cu").read_text()
-    for tile in ("q64[64][64]", "k64[16][64]", "v64[16][64]", "q128[128][64]", "k128[16][128]", "v128[16][128]"):
-        assert f"__shared__ __align__(16) otp_bf16 {tile};" in cu
-    assert "k128[i0_6][i1_6 + ri1_6] = otp_to_bf16(k[(h * S + bj + i0_6) * 128 + i1_6 + ri1_6]);" in cu
+    for tile in ("q64)[72]", "k64)[72]", "v64)[72]", "p64)[72]", "q128)[136]", "k128)[136]", "v128)[72]",
+                 "p128)[72]"):
+        assert f"otp_bf16 (*{tile} = " in cu
+    for d in (64, 128):
+        assert f"otp_mma_m16n8k16_bf16(&lane{d}_acc[0], &lane{d}_acc[2], &q{d}[mi{d} + lane{d} / 4 - bi][kd{d}]" in cu
+        assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv / 4" in cu
+    assert "k128[i0_7][i1_7 + ri1_7] = otp_to_bf16(k[(h * S + bj + i0_7) * 128 + i1_7 + ri1_7]);" in cu
     assert compile_check(cu, "final.cu") == ()
