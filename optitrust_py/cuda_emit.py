@@ -551,9 +551,19 @@ def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int]) -> None:
     phase's x loop must start at 0 and run exactly a multiple of 32
     iterations in a block whose x size is a multiple of 32 (a warp is then 32
     neighbouring x), the call's lane must be that index (modulo 32), and no
-    test or loop bound inside the phase may depend on the thread."""
+    test or loop bound inside the phase may depend on the thread otherwise
+    than through its warp (x / 32: gpu.warps' share of the tiles)."""
     x = next((lp for lp in nest if mapping(lp)[1] == "x"), None)  # type: ignore[index]
     threads = {lp.index for lp in nest}
+
+    def lane_dependent(e: Any) -> bool:
+        """`e` depends on the thread otherwise than through its warp (x / 32)."""
+        def warp(n: Any) -> Any:
+            if isinstance(n, ir.Binop) and n.op == "/" and x is not None and n.left == ir.Var(x.index) \
+                    and isinstance(n.right, ir.Const) and n.right.text.isdigit() and int(n.right.text) % WARP == 0:
+                return ZERO
+            return map_children(n, warp)
+        return bool(free_vars(warp(e)) & threads)
 
     def visit(node: Any, divergent: Optional[str]) -> None:
         if isinstance(node, ir.Call) and node.name in TILE_PRODUCTS:
@@ -562,9 +572,9 @@ def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int]) -> None:
                 raise CudaError(f"cannot emit CUDA for {fn}: '{expr_text(node)}' is a warp's tile product, which "
                                 f"the 32 lanes of a warp must make together, each with its own lane; {why}",
                                 node.loc)
-        if isinstance(node, ir.If) and free_vars(node.cond) & threads:
+        if isinstance(node, ir.If) and lane_dependent(node.cond):
             divergent = f"it is under a test on the thread ('{expr_text(node.cond)}')"
-        if isinstance(node, ir.For) and free_vars((node.start, node.stop, node.step)) & threads:
+        if isinstance(node, ir.For) and any(lane_dependent(e) for e in (node.start, node.stop, node.step)):
             divergent = f"it is in a loop whose bounds depend on the thread (for {node.index})"
         for _, child in children(node):
             visit(child, divergent)

@@ -134,12 +134,13 @@ def flash_tiles(h: str, d: int) -> None:
 
 
 def lanes_outside(where: str, tiles: list[str], lanes: str) -> None:
-    """The lane loop gpu.mma made inside the tile loops `tiles` (outermost
-    first, in `where`) moved outermost (the lanes write their own cells), and
-    mapped to threads: `lanes` names it then."""
+    """The lane loop gpu.mma made (`lanes`) inside the tile loops `tiles`
+    (outermost first, in `where`) moved outermost (the lanes write their own
+    cells), the row tiles shared by the block's two warps, mapped to threads."""
     for k in range(len(tiles), 0, -1):
         loop.swap(" > ".join([where] + [f"for {t}" for t in tiles[:k]]))
-    gpu.map_threads(f"{where} > {lanes}", "x")
+    gpu.warps(f"{where} > for {lanes}", 2)
+    gpu.map_threads(f"{where} > for {lanes}_t", "x")
 
 
 def flash_mma(h: str, d: int) -> None:
@@ -150,7 +151,8 @@ def flash_mma(h: str, d: int) -> None:
     in the key blocks before the diagonal the 64 x KEYS scores (S = Q K^T)
     and the update of the 64 x d output (O += P V, P the exp-scores copied
     in bfloat16) are warp tile products (gpu.mma over k-slices: each lane's
-    accumulators in registers across them, fp32) by the block's first warp;
+    accumulators in registers across them, fp32), the block's two warps
+    taking two row tiles each (gpu.warps);
     a thread per query runs the online softmax between them and the
     diagonal blocks (in fp32, K and V read in place). Rows of the shared
     tiles are padded against bank conflicts (gpu.pad: o and s are read down
@@ -194,7 +196,7 @@ def flash_mma(h: str, d: int) -> None:
     loop.swap(f"{blocks} > for {mi} > for {nj} > for i > for j")
     loop.swap(f"{blocks} > for {mi} > for {nj} > for i")
     gpu.mma(f"{blocks} > for {mi} > for {nj} > for {kd}", f"lane{d}")
-    lanes_outside(blocks, [mi, nj], f"for lane{d}")
+    lanes_outside(blocks, [mi, nj], f"lane{d}")
     # O += P V: 4 x (d / 8) tiles of 16 x 8, k-slices of 16 along the block's keys
     kj = f"kj{d}"
     loop.swap(f"{blocks} > for i#3 > for j")
@@ -205,7 +207,7 @@ def flash_mma(h: str, d: int) -> None:
     loop.swap(f"{blocks} > for {mo} > for {nd} > for i > for d")
     loop.swap(f"{blocks} > for {mo} > for {nd} > for i")
     gpu.mma(f"{blocks} > for {mo} > for {nd} > for {kj}", f"lane{d}_pv")
-    lanes_outside(blocks, [mo, nd], f"for lane{d}_pv")
+    lanes_outside(blocks, [mo, nd], f"lane{d}_pv")
     # rows padded against bank conflicts: a thread per query reads down the
     # columns of o, s and q; the lanes' fragments take rows g of K, V and P
     for array, amount in (("o", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):

@@ -193,3 +193,33 @@ def test_mma_over_k_slices_keeps_the_accumulators_in_a_local_array(ck):
     q = gpu.map_blocks.apply(q, "tiles > for r", "x").program
     step = gpu.map_threads.apply(q, "tiles > for t", "x")
     assert [v.status for v in check_step(q, step.program, step.obligations, spec).verdicts] == ["proved"]
+
+
+def test_warps_share_the_tiles_of_a_lane_loop(ck):
+    """gpu.warps: the lanes' loop around the two row tiles becomes 64
+    threads, warp t / 32 taking tile t / 32: same CPU outputs, the
+    obligation parallel proved, printed as one phase of whole warps; a
+    share that leaves a warp part of a tile is refused, and when the two
+    warps would add into the same rows, parallel is refuted."""
+    p = gpu.mma.apply(tiles(ck), NEST).program
+    p = loop.swap.apply(p, "tiles > for w").program
+    r = gpu.warps.apply(p, "tiles > for lane", 2)
+    text = ck.function_text(r.program, "tiles")
+    assert ck.contains(text, """
+        for (int lane_t = 0; lane_t < 64; lane_t++) {
+          for (int w = 0 + lane_t / 32 * 1; w < 0 + lane_t / 32 * 1 + 1; w++) {""")
+    assert "otp_mma_m16n8k16_bf16(&ct[w * 16 + lane_t % 32 / 4][2 * (lane_t % 32 % 4)]" in text
+    ck.same_outputs(p, r.program, "tiles", [2, ck.floats(2 * 32 * 16), ck.floats(8 * 16), ck.floats(2 * 32 * 8)])
+    assert [v.status for v in check_step(p, r.program, r.obligations, SPEC).verdicts] == ["proved"]
+    assert "whose constant span (stop - start) 4 warps share in whole tiles" in refusal(gpu.warps.apply, p,
+                                                                                         "tiles > for lane", 4)
+    assert "an integer from 2 to 32" in refusal(gpu.warps.apply, p, "tiles > for lane", 1)
+    same = loop.swap.apply(gpu.mma.apply(tiles(ck, "i"), NEST).program, "tiles > for w").program
+    assert refuted(same, gpu.warps.apply(same, "tiles > for lane", 2), SPEC).startswith("parallel: ")
+    q = gpu.map_blocks.apply(r.program, "tiles > for r", "x").program
+    for loop_ in ("i#1", "i#2", "i#3", "lane_t", "i#4"):
+        q = gpu.map_threads.apply(q, f"tiles > for {loop_}", "x").program
+    cu = to_cuda(q)
+    assert "otp_mma_m16n8k16_bf16(&ct[w * 16 + lane_t % 32 / 4]" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "tiles.cu") == ()

@@ -1027,3 +1027,72 @@ def _array_base(e: ir.Expr) -> ir.Expr:
     while isinstance(e, ir.Index):
         e = e.base
     return e
+
+
+@primitive
+def warps(program: ir.Program, target: str, count: int) -> Rewrite:
+    """Share a lane loop's tiles among `count` warps: the loop over the 32
+    lanes (gpu.mma's) around a loop over tiles becomes a loop over 32 x
+    count threads, thread t being lane t % 32 of warp t / 32, which takes
+    the warp's consecutive share of the tiles.
+
+    Before (`gpu.warps("attention > for h#3 > for bi > for bj#1 > for lane128", 2)`):
+
+        for (int lane128 = 0; lane128 < 32; lane128++) {
+          for (int mi128 = bi; mi128 < bi + 64; mi128 += 16) {
+            ... lane128 ...
+          }
+        }
+
+    After (obligation parallel):
+
+        for (int lane128_t = 0; lane128_t < 64; lane128_t++) {
+          for (int mi128 = bi + lane128_t / 32 * 32; mi128 < bi + lane128_t / 32 * 32 + 32; mi128 += 16) {
+            ... lane128_t % 32 ...
+          }
+        }
+
+    Every (lane, tile) instance runs once, each lane's tiles still in order;
+    instances of distinct threads change order, which is valid when they
+    touch disjoint cells: the obligation parallel on the new loop (the one
+    gpu.map_threads would declare). Refused: a loop that is not 32
+    iterations from 0 with step 1 holding only a loop over tiles of a
+    constant number of iterations (constant step, stop = start + a
+    constant) that `count` divides, or a count that is not an integer from
+    2 to 32.
+    """
+    who = "gpu.warps"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    lanes: ir.For = m.node
+    where = _where(res, m.path, lanes)
+    tiles = lanes.body.stmts[0] if len(lanes.body.stmts) == 1 else None
+    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= WARP:
+        raise TransformError(f"{who}: the number of warps must be an integer from 2 to {WARP}, got {count!r}",
+                             lanes.loc)
+    span = _tile_span(tiles)
+    if lanes.start != ZERO or constant_extent(lanes) != WARP or lanes.pragmas or span is None \
+            or span % count or (span // count) % int(tiles.step.text):  # type: ignore[union-attr]
+        raise TransformError(f"{who}: {where} must run the {WARP} lanes from 0 and hold only a loop over tiles "
+                             f"whose constant span (stop - start) {count} warps share in whole tiles", lanes.loc)
+    t = _fresh_local(who, "thread index", None, f"{lanes.index}_t", program, m.path, m.function, lanes.loc)
+    share = ir.Const(str(span // count))
+    start = ir.Binop("+", tiles.start, ir.Binop("*", ir.Binop("/", ir.Var(t), ir.Const(str(WARP))), share))
+    body = subst(tiles.body, {lanes.index: ir.Binop("%", ir.Var(t), ir.Const(str(WARP)))})
+    mine = dataclasses.replace(tiles, start=start, stop=ir.Binop("+", start, share), body=body)
+    new = ir.For(t, ZERO, ir.Const(str(WARP * count)), ir.Block((mine,)), loc=lanes.loc)
+    return Rewrite(replace(program, m.path, new), (_thread_ob(program, m.function, m.path, f"for {t}"),))
+
+
+def _tile_span(tiles: Any) -> Optional[int]:
+    """stop - start of a loop of constant step whose stop is its start plus
+    a constant (or a constant, from 0), else None."""
+    if not (isinstance(tiles, ir.For) and isinstance(tiles.step, ir.Const) and tiles.step.text.isdigit()):
+        return None
+    stop = tiles.stop
+    if tiles.start == ZERO and isinstance(stop, ir.Const) and stop.text.isdigit():
+        return int(stop.text)
+    if isinstance(stop, ir.Binop) and stop.op == "+" and stop.left == tiles.start and isinstance(stop.right, ir.Const) \
+            and stop.right.text.isdigit():
+        return int(stop.right.text)
+    return None
