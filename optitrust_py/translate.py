@@ -12,14 +12,17 @@ Renaming the unknowns both runs start from, one to one, changes no equality
 between their results, so the verdict at one instance is the verdict at the
 other, for the code before and after the step alike.
 
-`Pattern` reads both versions of X once: which integers occur only inside
-indices, affinely, and with which coefficients. `group` says which
-instances can be translates (everything else in scope equal), and
-`translates` proves that one is: one shift per object, objects mapped one
-to one, and every cell the first instance's runs touched still inside its
-object once shifted. Anything else (an integer in a condition, a cast that
-would show an address, a shift that differs between two accesses) makes
-the instance run on its own.
+`pattern` reads both versions of X once: which integers occur only inside
+the indices of accesses from names of the scope, in polynomial indices
+(`(h * S + i) * 64 + d`, never times a variable X declares). `place` gives
+an instance a key: every value X reads from its scope but those integers,
+the shape of each object it reaches, and how far apart its accesses to
+one object are. Two instances with one key are translates when their
+objects map one to one and every cell the first instance's runs touched
+still lies inside its object once shifted (`translates`); else the second
+runs on its own. Anything else (an integer in a condition or a bound, a
+cast that would show an address, accesses to one object that move apart)
+keeps instances apart.
 """
 from __future__ import annotations
 
