@@ -133,3 +133,35 @@ def test_statements_added_or_removed_mid_block_are_compared_where_they_stand() -
     base = program(two.replace("y[h * n + i] = t * 2.0f;", "y[h * n + i] += t * 2.0f;"))
     got = check_step(base, first, contracts, [{"H": 2, "n": 3}], "exact", 0.0, Runs())
     assert got.label == "refuted" and "output y[" in got.problems[0], got.problems
+
+
+def test_attention_heads_and_key_positions_run_once() -> None:
+    """scripts/attention.py's last vectorize steps at the sizes level 3
+    chooses (H = 2, S = 69, D = 64): the dot product over d runs once for
+    all (head, query, key) instances, the normalisation once for all
+    queries; what depends on the query's causal bound runs per query."""
+    from pathlib import Path
+
+    from optitrust_py.checks import _all_steps
+    from optitrust_py.level3 import choose_sizes
+    from optitrust_py.runner import new_session, run_script
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "attention.py"
+    session = new_session(path)
+    assert run_script(session, path) is None
+    steps = {s.number: s for s in _all_steps(session.steps)}
+    runs = Runs()
+    for number, label in (("44", "≈fp"), ("45", "=")):
+        s = steps[number]
+        sizes = choose_sizes(session.contracts, session.sizes, session.check_sizes, [s.before, s.after])
+        got = check_step(s.before, s.after, session.contracts, sizes, s.fp, s.tolerance, runs)
+        assert got.label == label, got.problems
+        details = [f.detail for f in got.functions if f.function == "attention_avx512" and f.cells]
+        if number == "44":
+            assert any("(line 15: `for (int d = 0; d < 64; d++)`) compared alone at its 4190 runs, 4189 of them as "
+                       "translates" in d for d in details), details
+            assert any("block from `float o_diag[64];`) compared alone at its 138 runs, 69 of them as translates"
+                       in d for d in details), "one run per query: the key loop's bound is the query's"
+        else:
+            assert details == ["the statement the step changed (line 37: `for (int d = 0; d < 64; d++)`) compared "
+                               "alone at its 138 runs, 136 of them as translates of others (`translate`)"]
