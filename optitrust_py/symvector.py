@@ -5,7 +5,10 @@ consecutive cells its pointer names, a store writes them).
 A fused multiply-add is its own operator (`fma`: it rounds once, so a step
 that turns `s += a * b` into one is `≈fp`, not `=`); a horizontal reduction
 combines its lanes as a balanced tree, one association among others, which
-is all level 3 needs since any association is equal over the reals."""
+is all level 3 needs since any association is equal over the reals. otp's
+bfloat16 helpers (include/otp.h) are here too: `otp_to_bf16` as the value
+itself (level 3 takes a lossy step's rounding as exact) and gpu.mma's
+per-lane tile product `otp_mma_m16n8k16_bf16` as its 4 sums in k order."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -61,10 +64,30 @@ def _dpwssd(m: Machine, args: list[Any], e: ir.Call) -> Vec:
                         T.binary("mul", a[2 * j + 1], b[2 * j + 1])) for j in range(len(src)))
 
 
+def _mma(m: Machine, args: list[Any], e: ir.Call) -> None:
+    """gpu.mma's per-lane tile product (include/otp.h): c_top[n] and
+    c_bottom[n] (n = 0, 1) each add the 16 products of their row of A with
+    row n of B (b_even, b_odd), in k order, as the CPU version does."""
+    c_top, c_bottom, a_top, a_bottom, b_even, b_odd = args[:6]
+    if not all(isinstance(p, Ptr) for p in args[:6]):
+        raise Unsupported(f"{e.func} on something that is not a pointer", e.loc)
+    for c, a in ((c_top, a_top), (c_bottom, a_bottom)):
+        for n, b in enumerate((b_even, b_odd)):
+            acc = m.load(c.alloc, c.offset + n, e)
+            for k in range(16):
+                product = T.binary("mul", m.load(a.alloc, a.offset + k, e), m.load(b.alloc, b.offset + k, e))
+                acc = T.binary("add", acc, product)
+            m.store(c.alloc, c.offset + n, acc, e)
+
+
 def intrinsic(m: Machine, name: str, args: list[Any], e: ir.Call) -> Any:
     """The value of one intrinsic call (None for a store)."""
     if name == "otp_expf_avx512":
         return Vec(T.unary("exp", x) for x in args[0])
+    if name == "otp_to_bf16":
+        return args[0]  # a lossy step's rounding, taken as exact (as a store into _Float16 is)
+    if name == "otp_mma_m16n8k16_bf16":
+        return _mma(m, args, e)
     op = name.split("_", 2)[-1]
     lanes = _lanes(name)
     if op in ("loadu_ps", "load_ps"):

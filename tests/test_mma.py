@@ -13,6 +13,9 @@ from optitrust_py.cuda_build import compile_check, find_nvcc
 from optitrust_py.cuda_emit import CudaError, to_cuda
 from optitrust_py.level2 import check_step
 from optitrust_py.spec import parse_spec_text
+from optitrust_py.symexec import Alloc, Machine, Ptr
+from optitrust_py.symvector import intrinsic
+from optitrust_py import terms as T
 from transformations import gpu, loop, variable
 from helpers import refusal, refuted
 
@@ -223,3 +226,22 @@ def test_warps_share_the_tiles_of_a_lane_loop(ck):
     assert "otp_mma_m16n8k16_bf16(&ct[w * 16 + lane_t % 32 / 4]" in cu
     if find_nvcc() is not None:
         assert compile_check(cu, "tiles.cu") == ()
+
+
+def test_level3_semantics_of_a_lane_s_tile_product():
+    """symvector's otp_mma_m16n8k16_bf16: each of the lane's 4 cells adds its
+    row of A times a row of B, in k order, as the CPU version does (the
+    terms of the loops it replaced); otp_to_bf16 is the value itself."""
+    m = Machine(ir.Program((), (), "t.c"), {})
+    a, b, c = (Alloc(n, size, "f", "input") for n, size in (("a", 32), ("b", 32), ("c", 4)))
+    call = ir.Call(ir.Var(gpu.MMA), ())
+    intrinsic(m, gpu.MMA, [Ptr(c, 0), Ptr(c, 2), Ptr(a, 0), Ptr(a, 16), Ptr(b, 0), Ptr(b, 16), 5], call)
+    for row, pair in ((0, 0), (1, 2)):
+        for n in range(2):
+            want = T.leaf("input", c.name, pair + n)
+            for k in range(16):
+                want = T.binary("add", want, T.binary("mul", T.leaf("input", a.name, 16 * row + k),
+                                                      T.leaf("input", b.name, 16 * n + k)))
+            assert c.cells[pair + n] == want
+    x = T.leaf("input", a.name, 3)
+    assert intrinsic(m, "otp_to_bf16", [x], ir.Call(ir.Var("otp_to_bf16"), ())) == x
