@@ -33,12 +33,13 @@ from . import ir, terms as T
 from .contract import Contract
 from .errors import OtpError
 from .terms import Term
+from .typeof import resolve, typedefs_of
 
 Unsupported = type("Unsupported", (OtpError,), {"__doc__": "C that level 3's model does not cover."})
 
 _MISSING = object()
 _VECTOR_TYPES = {"__m512": ("f", 16), "__m512i": ("i", 16), "__m256i": ("i", 8), "__m256": ("f", 8)}
-_FLOAT_NAMES = {"float", "double"}
+_FLOAT_NAMES = {"float", "double", "long double", "_Float16", "__fp16", "__bf16", "__half", "__nv_bfloat16"}
 
 
 class Alloc:
@@ -92,8 +93,10 @@ def _base_name(t: ir.CType) -> str:
         if isinstance(t, ir.Base) else ""
 
 
-def _scalar_kind(t: ir.CType) -> str:
-    """'f' for floats, 'i' for integers, 'v' for a vector, 'p' for pointers and arrays."""
+def _scalar_kind(t: ir.CType, typedefs: Mapping[str, ir.CType] = {}) -> str:  # noqa: B006 (read only)
+    """'f' for floats, 'i' for integers, 'v' for a vector, 'p' for pointers
+    and arrays, through the program's `typedefs` (`typedef float real;`)."""
+    t = resolve(t, typedefs)
     if isinstance(t, (ir.Ptr, ir.Array)):
         return "p"
     name = _base_name(t)
@@ -102,11 +105,26 @@ def _scalar_kind(t: ir.CType) -> str:
     return "f" if name in _FLOAT_NAMES else "i"
 
 
-def _elem_kind(t: ir.CType) -> tuple[str, int]:
+def _elem_kind(t: ir.CType, typedefs: Mapping[str, ir.CType] = {}) -> tuple[str, int]:  # noqa: B006 (read only)
     """The kind of the elements a pointer or array type reaches, and their bytes."""
+    t = resolve(t, typedefs)
     while isinstance(t, (ir.Ptr, ir.Array)):
-        t = t.to if isinstance(t, ir.Ptr) else t.of
+        t = resolve(t.to if isinstance(t, ir.Ptr) else t.of, typedefs)
     return _scalar_kind(t), _WIDTHS.get(_base_name(t), 4)
+
+
+_TYPEDEFS: dict[int, tuple[ir.Program, dict[str, ir.CType]]] = {}
+
+
+def typedefs(program: ir.Program) -> dict[str, ir.CType]:
+    """`typeof.typedefs_of`, once per program (kept): a local run starts a
+    machine for every instance."""
+    got = _TYPEDEFS.get(id(program))
+    if got is None or got[0] is not program:
+        if len(_TYPEDEFS) > 256:
+            _TYPEDEFS.clear()
+        got = _TYPEDEFS[id(program)] = (program, typedefs_of(program))
+    return got[1]
 
 
 _WIDTHS = {"int8_t": 1, "uint8_t": 1, "char": 1, "signed char": 1, "unsigned char": 1, "int16_t": 2, "short": 2,
@@ -161,6 +179,7 @@ class Machine:
 
     def __init__(self, program: ir.Program, choices: Mapping[str, bool]) -> None:
         self.program = program
+        self.typedefs = typedefs(program)
         self.functions = {f.name: f for f in program.functions()}
         self.choices = dict(choices)
         self.asked: dict[str, bool] = {}
@@ -251,7 +270,7 @@ class Machine:
         d = s.decl
         if d.name is None or "extern" in d.storage:
             return
-        t = d.type
+        t = resolve(d.type, self.typedefs)
         if isinstance(t, ir.Array):
             dims: list[int] = []
             inner: ir.CType = t
@@ -260,18 +279,18 @@ class Machine:
                     raise Unsupported(f"array '{d.name}' without a size", d.loc)
                 dims.append(_concrete(self.expr(inner.size), inner.size))
                 inner = inner.of
-            alloc = self.new_alloc(d.name, math.prod(dims), *_elem_kind(inner))
+            alloc = self.new_alloc(d.name, math.prod(dims), *_elem_kind(inner, self.typedefs))
             if d.init is not None:
                 self._init_list(alloc, d.init)
             self._bind(d.name, Ptr(alloc, 0, tuple(dims[1:])), "p", saved)
             return
-        kind = _scalar_kind(t)
+        kind = _scalar_kind(t, self.typedefs)
         value: Any = _MISSING
         if d.init is not None:
             value = self.expr(d.init)
             if kind == "p" and isinstance(value, Ptr) and isinstance(t, ir.Ptr):
                 if value.alloc.name.startswith("malloc#") and not value.alloc.cells:
-                    value.alloc.kind, value.alloc.width = _elem_kind(t)
+                    value.alloc.kind, value.alloc.width = _elem_kind(t, self.typedefs)
                 rows = _rows_of_ptr(t, self.expr)
                 if rows:
                     value = Ptr(value.alloc, value.offset, rows)
@@ -577,7 +596,7 @@ class Machine:
 
     def _cast(self, e: ir.Cast) -> Any:
         v = self.expr(e.arg)
-        kind = _scalar_kind(e.type)
+        kind = _scalar_kind(e.type, self.typedefs)
         if isinstance(v, Ptr) and kind == "i":
             return v.alloc.address + v.offset * v.alloc.width
         if kind == "p":
@@ -593,7 +612,7 @@ class Machine:
         if not isinstance(e.func, ir.Var):
             raise Unsupported("a call through a pointer", e.loc)
         name = e.func.name
-        if name in self.functions and name != "otp_expf_avx512":
+        if name in self.functions and name not in _OTP_HELPERS:
             return self.call(name, [self.expr(a) for a in e.args], e)
         if name in ("malloc", "calloc", "aligned_alloc"):
             return self._malloc(name, e)
@@ -604,7 +623,7 @@ class Machine:
             value = self.choices.get(key, True)
             self.asked[key] = value
             return int(value)
-        if name.startswith("_mm") or name == "otp_expf_avx512":
+        if name.startswith("_mm") or name in _OTP_HELPERS:
             from .symvector import intrinsic
 
             return intrinsic(self, name, [self.expr(a) for a in e.args], e)
@@ -633,7 +652,7 @@ class Machine:
         try:
             for p, a in zip(f.params, args):
                 assert p.name is not None
-                kind = _scalar_kind(p.type)
+                kind = _scalar_kind(p.type, self.typedefs)
                 if kind == "p" and isinstance(a, Ptr):
                     rows = _rows_of_ptr(p.type, self.expr)
                     a = Ptr(a.alloc, a.offset, rows) if rows else Ptr(a.alloc, a.offset)
@@ -986,6 +1005,11 @@ def _opaque(name: str) -> Callable[..., Any]:
     return lambda *args: T.Term.make("call", name, *(T.lift(a) for a in args))
 
 
+_OTP_HELPERS = frozenset({"otp_expf_avx512", "otp_to_bf16", "otp_mma_m16n8k16_bf16"})
+"""otp's own helpers (include/otp.h) whose values `symvector` gives: the
+program may define them too (the CPU build's versions), but level 3 runs
+what they stand for."""
+
 _MATH: dict[str, Callable[..., Any]] = {
     "expf": lambda x: T.unary("exp", x), "exp": lambda x: T.unary("exp", x),
     "sqrtf": _sqrt, "sqrt": _sqrt,
@@ -1039,9 +1063,9 @@ def start(m: Machine, function: str, contract: Contract, sizes: Mapping[str, int
     written = {r.base for mode, r in contract.resources() if mode in ("writes", "modifies")}
     for p in f.params:
         assert p.name is not None
-        if _scalar_kind(p.type) == "p":
+        if _scalar_kind(p.type, m.typedefs) == "p":
             extent, _ = param_extent(p.name, contract, sizes)
-            kind, width = _elem_kind(p.type)
+            kind, width = _elem_kind(p.type, m.typedefs)
             alloc = Alloc(p.name, extent, kind, "in", width)
             args.append(Ptr(alloc, 0))
             if p.name in written:

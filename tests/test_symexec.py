@@ -303,3 +303,50 @@ def test_array_of_vectors_under_a_data_condition() -> None:
         }
     """, {"n": 16})
     assert out.cells[("y", 3)] is T.ite(T.binary("lt", T.ZERO, cell("x", 0)), T.ZERO, cell("y", 3))
+
+
+def test_otp_helpers_run_as_what_they_stand_for() -> None:
+    """A program that calls otp's bf16 helpers (include/otp.h: a conversion
+    and gpu.mma's per-lane tile product) runs at level 3: the conversion
+    is the value, each lane adds its products in k order, so the tile
+    product gpu.mma writes is `=` to the loops it replaced."""
+    from test_mma import NEST, SPEC, TILES
+    from transformations import gpu
+
+    from optitrust_py.level3 import Runs, check_step
+
+    program = parse_text(textwrap.dedent(TILES).replace("ROW", "w * 16 + i"), "tiles.c")
+    step = gpu.mma.apply(program, NEST)
+    got = check_step(program, step.program, SPEC, [{"n": 2}], step.fp, 0.0, Runs())
+    assert got.label == "=", got.problems
+
+
+def test_typedef_names_and_narrow_floats_are_floats() -> None:
+    """`typedef float real;` and the narrow float types hold floats, not
+    integers (a float stored into an integer is truncated): before, a
+    `real` local truncated its value and matrix.set_precision's _Float16
+    buffer was refuted at level 3."""
+    from transformations import matrix
+
+    from optitrust_py.level3 import Runs, check_step
+    from optitrust_py.spec import parse_spec_file, parse_spec_text
+    from optitrust_py.symexec import run
+
+    program = parse_text(textwrap.dedent("""
+        typedef float real;
+        void f(int n, const float *x, float *y) {
+          for (int i = 0; i < n; i++) {
+            real t = x[i] * 0.5f;
+            y[i] = t;
+          }
+        }
+    """), "t.c")
+    spec = parse_spec_text("f(n, x, y):\n  requires n >= 1\n  reads x ~> Matrix1(n)\n  writes y ~> Matrix1(n)\n")["f"]
+    assert str(run(program, "f", spec, {"n": 1}, {}).cells[("y", 0)]) == "mul(x[0], 0.5)"
+    root = Path(__file__).resolve().parent.parent
+    attention = parse_file(root / "c_sources" / "attention.c")
+    step = matrix.set_precision.apply(attention, "attention > def scores", "_Float16")
+    got = check_step(attention, step.program, parse_spec_file(root / "specs" / "attention.spec"),
+                     [{"H": 1, "S": 5, "D": 3}], step.fp, step.tolerance, Runs())
+    assert got.label == "=", got.problems
+
