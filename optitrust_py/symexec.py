@@ -127,8 +127,10 @@ def typedefs(program: ir.Program) -> dict[str, ir.CType]:
     return got[1]
 
 
-_WIDTHS = {"int8_t": 1, "uint8_t": 1, "char": 1, "signed char": 1, "unsigned char": 1, "int16_t": 2, "short": 2,
-           "double": 8, "long": 8, "int64_t": 8, "size_t": 8}
+_WIDTHS = {"char": 1, "signed char": 1, "unsigned char": 1, "short": 2, "unsigned short": 2, "_Float16": 2,
+           "__fp16": 2, "__bf16": 2, "__half": 2, "__nv_bfloat16": 2, "double": 8, "long": 8, "unsigned long": 8,
+           "long long": 8, "unsigned long long": 8}
+"""Bytes of the types that are not 4 wide, after typedefs (`int8_t` is `signed char`)."""
 
 
 def _rows_of_ptr(t: ir.CType, ev: Callable[[ir.Expr], Any]) -> tuple[int, ...]:
