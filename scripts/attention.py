@@ -88,6 +88,35 @@ def key_blocks_outside(queries: str) -> None:
     flash.swap_triangular(f"{queries}#2")
 
 
+def query_blocks(h: str, d: int) -> tuple[str, list[str]]:
+    """CUDA, both endings: a block per (head, block of 64 queries), launched
+    from the last (the longest) to the first, the key-block loop outside
+    the queries, and the block's output rows and Q tile staged in shared
+    memory; the query-block loop and the arrays' shape."""
+    full = f"{h} > for bi"
+    key_blocks_outside(f"{full} > for i")
+    gpu.map_blocks(h, "y")
+    gpu.map_blocks(full, "x")
+    gpu.last_first(full)
+    shape = ["H", "S", d]
+    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
+    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
+              threads=64)
+    return full, shape
+
+
+def diagonal_apart(full: str, d: int) -> tuple[str, str]:
+    """CUDA, both endings: the key blocks before the diagonal apart from
+    the diagonal one, run whole (no causal guard), each key's score in a
+    row of the block; those two key-block loops."""
+    flash.split_blocks(f"{full} > for bj", "bi")
+    blocks, diagonal = f"{full} > for bj#1", f"{full} > for bj#2"
+    flash.full_blocks(blocks)
+    flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
+    loop.hoist(f"{blocks} > for j#1 > def s", f"s{d}")
+    return blocks, diagonal
+
+
 def flash_tiles(h: str, d: int) -> None:
     """CUDA, for the copy of the head loop `h` where D == d: a block per
     (head, 64 queries), a thread per query; the key-block loop outside the
@@ -103,21 +132,9 @@ def flash_tiles(h: str, d: int) -> None:
     D = 128: 13.9 -> 8.6 ms). The diagonal blocks read K and V in place
     (every thread of a warp reads the same cell). The query blocks are
     launched from the last (the longest) to the first (gpu.last_first)."""
-    full = f"{h} > for bi"
-    key_blocks_outside(f"{full} > for i")
-    gpu.map_blocks(h, "y")
-    gpu.map_blocks(full, "x")
-    gpu.last_first(full)
-    shape = ["H", "S", d]
-    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
-    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
-              threads=64)
+    full, shape = query_blocks(h, d)
     matrix.reorder_dims(f"{full} > def q{d}", [1, 0])
-    flash.split_blocks(f"{full} > for bj", "bi")
-    blocks, diagonal = f"{full} > for bj#1", f"{full} > for bj#2"
-    flash.full_blocks(blocks)
-    flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
-    loop.hoist(f"{blocks} > for j#1 > def s", f"s{d}")
+    blocks, diagonal = diagonal_apart(full, d)
     loop.fission(f"{blocks} > for j#1 > after 's{d}[j - bj] = 0.0f'")
     loop.fission(f"{blocks} > for j#2 > after for d")
     loop.swap(f"{blocks} > for j#2")
@@ -158,20 +175,8 @@ def flash_mma(h: str, d: int) -> None:
     tiles are padded against bank conflicts (gpu.pad: o and s are read down
     their columns by the queries' threads, the lanes' fragments take rows
     of q, k, v and p)."""
-    full = f"{h} > for bi"
-    key_blocks_outside(f"{full} > for i")
-    gpu.map_blocks(h, "y")
-    gpu.map_blocks(full, "x")
-    gpu.last_first(full)
-    shape = ["H", "S", d]
-    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
-    gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
-              threads=64)
-    flash.split_blocks(f"{full} > for bj", "bi")
-    blocks, diagonal = f"{full} > for bj#1", f"{full} > for bj#2"
-    flash.full_blocks(blocks)
-    flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
-    loop.hoist(f"{blocks} > for j#1 > def s", f"s{d}")
+    full, shape = query_blocks(h, d)
+    blocks, diagonal = diagonal_apart(full, d)
     loop.fission(f"{blocks} > for j#1 > after 's{d}[j - bj] = 0.0f'")
     loop.fission(f"{blocks} > for j#2 > after for d")
     flash.move_up(f"{blocks} > for i > '] = max_val_blk;'", f"{blocks} > for i > def rescale")
