@@ -160,6 +160,22 @@ def lanes_outside(where: str, tiles: list[str], lanes: str) -> None:
     gpu.map_threads(f"{where} > for {lanes}_t", "x")
 
 
+def tile_product(blocks: str, rows: str, cols: str, inner: str, names: tuple[str, str, str], lane: str) -> None:
+    """CUDA bf16: the product in `blocks` whose rows are loop `rows` (index
+    i), its columns loop `cols` and its sum loop `inner`, as warp tile
+    products: tiles of 16 rows by 8 columns, k-slices of 16 (loops named
+    `names`), gpu.mma over the slices, the lanes outside the tiles."""
+    m, n, k = names
+    loop.tile(f"{blocks} > for {rows}", 16, m)
+    loop.tile(f"{blocks} > for {m} > for i > for {cols}", 8, n)
+    loop.tile(f"{blocks} > for {m} > for i > for {n} > for {cols} > for {inner}", 16, k)
+    loop.swap(f"{blocks} > for {m} > for i")
+    loop.swap(f"{blocks} > for {m} > for {n} > for i > for {cols}")
+    loop.swap(f"{blocks} > for {m} > for {n} > for i")
+    gpu.mma(f"{blocks} > for {m} > for {n} > for {k}", lane)
+    lanes_outside(blocks, [m, n], lane)
+
+
 def flash_mma(h: str, d: int) -> None:
     """CUDA, bf16 with tensor cores, for the copy of the head loop `h` where
     D == d: as flash_tiles, a block per (head, 64 queries) and the key-block
@@ -194,25 +210,11 @@ def flash_mma(h: str, d: int) -> None:
         matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
     # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d
     mi, nj, kd, mo, nd = (f"{tile}{d}" for tile in ("mi", "nj", "kd", "mo", "nd"))
-    loop.tile(f"{blocks} > for i#2", 16, mi)
-    loop.tile(f"{blocks} > for {mi} > for i > for j", 8, nj)
-    loop.tile(f"{blocks} > for {mi} > for i > for {nj} > for j > for d", 16, kd)
-    loop.swap(f"{blocks} > for {mi} > for i")
-    loop.swap(f"{blocks} > for {mi} > for {nj} > for i > for j")
-    loop.swap(f"{blocks} > for {mi} > for {nj} > for i")
-    gpu.mma(f"{blocks} > for {mi} > for {nj} > for {kd}", f"lane{d}")
-    lanes_outside(blocks, [mi, nj], f"lane{d}")
+    tile_product(blocks, "i#2", "j", "d", (mi, nj, kd), f"lane{d}")
     # O += P V: 4 x (d / 8) tiles of 16 x 8, k-slices of 16 along the block's keys
     kj = f"kj{d}"
     loop.swap(f"{blocks} > for i#3 > for j")
-    loop.tile(f"{blocks} > for i#3", 16, mo)
-    loop.tile(f"{blocks} > for {mo} > for i > for d", 8, nd)
-    loop.tile(f"{blocks} > for {mo} > for i > for {nd} > for d > for j", 16, kj)
-    loop.swap(f"{blocks} > for {mo} > for i")
-    loop.swap(f"{blocks} > for {mo} > for {nd} > for i > for d")
-    loop.swap(f"{blocks} > for {mo} > for {nd} > for i")
-    gpu.mma(f"{blocks} > for {mo} > for {nd} > for {kj}", f"lane{d}_pv")
-    lanes_outside(blocks, [mo, nd], f"lane{d}_pv")
+    tile_product(blocks, "i#3", "d", "j", (mo, nd, kj), f"lane{d}_pv")
     # rows padded against bank conflicts: a thread per query reads down the
     # columns of o, s and q; the lanes' fragments take rows g of K, V and P
     for array, amount in (("o", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
