@@ -43,6 +43,9 @@ KINDS = {
               "from the running reductions (names), so they can run key by key in one pass",
     "online_softmax": "a key-block loop's running max m, sum l and output o keep l = sum_k exp(s_k - m) and "
                       "o = sum_k exp(s_k - m) v_k, from l = o = 0 to o / l (exprs: v; names: m, l, the block buffer)",
+    "softmax_merge": "each chunk of a row keeps l_c = sum_k exp(s_k - m_c) and o_c = sum_k exp(s_k - m_c) v_k over "
+                     "its keys, and the combination of the chunks rescales every key to exp(s_k - m), so o / l is "
+                     "the softmax-weighted sum (exprs: v; names: m_c, l_c, the parts of m, l and o, the row, m, l)",
     "unaliased": "no other access of a region (nor a call in it) touches the memory of an lvalue, which may be "
                  "read before the region and written after it",
 }

@@ -138,27 +138,27 @@ def _match(stmts: tuple[ir.Stmt, ...], k: int) -> Optional[_Passes]:
     return _Passes(k, s0, dm, p1, dl, p2, p3, z, p4, buf, value)
 
 
-def _find(body: ir.Block, where: str) -> _Passes:
+def _find(who: str, body: ir.Block, where: str) -> _Passes:
     found = [p for k in range(len(body.stmts)) if (p := _match(body.stmts, k)) is not None]
     if len(found) != 1:
         how = "none" if not found else f"{len(found)} of them"
-        raise TransformError(f"flash.online_softmax: {where} holds {how}: {SHAPE}")
+        raise TransformError(f"{who}: {where} holds {how}: {SHAPE}")
     return found[0]
 
 
-def _refuse_other_uses(fn: ir.FuncDef, passes: _Passes, where: str) -> None:
+def _refuse_other_uses(who: str, fn: ir.FuncDef, passes: _Passes, where: str) -> None:
     """The buffer is no longer filled: only the passes may index it. The
     running max and sum are left out of the stream obligations, so the
     scores loop may not write them."""
     inside = {id(n) for loop in passes.row_loops for _, n in walk(loop)}
     for _, n in walk(fn.body):
         if isinstance(n, ir.Index) and n.base == ir.Var(passes.buf) and id(n) not in inside:
-            raise TransformError(f"flash.online_softmax: '{passes.buf}' is used outside the passes of {where}, "
-                                 f"and the streaming form no longer fills it")
+            raise TransformError(f"{who}: '{passes.buf}' is used outside the passes of {where}, and the new form "
+                                 f"no longer fills it")
     changed = writes_of(passes.scores.body) & {passes.m, passes.l}
     if changed:
-        raise TransformError(f"flash.online_softmax: the scores loop of {where} writes '{sorted(changed)[0]}', "
-                             f"the running max or sum")
+        raise TransformError(f"{who}: the scores loop of {where} writes '{sorted(changed)[0]}', the running max "
+                             f"or sum")
 
 
 def _stream_obligations(fname: str, block: Path, passes: _Passes, where: str) -> tuple[Obligation, ...]:
@@ -273,10 +273,10 @@ def online_softmax(program: ir.Program, target: str, block: int = 16) -> Rewrite
     if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
         raise TransformError(f"flash.online_softmax: the key block size must be a positive integer, got {block!r}",
                              loop.loc)
-    passes = _find(loop.body, where)
+    passes = _find("flash.online_softmax", loop.body, where)
     fn = program.items[m.path[0][1]]  # type: ignore[index]
     assert isinstance(fn, ir.FuncDef)
-    _refuse_other_uses(fn, passes, where)
+    _refuse_other_uses("flash.online_softmax", fn, passes, where)
     for p in passes.row_loops:
         _check_bounds_stable("flash.online_softmax", res, m.path, p, p.body)
     body_path = m.path + (("body", None),)
@@ -294,6 +294,164 @@ def online_softmax(program: ir.Program, target: str, block: int = 16) -> Rewrite
         (passes.value,), names=(passes.m, passes.l, names["blk"]))
     obs = _stream_obligations(m.function, body_path, passes, where) + (recurrence,)
     return Rewrite(out, obs, "reassoc", TOLERANCE)
+
+
+def _fresh_names(taken: set[str], bases: dict[str, str]) -> dict[str, str]:
+    """A fresh name for each base, none equal to another."""
+    out = {}
+    for key, base in bases.items():
+        out[key] = fresh_name(taken, base)
+        taken.add(out[key])
+    return out
+
+
+def _malloc(name: str, count: ir.Expr) -> ir.DeclStmt:
+    return ir.DeclStmt(ir.Decl(name, ir.Ptr(ir.FLOAT), ir.Call(ir.Var("malloc"), (
+        ir.Binop("*", count, ir.SizeofType(ir.FLOAT)),))))
+
+
+def _chunked(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt, ...], dict[str, str]]:
+    """The statements that replace the passes (see split_softmax), and the new names."""
+    s0, j = passes.scores, passes.scores.index
+    out_name = _array_base(_assignment(_only(passes.zero)))
+    names = _fresh_names(taken, {"c": "b" + j, "mc": passes.m + "_chunk", "lc": passes.l + "_chunk",
+                                 "mp": passes.m + "_parts", "lp": passes.l + "_parts", "op": out_name + "_parts"})
+    c, mc, lc = (ir.Var(names[k]) for k in ("c", "mc", "lc"))
+    m, l = ir.Var(passes.m), ir.Var(passes.l)
+    width, n, cs = passes.zero.stop, s0.stop, ir.Const(str(size))
+    count = ir.Binop("/", ir.Binop("+", n, ir.Const(str(size - 1))), cs)
+    lo = ir.Binop("*", c, cs)
+    hi = ir.Binop("+", lo, cs)
+    keys = lambda loop, body: dataclasses.replace(  # noqa: E731
+        loop, start=lo, stop=ir.Ternary(ir.Binop("<", hi, n), hi, n), inclusive=False, body=ir.Block(body))
+    over_chunks = lambda body: ir.For(names["c"], ir.Const("0"), count, ir.Block(body), itype=s0.itype)  # noqa: E731
+    at = _at(passes.buf, ir.Var(j))
+    zero, inner = _assignment(_only(passes.zero)), _only(passes.weighted)
+    assert zero is not None and isinstance(inner, ir.For)  # as _match found them
+    part = lambda d: _at(names["op"], ir.Binop("+", ir.Binop("*", c, width), ir.Var(d)))  # noqa: E731
+    rescale = ir.Call(ir.Var("expf"), (ir.Binop("-", _at(names["mp"], c), m),))
+    typed = lambda key, decl: ir.DeclStmt(dataclasses.replace(decl.decl, name=names[key]))  # noqa: E731
+    chunk = over_chunks((
+        keys(s0, s0.body.stmts),
+        typed("mc", passes.max_decl),
+        keys(passes.max_pass, (ir.If(ir.Binop(">", at, mc), ir.Block((_assign("=", mc, at),))),)),
+        typed("lc", passes.sum_decl),
+        keys(passes.exp_pass, (_assign("=", at, ir.Call(ir.Var("expf"), (ir.Binop("-", at, mc),))),
+                               _assign("+=", lc, at))),
+        dataclasses.replace(passes.zero, body=ir.Block((_assign("=", part(passes.zero.index), zero.rhs),))),
+        keys(passes.weighted, (dataclasses.replace(inner, body=ir.Block(
+            (_assign("+=", part(inner.index), ir.Binop("*", at, passes.value)),))),)),
+        _assign("=", _at(names["mp"], c), mc),
+        _assign("=", _at(names["lp"], c), lc),
+    ))
+    out = zero.lhs
+    combined = dataclasses.replace(passes.zero, body=ir.Block((
+        _assign("+=", out, ir.Binop("*", part(passes.zero.index), rescale)),)))
+    stmts = (
+        _malloc(names["mp"], count), _malloc(names["lp"], count), _malloc(names["op"], ir.Binop("*", count, width)),
+        chunk,
+        passes.max_decl,
+        over_chunks((ir.If(ir.Binop(">", _at(names["mp"], c), m), ir.Block((_assign("=", m, _at(names["mp"], c)),))),)),
+        passes.sum_decl,
+        over_chunks((_assign("+=", l, ir.Binop("*", _at(names["lp"], c), rescale)),)),
+        passes.zero,
+        over_chunks((combined,)),
+        dataclasses.replace(passes.zero, body=ir.Block((_assign("=", out, ir.Binop("/", out, l)),))),
+    ) + tuple(ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(names[k]),))) for k in ("op", "lp", "mp"))
+    return stmts, names
+
+
+def _array_base(a: Optional[ir.Assign]) -> str:
+    """`out` for `out[...] = ...`, the output row of the passes."""
+    base = a.lhs.base if a is not None and isinstance(a.lhs, ir.Index) else None
+    return base.name if isinstance(base, ir.Var) else "out"
+
+
+@primitive
+def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
+    """Split the max, exp-sum, normalize and weighted-sum passes over a row
+    of scores into chunks of `chunk` keys that are computed independently,
+    each with its own max, sum and partial output, and then combined
+    (flash-decoding): the chunks can run on different GPU blocks, which a
+    decode step, one query against thousands of cached keys, needs to fill
+    the GPU.
+
+    Before (`flash.split_softmax("gqa_decode > for h", 32)`, n = pos + 1),
+    in the body of the target loop (see online_softmax for the passes):
+
+        for (int t = 0; t <= pos; t++) { ...; scores[t] = s / scale; }
+        float max_val = -INFINITY;  ... max pass ...
+        float sum = 0.0f;           ... exp-sum pass ...  ... normalize pass ...
+        for (int d = 0; d < D; d++) { out[h * D + d] = 0.0f; }
+        for (int t = 0; t <= pos; t++) { for (int d = 0; d < D; d++) {
+            out[h * D + d] += scores[t] * v_cache[(g * SMAX + t) * D + d]; } }
+
+    After (nc = (pos + 1 + 31) / 32 chunks; the keys of chunk bt are
+    bt * 32 .. min(bt * 32 + 32, pos + 1)):
+
+        float *max_val_parts = malloc(nc * sizeof(float));  (sum_parts: nc, out_parts: nc * D)
+        for (int bt = 0; bt < nc; bt++) {
+          for (t in chunk bt) { ...; scores[t] = s / scale; }
+          float max_val_chunk = -INFINITY;
+          for (t in chunk bt) { if (scores[t] > max_val_chunk) { max_val_chunk = scores[t]; } }
+          float sum_chunk = 0.0f;
+          for (t in chunk bt) { scores[t] = expf(scores[t] - max_val_chunk); sum_chunk += scores[t]; }
+          for (d) { out_parts[bt * D + d] = 0.0f; }
+          for (t in chunk bt) { for (d) { out_parts[bt * D + d] += scores[t] * v_cache[...]; } }
+          max_val_parts[bt] = max_val_chunk;
+          sum_parts[bt] = sum_chunk;
+        }
+        float max_val = -INFINITY;
+        for (bt) { if (max_val_parts[bt] > max_val) { max_val = max_val_parts[bt]; } }
+        float sum = 0.0f;
+        for (bt) { sum += sum_parts[bt] * expf(max_val_parts[bt] - max_val); }
+        for (d) { out[h * D + d] = 0.0f; }
+        for (bt) { for (d) { out[h * D + d] += out_parts[bt * D + d] * expf(max_val_parts[bt] - max_val); } }
+        for (d) { out[h * D + d] = out[h * D + d] / sum; }
+        free(out_parts); free(sum_parts); free(max_val_parts);
+
+    Obligations: `stream` for each pair of passes and `commute` for the
+    zeroing of the output (as online_softmax: the passes now run chunk by
+    chunk), and `softmax_merge`: each chunk keeps sum_chunk = Σ exp(s - max_val_chunk)
+    and out_parts = Σ exp(s - max_val_chunk) v over its keys, and the
+    combination rescales every key to exp(s - max_val) (proved over the reals
+    on the emitted code). Float results round differently (`≈fp`, relative
+    tolerance 1e-5). Refused when the body does not hold the passes, when
+    the rows do not start at 0 by steps of 1, when the buffer is used
+    elsewhere or a pass writes a bound, and when `chunk` is not an integer
+    above 1.
+    """
+    who = "flash.split_softmax"
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    where = f"for {loop.index} (line {m.line})"
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2:
+        raise TransformError(f"{who}: the chunk size must be an integer above 1, got {chunk!r}", loop.loc)
+    passes = _find(who, loop.body, where)
+    fn = program.items[m.path[0][1]]  # type: ignore[index]
+    assert isinstance(fn, ir.FuncDef)
+    _refuse_other_uses(who, fn, passes, where)
+    bodies = tuple(p.body for p in passes.row_loops)
+    for p in passes.row_loops + (passes.zero,):
+        if p.start != ir.Const("0") or p.step != ir.Const("1"):
+            raise TransformError(f"{who}: the loop for {p.index} (line {p.loc.line if p.loc else '?'}) of the passes "
+                                 f"does not run from 0 by steps of 1", loop.loc)
+        _check_bounds_stable(who, res, m.path, p, *bodies)
+    body_path = m.path + (("body", None),)
+    taken = declared_names(fn) | free_vars(fn) | {n.index for _, n in walk(fn) if isinstance(n, ir.For)}
+    new_stmts, names = _chunked(passes, chunk, set(taken))
+    stmts = loop.body.stmts
+    k = passes.first
+    out = replace(program, body_path, ir.Block(stmts[:k] + new_stmts + stmts[k + 8:], loop.body.loc))
+    at = lambda n: body_path + (("stmts", k + n),)  # noqa: E731
+    merge = Obligation(
+        "softmax_merge", f"in {where}, each chunk of {chunk} keys keeps {names['lc']} = Σ exp(s - {names['mc']}) and "
+                         f"{names['op']} = Σ exp(s - {names['mc']}) v over its keys, and the combination rescales "
+                         f"every key to exp(s - {passes.m}), so out / {passes.l} is the softmax-weighted sum",
+        m.function, tuple(at(n) for n in range(3, 11)), (passes.value, passes.scores.stop),
+        names=(names["mc"], names["lc"], names["mp"], names["lp"], names["op"], passes.buf, passes.m, passes.l))
+    return Rewrite(out, _stream_obligations(m.function, body_path, passes, where) + (merge,), "reassoc", TOLERANCE)
 
 
 @primitive
