@@ -174,6 +174,29 @@ def test_shared_arrays_past_48_kb_go_to_dynamic_shared_memory(ck):
         assert compile_check(cu, "final.cu") == ()
 
 
+def test_stage_with_a_thread_count_per_copy_loop(ck):
+    """threads=[4, 16]: the rows of a 16 x 64 tile of C copied by 4 threads
+    (y), its columns by 16 (x), each thread copying 4 x 4 cells."""
+    p0 = ck.load("matmul.c")
+    p = steps(p0, (loop.tile, "matmul > for i", 16), (loop.tile, "matmul > for bi > for i > for j", 64),
+              (loop.swap, "matmul > for bi > for i"), (gpu.map_blocks, "matmul > for bi", "y"),
+              (gpu.map_blocks, "matmul > for bj", "x"))
+    s = gpu.stage.apply(p, "matmul > for bj > for i", "C", "Cs", ["M", "N"], ["y", "x"], ["bi:16", "bj:64"],
+                        [4, 16]).program
+    assert ck.contains(ck.function_text(s, "matmul"), """
+        #pragma otp gpu thread y
+        for (int i0 = 0; i0 < 4; i0++) {
+          #pragma otp gpu thread x
+          for (int i1 = 0; i1 < 16; i1++) {
+            for (int ri0 = 0; ri0 < 16; ri0 += 4) {
+              for (int ri1 = 0; ri1 < 64; ri1 += 16) {
+                Cs[i0 + ri0][i1 + ri1] = C[(bi + i0 + ri0) * N + bj + i1 + ri1];""")
+    ck.same_outputs(p0, s, "matmul", matmul_args(ck, 32, 128, 5))
+    assert refusal(gpu.stage.apply, p, "matmul > for bj > for i", "C", "Cs", ["M", "N"], ["y", "x"],
+                   ["bi:16", "bj:64"], [4]) == (
+        "gpu.stage: the copy of 'C' is a nest of 2 loops but 1 thread counts were given ([4])")
+
+
 def test_stage_refuses_a_loop_that_does_not_touch_the_array(ck):
     p = steps(ck.load("matmul.c"), (loop.tile, "matmul > for i", 16, "bi", "guard"),
               (gpu.map_blocks, "matmul > for bi", "y"))

@@ -969,6 +969,42 @@ def test_scale_by_an_expression_declares_positive(ck):
     ck.check(p, r.program, "matmul", matmul_args(ck, 3, 4, 5))
 
 
+def test_normalize_a_loop_of_tiles_and_a_tile(ck):
+    """The loop of tiles loop.tile leaves (symbolic trip count, last tile
+    bounded) and a tile of constant extent count 0, 1, 2, ..."""
+    p = ck.load("matvec.c")
+    tiled = loop.tile.apply(p, "matvec > for i", 4, mode="min").program
+    r = loop.normalize.apply(tiled, "matvec > for bi")
+    assert ck.contains(ck.function_text(r.program, "matvec"), """
+        for (int bi = 0; bi < (D + 3) / 4; bi++) {
+          for (int i = bi * 4; i < (bi * 4 + 4 < D ? bi * 4 + 4 : D); i++) {""")
+    assert r.obligations == () and r.fp == "exact"
+    for D in (1, 4, 7):
+        ck.check(p, r.program, "matvec", matvec_args(ck, 3, D))
+    t = loop.normalize.apply(tiled, "matvec > for i", index="t").program
+    assert ck.contains(ck.function_text(t, "matvec"), """
+          for (int t = 0; t < (bi + 4 < D ? bi + 4 : D) - bi; t++) {
+            y[bi + t] = 0.0f;""")
+    ck.check(p, t, "matvec", matvec_args(ck, 3, 7))
+    m = ck.load("matmul.c")
+    inner = loop.tile.apply(m, "matmul > for k", 4).program
+    u = loop.normalize.apply(inner, "matmul > for k")
+    assert "for (int k = 0; k < 4; k++) {" in ck.function_text(u.program, "matmul")
+    assert u.obligations == ()
+
+
+def test_normalize_refusals(ck):
+    m = ck.load("matmul.c")
+    scaled = loop.scale.apply(m, "matmul > for k", "N").program
+    assert refusal(loop.normalize.apply, scaled, "matmul > for k") == (
+        "loop.normalize: for k (line 5) has step 'N'; only a positive integer constant step can be normalized")
+    assert refusal(loop.normalize.apply, m, "matmul > for k", index="j") == (
+        "loop.normalize: the new index name 'j' is used in for k (line 5), where the index would capture it")
+    w = ck.parse("void f(int n, float *x) { for (int i = 0; i < n; i += 2) { x[i] = 0.0f; n = n - 1; } }")
+    assert refusal(loop.normalize.apply, w, "f > for i") == (
+        "loop.normalize: the body writes 'n', which the bounds of for i (line 2) read")
+
+
 def test_shift_scale_refusals(ck):
     p = ck.load("matmul.c")
     assert refusal(loop.shift.apply, p, "matmul > for k", "k + 1") == (

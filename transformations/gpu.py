@@ -196,7 +196,8 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 
 @composite
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
-          axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None, threads: int = 0) -> None:
+          axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None,
+          threads: "int | Sequence[int]" = 0) -> None:
     """Stage the tile of `array` that a loop touches in a block array (shared
     memory, or registers when each thread owns its cells), copied in (and
     back, if the loop writes it) by the block's threads.
@@ -230,8 +231,9 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     `region` is local_buffer's ("bi:64", one origin:size per
     dimension) where it cannot be inferred; with `threads`, a copy loop
     longer than that many iterations is first cut by gpu.thread_tile, so
-    that each thread copies several cells. The obligations are those of
-    the steps it makes.
+    that each thread copies several cells (a list gives each copy loop its
+    own count, outermost first, as `axes`: `[4, 16]` copies a 16 x 128 tile
+    with 4 x 16 threads). The obligations are those of the steps it makes.
     """
     before = current_session().current()
     matrix.local_buffer(target, array, name, shape, region)
@@ -249,8 +251,12 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
         indices = [lp.index for lp in nest]
-        if threads:
-            _tile_copy(m.function, _target_at(program, m.function, path, 0), indices, threads)
+        counts = [threads] * len(nest) if isinstance(threads, int) else list(threads)
+        if len(counts) != len(nest):
+            raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
+                                 f"{len(counts)} thread counts were given ({counts})", m.node.loc)
+        if any(counts):
+            _tile_copy(m.function, _target_at(program, m.function, path, 0), indices, counts)
         order = _mapped_first(m.function, path, list(zip(indices, chosen)))
         top = _target_at(current_session().current(), m.function, path, 0)
         for depth, (_, axis) in enumerate(order):
@@ -270,18 +276,19 @@ def _mapped_first(function: str, path: Path, order: list[tuple[str, Optional[str
         order[k], order[k + 1] = order[k + 1], order[k]
 
 
-def _tile_copy(function: str, top: str, indices: list[str], threads: int) -> None:
-    """Cut each loop of a copy nest longer than `threads` into threads x
-    repeats, and sink the repeat loops under the thread loops."""
+def _tile_copy(function: str, top: str, indices: list[str], threads: list[int]) -> None:
+    """Cut each loop of a copy nest longer than its count of `threads` (0:
+    none) into threads x repeats, and sink the repeat loops under the
+    thread loops."""
     program = current_session().current()
     nest = _perfect(program, Resolver(program).one(top, "loop", (ir.For,)).path)
     repeats: list[str] = []
-    for depth, lp in enumerate(nest):
+    for depth, (lp, count) in enumerate(zip(nest, threads)):
         extent = thread_extent(lp)
-        if extent is not None and extent[1] and extent[0] > threads:
+        if count and extent is not None and extent[1] and extent[0] > count:
             inner = top + "".join(f" > for {i}" for i in indices[1:depth + 1])
             repeats.append(thread_tile_name(inner))
-            thread_tile(inner, threads)
+            thread_tile(inner, count)
     for r in repeats:
         _sink(function, r, indices)
 

@@ -1040,6 +1040,53 @@ def scale(program: ir.Program, target: str, factor: "int | str", index: Optional
     return Rewrite(replace(program, path, out), obs)
 
 
+@primitive
+def normalize(program: ir.Program, target: str, index: Optional[str] = None) -> Rewrite:
+    """Make a loop of constant positive step s count 0, 1, 2, ...: the index
+    t runs up to the trip count and the body uses `a + t * s`, so that the
+    loop of tiles that loop.tile or gpu.thread_tile leaves (step 16, say)
+    becomes a unit-step loop of constant extent that gpu.map_threads can map.
+
+    Before (`loop.normalize("attention > for ri")`, after gpu.thread_tile):
+
+        for (int ri = bi; ri < bi + 64; ri += 16) {
+          body(i + ri);
+        }
+
+    After:
+
+        for (int ri = 0; ri < 4; ri++) {
+          body(i + (bi + ri * 16));
+        }
+
+    The trip count is `(b - a + s - 1) / s` (b the stop, one past it for
+    `<=`), folded to a constant when b - a is one; an integer t >= 0 is
+    below it exactly when a + t * s < b, so the body runs the same
+    instances in the same order: no obligation. Refused for a step that is
+    not a positive integer constant, bounds that the body writes or that
+    have side effects, a new index name used in the loop, or a loop
+    contract (it speaks of the old index). The pragmas stay.
+    """
+    res, path, _, loop, where, _, new = _reindex("loop.normalize", program, target, 0, "the shift", index)
+    rest, step = _const_offset(loop.step)
+    if rest is not None or step <= 0:
+        raise TransformError(f"loop.normalize: {where} has step '{expr_text(loop.step)}'; only a positive "
+                             f"integer constant step can be normalized", loop.loc)
+    _check_bounds_stable("loop.normalize", res, path, loop, loop.body)
+    stop = _plus(loop.stop, 1) if loop.inclusive else loop.stop
+    (stop_rest, stop_k), (start_rest, start_k) = _const_offset(stop), _const_offset(loop.start)
+    if stop_rest == start_rest:
+        count = _int(max(0, -((start_k - stop_k) // step)))
+    elif step == 1:
+        count = _minus(stop, loop.start)
+    else:
+        count = ir.Binop("/", _plus(_minus(stop, loop.start), step - 1), _int(step))
+    value = _plus_expr(loop.start, ir.Var(new) if step == 1 else ir.Binop("*", ir.Var(new), _int(step)))
+    out = dataclasses.replace(loop, index=new, start=_int(0), stop=count, step=ONE,
+                              body=subst(loop.body, {loop.index: value}), inclusive=False)
+    return Rewrite(replace(program, path, out))
+
+
 # ----------------------------------------------------------------- collapse
 
 
