@@ -5,6 +5,7 @@ obligation passes only when it is proved; a refuted one says which accesses
 conflict and on what values, an unknown one says what was out of reach."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -88,13 +89,51 @@ def check_step(before: ir.Program, after: ir.Program, obligations: Sequence[Obli
     return Level2Result(verdicts, problems, time.perf_counter() - t0)
 
 
+_RACE_FREE: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+"""Mapped loops proved race-free, keyed by what their proof can read (see
+_race_key), with the contracts they were proved under."""
+
+
+def _race_key(after: ir.Program, ob: Obligation) -> tuple[Any, ...]:
+    """What decides whether a mapped loop's iterations touch disjoint cells:
+    the loop itself and what runs before it on the way down to it: the
+    parameters, the statements before it in each enclosing block, the
+    headers of the enclosing loops and the conditions of the enclosing
+    branches. Statements after it, and other branches, do not change how
+    its iterations touch memory, so a step elsewhere in the function can
+    reuse an earlier proof."""
+    node: Any = after
+    key: list[Any] = [ob.function]
+    for name, index in ob.paths[0]:
+        if isinstance(node, ir.Block) and name == "stmts":
+            key.append(node.stmts[:index])
+        elif isinstance(node, ir.For) and name == "body":
+            key.append(dataclasses.replace(node, body=ir.Block(())))
+        elif isinstance(node, ir.If) and name in ("then", "other"):
+            key.append((node.cond, name))
+        elif isinstance(node, ir.FuncDef):
+            key.append(node.decl)
+        elif not isinstance(node, ir.Program):
+            key.append(node)
+        node = getattr(node, name)
+        if index is not None:
+            node = node[index]
+    key.append(node)
+    return tuple(key)
+
+
 def _gpu_races(before: ir.Program, after: ir.Program, obligations: Sequence[Obligation],
                contracts: Mapping[str, Any]) -> tuple[str, ...]:
     """The loops mapped to the GPU that the step changed and whose iterations
     are not proved independent (cuda_map.recheck_obligations), as problems."""
     out = []
     for ob in recheck_obligations(before, after, obligations):
+        key = _race_key(after, ob)
+        if _RACE_FREE.get(key) == contracts:
+            continue
         v = discharge(Goal(ob, before, after, contracts))
         if v.status != "proved":
             out.append(f"GPU race ({v.status}): {ob.claim}: {v.reason}")
+        else:
+            _RACE_FREE[key] = contracts
     return tuple(out)

@@ -29,7 +29,7 @@ from . import ir
 from .dependence import Space, first_conflict, instance_var
 from .effects import PROVED, Outcome, _answer, _declared, _exempt_all, _fp, _loop_indices, _pairs, _settle, _within
 from .goal import Goal, discharges
-from .names import subst, writes_of
+from .names import free_vars, has_side_effects, subst, writes_of
 from .printer import expr as expr_text, stmt_text
 from .smt import Terms, proves, solver
 from .tree import get
@@ -334,6 +334,7 @@ class _Chunk:
         self.mc, self.lc, self.mp, self.lp, self.op, self.buf = names
         self.width, self.d_range = width, d_range
         self.keys_of: Optional[ir.For] = None
+        self.cell: Optional[ir.Expr] = None
         self.scalars: dict[str, z3.ArithRef] = {}
         self.elem: Optional[z3.ArithRef] = None
         self.sum: Optional[z3.ArithRef] = None
@@ -346,12 +347,24 @@ class _Chunk:
         if isinstance(e, ir.Var) and e.name in (self.lc, self.mp, self.lp, self.op):
             raise _fail(e, "read outside its updates")
         if isinstance(e, ir.Index) and e.base == ir.Var(self.buf):
-            if self.keys_of is None or e.index != ir.Var(self.keys_of.index) or self.elem is None:
+            if e != self.cell or self.elem is None:
                 raise _fail(e, "not the row cell of the current key")
             return self.elem
         if isinstance(e, ir.Index) and e.base in (ir.Var(self.mp), ir.Var(self.lp), ir.Var(self.op)):
             raise _fail(e, "a part read inside the chunk")
         return None
+
+    def _key_cell(self, e: ir.Expr, key: str) -> bool:
+        """`buf[key]` or `buf[row + key]` with a row that the chunk loop
+        does not change: one cell per key, the same in every pass."""
+        if not (isinstance(e, ir.Index) and e.base == ir.Var(self.buf)):
+            return False
+        if e.index == ir.Var(key):
+            return True
+        i = e.index
+        return isinstance(i, ir.Binop) and i.op == "+" and i.right == ir.Var(key) \
+            and not free_vars(i.left) & (writes_of(self.loop.body) | {key, self.loop.index}) \
+            and not has_side_effects(i.left)
 
     def part(self, index: str) -> ir.Index:
         return ir.Index(ir.Var(self.op), ir.Binop("+", ir.Binop("*", ir.Var(self.loop.index), self.width),
@@ -400,13 +413,14 @@ class _Chunk:
         stmts = loop.body.stmts
         last = stmts[-1] if stmts else None
         if self.elem is None and isinstance(last, ir.ExprStmt) and isinstance(last.expr, ir.Assign) \
-                and last.expr.op == "=" and last.expr.lhs == ir.Index(ir.Var(self.buf), ir.Var(loop.index)):
+                and last.expr.op == "=" and self._key_cell(last.expr.lhs, loop.index):
             own = writes_of(loop.body) - _declared(loop.body) - {self.buf}
             if own:
                 raise _fail(loop, f"the scores loop also writes '{sorted(own)[0]}'")
+            self.cell = last.expr.lhs
             self.elem = z3.Real("s")
             return
-        cell = ir.Index(ir.Var(self.buf), ir.Var(loop.index))
+        cell = self.cell
         for s in stmts:
             biggest = _running_max(s)
             a = s.expr if isinstance(s, ir.ExprStmt) and isinstance(s.expr, ir.Assign) else None

@@ -20,50 +20,63 @@ group of G = H / KVH heads instead of once per head.
 q and out are parameters, laid out [H][D] by the caller: the heads of a
 group are already contiguous there (h = g * G + r), so their layout stays.
 
-With `--target cuda`, steps 1 and 2 are shared and the kv-head loop is cut
-into one kernel per pass, the scores in one buffer for all kv heads
-(device scratch, kept between calls): the append (a block per kv head);
-the scores (a block per kv head and TILE positions, the G heads of the
-group together; for D == 128 the K tile is staged in shared memory by a
-coalesced copy, its rows padded against bank conflicts); the softmax of
-each head's row (a block per head, max and sum reduced over 1024 threads);
-the weighted sum of V split over blocks of CHUNK positions (a thread per
-d sums the chunk for each head of the group, then adds it into out with
-one atomic addition: gpu.map_blocks(sums=["out"])). This is a split-K
-decode, not flash-decoding: the blocks share the row's max and sum, which
-the softmax kernel computes first, instead of keeping a partial max and
-sum per chunk and rescaling in a combine kernel (that rescaling is the
-online-softmax recurrence, whose level-2 obligation only
-flash.online_softmax's sequential form has).
+With `--target cuda`, step 1 is shared and the script ends in
+flash-decoding, a kernel per pass: the append (a block per kv head); the
+chunks (a block per kv head and chunk of CHUNK cached positions: each
+query head's row of scores is split into chunks computed apart, each with
+its own max, sum and partial output, flash.split_softmax, proved by level
+2's softmax_merge; the G heads of a group share the chunk's K and V rows;
+for D == 128 and G == 4, copies with constant sizes, the K tile, the
+group's queries and the chunk's scores sit in shared memory, rows padded
+against bank conflicts); and the combination (a block per query head: the
+max and sum over the chunks reduced over the block's threads, then a
+thread per d rescales and adds the chunks' partial outputs). The chunks'
+parts and the scores live in device scratch buffers kept between calls.
+Whole chunks run a constant trip count; the last, shorter chunk has its
+own kernel.
 """
 from optitrust_py.script import bench, load, target
 from transformations import flash, gpu, llm, loop, parallel, variable, vector
 
 CHUNK = 32
-"""Cached positions per block in the CUDA weighted sum of V."""
-TILE = 32
-"""Cached positions per block in the CUDA scores (a K tile in shared memory)."""
+"""Cached positions per chunk in the CUDA flash-decoding (a block each)."""
 
 
-def weighted_sum(g: str, chunk: str, mode: str) -> None:
-    """CUDA, the weighted sum of V in the kv-head loop `g`: a block per (kv
-    head, chunk of CHUNK positions), a thread per d summing the chunk for
-    each query head of the group, then one atomic addition into out."""
-    loop.tile(f"{g} > for t", CHUNK, chunk, mode)
-    loop.swap(f"{g} > for {chunk} > for t")
-    loop.swap(f"{g} > for {chunk} > for r > for t")
-    loop.swap(f"{g} > for {chunk} > for r")
-    gpu.partial_sum(f"{g} > for {chunk} > for d > for r > for t", "out[(g * G + r) * D + d]")
+def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
+    """CUDA, the chunks of the kv-head loop `g`: a block per (kv head,
+    chunk), the passes of a chunk each over the G heads of the group: a
+    thread per (key, head) for the scores (with `staged`, the K tile in shared
+    memory, copied a column per thread, its rows padded against bank
+    conflicts), a thread per head for the chunk's max and sum, a thread per
+    d for the partial output (its sum over the chunk's keys in a register)."""
+    chunk = f"{g} > for bt"
     gpu.map_blocks(g, "y")
-    gpu.map_blocks(f"{g} > for {chunk}", "x", sums=["out"])
-    gpu.cyclic(f"{g} > for {chunk} > for d", 128)
-
-
-def thread_per_position(g: str, tile: str) -> None:
-    """CUDA: a block per (kv head, tile of positions), a thread per position."""
-    gpu.map_blocks(g, "y")
-    gpu.map_blocks(f"{g} > for {tile}", "x")
-    gpu.map_threads(f"{g} > for {tile} > for t", "x")
+    gpu.map_blocks(chunk, "x")
+    if staged:
+        gpu.stage(f"{chunk} > for r", "scores", "sc", ["H", "pos + 1"], axes=[None, "x"],
+                  region=[f"g * {group}:{group}", f"bt * {CHUNK}:{CHUNK}"])
+        gpu.stage(f"{chunk} > for r", "q", "qs", ["H", width], axes=[None, "x"],
+                  region=[f"g * {group}:{group}", f"0:{width}"])
+        gpu.pad("gqa_decode > def qs")
+    loop.fission(f"{chunk} > for r > after for t#1")
+    loop.fission(f"{chunk} > for r#2 > before for d#1")
+    loop.fission(f"{chunk} > for r#3 > after for d#1")
+    loop.swap(f"{chunk} > for r#1")
+    loop.swap(f"{chunk} > for r#3")
+    loop.swap(f"{chunk} > for r#4 > for t")
+    loop.swap(f"{chunk} > for r#4")
+    gpu.partial_sum(f"{chunk} > for d#3 > for r > for t",
+                    f"out_parts_b[(g * {group} + r) * ((pos + 1 + {CHUNK - 1}) / {CHUNK} * {width}) + (bt * {width} + d)]")
+    if staged:
+        gpu.stage(f"{chunk} > for t#1", "k_cache", "ks", ["KVH", "SMAX", width], axes=[None, "x"],
+                  region=["g:1", f"bt * {CHUNK}:{CHUNK}", f"0:{width}"])
+        gpu.pad("gqa_decode > def ks")
+    pairs = "tr" + g.split("#")[1]
+    loop.collapse(f"{chunk} > for t#1", pairs)
+    gpu.cyclic(f"{chunk} > for {pairs}", 128)
+    gpu.cyclic(f"{chunk} > for r#1", 128)
+    gpu.cyclic(f"{chunk} > for d#2", 128)
+    gpu.cyclic(f"{chunk} > for d#3", 128)
 
 load("../c_sources/gqa_decode.c", sizes={"H": 8, "KVH": 2, "D": 20, "SMAX": 40, "pos": 33})
 bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D",
@@ -74,49 +87,44 @@ bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 409
 
 variable.bind("gqa_decode > expr 'H / KVH'", "G")
 loop.move_out("gqa_decode > for h > def G")
-llm.group_heads("gqa_decode > for h", "G", "scores", "pos + 1")
 
 if target() == "cuda":
-    # 4. (CUDA) one scores buffer for all kv heads, and a kernel per pass
-    llm.batch_buffer("gqa_decode > for g#2", "scores")
-    loop.fission("gqa_decode > for g#2 > after for t#1")
-    loop.fission("gqa_decode > for g#3 > after for r#1")
-    # the append: a block per kv head
+    # 3. (CUDA) flash-decoding: each query head's row of scores gets its
+    # own row of the buffer, the row is split into chunks of CHUNK keys
+    # computed apart and combined after, the chunks' parts get a row per head
+    llm.expand_buffer("gqa_decode > for h", "scores", "pos + 1")
+    flash.split_softmax("gqa_decode > for h", CHUNK)
+    for part in ("max_val_parts", "sum_parts", "out_parts"):
+        llm.batch_buffer("gqa_decode > for h", part)
+    loop.fission("gqa_decode > for h > after for bt#1")
+    # 4. the chunks of the G heads of a group together: whole chunks (a
+    # constant trip count), for D == 128 and G == 4 (copies: constant
+    # sizes) with the K tile staged in shared memory, then the last chunk
+    llm.group_index("gqa_decode > for h#1", "G")
+    loop.swap("gqa_decode > for g#2 > for r")
+    loop.split("gqa_decode > for g#2 > for bt", f"(pos + 1) / {CHUNK}")
+    loop.fission("gqa_decode > for g#2 > after for bt#1")
+    flash.full_blocks("gqa_decode > for g#2 > for bt")
+    flash.version("gqa_decode > for g#2", "D", 128)
+    flash.version("gqa_decode > for g#2", "G", 4)
+    chunk_kernel("gqa_decode > for g#2", "128", "4", staged=True)
+    chunk_kernel("gqa_decode > for g#3", "128", "G")
+    chunk_kernel("gqa_decode > for g#4", "D", "G")
+    chunk_kernel("gqa_decode > for g#5", "D", "G")
+    # 5. the append: a block per kv head
     gpu.map_blocks("gqa_decode > for g#1", "x")
     gpu.cyclic("gqa_decode > for g#1 > for d", 128)
-    # softmax: a block per query head, reductions over the block's threads
-    gpu.map_blocks("gqa_decode > for g#3", "y")
-    gpu.map_blocks("gqa_decode > for g#3 > for r", "x")
-    gpu.reduce("gqa_decode > for g#3 > for r > for t#1", "max_val", 1024)
-    gpu.reduce("gqa_decode > for g#3 > for r > for t#2", "sum", 1024)
-    gpu.cyclic("gqa_decode > for g#3 > for r > for t#3", 1024)
-    gpu.cyclic("gqa_decode > for g#3 > for r > for d", 1024)
-    # weighted sum of V: a block per (kv head, chunk of positions), a
-    # thread per d, the chunk's sum added into out atomically; whole chunks
-    # (a constant count, which nvcc unrolls), then the last (pos + 1) % CHUNK
-    loop.split("gqa_decode > for g#4 > for t", f"pos + 1 - (pos + 1) % {CHUNK}")
-    loop.fission("gqa_decode > for g#4 > after for t#1")
-    weighted_sum("gqa_decode > for g#4", "bc", "divides")
-    weighted_sum("gqa_decode > for g#5", "bd", "min")
-    # scores: whole tiles of TILE positions, then the last (pos + 1) % TILE;
-    # for D == 128 (a copy), a block per (kv head, TILE positions) stages the
-    # K tile in shared memory (thread d copies column d of each row:
-    # coalesced), its rows padded to 129 floats so that the threads, a
-    # position each, read distinct banks; other D read K where it is
-    loop.split("gqa_decode > for g#2 > for t", f"pos + 1 - (pos + 1) % {TILE}")
-    loop.fission("gqa_decode > for g#2 > after for t#1")
-    flash.version("gqa_decode > for g#2", "D", 128)
-    loop.tile("gqa_decode > for g#2 > for t", TILE, "bt")
-    gpu.map_blocks("gqa_decode > for g#2", "y")
-    gpu.map_blocks("gqa_decode > for g#2 > for bt", "x")
-    gpu.stage("gqa_decode > for g#2 > for bt > for t", "k_cache", "ks", ["KVH", "SMAX", 128], axes=[None, "x"],
-              region=["g:1", f"bt:{TILE}", "0:128"])
-    gpu.pad("gqa_decode > def ks")
-    gpu.map_threads("gqa_decode > for g#2 > for bt > for t", "x")
-    loop.tile("gqa_decode > for g#3 > for t", TILE, "bu")
-    thread_per_position("gqa_decode > for g#3", "bu")
-    loop.tile("gqa_decode > for g#4 > for t", TILE, "bv", "min")
-    thread_per_position("gqa_decode > for g#4", "bv")
+    # 6. the combination: a block per query head, the max and sum over the
+    # chunks reduced over the block's threads, then a thread per d, its sum
+    # over the chunks in a register
+    loop.swap("gqa_decode > for h > for bt#3")
+    gpu.partial_sum("gqa_decode > for h > for d#2 > for bt", "out[h * D + d]")
+    gpu.map_blocks("gqa_decode > for h", "x")
+    gpu.reduce("gqa_decode > for h > for bt#1", "max_val", 128)
+    gpu.reduce("gqa_decode > for h > for bt#2", "sum", 128)
+    for k in (1, 2, 3):
+        gpu.cyclic(f"gqa_decode > for h > for d#{k}", 128)
 else:
+    llm.group_heads("gqa_decode > for h", "G", "scores", "pos + 1")
     parallel.parallel_for("gqa_decode > for g#2", schedule="dynamic")
     vector.vectorize("gqa_decode > for g#2")

@@ -131,3 +131,17 @@ def test_level2_refutes_a_chunk_that_stores_another_max(ck):
     failed = [v for v in result.verdicts if v.status != "proved"]
     assert [v.kind for v in failed] == ["softmax_merge"] and failed[0].status == "unknown", result.problems
     assert "max_val_parts[bt] = 0.0f" in failed[0].reason
+
+
+def test_split_softmax_on_a_row_of_a_buffer_of_rows(ck):
+    """After llm.expand_buffer each head's scores are row h of one buffer,
+    `scores[h * (pos + 1) + t]`: the chunks keep to that row."""
+    from transformations import llm
+    p = ck.load("gqa_decode.c")
+    rows = llm.expand_buffer.apply(p, "gqa_decode > for h", "scores", "pos + 1").program
+    r = flash.split_softmax.apply(rows, "gqa_decode > for h", 8)
+    assert "scores[h * (pos + 1) + t] = expf(scores[h * (pos + 1) + t] - max_val_chunk);" \
+        in ck.function_text(r.program, "gqa_decode")
+    result = check_step(rows, r.program, r.obligations, GQA)
+    assert result.ok, result.problems
+    ck.close_outputs(p, r.program, "gqa_decode", gqa_args(ck, 8, 2, 20, 40, 33), rel=flash.TOLERANCE)

@@ -43,7 +43,8 @@ class _Passes:
     zero: ir.For          # for d: out = 0.0f;
     weighted: ir.For      # for j: for d: out += buf[j] * v;
     buf: str
-    value: ir.Expr        # v, the factor of buf[j] in the weighted sum
+    cell: ir.Index        # buf[j] or buf[row + j], the score of key j
+    value: ir.Expr        # v, the factor of the cell in the weighted sum
 
     @property
     def m(self) -> str:
@@ -85,13 +86,18 @@ def _is_zero(e: ir.Expr) -> bool:
         return False
 
 
-def _stored_row(loop: ir.For) -> Optional[str]:
-    """`buf` when the body of the loop ends with `buf[j] = ...;` (j its index)."""
+def _stored_row(loop: ir.For) -> Optional[ir.Index]:
+    """`buf[j]` or `buf[row + j]` (j the loop's index, row free of it) when
+    the body of the loop ends with a store to it: the row of scores, alone
+    in its buffer or one row of a buffer of rows."""
     a = _assignment(loop.body.stmts[-1] if loop.body.stmts else None)
-    if a is None or a.op != "=" or not isinstance(a.lhs, ir.Index) or not isinstance(a.lhs.base, ir.Var) \
-            or a.lhs.index != ir.Var(loop.index):
+    if a is None or a.op != "=" or not isinstance(a.lhs, ir.Index) or not isinstance(a.lhs.base, ir.Var):
         return None
-    return a.lhs.base.name
+    j, index = ir.Var(loop.index), a.lhs.index
+    row = index.left if isinstance(index, ir.Binop) and index.op == "+" and index.right == j else None
+    if index != j and (row is None or loop.index in free_vars(row) or has_side_effects(row)):
+        return None
+    return a.lhs
 
 
 def _weighted_value(z: ir.For, p4: ir.For, at: ir.Expr) -> Optional[ir.Expr]:
@@ -118,11 +124,11 @@ def _match(stmts: tuple[ir.Stmt, ...], k: int) -> Optional[_Passes]:
             and isinstance(p3, ir.For) and isinstance(z, ir.For) and isinstance(p4, ir.For)
             and isinstance(dm, ir.DeclStmt) and isinstance(dl, ir.DeclStmt)):
         return None
-    buf = _stored_row(s0)
-    if buf is None or s0.pragmas:
+    at = _stored_row(s0)
+    if at is None or s0.pragmas or not isinstance(at.base, ir.Var):
         return None
+    buf = at.base.name
     m, l = ir.Var(dm.decl.name or ""), ir.Var(dl.decl.name or "")
-    at = _at(buf, ir.Var(s0.index))
     if not all(_same_range(s0, p) and p.index == s0.index and not p.pragmas for p in (p1, p2, p3, p4)):
         return None
     if len(p1.body.stmts) != 1 or _running_max(p1.body.stmts[0]) != (m.name, at):
@@ -135,7 +141,7 @@ def _match(stmts: tuple[ir.Stmt, ...], k: int) -> Optional[_Passes]:
     value = _weighted_value(z, p4, at)
     if value is None:
         return None
-    return _Passes(k, s0, dm, p1, dl, p2, p3, z, p4, buf, value)
+    return _Passes(k, s0, dm, p1, dl, p2, p3, z, p4, buf, at, value)
 
 
 def _find(who: str, body: ir.Block, where: str) -> _Passes:
@@ -325,7 +331,7 @@ def _chunked(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt
     keys = lambda loop, body: dataclasses.replace(  # noqa: E731
         loop, start=lo, stop=ir.Ternary(ir.Binop("<", hi, n), hi, n), inclusive=False, body=ir.Block(body))
     over_chunks = lambda body: ir.For(names["c"], ir.Const("0"), count, ir.Block(body), itype=s0.itype)  # noqa: E731
-    at = _at(passes.buf, ir.Var(j))
+    at = passes.cell
     zero, inner = _assignment(_only(passes.zero)), _only(passes.weighted)
     assert zero is not None and isinstance(inner, ir.For)  # as _match found them
     part = lambda d: _at(names["op"], ir.Binop("+", ir.Binop("*", c, width), ir.Var(d)))  # noqa: E731
@@ -335,14 +341,14 @@ def _chunked(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt
         keys(s0, s0.body.stmts),
         typed("mc", passes.max_decl),
         keys(passes.max_pass, (ir.If(ir.Binop(">", at, mc), ir.Block((_assign("=", mc, at),))),)),
+        _assign("=", _at(names["mp"], c), mc),
         typed("lc", passes.sum_decl),
         keys(passes.exp_pass, (_assign("=", at, ir.Call(ir.Var("expf"), (ir.Binop("-", at, mc),))),
                                _assign("+=", lc, at))),
+        _assign("=", _at(names["lp"], c), lc),
         dataclasses.replace(passes.zero, body=ir.Block((_assign("=", part(passes.zero.index), zero.rhs),))),
         keys(passes.weighted, (dataclasses.replace(inner, body=ir.Block(
             (_assign("+=", part(inner.index), ir.Binop("*", at, passes.value)),))),)),
-        _assign("=", _at(names["mp"], c), mc),
-        _assign("=", _at(names["lp"], c), lc),
     ))
     out = zero.lhs
     combined = dataclasses.replace(passes.zero, body=ir.Block((
@@ -394,12 +400,12 @@ def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
           for (t in chunk bt) { ...; scores[t] = s / scale; }
           float max_val_chunk = -INFINITY;
           for (t in chunk bt) { if (scores[t] > max_val_chunk) { max_val_chunk = scores[t]; } }
+          max_val_parts[bt] = max_val_chunk;
           float sum_chunk = 0.0f;
           for (t in chunk bt) { scores[t] = expf(scores[t] - max_val_chunk); sum_chunk += scores[t]; }
+          sum_parts[bt] = sum_chunk;
           for (d) { out_parts[bt * D + d] = 0.0f; }
           for (t in chunk bt) { for (d) { out_parts[bt * D + d] += scores[t] * v_cache[...]; } }
-          max_val_parts[bt] = max_val_chunk;
-          sum_parts[bt] = sum_chunk;
         }
         float max_val = -INFINITY;
         for (bt) { if (max_val_parts[bt] > max_val) { max_val = max_val_parts[bt]; } }

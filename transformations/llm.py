@@ -208,14 +208,14 @@ def _first_writer(program: ir.Program, res: Resolver, loop_path: Path, loop: ir.
     return path
 
 
-def _group_local(program: ir.Program, res: Resolver, path: Path, loop: ir.For, size: ir.Expr) -> str:
+def _group_local(who: str, program: ir.Program, res: Resolver, path: Path, loop: ir.For, size: ir.Expr) -> str:
     """The name of the local that the head loop's body starts with, `int g =
     h / size;`: the kv head of query head h."""
     first = loop.body.stmts[0] if loop.body.stmts else None
     want = ir.Binop("/", ir.Var(loop.index), size)
     if not (isinstance(first, ir.DeclStmt) and first.decl.name and first.decl.init is not None
             and expr_text(first.decl.init) == expr_text(want)):
-        raise TransformError(f"llm.group_heads: the body of {_where(res, path, loop)} does not start with the kv "
+        raise TransformError(f"{who}: the body of {_where(res, path, loop)} does not start with the kv "
                              f"head of the query head, 'int g = {expr_text(want)};'", loop.loc)
     return first.decl.name
 
@@ -231,6 +231,49 @@ def _name(program: ir.Program, path: Path, point: str = "") -> str:
     `before` or `after` it."""
     fn, ref = _loop_target(program, path)
     return f"{fn} > {point} {ref}" if point else f"{fn} > {ref}"
+
+
+@composite
+def group_index(target: str, size: str, member: str = "r") -> None:
+    """Make the kv head of a loop over query heads a loop index: the head
+    loop becomes a loop over kv heads around one over the `size` query heads
+    of a group, named as the body's local kv head was.
+
+    Before (`llm.group_index("gqa_decode > for h", "G")`):
+
+        for (int h = 0; h < H; h++) {
+          int g = h / G;
+          body(h, g);
+        }
+
+    After (sub-steps: llm.tile_groups, arith.simplify and variable.inline of
+    g, variable.rename of the group index to g):
+
+        for (int g = 0; g < H / G; g++) {
+          for (int r = 0; r < G; r++) {
+            body(g * G + r, g);
+          }
+        }
+
+    The head loop's body must start with `int g = h / size;`. The
+    obligations are those of the sub-steps (tile_groups: size divides the
+    head count).
+    """
+    session = current_session()
+    program = session.current()
+    res = Resolver(program)
+    m = res.one(target, "loop over query heads", (ir.For,))
+    (size_expr,) = _exprs("llm.group_index", [size], "group size", m.node.loc)
+    local = _group_local("llm.group_index", program, res, m.path, m.node, size_expr)
+    tile_groups(target, size, None, member)
+    group = _name(session.current(), m.path)
+    simplify(f"{group} > def {local}")
+    decl = get(session.current(), m.path + (("body", None), ("stmts", 0), ("body", None), ("stmts", 0)))
+    if expr_text(decl.decl.init) != get(session.current(), m.path).index:
+        raise TransformError(f"llm.group_index: '{local}' did not simplify to the group index "
+                             f"('{stmt_text(decl)}')", m.node.loc)
+    variable.inline(f"{group} > def {local}")
+    variable.rename(group, local)
 
 
 @composite
@@ -253,9 +296,8 @@ def group_heads(target: str, size: str, buffer: str, row: str, member: str = "r"
           }
         }
 
-    After (sub-steps: llm.tile_groups, arith.simplify and variable.inline
-    of g, variable.rename of the group index to g, llm.expand_buffer,
-    loop.fission twice, loop.swap twice):
+    After (sub-steps: llm.group_index, llm.expand_buffer, loop.fission
+    twice, loop.swap twice):
 
         for (int g = 0; g < H / G; g++) {
           float *scores = malloc(G * (pos + 1) * sizeof(float));
@@ -282,21 +324,13 @@ def group_heads(target: str, size: str, buffer: str, row: str, member: str = "r"
     The obligations are those of the sub-steps.
     """
     session = current_session()
-    program = session.current()
-    res = Resolver(program)
+    res = Resolver(session.current())
     m = res.one(target, "loop over query heads", (ir.For,))
+    path = m.path
     (size_expr,) = _exprs("llm.group_heads", [size], "group size", m.node.loc)
-    local = _group_local(program, res, m.path, m.node, size_expr)
-    tile_groups(target, size, None, member)
-    group = _name(session.current(), m.path)
-    simplify(f"{group} > def {local}")
-    decl = get(session.current(), m.path + (("body", None), ("stmts", 0), ("body", None), ("stmts", 0)))
-    if expr_text(decl.decl.init) != get(session.current(), m.path).index:
-        raise TransformError(f"llm.group_heads: '{local}' did not simplify to the group index "
-                             f"('{stmt_text(decl)}')", m.node.loc)
-    variable.inline(f"{group} > def {local}")
-    variable.rename(group, local)
-    group = _name(session.current(), m.path)
+    _group_local("llm.group_heads", session.current(), res, path, m.node, size_expr)
+    group_index(target, size, member)
+    group = _name(session.current(), path)
     expand_buffer(f"{group} > for {member}", buffer, row)
     first = Resolver(session.current()).one(f"{group} > for {member}", "loop").path
     body: ir.Block = get(session.current(), first).body
