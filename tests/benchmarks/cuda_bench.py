@@ -29,6 +29,11 @@ CASES = [
     ("scripts/attention.py", "H=32,S=4096,D=128"),
     ("scripts/attention.py", "H=32,S=4096,D=128", "bf16"),
     ("scripts/gqa_decode.py", "H=32,KVH=8,D=128,SMAX=4096,pos=4095"),
+    # batch 8 of 32 query heads over 8 kv heads: the same computation as one
+    # batch of 256 over 64, since caches laid out [batch][kv head][position]
+    # are [batch * kv head][position] and query head b * 32 + h reads kv head
+    # b * 8 + h / 4 = (b * 32 + h) / 4
+    ("scripts/gqa_decode.py", "H=256,KVH=64,D=128,SMAX=4096,pos=4095"),
     ("scripts/quantize.py", "N=4096,D=4096"),
 ]
 
