@@ -40,6 +40,12 @@ def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Show Python tracebacks for errors.")(f)
 
 
+def _precision_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                        help="The precision the script's ending is asked for (scripts read it with precision(); "
+                             "attention.py's CUDA ending: bfloat16 tiles on tensor cores).")(f)
+
+
 def _solver_option(f: Callable[..., Any]) -> Callable[..., Any]:
     def set_limit(ctx: click.Context, param: click.Parameter, value: Optional[int]) -> Optional[int]:
         if value is not None:
@@ -129,14 +135,15 @@ def cli() -> None:
               help="Show the diffs with each loop's inferred contract; write final.annotated.c.")
 @click.option("--html", "show_html", is_flag=True,
               help="Print the address of the trace viewer (out/<script>/trace.html, always written).")
+@_precision_option
 @_solver_option
 @_debug_option
 def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[str], stop_after: Optional[int],
-        out_dir: str, quiet: bool, no_color: bool, annotate: bool, show_html: bool) -> None:
+        out_dir: str, quiet: bool, no_color: bool, annotate: bool, show_html: bool, precision: str) -> None:
     """Apply SCRIPT step by step, show each step's diff, write out/<script>/."""
     _check_level(level)
     _check_target(target)
-    session = new_session(script, target, stop_after, parse_sizes(sizes))
+    session = new_session(script, target, stop_after, parse_sizes(sizes), precision)
     _run_and_report(session, lambda: run_script(session, script), script, level, run_exec, out_dir, quiet,
                     no_color, annotate, show_html)
 
@@ -256,10 +263,11 @@ class _Failed(OtpError):
 @click.option("--no-color", is_flag=True)
 @click.option("--show-contracts", is_flag=True,
               help="Print each script's final program with every loop's inferred contract.")
+@_precision_option
 @_solver_option
 @_debug_option
 def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, sizes: Optional[str], as_json: bool,
-          no_color: bool, show_contracts: bool) -> None:
+          no_color: bool, show_contracts: bool, precision: str) -> None:
     """Check every step of SCRIPTS (default: every script in scripts/)."""
     from .progress import check_progress
 
@@ -268,7 +276,8 @@ def check(scripts: tuple[str, ...], level: int, run_exec: bool, target: str, siz
     paths = list(scripts) or sorted(str(p) for p in Path("scripts").glob("*.py"))
     if not paths:
         raise ScriptError("no scripts given and none found in ./scripts/")
-    sessions = [new_session(script, target, None, parse_sizes(sizes)) for script in paths]  # bad paths fail first
+    sessions = [new_session(script, target, None, parse_sizes(sizes), precision)
+                for script in paths]  # bad paths fail first
     console = _console(no_color)
     results: list[dict[str, Any]] = []
     level2: list[Level2Result] = []
@@ -371,9 +380,11 @@ def _print_script(console: Console, session: Session, entry: dict[str, Any], sou
               help="Record the run in <out>/<script>/bench.json (the trace viewer's chart).")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False),
               help="Also write the chart of every run recorded for SCRIPT to this .svg file.")
+@_precision_option
 @_debug_option
 def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int], repeats: Optional[int],
-          library: Optional[str], as_json: bool, no_color: bool, out_dir: str, plot: Optional[str]) -> None:
+          library: Optional[str], as_json: bool, no_color: bool, out_dir: str, plot: Optional[str],
+          precision: str) -> None:
     """Build SCRIPT's original and final programs with gcc -O3, check that
     their outputs agree, and time them side by side."""
     from .bench import declared, print_report, run_bench
@@ -387,10 +398,10 @@ def bench(script: str, target: str, sizes: Optional[str], threads: Optional[int]
     if target == "cuda":
         from .cuda_bench import bench_cuda
 
-        bench_cuda(script, parse_sizes(sizes), repeats, library, as_json, _console(no_color))
+        bench_cuda(script, parse_sizes(sizes), repeats, library, as_json, _console(no_color), precision)
         return
     overrides = parse_sizes(sizes)
-    session = new_session(script, target)
+    session = new_session(script, target, precision=precision)
     error = run_script(session, script)
     if error is not None:
         raise error

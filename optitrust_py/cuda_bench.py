@@ -286,7 +286,7 @@ def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float]
 
 
 def bench_cuda(script: str, overrides: Mapping[str, float], repeats: Optional[int], library: Optional[str],
-               as_json: bool, console: Any) -> None:
+               as_json: bool, console: Any, precision: str = "fp32") -> None:
     """The `otp bench SCRIPT --target cuda` command."""
     import json
 
@@ -294,7 +294,7 @@ def bench_cuda(script: str, overrides: Mapping[str, float], repeats: Optional[in
 
     from .runner import new_session, run_script
 
-    session = new_session(script, "cuda")
+    session = new_session(script, "cuda", precision=precision)
     error = run_script(session, script)
     if error is not None:
         raise error

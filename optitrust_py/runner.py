@@ -13,7 +13,7 @@ from .session import Session, StopScript
 
 
 def new_session(script: str | Path, target: str = "cpu", stop_after: Optional[int] = None,
-                sizes: Optional[dict[str, float]] = None) -> Session:
+                sizes: Optional[dict[str, float]] = None, precision: str = "fp32") -> Session:
     path = Path(script)
     if not path.is_file():
         raise ScriptError(f"no such script: {script}")
@@ -21,7 +21,7 @@ def new_session(script: str | Path, target: str = "cpu", stop_after: Optional[in
         raise ScriptError(f"{script}: a transformation script is a Python file (.py)")
     if stop_after is not None and stop_after < 1:
         raise ScriptError(f"--step counts from 1, got {stop_after}")
-    return Session(path.resolve().parent, target, stop_after, sizes)
+    return Session(path.resolve().parent, target, stop_after, sizes, precision)
 
 
 def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
@@ -44,6 +44,9 @@ def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
             return _script_exception(e, path, str(script))
     if session.program is None:
         return ScriptError(f"{script} never called load(): nothing to transform")
+    if session.precision != "fp32" and not session.precision_read:
+        return ScriptError(f"{script} never reads precision(), so --precision {session.precision} would change "
+                           f"nothing: leave it out")
     return None
 
 

@@ -1,4 +1,5 @@
-"""What a transformation script imports: `load` the C file, read `target()`.
+"""What a transformation script imports: `load` the C file, read `target()`
+and `precision()`.
 
     from optitrust_py.script import load
     from transformations import loop
@@ -33,6 +34,13 @@ def load(c_file: str | Path, spec: str | Path | None = None,
 def target() -> str:
     """The target the script is run for (`otp run --target cpu|cuda`)."""
     return current_session().target
+
+
+def precision() -> str:
+    """The precision the script's ending is asked for (`--precision fp32|bf16`)."""
+    session = current_session()
+    session.precision_read = True
+    return session.precision
 
 
 def bench(function: str, sizes: Optional[dict[str, float]] = None, flops: Optional[str] = None,

@@ -117,9 +117,12 @@ class Session:
     """The state of one script run: the current program and its steps."""
 
     def __init__(self, base_dir: str | FsPath = ".", target: str = "cpu", stop_after: Optional[int] = None,
-                 sizes: Optional[dict[str, float]] = None) -> None:
+                 sizes: Optional[dict[str, float]] = None, precision: str = "fp32") -> None:
         self.base_dir = FsPath(base_dir)
         self.target = target
+        self.precision = precision
+        self.precision_read = False
+        """Whether the script asked for precision(): a --precision it never reads is refused."""
         self.stop_after = stop_after
         self.size_overrides = dict(sizes or {})
         self.program: Optional[ir.Program] = None

@@ -682,3 +682,13 @@ def test_run_checks_on_a_hand_made_session(tmp_path):
     failures = failed_checks(session)
     assert len(failures) == 1
     assert failures[0].startswith("step 1 hand.made('matmul'): exec failed: matmul: FAIL at C[")
+
+
+def test_a_precision_the_script_never_reads_is_refused(tmp_path):
+    """matmul.py has no bfloat16 ending: --precision bf16 would silently
+    change nothing, so it is an error that says so."""
+    r = otp("run", "scripts/matmul.py", "--precision", "bf16", "--out", tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "scripts/matmul.py never reads precision(), so --precision bf16 would change nothing" in r.stdout + r.stderr
+    r = otp("run", "scripts/matmul.py", "--precision", "fp16")
+    assert r.returncode == 2 and "'fp16' is not one of 'fp32', 'bf16'" in r.stderr
