@@ -455,11 +455,11 @@ def softmax_merge(goal: Goal) -> Outcome:
     parts, the combination multiplies them by factors that make them
     exp(s - m) and exp(s - m) v, and the output is then divided by the sum."""
     ob = goal.obligation
-    paths = ob.paths[:8]
+    paths = ob.paths[:9]
     parent, first = paths[0][:-1], paths[0][-1][1]
     if any(p[:-1] != parent or p[-1] != ("stmts", first + n) for n, p in enumerate(paths)):
         return "unknown", "the chunk loop and the combination are not consecutive statements of one block"
-    chunks, _, top, sum_decl, sums, zero, acc, final = (get(goal.program, p) for p in paths)
+    chunks, _, top, weights, sum_decl, sums, zero, acc, final = (get(goal.program, p) for p in paths)
     mc, lc, mp, lp, op, buf, m, l = ob.names[:8]
     start = _row_assign(zero)
     if not isinstance(chunks, ir.For) or chunks.start != ir.Const("0") or chunks.step != ir.Const("1"):
@@ -495,10 +495,12 @@ def softmax_merge(goal: Goal) -> Outcome:
             if isinstance(inner, ir.For) and _same_range(inner, zero) and _same_range(acc, chunks) else None
         if f_sum is None or f_out is None:
             raise _fail(sums if f_sum is None else acc, "not a sum over the chunks of a part times a factor")
+        weight = _weight(weights, chunks, mp, lambda x: run.stored[mp] if x == ir.Index(ir.Var(mp), ir.Var(
+            weights.index)) else z3.Real("m") if x == ir.Var(m) else _no_state(x, (lp, op, l, mp)))
 
         def scale(e: ir.Expr, index: str) -> z3.ArithRef:
-            """A factor of the combination: the chunk's stored max, the combined max m, nothing else of state."""
-            return _real(e, lambda x: run.stored[mp] if x == ir.Index(ir.Var(mp), ir.Var(index))
+            """A factor of the combination: the chunk's weight, the combined max m, nothing else of state."""
+            return _real(e, lambda x: weight if x == ir.Index(ir.Var(mp), ir.Var(index))
                          else z3.Real("m") if x == ir.Var(m) else _no_state(x, (lp, op, l, mp)))
         k_sum, k_out = scale(f_sum, sums.index), scale(f_out, acc.index)
     except _Unmodelled as e:
@@ -516,6 +518,15 @@ def softmax_merge(goal: Goal) -> Outcome:
             status, reason = why.split(": ", 1)
             return status, f"{what}: {reason}"
     return PROVED
+
+
+def _weight(loop: Any, chunks: ir.For, mp: str, known: Callable[[ir.Expr], Optional[z3.ArithRef]]) -> z3.ArithRef:
+    """What `for c: mp[c] = F;` leaves in a chunk's cell of the maxima: F
+    over the chunk's own max (its weight in the combination)."""
+    a = _row_assign(loop) if isinstance(loop, ir.For) and _same_range(loop, chunks) else None
+    if a is None or a.lhs != ir.Index(ir.Var(mp), ir.Var(loop.index)):
+        raise _fail(loop, "not the chunks' weights, each computed from its own max")
+    return _real(a.rhs, known)
 
 
 def _no_state(e: ir.Expr, names: tuple[str, ...]) -> Optional[z3.ArithRef]:

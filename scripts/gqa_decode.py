@@ -29,8 +29,9 @@ its own max, sum and partial output, flash.split_softmax, proved by level
 for D == 128 and G == 4, copies with constant sizes, the K tile, the
 group's queries and the chunk's scores sit in shared memory, rows padded
 against bank conflicts); and the combination (a block per query head: the
-max and sum over the chunks reduced over the block's threads, then a
-thread per d rescales and adds the chunks' partial outputs). The chunks'
+max over the chunks reduced over the block's threads, a thread per chunk
+turns its max into its weight, the weighted sum is reduced, and a thread
+per d adds the chunks' partial outputs times their weights). The chunks'
 parts and the scores live in device scratch buffers kept between calls.
 Whole chunks run a constant trip count; the last, shorter chunk has its
 own kernel.
@@ -114,14 +115,16 @@ if target() == "cuda":
     # 5. the append: a block per kv head
     gpu.map_blocks("gqa_decode > for g#1", "x")
     gpu.cyclic("gqa_decode > for g#1 > for d", 128)
-    # 6. the combination: a block per query head, the max and sum over the
-    # chunks reduced over the block's threads, then a thread per d, its sum
-    # over the chunks in a register
-    loop.swap("gqa_decode > for h > for bt#3")
+    # 6. the combination: a block per query head, the max over the chunks
+    # reduced over the block's threads, a thread per chunk for its weight,
+    # the sum reduced, then a thread per d, its sum over the chunks in a
+    # register
+    loop.swap("gqa_decode > for h > for bt#4")
     gpu.partial_sum("gqa_decode > for h > for d#2 > for bt", "out[h * D + d]")
     gpu.map_blocks("gqa_decode > for h", "x")
     gpu.reduce("gqa_decode > for h > for bt#1", "max_val", 128)
-    gpu.reduce("gqa_decode > for h > for bt#2", "sum", 128)
+    gpu.cyclic("gqa_decode > for h > for bt#2", 128)
+    gpu.reduce("gqa_decode > for h > for bt#3", "sum", 128)
     for k in (1, 2, 3):
         gpu.cyclic(f"gqa_decode > for h > for d#{k}", 128)
 else:

@@ -39,8 +39,9 @@ def test_split_softmax_computes_chunks_apart_and_combines_them(ck):
                     "scores[t] = expf(scores[t] - max_val_chunk);",
                     "out_parts[bt * D + d] += scores[t] * v_cache[(g * SMAX + t) * D + d];",
                     "max_val_parts[bt] = max_val_chunk;", "sum_parts[bt] = sum_chunk;",
-                    "sum += sum_parts[bt] * expf(max_val_parts[bt] - max_val);",
-                    "out[h * D + d] += out_parts[bt * D + d] * expf(max_val_parts[bt] - max_val);",
+                    "max_val_parts[bt] = expf(max_val_parts[bt] - max_val);",
+                    "sum += sum_parts[bt] * max_val_parts[bt];",
+                    "out[h * D + d] += out_parts[bt * D + d] * max_val_parts[bt];",
                     "out[h * D + d] = out[h * D + d] / sum;", "free(max_val_parts);"):
         assert snippet in text, snippet
     assert "/ sum;\n" not in text.split("float max_val = -INFINITY;")[0]  # the normalize pass is gone
@@ -93,17 +94,18 @@ def _edit(r: Rewrite, find: str, change: Any) -> Rewrite:
     raise AssertionError(f"no statement {find!r}")
 
 
-def _swap_exp(s: ir.ExprStmt) -> ir.ExprStmt:
-    """`sum += sum_parts[bt] * expf(max_val - max_val_parts[bt])`: the factor inverted."""
-    call = s.expr.rhs.right
+def _swap_exp(loop: ir.For) -> ir.For:
+    """`max_val_parts[bt] = expf(max_val - max_val_parts[bt])`: the weight inverted."""
+    s = loop.body.stmts[0]
+    call = s.expr.rhs
     arg = call.args[0]
     wrong = dataclasses.replace(call, args=(dataclasses.replace(arg, left=arg.right, right=arg.left),))
-    return dataclasses.replace(s, expr=dataclasses.replace(s.expr, rhs=dataclasses.replace(s.expr.rhs, right=wrong)))
+    return dataclasses.replace(loop, body=ir.Block((dataclasses.replace(s, expr=dataclasses.replace(s.expr, rhs=wrong)),)))
 
 
-def test_level2_refutes_a_combination_with_the_factor_inverted(ck):
+def test_level2_refutes_a_combination_with_the_weight_inverted(ck):
     p, r = split(ck)
-    bad = _edit(r, "sum += sum_parts[bt]", _swap_exp)
+    bad = _edit(r, "for (int bt = 0; bt < (pos + 1 + 7) / 8; bt++) {\n  max_val_parts[bt] = expf", _swap_exp)
     why = refuted(p, bad, GQA)
     assert why.startswith("softmax_merge: the combined sum rescales each key"), why
     with pytest.raises(AssertionError):

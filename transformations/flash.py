@@ -335,7 +335,7 @@ def _chunked(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt
     zero, inner = _assignment(_only(passes.zero)), _only(passes.weighted)
     assert zero is not None and isinstance(inner, ir.For)  # as _match found them
     part = lambda d: _at(names["op"], ir.Binop("+", ir.Binop("*", c, width), ir.Var(d)))  # noqa: E731
-    rescale = ir.Call(ir.Var("expf"), (ir.Binop("-", _at(names["mp"], c), m),))
+    weight = _at(names["mp"], c)
     typed = lambda key, decl: ir.DeclStmt(dataclasses.replace(decl.decl, name=names[key]))  # noqa: E731
     chunk = over_chunks((
         keys(s0, s0.body.stmts),
@@ -352,14 +352,15 @@ def _chunked(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt
     ))
     out = zero.lhs
     combined = dataclasses.replace(passes.zero, body=ir.Block((
-        _assign("+=", out, ir.Binop("*", part(passes.zero.index), rescale)),)))
+        _assign("+=", out, ir.Binop("*", part(passes.zero.index), weight)),)))
     stmts = (
         _malloc(names["mp"], count), _malloc(names["lp"], count), _malloc(names["op"], ir.Binop("*", count, width)),
         chunk,
         passes.max_decl,
-        over_chunks((ir.If(ir.Binop(">", _at(names["mp"], c), m), ir.Block((_assign("=", m, _at(names["mp"], c)),))),)),
+        over_chunks((ir.If(ir.Binop(">", weight, m), ir.Block((_assign("=", m, weight),))),)),
+        over_chunks((_assign("=", weight, ir.Call(ir.Var("expf"), (ir.Binop("-", weight, m),))),)),
         passes.sum_decl,
-        over_chunks((_assign("+=", l, ir.Binop("*", _at(names["lp"], c), rescale)),)),
+        over_chunks((_assign("+=", l, ir.Binop("*", _at(names["lp"], c), weight)),)),
         passes.zero,
         over_chunks((combined,)),
         dataclasses.replace(passes.zero, body=ir.Block((_assign("=", out, ir.Binop("/", out, l)),))),
@@ -409,10 +410,11 @@ def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
         }
         float max_val = -INFINITY;
         for (bt) { if (max_val_parts[bt] > max_val) { max_val = max_val_parts[bt]; } }
+        for (bt) { max_val_parts[bt] = expf(max_val_parts[bt] - max_val); }
         float sum = 0.0f;
-        for (bt) { sum += sum_parts[bt] * expf(max_val_parts[bt] - max_val); }
+        for (bt) { sum += sum_parts[bt] * max_val_parts[bt]; }
         for (d) { out[h * D + d] = 0.0f; }
-        for (bt) { for (d) { out[h * D + d] += out_parts[bt * D + d] * expf(max_val_parts[bt] - max_val); } }
+        for (bt) { for (d) { out[h * D + d] += out_parts[bt * D + d] * max_val_parts[bt]; } }
         for (d) { out[h * D + d] = out[h * D + d] / sum; }
         free(out_parts); free(sum_parts); free(max_val_parts);
 
@@ -421,7 +423,9 @@ def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
     chunk), and `softmax_merge`: each chunk keeps sum_chunk = Σ exp(s - max_val_chunk)
     and out_parts = Σ exp(s - max_val_chunk) v over its keys, and the
     combination rescales every key to exp(s - max_val) (proved over the reals
-    on the emitted code). Float results round differently (`≈fp`, relative
+    on the emitted code). The chunks' maxima become their weights
+    exp(max_val_chunk - max_val) in place, once per chunk, not once per
+    output element. Float results round differently (`≈fp`, relative
     tolerance 1e-5). Refused when the body does not hold the passes, when
     the rows do not start at 0 by steps of 1, when the buffer is used
     elsewhere or a pass writes a bound, and when `chunk` is not an integer
@@ -455,7 +459,7 @@ def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
         "softmax_merge", f"in {where}, each chunk of {chunk} keys keeps {names['lc']} = Σ exp(s - {names['mc']}) and "
                          f"{names['op']} = Σ exp(s - {names['mc']}) v over its keys, and the combination rescales "
                          f"every key to exp(s - {passes.m}), so out / {passes.l} is the softmax-weighted sum",
-        m.function, tuple(at(n) for n in range(3, 11)), (passes.value, passes.scores.stop),
+        m.function, tuple(at(n) for n in range(3, 12)), (passes.value, passes.scores.stop),
         names=(names["mc"], names["lc"], names["mp"], names["lp"], names["op"], passes.buf, passes.m, passes.l))
     return Rewrite(out, _stream_obligations(m.function, body_path, passes, where) + (merge,), "reassoc", TOLERANCE)
 
