@@ -51,9 +51,9 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     conflicts), a thread per head for the chunk's max and sum, a thread per
     d for the partial output (its sum over the chunk's keys in a register)."""
     chunk = f"{g} > for bt"
-    gpu.map_blocks(g, "y")
-    gpu.map_blocks(chunk, "x")
-    if staged:
+    if staged:  # the tiles of scores and q are staged around the passes, in a block
+        gpu.map_blocks(g, "y")
+        gpu.map_blocks(chunk, "x")
         gpu.stage(f"{chunk} > for r", "scores", "sc", ["H", "pos + 1"], axes=[None, "x"],
                   region=[f"g * {group}:{group}", f"bt * {CHUNK}:{CHUNK}"])
         gpu.stage(f"{chunk} > for r", "q", "qs", ["H", width], axes=[None, "x"],
@@ -72,6 +72,9 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
         gpu.stage(f"{chunk} > for t#1", "k_cache", "ks", ["KVH", "SMAX", width], axes=[None, "x"],
                   region=["g:1", f"bt * {CHUNK}:{CHUNK}", f"0:{width}"])
         gpu.pad("gqa_decode > def ks")
+    else:  # mapped last: level 2 re-proves a kernel's mapped loops at each step that changes it
+        gpu.map_blocks(g, "y")
+        gpu.map_blocks(chunk, "x")
     pairs = "tr" + g.split("#")[1]
     loop.collapse(f"{chunk} > for t#1", pairs)
     gpu.cyclic(f"{chunk} > for {pairs}", 128)
@@ -90,7 +93,10 @@ variable.bind("gqa_decode > expr 'H / KVH'", "G")
 loop.move_out("gqa_decode > for h > def G")
 
 if target() == "cuda":
-    # 3. (CUDA) flash-decoding: each query head's row of scores gets its
+    # 3. (CUDA) the append: a block per kv head
+    gpu.map_blocks("gqa_decode > for g#1", "x")
+    gpu.cyclic("gqa_decode > for g#1 > for d", 128)
+    # 4. flash-decoding: each query head's row of scores gets its
     # own row of the buffer, the row is split into chunks of CHUNK keys
     # computed apart and combined after, the chunks' parts get a row per head
     llm.expand_buffer("gqa_decode > for h", "scores", "pos + 1")
@@ -98,7 +104,7 @@ if target() == "cuda":
     for part in ("max_val_parts", "sum_parts", "out_parts"):
         llm.batch_buffer("gqa_decode > for h", part)
     loop.fission("gqa_decode > for h > after for bt#1")
-    # 4. the chunks of the G heads of a group together: whole chunks (a
+    # 5. the chunks of the G heads of a group together: whole chunks (a
     # constant trip count), for D == 128 and G == 4 (copies: constant
     # sizes) with the K tile staged in shared memory, then the last chunk
     llm.group_index("gqa_decode > for h#1", "G")
@@ -112,9 +118,6 @@ if target() == "cuda":
     chunk_kernel("gqa_decode > for g#3", "128", "G")
     chunk_kernel("gqa_decode > for g#4", "D", "G")
     chunk_kernel("gqa_decode > for g#5", "D", "G")
-    # 5. the append: a block per kv head
-    gpu.map_blocks("gqa_decode > for g#1", "x")
-    gpu.cyclic("gqa_decode > for g#1 > for d", 128)
     # 6. the combination: a block per query head, the max over the chunks
     # reduced over the block's threads, a thread per chunk for its weight,
     # the sum reduced, then a thread per d, its sum over the chunks in a
