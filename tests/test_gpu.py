@@ -518,9 +518,11 @@ PARTIAL = (gpu.partial_sum, "gqa_decode > for g#4 > for bc > for d > for r > for
 
 
 def gqa_chunks(ck: Any, partial: bool = True) -> ir.Program:
-    """gqa_decode as scripts/gqa_decode.py's CUDA ending has it before the
-    weighted sum of V is mapped: kv heads outside, chunks of 64 positions,
-    a partial sum per (d, query head of the group) and chunk."""
+    """gqa_decode split over chunks of positions that add into out (a
+    split-K decode, which scripts/gqa_decode.py's CUDA ending was before
+    flash-decoding) before the weighted sum of V is mapped: kv heads
+    outside, chunks of 64 positions, a partial sum per (d, query head of
+    the group) and chunk."""
     from transformations import llm, variable
 
     return steps(ck.load("gqa_decode.c"), (variable.bind, "gqa_decode > expr 'H / KVH'", "G"),
