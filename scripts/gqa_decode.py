@@ -37,7 +37,7 @@ Whole chunks run a constant trip count; the last, shorter chunk has its
 own kernel.
 """
 from optitrust_py.script import bench, load, target
-from transformations import flash, gpu, llm, loop, parallel, variable, vector
+from transformations import flash, gpu, llm, loop, matrix, parallel, variable, vector
 
 CHUNK = 32
 """Cached positions per chunk in the CUDA flash-decoding (a block each)."""
@@ -49,7 +49,8 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     thread per (key, head) for the scores (with `staged`, the K tile in shared
     memory, copied a column per thread, its rows padded against bank
     conflicts), a thread per head for the chunk's max and sum, a thread per
-    d for the partial output (its sum over the chunk's keys in a register)."""
+    d for the partial output (its sums over the chunk's keys in registers:
+    with `staged`, the G heads' sums together, each V element loaded once)."""
     chunk = f"{g} > for bt"
     if staged:  # the tiles of scores and q are staged around the passes, in a block
         gpu.map_blocks(g, "y")
@@ -64,10 +65,15 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     loop.fission(f"{chunk} > for r#3 > after for d#1")
     loop.swap(f"{chunk} > for r#1")
     loop.swap(f"{chunk} > for r#3")
-    loop.swap(f"{chunk} > for r#4 > for t")
-    loop.swap(f"{chunk} > for r#4")
-    gpu.partial_sum(f"{chunk} > for d#3 > for r > for t",
-                    f"out_parts_b[(g * {group} + r) * ((pos + 1 + {CHUNK - 1}) / {CHUNK} * {width}) + (bt * {width} + d)]")
+    if staged:  # d, then keys, then the G heads: each V element loaded feeds G sums
+        loop.swap(f"{chunk} > for r#4")
+        loop.swap(f"{chunk} > for t#4 > for r")
+        loop.swap(f"{chunk} > for t#4")
+    else:
+        loop.swap(f"{chunk} > for r#4 > for t")
+        loop.swap(f"{chunk} > for r#4")
+        gpu.partial_sum(f"{chunk} > for d#3 > for r > for t",
+                        f"out_parts_b[(g * {group} + r) * ((pos + 1 + {CHUNK - 1}) / {CHUNK} * {width}) + (bt * {width} + d)]")
     if staged:
         gpu.stage(f"{chunk} > for t#1", "k_cache", "ks", ["KVH", "SMAX", width], axes=[None, "x"],
                   region=["g:1", f"bt * {CHUNK}:{CHUNK}", f"0:{width}"])
@@ -81,6 +87,10 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     gpu.cyclic(f"{chunk} > for r#1", 128)
     gpu.cyclic(f"{chunk} > for d#2", 128)
     gpu.cyclic(f"{chunk} > for d#3", 128)
+    if staged:  # the G sums of a thread's d in registers
+        matrix.local_buffer(f"{chunk} > for d#3 > for t", "out_parts_b", "acc",
+                            ["H", f"(pos + 1 + {CHUNK - 1}) / {CHUNK}", width],
+                            region=[f"g * {group}:{group}", "bt:1", "d:1"])
 
 load("../c_sources/gqa_decode.c", sizes={"H": 8, "KVH": 2, "D": 20, "SMAX": 40, "pos": 33})
 bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D",
