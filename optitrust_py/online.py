@@ -17,7 +17,14 @@ which Z3 proves with `exp` uninterpreted and the instances of
 exp(x + y) = exp(x) * exp(y) over the arguments that occur. The invariant
 holds before the first block (l = 0, o = 0: empty sums, for any m), and the
 final `o = o / l` is then the softmax-weighted sum, whatever M was (the max
-only keeps the floats in range)."""
+only keeps the floats in range).
+
+Flash-decoding splits the row into chunks instead (`softmax_merge`): the
+emitted chunk loop is run on one generic key s of a chunk, which must add
+exp(s - m_c) to the chunk's sum and exp(s - m_c) v to its partial output;
+the combination must turn each chunk's max into a weight w with
+w * exp(s - m_c) = exp(s - m), and the chunks' key ranges must cover the
+row once each (Z3 over the integers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,29 +98,28 @@ def _fail(node: Any, why: str) -> _Unmodelled:
     return _Unmodelled(f"'{text}': {why}")
 
 
-def _real(e: ir.Expr, known: Callable[[ir.Expr], Optional[z3.ArithRef]],
-          fail: Callable[[Any, str], _Unmodelled] = _fail) -> z3.ArithRef:
+def _real(e: ir.Expr, known: Callable[[ir.Expr], Optional[z3.ArithRef]]) -> z3.ArithRef:
     """The real number an expression denotes: `known` gives the values of
     the names and cells that carry state; any other name or cell is an
     unknown of its own."""
     if isinstance(e, ir.Const):
         v = _float_const(e)
         if v is None:
-            raise fail(e, "not a number")
+            raise _fail(e, "not a number")
         return v
     if isinstance(e, (ir.Var, ir.Index)):
         v = known(e)
         return v if v is not None else z3.Real(e.name if isinstance(e, ir.Var) else f"<{expr_text(e)}>")
     if isinstance(e, ir.Binop) and e.op in "+-*/":
-        a, b = _real(e.left, known, fail), _real(e.right, known, fail)
+        a, b = _real(e.left, known), _real(e.right, known)
         return a + b if e.op == "+" else a - b if e.op == "-" else a * b if e.op == "*" else a / b
     if isinstance(e, ir.Unop) and e.op == "-":
-        return -_real(e.arg, known, fail)
+        return -_real(e.arg, known)
     if isinstance(e, ir.Cast):
-        return _real(e.arg, known, fail)
+        return _real(e.arg, known)
     if isinstance(e, ir.Call) and e.name == "expf" and len(e.args) == 1:
-        return _exp(_real(e.args[0], known, fail))
-    raise fail(e, "no real-number meaning here")
+        return _exp(_real(e.args[0], known))
+    raise _fail(e, "no real-number meaning here")
 
 
 class _Recurrence:
