@@ -184,15 +184,20 @@ def _stream_obligations(fname: str, block: Path, passes: _Passes, where: str) ->
     return tuple(obs)
 
 
+def _fresh_names(taken: set[str], bases: dict[str, str]) -> dict[str, str]:
+    """A fresh name for each base, none equal to another."""
+    out = {}
+    for key, base in bases.items():
+        out[key] = fresh_name(taken, base)
+        taken.add(out[key])
+    return out
+
+
 def _streamed(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt, ...], dict[str, str]]:
     """The statements that replace the passes, and the new names."""
-    def fresh(base: str) -> str:
-        name = fresh_name(taken, base)
-        taken.add(name)
-        return name
     s0, j = passes.scores, passes.scores.index
-    names = {"jb": fresh("b" + j), "blk": fresh(passes.buf + "_blk"), "mb": fresh(passes.m + "_blk"),
-             "alpha": fresh("rescale")}
+    names = _fresh_names(taken, {"jb": "b" + j, "blk": passes.buf + "_blk", "mb": passes.m + "_blk",
+                                 "alpha": "rescale"})
     jb, mb, alpha = ir.Var(names["jb"]), ir.Var(names["mb"]), ir.Var(names["alpha"])
     m, l = ir.Var(passes.m), ir.Var(passes.l)
     at = _at(names["blk"], ir.Binop("-", ir.Var(j), jb))
@@ -302,15 +307,6 @@ def online_softmax(program: ir.Program, target: str, block: int = 16) -> Rewrite
     return Rewrite(out, obs, "reassoc", TOLERANCE)
 
 
-def _fresh_names(taken: set[str], bases: dict[str, str]) -> dict[str, str]:
-    """A fresh name for each base, none equal to another."""
-    out = {}
-    for key, base in bases.items():
-        out[key] = fresh_name(taken, base)
-        taken.add(out[key])
-    return out
-
-
 def _malloc(name: str, count: ir.Expr) -> ir.DeclStmt:
     return ir.DeclStmt(ir.Decl(name, ir.Ptr(ir.FLOAT), ir.Call(ir.Var("malloc"), (
         ir.Binop("*", count, ir.SizeofType(ir.FLOAT)),))))
@@ -341,7 +337,7 @@ def _chunked(passes: _Passes, size: int, taken: set[str]) -> tuple[tuple[ir.Stmt
         keys(s0, s0.body.stmts),
         typed("mc", passes.max_decl),
         keys(passes.max_pass, (ir.If(ir.Binop(">", at, mc), ir.Block((_assign("=", mc, at),))),)),
-        _assign("=", _at(names["mp"], c), mc),
+        _assign("=", weight, mc),
         typed("lc", passes.sum_decl),
         keys(passes.exp_pass, (_assign("=", at, ir.Call(ir.Var("expf"), (ir.Binop("-", at, mc),))),
                                _assign("+=", lc, at))),
