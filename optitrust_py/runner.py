@@ -45,8 +45,8 @@ def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
     if session.program is None:
         return ScriptError(f"{script} never called load(): nothing to transform")
     if session.precision != "fp32" and not session.precision_read:
-        return ScriptError(f"{script} never reads precision(), so --precision {session.precision} would change "
-                           f"nothing: leave it out")
+        return ScriptError(f"{script} did not read precision() for --target {session.target}, so --precision "
+                           f"{session.precision} would change nothing: leave it out")
     return None
 
 

@@ -39,7 +39,7 @@ max and sum in registers, the online softmax of step 2 over key blocks of
 staged in shared memory and their scores formed along d; the last S % 64
 queries and other D run a thread per query from global memory.
 
-With `OTP_PRECISION=bf16` in the environment the CUDA ending uses tensor
+With `--target cuda --precision bf16` the CUDA ending uses tensor
 cores instead (flash_mma): key blocks of 64, the Q, K, V and P tiles in
 bfloat16 in shared memory (`matrix.set_precision(..., "otp_bf16")`, lossy,
 relative tolerance 8 x 2^-8 each), Q K^T and P V as warp tile products
@@ -51,12 +51,10 @@ restricted to its FlashAttention-2 backend, checking within 2e-2.
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
 flash kernel for the plain math path, about 6x slower here.
 """
-import os
-
-from optitrust_py.script import bench, load, target
+from optitrust_py.script import bench, load, precision, target
 from transformations import arith, flash, gpu, loop, matrix, parallel, variable, vector
 
-BF16 = target() == "cuda" and os.environ.get("OTP_PRECISION") == "bf16"
+BF16 = target() == "cuda" and precision() == "bf16"
 KEYS = 64 if BF16 else 16  # CUDA: keys per block of the online softmax
 SDPA = "torch.nn.functional.scaled_dot_product_attention"
 FLASH = "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)"

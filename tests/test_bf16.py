@@ -4,7 +4,6 @@ and attention.py's bf16 CUDA ending compiled by nvcc."""
 from __future__ import annotations
 
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -121,13 +120,12 @@ def test_otp_to_bf16_rounds_to_nearest_even_and_saturates(ck):
 
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed here (PATH, /usr/local/cuda/bin)")
 def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
-    """OTP_PRECISION=bf16: the Q, K, V and P tiles of both copies are
+    """--precision bf16: the Q, K, V and P tiles of both copies are
     otp_bf16 (__nv_bfloat16) in shared memory, padded, and Q K^T and P V are
     tensor-core calls by the lanes of two warps, accumulating in registers."""
-    env = {**os.environ, "OTP_PRECISION": "bf16"}
     r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/attention.py", "--target", "cuda",
-                        "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                       env=env)
+                        "--precision", "bf16", "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     cu = (tmp_path / "attention" / "final.cu").read_text()
     for tile in ("q64)[72]", "k64)[72]", "v64)[72]", "p64)[72]", "q128)[136]", "k128)[136]", "v128)[72]",

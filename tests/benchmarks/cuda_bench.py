@@ -7,14 +7,13 @@ For each case: `otp bench SCRIPT --target cuda --compare torch --json` at
 the case's sizes (nvcc build, outputs checked against the original C at the
 script's small sizes and against torch at the bench sizes, CUDA-event
 timing, median of the runs, torch in the same process on the same inputs,
-TF32 off); a case marked bf16 runs with OTP_PRECISION=bf16 (attention.py's
+TF32 off); a case marked bf16 runs with --precision bf16 (attention.py's
 bfloat16 tiles, against torch's FlashAttention-2 on bfloat16 inputs). Prints a table last; `--json` keeps every report, `--cu` the
 emitted kernels (otp run --target cuda)."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +38,8 @@ CASES = [
 
 
 def _otp(precision: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OTP_PRECISION": precision}
-    return subprocess.run([sys.executable, "-m", "optitrust_py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env)
+    return subprocess.run([sys.executable, "-m", "optitrust_py", *args, "--precision", precision], cwd=ROOT,
+                          capture_output=True, text=True)
 
 
 def main() -> int:
