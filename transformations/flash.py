@@ -12,7 +12,7 @@ from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_e
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.session import Rewrite, primitive
-from optitrust_py.target import Resolver
+from optitrust_py.target import Match, Resolver
 from optitrust_py.tree import Path, block_of, get, replace, splice, walk
 from optitrust_py.typeof import env_at, integer_range, type_of, typedefs_of
 from transformations.loop import (_check_bounds_stable, _escapes, _loop_amount, _refuse_annotated,
@@ -370,6 +370,18 @@ def _array_base(a: Optional[ir.Assign]) -> str:
     return base.name if isinstance(base, ir.Var) else "out"
 
 
+def _sized_loop(who: str, program: ir.Program, target: str, what: str, size: object) \
+        -> tuple[Resolver, Match, ir.For, str]:
+    """The target loop, with its name for messages, once `size` (a tile or
+    chunk size) is checked to be an integer above 1."""
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    loop: ir.For = m.node
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise TransformError(f"{who}: the {what} must be an integer above 1, got {size!r}", loop.loc)
+    return res, m, loop, f"for {loop.index} (line {m.line})"
+
+
 @primitive
 def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
     """Split the max, exp-sum, normalize and weighted-sum passes over a row
@@ -428,12 +440,7 @@ def split_softmax(program: ir.Program, target: str, chunk: int = 32) -> Rewrite:
     above 1.
     """
     who = "flash.split_softmax"
-    res = Resolver(program)
-    m = res.one(target, "loop", (ir.For,))
-    loop: ir.For = m.node
-    where = f"for {loop.index} (line {m.line})"
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2:
-        raise TransformError(f"{who}: the chunk size must be an integer above 1, got {chunk!r}", loop.loc)
+    res, m, loop, where = _sized_loop(who, program, target, "chunk size", chunk)
     passes = _find(who, loop.body, where)
     fn = program.items[m.path[0][1]]  # type: ignore[index]
     assert isinstance(fn, ir.FuncDef)
@@ -799,12 +806,7 @@ def split_tail(program: ir.Program, target: str, size: int) -> Rewrite:
     early, or when the loop has a contract; and when `size` is not an
     integer above 1.
     """
-    res = Resolver(program)
-    m = res.one(target, "loop", (ir.For,))
-    loop: ir.For = m.node
-    where = f"for {loop.index} (line {m.line})"
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise TransformError(f"flash.split_tail: the tile size must be an integer above 1, got {size!r}", loop.loc)
+    res, m, loop, where = _sized_loop("flash.split_tail", program, target, "tile size", size)
     _require_unit_step("flash.split_tail", "split", where, loop)
     if has_side_effects(loop.start) or has_side_effects(loop.stop):
         raise TransformError(f"flash.split_tail: the bounds of {where} have side effects", loop.loc)
