@@ -5,7 +5,6 @@ obligation passes only when it is proved; a refuted one says which accesses
 conflict and on what values, an unknown one says what was out of reach."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -98,17 +97,16 @@ def _race_key(after: ir.Program, ob: Obligation) -> tuple[Any, ...]:
     """What decides whether a mapped loop's iterations touch disjoint cells:
     the loop itself and what runs before it on the way down to it: the
     parameters, the statements before it in each enclosing block, the
-    headers of the enclosing loops and the conditions of the enclosing
-    branches. Statements after it, and other branches, do not change how
-    its iterations touch memory, so a step elsewhere in the function can
-    reuse an earlier proof."""
+    conditions of the enclosing branches, and each enclosing loop whole
+    (what follows the mapped loop in a loop's body runs before its next
+    instance). Statements after it outside any loop, and other branches,
+    do not change how its iterations touch memory, so a step in another
+    kernel can reuse an earlier proof."""
     node: Any = after
     key: list[Any] = [ob.function]
     for name, index in ob.paths[0]:
         if isinstance(node, ir.Block) and name == "stmts":
             key.append(node.stmts[:index])
-        elif isinstance(node, ir.For) and name == "body":
-            key.append(dataclasses.replace(node, body=ir.Block(())))
         elif isinstance(node, ir.If) and name in ("then", "other"):
             key.append((node.cond, name))
         elif isinstance(node, ir.FuncDef):

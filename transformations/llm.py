@@ -326,11 +326,10 @@ def group_heads(target: str, size: str, buffer: str, row: str, member: str = "r"
     session = current_session()
     res = Resolver(session.current())
     m = res.one(target, "loop over query heads", (ir.For,))
-    path = m.path
     (size_expr,) = _exprs("llm.group_heads", [size], "group size", m.node.loc)
-    _group_local("llm.group_heads", session.current(), res, path, m.node, size_expr)
+    _group_local("llm.group_heads", session.current(), res, m.path, m.node, size_expr)  # its own error first
     group_index(target, size, member)
-    group = _name(session.current(), path)
+    group = _name(session.current(), m.path)
     expand_buffer(f"{group} > for {member}", buffer, row)
     first = Resolver(session.current()).one(f"{group} > for {member}", "loop").path
     body: ir.Block = get(session.current(), first).body
