@@ -28,10 +28,12 @@ an opaque statement.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Sequence
 
 from . import ir
-from .cuda_map import MAX_THREADS, last_first, mapped_loops, mapping, sums, thread_extent, vector_cells
+from .cuda_map import (MAX_THREADS, last_first, mapped_loops, mapping, min_blocks, sums, thread_extent,
+                       vector_cells)
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .errors import OtpError
 from .intrinsics import TILE_PRODUCTS
@@ -276,11 +278,13 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     used = free_vars(top)
     extra = tuple(dataclasses.replace(d, init=None) for d in scalars if d.name in used)
     params = fn.params + extra
-    kernel = ir.FuncDef(ir.Decl(name, ir.FuncT(VOID, params), funcspec=("__global__",)), ir.Block(stmts), (),
-                        top.loc)
+    threads = [str(dims.get(a, 1)) for a in "xyz"]
+    wanted = [n for n in map(min_blocks, blocks) if n is not None]
+    bounds = tuple(f"__launch_bounds__({math.prod(dims.values())}, {n})" for n in wanted)
+    kernel = ir.FuncDef(ir.Decl(name, ir.FuncT(VOID, params), funcspec=("__global__",) + bounds),
+                        ir.Block(stmts), (), top.loc)
     grid = {mapping(lp)[1]: _count(lp) for lp in blocks}  # type: ignore[index]
     sizes = [expr_text(grid.get(a, ONE)) for a in "xyz"]
-    threads = [str(dims.get(a, 1)) for a in "xyz"]
     args = ", ".join(p.name or "" for p in params)
     shape = f"dim3({', '.join(sizes)}), dim3({', '.join(threads)})" + (f", {dynamic}" if dynamic else "")
     launch: tuple[ir.Stmt, ...] = (ir.Opaque(f"{name}<<<{shape}>>>({args});"),)

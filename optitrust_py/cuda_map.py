@@ -49,6 +49,25 @@ def last_first(loop: Any) -> bool:
     return isinstance(loop, ir.For) and LAST_FIRST in loop.pragmas
 
 
+_MIN_BLOCKS = ("otp", "gpu", "min_blocks")
+
+
+def min_blocks_mark(count: int) -> str:
+    """The pragma text of a block loop whose kernel nvcc must fit `count`
+    times on a multiprocessor (gpu.launch_bounds)."""
+    return " ".join(_MIN_BLOCKS + (str(count),))
+
+
+def min_blocks(loop: Any) -> Optional[int]:
+    """The blocks per multiprocessor gpu.launch_bounds asked of a block loop, else None."""
+    if isinstance(loop, ir.For):
+        for p in loop.pragmas:
+            words = p.split()
+            if tuple(words[:3]) == _MIN_BLOCKS and len(words) == 4 and words[3].isdigit():
+                return int(words[3])
+    return None
+
+
 def vector_mark(cells: int) -> str:
     """The pragma text of a copy loop the printer runs `cells` cells (16
     bytes) at a time, as `int4` loads and stores (gpu.vector_copy)."""

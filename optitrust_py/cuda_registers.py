@@ -12,7 +12,11 @@ the steps of the enclosing loops (`ri` in `bi, bi + 16, ...` makes
 must own exactly one dimension, the same in every access, so that two
 threads never share a cell; the per-thread array keeps that dimension's
 size / T cells, indexed by `(index - position) / T`, and every other
-dimension whole. An array whose cells' addresses are taken stays shared.
+dimension whole. A thread may also own runs of W neighbouring cells
+(gpu.thread_tile with `width`): the index divided by W is congruent to the
+position (`4 * j + 64 * rj + cj`, cj < 4, j a thread of 16), and the
+per-thread index is `(index - W * position) / (W * T) * W + (index - W * position) % W`
+(linear in the position, which nvcc cancels). An array whose cells' addresses are taken stays shared.
 """
 from __future__ import annotations
 
@@ -33,14 +37,14 @@ ZERO = ir.Const("0")
 class Register:
     """A block array kept per thread: its element type and, per dimension,
     the owning thread axis (None for a dimension each thread keeps whole),
-    the period and the size."""
+    the period, the width of the runs a thread owns, and the size."""
 
     elem: ir.CType
-    dims: tuple[tuple[Optional[str], int, int], ...]
+    dims: tuple[tuple[Optional[str], int, int, int], ...]
 
     def ctype(self) -> ir.CType:
         t = self.elem
-        for axis, period, size in reversed(self.dims):
+        for axis, period, _, size in reversed(self.dims):
             kept = size // period if axis else size
             if kept > 1:
                 t = ir.Array(t, ir.Const(str(kept)))
@@ -48,12 +52,22 @@ class Register:
 
     def access(self, indices: list[ir.Expr], positions: dict[str, ir.Expr], name: str) -> ir.Expr:
         out: ir.Expr = ir.Var(name)
-        for (axis, period, size), e in zip(self.dims, indices):
+        for (axis, period, width, size), e in zip(self.dims, indices):
             if axis is None:
                 out = ir.Index(out, e)
             elif size // period > 1:
-                out = ir.Index(out, ir.Binop("/", ir.Binop("-", e, positions[axis]), ir.Const(str(period))))
+                out = ir.Index(out, _per_thread(e, positions[axis], period, width))
         return out
+
+
+def _per_thread(e: ir.Expr, position: ir.Expr, period: int, width: int) -> ir.Expr:
+    """The per-thread index of cell `e` owned by the thread at `position`."""
+    if width == 1:
+        return ir.Binop("/", ir.Binop("-", e, position), ir.Const(str(period)))
+    w = ir.Const(str(width))
+    offset = ir.Binop("-", e, ir.Binop("*", w, position))
+    run = ir.Binop("/", offset, ir.Const(str(period * width)))
+    return ir.Binop("+", ir.Binop("*", run, w), ir.Binop("%", offset, w))
 
 
 def chain(e: ir.Index) -> tuple[ir.Expr, list[ir.Expr]]:
@@ -100,27 +114,37 @@ def _accesses(node: Any, name: str, rank: int, loops: tuple[ir.For, ...], phase:
 
 
 def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
-    """`var = start + step * n, n >= 0` for each loop of integer start and constant step."""
+    """`var = start + step * n, n >= 0` for each loop of integer start and
+    positive constant step, and `var < stop` (`<=` for an inclusive loop)."""
     out = []
     for lp in loops:
-        start, step = int_term(lp.start), int_term(lp.step)
-        if start is None or step is None or not z3.is_int_value(z3.simplify(step)):
+        start, step, stop = int_term(lp.start), int_term(lp.step), int_term(lp.stop)
+        if start is None or step is None or not z3.is_int_value(z3.simplify(step)) \
+                or z3.simplify(step).as_long() <= 0:
             continue
-        n = z3.Int(f"n_{lp.index}")
-        out += [z3.Int(lp.index) == start + step * n, n >= 0]
+        n, var = z3.Int(f"n_{lp.index}"), z3.Int(lp.index)
+        out += [var == start + step * n, n >= 0]
+        if stop is not None:
+            out.append(var <= stop if lp.inclusive else var < stop)
     return out
 
 
-def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[str]:
-    """The thread axis whose position `e` is congruent to, modulo the axis's period."""
+WIDTHS = (1, 2, 4, 8)
+"""The widths of the runs of cells a thread may own, tried in order."""
+
+
+def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[tuple[str, int]]:
+    """The thread axis, and the width of the runs, such that `e` divided by
+    the width is congruent to the axis's position modulo its period."""
     for lp in a.phase:
         axis = mapping(lp)[1]  # type: ignore[index]
         ext = thread_extent(lp)
         term, pos = int_term(e), int_term(thread_position(lp))
         if ext is None or ext != (periods.get(axis), True) or term is None or pos is None:
             continue
-        if proves((term - pos) % ext[0] == 0, _facts(a.loops)):
-            return axis
+        for width in WIDTHS:
+            if proves((term / width - pos) % ext[0] == 0, _facts(a.loops) + [term >= 0]):
+                return axis, width
     return None
 
 
@@ -147,16 +171,18 @@ def register_of(body: ir.Block, blocks: list[ir.For], decl: ir.Decl, periods: di
     if decl.init is not None or not found or len(found) != uses or any(not a.phase for a in found) \
             or _address_taken(body, name or ""):
         return None
-    owners = {tuple(_owner(a, e, periods) for e in a.indices) for a in found}
+    live = [a for a in found if not proves(z3.BoolVal(False), _facts(a.loops))]
+    owners = {tuple(_owner(a, e, periods) for e in a.indices) for a in live}
     if len(owners) != 1:
         return None
     owner = owners.pop()
-    used = [x for x in owner if x is not None]
+    used = [x[0] for x in owner if x is not None]
     if sorted(used) != sorted(a for a, n in periods.items() if n > 1) or len(set(used)) != len(used):
         return None
-    if any(x is not None and size % periods[x] for x, size in zip(owner, sizes)):
+    if any(x is not None and size % (periods[x[0]] * x[1]) for x, size in zip(owner, sizes)):
         return None
-    return Register(t, tuple((x, periods[x] if x else 1, size) for x, size in zip(owner, sizes)))
+    return Register(t, tuple((x[0], periods[x[0]], x[1], size) if x else (None, 1, 1, size)
+                             for x, size in zip(owner, sizes)))
 
 
 def to_registers(node: Any, registers: dict[str, Register], positions: dict[str, ir.Expr]) -> Any:

@@ -18,12 +18,15 @@ With `--target cuda` the script ends in four CUDA kernels instead (and runs
 --exec at sizes past one GPU tile): C is zeroed (a block per row and 256
 columns); the main part (rows and columns in multiples of 128, k of 64) has
 a block of 16 x 16 threads per 128 x 128 tile of C, each thread computing 8
-x 8 cells strided by 16 (gpu.thread_tile) kept in registers across the
-whole k loop, each 64-wide slice of A and B staged in shared memory by all
-the threads (copy in, barrier, 64 multiply-adds per k, k unrolled by 4 so
-that a thread's four A values of a row come in one 16-byte shared load,
-barrier); the
-remainder columns and rows are a thread per element.
+x 8 cells kept in registers across the whole k loop: 8 rows strided by 16
+and 2 runs of 4 neighbouring columns 64 apart (gpu.thread_tile, width 4),
+so that the B values of a run come in one 16-byte shared load; each
+64-wide slice of A and B is staged in shared memory by all the threads
+(copy in, barrier, 64 multiply-adds per k, k unrolled by 4 so that a
+thread's four A values of a row come in one 16-byte shared load too,
+barrier), and nvcc is asked to fit two blocks per multiprocessor
+(gpu.launch_bounds: 128 registers a thread); the remainder columns and
+rows are a thread per element.
 """
 from optitrust_py.script import bench, load, target
 from transformations import arith, gpu, loop, matrix, parallel, vector
@@ -73,15 +76,18 @@ if target() == "cuda":
     loop.reorder("matmul > for bj > for i#1", ["bk", "i", "j", "k"])
     gpu.map_blocks("matmul > for bi", "y")
     gpu.map_blocks("matmul > for bi > for bj", "x")
+    # two blocks per multiprocessor: nvcc keeps a thread within 128 registers
+    gpu.launch_bounds("matmul > for bi", 2)
     # 16 x 16 threads, each computing the 8 x 8 cells i + ri, j + rj of the
     # tile (ri, rj step by 16), k outside them: 8 + 8 loads, 64 FMAs per k
     gpu.thread_tile("matmul > for bk > for i", 16)
-    gpu.thread_tile("matmul > for bk > for ri > for j", 16)
+    gpu.thread_tile("matmul > for bk > for ri > for j", 16, width=4)
     loop.swap("matmul > for bk > for ri")
-    loop.reorder("matmul > for bk > for ri", ["k", "ri", "rj"])
+    loop.reorder("matmul > for bk > for ri", ["k", "ri", "rj", "cj"])
     # the tile of C in registers (each thread owns its 8 x 8 cells), the
     # slices of A and B in shared memory, each copied by all the threads
-    gpu.stage("matmul > for bj > for bk", "C", "acc", ["M", "N"], region=["bi:128", "bj:128"], threads=16)
+    gpu.stage("matmul > for bj > for bk", "C", "acc", ["M", "N"], region=["bi:128", "bj:128"], threads=16,
+              width=[1, 4])
     gpu.stage("matmul > for bk > for i", "A", "As", ["M", "K"], region=["bi:128", "bk:64"], threads=16)
     gpu.stage("matmul > for bk > for i", "B", "Bs", ["K", "N"], region=["bk:64", "bj:128"], threads=16)
     gpu.map_threads("matmul > for bk > for i", "y")

@@ -484,6 +484,68 @@ def test_thread_tile_gives_each_thread_a_register_tile(ck):
         assert compile_check(cu, "final.cu") == ()
 
 
+MM_TILES = textwrap.dedent("""
+    void mm(int M, int N, int K, const float *A, const float *B, float *C) {
+      for (int bi = 0; bi < M; bi += 64) {
+        for (int bj = 0; bj < N; bj += 64) {
+          for (int bk = 0; bk < K; bk++) {
+            for (int i = bi; i < bi + 64; i++) {
+              for (int j = bj; j < bj + 64; j++) {
+                C[i * N + j] += A[i * K + bk] * B[bk * N + j];
+              }
+            }
+          }
+        }
+      }
+    }""")
+
+
+def runs_of_four(ck: Any, copy_width: list[int]) -> tuple[ir.Program, ir.Program]:
+    """MM_TILES on 16 x 4 threads, each owning 4 rows (i + 16 ri) and 4 runs
+    of 4 neighbouring columns (4 j + 4 rj + cj, rj = 0, 4, 8, 12), C staged by copies whose
+    loops take runs of `copy_width`."""
+    src = ck.parse(MM_TILES, "mm.c")
+    p = steps(src, (gpu.map_blocks, "mm > for bi", "y"), (gpu.map_blocks, "mm > for bj", "x"),
+              (gpu.thread_tile, "mm > for bk > for i", 16),
+              (gpu.thread_tile, "mm > for bk > for ri > for j", 4, None, 4), (loop.swap, "mm > for bk > for ri"))
+    p = gpu.stage.apply(p, "mm > for bj > for bk", "C", "acc", ["M", "N"], None, ["bi:64", "bj:64"], [16, 4],
+                        copy_width).program
+    return src, steps(p, (gpu.map_threads, "mm > for bk > for i", "y"),
+                      (gpu.map_threads, "mm > for bk > for i > for j", "x"))
+
+
+def test_thread_tile_in_runs_keeps_the_tile_in_registers(ck):
+    """A thread of 16 x 4 owns rows i + ri and runs of 4 neighbouring columns
+    (16-byte loads of a row): the printer keeps its 4 x 16 cells in
+    registers when the copies of C give each thread the same runs, and
+    leaves the tile shared when they do not."""
+    src, p = runs_of_four(ck, [1, 4])
+    ck.same_outputs(src, p, "mm", matmul_args(ck, 128, 64, 3))
+    assert "for (int cj = 0; cj < 4; cj++) {" in ck.function_text(p, "mm")
+    cu = to_cuda(p)
+    assert "  float acc[4][16];\n" in cu and "__shared__" not in cu and "dim3(4, 16, 1)" in cu
+    assert "acc[(i + ri - bi - i) / 16][(cj + 4 * j + 4 * rj - 4 * j) / 16 * 4 + (cj + 4 * j + 4 * rj - 4 * j) % 4]" \
+        in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+    src, shared = runs_of_four(ck, [1, 1])
+    ck.same_outputs(src, shared, "mm", matmul_args(ck, 128, 64, 3))
+    assert "__shared__ __align__(16) float acc[64][64];" in to_cuda(shared)
+    assert "width must be a positive integer" in refusal(gpu.thread_tile.apply, src, "mm > for bk > for i", 16, None, 0)
+
+
+def test_launch_bounds_asks_nvcc_for_blocks_per_multiprocessor(ck):
+    p = gpu.launch_bounds.apply(rows_in_blocks(ck), "matmul > for i", 3).program
+    assert "#pragma otp gpu min_blocks 3\n" in ck.function_text(p, "matmul")
+    cu = to_cuda(p)
+    assert "__global__ __launch_bounds__(256, 3) void matmul_kernel1(" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+    assert "not mapped to blocks" in refusal(gpu.launch_bounds.apply, p, "matmul > for j", 2)
+    assert "already asks for 3 blocks" in refusal(gpu.launch_bounds.apply, p, "matmul > for i", 2)
+    assert "positive integer" in refusal(gpu.launch_bounds.apply, rows_in_blocks(ck), "matmul > for i", 0)
+
+
 def test_three_block_axes_make_a_3d_grid(ck):
     """Heads on z, query tiles on y, 64-wide column tiles on x: no flattening."""
     src = ck.parse(textwrap.dedent("""

@@ -23,8 +23,8 @@ from typing import Any, Optional, Sequence
 import z3
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, thread_extent,
-                                   vector_mark)
+from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, min_blocks,
+                                   min_blocks_mark, thread_extent, vector_mark)
 from optitrust_py.errors import TransformError
 from optitrust_py.intrinsics import memory_args
 from optitrust_py.obligation import Obligation
@@ -167,6 +167,44 @@ def last_first(program: ir.Program, target: str) -> Rewrite:
 
 
 @primitive
+def launch_bounds(program: ir.Program, target: str, blocks: int) -> Rewrite:
+    """Ask nvcc to fit `blocks` blocks of a kernel on each multiprocessor:
+    it then keeps a thread's registers within 65536 / (blocks x threads),
+    trading a few spills for blocks that hide each other's latency (H100,
+    matmul.py's SGEMM: 151 registers, one block of 256 threads per
+    multiprocessor, 4.20 ms; capped at 128 for two, 3.68 ms).
+
+    Before (`gpu.launch_bounds("matmul > for bi", 2)`):
+
+        #pragma otp gpu block y
+        for (int bi = 0; bi < M - M % 128; bi += 128) { ... }
+
+    After (no obligation: the C program is unchanged; the kernel becomes
+    `__global__ __launch_bounds__(256, 2) void matmul_kernel2(...)`):
+
+        #pragma otp gpu block y
+        #pragma otp gpu min_blocks 2
+        for (int bi = 0; bi < M - M % 128; bi += 128) { ... }
+
+    Refused: a loop that is not mapped to blocks or already has a count, a
+    count that is not a positive integer.
+    """
+    res = Resolver(program)
+    m: Match = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if mapping(loop) is None or mapping(loop)[0] != "block":  # type: ignore[index]
+        raise TransformError(f"gpu.launch_bounds: {where} is not mapped to blocks (gpu.map_blocks first)", loop.loc)
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise TransformError(f"gpu.launch_bounds: blocks must be a positive integer, got {blocks!r}", loop.loc)
+    if min_blocks(loop) is not None:
+        raise TransformError(f"gpu.launch_bounds: {where} already asks for {min_blocks(loop)} blocks per "
+                             f"multiprocessor", loop.loc)
+    marked = dataclasses.replace(loop, pragmas=loop.pragmas + (min_blocks_mark(blocks),))
+    return Rewrite(replace(program, m.path, marked), ())
+
+
+@primitive
 def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
     """Run the iterations of a loop inside a block loop as the block's threads along `axis`.
 
@@ -197,7 +235,7 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 @composite
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
           axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None,
-          threads: "int | Sequence[int]" = 0) -> None:
+          threads: "int | Sequence[int]" = 0, width: "int | Sequence[int]" = 1) -> None:
     """Stage the tile of `array` that a loop touches in a block array (shared
     memory, or registers when each thread owns its cells), copied in (and
     back, if the loop writes it) by the block's threads.
@@ -233,7 +271,11 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     longer than that many iterations is first cut by gpu.thread_tile, so
     that each thread copies several cells (a list gives each copy loop its
     own count, outermost first, as `axes`: `[4, 16]` copies a 16 x 128 tile
-    with 4 x 16 threads). The obligations are those of the steps it makes.
+    with 4 x 16 threads); `width` (one for all, or a list as `threads`) is
+    gpu.thread_tile's: each thread copies runs of that many neighbouring
+    cells, as the loop that uses the tile reads them (a register tile's
+    copies must give each thread the cells its uses own). The obligations
+    are those of the steps it makes.
     """
     before = current_session().current()
     matrix.local_buffer(target, array, name, shape, region)
@@ -251,17 +293,24 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
         indices = [lp.index for lp in nest]
-        counts = [threads] * len(nest) if isinstance(threads, int) else list(threads)
-        if len(counts) != len(nest):
-            raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
-                                 f"{len(counts)} thread counts were given ({counts})", m.node.loc)
+        counts, widths = (_per_loop(array, len(nest), given, what, m.node.loc)
+                          for given, what in ((threads, "thread counts"), (width, "widths")))
         if any(counts):
-            _tile_copy(m.function, _target_at(program, m.function, path, 0), indices, counts)
+            _tile_copy(m.function, _target_at(program, m.function, path, 0), indices, counts, widths)
         order = _mapped_first(m.function, path, list(zip(indices, chosen)))
         top = _target_at(current_session().current(), m.function, path, 0)
         for depth, (_, axis) in enumerate(order):
             if axis is not None:
                 map_threads(top + "".join(f" > for {i}" for i, _ in order[1:depth + 1]), axis)
+
+
+def _per_loop(array: str, loops: int, given: "int | Sequence[int]", what: str, loc: Optional[ir.Loc]) -> list[int]:
+    """gpu.stage's `threads` or `width`, one per copy loop."""
+    out = [given] * loops if isinstance(given, int) else list(given)
+    if len(out) != loops:
+        raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {loops} loops but {len(out)} {what} "
+                             f"were given ({out})", loc)
+    return out
 
 
 def _mapped_first(function: str, path: Path, order: list[tuple[str, Optional[str]]]) \
@@ -276,19 +325,19 @@ def _mapped_first(function: str, path: Path, order: list[tuple[str, Optional[str
         order[k], order[k + 1] = order[k + 1], order[k]
 
 
-def _tile_copy(function: str, top: str, indices: list[str], threads: list[int]) -> None:
+def _tile_copy(function: str, top: str, indices: list[str], threads: list[int], widths: list[int]) -> None:
     """Cut each loop of a copy nest longer than its count of `threads` (0:
-    none) into threads x repeats, and sink the repeat loops under the
-    thread loops."""
+    none) into threads x repeats (of runs of its `widths`), and sink the
+    repeat loops under the thread loops."""
     program = current_session().current()
     nest = _perfect(program, Resolver(program).one(top, "loop", (ir.For,)).path)
     repeats: list[str] = []
-    for depth, (lp, count) in enumerate(zip(nest, threads)):
+    for depth, (lp, count, width) in enumerate(zip(nest, threads, widths)):
         extent = thread_extent(lp)
         if count and extent is not None and extent[1] and extent[0] > count:
             inner = top + "".join(f" > for {i}" for i in indices[1:depth + 1])
             repeats.append(thread_tile_name(inner))
-            thread_tile(inner, count)
+            thread_tile(inner, count, repeats[-1], width)
     for r in repeats:
         _sink(function, r, indices)
 
@@ -304,21 +353,23 @@ def _sink(function: str, repeat: str, indices: list[str]) -> None:
         loops.swap(f"{function} > for {repeat}")
 
 
-def thread_tile_name(target: str) -> str:
-    """The name gpu.thread_tile gives the repeat loop of the loop at `target`."""
+def thread_tile_name(target: str, prefix: str = "r") -> str:
+    """The name gpu.thread_tile gives the repeat loop (`prefix` "r") or the
+    run loop ("c") of the loop at `target`."""
     program = current_session().current()
     res = Resolver(program)
     m = res.one(target, "loop", (ir.For,))
-    return _fresh_local("gpu.thread_tile", "repeat index", None, "r" + m.node.index, program, m.path, m.function,
+    role = "repeat index" if prefix == "r" else "run index"
+    return _fresh_local("gpu.thread_tile", role, None, prefix + m.node.index, program, m.path, m.function,
                         m.node.loc)
 
 
 @composite
-def thread_tile(target: str, threads: int, repeat: Optional[str] = None) -> None:
-    """Cut a loop of constant extent E (a multiple of `threads`) into `threads`
-    iterations, each running E / threads strided iterations: thread t takes
-    t, t + threads, t + 2 * threads, ... (neighbouring threads, neighbouring
-    cells).
+def thread_tile(target: str, threads: int, repeat: Optional[str] = None, width: int = 1) -> None:
+    """Cut a loop of constant extent E (a multiple of `threads` x `width`)
+    into `threads` iterations, each running E / threads strided iterations:
+    thread t takes t, t + threads, t + 2 * threads, ... (neighbouring
+    threads, neighbouring cells).
 
     Before (`gpu.thread_tile("matmul > for bk > for i", 16)`):
 
@@ -338,9 +389,34 @@ def thread_tile(target: str, threads: int, repeat: Optional[str] = None) -> None
     in each thread (an accumulator indexed by `i + ri - bi` is owned by thread
     `i`: the CUDA printer keeps it in registers). The inner index is
     `repeat`, by default `r<index>` made fresh.
+
+    With `width` W > 1 a thread takes runs of W neighbouring iterations
+    instead (`gpu.thread_tile("matmul > for ri > for j", 16, width=4)`: the
+    4 columns of a run are one 16-byte load of a row; loop.tile, loop.shift,
+    loop.normalize first):
+
+        for (int j = 0; j < 16; j++) {
+          for (int rj = 0; rj < 32; rj += 16) {
+            for (int cj = 0; cj < 4; cj++) {
+              body(cj + bj + (j + rj) * 4);
+            }
+          }
+        }
+
+    The run index is `c<index>` made fresh.
     """
     program = current_session().current()
     m = Resolver(program).one(target, "loop", (ir.For,))
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise TransformError(f"gpu.thread_tile: width must be a positive integer, got {width!r}", m.node.loc)
+    if width > 1:
+        run = thread_tile_name(target, "c")
+        runs = _fresh_local("gpu.thread_tile", "run loop index", None, "q" + m.node.index, program, m.path,
+                            m.function, m.node.loc)
+        loops.tile(target, width, runs)
+        loops.shift(f"{m.function} > for {runs} > for {m.node.index}", f"-{runs}", run)
+        loops.normalize(f"{m.function} > for {runs}", m.node.index)
+        target = _target_at(current_session().current(), m.function, m.path, 0)
     repeat = repeat or thread_tile_name(target)
     loops.tile(target, threads, repeat)
     inner = f"{m.function} > for {repeat} > for {m.node.index}"
