@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from .errors import CheckFailed, OtpError, ScriptError, ToolError
+from .errors import CheckFailed, OtpError, ScriptError, ToolError, UsageError
 from .frontend import parse_file
 from .outputs import CodeCache, write_run
 from .printer import to_c
@@ -206,6 +206,8 @@ def _run_and_report(session: Session, body: Callable[[], Optional[OtpError]], na
 
     console = _console(no_color)
     error = body()
+    if isinstance(error, UsageError):
+        raise error
     code = CodeCache()
     source = None
     if session.steps:

@@ -42,6 +42,11 @@ class ScriptError(OtpError):
     """A transformation script that cannot be loaded or that raised."""
 
 
+class UsageError(ScriptError):
+    """A command-line option that the script, once run, turns out to make
+    meaningless: the command writes nothing (its output would mislead)."""
+
+
 class ToolError(OtpError):
     """An external tool (gcc) is missing or failed in a way that is not the user's code."""
 

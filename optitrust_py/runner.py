@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from .errors import OtpError, ScriptError
+from .errors import OtpError, ScriptError, UsageError
 from .ir import Loc
 from .session import Session, StopScript
 
@@ -45,7 +45,7 @@ def run_script(session: Session, script: str | Path) -> Optional[OtpError]:
     if session.program is None:
         return ScriptError(f"{script} never called load(): nothing to transform")
     if session.precision != "fp32" and not session.precision_read:
-        return ScriptError(f"{script} did not read precision() for --target {session.target}, so --precision "
+        return UsageError(f"{script} did not read precision() for --target {session.target}, so --precision "
                            f"{session.precision} would change nothing: leave it out")
     return None
 
