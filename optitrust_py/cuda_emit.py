@@ -702,7 +702,12 @@ class _BlockEmitter:
                    if not thread_extent(lp)[1]]  # type: ignore[index]
         body = (ir.If(_all(bounded), inner),) if bounded else inner.stmts
         used = free_vars(body)
-        indices = tuple(d for d, lp in zip(_index_decls(nest, "threadIdx"), nest) if lp.index in used)
+        kept: list[ir.Stmt] = []
+        for d, lp in reversed(list(zip(_index_decls(nest, "threadIdx"), nest))):
+            if lp.index in used:  # an inner thread loop may start at an outer one's index
+                kept.insert(0, d)
+                used |= free_vars(d)
+        indices = tuple(kept)
         block = ir.Block(indices + body, top.loc)
         guards = [ir.Binop("<", ir.Cast(ir.INT, ir.Member(ir.Var("threadIdx"), a, False)),
                             ir.Const(str(extents.get(a, 1))))

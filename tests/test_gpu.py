@@ -570,6 +570,27 @@ def test_three_block_axes_make_a_3d_grid(ck):
         assert compile_check(cu, "final.cu") == ()
 
 
+def test_a_thread_loop_may_start_at_an_outer_thread_index(ck):
+    """64 rows as 4 x 16 threads: the x loop starts at `16 * iy`, so the
+    printer declares iy (threadIdx.y) though the body never names it."""
+    src = ck.parse(textwrap.dedent("""
+        void rows(int N, const float *x, float *y) {
+          for (int b = 0; b < N; b += 64) {
+            for (int i = b; i < b + 64; i++) {
+              y[i] = 2.0f * x[i];
+            }
+          }
+        }"""), "rows.c")
+    p = steps(src, (loop.tile, "rows > for i", 16, "iy"), (loop.normalize, "rows > for iy"),
+              (gpu.map_blocks, "rows > for b", "x"), (gpu.map_threads, "rows > for iy", "y"),
+              (gpu.map_threads, "rows > for iy > for i", "x"))
+    ck.same_outputs(src, p, "rows", [128, ck.floats(128), ck.floats(128)])
+    cu = to_cuda(p)
+    assert "    int iy = (int)threadIdx.y;\n    int i = b + iy * 16 + (int)threadIdx.x;\n" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+
+
 # ----------------------------------------------------------------- split reductions, scratch, one thread, padding
 
 
