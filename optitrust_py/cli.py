@@ -154,6 +154,7 @@ def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[st
 @click.option("--spec", help="Contract file (default: specs/<stem>.spec beside the C file's folder).")
 @click.option("--level", type=int, default=1, show_default=True)
 @click.option("--exec", "run_exec", is_flag=True)
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--size", "sizes")
 @click.option("--out", "out_dir", default="out", show_default=True)
 @click.option("--quiet", is_flag=True)
@@ -161,14 +162,16 @@ def run(script: str, level: int, run_exec: bool, target: str, sizes: Optional[st
 @_solver_option
 @_debug_option
 def apply(c_file: str, transformations: tuple[str, ...], spec: Optional[str], level: int, run_exec: bool,
-          sizes: Optional[str], out_dir: str, quiet: bool, no_color: bool) -> None:
+          target: str, sizes: Optional[str], out_dir: str, quiet: bool, no_color: bool) -> None:
     """Apply transformations given on the command line, e.g.
-    otp apply c_sources/matmul.c "loop.tile('matmul > for i', 32)"."""
+    otp apply c_sources/matmul.c "loop.tile('matmul > for i', 32)"
+    (with --target cuda, the gpu steps' result is also written as final.cu)."""
     from .registry import find
 
     _check_level(level)
+    _check_target(target)
     calls = [_parse_call(t) for t in transformations]
-    session = Session(Path.cwd(), "cpu", None, parse_sizes(sizes))
+    session = Session(Path.cwd(), target, None, parse_sizes(sizes))
 
     def body() -> Optional[OtpError]:
         with session:

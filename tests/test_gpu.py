@@ -302,6 +302,18 @@ def test_run_writes_final_cu(tmp_path):
     assert "#pragma otp" in (tmp_path / "softmax" / "final.c").read_text()
 
 
+@needs_nvcc
+def test_apply_takes_gpu_steps_and_writes_final_cu(tmp_path):
+    r = otp("apply", "c_sources/matmul.c", "loop.tile('matmul > for j', 256, 'bj', 'guard')",
+            "gpu.map_blocks('matmul > for i', 'y')", "gpu.map_blocks('matmul > for bj', 'x')",
+            "gpu.map_threads('matmul > for j', 'x')", "gpu.launch_bounds('matmul > for i', 2)", "--target", "cuda",
+            "--level", "2", "--exec", "--size", "M=3,N=300,K=4", "--quiet", "--no-color", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 refuted, 0 unknown; 0 resource problems" in r.stdout
+    cu = (tmp_path / "matmul" / "final.cu").read_text()
+    assert "__global__ __launch_bounds__(256, 2) void matmul_kernel1(" in cu
+
+
 def test_bench_without_gpu_is_refused_cleanly():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
