@@ -544,6 +544,8 @@ def test_thread_tile_in_runs_keeps_the_tile_in_registers(ck):
     ck.same_outputs(src, shared, "mm", matmul_args(ck, 128, 64, 3))
     assert "__shared__ __align__(16) float acc[64][64];" in to_cuda(shared)
     assert "width must be a positive integer" in refusal(gpu.thread_tile.apply, src, "mm > for bk > for i", 16, None, 0)
+    assert "runs 64 iterations, not a multiple of 16 threads x 3" in \
+        refusal(gpu.thread_tile.apply, src, "mm > for bk > for i", 16, None, 3)
 
 
 def test_launch_bounds_asks_nvcc_for_blocks_per_multiprocessor(ck):

@@ -407,8 +407,13 @@ def thread_tile(target: str, threads: int, repeat: Optional[str] = None, width: 
     """
     program = current_session().current()
     m = Resolver(program).one(target, "loop", (ir.For,))
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise TransformError(f"gpu.thread_tile: width must be a positive integer, got {width!r}", m.node.loc)
+    for value, what in ((threads, "threads"), (width, "width")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TransformError(f"gpu.thread_tile: {what} must be a positive integer, got {value!r}", m.node.loc)
+    extent = constant_extent(m.node)
+    if extent is not None and extent % (threads * width):
+        raise TransformError(f"gpu.thread_tile: for {m.node.index} runs {extent} iterations, not a multiple of "
+                             f"{threads} threads x {width}", m.node.loc)
     if width > 1:
         run = thread_tile_name(target, "c")
         runs = _fresh_local("gpu.thread_tile", "run loop index", None, "q" + m.node.index, program, m.path,
