@@ -467,35 +467,6 @@ def test_a_min_tile_maps_to_guarded_threads(ck):
     assert "dim3(64, 1, 1)" in cu
 
 
-def test_thread_tile_gives_each_thread_a_register_tile(ck):
-    """64 x 64 tiles, 16 x 16 threads: each thread owns the 4 x 4 cells i + ri, j + rj (ri, rj step 16)."""
-    src = ck.parse(textwrap.dedent("""
-        void mm(int M, int N, int K, const float *A, const float *B, float *C) {
-          for (int bi = 0; bi < M; bi += 64) {
-            for (int bj = 0; bj < N; bj += 64) {
-              for (int bk = 0; bk < K; bk++) {
-                for (int i = bi; i < bi + 64; i++) {
-                  for (int j = bj; j < bj + 64; j++) {
-                    C[i * N + j] += A[i * K + bk] * B[bk * N + j];
-                  }
-                }
-              }
-            }
-          }
-        }"""), "mm.c")
-    p = steps(src, (gpu.map_blocks, "mm > for bi", "y"), (gpu.map_blocks, "mm > for bj", "x"),
-              (gpu.thread_tile, "mm > for bk > for i", 16), (gpu.thread_tile, "mm > for bk > for ri > for j", 16),
-              (loop.swap, "mm > for bk > for ri"))
-    p = gpu.stage.apply(p, "mm > for bj > for bk", "C", "acc", ["M", "N"], None, ["bi:64", "bj:64"], 16).program
-    p = steps(p, (gpu.map_threads, "mm > for bk > for i", "y"), (gpu.map_threads, "mm > for bk > for i > for j", "x"))
-    ck.same_outputs(src, p, "mm", matmul_args(ck, 128, 64, 3))
-    cu = to_cuda(p)
-    assert "  float acc[4][4];\n" in cu and "__shared__" not in cu
-    assert "acc[(i + ri - bi - i) / 16][(j + rj - bj - j) / 16] += A[" in cu
-    if find_nvcc() is not None:
-        assert compile_check(cu, "final.cu") == ()
-
-
 MM_TILES = textwrap.dedent("""
     void mm(int M, int N, int K, const float *A, const float *B, float *C) {
       for (int bi = 0; bi < M; bi += 64) {
@@ -512,10 +483,26 @@ MM_TILES = textwrap.dedent("""
     }""")
 
 
+def test_thread_tile_gives_each_thread_a_register_tile(ck):
+    """64 x 64 tiles, 16 x 16 threads: each thread owns the 4 x 4 cells i + ri, j + rj (ri, rj step 16)."""
+    src = ck.parse(MM_TILES, "mm.c")
+    p = steps(src, (gpu.map_blocks, "mm > for bi", "y"), (gpu.map_blocks, "mm > for bj", "x"),
+              (gpu.thread_tile, "mm > for bk > for i", 16), (gpu.thread_tile, "mm > for bk > for ri > for j", 16),
+              (loop.swap, "mm > for bk > for ri"))
+    p = gpu.stage.apply(p, "mm > for bj > for bk", "C", "acc", ["M", "N"], None, ["bi:64", "bj:64"], 16).program
+    p = steps(p, (gpu.map_threads, "mm > for bk > for i", "y"), (gpu.map_threads, "mm > for bk > for i > for j", "x"))
+    ck.same_outputs(src, p, "mm", matmul_args(ck, 128, 64, 3))
+    cu = to_cuda(p)
+    assert "  float acc[4][4];\n" in cu and "__shared__" not in cu
+    assert "acc[(i + ri - bi - i) / 16][(j + rj - bj - j) / 16] += A[" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()
+
+
 def runs_of_four(ck: Any, copy_width: list[int]) -> tuple[ir.Program, ir.Program]:
-    """MM_TILES on 16 x 4 threads, each owning 4 rows (i + 16 ri) and 4 runs
-    of 4 neighbouring columns (4 j + 4 rj + cj, rj = 0, 4, 8, 12), C staged by copies whose
-    loops take runs of `copy_width`."""
+    """MM_TILES on 16 x 4 threads, each owning 4 rows (i + 16 ri) and 4
+    runs of 4 neighbouring columns (4 j + 4 rj + cj, rj = 0, 4, 8, 12), C
+    staged by copies whose loops take runs of `copy_width`."""
     src = ck.parse(MM_TILES, "mm.c")
     p = steps(src, (gpu.map_blocks, "mm > for bi", "y"), (gpu.map_blocks, "mm > for bj", "x"),
               (gpu.thread_tile, "mm > for bk > for i", 16),

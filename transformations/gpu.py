@@ -132,6 +132,17 @@ def map_blocks(program: ir.Program, target: str, axis: str = "x", sums: Sequence
     return _map(program, target, "block", axis, sums)
 
 
+def _block_loop(who: str, program: ir.Program, target: str) -> tuple[Match, ir.For, str]:
+    """The loop at `target`, which must be mapped to blocks; its match and where it is."""
+    res = Resolver(program)
+    m: Match = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    if mapping(loop) is None or mapping(loop)[0] != "block":  # type: ignore[index]
+        raise TransformError(f"{who}: {where} is not mapped to blocks (gpu.map_blocks first)", loop.loc)
+    return m, loop, where
+
+
 @primitive
 def last_first(program: ir.Program, target: str) -> Rewrite:
     """Launch the blocks of a block loop from its last iteration to its
@@ -155,12 +166,7 @@ def last_first(program: ir.Program, target: str) -> Rewrite:
     program runs as before. Refused: a loop that is not mapped to blocks,
     or already marked.
     """
-    res = Resolver(program)
-    m: Match = res.one(target, "canonical for loop", (ir.For,))
-    loop: ir.For = m.node
-    where = _where(res, m.path, loop)
-    if mapping(loop) is None or mapping(loop)[0] != "block":  # type: ignore[index]
-        raise TransformError(f"gpu.last_first: {where} is not mapped to blocks (gpu.map_blocks first)", loop.loc)
+    m, loop, where = _block_loop("gpu.last_first", program, target)
     if LAST_FIRST in loop.pragmas:
         raise TransformError(f"gpu.last_first: {where} already launches its last block first", loop.loc)
     return Rewrite(replace(program, m.path, dataclasses.replace(loop, pragmas=loop.pragmas + (LAST_FIRST,))), ())
@@ -189,12 +195,7 @@ def launch_bounds(program: ir.Program, target: str, blocks: int) -> Rewrite:
     Refused: a loop that is not mapped to blocks or already has a count, a
     count that is not a positive integer.
     """
-    res = Resolver(program)
-    m: Match = res.one(target, "canonical for loop", (ir.For,))
-    loop: ir.For = m.node
-    where = _where(res, m.path, loop)
-    if mapping(loop) is None or mapping(loop)[0] != "block":  # type: ignore[index]
-        raise TransformError(f"gpu.launch_bounds: {where} is not mapped to blocks (gpu.map_blocks first)", loop.loc)
+    m, loop, where = _block_loop("gpu.launch_bounds", program, target)
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
         raise TransformError(f"gpu.launch_bounds: blocks must be a positive integer, got {blocks!r}", loop.loc)
     if min_blocks(loop) is not None:
