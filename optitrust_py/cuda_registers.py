@@ -14,9 +14,11 @@ threads never share a cell; the per-thread array keeps that dimension's
 size / T cells, indexed by `(index - position) / T`, and every other
 dimension whole. A thread may also own runs of W neighbouring cells
 (gpu.thread_tile with `width`): the index divided by W is congruent to the
-position (`4 * j + 64 * rj + cj`, cj < 4, j a thread of 16), and the
-per-thread index is `(index - W * position) / (W * T) * W + (index - W * position) % W`
-(linear in the position, which nvcc cancels). An array whose cells' addresses are taken stays shared.
+position (`4 * j + 64 * rj + cj`, cj < 4, j a thread of 16), and with
+`o = index - W * position` (linear in the position, which nvcc cancels)
+the per-thread index is `o / (W * T) * W + o % W`. Accesses in loops that
+run no iteration (`for (k = b; k < b; k++)`, a remainder loop) do not
+count. An array whose cells' addresses are taken stays shared.
 """
 from __future__ import annotations
 
@@ -114,8 +116,8 @@ def _accesses(node: Any, name: str, rank: int, loops: tuple[ir.For, ...], phase:
 
 
 def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
-    """`var = start + step * n, n >= 0` for each loop of integer start and
-    positive constant step, and `var < stop` (`<=` for an inclusive loop)."""
+    """`var = start + step * n, n >= 0` and `var < stop` for each loop of
+    integer start and positive constant step (`stop` is exclusive)."""
     out = []
     for lp in loops:
         start, step, stop = int_term(lp.start), int_term(lp.step), int_term(lp.stop)
@@ -125,7 +127,7 @@ def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
         n, var = z3.Int(f"n_{lp.index}"), z3.Int(lp.index)
         out += [var == start + step * n, n >= 0]
         if stop is not None:
-            out.append(var <= stop if lp.inclusive else var < stop)
+            out.append(var < stop)
     return out
 
 
