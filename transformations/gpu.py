@@ -392,9 +392,9 @@ def thread_tile(target: str, threads: int, repeat: Optional[str] = None, width: 
     `repeat`, by default `r<index>` made fresh.
 
     With `width` W > 1 a thread takes runs of W neighbouring iterations
-    instead (`gpu.thread_tile("matmul > for ri > for j", 16, width=4)`: the
-    4 columns of a run are one 16-byte load of a row; loop.tile, loop.shift,
-    loop.normalize first):
+    instead (`gpu.thread_tile("matmul > for bk > for ri > for j", 16,
+    width=4)`: the 4 columns of a run are one 16-byte load of a row;
+    loop.tile, loop.shift, loop.normalize first):
 
         for (int j = 0; j < 16; j++) {
           for (int rj = 0; rj < 32; rj += 16) {
