@@ -26,10 +26,12 @@ so that the B values of a run come in one 16-byte shared load; each
 thread's A values of a row come four at a time in 16-byte shared loads
 too, and nvcc can schedule 8 steps of k together, barrier), and nvcc is asked to fit two blocks per multiprocessor
 (gpu.launch_bounds: 128 registers a thread); the remainder columns and
-rows are a thread per element.
+rows are a thread per element, its sum in a register (as is the k
+remainder of the main tiles): C is read and written once, not at every k
+(1000³ on the H100: 0.68 -> 0.28 ms).
 """
 from optitrust_py.script import bench, load, target
-from transformations import arith, gpu, loop, matrix, parallel, vector
+from transformations import arith, gpu, loop, matrix, parallel, variable, vector
 
 load("../c_sources/matmul.c", sizes={"M": 21, "N": 141, "K": 300} if target() == "cpu" else
      {"M": 140, "N": 141, "K": 80})  # past one 128 x 128 tile, with remainders
@@ -51,6 +53,9 @@ def thread_per_element(rows: str, br: str, bc: str) -> None:
     gpu.map_blocks(f"matmul > for {br} > for {bc}", "x")
     gpu.map_threads(f"matmul > for {bc} > for i", "y")
     gpu.map_threads(f"matmul > for {bc} > for i > for j", "x")
+    # the element's sum in a register: C, which might alias A or B as far as
+    # nvcc knows, is read and written once instead of at every k
+    variable.local_accumulator(f"matmul > for {bc} > for i > for j > for k", "C[i * N + j]")
 
 
 if target() == "cuda":
@@ -108,6 +113,7 @@ if target() == "cuda":
     loop.swap("matmul > for bj > for si")
     gpu.map_threads("matmul > for bj > for i#2", "y")
     gpu.map_threads("matmul > for bj > for i#2 > for j", "x")
+    variable.local_accumulator("matmul > for bj > for i#2 > for j > for sj > for k", "C[(i + si) * N + j + sj]")
 
     # the remainder columns of the main rows, then the remainder rows
     thread_per_element("matmul > for i#4", "br", "bc")
