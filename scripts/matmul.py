@@ -24,8 +24,9 @@ so that the B values of a run come in one 16-byte shared load; each
 64-wide slice of A and B is staged in shared memory by all the threads
 (copy in, barrier, 64 multiply-adds per k, k unrolled by 8 so that a
 thread's A values of a row come four at a time in 16-byte shared loads
-too, and nvcc can schedule 8 steps of k together, barrier), and nvcc is asked to fit two blocks per multiprocessor
-(gpu.launch_bounds: 128 registers a thread); the remainder columns and
+too, and nvcc can schedule 8 steps of k together, barrier), and nvcc is
+asked to fit two blocks per multiprocessor (gpu.launch_bounds: 128
+registers a thread); the remainder columns and
 rows are a thread per element, its sum in a register (as is the k
 remainder of the main tiles): C is read and written once, not at every k
 (1000³ on the H100: 0.68 -> 0.28 ms).
@@ -83,8 +84,9 @@ if target() == "cuda":
     gpu.map_blocks("matmul > for bi > for bj", "x")
     # two blocks per multiprocessor: nvcc keeps a thread within 128 registers
     gpu.launch_bounds("matmul > for bi", 2)
-    # 16 x 16 threads, each computing the 8 x 8 cells i + ri, j + rj of the
-    # tile (ri, rj step by 16), k outside them: 8 + 8 loads, 64 FMAs per k
+    # 16 x 16 threads, each computing 8 x 8 cells of the tile: rows i + ri
+    # (ri step by 16) by two runs of 4 columns, 4 j + 4 rj + cj (rj: 0, 16),
+    # k outside them: 8 loads of A, 2 16-byte loads of B, 64 FMAs per k
     gpu.thread_tile("matmul > for bk > for i", 16)
     gpu.thread_tile("matmul > for bk > for ri > for j", 16, width=4)
     loop.swap("matmul > for bk > for ri")
@@ -99,8 +101,8 @@ if target() == "cuda":
     gpu.map_threads("matmul > for bk > for i > for j", "x")
     # k unrolled by 8: the A values of a row that a thread reads are
     # neighbours, and nvcc loads them four at a time (16-byte shared loads);
-    # H100, side by side: unrolled by 4, 3.75 ms; by 8, 3.62; by 16, 3.60
-    # (and level 2 twice as long as by 8)
+    # H100, side by side: unrolled by 4, 3.75 ms; by 8, 3.62; by 16, 3.60,
+    # but then level 2 takes twice as long
     loop.unroll("matmul > for bk > for i > for j > for k", 8)
     arith.simplify("matmul > for bk > for i > for j")
     # rows of the tiles padded by 16 floats: the two rows a warp copies (or
