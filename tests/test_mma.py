@@ -99,6 +99,9 @@ def test_mma_refusals(ck):
     fp32 = ck.parse(textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("(float)bt[j][k]", "b[j * 16 + k]"),
                     "tiles.c")
     assert "'b[j * 16 + k]' must read an otp_bf16 array converted to float" in refusal(mma, fp32, NEST)
+    gathered = ck.parse(textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("bt[j][k]", "bt[j * j % 8][k]"),
+                        "tiles.c")
+    assert "must pick its rows by an affine function of j (index 'j * j % 8')" in refusal(mma, gathered, NEST)
     assert "the accumulator 'ct[j][w * 16 + i]' must step by one cell with j" in refusal(
         mma, ck.parse(textwrap.dedent(TILES).replace("ct[ROW][j]", "ct[j][w * 16 + i]"), "tiles.c"), NEST)
 

@@ -25,6 +25,7 @@ import z3
 from optitrust_py import ir
 from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, min_blocks,
                                    min_blocks_mark, thread_extent, vector_mark)
+from optitrust_py.cuda_registers import chain
 from optitrust_py.errors import TransformError
 from optitrust_py.intrinsics import memory_args
 from optitrust_py.obligation import Obligation
@@ -32,7 +33,7 @@ from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
 from optitrust_py.names import free_vars, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
-from optitrust_py.smt import int_term
+from optitrust_py.smt import int_term, proves
 from optitrust_py.tree import Path, get, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
@@ -984,6 +985,21 @@ def _mma_access(who: str, e: ir.Expr, unit: str, absent: str, role: str, loc: Op
     return e
 
 
+def _evenly_spaced_rows(who: str, e: ir.Expr, j: str, loc: Optional[ir.Loc]) -> None:
+    """The rows of B that `j` picks must be evenly spaced in memory: in
+    CUDA a lane loads row g of the tile, which it reaches from its own rows
+    2t and 2t + 1 by their distance (include/otp.h), so every index but the
+    must be affine in `j` (integer arithmetic, no memory reads)."""
+    step = ir.Binop("+", ir.Var(j), ONE)
+    for index in chain(e)[1]:
+        here, after = int_term(index), int_term(subst(index, {j: step}))
+        twice = int_term(subst(index, {j: ir.Binop("+", step, ONE)}))
+        if here is None or after is None or twice is None or not proves(twice - after == after - here):
+            raise TransformError(f"{who}: the right operand '{expr_text(e)}' must pick its rows by an affine "
+                                 f"function of {j} (index '{expr_text(index)}'): the lanes reach row g from "
+                                 f"rows 2t and 2t + 1 by their distance", loc)
+
+
 @primitive
 def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite:
     """A 16 x 8 tile product over a k-slice of 16, C += A * B^T with A and B
@@ -1019,9 +1035,9 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     the 32 lanes of one warp, together: map the lane loop (or a loop over
     warps x 32 lanes, `lane` then `t % 32`) to threads along x; the printer
     refuses a call whose lane is not the thread's lane, or that not all
-    lanes reach (cuda_emit). There the lanes swap row pointers of B by
-    shuffles and load their fragments: the warp reads exactly the cells its
-    lanes declare, and writes only each lane's own.
+    lanes reach (cuda_emit). There lane 4g + t loads row g of B, which lane
+    g / 2 declares: the warp reads exactly the cells its lanes declare, and
+    writes only each lane's own.
 
     Targeted at a loop over k-slices whose body is such a nest (`for kd`,
     around the `for i` above), the lane's four cells stay in a local array
@@ -1042,7 +1058,9 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
 
     The loops run 16, 8 and 16 iterations with step 1: the update must
     step by one cell with j in C and with k in A and B (their last index),
-    C must not depend on k, A on j, B on i; A and B are otp_bf16 arrays
+    C must not depend on k, A on j, B on i, B's indices must be affine in j
+    (evenly spaced rows: in CUDA lane 4g + t reaches row g of the tile
+    from its rows 2t and 2t + 1 by their distance); A and B are otp_bf16 arrays
     read as `(float)`, C another array of float (the same cells at every
     slice, when targeted at the slices). Refused otherwise. The lane
     index is `lane` (a name unused in the function), by default a fresh
@@ -1068,6 +1086,7 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     c = _mma_access(who, update.lhs, lj.index, lk.index, "the accumulator", loc)
     a = _mma_access(who, a, lk.index, lj.index, "the left operand", loc)
     b = _mma_access(who, b, lk.index, li.index, "the right operand", loc)
+    _evenly_spaced_rows(who, b, lj.index, loc)
     c_type = type_of(c, env_at(program, inner), typedefs_of(program))
     arrays = [next(iter(free_vars(_array_base(x)))) for x in (c, a, b)]
     if type_name(unqualified(c_type)) != "float" or arrays[0] in arrays[1:] \
