@@ -18,7 +18,9 @@ position (`4 * j + 64 * rj + cj`, cj < 4, j a thread of 16), and with
 `o = index - W * position` (linear in the position, which nvcc cancels)
 the per-thread index is `o / (W * T) * W + o % W`. Accesses in loops that
 run no iteration (`for (k = b; k < b; k++)`, a remainder loop) do not
-count. An array whose cells' addresses are taken stays shared.
+count. The period is the count of threads that touch the array: a block of
+128 threads whose every access to the array is in a phase of 64 (the
+others skip it) splits it over 64. An array whose cells' addresses are taken stays shared.
 """
 from __future__ import annotations
 
@@ -150,6 +152,25 @@ def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[tuple[st
     return None
 
 
+def _touching(live: list[_Access], block: dict[str, int]) -> Optional[dict[str, int]]:
+    """The threads along each axis that touch the array: every access's
+    phase must have a loop of one and the same exact extent on each axis of
+    the block that has more than one thread (a phase of 64 threads in a
+    block of 128: threads 64 to 127 skip it and own no cell); None when
+    they differ."""
+    out: dict[str, int] = {}
+    for axis, n in block.items():
+        extents = {thread_extent(lp) for a in live for lp in a.phase if mapping(lp)[1] == axis}  # type: ignore[index]
+        if n > 1 and (len(extents) != 1 or any(len([lp for lp in a.phase if mapping(lp)[1] == axis]) != 1
+                                              for a in live)):
+            return None
+        extent = extents.pop() if extents else (n, True)
+        if not extent[1] or extent[0] > n:
+            return None
+        out[axis] = extent[0]
+    return out
+
+
 def _address_taken(body: ir.Block, name: str) -> bool:
     """A cell's address is passed on (`&acc[i]` to gpu.mma's call): what the
     callee touches through it is not read off the indices."""
@@ -174,6 +195,9 @@ def register_of(body: ir.Block, blocks: list[ir.For], decl: ir.Decl, periods: di
             or _address_taken(body, name or ""):
         return None
     live = [a for a in found if not proves(z3.BoolVal(False), _facts(a.loops))]
+    periods = _touching(live, periods)
+    if periods is None:
+        return None
     owners = {tuple(_owner(a, e, periods) for e in a.indices) for a in live}
     if len(owners) != 1:
         return None

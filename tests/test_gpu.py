@@ -141,6 +141,38 @@ def test_shared_tiles_registers_and_barriers(ck):
     # ... and a barrier before the next tile overwrites As
 
 
+HALF = """
+    void halves(int n, const float *x, float *y) {
+      for (int b = 0; b < n; b++) {
+        float m[64];
+        for (int i = 0; i < 64; i++) {
+          m[i] = x[b * 64 + i];
+        }
+        for (int i = 0; i < 128; i++) {
+          y[b * 128 + i] = 1.0f;
+        }
+        for (int i = 0; i < 64; i++) {
+          y[b * 128 + i] += READ;
+        }
+      }
+    }"""
+
+
+@pytest.mark.parametrize("read, kept", [("m[i]", "  float m;\n"), ("m[i / 2]", "__shared__ __align__(16) float m[64];")])
+def test_an_array_touched_by_half_the_block_s_threads(ck, read, kept):
+    """A block of 128 threads (one phase needs them) whose array m is
+    touched only in phases of 64: each of threads 0..63 owns its cell, kept
+    in a register; read as m[i / 2], thread i reads thread i / 2's cell, so
+    m stays shared."""
+    src = ck.parse(textwrap.dedent(HALF).replace("READ", read), "halves.c")
+    p = steps(src, (gpu.map_blocks, "halves > for b", "x"), *((gpu.map_threads, f"halves > for i#{k}", "x")
+                                                             for k in (1, 2, 3)))
+    cu = to_cuda(p)
+    assert "dim3(128, 1, 1)" in cu and kept in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "halves.cu") == ()
+
+
 def test_shared_arrays_past_48_kb_go_to_dynamic_shared_memory(ck):
     """Two 32 KB tiles that other threads read (so not registers): the
     kernel asks for 64 KB of dynamic shared memory, and nvcc accepts it."""
