@@ -122,7 +122,7 @@ def test_otp_to_bf16_rounds_to_nearest_even_and_saturates(ck):
 def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     """--precision bf16: the Q, K, V and P tiles of both copies are
     otp_bf16 (__nv_bfloat16) in shared memory, padded, and Q K^T and P V are
-    tensor-core calls by the lanes of two warps, accumulating in registers."""
+    tensor-core calls by the lanes of four warps, accumulating in registers."""
     r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/attention.py", "--target", "cuda",
                         "--precision", "bf16", "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
@@ -135,5 +135,7 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert (f"otp_mma_m16n8k16_bf16(&lane{d}_acc[0], &lane{d}_acc[2], &q{d}[mi{d} + lane{d}_t % 32 / 4 - bi]"
                 f"[kd{d}]") in cu
         assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
-    assert "k128[i0_7][i1_7 + ri1_7] = otp_to_bf16(k[(h * S + bj + i0_7) * 128 + i1_7 + ri1_7]);" in cu
+    # D = 128: the K tile copied by the block's 128 threads, a column each
+    assert "k128[i0_7][i1_7] = otp_to_bf16(k[(h * S + (bj + i0_7)) * 128 + i1_7]);" in cu
+    assert "attention_kernel3<<<dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1)" in cu
     assert compile_check(cu, "final.cu") == ()
