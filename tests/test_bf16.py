@@ -1,4 +1,5 @@
-"""bfloat16 storage: matrix.set_precision(..., "otp_bf16"), the conversion
+"""bfloat16 storage: matrix.set_precision(..., "otp_bf16") of a local array
+or of a pointer parameter (gqa_decode's KV caches), the conversion
 otp_to_bf16 of include/otp.h (CPU build), level 2's in_type_range for it,
 and attention.py's bf16 CUDA ending compiled by nvcc."""
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.cuda_build import compile_check, find_nvcc
+from optitrust_py.errors import TargetError
 from optitrust_py.level2 import check_step
 from optitrust_py.obligation import Obligation
+from optitrust_py.printer import to_c
 from optitrust_py.session import Rewrite
 from optitrust_py.spec import load_contracts
 from conftest import Floats
@@ -137,3 +140,107 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
     assert "k128[i0_7][i1_7 + ri1_7] = otp_to_bf16(k[(h * S + bj + i0_7) * 128 + i1_7 + ri1_7]);" in cu
     assert compile_check(cu, "final.cu") == ()
+
+
+# ----------------------------------------------------------------- a parameter narrowed: the KV cache
+
+
+GQA_SPEC = ROOT / "specs" / "gqa_decode.spec"
+
+
+def narrowed_caches(ck) -> tuple[ir.Program, Rewrite, Rewrite]:
+    p = ck.load("gqa_decode.c")
+    k = matrix.set_precision.apply(p, "gqa_decode > param k_cache", "otp_bf16")
+    return p, k, matrix.set_precision.apply(k.program, "gqa_decode > param v_cache", "otp_bf16")
+
+
+def test_set_precision_narrows_the_kv_cache_parameters(ck):
+    """The caller holds the caches in bfloat16: the parameters' type
+    changes, the append rounds through otp_to_bf16, the reads convert back."""
+    p, k, v = narrowed_caches(ck)
+    text = ck.function_text(v.program, "gqa_decode")
+    assert "const float *v_new, otp_bf16 *k_cache, otp_bf16 *v_cache, float *out)" in text
+    assert "k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);" in text
+    assert "v_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(v_new[g * D + d]);" in text
+    assert "s += q[h * D + d] * (float)k_cache[(g * SMAX + t) * D + d];" in text
+    assert "out[h * D + d] += scores[t] * (float)v_cache[(g * SMAX + t) * D + d];" in text
+    assert "#include <otp.h>" in v.program.includes and v.program.includes.count("#include <otp.h>") == 1
+    for r in (k, v):
+        assert r.fp == "lossy" and r.tolerance == BF16_TOL
+    ck.roundtrip(v.program)
+    ck.compiles(v.program)
+    contracts = load_contracts(p, GQA_SPEC)
+    for before, r in ((p, k), (k.program, v)):
+        result = check_step(before, r.program, r.obligations, contracts)
+        assert [(x.kind, x.status) for x in result.verdicts] == [("in_type_range", "proved")], result.problems
+        assert not result.problems
+
+
+def test_set_precision_keeps_a_const_parameter_const(ck):
+    p = ck.load("attention.c")
+    r = matrix.set_precision.apply(p, "attention > param k", "otp_bf16")
+    text = ck.function_text(r.program, "attention")
+    assert "const float *q, const otp_bf16 *k, const float *v, float *out)" in text
+    assert "(float)k[" in text and "otp_to_bf16" not in text  # read only: nothing stored
+    ck.compiles(r.program)
+
+
+def test_set_precision_of_a_parameter_refusals(ck):
+    sp = matrix.set_precision.apply
+    g = ck.load("gqa_decode.c")
+    assert "'pos' is not an array nor a pointer" in refusal(sp, g, "gqa_decode > param pos", "otp_bf16")
+    assert "narrowed to otp_bf16 only (its callers then pass arrays of that type), not '_Float16'" in \
+        refusal(sp, g, "gqa_decode > param k_cache", "_Float16")
+    assert "not 'half'" in refusal(sp, g, "gqa_decode > param k_cache", "half")
+    assert "tolerance must be a positive number" in refusal(sp, g, "gqa_decode > param k_cache", "otp_bf16",
+                                                            tolerance=-1.0)
+    assert "'k_cache' is a parameter of gqa_decode: name it 'gqa_decode > param k_cache'" in \
+        refusal(sp, g, "gqa_decode > def k_cache", "otp_bf16")
+    with pytest.raises(TargetError, match="param kc matches nothing in gqa_decode; candidates:"):
+        sp(g, "gqa_decode > param kc", "otp_bf16")
+    q8 = ck.load("matvec_q8.c")
+    assert "'Wq' holds const int8_t: a parameter narrowed to otp_bf16 must hold float" in \
+        refusal(sp, q8, "matvec_q8 > param Wq", "otp_bf16")
+    doubles = ck.parse("void f(int n, double *x) {\n  for (int i = 0; i < n; i++) {\n    x[i] = 0.5;\n  }\n}\n")
+    assert "'x' holds double: a parameter narrowed to otp_bf16 must hold float" in \
+        refusal(sp, doubles, "f > param x", "otp_bf16")
+    # transformer_token's matvec is called with the float weights of the model
+    t = ck.load("transformer.c")
+    assert "matvec is called with '&wq[l * dim * dim]' (const float *) as 'W' (line" in \
+        refusal(sp, t, "matvec > param W", "otp_bf16")
+    # transformer_prefill passes its float cache to transformer_token, which it cannot narrow in turn
+    assert "transformer_token is called with 'k_cache' (float *) as 'k_cache' (line 131)" in \
+        refusal(sp, t, "transformer_token > param k_cache", "otp_bf16")
+    assert "'k_cache' is passed to a call in 'transformer_token(" in \
+        refusal(sp, t, "transformer_prefill > param k_cache", "otp_bf16")
+
+
+CALLERS = """
+    #include <otp.h>
+    void scale(int n, float *x);
+    void scale(int n, float *x) {
+      for (int i = 0; i < n; i++) {
+        x[i] = 2.0f * x[i];
+      }
+    }
+    void caller(int n, otp_bf16 *kc) {
+      scale(n, kc);
+    }
+"""
+
+
+def test_set_precision_of_a_parameter_and_its_callers(ck):
+    """A caller that passes an otp_bf16 array is kept (and the prototype
+    follows the definition); one that passes floats, or a pointer to the
+    function, is refused."""
+    r = matrix.set_precision.apply(ck.parse(textwrap.dedent(CALLERS)), "scale > param x", "otp_bf16")
+    text = to_c(r.program)
+    assert text.count("void scale(int n, otp_bf16 *x)") == 2 and "x[i] = otp_to_bf16(2.0f * (float)x[i]);" in text
+    ck.compiles(r.program)
+    floats = ck.parse(textwrap.dedent(CALLERS).replace("otp_bf16 *kc", "float *kc"))
+    assert "scale is called with 'kc' (float *) as 'x' (line 12): narrowed, it would read those values as " \
+           "otp_bf16; narrow the caller's array first" in refusal(matrix.set_precision.apply, floats,
+                                                                  "scale > param x", "otp_bf16")
+    pointer = ck.parse(textwrap.dedent(CALLERS).replace("scale(n, kc);", "void (*f)(int, float *) = scale;"))
+    assert "the address of scale is taken (line 12)" in \
+        refusal(matrix.set_precision.apply, pointer, "scale > param x", "otp_bf16")
