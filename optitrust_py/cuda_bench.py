@@ -18,6 +18,17 @@ REPEATS); reported: median, min, max, rate at the median, and the ratio to
 torch (TF32 off, so an fp32 product is fp32). A torch= formulation may
 write `bf16(x)` for the input x converted to bfloat16 once, untimed (see
 _bf16). Needs torch with a CUDA device.
+
+A parameter the script narrowed to otp_bf16 (matrix.set_precision of a
+parameter: the caller holds the array in bfloat16) is a bfloat16 tensor on
+the GPU (2 bytes a value), filled once, untimed, from the same random
+inputs rounded as otp_to_bf16 rounds (`bf16_round`); the torch= formulation
+sees that tensor. The reference stays the original function run on the CPU
+on the unrounded inputs, so the outputs (the narrowed arrays it writes
+included, read back as floats) differ by the rounding: the check uses the
+bench's `tolerance=` (reported with the errors), which such a script must
+set to what bfloat16 inputs allow. Its `bytes=` formula counts what the
+kernel moves, 2 bytes a cached value.
 """
 from __future__ import annotations
 
@@ -57,11 +68,14 @@ class CudaReport:
     errors: Mapping[str, float]
     timings: Mapping[str, CudaTiming]
     failure: str = ""
+    tolerance: float = 0.0
+    bf16: tuple[str, ...] = ()
+    """The parameters held in bfloat16 on the GPU."""
 
     def to_json(self, script: str) -> dict[str, Any]:
         out: dict[str, Any] = {"script": script, "target": "cuda", "function": self.function,
                                "sizes": dict(self.sizes), "unit": self.unit, "errors": dict(self.errors),
-                               "failure": self.failure or None}
+                               "tolerance": self.tolerance, "bf16": list(self.bf16), "failure": self.failure or None}
         for label, t in self.timings.items():
             out[label] = {"median_s": t.median, "min_s": min(t.times), "max_s": max(t.times),
                           "rate": t.rate(), "repeats": len(t.times)}
@@ -96,6 +110,44 @@ def _plan(f: ir.FuncDef, contract: Any, sizes: Mapping[str, Any]) -> tuple[Any, 
             arrays[p.name] = _fill(j, np.random.default_rng(zlib.crc32(f"{f.name}.{p.name}".encode()))) \
                 if p.fill == "random" else np.zeros(p.count, np.dtype(p.elem.code))
     return plan, arrays
+
+
+def bf16_round(x: Any) -> Any:
+    """float32 values rounded to bfloat16 as otp_to_bf16 (include/otp.h)
+    rounds them: saturated at the largest finite bfloat16, then to nearest,
+    ties to even (a NaN stays a NaN); still float32, so that converting
+    them to torch.bfloat16 is exact."""
+    import numpy as np
+
+    largest = np.array(0x7F7F0000, np.uint32).view(np.float32)
+    v = np.clip(np.asarray(x, np.float32), -largest, largest)
+    bits = v.view(np.uint32).copy()
+    finite = (bits & 0x7FFFFFFF) <= 0x7F800000
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) & np.uint32(0xFFFF0000)
+    return np.where(finite, rounded, bits).astype(np.uint32).view(np.float32)
+
+
+def narrowed(original: ir.Program, final: ir.Program, spec: BenchSpec) -> tuple[str, ...]:
+    """The parameters of the benchmarked function that the final program
+    takes in bfloat16 (the original in float); a ScriptError when it takes
+    other types than the original's in another way."""
+    from .execcheck import narrowed_params
+
+    if spec.call is not None:
+        return ()  # the call's buffers are planned from its callee's contract (bench._prepared)
+    f0, f1 = original.function(spec.function), final.function(spec.function)
+    got = narrowed_params(f0, f1) if f0 is not None and f1 is not None else ()
+    if got is None:
+        raise ScriptError(f"bench(): the final program's '{spec.function}' takes other parameter types than the "
+                          f"original's, so they cannot be run on the same inputs")
+    return got
+
+
+def device_inputs(arrays: Mapping[str, Any], bf16: Sequence[str]) -> dict[str, tuple[Any, bool]]:
+    """The host values each device buffer starts from, and whether it is a
+    bfloat16 tensor: the inputs of the parameters in `bf16` rounded once,
+    the others as they are (copies)."""
+    return {k: (bf16_round(v), True) if k in bf16 else (v.copy(), False) for k, v in arrays.items()}
 
 
 def _args(plan: Any, buffers: Mapping[str, int], names: Optional[Sequence[str]] = None) -> list[Any]:
@@ -142,12 +194,13 @@ class _Gpu:
     buffers they prepare), else the benchmarked function itself."""
 
     def __init__(self, torch: Any, lib: Any, spec: BenchSpec, plan: Any, arrays: Mapping[str, Any],
-                 prepared: Mapping[str, Any]) -> None:
+                 prepared: Mapping[str, Any], bf16: Sequence[str] = ()) -> None:
         import numpy as np
 
         self.torch = torch
         self.plan = plan
-        self.tensors = {k: torch.from_numpy(v.copy()).cuda() for k, v in arrays.items()}
+        self.tensors = {k: torch.from_numpy(v).cuda().to(torch.bfloat16) if half else torch.from_numpy(v).cuda()
+                        for k, (v, half) in device_inputs(arrays, bf16).items()}
         self.tensors.update({k: torch.from_numpy(np.zeros(j["count"], np.dtype(j["code"]))).cuda()
                              for k, j in prepared.items()})
         for o in _poisoned(plan):
@@ -166,7 +219,12 @@ class _Gpu:
 
     def outputs(self) -> dict[str, Any]:
         self.torch.cuda.synchronize()
-        return {o: self.tensors[o].cpu().numpy() for o in _outputs(self.plan)}
+        return {o: _host(self.torch, self.tensors[o]) for o in _outputs(self.plan)}
+
+
+def _host(torch: Any, t: Any) -> Any:
+    """A tensor's values as a numpy array (bfloat16, which numpy lacks, as float32)."""
+    return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
 
 
 def _bf16(torch: Any) -> Callable[[Any], Any]:
@@ -252,12 +310,13 @@ def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float]
     contract = session.contracts.get(name)
     if f0 is None or contract is None:
         raise SpecError(f"bench(): '{name}' is not a function of the original program with a contract")
+    bf16 = narrowed(session.original, session.program, spec)
     cpu = ctypes.CDLL(str(compile_shared(to_c(session.original), "original program", BENCH_FLAGS + FORCE_INCLUDE)))
     gpu_lib = ctypes.CDLL(str(build_shared(to_cuda(session.program), "final.cu")))
     scalars = {p.name for p in f0.params if isinstance(p.type, ir.Base)}
     errors: dict[str, float] = {}
     plan, arrays = _plan(f0, contract, {k: v for k, v in session.sizes.items() if k in scalars})
-    gpu = _Gpu(torch, gpu_lib, spec, plan, arrays, _prepared(session.program, session.contracts, spec, plan))
+    gpu = _Gpu(torch, gpu_lib, spec, plan, arrays, _prepared(session.program, session.contracts, spec, plan), bf16)
     gpu.call()
     errors["check_sizes"], failure = _compare("check sizes, GPU vs original", _cpu_run(cpu, name, plan, arrays),
                                              gpu.outputs(), spec.tolerance)
@@ -266,8 +325,8 @@ def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float]
     values = {p.name: p.value for p in plan.params if p.role != "buffer"}
     work = evaluate(_formula(spec.work, spec.unit), {k: v for k, v in values.items() if isinstance(v, int)})
     if failure:
-        return CudaReport(name, values, spec.unit, errors, {}, failure)
-    gpu = _Gpu(torch, gpu_lib, spec, plan, arrays, _prepared(session.program, session.contracts, spec, plan))
+        return CudaReport(name, values, spec.unit, errors, {}, failure, spec.tolerance, bf16)
+    gpu = _Gpu(torch, gpu_lib, spec, plan, arrays, _prepared(session.program, session.contracts, spec, plan), bf16)
     gpu.call()
     got = gpu.outputs()
     timings: dict[str, CudaTiming] = {}
@@ -279,10 +338,10 @@ def run_cuda_bench(session: Any, spec: BenchSpec, overrides: Mapping[str, float]
         reference, against = _cpu_run(cpu, name, plan, arrays), "original"
     errors["bench_sizes"], failure = _compare(f"bench sizes, GPU vs {against}", reference, got, spec.tolerance)
     if failure:
-        return CudaReport(name, values, spec.unit, errors, {}, failure)
+        return CudaReport(name, values, spec.unit, errors, {}, failure, spec.tolerance, bf16)
     timings["gpu"] = CudaTiming(_timed(torch, gpu.call, repeats or REPEATS), work)
     gpu.outputs()
-    return CudaReport(name, values, spec.unit, errors, timings)
+    return CudaReport(name, values, spec.unit, errors, timings, "", spec.tolerance, bf16)
 
 
 def bench_cuda(script: str, overrides: Mapping[str, float], repeats: Optional[int], library: Optional[str],
@@ -314,8 +373,10 @@ def bench_cuda(script: str, overrides: Mapping[str, float], repeats: Optional[in
 def _print(console: Any, data: dict[str, Any]) -> None:
     unit = "GFLOP/s" if data["unit"] == "flops" else "GB/s"
     sizes = ", ".join(f"{k}={v}" for k, v in data["sizes"].items())
-    console.print(f"{data['function']} on the GPU at {sizes}; max_rel_err "
-                  + ", ".join(f"{k} {v:.2g}" for k, v in data["errors"].items()))
+    held = f"; {', '.join(data['bf16'])} in bfloat16" if data["bf16"] else ""
+    console.print(f"{data['function']} on the GPU at {sizes}{held}; max_rel_err "
+                  + ", ".join(f"{k} {v:.2g}" for k, v in data["errors"].items())
+                  + f" (tolerance {data['tolerance']:g})")
     for label in ("gpu", "torch"):
         if label in data:
             t = data[label]

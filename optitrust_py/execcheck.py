@@ -9,7 +9,11 @@ calls (transitively) a function whose text differs or that is new, or uses a
 global whose declaration changed. Nothing affected: the step is reported as
 `unchanged`. A contract function that disappeared or whose signature changed
 is reported `not-checkable` with the reason, never passed silently; so is a
-changed function without a contract that no checked function calls.
+changed function without a contract that no checked function calls. The one
+signature change that is checked: float pointer parameters narrowed to a
+storage type of otp.h (`otp_bf16`, matrix.set_precision of a parameter),
+the inputs a caller holding such arrays passes are the float inputs rounded
+(see below), and the result names the parameters (`narrowed`).
 
 `functions=[...]` replaces that choice: exactly the named contract functions
 are run at every step, changed or not.
@@ -26,7 +30,11 @@ The harness (C appended to the printed program; one `main` dispatching on the
 function name) allocates every pointer parameter with exactly the number of
 elements its contract shape gives (`Cell` = 1), fills inputs (`reads`,
 `modifies`) with a fixed-seed xorshift64* sequence (floats uniform in
-[-1, 1), signed integers in [-8, 7], unsigned in [0, 15]), fills `writes`
+[-1, 1), signed integers in [-8, 7], unsigned in [0, 15]; an array of
+`otp_bf16`, a float on the CPU, gets the same floats through otp_to_bf16,
+so a program taking float arrays and one taking otp_bf16 arrays get the
+same inputs, the second rounded to bfloat16 as its callers hold them),
+fills `writes`
 outputs with NaN (integers: bytes 0xA5) so an output left unwritten is
 caught, calls the function and writes every output (and a scalar return
 value, as `return`) as raw binary. After the call it checks that read-only
@@ -73,9 +81,11 @@ from .build import (EXEC_FLAGS, SANITIZE_ENV, SANITIZE_FLAGS, BuildFailed, check
                     compile_exe, parallel_map, run_env)
 from .contract import Contract, evaluate, free_names
 from .errors import SpecError
+from .intrinsics import CONVERSIONS
 from .printer import expr as c_expr
 from .printer import to_c, type_name
 from .tree import walk
+from .typeof import param_type
 
 FORCE_INCLUDE = ("-include", "otp.h")
 """Exec builds force-include otp.h, so contract clauses a step adds compile."""
@@ -176,6 +186,9 @@ class FunctionResult:
     reason: str = ""
     stderr: str = ""
     covered_by: Optional[str] = None
+    narrowed: tuple[str, ...] = ()
+    """Float parameters the checked program takes narrowed (otp_bf16): it
+    got their inputs rounded, the reference the plain ones."""
 
     @property
     def passed(self) -> bool:
@@ -189,7 +202,8 @@ class FunctionResult:
         if self.status == "pass":
             err = "exact" if self.max_abs_error == 0 else \
                 f"max abs err {self.max_abs_error:.3g}, max rel err {self.max_rel_error:.3g}"
-            return f"{self.function}: pass ({self.elements} elements, {err})"
+            given = f"; {', '.join(self.narrowed)} narrowed, given the inputs rounded" if self.narrowed else ""
+            return f"{self.function}: pass ({self.elements} elements, {err}{given})"
         if self.status == "fail" and self.first_mismatch is not None:
             bad = sum(o.mismatches for o in self.outputs)
             return (f"{self.function}: FAIL at {self.first_mismatch} ({bad} of {self.elements} elements differ; "
@@ -206,7 +220,7 @@ class FunctionResult:
                 "max_abs_error": _num(self.max_abs_error), "max_rel_error": _num(self.max_rel_error),
                 "first_mismatch": self.first_mismatch.to_json() if self.first_mismatch else None,
                 "outputs": [o.to_json() for o in self.outputs], "reason": self.reason,
-                "stderr": self.stderr, "covered_by": self.covered_by}
+                "stderr": self.stderr, "covered_by": self.covered_by, "narrowed": list(self.narrowed)}
 
 
 @dataclass(frozen=True)
@@ -248,9 +262,11 @@ class StepResult:
         if worst == 0 and self.tolerance == 0:
             return "="
         rel = f"max rel err {worst:.1e}"
+        narrowed = sorted({n for f in self.functions for n in f.narrowed})
+        given = f", {', '.join(narrowed)} narrowed" if narrowed else ""
         if self.tolerance <= LOSSY_SHOWN:
-            return rel
-        return f"max abs err {max(f.max_abs_error for f in self.functions):.1e}, {rel}"
+            return rel + given
+        return f"max abs err {max(f.max_abs_error for f in self.functions):.1e}, {rel}{given}"
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -305,6 +321,7 @@ class _Elem:
     c: str     # C spelling without qualifiers
     code: str  # array typecode of the same size and signedness
     kind: str  # 'float', 'int', 'uint', 'bool'
+    conversion: str = ""  # a storage type of otp.h (a float on the CPU): what each value it holds went through
 
     @property
     def tag(self) -> str:
@@ -341,6 +358,8 @@ def _elem(t: ir.CType) -> Optional[_Elem]:
     c = " ".join(names)
     if names == ("float",):
         return _Elem(c, "f", "float")
+    if c in CONVERSIONS:
+        return _Elem(c, "f", "float", CONVERSIONS[c])
     if names == ("double",):
         return _Elem(c, "d", "float")
     if names in (("_Bool",), ("bool",)):
@@ -374,8 +393,24 @@ def _type_key(t: ir.CType) -> str:
     return type_name(strip(t))
 
 
-def _signature(f: ir.FuncDef) -> tuple[Any, ...]:
-    return (_type_key(f.type.ret), tuple((p.name, _type_key(p.type)) for p in f.params), f.type.variadic)
+def narrowed_params(f0: ir.FuncDef, f1: ir.FuncDef) -> Optional[tuple[str, ...]]:
+    """The parameters `f1` takes as pointers to a storage type of otp.h
+    where `f0` takes float pointers (none when the signatures are the same,
+    qualifiers aside); None when they differ in any other way."""
+    if _type_key(f0.type.ret) != _type_key(f1.type.ret) or f0.type.variadic != f1.type.variadic or \
+            [p.name for p in f0.params] != [p.name for p in f1.params]:
+        return None
+    out = []
+    for p0, p1 in zip(f0.params, f1.params):
+        if _type_key(p0.type) == _type_key(p1.type):
+            continue
+        t0, t1 = param_type(p0.type), param_type(p1.type)
+        e0 = _elem(t0.to) if isinstance(t0, ir.Ptr) else None
+        e1 = _elem(t1.to) if isinstance(t1, ir.Ptr) else None
+        if e0 is None or e1 is None or e0.c != "float" or not e1.conversion:
+            return None
+        out.append(p0.name or "")
+    return tuple(out)
 
 
 def _signature_text(f: ir.FuncDef) -> str:
@@ -501,6 +536,9 @@ def _plan(f: ir.FuncDef, contract: Contract, sizes: Mapping[str, Any]) -> _Plan:
             if e is None:
                 raise _NotCheckable(f"parameter '{p.name}' has type '{type_name(p.type)}', which the harness "
                                     "cannot pass")
+            if e.conversion:
+                raise _NotCheckable(f"parameter '{p.name}' has type '{type_name(p.type)}': the harness passes "
+                                    f"that type in arrays only")
             scalars[p.name] = ("float" if e.kind == "float" else "int", e)
             if p.name not in sizes:
                 missing.append(p.name)  # type: ignore[arg-type]
@@ -583,6 +621,8 @@ _FILL = {
 
 
 def _fill_expr(e: _Elem) -> str:
+    if e.conversion:
+        return f"{e.conversion}({_FILL[e.code]})"
     if e.kind == "float":
         return _FILL[e.code]
     if e.kind == "bool":
@@ -827,6 +867,7 @@ class _StepPlan:
     tolerance: float
     entries: dict[str, FunctionResult] = field(default_factory=dict)  # decided without running
     run: list[str] = field(default_factory=list)  # functions to compare
+    narrowed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per function: narrowed parameters
     order: tuple[str, ...] = ()  # how results are listed: the contracts' order
     note: str = ""
 
@@ -968,7 +1009,8 @@ def _plan_step(number: int, before: ir.Program, after: ir.Program, ref: int, new
         direct = name in changed
         if not direct and not affected(name) and wanted is None:
             continue  # functions named explicitly are run even when unchanged
-        if _signature(f0) != _signature(f1):
+        narrowed = narrowed_params(f0, f1)
+        if narrowed is None:
             sp.entries[name] = FunctionResult(
                 name, "not-checkable",
                 reason=f"its signature changed: '{_signature_text(f0)}' became '{_signature_text(f1)}'")
@@ -988,6 +1030,8 @@ def _plan_step(number: int, before: ir.Program, after: ir.Program, ref: int, new
                                             f"{', '.join(e.names)}")
             continue
         sp.run.append(name)
+        if narrowed:
+            sp.narrowed[name] = narrowed
     # a changed function without sizes is fine if a checked caller runs it
     running_reach = {name: _reach(calls, name) for name in sp.run}
     errors = []
@@ -1161,8 +1205,9 @@ def _compare_function(name: str, sp: _StepPlan, before: Optional[_Built], after:
         max_abs_error=max((o.max_abs_error for o in outs), default=0.0),
         max_rel_error=max((o.max_rel_error for o in outs), default=0.0),
         first_mismatch=bad[0].first if bad else None, outputs=tuple(outs),
-        reason=f"{sum(o.mismatches for o in bad)} element(s) differ" if bad else "")
+        reason=f"{sum(o.mismatches for o in bad)} element(s) differ" if bad else "",
+        narrowed=sp.narrowed.get(name, ()))
 
 
 __all__ = ["Mismatch", "OutputResult", "FunctionResult", "StepResult", "ExecReport", "check_step",
-           "check_steps", "compare", "harness", "harness_program", "plan_call", "FORCE_INCLUDE"]
+           "check_steps", "compare", "harness", "harness_program", "narrowed_params", "plan_call", "FORCE_INCLUDE"]

@@ -572,7 +572,8 @@ def in_type_range(goal: Goal) -> Outcome:
     intrinsics.CONVERSIONS), whose results are within the type by definition."""
     ob = goal.obligation
     program = goal.program
-    decl = get(program, ob.paths[0]).decl
+    node = get(program, ob.paths[0])
+    decl = node.decl if isinstance(node, ir.DeclStmt) else node  # a local's declaration, or a parameter
     elem = unqualified(_element(decl.type))
     tds = typedefs_of(program)
     span = integer_range(elem, tds)

@@ -33,6 +33,7 @@ from . import ir, terms as T
 from .contract import Contract, evaluate
 from .errors import OtpError, SpecError
 from .printer import expr as c_expr
+from .typeof import header_typedefs, resolve
 
 if TYPE_CHECKING:
     from .level3 import Runs
@@ -325,10 +326,13 @@ def _pointer(t: ir.CType) -> bool:
 
 
 def _array(v: ir.Var, contract: Contract, types: Mapping[str, ir.CType], role: str) -> None:
-    """`v` must be a float array covered by one whole `MatrixN` (or `Cell`)."""
+    """`v` must be a float array covered by one whole `MatrixN` (or `Cell`);
+    its elements may be of a header's float type (`otp_bf16`: a caller's
+    array narrowed by matrix.set_precision holds the same values, rounded)."""
     t = types[v.name]
     while isinstance(t, (ir.Ptr, ir.Array)):
         t = t.to if isinstance(t, ir.Ptr) else t.of
+    t = resolve(t, header_typedefs())
     if not (isinstance(t, ir.Base) and {"float", "double"} & set(t.names)):
         raise SpecError(f"'{v.name}', {role}, must be an array of floats", v.loc)
     rs = contract.resources_of(v.name)

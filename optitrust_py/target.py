@@ -6,6 +6,7 @@
                | "for" NAME           a canonical loop over index NAME
                | "call" NAME          a call to NAME
                | "def" NAME           the declaration of a local NAME
+               | "param" NAME         the parameter NAME (second component only)
                | "expr" 'TEXT'        an expression printed as TEXT
                | "instr" 'TEXT'       a statement whose text contains TEXT
                | 'TEXT'               same as instr 'TEXT'
@@ -14,9 +15,11 @@ Each component after the first searches anywhere inside the places matched so
 far (`attention > for j` finds every `for j` in attention, at any depth);
 `#N` keeps the N-th match (from 1, in source order) inside each place.
 `before X` / `after X` (last component only) name the point between two
-statements. Whitespace in TEXT is ignored when comparing. A target matching
-nothing or more than asked is an error listing the candidates and their lines
-in the current code.
+statements. `f > param x` names the declaration of the parameter x of f
+(transformations that change a parameter's type take it). Whitespace in
+TEXT is ignored when comparing. A target matching nothing or more than
+asked is an error listing the candidates and their lines in the current
+code.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .tree import Path, function_path, walk
 
 _COMPONENT = re.compile(
     r"""^\s*(?:(?P<pos>before|after)\s+)?
-        (?:(?P<kw>for|call|def|expr|instr)\s+)?
+        (?:(?P<kw>for|call|def|param|expr|instr)\s+)?
         (?:(?P<name>[A-Za-z_]\w*)|'(?P<text>[^']*)'|"(?P<dtext>[^"]*)")
         \s*(?:\#\s*(?P<nth>\d+))?\s*$""",
     re.VERBOSE,
@@ -40,7 +43,7 @@ _COMPONENT = re.compile(
 
 @dataclass(frozen=True)
 class Selector:
-    kind: str  # function, for, call, def, expr, instr
+    kind: str  # function, for, call, def, param, expr, instr
     value: str
     nth: Optional[int] = None
     position: Optional[str] = None  # before / after
@@ -48,7 +51,8 @@ class Selector:
     def __str__(self) -> str:
         head = f"{self.position} " if self.position else ""
         body = self.value if self.kind in ("function",) else (
-            f"{self.kind} {self.value}" if self.kind in ("for", "call", "def") else f"{self.kind} '{self.value}'")
+            f"{self.kind} {self.value}" if self.kind in ("for", "call", "def", "param")
+            else f"{self.kind} '{self.value}'")
         return head + body + (f"#{self.nth}" if self.nth else "")
 
 
@@ -90,13 +94,16 @@ def parse(target: str) -> list[Selector]:
         else:
             kind = kw
         value = text if text is not None else m.group("name")
-        if kind in ("for", "call", "def", "function") and text is not None:
+        if kind in ("for", "call", "def", "param", "function") and text is not None:
             raise TargetError(f"{kind} takes a name, not a quoted text, in {target!r}")
         if kind in ("expr", "instr") and text is None:
             raise TargetError(f"{kind} takes a quoted text, e.g. {kind} 'x[i] += y', in {target!r}")
         if i > 0 and kind == "function":
             raise TargetError(f"{value!r} in {target!r}: only the first component names a function; "
                               f"use 'for {value}', 'call {value}' or 'def {value}'")
+        if kind == "param" and (i != 1 or m.group("pos") or len(parts) > 2):
+            raise TargetError(f"'param {value}' in {target!r}: a parameter is named right after its function, "
+                              f"alone, e.g. 'f > param {value}'")
         if m.group("pos") and i != len(parts) - 1:
             raise TargetError(f"'{m.group('pos')}' may only start the last component of {target!r}")
         nth = int(m.group("nth")) if m.group("nth") else None
@@ -136,6 +143,8 @@ def _predicate(sel: Selector) -> Callable[[Any], bool]:
         return lambda n: isinstance(n, ir.Call) and n.name == sel.value
     if sel.kind == "def":
         return lambda n: isinstance(n, ir.DeclStmt) and n.decl.name == sel.value
+    if sel.kind == "param":
+        return lambda n: n.name == sel.value
     want = _squash(sel.value)
     if sel.kind == "expr":
         return lambda n: _is_expr(n) and _squash(expr_text(n)) == want
@@ -150,6 +159,9 @@ def _head_text(s: Any) -> str:
         return text
     return next((ln for ln in text.split("\n") if not ln.lstrip().startswith("#pragma")), text)
 
+
+_PARAMS: Path = (("decl", None), ("type", None))
+"""From a function definition to its type, whose `params` are its parameters."""
 
 _STMT_TYPES = (ir.Block, ir.ExprStmt, ir.DeclStmt, ir.For, ir.GenericFor, ir.While, ir.DoWhile, ir.If,
                ir.Switch, ir.Return, ir.Jump)
@@ -170,6 +182,8 @@ def _describe(n: Any) -> str:
         return f"call {n.name or expr_text(n.func)}"
     if isinstance(n, ir.DeclStmt):
         return f"def {n.decl.name}"
+    if isinstance(n, ir.Decl):
+        return f"param {n.name}"
     if _is_expr(n):
         return f"expr '{expr_text(n)}'"
     if isinstance(n, ir.FuncDef):
@@ -205,7 +219,7 @@ class Resolver:
             pred = _predicate(sel)
             found: list[Match] = []
             for m in current:
-                inside = [Match(m.path + p, n, m.function, 0) for p, n in walk(m.node) if p and pred(n)]
+                inside = [Match(m.path + p, n, m.function, 0) for p, n in self._inside(m, sel, pred)]
                 if sel.nth is not None:
                     if len(inside) < sel.nth:
                         if inside:
@@ -225,6 +239,14 @@ class Resolver:
             return [self._point(m, last.position) for m in current]
         return list(current)
 
+    @staticmethod
+    def _inside(m: Match, sel: Selector, pred: Callable[[Any], bool]) -> list[tuple[Path, Any]]:
+        """The nodes under `m` that `sel` may match: its parameters for
+        `param` (m is then the function), else every node below it."""
+        if sel.kind == "param":
+            return [(_PARAMS + (("params", k),), p) for k, p in enumerate(m.node.params) if pred(p)]
+        return [(p, n) for p, n in walk(m.node) if p and pred(n)]
+
     def _point(self, m: Match, position: str) -> Point:
         name, index = m.path[-1]
         if name != "stmts" or index is None:
@@ -238,9 +260,11 @@ class Resolver:
             pred = lambda n: isinstance(n, ir.Call)
         elif sel.kind == "def":
             pred = lambda n: isinstance(n, ir.DeclStmt)
+        elif sel.kind == "param":
+            pred = lambda n: n.name is not None
         else:
             pred = lambda n: _is_stmt(n) and not isinstance(n, ir.Block)
-        return [Match(m.path + p, n, m.function, 0) for m in scopes for p, n in walk(m.node) if p and pred(n)]
+        return [Match(m.path + p, n, m.function, 0) for m in scopes for p, n in self._inside(m, sel, pred)]
 
     def _listing(self, message: str, cands: list[Match]) -> str:
         if not cands:

@@ -263,7 +263,8 @@ function execSection(ex) {
           `${ex.tolerance ? "relative tolerance " + fmtNum(ex.tolerance) : "bit-exact"}${ex.note ? ", " + esc(ex.note) : ""}</span></h3>`;
   if (ex.functions.length) h += `<table class="grid exec"><tr><th>function</th><th>status</th><th>elements</th>` +
     `<th>max abs err</th><th>max rel err</th><th>first mismatch</th></tr>` +
-    ex.functions.map(f => `<tr><td>${esc(f.function)}</td><td class="${esc(f.status)}">${esc(f.status)}</td><td>${f.elements}</td>` +
+    ex.functions.map(f => `<tr><td>${esc(f.function)}${f.narrowed && f.narrowed.length ?
+      `<div class="kv">${esc(f.narrowed.join(", "))} narrowed: given the inputs rounded</div>` : ""}</td><td class="${esc(f.status)}">${esc(f.status)}</td><td>${f.elements}</td>` +
       `<td>${fmtNum(f.max_abs_error)}</td><td>${fmtNum(f.max_rel_error)}</td><td>${f.first_mismatch ?
         esc(`${f.first_mismatch.where}: expected ${f.first_mismatch.expected}, got ${f.first_mismatch.actual}`) : ""}` +
       `${f.reason ? esc(f.reason) : ""}${f.stderr ? `<pre class="reason">${esc(f.stderr)}</pre>` : ""}</td></tr>`).join("") + `</table>`;

@@ -35,12 +35,27 @@ per d adds the chunks' partial outputs times their weights). The chunks'
 parts and the scores live in device scratch buffers kept between calls.
 Whole chunks run a constant trip count; the last, shorter chunk has its
 own kernel.
+
+With `--target cuda --precision bf16` the caller holds the caches in
+bfloat16 (as an LLM's KV cache is), halving the bytes each chunk reads:
+the first CUDA steps narrow the parameters k_cache and v_cache to otp_bf16
+(`matrix.set_precision`, lossy, relative tolerance 8 x 2^-8 each; --exec
+gives those steps the caches' inputs rounded to bfloat16 and the step
+before the plain ones). The append then rounds k_new and v_new, each read
+converts to float, the staged K tile stays bfloat16 in shared memory. The
+bench counts 2 bytes a cached value, checks within 2e-2 (against the
+original on the unrounded inputs, and against torch) and gives torch's
+SDPA the same bfloat16 caches (q converted once, untimed). Without
+`--precision bf16` nothing changes.
 """
-from optitrust_py.script import bench, load, target
+from optitrust_py.script import bench, load, precision, target
 from transformations import flash, gpu, llm, loop, matrix, parallel, variable, vector
 
 CHUNK = 32
 """Cached positions per chunk in the CUDA flash-decoding (a block each)."""
+
+BF16 = target() == "cuda" and precision() == "bf16"
+"""The caches are held in bfloat16 by the caller (CUDA, `--precision bf16`)."""
 
 
 def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
@@ -93,16 +108,26 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
                             region=[f"g * {group}:{group}", "bt:1", "d:1"])
 
 load("../c_sources/gqa_decode.c", sizes={"H": 8, "KVH": 2, "D": 20, "SMAX": 40, "pos": 33})
-bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D",
-      torch="K = k_cache.view(KVH, SMAX, D); V = v_cache.view(KVH, SMAX, D); "
-            "K[:, pos] = k_new.view(KVH, D); V[:, pos] = v_new.view(KVH, D); "
-            "out = torch.nn.functional.scaled_dot_product_attention(q.view(1, H, 1, D), K[None, :, :pos + 1], "
-            "V[None, :, :pos + 1], enable_gqa=True).reshape(-1)")
+APPEND = ("K = k_cache.view(KVH, SMAX, D); V = v_cache.view(KVH, SMAX, D); "
+          "K[:, pos] = k_new.view(KVH, D); V[:, pos] = v_new.view(KVH, D); ")
+SDPA = "torch.nn.functional.scaled_dot_product_attention"
+if BF16:  # the caches are the GPU's bfloat16 tensors, read by torch as they are: 2 bytes a value
+    bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="4*KVH*(pos+1)*D",
+          tolerance=2e-2,
+          torch=APPEND + f"out = {SDPA}(bf16(q).view(1, H, 1, D), K[None, :, :pos + 1], V[None, :, :pos + 1], "
+                         "enable_gqa=True).reshape(-1)")
+else:
+    bench("gqa_decode", sizes={"H": 32, "KVH": 8, "D": 128, "SMAX": 4096, "pos": 4095}, bytes="8*KVH*(pos+1)*D",
+          torch=APPEND + f"out = {SDPA}(q.view(1, H, 1, D), K[None, :, :pos + 1], V[None, :, :pos + 1], "
+                         "enable_gqa=True).reshape(-1)")
 
 variable.bind("gqa_decode > expr 'H / KVH'", "G")
 loop.move_out("gqa_decode > for h > def G")
 
 if target() == "cuda":
+    if BF16:  # the caller's caches in bfloat16: reads convert to float, the append rounds
+        matrix.set_precision("gqa_decode > param k_cache", "otp_bf16")
+        matrix.set_precision("gqa_decode > param v_cache", "otp_bf16")
     # 3. (CUDA) the append: a block per kv head
     gpu.map_blocks("gqa_decode > for g#1", "x")
     gpu.cyclic("gqa_decode > for g#1 > for d", 128)

@@ -1,6 +1,8 @@
-"""bfloat16 storage: matrix.set_precision(..., "otp_bf16"), the conversion
+"""bfloat16 storage: matrix.set_precision(..., "otp_bf16") of a local array
+or of a pointer parameter (gqa_decode's KV caches), the conversion
 otp_to_bf16 of include/otp.h (CPU build), level 2's in_type_range for it,
-and attention.py's bf16 CUDA ending compiled by nvcc."""
+the CUDA bench's bfloat16 buffers (what can be checked without a GPU), and
+attention.py's and gqa_decode.py's bf16 CUDA endings compiled by nvcc."""
 from __future__ import annotations
 
 import math
@@ -10,15 +12,23 @@ import sys
 import textwrap
 from array import array
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from optitrust_py import ir
+from optitrust_py.bench import TOLERANCE, declare, declared
+from optitrust_py.contract import evaluate
+from optitrust_py.cuda_bench import CudaReport, _plan, bf16_round, device_inputs, narrowed
 from optitrust_py.cuda_build import compile_check, find_nvcc
+from optitrust_py.errors import ScriptError, TargetError
+from optitrust_py.frontend import parse_text
 from optitrust_py.level2 import check_step
 from optitrust_py.obligation import Obligation
-from optitrust_py.session import Rewrite
-from optitrust_py.spec import load_contracts
+from optitrust_py.printer import to_c
+from optitrust_py.runner import new_session, run_script
+from optitrust_py.session import Rewrite, Session
+from optitrust_py.spec import load_contracts, parse_formula
 from conftest import Floats
 from helpers import attention_args, refusal
 from transformations import matrix
@@ -138,4 +148,210 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     # D = 128: the K tile copied by the block's 128 threads, a column each
     assert "k128[i0_7][i1_7] = otp_to_bf16(k[(h * S + (bj + i0_7)) * 128 + i1_7]);" in cu
     assert "attention_kernel3<<<dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1)" in cu
+    assert compile_check(cu, "final.cu") == ()
+
+
+# ----------------------------------------------------------------- a parameter narrowed: the KV cache
+
+
+GQA_SPEC = ROOT / "specs" / "gqa_decode.spec"
+
+
+def narrowed_caches(ck) -> tuple[ir.Program, Rewrite, Rewrite]:
+    p = ck.load("gqa_decode.c")
+    k = matrix.set_precision.apply(p, "gqa_decode > param k_cache", "otp_bf16")
+    return p, k, matrix.set_precision.apply(k.program, "gqa_decode > param v_cache", "otp_bf16")
+
+
+def test_set_precision_narrows_the_kv_cache_parameters(ck):
+    """The caller holds the caches in bfloat16: the parameters' type
+    changes, the append rounds through otp_to_bf16, the reads convert back."""
+    p, k, v = narrowed_caches(ck)
+    text = ck.function_text(v.program, "gqa_decode")
+    assert "const float *v_new, otp_bf16 *k_cache, otp_bf16 *v_cache, float *out)" in text
+    assert "k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);" in text
+    assert "v_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(v_new[g * D + d]);" in text
+    assert "s += q[h * D + d] * (float)k_cache[(g * SMAX + t) * D + d];" in text
+    assert "out[h * D + d] += scores[t] * (float)v_cache[(g * SMAX + t) * D + d];" in text
+    assert "#include <otp.h>" in v.program.includes and v.program.includes.count("#include <otp.h>") == 1
+    for r in (k, v):
+        assert r.fp == "lossy" and r.tolerance == BF16_TOL
+    ck.roundtrip(v.program)
+    ck.compiles(v.program)
+    contracts = load_contracts(p, GQA_SPEC)
+    for before, r in ((p, k), (k.program, v)):
+        result = check_step(before, r.program, r.obligations, contracts)
+        assert [(x.kind, x.status) for x in result.verdicts] == [("in_type_range", "proved")], result.problems
+        assert not result.problems
+
+
+def test_set_precision_keeps_a_const_parameter_const(ck):
+    p = ck.load("attention.c")
+    r = matrix.set_precision.apply(p, "attention > param k", "otp_bf16")
+    text = ck.function_text(r.program, "attention")
+    assert "const float *q, const otp_bf16 *k, const float *v, float *out)" in text
+    assert "(float)k[" in text and "otp_to_bf16" not in text  # read only: nothing stored
+    ck.compiles(r.program)
+
+
+def test_set_precision_of_a_parameter_refusals(ck):
+    sp = matrix.set_precision.apply
+    g = ck.load("gqa_decode.c")
+    assert "'pos' is not an array nor a pointer" in refusal(sp, g, "gqa_decode > param pos", "otp_bf16")
+    assert "narrowed to otp_bf16 only (its callers then pass arrays of that type), not '_Float16'" in \
+        refusal(sp, g, "gqa_decode > param k_cache", "_Float16")
+    assert "not 'half'" in refusal(sp, g, "gqa_decode > param k_cache", "half")
+    assert "tolerance must be a positive number" in refusal(sp, g, "gqa_decode > param k_cache", "otp_bf16",
+                                                            tolerance=-1.0)
+    assert "'k_cache' is a parameter of gqa_decode: name it 'gqa_decode > param k_cache'" in \
+        refusal(sp, g, "gqa_decode > def k_cache", "otp_bf16")
+    with pytest.raises(TargetError, match="param kc matches nothing in gqa_decode; candidates:"):
+        sp(g, "gqa_decode > param kc", "otp_bf16")
+    q8 = ck.load("matvec_q8.c")
+    assert "'Wq' holds const int8_t: a parameter narrowed to otp_bf16 must hold float" in \
+        refusal(sp, q8, "matvec_q8 > param Wq", "otp_bf16")
+    doubles = ck.parse("void f(int n, double *x) {\n  for (int i = 0; i < n; i++) {\n    x[i] = 0.5;\n  }\n}\n")
+    assert "'x' holds double: a parameter narrowed to otp_bf16 must hold float" in \
+        refusal(sp, doubles, "f > param x", "otp_bf16")
+    # transformer_token's matvec is called with the float weights of the model
+    t = ck.load("transformer.c")
+    assert "matvec is called with '&wq[l * dim * dim]' (const float *) as 'W' (line" in \
+        refusal(sp, t, "matvec > param W", "otp_bf16")
+    # transformer_prefill passes its float cache to transformer_token, which it cannot narrow in turn
+    assert "transformer_token is called with 'k_cache' (float *) as 'k_cache' (line 131)" in \
+        refusal(sp, t, "transformer_token > param k_cache", "otp_bf16")
+    assert "'k_cache' is passed to a call in 'transformer_token(" in \
+        refusal(sp, t, "transformer_prefill > param k_cache", "otp_bf16")
+
+
+CALLERS = """
+    #include <otp.h>
+    void scale(int n, float *x);
+    void scale(int n, float *x) {
+      for (int i = 0; i < n; i++) {
+        x[i] = 2.0f * x[i];
+      }
+    }
+    void caller(int n, otp_bf16 *kc) {
+      scale(n, kc);
+    }
+"""
+
+
+def test_set_precision_of_a_parameter_and_its_callers(ck):
+    """A caller that passes an otp_bf16 array is kept (and the prototype
+    follows the definition); one that passes floats, or a pointer to the
+    function, is refused."""
+    r = matrix.set_precision.apply(ck.parse(textwrap.dedent(CALLERS)), "scale > param x", "otp_bf16")
+    text = to_c(r.program)
+    assert text.count("void scale(int n, otp_bf16 *x)") == 2 and "x[i] = otp_to_bf16(2.0f * (float)x[i]);" in text
+    ck.compiles(r.program)
+    floats = ck.parse(textwrap.dedent(CALLERS).replace("otp_bf16 *kc", "float *kc"))
+    assert "scale is called with 'kc' (float *) as 'x' (line 12): narrowed, it would read those values as " \
+           "otp_bf16; narrow the caller's array first" in refusal(matrix.set_precision.apply, floats,
+                                                                  "scale > param x", "otp_bf16")
+    pointer = ck.parse(textwrap.dedent(CALLERS).replace("scale(n, kc);", "void (*f)(int, float *) = scale;"))
+    assert "the address of scale is taken (line 12)" in \
+        refusal(matrix.set_precision.apply, pointer, "scale > param x", "otp_bf16")
+
+
+# ----------------------------------------------------------------- gqa_decode.py with bfloat16 caches (CUDA)
+
+
+def gqa_session(precision: str, steps: Optional[int] = None) -> Session:
+    session = new_session(ROOT / "scripts" / "gqa_decode.py", "cuda", stop_after=steps, precision=precision)
+    assert run_script(session, ROOT / "scripts" / "gqa_decode.py") is None
+    return session
+
+
+def test_gqa_script_narrows_the_caches_first_and_counts_two_bytes_a_value():
+    """--precision bf16: the CUDA steps start by narrowing both caches; the
+    bench counts the K and V rows read at 2 bytes a value, checks within
+    2e-2 and gives torch q in bfloat16 (the caches it gets are the GPU's
+    bfloat16 tensors); fp32 keeps 4 bytes and its default tolerance."""
+    bf16 = gqa_session("bf16", 4)
+    calls = [s.call for s in bf16.steps]
+    assert calls[2:] == ["matrix.set_precision('gqa_decode > param k_cache', 'otp_bf16')",
+                         "matrix.set_precision('gqa_decode > param v_cache', 'otp_bf16')"]
+    spec = declared(bf16)
+    sizes = dict(spec.sizes)
+    rows = sizes["KVH"] * (sizes["pos"] + 1) * sizes["D"]  # cached values read, per cache
+    assert spec.unit == "bytes" and evaluate(parse_formula(spec.work), sizes) == 2 * rows * 2
+    assert spec.tolerance == 2e-2 and "bf16(q)" in spec.formulation("torch")
+    assert narrowed(bf16.original, bf16.program, spec) == ("k_cache", "v_cache")
+    fp32 = gqa_session("fp32", 4)
+    spec32 = declared(fp32)
+    assert evaluate(parse_formula(spec32.work), sizes) == 2 * rows * 4 and spec32.tolerance == TOLERANCE
+    assert "set_precision" not in " ".join(s.call for s in fp32.steps)
+    assert narrowed(fp32.original, fp32.program, spec32) == ()
+
+
+def test_bf16_round_is_otp_to_bf16(ck):
+    """The CUDA bench rounds a narrowed parameter's inputs as the CPU build
+    does (otp_to_bf16): ties to even, saturation, NaN kept."""
+    np = pytest.importorskip("numpy")
+    special = [1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, 3.4e38, -3.4e38, math.inf, -math.inf, 1e-40, -0.0, math.nan]
+    values = special + list(np.random.default_rng(7).uniform(-1, 1, 500).astype(np.float32))
+    got = bf16_round(np.array(values, np.float32))
+    assert got.dtype == np.float32
+    (c_bytes,) = ck.run_text(textwrap.dedent("""
+        #include <otp.h>
+        void convert(int n, float *x) {
+          for (int i = 0; i < n; i++) {
+            x[i] = otp_to_bf16(x[i]);
+          }
+        }"""), "bf16.c", "convert", [len(values), Given([float(v) for v in values])])
+    assert got.tobytes() == np.frombuffer(c_bytes, np.float32).tobytes()
+    assert [str(float(x)) for x in got[:9]] == [str(bf16_reference(float(np.float32(v)))) for v in special]
+
+
+def test_cuda_bench_device_inputs_of_narrowed_caches(ck):
+    """The GPU's cache buffers start from the bench's random inputs rounded
+    once (2 bytes a value); the CPU reference keeps the plain inputs."""
+    np = pytest.importorskip("numpy")
+    p, _, v = narrowed_caches(ck)
+    plan, arrays = _plan(p.function("gqa_decode"), load_contracts(p, GQA_SPEC)["gqa_decode"],
+                         {"H": 4, "KVH": 2, "D": 8, "SMAX": 16, "pos": 9})
+    plain = {k: a.copy() for k, a in arrays.items()}
+    spec = declare("gqa_decode", None, None, "4*KVH*(pos+1)*D", {})
+    dev = device_inputs(arrays, narrowed(p, v.program, spec))
+    assert {k for k, (_, half) in dev.items() if half} == {"k_cache", "v_cache"}
+    for name, (values, half) in dev.items():
+        assert values is not arrays[name] and arrays[name].tobytes() == plain[name].tobytes()
+        want = bf16_round(plain[name]) if half else plain[name]
+        assert values.tobytes() == want.tobytes()
+    assert not np.array_equal(dev["k_cache"][0], plain["k_cache"])  # rounding changed some
+    broken = variant_text(v.program, "otp_bf16 *k_cache", "double *k_cache")
+    with pytest.raises(ScriptError, match="takes other parameter types than the original's"):
+        narrowed(p, broken, spec)
+
+
+def variant_text(p: ir.Program, old: str, new: str) -> ir.Program:
+    text = to_c(p)
+    assert old in text
+    return parse_text(text.replace(old, new), "variant.c")
+
+
+def test_cuda_report_states_the_tolerance_and_the_bf16_parameters():
+    report = CudaReport("gqa_decode", {"H": 32}, "bytes", {"check_sizes": 3e-3}, {}, "", 2e-2, ("k_cache",))
+    data = report.to_json("scripts/gqa_decode.py")
+    assert data["tolerance"] == 2e-2 and data["bf16"] == ["k_cache"]
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed here (PATH, /usr/local/cuda/bin)")
+def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
+    """Every step of the bf16 CUDA ending agrees with the one before under
+    --exec (the narrowing steps within their tolerance, given rounded
+    caches); the kernels take the caches as __nv_bfloat16 and compile."""
+    r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/gqa_decode.py", "--target", "cuda",
+                        "--precision", "bf16", "--exec", "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("k_cache narrowed") == 1 and r.stdout.count("v_cache narrowed") == 1
+    cu = (tmp_path / "gqa_decode" / "final.cu").read_text()
+    assert ("extern \"C\" void gqa_decode(int H, int KVH, int D, int SMAX, int pos, const float *q, "
+            "const float *k_new, const float *v_new, otp_bf16 *k_cache, otp_bf16 *v_cache, float *out)") in cu
+    assert "k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);" in cu
+    assert "__shared__ __align__(16) otp_bf16 ks[32][129];" in cu  # the staged K tile stays bfloat16
+    assert "(float)v_cache[(g * SMAX + t) * D + d]" in cu
     assert compile_check(cu, "final.cu") == ()

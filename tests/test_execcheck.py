@@ -6,6 +6,7 @@ import json
 import math
 from array import array
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,8 @@ from optitrust_py.errors import SpecError
 from optitrust_py.frontend import parse_file, parse_text
 from optitrust_py.printer import to_c
 from optitrust_py.spec import check_contract, load_contracts, parse_spec_text
+from test_bf16 import bf16_reference
+from transformations import matrix, variable
 
 ROOT = Path(__file__).resolve().parent.parent
 MATMUL_SIZES = {"M": 5, "N": 4, "K": 3}
@@ -331,3 +334,80 @@ def test_in_source_contract_clauses_build_without_including_otp_h():
     assert r.status == "pass", r.summary()
     with pytest.raises(SpecError, match=r"'n >= 2' of scale \(n = 1\)"):
         ec.check_step(p, q, c, {"n": 1})
+
+
+# ----------------------------------------------------------------- a parameter narrowed to bfloat16
+
+GQA_SIZES = {"H": 4, "KVH": 2, "D": 8, "SMAX": 12, "pos": 9}
+
+
+def narrowed_gqa() -> tuple[ir.Program, dict, list[Any]]:
+    """gqa_decode, then its k_cache and v_cache narrowed to otp_bf16 (two lossy steps)."""
+    p, c = kernel("gqa_decode")
+    k = matrix.set_precision.apply(p, "gqa_decode > param k_cache", "otp_bf16")
+    return p, c, [k, matrix.set_precision.apply(k.program, "gqa_decode > param v_cache", "otp_bf16")]
+
+
+def test_a_narrowed_parameter_gets_the_inputs_rounded():
+    """The step's program gets the caches' random inputs rounded to
+    bfloat16, as otp_to_bf16 rounds them, the original the plain ones: bit
+    for bit, each cached value it gives back is the original's rounded."""
+    p, c, (k, _) = narrowed_gqa()
+    exact = ec.check_step(p, k.program, c, GQA_SIZES, 0.0).function("gqa_decode")
+    assert exact.status == "fail" and exact.narrowed == ("k_cache",)
+    cache = next(o for o in exact.outputs if o.name == "k_cache")
+    first = cache.first
+    assert first is not None and first.actual == bf16_reference(first.expected) != first.expected
+    assert 0 < cache.max_abs_error <= 2.0 ** -9  # half a bfloat16 ulp for inputs in [-1, 1)
+    assert cache.mismatches > cache.elements // 2  # most of them: every one that is not a bfloat16 already
+    r = ec.check_step(p, k.program, c, GQA_SIZES, k.tolerance)
+    f = r.function("gqa_decode")
+    assert r.ok and f.status == "pass" and f.narrowed == ("k_cache",) and f.max_abs_error > 0
+    assert "k_cache narrowed" in r.short() and "k_cache narrowed, given the inputs rounded" in r.summary()
+    assert r.to_json()["functions"][0]["narrowed"] == ["k_cache"]
+
+
+def test_steps_after_the_narrowing_compare_rounded_inputs_on_both_sides():
+    p, c, (k, v) = narrowed_gqa()
+    bound = variable.bind.apply(v.program, "gqa_decode > expr 'H / KVH'", "G").program
+    report = ec.check_steps(p, [k.program, v.program, bound], c, GQA_SIZES, [k.tolerance, v.tolerance, 0.0])
+    first, second, third = report.steps
+    assert [s.status for s in report.steps] == ["pass"] * 3
+    assert first.functions[0].narrowed == ("k_cache",) and second.functions[0].narrowed == ("v_cache",)
+    assert third.functions[0].narrowed == () and third.short() == "="  # both take otp_bf16: bit-exact
+    against_original = ec.check_steps(p, [k.program, v.program, bound], c, GQA_SIZES,
+                                      [k.tolerance, v.tolerance, 0.0], reference="original")
+    assert against_original.ok
+    assert against_original.steps[2].functions[0].narrowed == ("k_cache", "v_cache")
+
+
+def test_a_wrong_step_on_narrowed_parameters_still_fails():
+    """Rounded inputs and a tolerance do not hide a wrong step: a scaled read
+    of V, or an append that stores the wrong value, fails at its element."""
+    p, c, (k, v) = narrowed_gqa()
+    read = "(float)v_cache[(g * SMAX + t) * D + d]"
+    scaled = variant(v.program, read, read + " * 1.5f")
+    r = ec.check_step(k.program, scaled, c, GQA_SIZES, v.tolerance)
+    f = r.function("gqa_decode")
+    assert r.failed and f.narrowed == ("v_cache",) and f.first_mismatch.output == "out"
+    shifted = variant(k.program, "otp_to_bf16(k_new[g * D + d])", "otp_to_bf16(k_new[g * D + d] + 0.25f)")
+    f = ec.check_step(p, shifted, c, GQA_SIZES, k.tolerance).function("gqa_decode")
+    assert f.status == "fail" and f.first_mismatch.where == "k_cache[0, 9, 0]"
+
+
+def test_other_parameter_type_changes_stay_not_checkable():
+    p, c, (k, _) = narrowed_gqa()
+    for before, after in ((p, variant(p, "float *k_cache", "double *k_cache")),
+                          (k.program, p),  # otp_bf16 back to float: not a narrowing
+                          (p, variant(p, "float *k_cache", "int *k_cache"))):
+        f = ec.check_step(before, after, c, GQA_SIZES, 1.0).function("gqa_decode")
+        assert f.status == "not-checkable" and "signature changed" in f.reason
+
+
+def test_a_scalar_otp_bf16_parameter_is_not_checkable():
+    p = parse_text("#include <otp.h>\nvoid f(int n, otp_bf16 a, float *y) {\n"
+                   "  for (int i = 0; i < n; i++) {\n    y[i] = (float)a;\n  }\n}\n", "scalar.c")
+    c = parse_spec_text("f(n, a, y):\n  requires n >= 1\n  writes y ~> Matrix1(n)\n")
+    check_contract(c["f"], p.function("f"))
+    r = ec.check_step(p, p, c, {"n": 3, "a": 0.5}, functions=["f"])
+    assert r.function("f").status == "not-checkable" and "in arrays only" in r.function("f").reason

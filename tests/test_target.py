@@ -97,6 +97,10 @@ def test_point_required(attention: Resolver) -> None:
     ("attention > expr sqrtf", "takes a quoted text"),
     ("attention > for 'i'", "takes a name"),
     ("attention > for i j", "cannot read target component"),
+    ("attention > for h > param q", "a parameter is named right after its function, alone"),
+    ("attention > param q > for h", "a parameter is named right after its function, alone"),
+    ("attention > after param q", "a parameter is named right after its function, alone"),
+    ("attention > param 'q'", "takes a name"),
 ])
 def test_malformed_targets(bad: str, words: str) -> None:
     with pytest.raises(TargetError) as e:
@@ -109,3 +113,14 @@ def test_a_function_where_a_loop_is_expected_is_listed(attention: Resolver) -> N
         attention.one("attention", "loop", (ir.For,))
     assert "'attention' must name a loop; candidates:" in info.value.message
     assert "function attention" in info.value.message
+
+
+def test_param_names_a_parameter_declaration(attention: Resolver) -> None:
+    m = attention.one("attention > param k", "parameter", (ir.Decl,))
+    assert m.node.name == "k" and get(attention.program, m.path) is m.node
+    assert m.path[-1] == ("params", 4) and m.line == attention.one("attention").line  # the header's line
+    with pytest.raises(TargetError) as info:
+        attention.one("attention > param scores")
+    assert "param scores matches nothing in attention; candidates:" in info.value.message
+    assert "param q" in info.value.message and "param out" in info.value.message
+    assert "def scores" not in info.value.message  # a local is not a parameter

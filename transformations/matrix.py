@@ -25,6 +25,9 @@ side effect. Layout changes (tile_dim, reorder_dims, set_precision) only
 apply to arrays the function allocates (a local array, or a local pointer
 initialised by malloc/calloc): the layout of a parameter belongs to the
 caller. Work on a parameter through a local copy made by local_buffer.
+The one exception is set_precision of a float pointer parameter to
+otp_bf16 (`f > param x`): the type of the array the callers pass changes,
+and the step says so (see set_precision).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from optitrust_py.session import Rewrite, primitive
 from optitrust_py.spec import parse_formula
 from optitrust_py.target import Resolver, parse as parse_target
 from optitrust_py.tree import Path, get, map_children, replace, splice, walk
-from optitrust_py.typeof import param_type, unqualified
+from optitrust_py.typeof import env_at, param_type, type_of, typedefs_of, unqualified
 from transformations.loop import ONE, _const_offset, _in_block, _refuse_early_exit, _where
 
 Shape = tuple[ir.Expr, ...]
@@ -728,9 +731,105 @@ def _retyped(e: ir.Expr, old: ir.CType, new: ir.CType) -> tuple[ir.Expr, int]:
     return go(e), count  # type: ignore[return-value]
 
 
+def _narrowing(who: str, arr: _Array, ctype: str, tolerance: Optional[float], loc: Optional[ir.Loc]) -> float:
+    """The step's tolerance, once `ctype` is known to narrow the array's elements."""
+    old = _float_name(arr.elem)
+    if ctype not in UNIT_ROUNDOFF:
+        raise TransformError(f"{who}: unknown floating type {ctype!r} (known: {', '.join(UNIT_ROUNDOFF)})", loc)
+    if old is None or UNIT_ROUNDOFF[ctype] <= UNIT_ROUNDOFF[old]:
+        raise TransformError(f"{who}: '{arr.name}' holds {type_name(arr.elem)}, which {ctype} does not narrow",
+                             loc)
+    tol = LOSSY_FACTOR * UNIT_ROUNDOFF[ctype] if tolerance is None else tolerance
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise TransformError(f"{who}: tolerance must be a positive number, got {tolerance!r}", loc)
+    return float(tol)
+
+
+def _stored_as(program: ir.Program, arr: _Array, accesses: Sequence[_Access], ctype: str,
+               who: str) -> ir.Program:
+    """The accesses of an array whose elements become `ctype`: reads cast
+    back to the old type, stores through the type's conversion if it has
+    one (and otp.h included for it)."""
+    plain_old = unqualified(arr.elem)
+    new = _rewrite(program, [a for a in accesses if a.role == "read"],
+                   lambda a: ir.Cast(plain_old, get(program, a.path)))
+    conversion = CONVERSIONS.get(ctype)
+    if conversion is None:
+        return new
+    new = _converted_stores(new, accesses, conversion, who, arr)
+    return dataclasses.replace(new, includes=new.includes + ((OTP_H,) if OTP_H not in new.includes else ()))
+
+
+PARAM_TYPES = {"otp_bf16": "float"}
+"""The types a pointer parameter may be narrowed to, each from the one type
+whose values a caller's narrowed array holds rounded (what the execution
+check and the CUDA bench give the new program: see execcheck)."""
+
+
+def _param_array(program: ir.Program, target: str, ctype: str,
+                 who: str) -> tuple[Path, _Array, list[_Access]]:
+    """The pointer parameter `f > param x` that set_precision narrows, and
+    its accesses; refused where a caller in the program passes another
+    element type or the function's address is taken."""
+    res = Resolver(program)
+    m = res.one(target, "parameter (e.g. 'f > param x')")
+    fn_path = m.path[:1]
+    fn: ir.FuncDef = get(program, fn_path)
+    loc = m.node.loc or fn.loc
+    arr = _find_array(program, fn_path, m.node.name, None, who, need_shape=False)
+    if ctype not in PARAM_TYPES:
+        raise TransformError(f"{who}: a parameter is narrowed to {' or '.join(PARAM_TYPES)} only (its callers then "
+                             f"pass arrays of that type), not {ctype!r}", loc)
+    if _float_name(arr.elem) != PARAM_TYPES[ctype]:
+        raise TransformError(f"{who}: '{arr.name}' holds {type_name(arr.elem)}: a parameter narrowed to {ctype} "
+                             f"must hold {PARAM_TYPES[ctype]}", loc)
+    k = m.path[-1][1]
+    tds = typedefs_of(program)
+    for path, node in walk(program):
+        if node != ir.Var(fn.name):
+            continue
+        parent = get(program, path[:-1])
+        line = res.line(path)
+        if not (isinstance(parent, ir.Call) and path[-1] == ("func", None)):
+            raise TransformError(f"{who}: the address of {fn.name} is taken (line {line}): whoever calls it through "
+                                 f"that pointer passes {type_name(arr.elem)} arrays as '{arr.name}'", loc)
+        if k is None or k >= len(parent.args):
+            continue  # a call with too few arguments does not compile anyway
+        arg = parent.args[k]
+        try:
+            t = type_of(arg, env_at(program, path), tds)
+        except TransformError:
+            t = None
+        if not (isinstance(t, ir.Ptr) and unqualified(t.to) == ir.Base((ctype,))):
+            shown = type_name(t) if t is not None else "a value of unknown type"
+            raise TransformError(f"{who}: {fn.name} is called with '{expr_text(arg)}' ({shown}) as '{arr.name}' "
+                                 f"(line {line}): narrowed, it would read those values as {ctype}; narrow the "
+                                 f"caller's array first", parent.loc or loc)
+    return m.path, arr, _accesses(program, res, arr, fn_path, who)
+
+
+def _retyped_param(program: ir.Program, path: Path, arr: _Array, new_elem: ir.CType) -> ir.Program:
+    """The parameter at `path` pointing to `new_elem`, in the definition and
+    in every prototype of its function (`const` kept)."""
+    k = path[-1][1]
+
+    def retyped(p: ir.Decl) -> ir.Decl:
+        t = p.type
+        t = dataclasses.replace(t, to=new_elem) if isinstance(t, ir.Ptr) else dataclasses.replace(t, of=new_elem)
+        return dataclasses.replace(p, type=t)
+
+    program = replace(program, path, retyped(get(program, path)))
+    for i, item in enumerate(program.items):
+        if isinstance(item, ir.Decl) and item.name == arr.function and isinstance(item.type, ir.FuncT) \
+                and item.type.params is not None and k is not None and k < len(item.type.params):
+            program = replace(program, (("items", i), ("type", None), ("params", k)), retyped(item.type.params[k]))
+    return program
+
+
 @primitive
 def set_precision(program: ir.Program, target: str, ctype: str, tolerance: Optional[float] = None) -> Rewrite:
-    """Store the elements of a local array in a narrower floating type.
+    """Store the elements of a local array, or of a pointer parameter, in a
+    narrower floating type.
 
     Halves the memory traffic of a scratch buffer or a packed tile; the
     arithmetic stays in the old type: every read is cast back explicitly,
@@ -766,41 +865,64 @@ def set_precision(program: ir.Program, target: str, ctype: str, tolerance: Optio
     saturates at its largest finite value, so level 2 proves in_type_range
     from it; an update (`+=`) of such an array is refused (write the store).
 
-    Refused: a parameter, a pointer not allocated in its declaration or
-    whose allocation does not say `sizeof(old type)`, an array with an
-    initializer, escapes (see the module), a loop contract naming the array,
-    an unknown or not narrower type, and a tolerance that is not a positive
-    number.
+    A pointer parameter is named `f > param x` and narrowed from float to
+    otp_bf16 only (PARAM_TYPES): the KV cache an LLM decode keeps in
+    bfloat16. The function's interface changes, its callers now pass
+    bfloat16 arrays (the execution check gives the new program the inputs
+    rounded to bfloat16 and the old one the plain inputs, and compares
+    within the tolerance); `const` stays. Before
+    (`matrix.set_precision("gqa_decode > param k_cache", "otp_bf16")`):
+
+        void gqa_decode(..., float *k_cache, ...) {
+          k_cache[(g * SMAX + pos) * D + d] = k_new[g * D + d];
+          ...
+          s += q[h * D + d] * k_cache[(g * SMAX + t) * D + d];
+
+    After (fp "lossy", tolerance 8 x 2^-8, obligation in_type_range):
+
+        void gqa_decode(..., otp_bf16 *k_cache, ...) {
+          k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);
+          ...
+          s += q[h * D + d] * (float)k_cache[(g * SMAX + t) * D + d];
+
+    Refused: a local pointer not allocated in its declaration or whose
+    allocation does not say `sizeof(old type)`, an array with an
+    initializer, escapes (see the module), a loop contract naming a local
+    array, an unknown or not narrower type, and a tolerance that is not a
+    positive number; for a parameter, a type other than float or a target
+    type other than otp_bf16, a call in the program that passes another
+    element type (its caller's array must be narrowed first: a float array
+    would be read as bfloat16), and the function's address taken. A local
+    target (`def x`) that names a parameter is refused, naming `param x`.
     """
     who = "matrix.set_precision"
-    decl_path, arr, accesses = _local_array(program, target, who, None, need_shape=False)
-    loc = arr.decl.loc
-    old = _float_name(arr.elem)
-    if ctype not in UNIT_ROUNDOFF:
-        raise TransformError(f"{who}: unknown floating type {ctype!r} (known: {', '.join(UNIT_ROUNDOFF)})", loc)
-    if old is None or UNIT_ROUNDOFF[ctype] <= UNIT_ROUNDOFF[old]:
-        raise TransformError(f"{who}: '{arr.name}' holds {type_name(arr.elem)}, which {ctype} does not narrow",
-                             loc)
-    tol = LOSSY_FACTOR * UNIT_ROUNDOFF[ctype] if tolerance is None else tolerance
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise TransformError(f"{who}: tolerance must be a positive number, got {tolerance!r}", loc)
+    sels = parse_target(target)
+    fn = program.function(sels[0].value)
+    last = sels[-1]
+    if fn is not None and last.kind == "def" and any(p.name == last.value for p in fn.params):
+        raise TransformError(f"{who}: '{last.value}' is a parameter of {fn.name}: name it "
+                             f"'{fn.name} > param {last.value}' to narrow it (its callers then pass the new type)",
+                             fn.loc)
+    param = last.kind == "param"
+    path, arr, accesses = _param_array(program, target, ctype, who) if param else \
+        _local_array(program, target, who, None, need_shape=False)
+    loc = arr.decl.loc or (fn.loc if fn is not None else None)
+    tol = _narrowing(who, arr, ctype, tolerance, loc)
     new_elem = dataclasses.replace(arr.elem, names=(ctype,))
-    plain_old, plain_new = unqualified(arr.elem), unqualified(new_elem)
-    reads = [a for a in accesses if a.role == "read"]
-    new = _rewrite(program, reads, lambda a: ir.Cast(plain_old, get(program, a.path)))
-    conversion = CONVERSIONS.get(ctype)
-    if conversion is not None:
-        new = _converted_stores(new, accesses, conversion, who, arr)
-        new = dataclasses.replace(new, includes=new.includes + ((OTP_H,) if OTP_H not in new.includes else ()))
-    if isinstance(arr.decl.type, ir.Ptr):
-        init, sizes = _retyped(arr.decl.init, plain_old, plain_new)  # type: ignore[arg-type]
+    new = _stored_as(program, arr, accesses, ctype, who)
+    if param:
+        new = _retyped_param(new, path, arr, new_elem)
+    elif isinstance(arr.decl.type, ir.Ptr):
+        old = _float_name(arr.elem)
+        init, sizes = _retyped(arr.decl.init, unqualified(arr.elem), unqualified(new_elem))  # type: ignore[arg-type]
         if not sizes:
             raise TransformError(f"{who}: the allocation of '{arr.name}' does not say sizeof({old}); write it "
                                  f"as n * sizeof({old})", loc)
         decl_ = dataclasses.replace(arr.decl, type=dataclasses.replace(arr.decl.type, to=new_elem), init=init)
+        new = replace(new, path + (("decl", None),), decl_)
     else:
         decl_ = dataclasses.replace(arr.decl, type=_md_type(new_elem, arr.shape))
-    new = replace(new, decl_path + (("decl", None),), decl_)
+        new = replace(new, path + (("decl", None),), decl_)
     ob = Obligation("in_type_range", f"every value stored into '{arr.name}' is within the range of {ctype}",
-                    arr.function, (decl_path,))
-    return Rewrite(new, (ob,), fp="lossy", tolerance=float(tol))
+                    arr.function, (path,))
+    return Rewrite(new, (ob,), fp="lossy", tolerance=tol)

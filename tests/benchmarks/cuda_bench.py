@@ -8,8 +8,10 @@ the case's sizes (nvcc build, outputs checked against the original C at the
 script's small sizes and against torch at the bench sizes, CUDA-event
 timing, median of the runs, torch in the same process on the same inputs,
 TF32 off); a case marked bf16 runs with --precision bf16 (attention.py's
-bfloat16 tiles, against torch's FlashAttention-2 on bfloat16 inputs). Prints a table last; `--json` keeps every report, `--cu` the
-emitted kernels (otp run --target cuda)."""
+bfloat16 tiles, against torch's FlashAttention-2 on bfloat16 inputs;
+gqa_decode.py's caches held in bfloat16, against torch's SDPA on the same
+bfloat16 caches). Prints a table last; `--json` keeps every report, `--cu`
+the emitted kernels (otp run --target cuda)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +35,8 @@ CASES = [
     # are [batch * kv head][position] and query head b * 32 + h reads kv head
     # b * 8 + h / 4 = (b * 32 + h) / 4
     ("scripts/gqa_decode.py", "H=256,KVH=64,D=128,SMAX=4096,pos=4095"),
+    ("scripts/gqa_decode.py", "H=32,KVH=8,D=128,SMAX=4096,pos=4095", "bf16"),
+    ("scripts/gqa_decode.py", "H=256,KVH=64,D=128,SMAX=4096,pos=4095", "bf16"),
     ("scripts/quantize.py", "N=4096,D=4096"),
 ]
 
