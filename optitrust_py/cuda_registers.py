@@ -160,12 +160,12 @@ def _touching(live: list[_Access], block: dict[str, int]) -> Optional[dict[str, 
     they differ."""
     out: dict[str, int] = {}
     for axis, n in block.items():
-        extents = {thread_extent(lp) for a in live for lp in a.phase if mapping(lp)[1] == axis}  # type: ignore[index]
-        if n > 1 and (len(extents) != 1 or any(len([lp for lp in a.phase if mapping(lp)[1] == axis]) != 1
-                                              for a in live)):
+        loops = [[lp for lp in a.phase if mapping(lp)[1] == axis] for a in live]  # type: ignore[index]
+        extents = {thread_extent(lp) for on_axis in loops for lp in on_axis}
+        if n > 1 and (len(extents) != 1 or any(len(on_axis) != 1 for on_axis in loops)):
             return None
         extent = extents.pop() if extents else (n, True)
-        if not extent[1] or extent[0] > n:
+        if extent is None or not extent[1] or extent[0] > n:
             return None
         out[axis] = extent[0]
     return out
