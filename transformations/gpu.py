@@ -24,7 +24,7 @@ import z3
 
 from optitrust_py import ir
 from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, min_blocks,
-                                   min_blocks_mark, thread_extent, vector_mark)
+                                   min_blocks_mark, thread_extent, vector_cells, vector_mark)
 from optitrust_py.cuda_registers import chain
 from optitrust_py.errors import TransformError
 from optitrust_py.intrinsics import memory_args
@@ -237,7 +237,7 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 @composite
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
           axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None,
-          threads: "int | Sequence[int]" = 0, width: "int | Sequence[int]" = 1) -> None:
+          threads: "int | Sequence[int]" = 0, width: "int | Sequence[int]" = 1, vector: int = 0) -> None:
     """Stage the tile of `array` that a loop touches in a block array (shared
     memory, or registers when each thread owns its cells), copied in (and
     back, if the loop writes it) by the block's threads.
@@ -276,9 +276,16 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     with 4 x 16 threads); `width` (one for all, or a list as `threads`) is
     gpu.thread_tile's: each thread copies runs of that many neighbouring
     cells, as the loop that uses the tile reads them (a register tile's
-    copies must give each thread the cells its uses own). The obligations
-    are those of the steps it makes.
+    copies must give each thread the cells its uses own). With `vector` V
+    (instead of `axes`, `threads` and `width`) the V threads of the block
+    copy the tile in 16-byte pieces (gpu.vector_pieces): a copy of a 32 x
+    128 bfloat16 tile by 128 threads is 4 `int4` loads each, where a thread
+    per column makes 32 loads of 2 bytes. The obligations are those of the
+    steps it makes.
     """
+    if vector and (axes is not None or threads or width != 1):
+        raise TransformError("gpu.stage: `vector` shares the copies among the block's threads itself; give no "
+                             "`axes`, `threads` or `width` with it", None)
     before = current_session().current()
     matrix.local_buffer(target, array, name, shape, region)
     program = current_session().current()
@@ -294,6 +301,9 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
         if len(chosen) != len(nest):
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
+        if vector:
+            vector_pieces(_target_at(program, m.function, path, 0), vector)
+            continue
         indices = [lp.index for lp in nest]
         counts, widths = (_per_loop(array, len(nest), given, what, m.node.loc)
                           for given, what in ((threads, "thread counts"), (width, "widths")))
@@ -304,6 +314,79 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
         for depth, (_, axis) in enumerate(order):
             if axis is not None:
                 map_threads(top + "".join(f" > for {i}" for i, _ in order[1:depth + 1]), axis)
+
+
+@composite
+def vector_pieces(target: str, threads: int) -> None:
+    """Share a copy nest (a loop, or two: rows, then consecutive cells of
+    each) among `threads` threads, each copying 16-byte pieces: the loop
+    over a row's cells is cut into runs of 16 bytes, the rows and runs are
+    collapsed into one loop of pieces handed out cyclically, and each piece
+    is one gpu.vector_copy.
+
+    Before (`gpu.vector_pieces("gqa_decode > for bt > for i0", 128)`, a
+    tile of 32 keys of bfloat16 staged by gpu.stage, rows padded to 136):
+
+        for (int i0 = 0; i0 < 32; i0++) {
+          for (int i1 = 0; i1 < 128; i1++) {
+            ks[i0][i1] = k_cache[(g * SMAX + 32 * bt + i0) * 128 + i1];
+          }
+        }
+
+    After (loop.tile, loop.shift, arith.simplify, loop.normalize,
+    loop.collapse, gpu.cyclic, gpu.vector_copy; their obligations, among
+    them that each piece starts 16 bytes apart on both sides):
+
+        for (int p = t; p < 512; p += 128) {   // thread t of 128
+          int i0 = p / 16;
+          int r1 = p % 16;
+          #pragma otp gpu int4 8
+          for (int c1 = 0; c1 < 8; c1++) {
+            ks[i0][c1 + r1 * 8] = k_cache[(g * SMAX + 32 * bt + i0) * 128 + c1 + r1 * 8];
+          }
+        }
+
+    Refused: a nest of more than two loops, a copy that is not one
+    statement `dst[...] = src[...];` of a scalar type of 1, 2, 4 or 8 bytes,
+    and whatever the steps refuse (a row whose bytes are not a multiple of
+    16, a count of pieces not a multiple of `threads`).
+    """
+    program = current_session().current()
+    m = Resolver(program).one(target, "copy loop", (ir.For,))
+    nest = _perfect(program, m.path)
+    copy = nest[-1].body.stmts[0] if len(nest[-1].body.stmts) == 1 else None
+    lhs = copy.expr.lhs if isinstance(copy, ir.ExprStmt) and isinstance(copy.expr, ir.Assign) else None
+    env, tds = env_at(program, _perfect_paths(program, m.path)[-1] + (("body", None), ("stmts", 0))), \
+        typedefs_of(program)
+    size = _BYTES.get(type_name(unqualified(type_of(lhs, env, tds)))) if lhs is not None else None
+    if len(nest) > 2 or size is None:
+        raise TransformError(f"gpu.vector_pieces: {_where(Resolver(program), m.path, m.node)} is not a copy nest "
+                             f"of one or two loops around `dst[...] = src[...];` of a scalar type", m.node.loc)
+    fn = m.function
+    cells = f"{target} > for {nest[-1].index}" if len(nest) == 2 else target
+    runs, run = thread_tile_name(cells), thread_tile_name(cells, "c")
+    loops.tile(cells, VECTOR_BYTES // size, runs)
+    loops.shift(f"{fn} > for {runs} > for {nest[-1].index}", f"-{runs}", run)
+    top = _target_at(current_session().current(), fn, m.path, 0)
+    arith.simplify(top)
+    if len(nest) == 2:
+        loops.normalize(f"{top} > for {runs}")
+        pieces = _fresh_local("gpu.vector_pieces", "piece index", None, "p" + nest[0].index,
+                              current_session().current(), m.path, fn, m.node.loc)
+        loops.collapse(top, pieces)
+    else:
+        loops.normalize(top)
+        pieces = runs
+    cyclic(f"{fn} > for {pieces}", threads)
+    vector_copy(f"{fn} > for {pieces} > for {run}")
+
+
+def _perfect_paths(program: ir.Program, path: Path) -> list[Path]:
+    """The paths of the loops of the perfect nest at `path`."""
+    out = [path]
+    while len(body := get(program, out[-1]).body.stmts) == 1 and isinstance(body[0], ir.For):
+        out.append(out[-1] + (("body", None), ("stmts", 0)))
+    return out
 
 
 def _per_loop(array: str, loops: int, given: "int | Sequence[int]", what: str, loc: Optional[ir.Loc]) -> list[int]:
@@ -460,10 +543,7 @@ def _all_loops(program: ir.Program) -> list[ir.For]:
 
 
 def _perfect(program: ir.Program, path: Path) -> list[ir.For]:
-    nest = [get(program, path)]
-    while len(nest[-1].body.stmts) == 1 and isinstance(nest[-1].body.stmts[0], ir.For):
-        nest.append(nest[-1].body.stmts[0])
-    return nest
+    return [get(program, p) for p in _perfect_paths(program, path)]
 
 
 # ----------------------------------------------------------------- cyclic loops and reductions
@@ -787,7 +867,9 @@ def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
     which reach the next cells through it, gets the obligation in_range:
     those cells lie in its row (padding puts unused cells after the row).
     Refused: not a local C array of two or more constant dimensions, an
-    amount that is not a positive integer, or an array used otherwise than
+    amount that is not a positive integer, rows that a gpu.vector_copy
+    reads or writes 16 bytes at a time and that would stop being a multiple
+    of 16 bytes, or an array used otherwise than
     indexed in every dimension (passed to a call, its address taken
     otherwise: its layout could then matter).
     """
@@ -812,6 +894,13 @@ def pad(program: ir.Program, target: str, amount: int = 1) -> Rewrite:
             if base == me and depth == len(dims):
                 full += 1
                 obligations += _row_span(who, program, path, n, int(dims[-1].text), m.function)  # type: ignore[union-attr]
+    row = int(dims[-1].text) + amount  # type: ignore[union-attr]
+    for _, n in walk(get(program, block)):
+        cells = vector_cells(n)
+        if cells and row % cells and any(x == me for _, x in walk(n)):
+            raise TransformError(f"{who}: the loop over {n.index} copies '{decl.name}' "
+                                 f"{cells} cells at a time (gpu.vector_copy), so its rows must stay a multiple of "
+                                 f"{cells} cells: pad by {cells - int(dims[-1].text) % cells or cells}", decl.loc)
     uses = sum(1 for _, n in walk(get(program, block)) if n == me)
     if uses != full:
         raise TransformError(f"{who}: '{decl.name}' is used otherwise than indexed in all its {len(dims)} "
@@ -844,7 +933,7 @@ def _row_span(who: str, program: ir.Program, path: Path, cell: ir.Index, row: in
 VECTOR_BYTES = 16
 """The width of the loads and stores gpu.vector_copy asks for (`int4`)."""
 _BYTES = {"char": 1, "signed char": 1, "unsigned char": 1, "int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2,
-          "_Float16": 2, "int": 4, "int32_t": 4, "uint32_t": 4, "float": 4, "double": 8, "int64_t": 8}
+          "_Float16": 2, "otp_bf16": 2, "int": 4, "int32_t": 4, "uint32_t": 4, "float": 4, "double": 8, "int64_t": 8}
 
 
 def _steps_by_one(e: ir.Expr, k: str) -> Optional[tuple[ir.Expr, ...]]:
@@ -860,6 +949,21 @@ def _steps_by_one(e: ir.Expr, k: str) -> Optional[tuple[ir.Expr, ...]]:
             or step.as_long() != 1 or any(k in free_vars(i) for i in index[:-1]):  # type: ignore[union-attr]
         return None
     return tuple(index)
+
+
+def _row_type(access: ir.Index, env: dict[str, ir.CType], tds: dict[str, ir.CType]) -> ir.CType:
+    """The type of the row that the last index of `access` (into a C array
+    variable) walks: the variable's declared type stripped of the other
+    dimensions (an expression's type would have decayed to a pointer, and
+    the environment may give an array variable's first dimension as one)."""
+    base: ir.Expr = access
+    depth = 0
+    while isinstance(base, ir.Index):
+        base, depth = base.base, depth + 1
+    t = resolve(type_of(base, env, tds), tds)
+    for _ in range(depth - 1):
+        t = resolve(t.of, tds) if isinstance(t, ir.Array) else resolve(t.to, tds) if isinstance(t, ir.Ptr) else t
+    return t
 
 
 def _unit_stride(who: str, e: ir.Expr, k: str, where: str, loc: Optional[ir.Loc]) -> tuple[ir.Expr, ...]:
@@ -927,7 +1031,7 @@ def vector_copy(program: ir.Program, target: str) -> Rewrite:
     obs = []
     for side in (copy.lhs, copy.rhs):
         index = _unit_stride(who, side, loop.index, where, loop.loc)
-        row = resolve(type_of(side.base, env, tds), tds) if len(index) > 1 else None
+        row = _row_type(side, env, tds) if len(index) > 1 else None
         if row is not None and not (isinstance(row, ir.Array) and isinstance(row.size, ir.Const)
                                     and int(row.size.text) % per == 0):
             raise TransformError(f"{who}: the rows of '{expr_text(side)}' in {where} are not a multiple of "

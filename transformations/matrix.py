@@ -396,7 +396,8 @@ def _contract_naming(program: ir.Program, root: Path, name: str) -> Optional[Pat
 
 @primitive
 def local_buffer(program: ir.Program, target: str, array: str, name: Optional[str] = None,
-                 shape: Optional[list[Union[str, int]]] = None, region: Optional[list[str]] = None) -> Rewrite:
+                 shape: Optional[list[Union[str, int]]] = None, region: Optional[list[str]] = None,
+                 init: bool = False) -> Rewrite:
     """Make a loop work on a local copy of the tile of an array it touches.
 
     The packing step of GotoBLAS matmul, or keeping a tile of Q in a small
@@ -446,6 +447,14 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     `name` (default `<array>_local`), has the array's element type without
     qualifiers; a size that is not a constant makes it a variable-length
     array. Copying moves values unchanged, so the step is exact.
+
+    With `init`, the statement just before the loop must be a nest of
+    loops storing one constant into the array (the zeroing before a sum,
+    `for (r...) out[...] = 0.0f;`): the buffer starts at that constant
+    instead of being copied in, and the nest goes, since the copy back
+    writes every cell of the region (obligations in_region and covers on the
+    nest: it stores into the region and into all of it). Refused: no such
+    nest right before the loop.
 
     Obligations: `in_region` (every access of the loop lies in the region,
     whose sizes are at least 1 and which lies within the array), `no_alias`
@@ -504,15 +513,19 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     outside = _access_expr(arr, [o.plus(_lin(at[d])).expr() if d in at else o.expr()
                                  for d, o in enumerate(origins)])
     roles = {a.role for a in accesses}
-    copy_in = roles != {"write"}
+    start = _initial_value(who, program, res, arr, block, k, where, loop.loc) if init else None
+    copy_in = roles != {"write"} and start is None
     stmts: list[ir.Stmt] = [ir.DeclStmt(decl)]
-    if copy_in:
-        stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", inside, outside))))
+    if copy_in or start is not None:
+        stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", inside, start or outside))))
     stmts.append(get(new, m.path))
-    if roles != {"read"}:
+    if roles != {"read"} or start is not None:
         stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", outside, inside))))
     new = splice(new, m.path, tuple(stmts))
+    if start is not None:
+        new = splice(new, block + (("stmts", k - 1),), ())
     shown = " x ".join(f"[{expr_text(o.expr())}, {expr_text(o.plus(s).expr())})" for o, s in zip(origins, sizes))
+    region_exprs = tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes) + tuple(arr.shape)
     obligations = [
         Obligation("in_region", f"every access of {where} to '{array}' lies in {shown}, and that region (sizes "
                    f">= 1) lies within '{array}' {arr.shape_text()}", m.function, (m.path,),
@@ -521,12 +534,37 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
         Obligation("no_alias", f"inside {where}, no name other than '{array}' reaches the cells of {shown}",
                    m.function, (m.path,), before=True, names=(array,)),
     ]
-    if not copy_in:
+    if not copy_in and start is None:
         obligations.append(Obligation("covers", f"{where} writes every cell of {shown} before '{name}' is copied "
-                                      f"back to '{array}'", m.function, (m.path,),
-                                      tuple(o.expr() for o in origins) + tuple(s.expr() for s in sizes)
-                                      + tuple(arr.shape), before=True, names=(array,)))
+                                      f"back to '{array}'", m.function, (m.path,), region_exprs, before=True,
+                                      names=(array,)))
+    if start is not None:
+        first = block + (("stmts", k - 1),)
+        obligations += [
+            Obligation("in_region", f"the stores of {expr_text(start)} before {where} lie in {shown}", m.function,
+                       (first,), region_exprs, before=True, names=(array,)),
+            Obligation("covers", f"the stores of {expr_text(start)} before {where} reach every cell of {shown}, "
+                       f"which '{name}' then starts with", m.function, (first,), region_exprs, before=True,
+                       names=(array,))]
     return Rewrite(new, tuple(obligations) + _delinearize_obligation(arr, accesses))
+
+
+def _initial_value(who: str, program: ir.Program, res: Resolver, arr: _Array, block: Path, k: int, where: str,
+                   loc: Optional[ir.Loc]) -> ir.Expr:
+    """The constant that the nest of loops just before the loop stores into
+    `arr`, its only effect (local_buffer's `init`)."""
+    stmt = get(program, block).stmts[k - 1] if k > 0 else None
+    inner = stmt
+    while isinstance(inner, ir.For) and len(inner.body.stmts) == 1 and not inner.pragmas:
+        inner = inner.body.stmts[0]
+    store = inner.expr if isinstance(inner, ir.ExprStmt) else None
+    if not (isinstance(stmt, ir.For) and isinstance(store, ir.Assign) and store.op == "="
+            and isinstance(store.lhs, ir.Index) and _chain(store.lhs)[1] == ir.Var(arr.name)
+            and not free_vars(store.rhs) and not has_side_effects(store.rhs)):
+        raise TransformError(f"{who}: with init, the statement before {where} must be a nest of loops storing a "
+                             f"constant into '{arr.name}'", loc)
+    _accesses(program, res, arr, block + (("stmts", k - 1),), who)
+    return store.rhs
 
 
 # ----------------------------------------------------------------- layout changes of local arrays
