@@ -352,6 +352,10 @@ def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
     assert ("extern \"C\" void gqa_decode(int H, int KVH, int D, int SMAX, int pos, const float *q, "
             "const float *k_new, const float *v_new, otp_bf16 *k_cache, otp_bf16 *v_cache, float *out)") in cu
     assert "k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);" in cu
-    assert "__shared__ __align__(16) otp_bf16 ks[32][129];" in cu  # the staged K tile stays bfloat16
+    assert "__shared__ __align__(16) otp_bf16 ks[64][136];" in cu  # the staged K tile stays bfloat16
+    # copied 8 values a load by the block's threads (gpu.stage's vector), rows padded to stay 16-byte aligned
+    assert ("*(int4 *)&ks[i0_2][ci1_2 + ri1_2 * 8] = *(const int4 *)&k_cache[(g * SMAX + 64 * bt + i0_2) * 128 + "
+            "ci1_2 + ri1_2 * 8];") in cu
+    assert "acc[i0_3] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
     assert "(float)v_cache[(g * SMAX + t) * D + d]" in cu
     assert compile_check(cu, "final.cu") == ()

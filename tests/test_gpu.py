@@ -864,3 +864,65 @@ def test_cuda_bench_keeps_the_contents_of_modified_arrays(ck):
     assert _outputs(plan) == ["k_cache", "v_cache", "out"] and _poisoned(plan) == ["out"]
     cache = arrays["k_cache"]
     assert cache.any() and all(x == x for x in cache)  # random, not NaN: what the check runs on
+
+
+def test_vector_copy_into_a_row_of_a_2d_array(ck):
+    """A row of 8 floats holds two int4: the copy into its first 4 cells is
+    one; rows of 6 floats (24 bytes) would misalign every other row."""
+    src = ck.parse("void f(const float *x, float *y) {\n  float t[2][8];\n  for (int k = 0; k < 4; k++) {\n"
+                   "    t[1][k] = x[k];\n  }\n  y[0] = t[1][0];\n}\n")
+    rw = gpu.vector_copy.apply(src, "f > for k")
+    assert [o.kind for o in rw.obligations] == ["equals", "equals"]
+    assert "#pragma otp gpu int4 4\n" in ck.function_text(rw.program, "f")
+
+
+def test_pad_keeps_the_rows_of_a_vector_copy_aligned(ck):
+    """After a 16-byte copy into t's rows, padding them by 1 float would
+    put every other row's int4 off a 16-byte boundary: refused; by 4 kept."""
+    src = ck.parse("void f(const float *x, float *y) {\n  float t[2][8];\n  for (int k = 0; k < 8; k++) {\n"
+                   "    t[1][k] = x[k];\n  }\n  y[0] = t[1][0];\n}\n")
+    p = gpu.vector_copy.apply(src, "f > for k").program
+    assert refusal(gpu.pad.apply, p, "f > def t") == (
+        "gpu.pad: the loop over k copies 't' 4 cells at a time (gpu.vector_copy), so its rows must stay a "
+        "multiple of 4 cells: pad by 4")
+    assert "float t[2][12];" in ck.function_text(gpu.pad.apply(p, "f > def t", 4).program, "f")
+
+
+def test_stage_with_vector_copies_a_tile_in_16_byte_pieces(ck):
+    """matmul's 16 x 64 tile of C shared by 64 threads: 256 pieces of 4
+    floats, 4 each, copied in and back; level 2 proves every sub-step and
+    the outputs agree."""
+    p0 = ck.load("matmul.c")
+    p = steps(p0, (loop.tile, "matmul > for i", 16), (loop.tile, "matmul > for bi > for i > for j", 64),
+              (loop.swap, "matmul > for bi > for i"), (gpu.map_blocks, "matmul > for bi", "y"),
+              (gpu.map_blocks, "matmul > for bj", "x"))
+    rw = gpu.stage.apply(p, "matmul > for bj > for i", "C", "Cs", ["M", "N"], region=["bi:16", "bj:64"], vector=64)
+    text = ck.function_text(rw.program, "matmul")
+    assert ck.contains(text, """
+        #pragma otp gpu thread x
+        for (int t = 0; t < 64; t++) {
+          for (int pi0 = t; pi0 < 256; pi0 += 64) {
+            int i0 = pi0 / 16;
+            int ri1 = pi0 % 16;
+            #pragma otp gpu int4 4
+            for (int ci1 = 0; ci1 < 4; ci1++) {
+              Cs[i0][ci1 + ri1 * 4] = C[(bi + i0) * N + bj + ci1 + ri1 * 4];""")
+    assert "C[(bi + i0) * N + bj + ci1_1 + ri1_1 * 4] = Cs[i0][ci1_1 + ri1_1 * 4];" in text  # and back
+    tiles = parse_spec_text("matmul(M, N, K, A, B, C):\n  requires M >= 16, N >= 64, K >= 1, M % 16 == 0, "
+                            "N % 64 == 0\n  reads A ~> Matrix2(M, K), B ~> Matrix2(K, N)\n"
+                            "  writes C ~> Matrix2(M, N)\n")
+    result = check_step(p, rw.program, rw.obligations, tiles)
+    assert result.ok, result.problems
+    ck.same_outputs(p0, rw.program, "matmul", matmul_args(ck, 32, 128, 5))
+    assert "give no `axes`" in refusal(gpu.stage.apply, p, "matmul > for bj > for i", "C", "Cs", ["M", "N"],
+                                       axes=["x"], vector=64)
+
+
+def test_vector_pieces_refusals(ck):
+    src = ck.parse("void f(const float *x, float *y) {\n  float t[2][2][8];\n  for (int a = 0; a < 2; a++) {\n"
+                   "    for (int b = 0; b < 2; b++) {\n      for (int k = 0; k < 8; k++) {\n"
+                   "        t[a][b][k] = x[k];\n      }\n    }\n  }\n  y[0] = t[1][1][0];\n}\n")
+    assert "is not a copy nest of one or two loops" in refusal(gpu.vector_pieces.apply, src, "f > for a", 32)
+    odd = ck.parse("void f(const float *x, float *y) {\n  float t[8];\n  for (int k = 0; k < 8; k++) {\n"
+                   "    t[k] = x[k] + 1.0f;\n  }\n  y[0] = t[0];\n}\n")
+    assert "is not a copy" in refusal(gpu.vector_pieces.apply, odd, "f > for k", 2)

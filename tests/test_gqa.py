@@ -14,7 +14,7 @@ from optitrust_py import ir
 from optitrust_py.level2 import check_step
 from optitrust_py.session import Rewrite
 from optitrust_py.spec import parse_spec_file, parse_spec_text
-from transformations import function, llm, loop, variable
+from transformations import function, llm, loop, matrix, variable
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = parse_spec_file(ROOT / "specs" / "gqa_decode.spec")
@@ -252,3 +252,48 @@ def test_group_heads_in_the_transformer_token(ck):
             for (int r = 0; r < kv_mul; r++) {""")
     ck.check(p, r.program, "transformer_token", transformer_args(ck, 2, 16, 24, 4, 2, 8, 5))
     ck.check(p, r.program, "transformer_token", transformer_args(ck, 1, 24, 8, 6, 2, 4, 3))
+
+
+# ----------------------------------------------------------------- local_buffer's init
+
+
+def test_local_buffer_absorbs_the_zeroing_before_a_sum(ck):
+    """The weighted sum of V works on a buffer of the head's output row that
+    starts at zero: the zeroing loop before it goes, the copy in with it."""
+    p = ck.load("gqa_decode.c")
+    r = matrix.local_buffer.apply(p, "gqa_decode > for h > for t#5", "out", "o", ["H", "D"], ["h:1", "0:D"],
+                                  init=True)
+    text = ck.function_text(r.program, "gqa_decode")
+    assert ck.contains(text, """
+            float o[D];
+            for (int i0 = 0; i0 < D; i0++) {
+              o[i0] = 0.0f;
+            }
+            for (int t = 0; t <= pos; t++) {""")
+    assert "out[h * D + d] = 0.0f;" not in text and "o[i0] = out[" not in text
+    assert "out[h * D + i0] = o[i0];" in text
+    assert statuses(p, r) == [("in_region", "proved"), ("no_alias", "proved"), ("in_region", "proved"),
+                              ("covers", "proved"), ("delinearize", "proved")]
+    ck.check(p, r.program, "gqa_decode", gqa_args(ck, 8, 2, 5, 9, 6))
+
+
+def test_local_buffer_init_that_misses_a_cell_is_refuted_and_wrong(ck):
+    """A zeroing that stops one cell short leaves out[h][D - 1] summing onto
+    its old value; the buffer would start that cell at zero."""
+    src = (ROOT / "c_sources" / "gqa_decode.c").read_text().replace(
+        "for (int d = 0; d < D; d++) {\n      out[h * D + d] = 0.0f;",
+        "for (int d = 0; d < D - 1; d++) {\n      out[h * D + d] = 0.0f;")
+    p = ck.parse(src, "gqa_decode.c")
+    r = matrix.local_buffer.apply(p, "gqa_decode > for h > for t#5", "out", "o", ["H", "D"], ["h:1", "0:D"],
+                                  init=True)
+    reason = refuted(p, r, SPEC)
+    assert reason.startswith("covers: ") and "out" in reason, reason
+    args = gqa_args(ck, 8, 2, 5, 9, 6)
+    assert ck.run(p, "gqa_decode", args) != ck.run(r.program, "gqa_decode", args)
+
+
+def test_local_buffer_init_refusals(ck):
+    p = ck.load("gqa_decode.c")
+    assert refusal(matrix.local_buffer.apply, p, "gqa_decode > for h > for t#4", "scores", "sc", ["pos + 1"], None,
+                   init=True) == ("matrix.local_buffer: with init, the statement before for t (line 32) must be a "
+                                  "nest of loops storing a constant into 'scores'")

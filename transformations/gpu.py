@@ -302,7 +302,7 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
         if vector:
-            vector_pieces(_target_at(program, m.function, path, 0), vector)
+            vector_pieces(_target_at(current_session().current(), m.function, path, 0), vector)
             continue
         indices = [lp.index for lp in nest]
         counts, widths = (_per_loop(array, len(nest), given, what, m.node.loc)
@@ -355,7 +355,8 @@ def vector_pieces(target: str, threads: int) -> None:
     m = Resolver(program).one(target, "copy loop", (ir.For,))
     nest = _perfect(program, m.path)
     copy = nest[-1].body.stmts[0] if len(nest[-1].body.stmts) == 1 else None
-    lhs = copy.expr.lhs if isinstance(copy, ir.ExprStmt) and isinstance(copy.expr, ir.Assign) else None
+    lhs = copy.expr.lhs if isinstance(copy, ir.ExprStmt) and isinstance(copy.expr, ir.Assign) \
+        and isinstance(copy.expr.rhs, ir.Index) else None
     env, tds = env_at(program, _perfect_paths(program, m.path)[-1] + (("body", None), ("stmts", 0))), \
         typedefs_of(program)
     size = _BYTES.get(type_name(unqualified(type_of(lhs, env, tds)))) if lhs is not None else None

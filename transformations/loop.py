@@ -8,7 +8,7 @@ from typing import Optional
 from optitrust_py import ir
 from optitrust_py.errors import SpecError, TransformError
 from optitrust_py.names import (PURE_FUNCTIONS, declared_names, free_vars, fresh_name, has_side_effects,
-                                is_identifier, reads_of, subst, writes_of)
+                                is_identifier, subst, writes_of)
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive

@@ -517,7 +517,8 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     copy_in = roles != {"write"} and start is None
     stmts: list[ir.Stmt] = [ir.DeclStmt(decl)]
     if copy_in or start is not None:
-        stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", inside, start or outside))))
+        first_value = start if start is not None else outside
+        stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", inside, first_value))))
     stmts.append(get(new, m.path))
     if roles != {"read"} or start is not None:
         stmts.append(_nest(indices, buf_shape, ir.ExprStmt(ir.Assign("=", outside, inside))))
