@@ -352,16 +352,17 @@ def vector_pieces(target: str, threads: int) -> None:
     16, a count of pieces not a multiple of `threads`).
     """
     program = current_session().current()
-    m = Resolver(program).one(target, "copy loop", (ir.For,))
-    nest = _perfect(program, m.path)
+    res = Resolver(program)
+    m = res.one(target, "copy loop", (ir.For,))
+    paths = _perfect_paths(program, m.path)
+    nest: list[ir.For] = [get(program, p) for p in paths]
     copy = nest[-1].body.stmts[0] if len(nest[-1].body.stmts) == 1 else None
     lhs = copy.expr.lhs if isinstance(copy, ir.ExprStmt) and isinstance(copy.expr, ir.Assign) \
         and isinstance(copy.expr.rhs, ir.Index) else None
-    env, tds = env_at(program, _perfect_paths(program, m.path)[-1] + (("body", None), ("stmts", 0))), \
-        typedefs_of(program)
+    env, tds = env_at(program, paths[-1] + (("body", None), ("stmts", 0))), typedefs_of(program)
     size = _BYTES.get(type_name(unqualified(type_of(lhs, env, tds)))) if lhs is not None else None
     if len(nest) > 2 or size is None:
-        raise TransformError(f"gpu.vector_pieces: {_where(Resolver(program), m.path, m.node)} is not a copy nest "
+        raise TransformError(f"gpu.vector_pieces: {_where(res, m.path, m.node)} is not a copy nest "
                              f"of one or two loops around `dst[...] = src[...];` of a scalar type", m.node.loc)
     fn = m.function
     cells = f"{target} > for {nest[-1].index}" if len(nest) == 2 else target
