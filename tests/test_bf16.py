@@ -132,7 +132,8 @@ def test_otp_to_bf16_rounds_to_nearest_even_and_saturates(ck):
 def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     """--precision bf16: the Q, K, V and P tiles of both copies are
     otp_bf16 (__nv_bfloat16) in shared memory, padded, and Q K^T and P V are
-    tensor-core calls by the lanes of four warps, accumulating in registers."""
+    tensor-core calls by the lanes of four warps, accumulating in registers,
+    in the diagonal block too (masked)."""
     r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/attention.py", "--target", "cuda",
                         "--precision", "bf16", "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
@@ -145,6 +146,11 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert (f"otp_mma_m16n8k16_bf16(&lane{d}_acc[0], &lane{d}_acc[2], &q{d}[mi{d} + lane{d}_t % 32 / 4 - bi]"
                 f"[kd{d}]") in cu
         assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
+    # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound
+    for d in (64, 128):
+        assert f"sc{d}[j - bj] = j < i + 1 ? s{d}_h[i - bi][j - bj] / scale : -INFINITY;" in cu
+    for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
+        assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
     # D = 128: the K tile copied by the block's 128 threads, a column each
     assert "k128[i0_7][i1_7] = otp_to_bf16(k[(h * S + (bj + i0_7)) * 128 + i1_7]);" in cu
     assert "attention_kernel3<<<dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1)" in cu

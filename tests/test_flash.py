@@ -11,6 +11,7 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.frontend import parse_text
+from optitrust_py.printer import to_c
 from optitrust_py.level2 import check_step
 from optitrust_py.resources import check_resources
 from optitrust_py.session import inherit_contracts
@@ -421,6 +422,57 @@ def test_drop_buffer_refuses_a_buffer_still_in_use_or_not_allocated():
     p, _ = attention()
     assert "still used besides its free()" in refusal(flash.drop_buffer.apply, p, "attention > def scores")
     assert "not allocated with malloc" in refusal(flash.drop_buffer.apply, p, "attention > def max_val")
+
+
+# ----------------------------------------------------------------- mask
+
+
+def tail_apart() -> tuple[ir.Program, dict[str, Any]]:
+    """attention.c streamed in key blocks of 4, the last S % 8 queries
+    apart (as the CUDA script does), query blocks of 8 whose key-block loop
+    is outside the queries: every key of a key block is a key of the row."""
+    p, contracts = attention()
+    r = flash.online_softmax.apply(p, "attention > for i", 4).program
+    r = loop.split.apply(r, "attention > for i", "S - S % 8").program
+    r = loop.tile.apply(r, "attention > for i#1", 8).program
+    for name in ("max_val", "sum"):
+        r = loop.hoist.apply(r, f"attention > for bi > for i > def {name}").program
+    r = loop.fission.apply(r, "attention > for bi > for i > before for bj").program
+    r = loop.fission.apply(r, "attention > for bi > for i#2 > after for bj").program
+    return flash.swap_triangular.apply(r, "attention > for bi > for i#2").program, contracts
+
+
+def test_mask_runs_every_key_of_the_diagonal_blocks(ck):
+    before, contracts = tail_apart()
+    r = flash.mask.apply(before, "attention > for bi > for bj")
+    text = ck.function_text(r.program, "attention")
+    assert text.count("for (int j = bj; j < bj + 4; j++) {") == 4
+    assert "scores_blk[j - bj] = j < i + 1 ? s / sqrtf(D) : -INFINITY;" in text
+    assert "? bj + 4 : i + 1" not in text.split("for (int i = S - S % 8")[0]  # the tail keeps its own loops
+    assert [o.kind for o in r.obligations] == ["positive"]
+    proved_and_exact(ck, before, r, contracts)
+    for H, S in ((1, 16), (2, 8)):
+        ck.same_outputs(before, r.program, "attention", attention_args(ck, H, S, 4))
+
+
+def test_mask_refuses_loops_it_cannot_mask():
+    before, _ = tail_apart()
+    assert "no loop inside for h" in refusal(flash.mask.apply, before, "attention > for h")
+    p, _ = attention()
+    streamed = flash.online_softmax.apply(p, "attention > for i", 4).program
+    assert "no loop inside for i" in refusal(flash.mask.apply, streamed, "attention > for i")
+    # a pass that a masked score would change: the sum of the raw scores
+    text = to_c(before).replace("sum_h[i - bi] += scores_blk[j - bj];", "sum_h[i - bi] += scores_blk[j - bj] + 1.0f;")
+    message = refusal(flash.mask.apply, parse_text(text, "attention.c"), "attention > for bi > for bj")
+    assert "is not a pass that a masked score leaves unchanged" in message
+
+
+def test_level2_refutes_a_mask_that_can_hide_a_whole_block(ck):
+    before, contracts = tail_apart()
+    weaker = parse_text(to_c(before).replace("if (bj < i + 1)", "if (bj < i + 4)"), "attention.c")
+    r = flash.mask.apply(weaker, "attention > for bi > for bj")
+    # a block whose keys are all past the query: its max would be the previous one, not one of its keys
+    assert refuted(weaker, r, contracts).startswith("positive: ")
 
 
 # ----------------------------------------------------------------- drop_guard, move_up, split_tail

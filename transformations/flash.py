@@ -715,6 +715,144 @@ def drop_buffer(program: ir.Program, target: str) -> Rewrite:
     return Rewrite(replace(program, block, dataclasses.replace(get(program, block), stmts=rest)))
 
 
+def _min_stop(loop: ir.For, block_index: str) -> Optional[tuple[ir.Expr, ir.Expr]]:
+    """(x, y) when the loop runs to `x < y ? x : y` and x, the end of the
+    block, uses the block's index."""
+    stop = loop.stop
+    if isinstance(stop, ir.Ternary) and isinstance(stop.cond, ir.Binop) and stop.cond.op == "<" \
+            and (stop.cond.left, stop.cond.right) == (stop.then, stop.other) and block_index in free_vars(stop.then):
+        return stop.then, stop.other
+    return None
+
+
+def _mask_use(loop: ir.For, cell: ir.Expr) -> Optional[str]:
+    """Which pass over the scores `loop` is, when it reads the masked cell
+    only in a way that a score of -INFINITY leaves without effect (given a
+    finite max): the running max, the exp-sum (expf(-inf - m) = 0 is added),
+    or the weighted sum (0 * v is added)."""
+    stmts = loop.body.stmts
+    if len(stmts) == 1 and (rm := _running_max(stmts[0])) is not None and rm[1] == cell:
+        return "max"
+    if len(stmts) == 2:
+        first, second = (_assignment(s) for s in stmts)
+        if first is not None and second is not None and first.op == "=" and first.lhs == cell \
+                and isinstance(first.rhs, ir.Call) and first.rhs.name == "expf" \
+                and len(first.rhs.args) == 1 and isinstance(first.rhs.args[0], ir.Binop) \
+                and first.rhs.args[0].op == "-" and first.rhs.args[0].left == cell \
+                and cell not in [n for _, n in walk(first.rhs.args[0].right)] \
+                and second.op == "+=" and second.rhs == cell and cell not in [n for _, n in walk(second.lhs)]:
+            return "exp-sum"
+    inner = _only(loop)
+    update = _assignment(_only(inner)) if isinstance(inner, ir.For) else None
+    if update is not None and update.op == "+=" and isinstance(update.rhs, ir.Binop) and update.rhs.op == "*" \
+            and update.rhs.left == cell and cell not in [n for _, n in walk(update.rhs.right)] \
+            and cell not in [n for _, n in walk(update.lhs)]:
+        return "weighted-sum"
+    return None
+
+
+@primitive
+def mask(program: ir.Program, target: str) -> Rewrite:
+    """Run every key of a key block for every query, the keys past a
+    query's bound masked: the score of a masked key is -INFINITY, so the
+    diagonal block of causal attention has the same constant trip counts as
+    the others (the tile products of gpu.mma, as FlashAttention does).
+
+    Before (`flash.mask("attention > for h#3 > for bi > for bj")`):
+
+        for (int j = bj; j < (bj + 64 < i + 1 ? bj + 64 : i + 1); j++) {
+          float s = 0.0f;
+          for (int d = 0; d < 128; d++) { s += q[...] * k[(h * S + j) * 128 + d]; }
+          scores_blk[j - bj] = s / scale;
+        }
+        float max_val_blk = max_val_h[i - bi];
+        for (int j = bj; j < (bj + 64 < i + 1 ? bj + 64 : i + 1); j++) {
+          if (scores_blk[j - bj] > max_val_blk) { max_val_blk = scores_blk[j - bj]; }
+        }
+        ... (exp-sum and weighted-sum passes over the same keys)
+
+    After (obligation positive: i + 1 - bj > 0, the block's first key is
+    never masked, so each block max is finite and expf(-INFINITY - max) = 0):
+
+        for (int j = bj; j < bj + 64; j++) {
+          ...
+          scores_blk[j - bj] = j < i + 1 ? s / scale : -INFINITY;
+        }
+        for (int j = bj; j < bj + 64; j++) { (the passes, unchanged) }
+
+    In every statement list inside the target loop (the key-block loop)
+    whose loops over keys run to `x < y ? x : y` (x the block's end, using
+    its index), the first such loop must end by storing the key's score in
+    a cell, and each later one must be a pass that a score of -INFINITY
+    leaves unchanged: the running max (`if (c > m) m = c;`), the exp-sum
+    (`c = expf(c - m); l += c;`, which adds 0) or the weighted sum (`for d:
+    out += c * v;`, which adds 0 * v: +0 or -0, so only the sign of a zero
+    output can change, and a masked key whose v is infinite or NaN would
+    make the row NaN, as with FlashAttention's masking). The loops then run
+    to x, reading the masked keys' K and V rows (level 2 checks them in
+    bounds). Refused: no such loop, a later loop of another shape, loops
+    with different ranges or a step other than 1, a scores buffer used
+    elsewhere, bodies that write what the bounds read.
+    """
+    who = "flash.mask"
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    where = f"for {m.node.index} (line {m.line})"
+    groups: dict[Path, list[tuple[int, ir.For]]] = {}
+    for p, n in walk(m.node, m.path):
+        if isinstance(n, ir.For) and _min_stop(n, m.node.index) is not None and p[-1][0] == "stmts":
+            block, k = block_of(p)
+            groups.setdefault(block, []).append((k, n))
+    if not groups:
+        raise TransformError(f"{who}: no loop inside {where} runs to a minimum 'x < y ? x : y' of the block's "
+                             f"end x", m.node.loc)
+    new, obs = program, []
+    for block, loops in groups.items():
+        (k0, scores), rest = loops[0], loops[1:]
+        first_path = block + (("stmts", k0),)
+        line = res.line(first_path)
+        x, y = _min_stop(scores, m.node.index) or (None, None)
+        assert x is not None and y is not None
+        for k, loop in loops:
+            if (loop.start, loop.stop, loop.step, loop.index) != (scores.start, scores.stop, scores.step, scores.index) \
+                    or loop.step != ir.Const("1") or loop.inclusive:
+                raise TransformError(f"{who}: the key loops at lines {line} and {res.line(block + (('stmts', k),))} "
+                                     f"do not run over the same keys by steps of 1", loop.loc)
+            _check_bounds_stable(who, res, block + (("stmts", k),), loop, loop.body)
+        store = _assignment(scores.body.stmts[-1] if scores.body.stmts else None)
+        if store is None or store.op != "=" or not isinstance(store.lhs, ir.Index) \
+                or not isinstance(store.lhs.base, ir.Var) or scores.index not in free_vars(store.lhs.index):
+            raise TransformError(f"{who}: the key loop at line {line} must end by storing the key's score, "
+                                 f"'buf[... j ...] = score;'", scores.loc)
+        cell = store.lhs
+        for k, loop in rest:
+            if _mask_use(loop, cell) is None:
+                raise TransformError(f"{who}: the key loop at line {res.line(block + (('stmts', k),))} is not a "
+                                     f"pass that a masked score leaves unchanged (the running max "
+                                     f"'if ({expr_text(cell)} > m) m = {expr_text(cell)};', the exp-sum "
+                                     f"'{expr_text(cell)} = expf({expr_text(cell)} - m); l += {expr_text(cell)};' "
+                                     f"or the weighted sum 'for d: out += {expr_text(cell)} * v;')", loop.loc)
+        here = get(program, block)
+        if not any(isinstance(st, ir.DeclStmt) and ir.Var(st.decl.name or "") == cell.base for st in here.stmts):
+            raise TransformError(f"{who}: '{expr_text(cell.base)}' must be declared with the key loops of line "
+                                 f"{line}, so that nothing else sees the masked scores", scores.loc)
+        keys = {k for k, _ in loops}
+        if any(isinstance(n, ir.Index) and n.base == cell.base and p[len(block)] not in {("stmts", k) for k in keys}
+               for p, n in walk(here, block)):
+            raise TransformError(f"{who}: '{expr_text(cell.base)}' is used outside the key loops of line {line}, "
+                                 f"which would see the masked scores", scores.loc)
+        masked = ir.Ternary(ir.Binop("<", ir.Var(scores.index), y), store.rhs, ir.Unop("-", ir.Var("INFINITY")))
+        for k, loop in loops:
+            body = loop.body
+            if k == k0:
+                body = ir.Block(body.stmts[:-1] + (_assign("=", cell, masked),), body.loc)
+            new = replace(new, block + (("stmts", k),), dataclasses.replace(loop, stop=x, body=body))
+        obs.append(Obligation("positive", f"the first key of the block is not masked at line {line}: "
+                                          f"{expr_text(ir.Binop('-', y, scores.start))} > 0",
+                              m.function, (first_path,), (ir.Binop("-", y, scores.start),), before=True))
+    return Rewrite(new, tuple(obs))
+
+
 _MARGIN = {"<": (False, 0), "<=": (False, 1), ">": (True, 0), ">=": (True, 1)}
 """For `a op b`: whether the operands swap and what is added, so that the
 comparison holds exactly when `b - a (+ 1)` is positive."""
