@@ -467,12 +467,17 @@ def test_mask_refuses_loops_it_cannot_mask():
     assert "is not a pass that a masked score leaves unchanged" in message
 
 
-def test_level2_refutes_a_mask_that_can_hide_a_whole_block(ck):
+def test_mask_of_blocks_past_a_query_is_proved_and_level2_refutes_a_masked_first_block(ck):
     before, contracts = tail_apart()
-    weaker = parse_text(to_c(before).replace("if (bj < i + 1)", "if (bj < i + 4)"), "attention.c")
-    r = flash.mask.apply(weaker, "attention > for bi > for bj")
-    # a block whose keys are all past the query: its max would be the previous one, not one of its keys
-    assert refuted(weaker, r, contracts).startswith("positive: ")
+    # key blocks entirely past a query (bj > i): all masked, they leave its max, sum and output alone
+    unguarded = parse_text(to_c(before).replace("if (bj < i + 1)", "if (1)"), "attention.c")
+    r = flash.mask.apply(unguarded, "attention > for bi > for bj")
+    proved_and_exact(ck, unguarded, r, contracts)
+    # query 0 sees no key of the first block: its running max would stay -INFINITY
+    shifted = parse_text(to_c(before).replace("bj + 4 < i + 1 ? bj + 4 : i + 1", "bj + 4 < i ? bj + 4 : i"),
+                         "attention.c")
+    r = flash.mask.apply(shifted, "attention > for bi > for bj")
+    assert refuted(shifted, r, contracts).startswith("positive: ")
 
 
 # ----------------------------------------------------------------- drop_guard, move_up, split_tail

@@ -771,8 +771,10 @@ def mask(program: ir.Program, target: str) -> Rewrite:
         }
         ... (exp-sum and weighted-sum passes over the same keys)
 
-    After (obligation positive: i + 1 - bj > 0, the block's first key is
-    never masked, so each block max is finite and expf(-INFINITY - max) = 0):
+    After (obligation positive: i + 1 - 0 > 0, the first key of the first
+    block, bj = 0, is not masked, so the running max is a score from the
+    first block on and expf(-INFINITY - max) = 0; a later block whose keys
+    are all masked leaves the max, the sum and the output as they were):
 
         for (int j = bj; j < bj + 64; j++) {
           ...
@@ -847,9 +849,10 @@ def mask(program: ir.Program, target: str) -> Rewrite:
             if k == k0:
                 body = ir.Block(body.stmts[:-1] + (_assign("=", cell, masked),), body.loc)
             new = replace(new, block + (("stmts", k),), dataclasses.replace(loop, stop=x, body=body))
-        obs.append(Obligation("positive", f"the first key of the block is not masked at line {line}: "
-                                          f"{expr_text(ir.Binop('-', y, scores.start))} > 0",
-                              m.function, (first_path,), (ir.Binop("-", y, scores.start),), before=True))
+        first = subst(ir.Binop("-", y, scores.start), {m.node.index: m.node.start})
+        obs.append(Obligation("positive", f"the first key of the first block is not masked at line {line}: "
+                                          f"{expr_text(first)} > 0", m.function, (first_path,), (first,),
+                              before=True))
     return Rewrite(new, tuple(obs))
 
 
