@@ -449,7 +449,7 @@ def test_mask_runs_every_key_of_the_diagonal_blocks(ck):
     assert text.count("for (int j = bj; j < bj + 4; j++) {") == 4
     assert "scores_blk[j - bj] = j < i + 1 ? s / sqrtf(D) : -INFINITY;" in text
     assert "? bj + 4 : i + 1" not in text.split("for (int i = S - S % 8")[0]  # the tail keeps its own loops
-    assert [o.kind for o in r.obligations] == ["positive"]
+    assert [o.kind for o in r.obligations] == ["positive", "positive"]  # the first key, the causal guard at bj = 0
     proved_and_exact(ck, before, r, contracts)
     for H, S in ((1, 16), (2, 8)):
         ck.same_outputs(before, r.program, "attention", attention_args(ck, H, S, 4))
@@ -478,6 +478,10 @@ def test_mask_of_blocks_past_a_query_is_proved_and_level2_refutes_a_masked_first
                          "attention.c")
     r = flash.mask.apply(shifted, "attention > for bi > for bj")
     assert refuted(shifted, r, contracts).startswith("positive: ")
+    # a guard that skips the first block: a query's first block seen could be all masked
+    skipping = parse_text(to_c(before).replace("if (bj < i + 1)", "if (bj > 0)"), "attention.c")
+    r = flash.mask.apply(skipping, "attention > for bi > for bj")
+    assert refuted(skipping, r, contracts).startswith("positive: ")
 
 
 # ----------------------------------------------------------------- drop_guard, move_up, split_tail

@@ -774,7 +774,9 @@ def mask(program: ir.Program, target: str) -> Rewrite:
     After (obligation positive: i + 1 - 0 > 0, the first key of the first
     block, bj = 0, is not masked, so the running max is a score from the
     first block on and expf(-INFINITY - max) = 0; a later block whose keys
-    are all masked leaves the max, the sum and the output as they were):
+    are all masked leaves the max, the sum and the output as they were;
+    and for each `if` around the key loops that tests the block index,
+    positive: it holds at bj = 0, so that every query sees the first block):
 
         for (int j = bj; j < bj + 64; j++) {
           ...
@@ -793,8 +795,10 @@ def mask(program: ir.Program, target: str) -> Rewrite:
     make the row NaN, as with FlashAttention's masking). The loops then run
     to x, reading the masked keys' K and V rows (level 2 checks them in
     bounds). Refused: no such loop, a later loop of another shape, loops
-    with different ranges or a step other than 1, a scores buffer used
-    elsewhere, bodies that write what the bounds read.
+    with different ranges or a step other than 1, a scores buffer declared
+    or used elsewhere, bodies that write what the bounds read, an `if`
+    around the loops that tests the block index other than by one
+    comparison.
     """
     who = "flash.mask"
     res = Resolver(program)
@@ -849,16 +853,39 @@ def mask(program: ir.Program, target: str) -> Rewrite:
             if k == k0:
                 body = ir.Block(body.stmts[:-1] + (_assign("=", cell, masked),), body.loc)
             new = replace(new, block + (("stmts", k),), dataclasses.replace(loop, stop=x, body=body))
-        first = subst(ir.Binop("-", y, scores.start), {m.node.index: m.node.start})
+        at_first = {m.node.index: m.node.start}
+        first = subst(ir.Binop("-", y, scores.start), at_first)
         obs.append(Obligation("positive", f"the first key of the first block is not masked at line {line}: "
                                           f"{expr_text(first)} > 0", m.function, (first_path,), (first,),
                               before=True))
+        for depth in range(len(m.path) + 1, len(block)):
+            guard = get(program, block[:depth])
+            if isinstance(guard, ir.If) and m.node.index in free_vars(guard.cond):
+                margin = _margin(guard.cond)
+                if margin is None:
+                    raise TransformError(f"{who}: the if of '{expr_text(guard.cond)}' around the key loops of line "
+                                         f"{line} is not a comparison <, <=, > or >= (the first block must be "
+                                         f"seen to be visited)", guard.loc)
+                obs.append(Obligation("positive", f"the first block is visited at line {line}: "
+                                                  f"'{expr_text(guard.cond)}' holds there",
+                                      m.function, (first_path,), (subst(margin, at_first),), before=True))
     return Rewrite(new, tuple(obs))
 
 
 _MARGIN = {"<": (False, 0), "<=": (False, 1), ">": (True, 0), ">=": (True, 1)}
 """For `a op b`: whether the operands swap and what is added, so that the
 comparison holds exactly when `b - a (+ 1)` is positive."""
+
+
+def _margin(cond: ir.Expr) -> Optional[ir.Expr]:
+    """An expression positive exactly when the comparison `cond` holds, or
+    None when `cond` is not one comparison <, <=, > or >=."""
+    if not (isinstance(cond, ir.Binop) and cond.op in _MARGIN):
+        return None
+    swapped, extra = _MARGIN[cond.op]
+    low, high = (cond.right, cond.left) if swapped else (cond.left, cond.right)
+    margin: ir.Expr = ir.Binop("-", high, low)
+    return ir.Binop("+", margin, ir.Const(str(extra))) if extra else margin
 
 
 @primitive
@@ -900,11 +927,8 @@ def drop_guard(program: ir.Program, target: str) -> Rewrite:
                     for e in (cond.left, cond.right))):
         raise TransformError(f"flash.drop_guard: the condition of {what} is not a comparison <, <=, > or >= of "
                              f"integers without side effects", guard.loc)
-    swapped, extra = _MARGIN[cond.op]
-    low, high = (cond.right, cond.left) if swapped else (cond.left, cond.right)
-    margin: ir.Expr = ir.Binop("-", high, low)
-    if extra:
-        margin = ir.Binop("+", margin, ir.Const(str(extra)))
+    margin = _margin(cond)
+    assert margin is not None  # a comparison, checked above
     block, k = block_of(m.path)
     around = {s.decl.name for n, s in enumerate(get(program, block).stmts)
               if n != k and isinstance(s, ir.DeclStmt) and s.decl.name}
