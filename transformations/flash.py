@@ -662,15 +662,14 @@ def full_blocks(program: ir.Program, target: str) -> Rewrite:
     new = program
     obs: list[Obligation] = []
     for p, n in walk(m.node, m.path):
-        stop = n.stop if isinstance(n, ir.For) else None
-        if not (isinstance(stop, ir.Ternary) and isinstance(stop.cond, ir.Binop) and stop.cond.op == "<"
-                and (stop.cond.left, stop.cond.right) == (stop.then, stop.other)
-                and m.node.index in free_vars(stop.then)):
+        bounds = _min_stop(n, m.node.index) if isinstance(n, ir.For) else None
+        if bounds is None:
             continue
-        new = replace(new, p, dataclasses.replace(n, stop=stop.then))
-        obs.append(Obligation("ordered_bounds", f"{expr_text(stop.then)} <= {expr_text(stop.other)} at for "
+        end, other = bounds
+        new = replace(new, p, dataclasses.replace(n, stop=end))
+        obs.append(Obligation("ordered_bounds", f"{expr_text(end)} <= {expr_text(other)} at for "
                                                 f"{n.index} (line {res.line(p)})", m.function, (p,),
-                              (stop.then, stop.other), before=True))
+                              (end, other), before=True))
     if not obs:
         raise TransformError(f"flash.full_blocks: no loop inside for {m.node.index} (line {m.line}) is bounded by "
                              f"a minimum 'x < y ? x : y' of the block's end x", m.node.loc)
