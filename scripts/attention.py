@@ -42,8 +42,9 @@ queries and other D run a thread per query from global memory.
 With `--target cuda --precision bf16` the CUDA ending uses tensor
 cores instead (flash_mma): key blocks of 64, the diagonal one masked
 (its keys past a query score -INFINITY) so that all run whole, the Q,
-K, V and P tiles in bfloat16 in shared memory (`matrix.set_precision(..., "otp_bf16")`, lossy,
-relative tolerance 8 x 2^-8 each), Q K^T and P V as warp tile products
+K, V and P tiles in bfloat16 in shared memory
+(`matrix.set_precision(..., "otp_bf16")`, lossy, relative tolerance
+8 x 2^-8 each), Q K^T and P V as warp tile products
 (`gpu.mma`, fp32 accumulation); `otp bench --target cuda --compare torch`
 then races torch's SDPA on bfloat16 inputs (converted once, untimed)
 restricted to its FlashAttention-2 backend, checking within 2e-2.

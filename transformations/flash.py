@@ -724,14 +724,14 @@ def _min_stop(loop: ir.For, block_index: str) -> Optional[tuple[ir.Expr, ir.Expr
     return None
 
 
-def _mask_use(loop: ir.For, cell: ir.Expr) -> Optional[str]:
-    """Which pass over the scores `loop` is, when it reads the masked cell
+def _unchanged_by_mask(loop: ir.For, cell: ir.Expr) -> bool:
+    """Whether `loop` is a pass over the scores that reads the masked cell
     only in a way that a score of -INFINITY leaves without effect (given a
     finite max): the running max, the exp-sum (expf(-inf - m) = 0 is added),
     or the weighted sum (0 * v is added)."""
     stmts = loop.body.stmts
     if len(stmts) == 1 and (rm := _running_max(stmts[0])) is not None and rm[1] == cell:
-        return "max"
+        return True
     if len(stmts) == 2:
         first, second = (_assignment(s) for s in stmts)
         if first is not None and second is not None and first.op == "=" and first.lhs == cell \
@@ -740,14 +740,12 @@ def _mask_use(loop: ir.For, cell: ir.Expr) -> Optional[str]:
                 and first.rhs.args[0].op == "-" and first.rhs.args[0].left == cell \
                 and cell not in [n for _, n in walk(first.rhs.args[0].right)] \
                 and second.op == "+=" and second.rhs == cell and cell not in [n for _, n in walk(second.lhs)]:
-            return "exp-sum"
+            return True
     inner = _only(loop)
     update = _assignment(_only(inner)) if isinstance(inner, ir.For) else None
-    if update is not None and update.op == "+=" and isinstance(update.rhs, ir.Binop) and update.rhs.op == "*" \
-            and update.rhs.left == cell and cell not in [n for _, n in walk(update.rhs.right)] \
-            and cell not in [n for _, n in walk(update.lhs)]:
-        return "weighted-sum"
-    return None
+    return update is not None and update.op == "+=" and isinstance(update.rhs, ir.Binop) \
+        and update.rhs.op == "*" and update.rhs.left == cell and cell not in [n for _, n in walk(update.rhs.right)] \
+        and cell not in [n for _, n in walk(update.lhs)]
 
 
 @primitive
@@ -804,10 +802,13 @@ def mask(program: ir.Program, target: str) -> Rewrite:
     m = res.one(target, "loop", (ir.For,))
     where = f"for {m.node.index} (line {m.line})"
     groups: dict[Path, list[tuple[int, ir.For]]] = {}
+    bounds: dict[Path, tuple[ir.Expr, ir.Expr]] = {}
     for p, n in walk(m.node, m.path):
-        if isinstance(n, ir.For) and _min_stop(n, m.node.index) is not None and p[-1][0] == "stmts":
+        xy = _min_stop(n, m.node.index) if isinstance(n, ir.For) else None
+        if xy is not None and p[-1][0] == "stmts":
             block, k = block_of(p)
             groups.setdefault(block, []).append((k, n))
+            bounds.setdefault(block, xy)
     if not groups:
         raise TransformError(f"{who}: no loop inside {where} runs to a minimum 'x < y ? x : y' of the block's "
                              f"end x", m.node.loc)
@@ -816,8 +817,7 @@ def mask(program: ir.Program, target: str) -> Rewrite:
         (k0, scores), rest = loops[0], loops[1:]
         first_path = block + (("stmts", k0),)
         line = res.line(first_path)
-        x, y = _min_stop(scores, m.node.index) or (None, None)
-        assert x is not None and y is not None
+        x, y = bounds[block]
         for k, loop in loops:
             if (loop.start, loop.stop, loop.step, loop.index) != (scores.start, scores.stop, scores.step, scores.index) \
                     or loop.step != ir.Const("1") or loop.inclusive:
@@ -831,7 +831,7 @@ def mask(program: ir.Program, target: str) -> Rewrite:
                                  f"'buf[... j ...] = score;'", scores.loc)
         cell = store.lhs
         for k, loop in rest:
-            if _mask_use(loop, cell) is None:
+            if not _unchanged_by_mask(loop, cell):
                 raise TransformError(f"{who}: the key loop at line {res.line(block + (('stmts', k),))} is not a "
                                      f"pass that a masked score leaves unchanged (the running max "
                                      f"'if ({expr_text(cell)} > m) m = {expr_text(cell)};', the exp-sum "
@@ -841,8 +841,8 @@ def mask(program: ir.Program, target: str) -> Rewrite:
         if not any(isinstance(st, ir.DeclStmt) and ir.Var(st.decl.name or "") == cell.base for st in here.stmts):
             raise TransformError(f"{who}: '{expr_text(cell.base)}' must be declared with the key loops of line "
                                  f"{line}, so that nothing else sees the masked scores", scores.loc)
-        keys = {k for k, _ in loops}
-        if any(isinstance(n, ir.Index) and n.base == cell.base and p[len(block)] not in {("stmts", k) for k in keys}
+        keys = {("stmts", k) for k, _ in loops}
+        if any(isinstance(n, ir.Index) and n.base == cell.base and p[len(block)] not in keys
                for p, n in walk(here, block)):
             raise TransformError(f"{who}: '{expr_text(cell.base)}' is used outside the key loops of line {line}, "
                                  f"which would see the masked scores", scores.loc)
