@@ -35,6 +35,7 @@ from . import ir
 from .cuda_map import (MAX_THREADS, last_first, mapped_loops, mapping, min_blocks, sums, thread_extent,
                        vector_cells)
 from .cuda_registers import Register, phase_positions, register_of, to_registers
+from .cuda_shuffle import lane_folds
 from .errors import OtpError
 from .intrinsics import TILE_PRODUCTS
 from .names import PURE_FUNCTIONS, free_vars, lvalue_bases
@@ -264,6 +265,7 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
                                        "rectangular")
     body = blocks[-1].body
     dims = _thread_dims(fn.name, body)
+    body = lane_folds(body, dims, _array_decls(body))
     registers = _register_arrays(body, blocks, dims)
     emitter = _BlockEmitter(fn.name, dims, registers, _array_decls(body))
     stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))

@@ -275,7 +275,7 @@ def lvalue_bases(e: Any) -> set[str]:
     return set()
 
 
-_INCDEC = ("++", "--", "p++", "p--")
+INCDEC = ("++", "--", "p++", "p--")
 
 
 def writes_of(node: Any) -> set[str]:
@@ -285,7 +285,7 @@ def writes_of(node: Any) -> set[str]:
     for _, n in walk(node):
         if isinstance(n, ir.Assign):
             out |= lvalue_bases(n.lhs)
-        elif isinstance(n, ir.Unop) and n.op in _INCDEC:
+        elif isinstance(n, ir.Unop) and n.op in INCDEC:
             out |= lvalue_bases(n.arg)
     return out
 
@@ -352,7 +352,7 @@ def has_side_effects(expr: Any, pure_functions: Iterable[str] = PURE_FUNCTIONS) 
     for _, n in walk(expr):
         if isinstance(n, (ir.Assign, ir.OpaqueExpr)):
             return True
-        if isinstance(n, ir.Unop) and n.op in _INCDEC:
+        if isinstance(n, ir.Unop) and n.op in INCDEC:
             return True
         if isinstance(n, ir.Call) and n.name not in pure:
             return True

@@ -477,6 +477,78 @@ def test_the_last_five_tree_steps_run_as_warp_shuffles(ck):
     assert "sum_part_lane" not in to_cuda(peek) and "max_val_part_lane" in to_cuda(peek)
 
 
+def rows_of_four(ck: Any) -> ir.Program:
+    """softmax with a block per 4 rows: the row loop inside the block loop."""
+    return steps(ck.load("softmax.c"), (loop.tile, "softmax > for i", 4, "bi"),
+                 (gpu.map_blocks, "softmax > for bi", "x"))
+
+
+def test_warp_rows_gives_each_row_a_warp_and_keeps_the_results(ck):
+    """softmax, 4 rows a block: three phases of 128 threads (the max's
+    partials; its fold, the exp-sum's partials; the sum's fold and the
+    normalisation), each row's loops shared by its 32 lanes; level 2
+    proves the rows and the phases disjoint."""
+    p0 = rows_of_four(ck)
+    rw = gpu.warp_rows.apply(p0, "softmax > for bi > for i", 32)
+    text = ck.function_text(rw.program, "softmax")
+    assert text.count("#pragma otp gpu thread x\n") == 3
+    assert "for (int j = 1 + w % 32; j < C; j += 32) {\n" in text
+    assert "if (x[(bi + w / 32) * C + j] > max_val_part[w]) {" in text
+    assert "float max_val = x[(bi + w / 32) * C];\n" in text
+    assert "max_val = fmaxf(max_val, max_val_part[w / 32 * 32 + k]);" in text
+    assert "sum += sum_part[w / 32 * 32 + k];" in text
+    assert rw.fp == "reassoc"
+    ck.roundtrip(rw.program)
+    ck.compiles(rw.program)
+    ck.close_outputs(p0, rw.program, "softmax", [8, 150, ck.floats(1200), ck.floats(1200)])
+    spec = (ROOT / "specs" / "softmax.spec").read_text().replace("R >= 1", "R >= 4, R % 4 == 0")
+    result = check_step(p0, rw.program, rw.obligations, parse_spec_text(spec))
+    assert [v.status for v in result.verdicts] == ["proved"] * 4 and result.ok, result.problems
+
+
+def test_warp_rows_folds_by_xor_shuffles_in_registers(ck):
+    """The folds become butterflies of __shfl_xor_sync over the row's lanes
+    (16 .. 1 for a warp, 2 and 1 for 4 lanes), the partials registers."""
+    p = gpu.warp_rows.apply(rows_of_four(ck), "softmax > for bi > for i", 32).program
+    cu = to_cuda(p)
+    assert "float max_val_part;\n" in cu and "__shared__" not in cu.split("max_val_part;")[0].split("{")[-1]
+    assert ("float sum_part_lanes = sum_part;\n      sum_part_lanes += __shfl_xor_sync(0xffffffffu, "
+            "sum_part_lanes, 16);") in cu
+    assert "max_val = fmaxf(max_val, max_val_part_lanes);" in cu and "[w / 32 * 32 + k]" not in cu
+    quads = steps(ck.load("softmax.c"), (loop.tile, "softmax > for i", 32, "bi"),
+                  (gpu.map_blocks, "softmax > for bi", "x"), (gpu.warp_rows, "softmax > for bi > for i", 4))
+    cu4 = to_cuda(quads)
+    assert "__shfl_xor_sync(0xffffffffu, sum_part_lanes, 2);\n      sum_part_lanes += __shfl_xor_sync(" in cu4
+    assert "sum_part_lanes, 4)" not in cu4
+
+
+@needs_nvcc
+def test_warp_rows_cuda_compiles(ck, tmp_path):
+    p = gpu.warp_rows.apply(rows_of_four(ck), "softmax > for bi > for i", 32).program
+    compile_check(to_cuda(p), tmp_path / "rows.cu")
+
+
+def test_warp_rows_refuses_what_lanes_cannot_share(ck):
+    p = rows_of_four(ck)
+    assert "lanes must be one of 2, 4, 8, 16, 32" in refusal(gpu.warp_rows.apply, p, "softmax > for bi > for i", 3)
+    assert "inside a block loop" in refusal(gpu.warp_rows.apply, ck.load("softmax.c"), "softmax > for i", 32)
+    wide = steps(ck.load("softmax.c"), (loop.tile, "softmax > for i", 64, "bi"),
+                 (gpu.map_blocks, "softmax > for bi", "x"))
+    assert "at most 32 for 32 lanes" in refusal(gpu.warp_rows.apply, wide, "softmax > for bi > for i", 32)
+    q = steps(ck.load("softmax.c"), (gpu.map_blocks, "softmax > for i", "x"),
+              (loop.tile, "softmax > for j#2", 4, "bj"))
+    assert "sets 'sum', declared outside the rows" in refusal(gpu.warp_rows.apply, q, "softmax > for bj > for j", 32)
+
+
+def test_warp_rows_lanes_adding_into_one_cell_are_refuted(ck):
+    """matmul, a block per row and 4 columns as rows: each column's k loop
+    adds into C[i * N + j], which the column's 32 lanes would share out and
+    race on; level 2 refutes the phase."""
+    p = steps(ck.load("matmul.c"), (gpu.map_blocks, "matmul > for i", "x"), (loop.tile, "matmul > for j", 4, "bj"))
+    reason = refuted(p, gpu.warp_rows.apply(p, "matmul > for bj > for j", 32))
+    assert reason.startswith("parallel") and "C[" in reason and "meet" in reason
+
+
 def test_last_first_counts_the_blocks_from_the_end(ck):
     p = gpu.last_first.apply(rows_in_blocks(ck), "matmul > for bj").program
     assert "#pragma otp gpu last_first\n" in ck.function_text(p, "matmul")

@@ -31,7 +31,7 @@ from optitrust_py.intrinsics import memory_args
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.names import free_vars, subst, writes_of
+from optitrust_py.names import INCDEC, free_vars, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.smt import int_term, proves
 from optitrust_py.tree import Path, get, replace, splice, walk
@@ -565,17 +565,26 @@ def _in_block_only(who: str, program: ir.Program, res: Resolver, m: Match) -> No
                              f"any thread loop", m.node.loc)
 
 
+def _strided(loop: ir.For, position: ir.Expr, count: int, body: ir.Block) -> ir.For:
+    """`for (j = start + position * step; j < stop; j += count * step) body`:
+    the share of `loop` of one of `count` workers taking its iterations in turn."""
+    literal = loop.step.text if isinstance(loop.step, ir.Const) and loop.step.text.isdigit() else None
+    step = ir.Const(str(count * int(literal))) if literal is not None \
+        else ir.Binop("*", ir.Const(str(count)), loop.step)  # folded: the checkers read a literal step
+    offset = position if loop.step == ONE else ir.Binop("*", position, loop.step)
+    start = offset if loop.start == ZERO else ir.Binop("+", loop.start, offset)
+    return dataclasses.replace(loop, start=start, step=step, body=body, inclusive=False, pragmas=())
+
+
+def _thread_loop(t: str, threads: int, axis: str, stmts: tuple[ir.Stmt, ...], loc: Optional[ir.Loc]) -> ir.For:
+    return ir.For(t, ZERO, ir.Const(str(threads)), ir.Block(stmts), ONE, ir.INT, False,
+                  (mark("thread", axis),), (), loc)
+
+
 def _cyclic_loop(loop: ir.For, t: str, threads: int, axis: str, body: ir.Block) -> ir.For:
     """`for (t = 0; t < threads; t++) for (j = start + t * step; j < stop; j += threads * step) body`,
     the `t` loop mapped to the threads of `axis`."""
-    literal = loop.step.text if isinstance(loop.step, ir.Const) and loop.step.text.isdigit() else None
-    step = ir.Const(str(threads * int(literal))) if literal is not None \
-        else ir.Binop("*", ir.Const(str(threads)), loop.step)  # folded: the checkers read a literal step
-    offset = ir.Var(t) if loop.step == ONE else ir.Binop("*", ir.Var(t), loop.step)
-    start = offset if loop.start == ZERO else ir.Binop("+", loop.start, offset)
-    inner = dataclasses.replace(loop, start=start, step=step, body=body, inclusive=False, pragmas=())
-    return ir.For(t, ZERO, ir.Const(str(threads)), ir.Block((inner,)), ONE, ir.INT, False,
-                  (mark("thread", axis),), (), loop.loc)
+    return _thread_loop(t, threads, axis, (_strided(loop, ir.Var(t), threads, body),), loop.loc)
 
 
 def _thread_ob(program: ir.Program, function: str, path: Path, claim: str) -> Obligation:
@@ -727,8 +736,7 @@ def reduce(program: ir.Program, target: str, var: str, threads: int = 256, axis:
     while half >= 1:
         other = ir.Index(ir.Var(part), ir.Binop("+", ir.Var(t), ir.Const(str(half))))
         step = ir.If(ir.Binop("<", ir.Var(t), ir.Const(str(half))), ir.Block((_combine(op, code, mine, other),)))
-        new.append(ir.For(t, ZERO, ir.Const(str(threads)), ir.Block((step,)), ONE, ir.INT, False,
-                          (mark("thread", axis),), (), loop.loc))
+        new.append(_thread_loop(t, threads, axis, (step,), loop.loc))
         half //= 2
     new.append(_combine(op, code, ir.Var(var), ir.Index(ir.Var(part), ZERO)))
     block, k = m.path[:-1], m.path[-1][1]
@@ -737,6 +745,237 @@ def reduce(program: ir.Program, target: str, var: str, threads: int = 256, axis:
     obs = tuple(_thread_ob(out, m.function, block + (("stmts", k + 1 + n),), f"step {n} of the reduction of {var}")
                 for n in range(len(new) - 2))
     return Rewrite(out, obs, "reassoc")
+
+
+LANE_GROUPS = (2, 4, 8, 16, 32)
+"""Lanes a row may take: a power of two that divides a warp (the
+printer's xor shuffles stay inside each group)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _RowPlan:
+    """gpu.warp_rows' reading of a row body: the phases' statements (each
+    phase but the first opening with the folds of the reductions the one
+    before ended with), the reductions (name, operator, type code, declaration)
+    and the row's scalars."""
+
+    phases: tuple[tuple[ir.Stmt, ...], ...]
+    folds: tuple[tuple[tuple[str, str, str, ir.DeclStmt], ...], ...]
+    scalars: frozenset[str]
+
+
+def _row_plan(who: str, program: ir.Program, res: Resolver, m: Match) -> _RowPlan:
+    """Cut the body of the row loop after each loop with reductions; refuse
+    what the lanes of a row could not run together."""
+    from transformations.parallel import _sharing
+
+    loop: ir.For = m.node
+    body = m.path + (("body", None),)
+    scalars = frozenset(s.decl.name for s in loop.body.stmts if isinstance(s, ir.DeclStmt) and s.decl.name)
+    phases: list[list[ir.Stmt]] = [[]]
+    folds: list[tuple[tuple[str, str, str, ir.DeclStmt], ...]] = [()]
+    decls = {s.decl.name: s for s in loop.body.stmts if isinstance(s, ir.DeclStmt)}
+    moved: set[str] = set()
+    for k, s in enumerate(loop.body.stmts):
+        line = res.line(body + (("stmts", k),))
+        if isinstance(s, ir.DeclStmt):
+            if isinstance(s.decl.type, ir.Array) or s.decl.init is None:
+                raise TransformError(f"{who}: '{stmt_text(s)}' (line {line}) declares an array or a scalar without "
+                                     f"a value in a row: each lane keeps its own scalars, computed alike", s.loc)
+            phases[-1].append(s)
+            continue
+        local = {n.decl.name for _, n in walk(s) if isinstance(n, ir.DeclStmt)}
+        outer = _plain_writes(s) - scalars - local
+        if outer:
+            raise TransformError(f"{who}: the statement at line {line} sets '{sorted(outer)[0]}', declared outside "
+                                 f"the rows: each thread would set its own copy", s.loc)
+        if not isinstance(s, ir.For):
+            update = isinstance(s, ir.ExprStmt) and _is_update(s, scalars)
+            wrong = writes_of(s) - scalars if update else writes_of(s) & scalars
+            if wrong:
+                what = "memory as well as a row scalar" if update else f"the row's scalar '{sorted(wrong)[0]}'"
+                raise TransformError(f"{who}: the statement at line {line} writes {what}: a row's scalars are set "
+                                     f"by plain assignments, which every lane runs, and other statements run on "
+                                     f"the row's first lane only", s.loc)
+            phases[-1].append(s)
+            continue
+        key = Match(body + (("stmts", k),), s, m.function, line)
+        _checked_loop(who, res, key, "x")
+        sharing = _sharing(who, program, res, [(key.path, s)])
+        found = []
+        for var, op in sharing.reductions:
+            d = decls.get(var)
+            code = _elem_code(resolve(unqualified(d.decl.type), typedefs_of(program))) if d else None
+            if d is None or code is None:
+                raise TransformError(f"{who}: {_where(res, key.path, s)} reduces '{var}', which is not a float or "
+                                     f"double declared in the row before it", s.loc)
+            between = loop.body.stmts[loop.body.stmts.index(d) + 1:k]
+            if var in free_vars(between):
+                raise TransformError(f"{who}: '{var}' is used between its declaration and its reduction at line "
+                                     f"{line}: the reduction must be its first use", s.loc)
+            found.append((var, op, code, d))
+        others = (writes_of(s.body) & scalars) - {v for v, *_ in found}
+        if others:
+            raise TransformError(f"{who}: {_where(res, key.path, s)} sets the row's scalar '{sorted(others)[0]}', "
+                                 f"which each lane would then hold apart; only its reductions are combined", s.loc)
+        phases[-1].append(s)
+        if found:
+            moved |= {v for v, *_ in found}
+            phases.append([])
+            folds.append(tuple(found))
+    for n, stmts in enumerate(phases):
+        mine = {s.decl.name for s in stmts if isinstance(s, ir.DeclStmt)} - moved
+        mine |= {v for v, *_ in folds[n]}
+        alien = (free_vars(tuple(stmts)) & scalars) - mine
+        if alien:
+            name = sorted(alien)[0]
+            raise TransformError(f"{who}: the row's scalar '{name}' is set on one side of a reduction loop and used "
+                                 f"on the other, in {_where(res, m.path, loop)}: the lanes share only the "
+                                 f"reductions' results", loop.loc)
+    return _RowPlan(tuple(tuple(s for s in p if not (isinstance(s, ir.DeclStmt) and s.decl.name in moved))
+                          for p in phases), tuple(folds), scalars)
+
+
+def _plain_writes(node: Any) -> set[str]:
+    """The variables `node` assigns or increments as a whole (not through an index)."""
+    out = set()
+    for _, n in walk(node):
+        target = n.lhs if isinstance(n, ir.Assign) else n.arg if isinstance(n, ir.Unop) and n.op in INCDEC else None
+        if isinstance(target, ir.Var):
+            out.add(target.name)
+    return out
+
+
+def _is_update(s: ir.ExprStmt, scalars: frozenset[str]) -> bool:
+    """An assignment or increment of one of the row's scalars, calling nothing impure."""
+    e = s.expr
+    target = e.lhs if isinstance(e, ir.Assign) else e.arg if isinstance(e, ir.Unop) else None
+    return isinstance(target, ir.Var) and target.name in scalars
+
+
+@primitive
+def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x") -> Rewrite:
+    """Run each row of a loop of a block on its own group of `lanes`
+    threads (a warp for 32): the row's loops shared among its lanes, each
+    reduction into a partial result per lane that every lane then folds.
+
+    Before (`gpu.warp_rows("gqa_decode > for g#2 > for bt > for r#1", 32)`,
+    the 4 heads of a group, a chunk's max and exp-sum):
+
+        for (int r = 0; r < 4; r++) {
+          float m = -INFINITY;
+          for (int t = bt * 64; t < bt * 64 + 64; t++) {
+            if (sc[r][t - 64 * bt] > m) { m = sc[r][t - 64 * bt]; }
+          }
+          max_parts[r] = m;
+          float l = 0.0f;
+          for (int t = bt * 64; t < bt * 64 + 64; t++) {
+            sc[r][t - 64 * bt] = expf(sc[r][t - 64 * bt] - m);
+            l += sc[r][t - 64 * bt];
+          }
+          sum_parts[r] = l;
+        }
+
+    After (obligations parallel: on the rows (before: the phases run each
+    piece of every row before the next piece of any), and on each thread
+    loop (its lanes' shares of the row's loops); fp "reassoc"):
+
+        float m_part[128];
+        float l_part[128];
+        #pragma otp gpu thread x
+        for (int w = 0; w < 128; w++) {
+          m_part[w] = -INFINITY;
+          for (int t = bt * 64 + w % 32; t < bt * 64 + 64; t += 32) {
+            if (sc[w / 32][t - 64 * bt] > m_part[w]) { m_part[w] = sc[w / 32][t - 64 * bt]; }
+          }
+        }
+        #pragma otp gpu thread x
+        for (int w = 0; w < 128; w++) {
+          float m = -INFINITY;
+          for (int k = 0; k < 32; k++) { m = fmaxf(m, m_part[w / 32 * 32 + k]); }
+          if (w % 32 == 0) { max_parts[w / 32] = m; }
+          l_part[w] = 0.0f;
+          for (int t = bt * 64 + w % 32; ...; t += 32) { ... l_part[w] += sc[w / 32][t - 64 * bt]; }
+        }
+        #pragma otp gpu thread x
+        for (int w = 0; w < 128; w++) {
+          float l = 0.0f;
+          for (int k = 0; k < 32; k++) { l += l_part[w / 32 * 32 + k]; }
+          if (w % 32 == 0) { sum_parts[w / 32] = l; }
+        }
+
+    Thread w runs lane w % lanes of row w / lanes. The row's body is cut
+    after each loop holding reductions (`s += e`, `m = fmaxf(m, e)`,
+    `if (e > m) m = e`, ... of a float or double declared in the row): a
+    phase per piece. Each loop of the row is shared among the lanes in turn;
+    a reduction's partial results start at its operator's identity and the
+    next phase opens by folding the row's partials, in every lane, into the
+    declared scalar, so all lanes hold the result (the CUDA printer folds
+    them with `__shfl_xor_sync` when the block's threads lie along x in whole
+    warps). The row's scalars are computed alike by every lane; any other
+    statement runs on the row's first lane. Refused: a loop that is not a
+    block's (or is inside a thread loop), not a constant number of rows
+    with step 1, a lane count not in 2, 4, 8, 16, 32 or more than 1024
+    threads; in the row, an array or a scalar without a value, a reduction
+    into what is not a float or double declared in the row before it (or
+    used in between), a loop setting a row scalar it does not reduce, a
+    statement writing both a row scalar and memory, a row scalar set on
+    one side of a cut and used on the other.
+    """
+    who = "gpu.warp_rows"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    _checked_loop(who, res, m, axis)
+    _in_block_only(who, program, res, m)
+    rows = constant_extent(loop)
+    if isinstance(lanes, bool) or lanes not in LANE_GROUPS:
+        raise TransformError(f"{who}: lanes must be one of {', '.join(map(str, LANE_GROUPS))}, got {lanes!r}",
+                             loop.loc)
+    if rows is None or rows < 1 or rows * lanes > MAX_THREADS:
+        raise TransformError(f"{who}: {where} must run a constant number of rows, at most {MAX_THREADS // lanes} "
+                             f"for {lanes} lanes each, with step 1", loop.loc)
+    plan = _row_plan(who, program, res, m)
+    threads = rows * lanes
+    w = _fresh_local(who, "thread index", None, "w", program, m.path, m.function, loop.loc)
+    k = _fresh_local(who, "fold index", None, "k", program, m.path, m.function, loop.loc)
+    tw, group = ir.Var(w), ir.Const(str(lanes))
+    lane, first = ir.Binop("%", tw, group), ir.Binop("/", tw, group)
+    row = first if loop.start == ZERO else ir.Binop("+", loop.start, first)
+    parts = {var: _fresh_local(who, "partial results", None, f"{var}_part", program, m.path, m.function, loop.loc)
+             for fold in plan.folds for var, *_ in fold}
+    decls: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(parts[var], ir.Array(ir.Base((code,)), ir.Const(str(threads)))))
+                            for fold in plan.folds for var, _, code, _ in fold]
+    cells = {var: ir.Index(ir.Var(part), tw) for var, part in parts.items()}
+    reductions = {var: (op, code) for fold in plan.folds for var, op, code, _ in fold}
+    mates = ir.Binop("+", ir.Binop("*", first, group), ir.Var(k))
+    new: list[ir.Stmt] = []
+    for stmts, fold in zip(plan.phases, plan.folds):
+        body: list[ir.Stmt] = []
+        for var, op, code, d in fold:
+            body += [d, ir.For(k, ZERO, group, ir.Block((_combine(op, code, ir.Var(var),
+                                                                  ir.Index(ir.Var(parts[var]), mates)),)))]
+        for s in stmts:
+            if isinstance(s, ir.For):
+                own = {v for v in writes_of(s.body) if v in reductions}
+                body += [ir.ExprStmt(ir.Assign("=", cells[v], _identity(reductions[v][0], reductions[v][1])))
+                         for v in sorted(own)]
+                body.append(_strided(s, lane, lanes, subst(s.body, {v: cells[v] for v in own})))
+            elif isinstance(s, ir.DeclStmt) or (isinstance(s, ir.ExprStmt) and _is_update(s, plan.scalars)):
+                body.append(s)
+            else:
+                body.append(ir.If(ir.Binop("==", lane, ZERO), ir.Block((s,))))
+        new.append(_thread_loop(w, threads, axis, tuple(subst(ir.Block(tuple(body)), {loop.index: row}).stmts),
+                                loop.loc))
+    out = splice(program, m.path, tuple(decls + new))
+    block, at = m.path[:-1], m.path[-1][1]
+    assert at is not None
+    obs = [Obligation("parallel", f"distinct rows of {where} touch disjoint cells (they run at once, on distinct "
+                                  f"groups of {lanes} threads)", m.function, (m.path,), before=True)]
+    obs += [_thread_ob(out, m.function, block + (("stmts", at + len(decls) + n),), f"phase {n + 1} of the rows of "
+                       f"{where}") for n in range(len(new))]
+    return Rewrite(out, tuple(obs), "reassoc" if reductions else "exact")
 
 
 @primitive

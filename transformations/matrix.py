@@ -40,7 +40,7 @@ from optitrust_py import ir
 from optitrust_py.errors import SpecError, TransformError
 from optitrust_py.intrinsics import CONVERSIONS
 from optitrust_py.layout import delinearize, linearize, signed_sum
-from optitrust_py.names import declared_names, free_vars, fresh_name, has_side_effects, is_identifier, writes_of
+from optitrust_py.names import INCDEC, declared_names, free_vars, fresh_name, has_side_effects, is_identifier, writes_of
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, type_name
 from optitrust_py.session import Rewrite, primitive
@@ -52,7 +52,6 @@ from transformations.loop import ONE, _const_offset, _in_block, _refuse_early_ex
 
 Shape = tuple[ir.Expr, ...]
 ZERO = ir.Const("0")
-_INCDEC = ("++", "--", "p++", "p--")
 _ALLOCATORS = ("malloc", "calloc")
 
 
@@ -168,7 +167,7 @@ def _role(program: ir.Program, path: Path) -> str:
     parent = get(program, path[:-1])
     if isinstance(parent, ir.Assign) and path[-1] == ("lhs", None):
         return "write" if parent.op == "=" else "update"
-    if isinstance(parent, ir.Unop) and parent.op in _INCDEC:
+    if isinstance(parent, ir.Unop) and parent.op in INCDEC:
         return "update"
     return "read"
 

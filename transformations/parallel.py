@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
-from optitrust_py.names import PURE_FUNCTIONS, declared_names, free_vars, fresh_name, subst
+from optitrust_py.names import INCDEC, PURE_FUNCTIONS, declared_names, free_vars, fresh_name, subst
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, primitive
@@ -42,7 +42,6 @@ _MAX_MIN = {"fmaxf": "max", "fmax": "max", "fminf": "min", "fmin": "min"}
 _GREATER = {">": "max", ">=": "max", "<": "min", "<=": "min"}
 _FLIP = {">": "<", ">=": "<=", "<": ">", "<=": ">="}
 _LOOPS = (ir.For, ir.GenericFor, ir.While, ir.DoWhile)
-_INCDEC = ("++", "--", "p++", "p--")
 _ZERO = {"float": "0.0f", "double": "0.0"}
 
 
@@ -138,7 +137,7 @@ def _lvalues(node: Any, path: Path) -> list[tuple[Path, ir.Expr, bool]]:
     for p, n in walk(node, path):
         if isinstance(n, ir.Assign):
             out.append((p, n.lhs, False))
-        elif isinstance(n, ir.Unop) and n.op in _INCDEC + ("&",):
+        elif isinstance(n, ir.Unop) and n.op in INCDEC + ("&",):
             out.append((p, n.arg, n.op == "&"))
     return out
 

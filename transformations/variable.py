@@ -7,8 +7,8 @@ from typing import Any, Optional, Union
 
 from optitrust_py import frontend, ir
 from optitrust_py.errors import OtpError, TransformError
-from optitrust_py.names import (address_taken, declared_names, free_vars, fresh_name, has_side_effects, is_identifier,
-                                lvalue_bases, stored_var, subst)
+from optitrust_py.names import (INCDEC, address_taken, declared_names, free_vars, fresh_name, has_side_effects,
+                                is_identifier, lvalue_bases, stored_var, subst)
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import declaration, expr as expr_text, stmt_text, type_name
 from optitrust_py.session import Rewrite, primitive
@@ -152,7 +152,6 @@ def bind(program: ir.Program, target: str, name: str, type: Union[str, ir.CType,
 
 # ----------------------------------------------------------------- helpers shared by inline, rename, local_accumulator
 
-_INCDEC = ("++", "--", "p++", "p--")
 
 
 def written_by(n: Any, memory: bool = True) -> set[str]:
@@ -160,7 +159,7 @@ def written_by(n: Any, memory: bool = True) -> set[str]:
     increments (with `memory`, also the bases of the memory it stores into,
     `a` for `a[i] = ...`), and a variable whose address it takes (a pointer
     to it may be written)."""
-    target = n.lhs if isinstance(n, ir.Assign) else n.arg if isinstance(n, ir.Unop) and n.op in _INCDEC else None
+    target = n.lhs if isinstance(n, ir.Assign) else n.arg if isinstance(n, ir.Unop) and n.op in INCDEC else None
     if target is not None:
         if memory:
             return lvalue_bases(target)
