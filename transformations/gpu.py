@@ -919,8 +919,9 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
     threads; in the row, an array or a scalar without a value, a reduction
     into what is not a float or double declared in the row before it (or
     used in between), a loop setting a row scalar it does not reduce, a
-    statement writing both a row scalar and memory, a row scalar set on
-    one side of a cut and used on the other.
+    statement writing both a row scalar and memory, a write to a scalar
+    declared outside the rows (each thread would set its own copy), a row
+    scalar set on one side of a cut and used on the other.
     """
     who = "gpu.warp_rows"
     res = Resolver(program)
