@@ -12,10 +12,15 @@ must match the library's (`--compare torch`) or, without it, the original's
 (slow for big kernels: the original is naive C on one core). A script's
 `setup=` and `call=` are honoured as on the CPU (quantize.py): the setup
 calls run once on the GPU, untimed, into buffers sized by their callees'
-contracts, and the call is what is checked and timed. Timing: CUDA
-events around each call, after warm-up calls, `--repeats` calls (default
-REPEATS); reported: median, min, max, rate at the median, and the ratio to
-torch (TF32 off, so an fp32 product is fp32). A torch= formulation may
+contracts, and the call is what is checked and timed. Timing: after
+warm-up calls, `--repeats` calls (default REPEATS), each between two CUDA
+events and after a write of FLUSH_BYTES that evicts the inputs from the L2
+cache (untimed: before the first event), all queued without waiting, so
+the time is the GPU's and not the host's launch overhead (a decode step of
+100 us, or torch's Python, would otherwise be timed with the gaps between
+its launches), and no input is read from the cache of the call before;
+reported: median, min, max, rate at the median, and the ratio to torch
+(TF32 off, so an fp32 product is fp32). A torch= formulation may
 write `bf16(x)` for the input x converted to bfloat16 once, untimed (see
 _bf16). Needs torch with a CUDA device.
 
@@ -45,6 +50,7 @@ from .errors import CheckFailed, OtpError, ScriptError, SpecError, ToolError
 
 REPEATS = 30
 WARMUP = 3
+FLUSH_BYTES = 256 << 20  # five times the H100's L2 (50 MB)
 
 
 @dataclass(frozen=True)
@@ -263,16 +269,16 @@ def _library(torch: Any, statement: str, gpu: _Gpu) -> tuple[Callable[[], None],
 def _timed(torch: Any, call: Callable[[], None], repeats: int) -> tuple[float, ...]:
     for _ in range(WARMUP):
         call()
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for start, end in events:
+        flush.zero_()
         start.record()
         call()
         end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end) / 1e3)
-    return tuple(out)
+    torch.cuda.synchronize()
+    return tuple(start.elapsed_time(end) / 1e3 for start, end in events)
 
 
 def _compare(label: str, ref: Mapping[str, Any], got: Mapping[str, Any], tolerance: float) -> tuple[float, str]:

@@ -115,6 +115,10 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     pairs = "tr" + g.split("#")[1]
     loop.collapse(f"{chunk} > for t#1", pairs)
     gpu.cyclic(f"{chunk} > for {pairs}", 128)
+    if staged and BF16:  # each dot product reads its K row 8 values (16 bytes) at a time
+        loop.tile(f"{chunk} > for {pairs} > for d", 8)
+        matrix.local_buffer(f"{chunk} > for {pairs} > for bd > for d", "ks", "kr")
+        gpu.vector_copy(f"{chunk} > for {pairs} > for bd > for i0_3")
     if staged:  # a warp per head for the chunk's max and sum
         gpu.warp_rows(f"{chunk} > for r#1", 32)
     else:
@@ -179,6 +183,7 @@ if target() == "cuda":
     # register
     loop.swap("gqa_decode > for h > for bt#4")
     gpu.partial_sum("gqa_decode > for h > for d#2 > for bt", "out[h * D + d]")
+    loop.unroll("gqa_decode > for h > for d#2 > for bt", factor=16)
     gpu.map_blocks("gqa_decode > for h", "x")
     gpu.reduce("gqa_decode > for h > for bt#1", "max_val", 128)
     gpu.cyclic("gqa_decode > for h > for bt#2", 128)

@@ -362,6 +362,10 @@ def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
     # copied 8 values a load by the block's threads (gpu.stage's vector), rows padded to stay 16-byte aligned
     assert ("*(int4 *)&ks[i0_2][ci1_2 + ri1_2 * 8] = *(const int4 *)&k_cache[(g * SMAX + 64 * bt + i0_2) * 128 + "
             "ci1_2 + ri1_2 * 8];") in cu
-    assert "acc[i0_3] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
+    # each dot product reads its K row from shared memory 8 values (16 bytes) at a time
+    assert "*(int4 *)&kr[i0_3] = *(const int4 *)&ks[t - 64 * bt][bd + i0_3];" in cu
+    assert "acc[i0_4] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
+    # the combination's sum over the chunks unrolled by 16: 16 loads of partial outputs in flight at once
+    assert "(bt + 15) * D + d" in cu
     assert "(float)v_cache[(g * SMAX + t) * D + d]" in cu
     assert compile_check(cu, "final.cu") == ()
