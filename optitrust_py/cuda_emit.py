@@ -35,6 +35,7 @@ from . import ir
 from .cuda_map import (MAX_THREADS, last_first, mapped_loops, mapping, min_blocks, sums, thread_extent,
                        vector_cells)
 from .cuda_registers import Register, phase_positions, register_of, to_registers
+from .cuda_shared import SHARED_ALIGN, SYNC, layout_shared
 from .cuda_shuffle import lane_folds
 from .errors import OtpError
 from .intrinsics import TILE_PRODUCTS
@@ -44,11 +45,7 @@ from .tree import children, map_children, walk
 
 CUDA_INCLUDE = "#include <cuda_runtime.h>"
 ZERO, ONE = ir.Const("0"), ir.Const("1")
-SYNC = ir.ExprStmt(ir.Call(ir.Var("__syncthreads"), ()))
 VOID = ir.Base(("void",))
-# 16-byte aligned shared arrays: nvcc then merges four neighbouring float
-# reads of an unrolled loop into one 16-byte shared load (ld.shared.v4)
-SHARED_ALIGN = "__align__(16)"
 
 
 class CudaError(OtpError):
@@ -276,7 +273,7 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
             for side in (n.body.stmts[0].expr.lhs, n.body.stmts[0].expr.rhs)}
     if wide:
         stmts = tuple(_aligned(_vectors(s), {lvalue_bases(e).pop() for e in wide}) for s in stmts)
-    stmts, dynamic = _dynamic_shared(stmts)
+    stmts, dynamic = layout_shared(stmts)
     used = free_vars(top)
     extra = tuple(dataclasses.replace(d, init=None) for d in scalars if d.name in used)
     params = fn.params + extra
@@ -295,52 +292,6 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
                             f"{dynamic});"),) + launch
     cond = _all([ir.Binop(">", g, ZERO) for g in grid.values()])
     return kernel, ir.If(cond, ir.Block(launch))
-
-
-STATIC_SHARED = 48 * 1024
-DYNAMIC_SHARED = "otp_smem"
-_ELEM_BYTES = {"float": 4, "int": 4, "unsigned": 4, "double": 8, "char": 1, "short": 2, "long": 8, "int8_t": 1,
-               "uint8_t": 1, "int16_t": 2, "int32_t": 4, "uint32_t": 4, "int64_t": 8, "_Float16": 2, "__half": 2,
-               "__nv_bfloat16": 2, "otp_bf16": 2}
-
-
-def _shared_bytes(d: ir.Decl) -> Optional[int]:
-    """The size of a shared array of constant dimensions and known element type, else None."""
-    n, t = 1, d.type
-    while isinstance(t, ir.Array):
-        n, t = n * int(t.size.text), t.of  # type: ignore[union-attr]
-    names = getattr(t, "names", ())
-    return n * _ELEM_BYTES[names[-1]] if names and names[-1] in _ELEM_BYTES else None
-
-
-def _dynamic_shared(stmts: tuple[ir.Stmt, ...]) -> tuple[tuple[ir.Stmt, ...], int]:
-    """A kernel's shared arrays, when together they pass the 48 KB a block
-    may declare statically, as pointers into one dynamic buffer (each at a
-    16-byte aligned offset; `float (*As)[64]` indexes as `float As[128][64]`
-    did), and the bytes the launch must ask for; else the statements as
-    they are, and 0."""
-    shared = [n.decl for s in stmts for _, n in walk(s)
-              if isinstance(n, ir.DeclStmt) and "__shared__" in n.decl.storage]
-    sizes = [_shared_bytes(d) for d in shared]
-    if not shared or None in sizes or sum(sizes) <= STATIC_SHARED:  # type: ignore[arg-type]
-        return stmts, 0
-    offsets: dict[str, int] = {}
-    total = 0
-    for d, size in zip(shared, sizes):
-        offsets[d.name or ""] = total
-        total += -(-size // 16) * 16  # type: ignore[operator]
-
-    def pointer(node: Any) -> Any:
-        if isinstance(node, ir.DeclStmt) and "__shared__" in node.decl.storage:
-            d = node.decl
-            t = d.type.of if isinstance(d.type, ir.Array) else d.type
-            at = ir.Binop("+", ir.Var(DYNAMIC_SHARED), ir.Const(str(offsets[d.name or ""])))
-            return dataclasses.replace(node, decl=dataclasses.replace(
-                d, type=ir.Ptr(t), storage=tuple(x for x in d.storage if x not in ("__shared__", SHARED_ALIGN)),
-                init=ir.Cast(ir.Ptr(t), at)))
-        return map_children(node, pointer)
-    buffer = ir.Opaque(f"extern __shared__ {SHARED_ALIGN} unsigned char {DYNAMIC_SHARED}[];")
-    return (buffer,) + tuple(pointer(s) for s in stmts), total
 
 
 def _atomic(fn: str, node: Any, added: set[str]) -> Any:

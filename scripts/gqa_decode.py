@@ -35,7 +35,9 @@ matrix.local_buffer absorbing the zeroing before the sum); and
 the combination (a block per query head: the
 max over the chunks reduced over the block's threads, a thread per chunk
 turns its max into its weight, the weighted sum is reduced, and a thread
-per d adds the chunks' partial outputs times their weights). The chunks'
+per d adds the chunks' partial outputs times their weights, 16 chunks an
+iteration, loop.unroll, so that their loads are in flight together: 9 against
+11 us at batch 8). The chunks'
 parts and the scores live in device scratch buffers kept between calls.
 Whole chunks run a constant trip count; the last, shorter chunk has its
 own kernel.
@@ -48,7 +50,11 @@ gives those steps the caches' inputs rounded to bfloat16 and the step
 before the plain ones). The append then rounds k_new and v_new, each read
 converts to float, the staged K tile stays bfloat16 in shared memory,
 copied 16 bytes (8 values) a load by the block's 128 threads
-(gpu.stage's `vector`), and the chunks are 64 positions long. The
+(gpu.stage's `vector`), each dot product reads its K row 16 bytes at a
+time (loop.tile, matrix.local_buffer, gpu.vector_copy), the V tile is
+staged the same way, its copy moved up right after the scores
+(flash.move_up) and its bytes those of q and K, done with by then
+(cuda_shared), and the chunks are 64 positions long. The
 bench counts 2 bytes a cached value, checks within 2e-2 (against the
 original on the unrounded inputs, and against torch) and gives torch's
 SDPA the same bfloat16 caches (q converted once, untimed). Without
@@ -105,6 +111,10 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
             gpu.stage(f"{chunk} > for t#1", "k_cache", "ks", ["KVH", "SMAX", width],
                       region=["g:1", f"bt * {CHUNK}:{CHUNK}", f"0:{width}"], vector=128)
             gpu.pad("gqa_decode > def ks", 8)
+            gpu.stage(f"{chunk} > for d#2", "v_cache", "vs", ["KVH", "SMAX", width],
+                      region=["g:1", f"bt * {CHUNK}:{CHUNK}", f"0:{width}"], vector=128)
+            flash.move_up("gqa_decode > def vs", f"{chunk} > for t#1")
+            flash.move_up(f"{chunk} > for t_3", "gqa_decode > def vs")
         else:  # a column per thread (16-byte copies of fp32 were slower, measured)
             gpu.stage(f"{chunk} > for t#1", "k_cache", "ks", ["KVH", "SMAX", width], axes=[None, "x"],
                       region=["g:1", f"bt * {CHUNK}:{CHUNK}", f"0:{width}"])
@@ -118,7 +128,7 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     if staged and BF16:  # each dot product reads its K row 8 values (16 bytes) at a time
         loop.tile(f"{chunk} > for {pairs} > for d", 8)
         matrix.local_buffer(f"{chunk} > for {pairs} > for bd > for d", "ks", "kr")
-        gpu.vector_copy(f"{chunk} > for {pairs} > for bd > for i0_3")
+        gpu.vector_copy(f"{chunk} > for {pairs} > for bd > for i0_4")
     if staged:  # a warp per head for the chunk's max and sum
         gpu.warp_rows(f"{chunk} > for r#1", 32)
     else:

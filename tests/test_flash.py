@@ -17,7 +17,7 @@ from optitrust_py.resources import check_resources
 from optitrust_py.session import inherit_contracts
 from optitrust_py.spec import load_contracts, parse_spec_text
 from optitrust_py.tree import get, replace, walk
-from transformations import flash, loop, vector
+from transformations import flash, loop, matrix, vector
 from conftest import ROOT
 from helpers import attention_args, refusal, refuted
 
@@ -537,6 +537,46 @@ def test_move_up_refuses_a_place_below_and_level2_refutes_passing_a_read(ck):
     assert refuted(before, r, contracts).startswith("commute: ")
     with pytest.raises(AssertionError):  # the rescaling factor reads the new max: always 1
         ck.same_outputs(before, r.program, "attention", attention_args(ck, 1, 21, 4))
+
+
+def test_move_up_takes_a_tile_and_its_copy_above_the_statements_that_do_not_use_them(ck):
+    """The V rows of a key block, copied into a local tile: the tile's
+    declaration goes up without obligation, then its copy (commute),
+    above the softmax of the block, as a kernel issues the loads of V
+    before computing the block's max and sum."""
+    before, contracts = whole_blocks()
+    full = "attention > for bj#1 > for i"
+    staged = matrix.local_buffer.apply(before, f"{full} > for j#4", "v", "vt", shape=["H * S", "D"])
+    text = ck.function_text(staged.program, "attention")
+    assert "float vt[4][D];" in text
+    r = flash.move_up.apply(staged.program, f"{full} > def vt", f"{full} > for j#1")
+    assert r.obligations == ()
+    text = ck.function_text(r.program, "attention")
+    assert "scores_blk[j - bj] = s / sqrtf(D);\n            }\n            float vt[4][D];\n" in text
+    copy = flash.move_up.apply(r.program, f"{full} > for i0", f"{full} > def vt")
+    assert [o.kind for o in copy.obligations] == ["commute"]
+    assert "float vt[4][D];\n            for (int i0 = 0; i0 < 4; i0++) {" in ck.function_text(copy.program, "attention")
+    proved_and_exact(ck, r.program, copy, contracts)
+
+
+def test_move_up_refuses_a_declaration_with_an_initializer_or_passing_its_name(ck):
+    before, contracts = whole_blocks()
+    full = "attention > for bj#1 > for i"
+    assert "has an initializer" in refusal(flash.move_up.apply, before, f"{full} > def rescale",
+                                           f"{full} > def max_val_blk")
+    shadowed = parse_text(textwrap.dedent("""
+        void f(int n, float *y) {
+          float t = 1.0f;
+          {
+            float u = 0.0f;
+            y[0] = t + u;
+            float t;
+            t = 2.0f;
+            y[1] = t;
+          }
+        }"""), "shadow.c")
+    assert "would pass the instruction at line 5, which names 't'" in refusal(flash.move_up.apply, shadowed,
+                                                                              "f > def t#2", "f > def u")
 
 
 def test_split_tail_leaves_a_multiple_of_the_tile_in_the_first_loop(ck):

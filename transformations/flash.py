@@ -1000,12 +1000,17 @@ def move_up(program: ir.Program, target: str, after: str) -> Rewrite:
         sum_h[i - bi] = sum_h[i - bi] * rescale;
         ...
 
+    The instruction may also be the declaration of an array or a variable
+    without initializer (`... > def vs`), which has no effect: no
+    obligation, but the instructions it passes must not name it (they
+    would then see it instead of a name of the enclosing scope): the tile
+    a copy fills is declared higher, before the copy moves up in its turn.
     Refused when the two instructions are not in the same block, when
-    `after` is not before the instruction, or when the instruction declares
-    a name.
+    `after` is not before the instruction, when the instruction is any
+    other declaration, or when a declaration passes a use of its name.
     """
     res = Resolver(program)
-    m = res.one(target, "instruction", (ir.ExprStmt, ir.For, ir.If, ir.Block))
+    m = res.one(target, "instruction", (ir.ExprStmt, ir.DeclStmt, ir.For, ir.If, ir.Block))
     to = res.one(after, "instruction", (ir.ExprStmt, ir.DeclStmt, ir.For, ir.If, ir.Block))
     what = f"the instruction at line {m.line}"
     block, k = block_of(m.path)
@@ -1016,6 +1021,17 @@ def move_up(program: ir.Program, target: str, after: str) -> Rewrite:
     stmts = get(program, block).stmts
     moved = stmts[:j + 1] + (stmts[k],) + stmts[j + 1:k] + stmts[k + 1:]
     new = replace(program, block, dataclasses.replace(get(program, block), stmts=moved))
+    if isinstance(m.node, ir.DeclStmt):
+        name = m.node.decl.name or ""
+        if m.node.decl.init is not None:
+            raise TransformError(f"flash.move_up: the declaration of '{name}' at line {m.line} has an initializer; "
+                                 f"only a declaration without one moves (it has no effect)", m.node.loc)
+        user = next((n for n in range(j + 1, k) if name in free_vars(stmts[n])), None)
+        if user is not None:
+            raise TransformError(f"flash.move_up: the declaration of '{name}' at line {m.line} would pass the "
+                                 f"instruction at line {res.line(block + (('stmts', user),))}, which names "
+                                 f"'{name}'", m.node.loc)
+        return Rewrite(new)
     paths = (block + (("stmts", j + 1),),) + tuple(block + (("stmts", n),) for n in range(j + 2, k + 1))
     ob = Obligation("commute", f"{what} commutes with the {k - j - 1} instruction(s) it moves above", m.function,
                     paths)

@@ -1,0 +1,127 @@
+"""Where a kernel's shared arrays lie in shared memory.
+
+Shared memory bounds how many blocks an SM holds, so two arrays that are
+never live at once share bytes: a tile of K that the scores are done with
+and the tile of V staged next, say. Two arrays declared in the same block
+of statements may overlap when every use of one comes before every use of
+the other with a `__syncthreads()` of that block between them (each
+thread's last access of the first is over before any thread touches the
+second), and, if that block can run again (a loop body, or a branch of
+one), with one after the second's last use or before the first's first
+use as well (the next run's accesses of the first wait for the second's).
+Anything else, arrays of different blocks included, keeps its own bytes.
+The arrays then become pointers into one buffer of bytes, static when it
+fits in the 48 KB a block may declare statically, else dynamic (the
+launch asks for its size); a kernel whose arrays share nothing and fit in
+48 KB keeps them as they are.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from . import ir
+from .names import free_vars
+from .tree import map_children, walk
+
+STATIC_SHARED = 48 * 1024
+SHARED_BUFFER = "otp_smem"
+# 16-byte aligned shared arrays: nvcc then merges four neighbouring float
+# reads of an unrolled loop into one 16-byte shared load (ld.shared.v4)
+SHARED_ALIGN = "__align__(16)"
+SYNC = ir.ExprStmt(ir.Call(ir.Var("__syncthreads"), ()))
+_ELEM_BYTES = {"float": 4, "int": 4, "unsigned": 4, "double": 8, "char": 1, "short": 2, "long": 8, "int8_t": 1,
+               "uint8_t": 1, "int16_t": 2, "int32_t": 4, "uint32_t": 4, "int64_t": 8, "_Float16": 2, "__half": 2,
+               "__nv_bfloat16": 2, "otp_bf16": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Array:
+    decl: ir.Decl
+    bytes: int
+    scope: int  # which statement list declares it (its position in the walk)
+    first: int  # the statements of that list that use it, first and last
+    last: int
+    syncs: tuple[int, ...]  # the barriers of that list
+    again: bool  # the list may run again (not the kernel's own)
+
+    def before(self, other: "_Array") -> bool:
+        """Every use of self is over, at a barrier, before any use of other, run after run."""
+        if self.scope != other.scope or self.last >= other.first:
+            return False
+        between = any(self.last < s < other.first for s in self.syncs)
+        wraps = any(s > other.last or s < self.first for s in self.syncs)
+        return between and (wraps or not self.again)
+
+
+def shared_bytes(d: ir.Decl) -> Optional[int]:
+    """The size of a shared array of constant dimensions and known element type, else None."""
+    n, t = 1, d.type
+    while isinstance(t, ir.Array):
+        n, t = n * int(t.size.text), t.of  # type: ignore[union-attr]
+    names = getattr(t, "names", ())
+    return n * _ELEM_BYTES[names[-1]] if names and names[-1] in _ELEM_BYTES else None
+
+
+def _is_shared(s: Any) -> bool:
+    return isinstance(s, ir.DeclStmt) and "__shared__" in s.decl.storage
+
+
+def _arrays(stmts: tuple[ir.Stmt, ...]) -> Optional[list[_Array]]:
+    """The shared arrays with their live ranges, in declaration order; None
+    when one has a size that is not known."""
+    lists = [(stmts, False)] + [(n.stmts, True) for s in stmts for _, n in walk(s) if isinstance(n, ir.Block)]
+    out = []
+    for scope, (body, again) in enumerate(lists):
+        syncs = tuple(k for k, s in enumerate(body) if s == SYNC)
+        for k, s in enumerate(body):
+            if not _is_shared(s):
+                continue
+            size = shared_bytes(s.decl)
+            if size is None:
+                return None
+            uses = [j for j, u in enumerate(body) if j != k and s.decl.name in free_vars(u)] or [k]
+            out.append(_Array(s.decl, -(-size // 16) * 16, scope, uses[0], uses[-1], syncs, again))
+    return out
+
+
+def _offsets(arrays: list[_Array]) -> dict[str, int]:
+    """First fit: each array at the lowest offset clear of the arrays placed
+    before it that it may be live with."""
+    placed: list[tuple[_Array, int]] = []
+    for a in arrays:
+        live = [(b, at) for b, at in placed if not (a.before(b) or b.before(a))]
+        at = 0
+        for b, b_at in sorted(live, key=lambda p: p[1]):
+            if at < b_at + b.bytes and b_at < at + a.bytes:
+                at = b_at + b.bytes
+        placed.append((a, at))
+    return {a.decl.name or "": at for a, at in placed}
+
+
+def layout_shared(stmts: tuple[ir.Stmt, ...]) -> tuple[tuple[ir.Stmt, ...], int]:
+    """The kernel's statements with its shared arrays as pointers into one
+    buffer when sharing saves bytes or they pass 48 KB, and the bytes of
+    dynamic shared memory the launch asks for (0 for a static buffer or
+    none)."""
+    arrays = _arrays(stmts)
+    if not arrays:
+        return stmts, 0
+    offsets = _offsets(arrays)
+    total = max(offsets[a.decl.name or ""] + a.bytes for a in arrays)
+    if total == sum(a.bytes for a in arrays) <= STATIC_SHARED:
+        return stmts, 0
+
+    def pointer(node: Any) -> Any:
+        if _is_shared(node):
+            d = node.decl
+            t = d.type.of if isinstance(d.type, ir.Array) else d.type
+            at = ir.Binop("+", ir.Var(SHARED_BUFFER), ir.Const(str(offsets[d.name or ""])))
+            return dataclasses.replace(node, decl=dataclasses.replace(
+                d, type=ir.Ptr(t), storage=tuple(x for x in d.storage if x not in ("__shared__", SHARED_ALIGN)),
+                init=ir.Cast(ir.Ptr(t), at)))
+        return map_children(node, pointer)
+    dynamic = total > STATIC_SHARED
+    buffer = ir.Opaque(f"extern __shared__ {SHARED_ALIGN} unsigned char {SHARED_BUFFER}[];" if dynamic else
+                       f"__shared__ {SHARED_ALIGN} unsigned char {SHARED_BUFFER}[{total}];")
+    return (buffer,) + tuple(pointer(s) for s in stmts), total if dynamic else 0
