@@ -50,8 +50,12 @@ gives those steps the caches' inputs rounded to bfloat16 and the step
 before the plain ones). The append then rounds k_new and v_new, each read
 converts to float, the staged K tile stays bfloat16 in shared memory,
 copied 16 bytes (8 values) a load by the block's 128 threads
-(gpu.stage's `vector`), each dot product reads its K row 16 bytes at a
-time (loop.tile, matrix.local_buffer, gpu.vector_copy), the V tile is
+(gpu.stage's `vector`), a thread per key computes the G scores of its
+key together (loop.hoist, fission and swap: G sums in registers), reading
+its K row and q 16 bytes at a time (loop.tile, matrix.local_buffer,
+gpu.vector_copy; q's rows padded by 4, not 1, to stay aligned), the
+chunk's scores are laid out [key][head] so that the weighted sum of V
+reads a key's G weights in one 16-byte read (matrix.reorder_dims), the V tile is
 staged the same way, its copy moved up right after the scores
 (flash.move_up) and its bytes those of q and K, done with by then
 (cuda_shared), and the chunks are 64 positions long. The
@@ -90,7 +94,7 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
                   region=[f"g * {group}:{group}", f"bt * {CHUNK}:{CHUNK}"])
         gpu.stage(f"{chunk} > for r", "q", "qs", ["H", width], axes=[None, "x"],
                   region=[f"g * {group}:{group}", f"0:{width}"])
-        gpu.pad("gqa_decode > def qs")
+        gpu.pad("gqa_decode > def qs", 4 if BF16 else 1)
     loop.fission(f"{chunk} > for r > after for t#1")
     loop.fission(f"{chunk} > for r#2 > before for d#1")
     loop.fission(f"{chunk} > for r#3 > after for d#1")
@@ -122,15 +126,22 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
     else:  # mapped last: level 2 re-proves a kernel's mapped loops at each step that changes it
         gpu.map_blocks(g, "y")
         gpu.map_blocks(chunk, "x")
-    pairs = "tr" + g.split("#")[1]
-    loop.collapse(f"{chunk} > for t#1", pairs)
-    gpu.cyclic(f"{chunk} > for {pairs}", 128)
-    if staged and BF16:  # each dot product reads its K row 8 values (16 bytes) at a time
-        loop.tile(f"{chunk} > for {pairs} > for d", 8)
-        matrix.local_buffer(f"{chunk} > for {pairs} > for bd > for d", "ks", "kr")
-        gpu.vector_copy(f"{chunk} > for {pairs} > for bd > for i0_4")
+    if staged and BF16:  # a thread per key, its G scores together from 16-byte reads of its K row and of q
+        loop.hoist(f"{chunk} > for t#1 > for r > def s", "s4")
+        loop.fission(f"{chunk} > for t#1 > for r > after for d")
+        loop.fission(f"{chunk} > for t#1 > for r#1 > after 's4[r] = 0.0f'")
+        loop.swap(f"{chunk} > for t#1 > for r#2")
+        loop.tile(f"{chunk} > for t#1 > for d", 8)
+        for tile, run, copy in (("ks", "kr", "i0_4"), ("qs", "qr", "i1_2")):
+            matrix.local_buffer(f"{chunk} > for t#1 > for bd > for d", tile, run)
+            gpu.vector_copy(f"{chunk} > for t#1 > for bd > for {copy}")
+        gpu.cyclic(f"{chunk} > for t#1", 128)
+    else:
+        pairs = "tr" + g.split("#")[1]
+        loop.collapse(f"{chunk} > for t#1", pairs)
+        gpu.cyclic(f"{chunk} > for {pairs}", 128)
     if staged:  # a warp per head for the chunk's max and sum
-        gpu.warp_rows(f"{chunk} > for r#1", 32)
+        gpu.warp_rows(f"{chunk} > for r#{4 if BF16 else 1}", 32)
     else:
         gpu.cyclic(f"{chunk} > for r#1", 128)
     gpu.cyclic(f"{chunk} > for d#2", 128)
@@ -138,6 +149,10 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
         matrix.local_buffer(f"{chunk} > for d#2 > for t", "out_parts_b", "acc",
                             ["H", f"(pos + 1 + {CHUNK - 1}) / {CHUNK}", width],
                             region=[f"g * {group}:{group}", "bt:1", "d:1"], init=True)
+        if BF16:  # the chunk's scores [key][head]: the G weights of a key, one 16-byte read
+            matrix.reorder_dims("gqa_decode > def sc", [1, 0])
+            matrix.local_buffer(f"{chunk} > for d#2 > for t > for r", "sc", "wr")
+            gpu.vector_copy(f"{chunk} > for d#2 > for t > for i0_7")
     else:
         gpu.cyclic(f"{chunk} > for d#3", 128)
 

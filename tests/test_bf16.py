@@ -365,19 +365,23 @@ def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
     assert ("extern \"C\" void gqa_decode(int H, int KVH, int D, int SMAX, int pos, const float *q, "
             "const float *k_new, const float *v_new, otp_bf16 *k_cache, otp_bf16 *v_cache, float *out)") in cu
     assert "k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);" in cu
-    assert "otp_bf16 (*ks)[136] = (otp_bf16 (*)[136])(otp_smem + 3088);" in cu  # the staged K tile stays bfloat16
+    assert "otp_bf16 (*ks)[136] = (otp_bf16 (*)[136])(otp_smem + 3136);" in cu  # the staged K tile stays bfloat16
     # copied 8 values a load by the block's threads (gpu.stage's vector), rows padded to stay 16-byte aligned
     assert ("*(int4 *)&ks[i0_2][ci1_2 + ri1_2 * 8] = *(const int4 *)&k_cache[(g * SMAX + 64 * bt + i0_2) * 128 + "
             "ci1_2 + ri1_2 * 8];") in cu
-    # each dot product reads its K row from shared memory 8 values (16 bytes) at a time
+    # a thread per key computes its G = 4 scores together, reading its K row and q 16 bytes at a time
     assert "*(int4 *)&kr[i0_4] = *(const int4 *)&ks[t - 64 * bt][bd + i0_4];" in cu
+    assert "*(int4 *)&qr[i0_5][i1_2] = *(const int4 *)&qs[i0_5][bd + i1_2];" in cu
+    assert "s4[r] += qr[r][d - bd] * (float)kr[d - bd];" in cu
+    # the scores laid out [key][head]: the weighted sum of V reads a key's 4 weights in one 16-byte read
+    assert "*(int4 *)&wr[i0_7] = *(const int4 *)&sc[t - 64 * bt][i0_7];" in cu
     # the V tile copied 16 bytes a load too, right after the scores (flash.move_up), into the bytes of q and K
     assert ("*(int4 *)&vs[i0_3][ci1_2_1 + ri1_2_1 * 8] = *(const int4 *)&v_cache[(g * SMAX + 64 * bt + i0_3) * 128 + "
             "ci1_2_1 + ri1_2_1 * 8];") in cu
     assert "otp_bf16 (*vs)[128] = (otp_bf16 (*)[128])(otp_smem + 1024);" in cu
-    assert "__shared__ __align__(16) unsigned char otp_smem[20496];" in cu
-    assert cu.index("sc[r][t - 64 * bt] = s / sqrtf(128);") < cu.index("*(int4 *)&vs[") < cu.index("max_val_chunk_part =")
-    assert "acc[i0_5] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
+    assert "__shared__ __align__(16) unsigned char otp_smem[20544];" in cu
+    assert cu.index("sc[t - 64 * bt][r] = s4[r] / sqrtf(128);") < cu.index("*(int4 *)&vs[") < cu.index("max_val_chunk_part =")
+    assert "acc[i0_6] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
     # the combination's sum over the chunks unrolled by 16: 16 loads of partial outputs in flight at once
     assert "(bt + 15) * D + d" in cu
     assert "(float)v_cache[(g * SMAX + t) * D + d]" in cu
