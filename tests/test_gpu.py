@@ -206,6 +206,37 @@ def test_shared_arrays_past_48_kb_go_to_dynamic_shared_memory(ck):
         assert compile_check(cu, "final.cu") == ()
 
 
+def test_shared_arrays_never_live_together_share_bytes(ck):
+    """t is done with at the barrier before u's phase: u takes t's bytes,
+    in one static buffer. Written in the phase that reads t, u keeps its
+    own bytes: another thread may still read t there."""
+    def kernel(apart: bool) -> str:
+        t_read, u_write = "y[b + i] = t[127 - i];", "u[i] = 2.0f * x[b + i];"
+        middle = (f"for (int i = 0; i < 128; i++) {{ {t_read} }}\n for (int i = 0; i < 128; i++) {{ {u_write} }}"
+                  if apart else f"for (int i = 0; i < 128; i++) {{ {t_read} {u_write} }}")
+        src = ck.parse(textwrap.dedent(f"""
+            void twice(int n, const float *x, float *y) {{
+              for (int b = 0; b < n; b += 128) {{
+                float t[128];
+                float u[128];
+                for (int i = 0; i < 128; i++) {{ t[i] = x[b + i]; }}
+                {middle}
+                for (int i = 0; i < 128; i++) {{ y[n + b + i] = u[127 - i]; }}
+              }}
+            }}"""), "twice.c")
+        loops = len([1 for _, n in walk(src) if isinstance(n, ir.For)]) - 1
+        return to_cuda(steps(src, (gpu.map_blocks, "twice > for b", "x"),
+                             *[(gpu.map_threads, f"twice > for i#{k}", "x") for k in range(1, loops + 1)]))
+    shared = kernel(apart=True)
+    assert "__shared__ __align__(16) unsigned char otp_smem[512];" in shared
+    assert "float *t = (float *)(otp_smem + 0);" in shared and "float *u = (float *)(otp_smem + 0);" in shared
+    assert "<<<dim3((n + (128 - 1)) / 128, 1, 1), dim3(128, 1, 1)>>>" in shared  # static: no bytes at launch
+    alone = kernel(apart=False)
+    assert "__shared__ __align__(16) float t[128];" in alone and "__shared__ __align__(16) float u[128];" in alone
+    if find_nvcc() is not None:
+        assert compile_check(shared, "twice.cu") == ()
+
+
 def test_stage_with_a_thread_count_per_copy_loop(ck):
     """threads=[4, 16]: the rows of a 16 x 64 tile of C copied by 4 threads
     (y), its columns by 16 (x), each thread copying 4 x 4 cells."""
