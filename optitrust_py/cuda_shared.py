@@ -54,7 +54,7 @@ class _Array:
         return between and (wraps or not self.again)
 
 
-def shared_bytes(d: ir.Decl) -> Optional[int]:
+def _shared_bytes(d: ir.Decl) -> Optional[int]:
     """The size of a shared array of constant dimensions and known element type, else None."""
     n, t = 1, d.type
     while isinstance(t, ir.Array):
@@ -77,7 +77,7 @@ def _arrays(stmts: tuple[ir.Stmt, ...]) -> Optional[list[_Array]]:
         for k, s in enumerate(body):
             if not _is_shared(s):
                 continue
-            size = shared_bytes(s.decl)
+            size = _shared_bytes(s.decl)
             if size is None:
                 return None
             uses = [j for j, u in enumerate(body) if j != k and s.decl.name in free_vars(u)] or [k]
@@ -85,7 +85,7 @@ def _arrays(stmts: tuple[ir.Stmt, ...]) -> Optional[list[_Array]]:
     return out
 
 
-def _offsets(arrays: list[_Array]) -> dict[str, int]:
+def _offsets(arrays: list[_Array]) -> dict[int, int]:
     """First fit: each array at the lowest offset clear of the arrays placed
     before it that it may be live with."""
     placed: list[tuple[_Array, int]] = []
@@ -96,7 +96,7 @@ def _offsets(arrays: list[_Array]) -> dict[str, int]:
             if at < b_at + b.bytes and b_at < at + a.bytes:
                 at = b_at + b.bytes
         placed.append((a, at))
-    return {a.decl.name or "": at for a, at in placed}
+    return {id(a.decl): at for a, at in placed}  # by declaration: two blocks may each declare a name
 
 
 def layout_shared(stmts: tuple[ir.Stmt, ...]) -> tuple[tuple[ir.Stmt, ...], int]:
@@ -108,7 +108,7 @@ def layout_shared(stmts: tuple[ir.Stmt, ...]) -> tuple[tuple[ir.Stmt, ...], int]
     if not arrays:
         return stmts, 0
     offsets = _offsets(arrays)
-    total = max(offsets[a.decl.name or ""] + a.bytes for a in arrays)
+    total = max(offsets[id(a.decl)] + a.bytes for a in arrays)
     if total == sum(a.bytes for a in arrays) <= STATIC_SHARED:
         return stmts, 0
 
@@ -116,7 +116,7 @@ def layout_shared(stmts: tuple[ir.Stmt, ...]) -> tuple[tuple[ir.Stmt, ...], int]
         if _is_shared(node):
             d = node.decl
             t = d.type.of if isinstance(d.type, ir.Array) else d.type
-            at = ir.Binop("+", ir.Var(SHARED_BUFFER), ir.Const(str(offsets[d.name or ""])))
+            at = ir.Binop("+", ir.Var(SHARED_BUFFER), ir.Const(str(offsets[id(d)])))
             return dataclasses.replace(node, decl=dataclasses.replace(
                 d, type=ir.Ptr(t), storage=tuple(x for x in d.storage if x not in ("__shared__", SHARED_ALIGN)),
                 init=ir.Cast(ir.Ptr(t), at)))
