@@ -361,7 +361,10 @@ def final_cu(script: str, out: Path) -> str:
 @needs_nvcc
 def test_run_writes_final_cu(tmp_path):
     cu = final_cu("scripts/softmax.py", tmp_path)
-    assert "__global__ void softmax_kernel1" in cu and "__shared__ __align__(16) float sum_part[256];" in cu
+    assert "__global__ void softmax_kernel1" in cu
+    # the max's and the sum's partials, never live together, share one static buffer (cuda_shared)
+    assert "__shared__ __align__(16) unsigned char otp_smem[1024];" in cu
+    assert "float *max_val_part = (float *)(otp_smem + 0);" in cu and "float *sum_part = (float *)(otp_smem + 0);" in cu
     assert "#pragma otp" in (tmp_path / "softmax" / "final.c").read_text()
 
 
