@@ -55,7 +55,9 @@ key together (loop.hoist, fission and swap: G sums in registers), reading
 its K row and q 16 bytes at a time (loop.tile, matrix.local_buffer,
 gpu.vector_copy; q's rows padded by 4, not 1, to stay aligned), the
 chunk's scores are laid out [key][head] so that the weighted sum of V
-reads a key's G weights in one 16-byte read (matrix.reorder_dims), the V tile is
+reads a key's G weights in one 16-byte read (matrix.reorder_dims) and
+are not copied in from the scratch buffer, since the scores' loop writes
+them all first (matrix.drop_overwritten), the V tile is
 staged the same way, its copy moved up right after the scores
 (flash.move_up) and its bytes those of q and K, done with by then
 (cuda_shared), and the chunks are 64 positions long. The
@@ -137,6 +139,8 @@ def chunk_kernel(g: str, width: str, group: str, staged: bool = False) -> None:
         for tile, run, copy in (("ks", "kr", "i0_4"), ("qs", "qr", "i1_2")):
             matrix.local_buffer(f"{chunk} > for t#1 > for bd > for d", tile, run)
             gpu.vector_copy(f"{chunk} > for t#1 > for bd > for {copy}")
+        # the scores' loop writes the whole tile of scores first: no copy in
+        matrix.drop_overwritten(f"{chunk} > for i1#1")
         gpu.cyclic(f"{chunk} > for t#1", 128)
     else:
         pairs = "tr" + g.split("#")[1]

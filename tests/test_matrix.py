@@ -7,6 +7,7 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.checks import FP_TOLERANCE, run_exec_checks
+from optitrust_py.level2 import check_step
 from optitrust_py.layout import delinearize
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.report import badges
@@ -14,6 +15,7 @@ from optitrust_py.runner import new_session, run_script
 from optitrust_py.spec import parse_formula
 from optitrust_py.tree import get
 from transformations import loop, matrix
+from conftest import ROOT
 from helpers import attention_args, matmul_args, refusal
 
 FP16_TOL = matrix.LOSSY_FACTOR * 2.0 ** -11
@@ -159,6 +161,41 @@ def test_local_buffer_refusals(ck):
     assert "'xb' is passed to a call in 'rmsnorm_vec(dim, x, &rms_att_w[l * dim], xb)'" in msg
     msg = refusal(lb, ck.load("moe.c"), "moe > for s#1", "logits", shape=["E"])
     assert "cannot infer the region of 'logits'" in msg and "'logits[best]'" in msg
+
+
+# ----------------------------------------------------------------- drop_overwritten
+
+
+def test_drop_overwritten_removes_the_copy_in_of_a_tile_that_its_first_user_writes_whole(ck):
+    """gqa_decode.py's bf16 CUDA ending: the chunk's scores are staged in a
+    tile that the scores' loop writes whole before anything reads it, so
+    the copy in goes (covers, proved at level 2) and the outputs stay."""
+    script = ROOT / "scripts" / "gqa_decode.py"
+    session = new_session(script, "cuda", precision="bf16")
+    assert run_script(session, script) is None
+    step = next(s for s in session.steps if s.name == "matrix.drop_overwritten")
+    copy_in = "sc[i0][i1] = scores[(4 * g + i0) * (pos + 1) + (64 * bt + i1)];"
+    assert copy_in in ck.function_text(step.before, "gqa_decode")
+    assert copy_in not in ck.function_text(step.after, "gqa_decode")
+    assert [o.kind for o in step.obligations] == ["covers"]
+    result = check_step(step.before, step.after, step.obligations, session.contracts)
+    assert result.ok and not result.problems
+    args = [8, 2, 128, 80, 70, ck.floats(8 * 128), ck.floats(2 * 128), ck.floats(2 * 128),
+            ck.floats(2 * 80 * 128), ck.floats(2 * 80 * 128), ck.floats(8 * 128)]
+    ck.same_outputs(step.before, step.after, "gqa_decode", args)
+
+
+def test_drop_overwritten_refuses_a_copy_whose_values_are_read(ck):
+    """attention.c with a 2-row tile of out: the loop that follows the copy
+    in accumulates into the tile (+=), so the copy's values are read."""
+    p = loop.tile.apply(ck.load("attention.c"), "attention > for i", 2).program
+    p = matrix.local_buffer.apply(p, "attention > for bi > for i", "out", shape=["H", "S", "D"]).program
+    msg = refusal(matrix.drop_overwritten.apply, p, "attention > for bi > for i0#1")
+    assert "the statement at line 14, the next to name 'out_local', updates it" in msg
+    assert "is not a nest of loops around one store" in refusal(matrix.drop_overwritten.apply, p,
+                                                                "attention > for bi > for i")
+    assert "'out' is not a C array declared in attention" in refusal(matrix.drop_overwritten.apply, p,
+                                                                    "attention > for bi > for i0#2")
 
 
 # ----------------------------------------------------------------- tile_dim

@@ -1,4 +1,5 @@
-"""Data-layout transformations of arrays: local_buffer, tile_dim, reorder_dims, set_precision.
+"""Data-layout transformations of arrays: local_buffer, drop_overwritten, tile_dim, reorder_dims,
+set_precision.
 
 They work on two kinds of arrays:
 
@@ -565,6 +566,78 @@ def _initial_value(who: str, program: ir.Program, res: Resolver, arr: _Array, bl
                              f"constant into '{arr.name}'", loc)
     _accesses(program, res, arr, block + (("stmts", k - 1),), who)
     return store.rhs
+
+
+@primitive
+def drop_overwritten(program: ir.Program, target: str) -> Rewrite:
+    """Remove a nest of loops that only stores into a local array when the
+    next statement that names the array stores into every cell of it
+    before reading any: no value the nest stores is ever read. The copy
+    into a tile that the tile's first user writes whole is such a nest.
+
+    Before (`matrix.drop_overwritten("gqa_decode > for g#2 > for bt > for i1#1")`,
+    the copy in of the chunk's scores, which gpu.stage made):
+
+        float sc[4][64];
+        for (int i1 = 0; i1 < 64; i1++) {
+          for (int i0 = 0; i0 < 4; i0++) {
+            sc[i0][i1] = scores[(4 * g + i0) * (pos + 1) + (64 * bt + i1)];
+          }
+        }
+        ... (nothing names sc) ...
+        for (int t = bt * 64; t < bt * 64 + 64; t++) {
+          ...
+          for (int r = 0; r < 4; r++) {
+            sc[r][t - 64 * bt] = s4[r] / sqrtf(128);
+          }
+        }
+
+    After: the first nest is gone (obligation covers: the loop after it
+    stores into every cell of sc). Refused: a target that is not a nest of
+    loops (thread mappings allowed) around one store `A[...] = e;` into a C
+    array A declared in the function, with `e` and the indices free of side
+    effects; no later statement of its block naming A; that statement
+    reading or updating A, or leaving early.
+    """
+    who = "matrix.drop_overwritten"
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    where = _where(res, m.path, m.node)
+    node: ir.Stmt = m.node
+    while isinstance(node, ir.For) and len(node.body.stmts) == 1:
+        node = node.body.stmts[0]
+    store = node.expr if isinstance(node, ir.ExprStmt) else None
+    if not (isinstance(store, ir.Assign) and store.op == "=" and isinstance(store.lhs, ir.Index)
+            and not has_side_effects(store.rhs) and isinstance(_chain(store.lhs)[1], ir.Var)):
+        raise TransformError(f"{who}: {where} is not a nest of loops around one store `A[...] = e;` with no "
+                             f"side effect in e", m.node.loc)
+    name = _chain(store.lhs)[1].name  # type: ignore[union-attr]
+    fn = get(program, m.path[:1])
+    if not any(isinstance(n, ir.DeclStmt) and n.decl.name == name and isinstance(n.decl.type, ir.Array)
+               for _, n in walk(fn.body)):
+        raise TransformError(f"{who}: '{name}' is not a C array declared in {m.function}: other names may reach "
+                             f"its cells", m.node.loc)
+    arr = _find_array(program, m.path[:1], name, None, who)
+    _accesses(program, res, arr, m.path, who)
+    block, k = _in_block(who, res, m.path, m.node)
+    stmts = get(program, block).stmts
+    later = next((j for j in range(k + 1, len(stmts)) if name in free_vars(stmts[j])), None)
+    if later is None:
+        raise TransformError(f"{who}: no statement after {where} in its block names '{name}'", m.node.loc)
+    user = block + (("stmts", later),)
+    line = res.line(user)
+    roles = {a.role for a in _accesses(program, res, arr, user, who)}
+    if roles != {"write"}:
+        raise TransformError(f"{who}: the statement at line {line}, the next to name '{name}', "
+                             f"{'reads' if 'read' in roles else 'updates'} it: the values {where} stores may be "
+                             f"read", m.node.loc)
+    _refuse_early_exit(who, f"the statement at line {line}", (stmts[later],), m.node)
+    zeros = tuple(ir.Const("0") for _ in arr.shape)
+    shown = " x ".join(f"[0, {expr_text(d)})" for d in arr.shape)
+    ob = Obligation("covers", f"the statement at line {line} stores into every cell of '{name}' {shown} before "
+                    f"anything reads one, so that nothing reads what {where} stored", m.function, (user,),
+                    zeros + arr.shape + arr.shape, before=True, names=(name,))
+    return Rewrite(splice(program, m.path, ()), (ob,))
 
 
 # ----------------------------------------------------------------- layout changes of local arrays
