@@ -604,13 +604,15 @@ def drop_overwritten(program: ir.Program, target: str) -> Rewrite:
     m = res.one(target, "loop", (ir.For,))
     where = _where(res, m.path, m.node)
     node: ir.Stmt = m.node
+    bounds: list[ir.Expr] = []
     while isinstance(node, ir.For) and len(node.body.stmts) == 1:
+        bounds += [node.start, node.stop, node.step]
         node = node.body.stmts[0]
     store = node.expr if isinstance(node, ir.ExprStmt) else None
     if not (isinstance(store, ir.Assign) and store.op == "=" and isinstance(store.lhs, ir.Index)
-            and not has_side_effects(store.rhs) and isinstance(_chain(store.lhs)[1], ir.Var)):
+            and isinstance(_chain(store.lhs)[1], ir.Var)) or any(map(has_side_effects, bounds + [store.rhs])):
         raise TransformError(f"{who}: {where} is not a nest of loops around one store `A[...] = e;` with no "
-                             f"side effect in e", m.node.loc)
+                             f"side effect in e or in the loops' bounds", m.node.loc)
     name = _chain(store.lhs)[1].name  # type: ignore[union-attr]
     fn = get(program, m.path[:1])
     if not any(isinstance(n, ir.DeclStmt) and n.decl.name == name and isinstance(n.decl.type, ir.Array)
