@@ -32,8 +32,10 @@ import math
 from typing import Any, Optional, Sequence
 
 from . import ir
-from .cuda_map import (MAX_THREADS, last_first, mapped_loops, mapping, min_blocks, sums, thread_extent,
-                       vector_cells)
+from .cuda_async import Groups, check_sources, memcpy_async, window
+from .cuda_launch import WAIT, launch
+from .cuda_map import (MAX_THREADS, async_copy, last_first, mapped_loops, mapping, min_blocks, sums,
+                       thread_extent, vector_cells)
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .cuda_shared import SHARED_ALIGN, SYNC, layout_shared
 from .cuda_shuffle import lane_folds
@@ -44,6 +46,7 @@ from .printer import expr as expr_text, stmt_text, to_c
 from .tree import children, map_children, walk
 
 CUDA_INCLUDE = "#include <cuda_runtime.h>"
+PIPELINE_INCLUDE = "#include <cuda_pipeline.h>"  # gpu.async_copy's __pipeline_memcpy_async
 ZERO, ONE = ir.Const("0"), ir.Const("1")
 VOID = ir.Base(("void",))
 
@@ -68,7 +71,8 @@ def to_cuda(program: ir.Program) -> str:
             items.append(item)
     if scratch.slots:
         items.insert(0, ir.Opaque(SCRATCH_HELPER))
-    return to_c(ir.Program((CUDA_INCLUDE,) + program.includes, tuple(items), program.file))
+    pipeline = (PIPELINE_INCLUDE,) if any(async_copy(n) for _, n in walk(program)) else ()
+    return to_c(ir.Program((CUDA_INCLUDE,) + pipeline + program.includes, tuple(items), program.file))
 
 
 def _gpu_functions(program: ir.Program) -> set[str]:
@@ -168,7 +172,8 @@ class _Host:
         for s in stmts:
             m = mapping(s)
             if isinstance(s, ir.For) and m is not None and m[0] == "block":
-                kernel, launch = _kernel(self.fn, s, f"{self.fn.name}_kernel{len(self.kernels) + 1}", scalars)
+                kernel, launch = _kernel(self.fn, s, f"{self.fn.name}_kernel{len(self.kernels) + 1}", scalars,
+                                         follows=bool(self.kernels))
                 self.kernels.append(kernel)
                 out.append(launch)
             elif isinstance(s, ir.DeclStmt) and _is_scalar(s.decl) and next(mapped_loops(s), None) is None:
@@ -252,7 +257,8 @@ def _count(loop: ir.For) -> ir.Expr:
     return ir.Binop("/", ir.Binop("+", span, ir.Binop("-", loop.step, ONE)), loop.step)
 
 
-def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> tuple[ir.FuncDef, ir.Stmt]:
+def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl], follows: bool) \
+        -> tuple[ir.FuncDef, ir.Stmt]:
     blocks = _nest(top, "block")
     _check_axes(fn.name, blocks, "block")
     indices = {lp.index for lp in blocks}
@@ -265,6 +271,7 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     body = lane_folds(body, dims, _array_decls(body))
     registers = _register_arrays(body, blocks, dims)
     emitter = _BlockEmitter(fn.name, dims, registers, _array_decls(body))
+    check_sources(body, lambda node, why: _refuse(fn.name, node, why))
     stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))
     added = {a for lp in blocks for a in sums(lp)}
     if added:
@@ -274,6 +281,8 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     if wide:
         stmts = tuple(_aligned(_vectors(s), {lvalue_bases(e).pop() for e in wide}) for s in stmts)
     stmts, dynamic = layout_shared(stmts)
+    if follows:
+        stmts = (WAIT,) + stmts
     used = free_vars(top)
     extra = tuple(dataclasses.replace(d, init=None) for d in scalars if d.name in used)
     params = fn.params + extra
@@ -285,13 +294,9 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl]) -> t
     grid = {mapping(lp)[1]: _count(lp) for lp in blocks}  # type: ignore[index]
     sizes = [expr_text(grid.get(a, ONE)) for a in "xyz"]
     args = ", ".join(p.name or "" for p in params)
-    shape = f"dim3({', '.join(sizes)}), dim3({', '.join(threads)})" + (f", {dynamic}" if dynamic else "")
-    launch: tuple[ir.Stmt, ...] = (ir.Opaque(f"{name}<<<{shape}>>>({args});"),)
-    if dynamic:
-        launch = (ir.Opaque(f"cudaFuncSetAttribute({name}, cudaFuncAttributeMaxDynamicSharedMemorySize, "
-                            f"{dynamic});"),) + launch
+    statements = launch(name, f"dim3({', '.join(sizes)})", f"dim3({', '.join(threads)})", dynamic, args, follows)
     cond = _all([ir.Binop(">", g, ZERO) for g in grid.values()])
-    return kernel, ir.If(cond, ir.Block(launch))
+    return kernel, ir.If(cond, ir.Block(statements))
 
 
 def _atomic(fn: str, node: Any, added: set[str]) -> Any:
@@ -316,11 +321,13 @@ def _int4(e: ir.Expr, const: bool) -> ir.Expr:
 
 
 def _vectors(node: Any) -> Any:
-    """The copy loops gpu.vector_copy marked, by steps of one `int4`."""
+    """The copy loops gpu.vector_copy marked, by steps of one `int4` (or of
+    one 16-byte cp.async, gpu.async_copy)."""
     cells = vector_cells(node)
     if cells:
         copy = node.body.stmts[0].expr
-        body = ir.ExprStmt(ir.Assign("=", _int4(copy.lhs, False), _int4(copy.rhs, True)))
+        body = (memcpy_async(copy.lhs, copy.rhs, 16) if async_copy(node) else
+                ir.ExprStmt(ir.Assign("=", _int4(copy.lhs, False), _int4(copy.rhs, True))))
         return dataclasses.replace(node, step=ir.Const(str(cells)), body=ir.Block((body,)), pragmas=())
     return map_children(node, _vectors)
 
@@ -569,6 +576,7 @@ class _BlockEmitter:
         phase (it may read what the phase wrote)."""
         out: list[ir.Stmt] = []
         pending = after_phase = False
+        groups = Groups(set(self.arrays) - set(self.registers), lambda node, why: _refuse(self.fn, node, why))
         k = 0
         while k < len(stmts):
             s = stmts[k]
@@ -578,6 +586,7 @@ class _BlockEmitter:
                 continue
             has = bool(_phases(s))
             if (pending and has) or after_phase:
+                out.extend(groups.before_barrier(window(stmts, k - 1), stmts[k - 1:]))
                 out.append(SYNC)
                 pending = after_phase = False
             chain = _warp_chain(stmts, k - 1, self.dims)
@@ -587,9 +596,11 @@ class _BlockEmitter:
             else:
                 out.append(self.stmt(s))
             is_phase = mapping(s) is not None
+            if is_phase:
+                out.extend(groups.issue(s))
             pending = pending or not has or is_phase
             after_phase = is_phase
-        return out
+        return out + groups.at_end()
 
     def closed(self, b: ir.Block) -> ir.Block:
         """A nested body that holds a phase ends with a barrier (it may run again, or be followed)."""

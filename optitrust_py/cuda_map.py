@@ -68,20 +68,37 @@ def min_blocks(loop: Any) -> Optional[int]:
     return None
 
 
-def vector_mark(cells: int) -> str:
+_ASYNC = "async"
+
+
+def vector_mark(cells: int, asynchronous: bool = False) -> str:
     """The pragma text of a copy loop the printer runs `cells` cells (16
-    bytes) at a time, as `int4` loads and stores (gpu.vector_copy)."""
-    return f"otp gpu int4 {cells}"
+    bytes) at a time, as `int4` loads and stores (gpu.vector_copy), or, when
+    `asynchronous`, as cp.async copies into shared memory (gpu.async_copy)."""
+    return f"otp gpu int4 {cells}" + (f" {_ASYNC}" if asynchronous else "")
+
+
+
+def _vector_words(loop: Any) -> Optional[list[str]]:
+    if isinstance(loop, ir.For):
+        for p in loop.pragmas:
+            words = p.split()
+            if words[:3] == ["otp", "gpu", "int4"] and len(words) in (4, 5) and words[3].isdigit() \
+                    and words[4:] in ([], [_ASYNC]):
+                return words
+    return None
 
 
 def vector_cells(loop: Any) -> Optional[int]:
     """The cells per `int4` of a loop gpu.vector_copy marked, else None."""
-    if isinstance(loop, ir.For):
-        for p in loop.pragmas:
-            words = p.split()
-            if words[:3] == ["otp", "gpu", "int4"] and len(words) == 4 and words[3].isdigit():
-                return int(words[3])
-    return None
+    words = _vector_words(loop)
+    return int(words[3]) if words else None
+
+
+def async_copy(loop: Any) -> bool:
+    """Whether a loop is a copy gpu.async_copy marked."""
+    words = _vector_words(loop)
+    return bool(words) and words[4:] == [_ASYNC]
 
 
 def _mark_words(loop: Any) -> Optional[list[str]]:

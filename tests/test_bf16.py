@@ -31,7 +31,7 @@ from optitrust_py.session import Rewrite, Session
 from optitrust_py.spec import load_contracts, parse_formula
 from conftest import Floats
 from helpers import attention_args, refusal
-from transformations import matrix
+from transformations import gpu, matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 BF16_TOL = 8 * 2.0 ** -8
@@ -352,6 +352,19 @@ def test_cuda_report_states_the_tolerance_and_the_bf16_parameters():
 
 
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed here (PATH, /usr/local/cuda/bin)")
+def test_async_copy_refusals_on_the_gqa_chunks():
+    """gpu.async_copy on gqa_decode.py's bf16 ending (its K and V tiles are
+    asynchronous there): refused for a copy already asynchronous, for one
+    gpu.vector_copy did not mark, and for a copy into a thread's registers."""
+    program = gqa_session("bf16").program
+    chunk = "gqa_decode > for g#2 > for bt"
+    assert "is not a 16-byte copy that is still synchronous" in refusal(gpu.async_copy.apply, program,
+                                                                         f"{chunk} > for t_3 > for ci1_2_1")
+    assert "make it one with gpu.vector_copy first" in refusal(gpu.async_copy.apply, program, f"{chunk} > for i0_1")
+    assert "'kr', which for i0_4 (line 68) writes, is not an array declared in a block loop" \
+        in refusal(gpu.async_copy.apply, program, f"{chunk} > for i0_4")
+
+
 def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
     """Every step of the bf16 CUDA ending agrees with the one before under
     --exec (the narrowing steps within their tolerance, given rounded
@@ -366,21 +379,25 @@ def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
             "const float *k_new, const float *v_new, otp_bf16 *k_cache, otp_bf16 *v_cache, float *out)") in cu
     assert "k_cache[(g * SMAX + pos) * D + d] = otp_to_bf16(k_new[g * D + d]);" in cu
     assert "otp_bf16 (*ks)[136] = (otp_bf16 (*)[136])(otp_smem + 3136);" in cu  # the staged K tile stays bfloat16
-    # copied 8 values a load by the block's threads (gpu.stage's vector), rows padded to stay 16-byte aligned
-    assert ("*(int4 *)&ks[i0_2][ci1_2 + ri1_2 * 8] = *(const int4 *)&k_cache[(g * SMAX + 64 * bt + i0_2) * 128 + "
-            "ci1_2 + ri1_2 * 8];") in cu
+    # copied 8 values a piece by the block's threads (gpu.stage's vector), rows padded to stay 16-byte aligned,
+    # asynchronously (gpu.async_copy), and so is V's tile, issued right after (flash.move_up)
+    k_copy = ("__pipeline_memcpy_async(&ks[i0_2][ci1_2 + ri1_2 * 8], &k_cache[(g * SMAX + 64 * bt + i0_2) * 128 + "
+              "ci1_2 + ri1_2 * 8], 16);")
+    v_copy = ("__pipeline_memcpy_async(&vs[i0_3][ci1_2_1 + ri1_2_1 * 8], &v_cache[(g * SMAX + 64 * bt + i0_3) * "
+              "128 + ci1_2_1 + ri1_2_1 * 8], 16);")
+    # the scores wait for K's copy only (V's stays in flight under them), the weighted sum of V for the rest
+    order = [k_copy, "__pipeline_commit();", v_copy, "__pipeline_commit();", "__pipeline_wait_prior(1);",
+             "__syncthreads();", "sc[t - 64 * bt][r] = s4[r] / sqrtf(128);", "max_val_chunk_part =",
+             "__pipeline_wait_prior(0);", "__syncthreads();", "(float)vs[t - 64 * bt][d]"]
+    at = 0
+    for piece in order:
+        at = cu.index(piece, at) + len(piece)
     # a thread per key computes its G = 4 scores together, reading its K row and q 16 bytes at a time
     assert "*(int4 *)&kr[i0_4] = *(const int4 *)&ks[t - 64 * bt][bd + i0_4];" in cu
     assert "*(int4 *)&qr[i0_5][i1_2] = *(const int4 *)&qs[i0_5][bd + i1_2];" in cu
     assert "s4[r] += qr[r][d - bd] * (float)kr[d - bd];" in cu
     # the scores laid out [key][head]: the weighted sum of V reads a key's 4 weights in one 16-byte read
     assert "*(int4 *)&wr[i0_7] = *(const int4 *)&sc[t - 64 * bt][i0_7];" in cu
-    # the V tile copied 16 bytes a load too, right after the scores (flash.move_up), into the bytes of q and K
-    assert ("*(int4 *)&vs[i0_3][ci1_2_1 + ri1_2_1 * 8] = *(const int4 *)&v_cache[(g * SMAX + 64 * bt + i0_3) * 128 + "
-            "ci1_2_1 + ri1_2_1 * 8];") in cu
-    assert "otp_bf16 (*vs)[128] = (otp_bf16 (*)[128])(otp_smem + 1024);" in cu
-    assert "__shared__ __align__(16) unsigned char otp_smem[20544];" in cu
-    assert cu.index("sc[t - 64 * bt][r] = s4[r] / sqrtf(128);") < cu.index("*(int4 *)&vs[") < cu.index("max_val_chunk_part =")
     assert "acc[i0_6] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
     # the combination's sum over the chunks unrolled by 16: 16 loads of partial outputs in flight at once
     assert "(bt + 15) * D + d" in cu

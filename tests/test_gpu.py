@@ -104,6 +104,32 @@ def test_cuda_of_rows_in_blocks(ck):
     assert "__syncthreads" not in cu  # one phase: nothing to wait for
 
 
+def test_a_later_kernel_is_launched_dependent_on_the_one_before(ck):
+    """The wrapper's second kernel is launched with programmatic dependent
+    launch (cuda_launch) and waits, first thing, for the first to complete;
+    the first is launched as usual."""
+    src = ck.parse(textwrap.dedent("""
+        void twice(int n, float *x, float *y) {
+          for (int b = 0; b < n; b++) {
+            for (int i = 0; i < 64; i++) { x[b * 64 + i] = 2.0f * x[b * 64 + i]; }
+          }
+          for (int b = 0; b < n; b++) {
+            for (int i = 0; i < 64; i++) { y[b * 64 + i] = x[b * 64 + 63 - i]; }
+          }
+        }"""), "twice.c")
+    cu = to_cuda(steps(src, (gpu.map_blocks, "twice > for b#1", "x"), (gpu.map_threads, "twice > for b#1 > for i", "x"),
+                       (gpu.map_blocks, "twice > for b#2", "x"), (gpu.map_threads, "twice > for b#2 > for i", "x")))
+    first, second = cu[cu.index("void twice_kernel1"):cu.index("void twice_kernel2")], cu[cu.index("void twice_kernel2"):]
+    assert "griddepcontrol" not in first
+    assert second.split("{", 1)[1].lstrip().startswith('asm volatile("griddepcontrol.wait;" ::: "memory");')
+    assert "twice_kernel1<<<dim3(n, 1, 1), dim3(64, 1, 1)>>>(n, x, y);" in cu
+    assert "otp_pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;" in cu
+    assert "cudaLaunchConfig_t otp_launch = {dim3(n, 1, 1), dim3(64, 1, 1), 0, 0, otp_pdl, 1};" in cu
+    assert "cudaLaunchKernelEx(&otp_launch, twice_kernel2, n, x, y);" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "twice.cu") == ()
+
+
 def staged(ck: Any) -> ir.Program:
     """A block of 16 x 16 threads per tile of C, A's tile staged in shared
     memory, C's tile in a register per thread."""
@@ -131,7 +157,8 @@ def staged(ck: Any) -> ir.Program:
 
 def test_shared_tiles_registers_and_barriers(ck):
     cu = to_cuda(staged(ck))
-    assert "__shared__ __align__(16) float As[16][16];" in cu
+    assert "__shared__ __align__(16) unsigned char otp_smem[1024];" in cu  # one buffer, As a pointer into it
+    assert "float (*As)[16] = (float (*)[16])(otp_smem + 0);" in cu
     assert "  float acc;\n" in cu and "acc += As[i - bi][k - bk] * B[k * N + j];" in cu
     body = cu.split("for (int bk = 0; bk < K; bk += 16) {")[1]
     copy, use = body.index("As[i0_1][i1_1] = A["), body.index("acc += As")
@@ -158,7 +185,7 @@ HALF = """
     }"""
 
 
-@pytest.mark.parametrize("read, kept", [("m[i]", "  float m;\n"), ("m[i / 2]", "__shared__ __align__(16) float m[64];")])
+@pytest.mark.parametrize("read, kept", [("m[i]", "  float m;\n"), ("m[i / 2]", "float *m = (float *)(otp_smem + 0);")])
 def test_an_array_touched_by_half_the_block_s_threads(ck, read, kept):
     """A block of 128 threads (one phase needs them) whose array m is
     touched only in phases of 64: each of threads 0..63 owns its cell, kept
@@ -232,9 +259,68 @@ def test_shared_arrays_never_live_together_share_bytes(ck):
     assert "float *t = (float *)(otp_smem + 0);" in shared and "float *u = (float *)(otp_smem + 0);" in shared
     assert "<<<dim3((n + (128 - 1)) / 128, 1, 1), dim3(128, 1, 1)>>>" in shared  # static: no bytes at launch
     alone = kernel(apart=False)
-    assert "__shared__ __align__(16) float t[128];" in alone and "__shared__ __align__(16) float u[128];" in alone
+    assert "float *t = (float *)(otp_smem + 0);" in alone and "float *u = (float *)(otp_smem + 512);" in alone
     if find_nvcc() is not None:
         assert compile_check(shared, "twice.cu") == ()
+
+
+def _async_kernel(copies: str, uses: str) -> ir.Program:
+    """A block staging tiles t and u of x and z with the copy loops `copies`, then the phases `uses`."""
+    return parse_text(textwrap.dedent(f"""
+        void pair(int n, const float *x, const float *z, float *y) {{
+          #pragma otp gpu block x
+          for (int b = 0; b < n; b += 128) {{
+            float t[128];
+            float u[128];
+            {copies}
+            {uses}
+          }}
+        }}"""), "pair.c")
+
+
+def _async_phase(dst: str, src: str, extra: str = "") -> str:
+    return (f"#pragma otp gpu thread x\n for (int p = 0; p < 32; p++) {{\n #pragma otp gpu int4 4 async\n "
+            f"for (int c = 0; c < 4; c++) {{ {dst}[p * 4 + c] = {src}[b + p * 4 + c]; }} {extra} }}")
+
+
+_READ_T = "#pragma otp gpu thread x\n for (int i = 0; i < 128; i++) { y[b + i] = t[127 - i]; }"
+_READ_U = "#pragma otp gpu thread x\n for (int i = 0; i < 128; i++) { y[n + b + i] = u[127 - i]; }"
+
+
+def test_async_copies_are_waited_for_before_the_phase_that_reads_them(ck):
+    """gpu.async_copy's printing: each copy phase is a committed group; the
+    barrier before t's reader waits for t's group only (u's may stay in
+    flight: wait_prior(1)), the one before u's reader for the rest."""
+    cu = to_cuda(_async_kernel(_async_phase("t", "x") + _async_phase("u", "z"), _READ_T + _READ_U))
+    assert cu.count("__pipeline_memcpy_async(&t[p * 4 + c], &x[b + p * 4 + c], 16);") == 1
+    body = cu[cu.index("__global__"):cu.index('extern "C"')]
+    order = ["&t[p * 4 + c]", "__pipeline_commit();", "__syncthreads();", "&u[p * 4 + c]", "__pipeline_commit();",
+             "__pipeline_wait_prior(1);", "__syncthreads();", "y[b + i] = t[127 - i];",
+             "__pipeline_wait_prior(0);", "__syncthreads();", "y[n + b + i] = u[127 - i];"]
+    at = 0
+    for piece in order:
+        at = body.index(piece, at) + len(piece)
+    assert body.count("__pipeline_wait_prior") == 2
+    # copied for the next turn of a loop: nothing stays in flight past the body's end
+    again = to_cuda(_async_kernel("", "for (int k = 0; k < 4; k++) {" + _READ_T + _async_phase("t", "x") + "}"))
+    loop_body = again[again.index("for (int k"):]
+    assert loop_body.index("__pipeline_commit();") < loop_body.index("__pipeline_wait_prior(0);") \
+        < loop_body.index("__syncthreads();\n  }")
+    if find_nvcc() is not None:
+        assert compile_check(cu, "pair.cu") == ()
+
+
+@pytest.mark.parametrize("copies, uses, message", [
+    ("#pragma otp gpu thread x\n for (int p = 0; p < 32; p++) {\n float r[4];\n #pragma otp gpu int4 4 async\n"
+     " for (int c = 0; c < 4; c++) { r[c] = x[b + p * 4 + c]; } y[b + p] = r[0]; }", "",
+     "copies asynchronously into 'r', which is not a shared array of the block"),
+    (_async_phase("t", "x", "y[b + p] = t[p];"), _READ_T, "touches 't' besides copying it asynchronously"),
+    (_async_phase("t", "y"), _READ_T, "writes y, which an asynchronous copy of the kernel reads"),
+])
+def test_async_copy_printing_refusals(ck, copies, uses, message):
+    with pytest.raises(CudaError) as info:
+        to_cuda(_async_kernel(copies, uses))
+    assert message in info.value.message
 
 
 def test_stage_with_a_thread_count_per_copy_loop(ck):
@@ -667,7 +753,7 @@ def test_thread_tile_in_runs_keeps_the_tile_in_registers(ck):
         assert compile_check(cu, "final.cu") == ()
     src, shared = runs_of_four(ck, [1, 1])
     ck.same_outputs(src, shared, "mm", matmul_args(ck, 128, 64, 3))
-    assert "__shared__ __align__(16) float acc[64][64];" in to_cuda(shared)
+    assert "float (*acc)[64] = (float (*)[64])(otp_smem + 0);" in to_cuda(shared)
     assert "width must be a positive integer" in refusal(gpu.thread_tile.apply, src, "mm > for bk > for i", 16, None, 0)
     assert "runs 64 iterations, not a multiple of 16 threads x 3" in \
         refusal(gpu.thread_tile.apply, src, "mm > for bk > for i", 16, None, 3)

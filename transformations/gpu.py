@@ -25,16 +25,17 @@ import z3
 from optitrust_py import ir
 from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, min_blocks,
                                    min_blocks_mark, thread_extent, vector_cells, vector_mark)
+from optitrust_py.cuda_map import async_copy as async_copy_mark
 from optitrust_py.cuda_registers import chain
 from optitrust_py.errors import TransformError
 from optitrust_py.intrinsics import memory_args
 from optitrust_py.obligation import Obligation
 from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
-from optitrust_py.names import INCDEC, free_vars, subst, writes_of
+from optitrust_py.names import INCDEC, free_vars, lvalue_bases, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.smt import int_term, proves
-from optitrust_py.tree import Path, get, replace, splice, walk
+from optitrust_py.tree import Path, function_path, get, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
 from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
@@ -1283,6 +1284,73 @@ def vector_copy(program: ir.Program, target: str) -> Rewrite:
                               f"'{expr_text(side)}'", m.function, (m.path,),
                               (ir.Binop("%", first, ir.Const(str(per))), ZERO)))
     return Rewrite(replace(program, m.path, dataclasses.replace(loop, pragmas=(vector_mark(per),))), tuple(obs))
+
+
+def _declaration(program: ir.Program, path: Path, name: str) -> Optional[Path]:
+    """The path of the declaration of `name` that the statement at `path` sees, else None."""
+    found = None
+    for k in range(len(path)):
+        node = get(program, path[:k])
+        if isinstance(node, ir.Block):
+            for j, s in enumerate(node.stmts[:path[k][1] if path[k][0] == "stmts" else None]):
+                if isinstance(s, ir.DeclStmt) and s.decl.name == name:
+                    found = path[:k] + (("stmts", j),)
+    return found
+
+
+@primitive
+def async_copy(program: ir.Program, target: str) -> Rewrite:
+    """Make a 16-byte copy of a tile from global into shared memory
+    asynchronous (cp.async): the block goes on while the tile arrives, and
+    waits for it only before the first phase that reads it, so that a tile
+    copied early (flash.move_up) overlaps the phases before its use.
+
+    Before (`gpu.async_copy("gqa_decode > for g#2 > for bt > for t_3 > for ci1_2_1")`,
+    a piece of V's tile, gpu.vector_copy marked):
+
+        #pragma otp gpu int4 8
+        for (int ci1_2_1 = 0; ci1_2_1 < 8; ci1_2_1++) {
+          vs[i0_3][ci1_2_1 + ri1_2_1 * 8] = v_cache[(g * SMAX + 64 * bt + i0_3) * 128 + ci1_2_1 + ri1_2_1 * 8];
+        }
+
+    After (no obligation: the C is the same copy, complete where it stands,
+    and the CUDA printer makes the kernel agree, see cuda_async: the copy's
+    phase is committed as a group, and the barrier before the first
+    statements that touch `vs` waits for that group):
+
+        #pragma otp gpu int4 8 async
+        for (...) { vs[...] = v_cache[...]; }
+
+    which CUDA prints as `__pipeline_memcpy_async(&vs[i0_3][...], &v_cache[...], 16);`.
+    Refused: a loop gpu.vector_copy did not mark (or already asynchronous),
+    a copy outside a thread loop, a destination that is not an array
+    declared in the block loop outside its thread loops (a shared tile), a
+    source that is not a parameter (global memory).
+    """
+    who = "gpu.async_copy"
+    res = Resolver(program)
+    m = res.one(target, "copy loop", (ir.For,))
+    loop: ir.For = m.node
+    where = _where(res, m.path, loop)
+    cells = vector_cells(loop)
+    if cells is None or async_copy_mark(loop):
+        raise TransformError(f"{who}: {where} is not a 16-byte copy" + (" that is still synchronous" if cells else
+                             ": make it one with gpu.vector_copy first"), loop.loc)
+    if "thread" not in [lv for lv, _ in _enclosing_mapped(program, m.path)]:
+        raise TransformError(f"{who}: {where} is not inside a thread loop of a block", loop.loc)
+    copy = loop.body.stmts[0].expr
+    dst, src = (next(iter(lvalue_bases(e))) for e in (copy.lhs, copy.rhs))
+    at = _declaration(program, m.path, dst)
+    levels = [lv for lv, _ in _enclosing_mapped(program, at)] if at is not None else []
+    if at is None or not isinstance(get(program, at).decl.type, ir.Array) or not levels \
+            or set(levels) != {"block"}:
+        raise TransformError(f"{who}: '{dst}', which {where} writes, is not an array declared in a block loop "
+                             f"outside its thread loops (a shared tile): cp.async writes shared memory only",
+                             loop.loc)
+    if src not in {p.name for p in get(program, function_path(program, m.function)).params}:
+        raise TransformError(f"{who}: '{src}', which {where} reads, is not a parameter of {m.function} "
+                             f"(global memory): cp.async reads global memory only", loop.loc)
+    return Rewrite(replace(program, m.path, dataclasses.replace(loop, pragmas=(vector_mark(cells, True),))), ())
 
 
 # ----------------------------------------------------------------- tensor cores
