@@ -14,13 +14,18 @@ must match the library's (`--compare torch`) or, without it, the original's
 calls run once on the GPU, untimed, into buffers sized by their callees'
 contracts, and the call is what is checked and timed. Timing: after
 warm-up calls, `--repeats` calls (default REPEATS), each between two CUDA
-events and after a write of FLUSH_BYTES that evicts the inputs from the L2
-cache (untimed: before the first event), all queued without waiting, so
-the time is the GPU's and not the host's launch overhead (a decode step of
-100 us, or torch's Python, would otherwise be timed with the gaps between
-its launches), and no input is read from the cache of the call before;
-reported: median, min, max, rate at the median, and the ratio to torch
-(TF32 off, so an fp32 product is fp32). A torch= formulation may
+events and after a read of FLUSH_BYTES (a sum) that evicts the inputs
+from the L2 cache (untimed: before the first event), all queued without
+waiting, so the time is the GPU's and not the host's launch overhead (a
+decode step of 100 us, or torch's Python, would otherwise be timed with
+the gaps between its launches), and no input is read from the cache of
+the call before.
+The eviction reads rather than writes: a write leaves the L2 full of
+dirty lines, and the timed call pays for writing them back (H100, gqa
+decode with bf16 caches at batch 8, side by side: torch's formulation
+72.7 us after a 256 MB write, 63.1 after a 256 MB read; otp's 75.4 and
+68.1). Reported: median, min, max, rate at the median, and the ratio to
+torch (TF32 off, so an fp32 product is fp32). A torch= formulation may
 write `bf16(x)` for the input x converted to bfloat16 once, untimed (see
 _bf16). Needs torch with a CUDA device.
 
@@ -269,11 +274,12 @@ def _library(torch: Any, statement: str, gpu: _Gpu) -> tuple[Callable[[], None],
 def _timed(torch: Any, call: Callable[[], None], repeats: int) -> tuple[float, ...]:
     for _ in range(WARMUP):
         call()
-    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    total = torch.zeros((), dtype=torch.int32, device="cuda")
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     torch.cuda.synchronize()
     for start, end in events:
-        flush.zero_()
+        torch.sum(flush, dim=0, dtype=torch.int32, out=total)
         start.record()
         call()
         end.record()

@@ -153,14 +153,16 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
     # D = 128: the K tile copied by the block's 128 threads, a column each
     assert "k128[i0_7][i1_7] = otp_to_bf16(k[(h * S + (bj + i0_7)) * 128 + i1_7]);" in cu
-    assert "attention_kernel3<<<dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1)" in cu
+    launch = cu[cu.index("cudaLaunchKernelEx(&otp_launch, attention_kernel2,"):cu.index(
+        "cudaLaunchKernelEx(&otp_launch, attention_kernel3,")]  # a later kernel: programmatic dependent launch
+    assert "otp_launch = {dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1), " in launch
     # tiles never live together share bytes (cuda_shared): V over the scores, done with at the barrier after
     # the softmax, P over K, done with after Q K^T: 84480 bytes of shared memory a block instead of 112128
     assert "float (*s128_h)[65] = (float (*)[65])(otp_smem + 50432);" in cu
     assert "otp_bf16 (*v128)[72] = (otp_bf16 (*)[72])(otp_smem + 50432);" in cu
     assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 67072);" in cu
     assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 68864);" in cu
-    assert "dim3(128, 1, 1), 84480>>>" in cu
+    assert "dim3(128, 1, 1), 84480, 0, otp_pdl, 1};" in launch
     assert compile_check(cu, "final.cu") == ()
 
 
@@ -397,8 +399,12 @@ def test_gqa_bf16_ending_passes_exec_and_compiles_with_nvcc(tmp_path):
     assert "*(int4 *)&qr[i0_5][i1_2] = *(const int4 *)&qs[i0_5][bd + i1_2];" in cu
     assert "s4[r] += qr[r][d - bd] * (float)kr[d - bd];" in cu
     # the scores laid out [key][head]: the weighted sum of V reads a key's 4 weights in one 16-byte read
-    assert "*(int4 *)&wr[i0_7] = *(const int4 *)&sc[t - 64 * bt][i0_7];" in cu
-    assert "acc[i0_6] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
+    assert "*(int4 *)&wr[i0_6] = *(const int4 *)&sc[t - 64 * bt][i0_6];" in cu
+    assert "acc[i0] = 0.0f;" in cu  # the partial outputs start at zero in registers (local_buffer's init)
+    # the scores are not copied back to the scratch buffer (matrix.drop_dead_store): no chunk's kernel but
+    # the last, shorter one's touches it
+    chunks = cu[cu.index("__global__ void gqa_decode_kernel2("):cu.index("__global__ void gqa_decode_kernel3(")]
+    assert "scores" not in chunks.split("{", 1)[1]
     # the combination's sum over the chunks unrolled by 16: 16 loads of partial outputs in flight at once
     assert "(bt + 15) * D + d" in cu
     assert "(float)v_cache[(g * SMAX + t) * D + d]" in cu

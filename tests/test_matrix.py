@@ -12,11 +12,12 @@ from optitrust_py.layout import delinearize
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.report import badges
 from optitrust_py.runner import new_session, run_script
+from optitrust_py.session import Session
 from optitrust_py.spec import parse_formula
 from optitrust_py.tree import get
 from transformations import loop, matrix
 from conftest import ROOT
-from helpers import attention_args, matmul_args, refusal
+from helpers import attention_args, matmul_args, refusal, refuted
 
 FP16_TOL = matrix.LOSSY_FACTOR * 2.0 ** -11
 
@@ -166,13 +167,28 @@ def test_local_buffer_refusals(ck):
 # ----------------------------------------------------------------- drop_overwritten
 
 
-def test_drop_overwritten_removes_the_copy_in_of_a_tile_that_its_first_user_writes_whole(ck):
-    """gqa_decode.py's bf16 CUDA ending: the chunk's scores are staged in a
-    tile that the scores' loop writes whole before anything reads it, so
-    the copy in goes (covers, proved at level 2) and the outputs stay."""
+@pytest.fixture(scope="module")
+def gqa_bf16() -> Session:
+    """gqa_decode.py's bf16 CUDA ending, run at level 1."""
     script = ROOT / "scripts" / "gqa_decode.py"
     session = new_session(script, "cuda", precision="bf16")
     assert run_script(session, script) is None
+    return session
+
+
+GQA_ARGS = (8, 2, 128, 80, 70)  # H, KVH, D, SMAX, pos: a last, shorter chunk of 7 positions
+
+
+def gqa_args(ck):
+    return [*GQA_ARGS, ck.floats(8 * 128), ck.floats(2 * 128), ck.floats(2 * 128), ck.floats(2 * 80 * 128),
+            ck.floats(2 * 80 * 128), ck.floats(8 * 128)]
+
+
+def test_drop_overwritten_removes_the_copy_in_of_a_tile_that_its_first_user_writes_whole(ck, gqa_bf16):
+    """gqa_decode.py's bf16 CUDA ending: the chunk's scores are staged in a
+    tile that the scores' loop writes whole before anything reads it, so
+    the copy in goes (covers, proved at level 2) and the outputs stay."""
+    session = gqa_bf16
     step = next(s for s in session.steps if s.name == "matrix.drop_overwritten")
     copy_in = "sc[i0][i1] = scores[(4 * g + i0) * (pos + 1) + (64 * bt + i1)];"
     assert copy_in in ck.function_text(step.before, "gqa_decode")
@@ -180,9 +196,7 @@ def test_drop_overwritten_removes_the_copy_in_of_a_tile_that_its_first_user_writ
     assert [o.kind for o in step.obligations] == ["covers"]
     result = check_step(step.before, step.after, step.obligations, session.contracts)
     assert result.ok and not result.problems
-    args = [8, 2, 128, 80, 70, ck.floats(8 * 128), ck.floats(2 * 128), ck.floats(2 * 128),
-            ck.floats(2 * 80 * 128), ck.floats(2 * 80 * 128), ck.floats(8 * 128)]
-    ck.same_outputs(step.before, step.after, "gqa_decode", args)
+    ck.same_outputs(step.before, step.after, "gqa_decode", gqa_args(ck))
 
 
 def test_drop_overwritten_refuses_a_copy_whose_values_are_read(ck):
@@ -196,6 +210,43 @@ def test_drop_overwritten_refuses_a_copy_whose_values_are_read(ck):
                                                                 "attention > for bi > for i")
     assert "'out' is not a C array declared in attention" in refusal(matrix.drop_overwritten.apply, p,
                                                                     "attention > for bi > for i0#2")
+
+
+# ----------------------------------------------------------------- drop_dead_store
+
+
+def test_drop_dead_store_removes_a_copy_out_nothing_reads(ck, gqa_bf16):
+    """gqa_decode.py's bf16 ending: the chunk's scores are no longer copied
+    back to the scratch buffer `scores`, which only the last, shorter
+    chunk's kernel reads after, at other cells (commute, proved at level
+    2 on the program before; the outputs stay, the last chunk included)."""
+    step = next(s for s in gqa_bf16.steps if s.name == "matrix.drop_dead_store")
+    copy_out = "scores[(4 * g + i0) * (pos + 1) + (64 * bt + i1)] = sc[i0][i1];"
+    assert copy_out in ck.function_text(step.before, "gqa_decode")
+    assert copy_out not in ck.function_text(step.after, "gqa_decode")
+    assert [o.kind for o in step.obligations] == ["commute"] and step.obligations[0].before
+    result = check_step(step.before, step.after, step.obligations, gqa_bf16.contracts)
+    assert result.ok and not result.problems
+    ck.same_outputs(step.before, step.after, "gqa_decode", gqa_args(ck))
+
+
+def test_drop_dead_store_refutes_a_store_read_later_and_refuses(ck, gqa_bf16):
+    """The chunks' partial outputs, copied out of registers to the scratch
+    buffer out_parts_b, are read by the combination after: level 2 refutes
+    dropping that copy. Refused on attention.c: a store into a parameter,
+    into a buffer the loops around it read, and not a store nest."""
+    program = gqa_bf16.program
+    r = matrix.drop_dead_store.apply(program, "gqa_decode > for g#2 > for bt > for d#2 > for i0#2")
+    assert "out_parts_b[" not in ck.function_text(r.program, "gqa_decode").split("for (int g = 0")[1].split(
+        "for (int g = 0")[0]
+    assert refuted(program, r, gqa_bf16.contracts).startswith("commute")
+    p = ck.load("attention.c")
+    assert "'out' is not a buffer that attention allocates (malloc, calloc) before" in refusal(
+        matrix.drop_dead_store.apply, p, "attention > for h > for i > for d#2")
+    assert "the loops around for j (line 26) name 'scores' elsewhere" in refusal(
+        matrix.drop_dead_store.apply, p, "attention > for h > for i > for j#4")
+    assert "is not a nest of loops around one store" in refusal(matrix.drop_dead_store.apply, p,
+                                                                "attention > for h > for i > for j#1")
 
 
 # ----------------------------------------------------------------- tile_dim

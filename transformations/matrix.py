@@ -54,6 +54,7 @@ from transformations.loop import ONE, _const_offset, _in_block, _refuse_early_ex
 Shape = tuple[ir.Expr, ...]
 ZERO = ir.Const("0")
 _ALLOCATORS = ("malloc", "calloc")
+_LOOPS = (ir.For, ir.GenericFor, ir.While, ir.DoWhile)
 
 
 # ----------------------------------------------------------------- arrays and their accesses
@@ -568,6 +569,22 @@ def _initial_value(who: str, program: ir.Program, res: Resolver, arr: _Array, bl
     return store.rhs
 
 
+def _stored_array(who: str, nest: ir.For, where: str) -> str:
+    """The array A of a nest of loops around one store `A[...] = e;` (e and
+    the loops' bounds free of side effects: removing the nest drops nothing else)."""
+    node: ir.Stmt = nest
+    bounds: list[ir.Expr] = []
+    while isinstance(node, ir.For) and len(node.body.stmts) == 1:
+        bounds += [node.start, node.stop, node.step]
+        node = node.body.stmts[0]
+    store = node.expr if isinstance(node, ir.ExprStmt) else None
+    if not (isinstance(store, ir.Assign) and store.op == "=" and isinstance(store.lhs, ir.Index)
+            and isinstance(_chain(store.lhs)[1], ir.Var)) or any(map(has_side_effects, bounds + [store.rhs])):
+        raise TransformError(f"{who}: {where} is not a nest of loops around one store `A[...] = e;` with no "
+                             f"side effect in e or in the loops' bounds", nest.loc)
+    return _chain(store.lhs)[1].name  # type: ignore[union-attr]
+
+
 @primitive
 def drop_overwritten(program: ir.Program, target: str) -> Rewrite:
     """Remove a nest of loops that only stores into a local array when the
@@ -603,17 +620,7 @@ def drop_overwritten(program: ir.Program, target: str) -> Rewrite:
     res = Resolver(program)
     m = res.one(target, "loop", (ir.For,))
     where = _where(res, m.path, m.node)
-    node: ir.Stmt = m.node
-    bounds: list[ir.Expr] = []
-    while isinstance(node, ir.For) and len(node.body.stmts) == 1:
-        bounds += [node.start, node.stop, node.step]
-        node = node.body.stmts[0]
-    store = node.expr if isinstance(node, ir.ExprStmt) else None
-    if not (isinstance(store, ir.Assign) and store.op == "=" and isinstance(store.lhs, ir.Index)
-            and isinstance(_chain(store.lhs)[1], ir.Var)) or any(map(has_side_effects, bounds + [store.rhs])):
-        raise TransformError(f"{who}: {where} is not a nest of loops around one store `A[...] = e;` with no "
-                             f"side effect in e or in the loops' bounds", m.node.loc)
-    name = _chain(store.lhs)[1].name  # type: ignore[union-attr]
+    name = _stored_array(who, m.node, where)
     fn = get(program, m.path[:1])
     if not any(isinstance(n, ir.DeclStmt) and n.decl.name == name and isinstance(n.decl.type, ir.Array)
                for _, n in walk(fn.body)):
@@ -639,6 +646,100 @@ def drop_overwritten(program: ir.Program, target: str) -> Rewrite:
     ob = Obligation("covers", f"the statement at line {line} stores into every cell of '{name}' {shown} before "
                     f"anything reads one, so that nothing reads what {where} stored", m.function, (user,),
                     zeros + arr.shape + arr.shape, before=True, names=(name,))
+    return Rewrite(splice(program, m.path, ()), (ob,))
+
+
+def _freed_at(body: ir.Block, name: str) -> Optional[int]:
+    """The position of `free(name);` among the function body's statements, else None."""
+    for k, st in enumerate(body.stmts):
+        e = st.expr if isinstance(st, ir.ExprStmt) else None
+        if isinstance(e, ir.Call) and e.name == "free" and e.args == (ir.Var(name),):
+            return k
+    return None
+
+
+def _only_indexed(node: object, name: str, free_call: ir.Stmt) -> bool:
+    """Every use of `name` under node is `name[...]` (or the free): the pointer itself goes nowhere."""
+    bases = {id(n.base) for _, n in walk(node) if isinstance(n, ir.Index)}
+    return all(id(n) in bases for _, n in walk(node) if n == ir.Var(name)
+               and not any(n is a for a in free_call.expr.args))  # type: ignore[attr-defined]
+
+
+@primitive
+def drop_dead_store(program: ir.Program, target: str) -> Rewrite:
+    """Remove a nest of loops that only stores into a buffer the function
+    allocates and frees, when nothing after it reads those cells before the
+    free: the stores are never seen. The copy of a tile back out to a
+    scratch buffer that no later statement reads is such a nest.
+
+    Before (`matrix.drop_dead_store("gqa_decode > for g#2 > for bt > for i1")`,
+    the chunk's scores copied back to the scratch buffer `scores`, which
+    only the last chunk's kernel reads after, at other cells):
+
+        float *scores = malloc(H * (pos + 1) * sizeof(float));
+        ...
+        for (int g = 0; g < H / 4; g++) {
+          for (int bt = 0; bt < (pos + 1) / 64; bt++) {
+            ...
+            for (int i1 = 0; i1 < 64; i1++) {
+              for (int i0 = 0; i0 < 4; i0++) {
+                scores[(4 * g + i0) * (pos + 1) + (64 * bt + i1)] = sc[i1][i0];
+              }
+            }
+          }
+        }
+        for (int g = 0; g < H / G; g++) { ... scores[(g * G + r) * (pos + 1) + t] ... }
+        ...
+        free(scores);
+
+    After: the nest is gone (obligation commute, on the program before: the
+    nest, in every run of the loops around it, commutes with each statement
+    after them that names the buffer, up to its free; then it could run
+    last, right before the free, where nothing sees what it stores).
+    Refused: a target that is not a nest of loops around one store
+    `A[...] = e;` (e and the bounds free of side effects); A not allocated
+    (malloc, calloc) in the function's body and freed there after the
+    nest; A used other than as `A[...]` (the pointer could escape); A named
+    elsewhere in the loops around the nest (a later iteration could read
+    what it stores); labels in the function (a goto could run statements
+    again).
+    """
+    who = "matrix.drop_dead_store"
+    res = Resolver(program)
+    m = res.one(target, "loop", (ir.For,))
+    where = _where(res, m.path, m.node)
+    name = _stored_array(who, m.node, where)
+    fn: ir.FuncDef = get(program, m.path[:1])
+    top = m.path[:3]  # the statement of the function's body that holds the nest
+    allocated = any(isinstance(st, ir.DeclStmt) and st.decl.name == name and _allocation(st.decl.init) is not None
+                    for st in fn.body.stmts[:top[2][1]])
+    freed = _freed_at(fn.body, name)
+    if not allocated or freed is None or freed < top[2][1]:
+        raise TransformError(f"{who}: '{name}' is not a buffer that {m.function} allocates (malloc, calloc) before "
+                             f"{where} and frees after it, in its body: the caller could read what it stores",
+                             m.node.loc)
+    if not _only_indexed(fn.body, name, fn.body.stmts[freed]):
+        raise TransformError(f"{who}: '{name}' is used other than as {name}[...] in {m.function}: its cells "
+                             f"could be reached through another name", m.node.loc)
+    if any(isinstance(n, ir.Label) for _, n in walk(fn.body)):
+        raise TransformError(f"{who}: {m.function} has labels: a goto could run statements again", m.node.loc)
+    loops = [k for k in range(3, len(m.path)) if isinstance(get(program, m.path[:k]), _LOOPS)]
+    outer = m.path[:loops[0]] if loops else m.path
+    if any(name in free_vars(st) for p, st in walk(get(program, outer), outer)
+           if isinstance(st, ir.Stmt) and not p[:len(m.path)] == m.path and not m.path[:len(p)] == p):
+        raise TransformError(f"{who}: the loops around {where} name '{name}' elsewhere: a later iteration could "
+                             f"read what it stores", m.node.loc)
+    later: list[Path] = []
+    for depth in range(len(outer), 2, -1):
+        step = outer[:depth]
+        if step[-1][0] != "stmts":
+            continue
+        block, k = step[:-1], step[-1][1]
+        stop = freed if len(block) == 2 else len(get(program, block).stmts)
+        later += [block + (("stmts", j),) for j in range(k + 1, stop)
+                  if name in free_vars(get(program, block + (("stmts", j),)))]
+    ob = Obligation("commute", f"nothing after {where} reads what it stores into '{name}' before free({name})",
+                    m.function, (m.path,) + tuple(later), before=True)
     return Rewrite(splice(program, m.path, ()), (ob,))
 
 
