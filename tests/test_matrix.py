@@ -249,6 +249,25 @@ def test_drop_dead_store_refutes_a_store_read_later_and_refuses(ck, gqa_bf16):
                                                                 "attention > for h > for i > for j#1")
 
 
+def test_drop_dead_store_refuses_a_buffer_whose_pointer_escapes(ck):
+    """A buffer passed to a call may be read through the callee's name."""
+    src = ck.parse(textwrap.dedent("""
+        #include <stdlib.h>
+        void keep(float *p);
+        void f(int n, float *out) {
+          float *buf = malloc(n * sizeof(float));
+          for (int i = 0; i < n; i++) {
+            buf[i] = 1.0f;
+          }
+          keep(buf);
+          for (int i = 0; i < n; i++) {
+            out[i] = 2.0f;
+          }
+          free(buf);
+        }"""), "f.c")
+    assert "'buf' is used other than as buf[...] in f" in refusal(matrix.drop_dead_store.apply, src, "f > for i#1")
+
+
 # ----------------------------------------------------------------- tile_dim
 
 
