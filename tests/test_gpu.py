@@ -476,6 +476,53 @@ def test_bench_without_gpu_is_refused_cleanly():
     assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr, r.stderr
 
 
+class _HostTorch:
+    """torch on the host standing in for the GPU: tensors on the CPU, CUDA
+    events that count their records, so the bench's timing loop runs here
+    with torch's own tensor calls."""
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+        self.records = 0
+        outer = self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                self.at = 0
+
+            def record(self) -> None:
+                outer.records += 1
+                self.at = outer.records
+
+            def elapsed_time(self, end: "Event") -> float:
+                return float(end.at - self.at)
+
+        self.cuda = type("cuda", (), {"Event": Event, "synchronize": staticmethod(lambda: None)})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.torch, name)
+
+    def zeros(self, *shape: Any, device: str = "cpu", **kw: Any) -> Any:
+        return self.torch.zeros(*shape, **kw)
+
+
+def test_the_bench_evicts_the_l2_by_reading_between_timed_calls(monkeypatch):
+    """cuda_bench's timing loop with torch's own calls (on the host): the
+    eviction before each timed call is a read (a sum of FLUSH_BYTES), and
+    each call sits between its two events, the calls queued in order."""
+    torch = pytest.importorskip("torch")
+    from optitrust_py import cuda_bench
+    monkeypatch.setattr(cuda_bench, "FLUSH_BYTES", 1 << 20)
+    host = _HostTorch(torch)
+    sums: list[int] = []
+    real_sum = torch.sum
+    monkeypatch.setattr(host, "sum", lambda *a, **kw: sums.append(1) or real_sum(*a, **kw), raising=False)
+    calls: list[int] = []
+    times = cuda_bench._timed(host, lambda: calls.append(host.records), 4)
+    assert len(calls) == cuda_bench.WARMUP + 4 and len(sums) == 4
+    assert times == (1e-3,) * 4  # one record before each timed call, one after it
+
+
 # ----------------------------------------------------------------- the invalid GPU steps
 
 
