@@ -23,6 +23,7 @@ from optitrust_py.frontend import parse_text
 from optitrust_py.level2 import check_step
 from optitrust_py.session import Rewrite
 from optitrust_py.spec import parse_spec_text
+from optitrust_py.printer import to_c
 from optitrust_py.tree import walk
 from transformations import gpu, loop
 from helpers import matmul_args, refusal, refuted
@@ -308,6 +309,18 @@ def test_async_copies_are_waited_for_before_the_phase_that_reads_them(ck):
         < loop_body.index("__syncthreads();\n  }")
     if find_nvcc() is not None:
         assert compile_check(cu, "pair.cu") == ()
+
+
+def test_async_copy_marks_a_vector_copy_from_a_parameter_into_a_shared_tile(ck):
+    """gpu.async_copy on a copy gpu.vector_copy marked: from x into the
+    shared tile t it becomes asynchronous (the C unchanged, no obligation);
+    from the tile t into u, it is refused (cp.async reads global memory)."""
+    sync = _async_phase("t", "x").replace(" async", "") + _async_phase("u", "t").replace(" async", "")
+    program = _async_kernel(sync, _READ_U)
+    r = gpu.async_copy.apply(program, "pair > for b > for p#1 > for c")
+    assert r.obligations == () and "#pragma otp gpu int4 4 async" in to_c(r.program)
+    assert "'t', which for c (line 15) reads, is not a parameter of pair" in refusal(
+        gpu.async_copy.apply, program, "pair > for b > for p#2 > for c")
 
 
 @pytest.mark.parametrize("copies, uses, message", [
