@@ -11,13 +11,15 @@ A function with mapped loops becomes
   "min", which runs at most as many iterations as it has threads). A `__syncthreads()` separates a phase from whatever
   comes before or after it, and ends the body of a sequential loop that
   holds one, so every phase sees all writes of the phases before it, as in
-  the sequential C. Arrays declared in the block are `__shared__` (16-byte
-  aligned), except an
-  array each of whose cells one thread owns (a tile of accumulators, see
-  cuda_registers): that becomes a small array per thread, or a scalar,
-  kept in registers;
+  the sequential C (a copy gpu.async_copy marked is waited for at the
+  barrier before its tile's first use, cuda_async). Arrays declared in the
+  block are shared memory, pointers into one 16-byte aligned buffer
+  (cuda_shared), except an array each of whose cells one thread owns (a
+  tile of accumulators, see cuda_registers): that becomes a small array
+  per thread, or a scalar, kept in registers;
 - a host wrapper, `extern "C"`, with the function's name and parameters
-  (pointers to device memory), that launches the kernels in order.
+  (pointers to device memory), that launches the kernels in order, each
+  after the first as a programmatic dependent launch (cuda_launch).
 
 Statements the GPU cannot run as written (a store to memory by every thread
 of a block, host code between kernels) are refused with a `CudaError`. The
