@@ -23,9 +23,8 @@ from typing import Any, Optional, Sequence
 import z3
 
 from optitrust_py import ir
-from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, constant_extent, mapping, mark, min_blocks,
-                                   min_blocks_mark, thread_extent, vector_cells, vector_mark)
-from optitrust_py.cuda_map import async_copy as async_copy_mark
+from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, async_copy as async_copy_mark, constant_extent,
+                                   mapping, mark, min_blocks, min_blocks_mark, thread_extent, vector_cells, vector_mark)
 from optitrust_py.cuda_registers import chain
 from optitrust_py.errors import TransformError
 from optitrust_py.intrinsics import memory_args
