@@ -9,7 +9,13 @@ thread's last access of the first is over before any thread touches the
 second), and, if that block can run again (a loop body, or a branch of
 one), with one after the second's last use or before the first's first
 use as well (the next run's accesses of the first wait for the second's).
-Anything else, arrays of different blocks included, keeps its own bytes.
+Arrays of different blocks are judged alike in the innermost block that
+holds both, an array of a nested block used by the statement that holds
+it, and done with there when a barrier of the nested block follows its
+last use: a tile of a loop's body, whose body ends with a barrier, and a
+tile staged after the loop share bytes (the attention output tile copied
+out through shared memory takes the bytes of the key blocks' tiles).
+Anything else keeps its own bytes.
 The arrays then become pointers into one buffer of bytes, static when it
 fits in the 48 KB a block may declare statically, else dynamic (the
 launch asks for its size), whether or not any bytes are shared: with the
@@ -21,11 +27,12 @@ H100).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Optional
 
 from . import ir
 from .names import free_vars
-from .tree import map_children, walk
+from .tree import children, map_children
 
 STATIC_SHARED = 48 * 1024
 SHARED_BUFFER = "otp_smem"
@@ -39,22 +46,37 @@ _ELEM_BYTES = {"float": 4, "int": 4, "unsigned": 4, "double": 8, "char": 1, "sho
 
 
 @dataclasses.dataclass(frozen=True)
+class _Span:
+    """Where an array is used in one statement list: the list, the first
+    and last statements that use it (for a list enclosing the array's own,
+    the statement that holds it), the list's barriers, and whether the list
+    may run again (not the kernel's own)."""
+
+    list: int
+    first: int
+    last: int
+    syncs: tuple[int, ...]
+    again: bool
+    fenced: bool = False  # a barrier inside the statement that holds the array follows its last use there
+
+
+@dataclasses.dataclass(frozen=True)
 class _Array:
     decl: ir.Decl
     bytes: int
-    scope: int  # which statement list declares it (its position in the walk)
-    first: int  # the statements of that list that use it, first and last
-    last: int
-    syncs: tuple[int, ...]  # the barriers of that list
-    again: bool  # the list may run again (not the kernel's own)
+    spans: tuple[_Span, ...]  # from the kernel's statement list down to the one that declares it
 
     def before(self, other: "_Array") -> bool:
-        """Every use of self is over, at a barrier, before any use of other, run after run."""
-        if self.scope != other.scope or self.last >= other.first:
+        """Every use of self is over, at a barrier, before any use of other,
+        run after run, judged in the innermost statement list holding both:
+        an array of a loop's body is done with once the loop is over."""
+        common = [(a, b) for a, b in zip(self.spans, other.spans) if a.list == b.list]
+        mine, theirs = common[-1]
+        if mine.last >= theirs.first:
             return False
-        between = any(self.last < s < other.first for s in self.syncs)
-        wraps = any(s > other.last or s < self.first for s in self.syncs)
-        return between and (wraps or not self.again)
+        between = mine.fenced or any(mine.last < s < theirs.first for s in mine.syncs)
+        wraps = any(s > theirs.last or s < mine.first for s in mine.syncs)
+        return between and (wraps or not mine.again)
 
 
 def _shared_bytes(d: ir.Decl) -> Optional[int]:
@@ -70,22 +92,45 @@ def _is_shared(s: Any) -> bool:
     return isinstance(s, ir.DeclStmt) and "__shared__" in s.decl.storage
 
 
+def _blocks(node: Any) -> list[ir.Block]:
+    """The statement lists right inside `node` (a loop's body, a branch), not those nested deeper."""
+    if isinstance(node, ir.Block):
+        return [node]
+    return [b for _, c in children(node) for b in _blocks(c)]
+
+
+def _fences(spans: tuple[_Span, ...]) -> tuple[_Span, ...]:
+    """The spans with `fenced` set where a barrier of a list below follows
+    the array's last use in it (a loop body ending with a barrier)."""
+    out, fenced = list(spans), False
+    for i in range(len(spans) - 2, -1, -1):
+        fenced = fenced or any(s > spans[i + 1].last for s in spans[i + 1].syncs)
+        out[i] = dataclasses.replace(spans[i], fenced=fenced)
+    return tuple(out)
+
+
 def _arrays(stmts: tuple[ir.Stmt, ...]) -> Optional[list[_Array]]:
     """The shared arrays with their live ranges, in declaration order; None
     when one has a size that is not known."""
-    lists = [(stmts, False)] + [(n.stmts, True) for s in stmts for _, n in walk(s) if isinstance(n, ir.Block)]
-    out = []
-    for scope, (body, again) in enumerate(lists):
+    out: list[_Array] = []
+    lists = itertools.count()
+
+    def visit(body: tuple[ir.Stmt, ...], again: bool, above: tuple[_Span, ...]) -> bool:
+        at = next(lists)
         syncs = tuple(k for k, s in enumerate(body) if s == SYNC)
         for k, s in enumerate(body):
-            if not _is_shared(s):
-                continue
-            size = _shared_bytes(s.decl)
-            if size is None:
-                return None
-            uses = [j for j, u in enumerate(body) if j != k and s.decl.name in free_vars(u)] or [k]
-            out.append(_Array(s.decl, -(-size // 16) * 16, scope, uses[0], uses[-1], syncs, again))
-    return out
+            if _is_shared(s):
+                size = _shared_bytes(s.decl)
+                if size is None:
+                    return False
+                uses = [j for j, u in enumerate(body) if j != k and s.decl.name in free_vars(u)] or [k]
+                out.append(_Array(s.decl, -(-size // 16) * 16,
+                                  _fences(above + (_Span(at, uses[0], uses[-1], syncs, again),))))
+            for block in _blocks(s) if not isinstance(s, ir.Block) else [s]:
+                if not visit(block.stmts, True, above + (_Span(at, k, k, syncs, again),)):
+                    return False
+        return True
+    return out if visit(stmts, False, ()) else None
 
 
 def _offsets(arrays: list[_Array]) -> dict[int, int]:

@@ -265,6 +265,35 @@ def test_shared_arrays_never_live_together_share_bytes(ck):
         assert compile_check(shared, "twice.cu") == ()
 
 
+def test_a_tile_after_a_loop_takes_the_bytes_of_the_loop_s_tiles(ck):
+    """The tile t of a sequential loop's body is done with at the barrier
+    that ends each run of the body; u, staged after the loop, takes its
+    bytes. v, read after the loop too, keeps its own."""
+    src = ck.parse(textwrap.dedent("""
+        void steps(int n, const float *x, float *y) {
+          for (int b = 0; b < n; b += 128) {
+            float v[128];
+            for (int i = 0; i < 128; i++) { v[i] = x[b + i]; }
+            for (int r = 0; r < 4; r++) {
+              float t[128];
+              for (int i = 0; i < 128; i++) { t[i] = x[r * n + b + i] + v[127 - i]; }
+              for (int i = 0; i < 128; i++) { y[r * n + b + i] = t[127 - i]; }
+            }
+            float u[128];
+            for (int i = 0; i < 128; i++) { u[i] = 2.0f * x[b + i]; }
+            for (int i = 0; i < 128; i++) { y[4 * n + b + i] = u[127 - i] + v[127 - i]; }
+          }
+        }"""), "steps.c")
+    p = steps(src, (gpu.map_blocks, "steps > for b", "x"),
+              *[(gpu.map_threads, f"steps > for i#{k}", "x") for k in range(1, 6)])
+    cu = to_cuda(p)
+    assert "float *t = (float *)(otp_smem + 512);" in cu and "float *u = (float *)(otp_smem + 512);" in cu
+    assert "float *v = (float *)(otp_smem + 0);" in cu
+    assert "__shared__ __align__(16) unsigned char otp_smem[1024];" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "steps.cu") == ()
+
+
 def _async_kernel(copies: str, uses: str) -> ir.Program:
     """A block staging tiles t and u of x and z with the copy loops `copies`, then the phases `uses`."""
     return parse_text(textwrap.dedent(f"""
