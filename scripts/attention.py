@@ -45,7 +45,9 @@ cores instead (flash_mma): key blocks of 64, the diagonal one masked
 K, V and P tiles in bfloat16 in shared memory
 (`matrix.set_precision(..., "otp_bf16")`, lossy, relative tolerance
 8 x 2^-8 each), Q K^T and P V as warp tile products
-(`gpu.mma`, fp32 accumulation); `otp bench --target cuda --compare torch`
+(`gpu.mma`, fp32 accumulation), the output tile held in the lanes'
+registers across the key blocks (`gpu.lane_order`, `gpu.fragment_layout`);
+`otp bench --target cuda --compare torch`
 then races torch's SDPA on bfloat16 inputs (converted once, untimed)
 restricted to its FlashAttention-2 backend, checking within 2e-2.
 
@@ -99,7 +101,7 @@ def query_blocks(h: str, d: int) -> tuple[str, list[str]]:
     gpu.map_blocks(full, "x")
     gpu.last_first(full)
     shape = ["H", "S", d]
-    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None])
+    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=["x", None], index=f"o{d}_")
     gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
               threads=64)
     return full, shape
@@ -179,6 +181,28 @@ def tile_product(blocks: str, rows: str, cols: str, inner: str, names: tuple[str
     lanes_outside(blocks, [m, n], lane)
 
 
+def output_in_registers(full: str, blocks: str, d: int) -> None:
+    """CUDA bf16: the block's output tile stays in its lanes' registers
+    across the key blocks, in the accumulator layout of P V's tile
+    products. The online softmax's rescaling of the output rows is split
+    off the softmax (its factors kept per query) and, like the tile's copy
+    in, reordered to the lanes' cells (gpu.lane_order); the tile goes out
+    through a shared copy that the lanes fill and a thread per query
+    writes to `out` (level 2 proves the lanes' stores into a 2-D tile
+    apart at once; their stores into the flattened `out`, through the
+    lanes' divisions, ran out of Z3's work limit). Then every access of
+    the tile names its thread's own cells (gpu.fragment_layout)."""
+    lanes = f"{blocks} > for lane{d}_pv_t"
+    gpu.lane_order(f"{full} > for o{d}_0#1", lanes)  # the tile's copy in (query_blocks' gpu.stage)
+    gpu.stage(f"{full} > for o{d}_0", f"o{d}", f"ob{d}", axes=["x", None], index=f"ob{d}_")  # out through shared
+    gpu.lane_order(f"{full} > for ob{d}_0", lanes)
+    loop.hoist(f"{blocks} > for i#2 > def rescale", f"rs{d}")
+    flash.move_up(f"{blocks} > for i#2 > for j#3", f"{blocks} > for i#2 > '] = sum_h'")
+    loop.fission(f"{blocks} > for i#2 > before for d")
+    gpu.lane_order(f"{blocks} > for i#3", lanes)
+    gpu.fragment_layout(f"{full} > def o{d}")
+
+
 def flash_mma(h: str, d: int) -> None:
     """CUDA, bf16 with tensor cores, for the copy of the head loop `h` where
     D == d: as flash_tiles, a block per (head, 64 queries) and the key-block
@@ -193,9 +217,10 @@ def flash_mma(h: str, d: int) -> None:
     them, fp32), the block's four warps taking a row tile each (gpu.warps;
     the K and V tiles of D = 128 copied by the 128 threads, a column each:
     7.3 against 7.7 ms by 64); a thread per query runs the online softmax
-    between them. Rows of the shared tiles are padded against bank
-    conflicts (gpu.pad: o and s are read down their columns by the queries'
-    threads, the lanes' fragments take rows of q, k, v and p)."""
+    between them. The output tile stays in the lanes' registers across the
+    key blocks (output_in_registers). Rows of the shared tiles are padded
+    against bank conflicts (gpu.pad: s is read down its columns by the
+    queries' threads, the lanes' fragments take rows of q, k, v and p)."""
     full, shape = query_blocks(h, d)
     blocks = f"{full} > for bj"
     flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
@@ -223,9 +248,10 @@ def flash_mma(h: str, d: int) -> None:
     kj = f"kj{d}"
     loop.swap(f"{blocks} > for i#3 > for j")
     tile_product(blocks, "i#3", "d", "j", (mo, nd, kj), f"lane{d}_pv")
+    output_in_registers(full, blocks, d)
     # rows padded against bank conflicts: a thread per query reads down the
-    # columns of o, s and q; the lanes' fragments take rows g of K, V and P
-    for array, amount in (("o", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
+    # columns of s, q and ob; the lanes' fragments take rows g of K, V and P
+    for array, amount in (("ob", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
         gpu.pad(f"{full} > def {array}{d}" + ("_h" if array == "s" else ""), amount)
     for threads in (f"{blocks} > for i#1", f"{blocks} > for i#2", f"{full} > for i#1", f"{full} > for i#4"):
         gpu.map_threads(threads, "x")

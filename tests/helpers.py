@@ -2,6 +2,7 @@
 by the transformation tests (the `ck` fixture makes the float arrays)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
@@ -9,7 +10,10 @@ import pytest
 from optitrust_py import ir
 from optitrust_py.errors import TransformError
 from optitrust_py.level2 import check_step
-from optitrust_py.session import Rewrite, inherit_contracts
+from optitrust_py.runner import new_session, run_script
+from optitrust_py.session import Rewrite, Session, inherit_contracts
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 # A loop that fission breaks: for i < n - 1 - i, y[i] reads x[n - 1 - i]
 # before the iteration that zeroes it; split, every read sees a zero.
@@ -53,3 +57,10 @@ def refuted(before: ir.Program, rewrite: Rewrite, contracts: Optional[dict[str, 
     failed = [v for v in result.verdicts if v.status != "proved"]
     assert [v.status for v in failed] == ["refuted"], result.problems
     return f"{failed[0].kind}: {failed[0].reason}"
+
+
+def cuda_session(script: str, precision: str = "fp32") -> Session:
+    """scripts/`script` run to its CUDA ending at level 1."""
+    session = new_session(SCRIPTS / script, "cuda", precision=precision)
+    assert run_script(session, SCRIPTS / script) is None
+    return session

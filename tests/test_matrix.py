@@ -16,8 +16,7 @@ from optitrust_py.session import Session
 from optitrust_py.spec import parse_formula
 from optitrust_py.tree import get
 from transformations import loop, matrix
-from conftest import ROOT
-from helpers import attention_args, matmul_args, refusal, refuted
+from helpers import attention_args, cuda_session, matmul_args, refusal, refuted
 
 FP16_TOL = matrix.LOSSY_FACTOR * 2.0 ** -11
 
@@ -170,10 +169,7 @@ def test_local_buffer_refusals(ck):
 @pytest.fixture(scope="module")
 def gqa_bf16() -> Session:
     """gqa_decode.py's bf16 CUDA ending, run at level 1."""
-    script = ROOT / "scripts" / "gqa_decode.py"
-    session = new_session(script, "cuda", precision="bf16")
-    assert run_script(session, script) is None
-    return session
+    return cuda_session("gqa_decode.py", "bf16")
 
 
 GQA_ARGS = (8, 2, 128, 80, 70)  # H, KVH, D, SMAX, pos: a last, shorter chunk of 7 positions

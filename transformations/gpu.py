@@ -25,7 +25,7 @@ import z3
 from optitrust_py import ir
 from optitrust_py.cuda_map import (AXES, LAST_FIRST, MAX_THREADS, async_copy as async_copy_mark, constant_extent,
                                    mapping, mark, min_blocks, min_blocks_mark, thread_extent, vector_cells, vector_mark)
-from optitrust_py.cuda_registers import chain
+from optitrust_py.cuda_registers import chain, thread_position
 from optitrust_py.errors import TransformError
 from optitrust_py.intrinsics import memory_args
 from optitrust_py.obligation import Obligation
@@ -33,8 +33,9 @@ from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
 from optitrust_py.names import INCDEC, free_vars, lvalue_bases, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
-from optitrust_py.smt import int_term, proves
-from optitrust_py.tree import Path, function_path, get, replace, splice, walk
+from optitrust_py.layout import signed_sum, terms
+from optitrust_py.smt import Terms, int_term, proves
+from optitrust_py.tree import Path, block_of, function_path, get, map_children, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
 from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
@@ -237,7 +238,8 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 @composite
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
           axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None,
-          threads: "int | Sequence[int]" = 0, width: "int | Sequence[int]" = 1, vector: int = 0) -> None:
+          threads: "int | Sequence[int]" = 0, width: "int | Sequence[int]" = 1, vector: int = 0,
+          index: str = "i") -> None:
     """Stage the tile of `array` that a loop touches in a block array (shared
     memory, or registers when each thread owns its cells), copied in (and
     back, if the loop writes it) by the block's threads.
@@ -280,14 +282,15 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     (instead of `axes`, `threads` and `width`) the V threads of the block
     copy the tile in 16-byte pieces (gpu.vector_pieces): a copy of a 32 x
     128 bfloat16 tile by 128 threads is 4 `int4` loads each, where a thread
-    per column makes 32 loads of 2 bytes. The obligations are those of the
-    steps it makes.
+    per column makes 32 loads of 2 bytes. `index` names the copy loops'
+    indices as local_buffer's. The obligations are those of the steps it
+    makes.
     """
     if vector and (axes is not None or threads or width != 1):
         raise TransformError("gpu.stage: `vector` shares the copies among the block's threads itself; give no "
                              "`axes`, `threads` or `width` with it", None)
     before = current_session().current()
-    matrix.local_buffer(target, array, name, shape, region)
+    matrix.local_buffer(target, array, name, shape, region, index=index)
     program = current_session().current()
     res = Resolver(program)
     m = res.one(target, "loop", (ir.For,))
@@ -1619,3 +1622,333 @@ def _tile_span(tiles: Any) -> Optional[int]:
             and stop.right.text.isdigit():
         return int(stop.right.text)
     return None
+
+
+TILE_ROWS, TILE_COLS = 16, 8
+"""The shape of an mma accumulator tile (m16n8): lane 4g + t holds its
+cells (g, 2t), (g, 2t + 1), (g + 8, 2t) and (g + 8, 2t + 1)."""
+
+
+def _lane_tiles(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], str, list[tuple[ir.Expr, ...]]]:
+    """The loops of gpu.mma's lane loop at `m`, from the lane loop down to
+    the tile whose body opens with the four loads of its accumulator; the
+    accumulated array and those four cells (lane_acc[k] = C[r][c])."""
+    loops = [m.node]
+    while len(loops[-1].body.stmts) == 1 and isinstance(loops[-1].body.stmts[0], ir.For):
+        loops.append(loops[-1].body.stmts[0])
+    stmts = loops[-1].body.stmts
+    acc = stmts[0].decl.name if stmts and isinstance(stmts[0], ir.DeclStmt) else None
+    cells: list[ir.Index] = []
+    for k, s in enumerate(stmts[1:5]):
+        e = s.expr if isinstance(s, ir.ExprStmt) else None
+        if isinstance(e, ir.Assign) and e.op == "=" and e.lhs == ir.Index(ir.Var(acc or ""), ir.Const(str(k))) \
+                and isinstance(e.rhs, ir.Index) and len(chain(e.rhs)[1]) == 2:
+            cells.append(e.rhs)
+    bases = {chain(c)[0] for c in cells}
+    if len(loops) < 2 or len(cells) != 4 or len(bases) != 1 or not isinstance(next(iter(bases)), ir.Var):
+        raise TransformError(f"{who}: {_where(res, m.path, m.node)} is not gpu.mma's lane loop: a loop over "
+                             f"lanes around the tiles' loops, each tile loading its four accumulator cells of a "
+                             f"2-D array into a local array first", m.node.loc)
+    return loops, next(iter(bases)).name, [tuple(chain(c)[1]) for c in cells]  # type: ignore[union-attr]
+
+
+def _loop_facts(tm: Terms, loops: Sequence[ir.For], rename: dict[str, ir.Expr]) -> Optional[list[z3.BoolRef]]:
+    """`v = start + step * n, n >= 0, v < stop` for each loop (indices
+    renamed by `rename`), or None for a step that is not a positive literal."""
+    out = []
+    for lp in loops:
+        if not (isinstance(lp.step, ir.Const) and lp.step.text.isdigit() and int(lp.step.text) > 0):
+            return None
+        v, n = tm.term(subst(ir.Var(lp.index), rename)), z3.Int(f"n_{lp.index}_{len(rename)}")
+        start, stop = tm.term(subst(lp.start, rename)), tm.term(subst(lp.stop, rename))
+        out += [v == start + int(lp.step.text) * n, n >= 0, v < stop]
+    return out
+
+
+def _covers_once(loops: list[ir.For], cells: list[tuple[ir.Expr, ir.Expr]], origin: tuple[ir.Expr, ir.Expr],
+                 extents: tuple[int, int]) -> bool:
+    """Whether the lanes' cells, over every run of `loops`, are the cells
+    origin + [0, rows) x [0, cols), each once: every one in range, no two
+    runs (or two of a run's cells) alike, and as many as the region has."""
+    trips = 1
+    for lp in loops:
+        span = _tile_span(lp) if lp is not loops[0] else constant_extent(lp)
+        step = int(lp.step.text) if isinstance(lp.step, ir.Const) and lp.step.text.isdigit() else 0
+        if span is None or step <= 0 or span % step:
+            return False
+        trips *= span // step if lp is not loops[0] else span
+    if trips * len(cells) != extents[0] * extents[1]:
+        return False
+    tm = Terms("lane_order")
+    other = {lp.index: ir.Var(f"{lp.index}'") for lp in loops}
+    mine, theirs = _loop_facts(tm, loops, {}), _loop_facts(tm, loops, other)
+    if mine is None or theirs is None:
+        return False
+    low = [tm.term(o) for o in origin]
+    for r, c in cells:
+        at = (tm.term(r), tm.term(c))
+        if not proves(z3.And(*(z3.And(lo <= x, x < lo + n) for lo, x, n in zip(low, at, extents))),
+                      mine + tm.facts):
+            return False
+    same = z3.And(*(z3.Int(lp.index) == z3.Int(f"{lp.index}'") for lp in loops))
+    for k, (r, c) in enumerate(cells):
+        for j, (r2, c2) in enumerate(cells):
+            meet = [tm.term(r) == tm.term(subst(r2, other)), tm.term(c) == tm.term(subst(c2, other))]
+            if not proves(same if j == k else z3.BoolVal(False), mine + theirs + meet + tm.facts):
+                return False
+    return True
+
+
+def _offset(who: str, index: ir.Expr, var: str, others: set[str], loc: Optional[ir.Loc]) -> ir.Expr:
+    """`index` - `var`, when `index` is `var` plus an offset free of `var` and `others`."""
+    parts = terms(index)
+    rest = signed_sum([p for p in parts if p != (1, ir.Var(var))]) if parts.count((1, ir.Var(var))) == 1 else None
+    if rest is None or free_vars(rest) & (others | {var}):
+        raise TransformError(f"{who}: the index '{expr_text(index)}' must be '{var}' plus an offset free of the "
+                             f"nest's indices", loc)
+    return rest
+
+
+def _signed(*sums: tuple[int, ir.Expr]) -> ir.Expr:
+    """The sum of the signed expressions as one signed sum, terms that cancel left out."""
+    parts: list[tuple[int, ir.Expr]] = []
+    for sign, e in sums:
+        for s, t in terms(e, sign):
+            if (-s, t) in parts:
+                parts.remove((-s, t))
+            elif t != ZERO:
+                parts.append((s, t))
+    return signed_sum(parts)
+
+
+def _tidy(node: Any) -> Any:
+    """`node` with each sum in it as one signed sum, terms that cancel left
+    out: `bi + (mo + lane / 4 - bi)` is `mo + lane / 4` (the indices the
+    lanes' cells substitute read as the lanes' own, and Z3 proves the
+    threads' cells apart without cancelling first)."""
+    if isinstance(node, ir.Binop) and node.op in ("+", "-"):
+        return _signed(*((s, _tidy(t)) for s, t in terms(node)))
+    return map_children(node, _tidy)
+
+
+@primitive
+def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
+    """Run a nest over the cells of an accumulator array in the order of
+    gpu.mma's lane loop that accumulates into them: each thread takes the
+    cells its lane holds, so that the nest can be fused with the lane loop
+    and the cells kept in the thread's registers (gpu.fragment_layout).
+
+    Before (`gpu.lane_order("attention > for h#1 > for bi > for bj > for i#4", "... > for lane64_pv_t")`,
+    the rescaling of the output rows that the online softmax split off):
+
+        for (int i = bi; i < bi + 64; i++) {
+          for (int d = 0; d < 64; d++) {
+            o64[i - bi][d] = o64[i - bi][d] * rescale_h[i - bi];
+          }
+        }
+
+    After (obligations parallel on both loops, before: the cells are
+    visited in another order):
+
+        #pragma otp gpu thread x
+        for (int lane64_pv_t = 0; lane64_pv_t < 128; lane64_pv_t++) {
+          for (int mo64 = bi + lane64_pv_t / 32 * 16; mo64 < bi + lane64_pv_t / 32 * 16 + 16; mo64 += 16) {
+            for (int nd64 = 0; nd64 < 64; nd64 += 8) {
+              o64[mo64 + lane64_pv_t % 32 / 4 - bi][nd64 + 2 * (lane64_pv_t % 32 % 4)] = ...;
+              ... (the lane's other three cells)
+            }
+          }
+        }
+
+    The nest is two loops of constant trip counts and step 1, the second
+    alone in the first; every access of its body to the lane loop's
+    accumulator array C is C[a + x][b + y] (a, b its indices, x, y free of
+    them), one cell per iteration. The lane loop's headers are copied, and
+    each of the four cells it loads (lane_acc[k] = C[r][c]) runs the body
+    with a = r - x, b = c - y. Refused (besides the shapes above) unless Z3
+    proves, from the copied loops' bounds, that these cells are exactly
+    the nest's, each once: in range, pairwise distinct, as many. Also
+    refused: a nest inside a thread loop or outside a block, a body naming
+    the lane loop's indices, bounds of the lane loop that name variables
+    not visible at the nest.
+    """
+    who = "gpu.lane_order"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    outer: ir.For = m.node
+    where = _where(res, m.path, outer)
+    inner = outer.body.stmts[0] if len(outer.body.stmts) == 1 and isinstance(outer.body.stmts[0], ir.For) else None
+    extents = (constant_extent(outer), constant_extent(inner) if inner else None)
+    if inner is None or None in extents:
+        raise TransformError(f"{who}: {where} must be a loop of a constant trip count and step 1 holding only "
+                             f"another such loop", outer.loc)
+    _in_block_only(who, program, res, m)
+    lm = res.one(lanes, "canonical for loop", (ir.For,))
+    loops, array, cells = _lane_tiles(who, res, lm)
+    if lm.function != m.function:
+        raise TransformError(f"{who}: {_where(res, lm.path, lm.node)} is not in the function of {where}", outer.loc)
+    names = {lp.index for lp in loops}
+    heads = set().union(*(free_vars(x) for lp in loops for x in (lp.start, lp.stop, lp.step))) - names
+    body_names = free_vars(inner.body) | set(_top_decls_of(inner.body))
+    if names & body_names or not heads <= set(env_at(program, m.path)):
+        raise TransformError(f"{who}: the body of {where} names the lane loop's indices ({', '.join(sorted(names))}) "
+                             f"or the lane loop's bounds name variables not visible at {where}", outer.loc)
+    found = [n for _, n in walk(inner.body) if isinstance(n, ir.Index) and chain(n)[0] == ir.Var(array)
+             and len(chain(n)[1]) == 2]
+    uses = sum(1 for _, n in walk(inner.body) if n == ir.Var(array))
+    if not found or uses != len(found):
+        raise TransformError(f"{who}: the body of {where} must reach '{array}', the lane loop's accumulator, "
+                             f"through two indices only", outer.loc)
+    indices = {outer.index, inner.index}
+    shifts = {(_offset(who, chain(n)[1][0], outer.index, indices, n.loc),
+               _offset(who, chain(n)[1][1], inner.index, indices, n.loc)) for n in found}
+    if len(shifts) != 1:
+        raise TransformError(f"{who}: the body of {where} reaches more than one cell of '{array}' per iteration",
+                             outer.loc)
+    x, y = shifts.pop()
+    origin = (_signed((1, outer.start), (1, x)), _signed((1, inner.start), (1, y)))
+    if not _covers_once(loops, [(r, c) for r, c in cells], origin, extents):  # type: ignore[arg-type]
+        raise TransformError(f"{who}: the cells the lanes of {_where(res, lm.path, lm.node)} hold are not those "
+                             f"of {where}, each once ({extents[0]} x {extents[1]} from "
+                             f"[{expr_text(origin[0])}][{expr_text(origin[1])}])", outer.loc)
+    copies = tuple(s for r, c in cells for s in _tidy(subst(inner.body, {outer.index: _signed((1, r), (-1, x)),
+                                                                         inner.index: _signed((1, c), (-1, y))})).stmts)
+    new: ir.Stmt = ir.Block(copies)
+    for lp in reversed(loops):
+        new = dataclasses.replace(lp, body=new if isinstance(new, ir.Block) else ir.Block((new,)), loc=outer.loc)
+    obs = (Obligation("parallel", f"distinct iterations of {where} touch disjoint cells", m.function, (m.path,),
+                      before=True),
+           Obligation("parallel", f"distinct iterations of the inner loop of {where} touch disjoint cells",
+                      m.function, (m.path + (("body", None), ("stmts", 0)),), before=True))
+    return Rewrite(replace(program, m.path, new), obs)
+
+
+def _top_decls_of(body: ir.Block) -> list[str]:
+    return [s.decl.name for s in body.stmts if isinstance(s, ir.DeclStmt) and s.decl.name]
+
+
+def _c(k: int) -> ir.Expr:
+    return ir.Const(str(k))
+
+
+def _fragment_formulas(r: ir.Expr, c: ir.Expr) -> tuple[ir.Expr, ir.Expr, ir.Expr]:
+    """Where cell (r, c) of an array of 16 x 8 accumulator tiles (one row
+    of tiles a warp) lies in its lanes' registers: the thread 32 (r / 16)
+    + 4 (r % 8) + (c % 8) / 2, its tile c / 8 and its slot 2 ((r % 16) / 8)
+    + c % 2 in the tile (the order of gpu.mma's lane_acc)."""
+    def op(o: str, a: ir.Expr, b: "ir.Expr | int") -> ir.Expr:
+        return ir.Binop(o, a, _c(b) if isinstance(b, int) else b)
+    thread = op("+", op("+", op("*", _c(32), op("/", r, 16)), op("*", _c(4), op("%", r, 8))), op("/", op("%", c, 8), 2))
+    slot = op("+", op("*", _c(2), op("/", op("%", r, 16), 8)), op("%", c, 2))
+    return thread, op("/", c, TILE_COLS), slot
+
+
+@primitive
+def fragment_layout(program: ir.Program, target: str) -> Rewrite:
+    """Store a block's array of accumulator tiles as its lanes hold them:
+    `C[M][N]` becomes `C[2 M][N / 8][4]`, row t the cells thread t holds in
+    gpu.mma's layout (the warp w = t / 32 has rows 16 w to 16 w + 15), so
+    that, every access naming its own thread's row, the CUDA printer keeps
+    each thread's row in registers across the loops around (a running
+    output tile that no longer goes through shared memory).
+
+    Before (`gpu.fragment_layout("attention > for h#1 > for bi > def o64")`,
+    every access in gpu.mma's order, gpu.lane_order having reordered the
+    nests that were not):
+
+        float o64[64][64];
+        ...
+        lane64_pv_acc[0] = o64[mo64 + lane64_pv_t % 32 / 4 - bi][nd64 + 2 * (lane64_pv_t % 32 % 4)];
+
+    After (obligations equals, for each access: the thread, tile and slot
+    of its cell are the thread's own position, a loop index over 8 and a
+    constant):
+
+        float o64[128][8][4];
+        ...
+        lane64_pv_acc[0] = o64[lane64_pv_t][nd64 / 8][0];
+
+    Cell (r, c) goes to thread 32 (r / 16) + 4 (r % 8) + (c % 8) / 2, tile
+    c / 8, slot 2 ((r % 16) / 8) + c % 2: a bijection from M x N onto
+    2M x N / 8 x 4 (r splits into r / 16, (r % 16) / 8 and r % 8, c into
+    c / 8, (c % 8) / 2 and c % 2), so the program computes the same; the
+    indices are in bounds of the old shape (level 2's check of the program
+    before). Each access is rewritten to its thread's position, the index
+    over 8 of one of the loops around it whose step 8 divides, and a
+    constant, the first of these Z3 proves equal to the formulas from the
+    bounds of the loops around; refused when there is none (an access
+    outside gpu.mma's order: gpu.lane_order first). Also refused: an array
+    that is not a float[M][N] without initializer, M a multiple of 16 and
+    N of 8; a use other than `C[r][c]` (its address taken); an access
+    outside a thread loop of 2M threads.
+    """
+    who = "gpu.fragment_layout"
+    res = Resolver(program)
+    m = res.one(target, "array declaration", (ir.DeclStmt,))
+    decl = m.node.decl
+    t = decl.type
+    sizes = []
+    while isinstance(t, ir.Array) and isinstance(t.size, ir.Const) and t.size.text.isdigit():
+        sizes.append(int(t.size.text))
+        t = t.of
+    if len(sizes) != 2 or isinstance(t, ir.Array) or type_name(t) != "float" or decl.init is not None \
+            or sizes[0] % TILE_ROWS or sizes[1] % TILE_COLS:
+        raise TransformError(f"{who}: '{decl.name}' must be declared float {decl.name}[M][N] without a value, M a "
+                             f"multiple of {TILE_ROWS} and N of {TILE_COLS}", m.node.loc)
+    rows, cols = sizes
+    threads = 2 * rows
+    block, k = block_of(m.path)
+    name = decl.name or ""
+    found: list[tuple[Path, ir.Index]] = []
+    uses = 0
+    for j, s in enumerate(get(program, block).stmts[k + 1:], k + 1):
+        for p, n in walk(s, block + (("stmts", j),)):
+            uses += n == ir.Var(name)
+            if isinstance(n, ir.Index) and chain(n)[0] == ir.Var(name) and len(chain(n)[1]) == 2:
+                found.append((p, n))
+    if uses != len(found):
+        raise TransformError(f"{who}: '{name}' is used other than as {name}[r][c] (its address taken, a row "
+                             f"passed on)", m.node.loc)
+    program_out, obs = program, []
+    for p, n in found:
+        new, made = _to_fragment(who, program, block, p, n, threads, m.function)
+        program_out = replace(program_out, p, new)
+        obs += made
+    shape = ir.Array(ir.Array(ir.Array(ir.Base(("float",)), _c(4)), _c(cols // TILE_COLS)), _c(threads))
+    program_out = replace(program_out, m.path, dataclasses.replace(m.node, decl=dataclasses.replace(decl, type=shape)))
+    return Rewrite(program_out, tuple(obs))
+
+
+def _to_fragment(who: str, program: ir.Program, block: Path, path: Path, node: ir.Index, threads: int,
+                 function: str) -> tuple[ir.Expr, list[Obligation]]:
+    """The access at `path` in the fragment layout, and the equalities it rests on."""
+    loops = [lp for lp in (get(program, path[:i]) for i in range(len(block), len(path))) if isinstance(lp, ir.For)]
+    mapped = [lp for lp in loops if (mapping(lp) or ("",))[0] == "thread"]
+    r, c = chain(node)[1]
+    line = expr_text(node)
+    if len(mapped) != 1 or thread_extent(mapped[0]) != (threads, True):
+        raise TransformError(f"{who}: '{line}' is not in a thread loop of {threads} threads", node.loc)
+    tm = Terms("fragment")
+    facts = _loop_facts(tm, loops, {})
+    if facts is None:
+        raise TransformError(f"{who}: a loop around '{line}' has a step that is not a positive literal", node.loc)
+    position = thread_position(mapped[0])
+    tiles = [ir.Binop("/", _signed((1, ir.Var(lp.index)), (-1, lp.start)), _c(TILE_COLS)) for lp in loops
+             if lp not in mapped and isinstance(lp.step, ir.Const) and lp.step.text.isdigit()
+             and int(lp.step.text) % TILE_COLS == 0]
+    wanted = zip(_fragment_formulas(r, c), ([position], tiles, [_c(s) for s in range(4)]))
+    chosen = []
+    for formula, candidates in wanted:
+        f = tm.term(formula)
+        hit = next((x for x in candidates if proves(f == tm.term(x), facts + tm.facts)), None)
+        if hit is None:
+            raise TransformError(f"{who}: '{line}' is not in gpu.mma's order (no thread position, tile loop or "
+                                 f"slot equals '{expr_text(formula)}'): gpu.lane_order its nest first", node.loc)
+        chosen.append((formula, hit))
+    out: ir.Expr = ir.Var(chain(node)[0].name)  # type: ignore[union-attr]
+    for _, x in chosen:
+        out = ir.Index(out, x, node.loc)
+    obs = [Obligation("equals", f"'{line}' lies in the registers of thread '{expr_text(chosen[0][1])}', tile "
+                      f"'{expr_text(chosen[1][1])}', slot {expr_text(chosen[2][1])}: {expr_text(f)} == {expr_text(x)}",
+                      function, (path,), (f, x), before=True) for f, x in chosen]
+    return out, obs

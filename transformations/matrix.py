@@ -398,7 +398,7 @@ def _contract_naming(program: ir.Program, root: Path, name: str) -> Optional[Pat
 @primitive
 def local_buffer(program: ir.Program, target: str, array: str, name: Optional[str] = None,
                  shape: Optional[list[Union[str, int]]] = None, region: Optional[list[str]] = None,
-                 init: bool = False) -> Rewrite:
+                 init: bool = False, index: str = "i") -> Rewrite:
     """Make a loop work on a local copy of the tile of an array it touches.
 
     The packing step of GotoBLAS matmul, or keeping a tile of Q in a small
@@ -447,7 +447,9 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     Dimensions of size 1 are dropped from the buffer. The buffer, named
     `name` (default `<array>_local`), has the array's element type without
     qualifiers; a size that is not a constant makes it a variable-length
-    array. Copying moves values unchanged, so the step is exact.
+    array. Copying moves values unchanged, so the step is exact. The copy
+    loops' indices are `<index>0`, `<index>1`, ... (`i0`, `i1` by default;
+    a name in use gets a suffix), so that later steps can name them.
 
     With `init`, the statement just before the loop must be a nest of
     loops storing one constant into the array (the zeroing before a sum,
@@ -507,8 +509,10 @@ def local_buffer(program: ir.Program, target: str, array: str, name: Optional[st
     new = _rewrite(program, accesses, lambda a: _access_expr(
         buf, [_lin(a.index[d]).plus(origins[d], -1).expr() for d in keep]))
     indices: list[str] = []
+    if not is_identifier(f"{index}0"):
+        raise TransformError(f"{who}: the copy loops' index prefix '{index}' does not make C names", loop.loc)
     for d in keep:
-        indices.append(fresh_name(taken | {name} | set(indices), f"i{len(indices)}"))
+        indices.append(fresh_name(taken | {name} | set(indices), f"{index}{len(indices)}"))
     at = {d: ir.Var(i) for d, i in zip(keep, indices)}
     inside = _access_expr(buf, list(at.values()))
     outside = _access_expr(arr, [o.plus(_lin(at[d])).expr() if d in at else o.expr()
