@@ -165,7 +165,7 @@ def fusion(goal: Goal) -> Outcome:
     second: ir.For = get(goal.before, second_path)
     fp = _fp(goal, goal.before)
     space = Space(fp, _loop_indices(first) | _loop_indices(second), _declared(first.body) | _declared(second.body))
-    rel = [_earlier(second, 2, 1)]
+    rel = [instance_var(second.index, 2) < instance_var(first.index, 1)]  # the loops run one range (loop.fusion)
     return _settle(lambda: _answer(first_conflict(space, _pairs(_within(fp, path), _within(fp, second_path)),
                                                   lambda a, b: rel),
                                    f"the first loop at {first.index}, the second at an earlier "
