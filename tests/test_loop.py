@@ -7,6 +7,7 @@ import pytest
 
 from optitrust_py import ir
 from optitrust_py.errors import TargetError, TransformError
+from optitrust_py.level2 import check_step
 from optitrust_py.spec import parse_spec_file, parse_spec_text
 from transformations import loop
 from conftest import ROOT
@@ -337,6 +338,28 @@ def test_fusion_renames_the_second_index(ck):
           }
         }""")
     ck.check(p, r.program, "f", [9, ck.floats(9), ck.floats(9)])
+    # level 2 compares the second loop's iteration with the first's by their own indices
+    assert check_step(p, r.program, r.obligations, {}).ok
+
+
+def test_fusion_compares_the_ranges_as_integers(ck):
+    """`b + 4` and `4 + b` bound the same loop (loop.shift writes the
+    second): fused, the first's bounds kept; `b + 3` is another range."""
+    def two(stop: str) -> ir.Program:
+        return ck.parse(c(f"""
+            void f(int n, int b, float *x) {{
+              for (int i = b; i < b + 4; i++) {{
+                x[i] = 2.0f * x[i];
+              }}
+              for (int j = b; j < {stop}; j++) {{
+                x[j] = x[j] + 1.0f;
+              }}
+            }}"""))
+    p = two("4 + b")
+    r = loop.fusion.apply(p, "f > for i")
+    assert "for (int i = b; i < b + 4; i++) {" in ck.function_text(r.program, "f")
+    ck.check(p, r.program, "f", [9, 3, ck.floats(9)])
+    assert "have different ranges: stop 'b + 4' vs 'b + 3'" in refusal(loop.fusion.apply, two("b + 3"), "f > for i")
 
 
 def test_fusion_refusals(ck):

@@ -12,6 +12,7 @@ from optitrust_py.names import (PURE_FUNCTIONS, declared_names, free_vars, fresh
 from optitrust_py.obligation import Obligation
 from optitrust_py.printer import expr as expr_text, stmt_text
 from optitrust_py.session import Rewrite, composite, current_session, primitive
+from optitrust_py.smt import Terms, proves
 from optitrust_py.spec import parse_formula
 from optitrust_py.target import Match, Resolver, parse as parse_target
 from optitrust_py.tree import Path, block_of, children, get, replace, splice, walk
@@ -362,6 +363,15 @@ def _top_decls(body: ir.Block) -> list[str]:
     return [s.decl.name for s in body.stmts if isinstance(s, ir.DeclStmt) and s.decl.name]
 
 
+def _same_value(x: ir.Expr, y: ir.Expr) -> bool:
+    """Two side-effect-free integer expressions equal whatever their
+    variables (`bi + 64` and `64 + bi`), C's / and % included."""
+    if has_side_effects(x) or has_side_effects(y):
+        return False
+    terms = Terms("fusion")
+    return proves(terms.term(x) == terms.term(y), terms.facts)
+
+
 @primitive
 def fusion(program: ir.Program, target: str) -> Rewrite:
     """Fuse a loop with the loop right after it: one loop running both bodies.
@@ -383,8 +393,9 @@ def fusion(program: ir.Program, target: str) -> Rewrite:
         }
 
     The two loops must be consecutive statements of one block with the same
-    start, stop, step and index type (compared structurally, after renaming
-    the second loop's index to the first's) and the same pragmas. Refused when
+    start, stop, step (equal as integer expressions, `bi + 64` and `64 +
+    bi`, after renaming the second loop's index to the first's), index type
+    and pragmas. Refused when
     the second loop uses a name the first body declares (or redeclares it),
     when the second body uses a variable named like the first index, when a
     body leaves the loop early (break, continue, return, goto), when a body
@@ -413,7 +424,7 @@ def fusion(program: ir.Program, target: str) -> Rewrite:
                                       step=subst(second.step, sub), body=subst(second.body, sub))
     for label, x, y in (("start", first.start, renamed.start), ("stop", first.stop, renamed.stop),
                         ("step", first.step, renamed.step)):
-        if x != y:
+        if x != y and not _same_value(x, y):
             raise TransformError(f"loop.fusion: {where} and {next_where} have different ranges: {label} "
                                  f"'{expr_text(x)}' vs '{expr_text(y)}'", first.loc)
     if first.itype != second.itype:
