@@ -200,7 +200,31 @@ def output_in_registers(full: str, blocks: str, d: int) -> None:
     flash.move_up(f"{blocks} > for i#2 > for j#3", f"{blocks} > for i#2 > '] = sum_h'")
     loop.fission(f"{blocks} > for i#2 > before for d")
     gpu.lane_order(f"{blocks} > for i#3", lanes)
+    # V's copy goes before the softmax, P's right after it: a thread per query
+    # converts its row of P as it ends its softmax, and the rescaling joins
+    # P V's lanes (two phases less)
+    flash.move_up(f"{blocks} > def v{d}", f"{blocks} > for lane{d}_t")
+    flash.move_up(f"{blocks} > for v{d}_1", f"{blocks} > def v{d}")
+    flash.move_up(f"{blocks} > def p{d}", f"{blocks} > for v{d}_1")
+    flash.move_up(f"{blocks} > for p{d}_0", f"{blocks} > for i#2")
+    for nest in (f"for lane{d}_pv_t", f"for lane{d}_pv_t > for mo{d}", f"for lane{d}_pv_t > for mo{d} > for nd{d}"):
+        loop.fusion(f"{blocks} > {nest}#1")
+    loop.shift(f"{blocks} > for p{d}_0", "bi")
+    gpu.map_threads(f"{blocks} > for i#2", "x")
+    loop.fusion(f"{blocks} > for i#2")
     gpu.fragment_layout(f"{full} > def o{d}")
+
+
+def scores_from_zero(blocks: str, d: int) -> None:
+    """CUDA bf16: the scores' zeroing, reordered to the lanes' cells
+    (gpu.lane_order), joins Q K^T's lanes, after the copy of K moves above
+    it: each lane zeroes the cells it then accumulates (one phase less)."""
+    lanes = f"{blocks} > for lane{d}_t"
+    gpu.lane_order(f"{blocks} > for i#1", lanes)
+    flash.move_up(f"{blocks} > def k{d}", f"{blocks} > def sc{d}")
+    flash.move_up(f"{blocks} > for k{d}_1", f"{blocks} > def k{d}")
+    for nest in (f"for lane{d}_t", f"for lane{d}_t > for mi{d}", f"for lane{d}_t > for mi{d} > for nj{d}"):
+        loop.fusion(f"{blocks} > {nest}#1")
 
 
 def flash_mma(h: str, d: int) -> None:
@@ -236,9 +260,9 @@ def flash_mma(h: str, d: int) -> None:
     loop.fission(f"{blocks} > for i#3 > after for j#3")
     for array, at in (("k", "i#2"), ("v", "i#4")):  # a column per thread, all of the block's threads
         gpu.stage(f"{blocks} > for {at}", array, f"{array}{d}", shape, axes=[None, "x"],
-                  region=["h:1", f"bj:{KEYS}", f"0:{d}"], threads=min(d, 128))
+                  region=["h:1", f"bj:{KEYS}", f"0:{d}"], threads=min(d, 128), index=f"{array}{d}_")
     matrix.reorder_dims(f"{full} > def v{d}", [1, 0])
-    gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None])
+    gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None], index=f"p{d}_")
     for array in ("q", "k", "v", "p"):
         matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
     # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d
@@ -249,11 +273,13 @@ def flash_mma(h: str, d: int) -> None:
     loop.swap(f"{blocks} > for i#3 > for j")
     tile_product(blocks, "i#3", "d", "j", (mo, nd, kj), f"lane{d}_pv")
     output_in_registers(full, blocks, d)
+    scores_from_zero(blocks, d)
     # rows padded against bank conflicts: a thread per query reads down the
     # columns of s, q and ob; the lanes' fragments take rows g of K, V and P
     for array, amount in (("ob", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
         gpu.pad(f"{full} > def {array}{d}" + ("_h" if array == "s" else ""), amount)
-    for threads in (f"{blocks} > for i#1", f"{blocks} > for i#2", f"{full} > for i#1", f"{full} > for i#4"):
+    # the running max and sum's start, the division by the sum
+    for threads in (f"{full} > for i#1", f"{full} > for i#3"):
         gpu.map_threads(threads, "x")
 
 

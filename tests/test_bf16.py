@@ -152,21 +152,24 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
     # D = 128: the K tile copied by the block's 128 threads, a column each
-    assert "k128[i0_5][i1_5] = otp_to_bf16(k[(h * S + (bj + i0_5)) * 128 + i1_5]);" in cu
+    assert "k128[k128_0][k128_1] = otp_to_bf16(k[(h * S + (bj + k128_0)) * 128 + k128_1]);" in cu
     launch = cu[cu.index("cudaLaunchKernelEx(&otp_launch, attention_kernel2,"):cu.index(
         "cudaLaunchKernelEx(&otp_launch, attention_kernel3,")]  # a later kernel: programmatic dependent launch
     assert "otp_launch = {dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1), " in launch
     # the output tile in the lanes' registers (gpu.fragment_layout); tiles never live together share bytes
-    # (cuda_shared): V over the scores, done with at the barrier after the softmax, the softmax's factors and
-    # P over K, done with after Q K^T, the output's copy out over the key blocks' tiles, done with at the
-    # barrier that ends the key loop's body: 51456 bytes of shared memory a block instead of 112384
+    # (cuda_shared): V over K, done with after Q K^T, the output's copy out over the key blocks' tiles, done
+    # with at the barrier that ends the key loop's body: 61952 bytes of shared memory a block, not 112384
     assert "float o128[16][4];" in cu and "float (*ob128)[129] = (float (*)[129])(otp_smem + 17408);" in cu
     assert "float (*s128_h)[65] = (float (*)[65])(otp_smem + 17408);" in cu
-    assert "otp_bf16 (*v128)[72] = (otp_bf16 (*)[72])(otp_smem + 17408);" in cu
     assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 34048);" in cu
-    assert "float *rs128 = (float *)(otp_smem + 34048);" in cu
-    assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 35840);" in cu
-    assert "dim3(128, 1, 1), 51456, 0, otp_pdl, 1};" in launch
+    assert "otp_bf16 (*v128)[72] = (otp_bf16 (*)[72])(otp_smem + 34048);" in cu
+    assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 52480);" in cu
+    assert "float *rs128 = (float *)(otp_smem + 61696);" in cu
+    assert "dim3(128, 1, 1), 61952, 0, otp_pdl, 1};" in launch
+    # five phases a key block: K's copy, Q K^T (from zero), V's copy, the softmax and P, P V (rescaled first)
+    body = cu.split("__global__ void attention_kernel3(")[1].split("__global__")[0]
+    loop = body[body.index("for (int bj = 0;"):body.index("float (*ob128)")]
+    assert loop.count("__syncthreads();") == 5
     assert compile_check(cu, "final.cu") == ()
 
 
