@@ -56,6 +56,27 @@ def test_lane_order_reorders_the_rescaling_of_the_output_rows(ck, attention_bf16
     ck.same_outputs(step.before, step.after, "attention", attention_args(ck, 1, 150, 64))
 
 
+def test_lane_order_copies_a_body_that_declares_in_blocks(ck, attention_bf16):
+    """The rescaling written with a local factor: each of the lane's four
+    copies of the body is a block of its own (one declaration each), and
+    the outputs stay."""
+    before = steps(attention_bf16, "gpu.lane_order")[2].before
+    old = "o64[i - bi][d] = o64[i - bi][d] * rs64[i - bi];"
+    text = to_c(before)
+    assert old in text
+    local = parse_text(text.replace(old, "float f = rs64[i - bi]; o64[i - bi][d] = o64[i - bi][d] * f;"), "local.c")
+    r = gpu.lane_order.apply(local, f"{BLOCKS} > for i#3", LANES)
+    after = ck.function_text(r.program, "attention")
+    assert after.count("float f = rs64[mo64 + lane64_pv_t % 32 / 4 - bi];") == 2
+    assert after.count("float f = rs64[mo64 + lane64_pv_t % 32 / 4 + 8 - bi];") == 2
+    assert ck.contains(after, """
+        for (int nd64 = 0; nd64 < 64; nd64 += 8) {
+          {
+            float f = rs64[mo64 + lane64_pv_t % 32 / 4 - bi];""")
+    ck.compiles(r.program)
+    ck.same_outputs(local, r.program, "attention", attention_args(ck, 1, 150, 64))
+
+
 def test_lane_order_refusals(attention_bf16):
     """Refused: a nest that is not two loops, a lane loop that is not
     gpu.mma's, a lane loop accumulating into another array, and a nest

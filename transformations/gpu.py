@@ -1770,7 +1770,8 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
     the nest's, each once: in range, pairwise distinct, as many. Also
     refused: a nest inside a thread loop or outside a block, a body naming
     the lane loop's indices, bounds of the lane loop that name variables
-    not visible at the nest.
+    not visible at the nest. A body that declares names is copied in a
+    block of its own each time.
     """
     who = "gpu.lane_order"
     res = Resolver(program)
@@ -1811,9 +1812,10 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
         raise TransformError(f"{who}: the cells the lanes of {_where(res, lm.path, lm.node)} hold are not those "
                              f"of {where}, each once ({extents[0]} x {extents[1]} from "
                              f"[{expr_text(origin[0])}][{expr_text(origin[1])}])", outer.loc)
-    copies = tuple(s for r, c in cells for s in _tidy(subst(inner.body, {outer.index: _signed((1, r), (-1, x)),
-                                                                         inner.index: _signed((1, c), (-1, y))})).stmts)
-    new: ir.Stmt = ir.Block(copies)
+    bodies = [_tidy(subst(inner.body, {outer.index: _signed((1, r), (-1, x)), inner.index: _signed((1, c), (-1, y))}))
+              for r, c in cells]
+    scoped = bool(_top_decls_of(inner.body))  # each copy of a body that declares names in a block of its own
+    new: ir.Stmt = ir.Block(tuple(b for body in bodies for b in ((body,) if scoped else body.stmts)))
     for lp in reversed(loops):
         new = dataclasses.replace(lp, body=new if isinstance(new, ir.Block) else ir.Block((new,)), loc=outer.loc)
     obs = (Obligation("parallel", f"distinct iterations of {where} touch disjoint cells", m.function, (m.path,),
