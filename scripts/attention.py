@@ -40,16 +40,18 @@ staged in shared memory and their scores formed along d; the last S % 64
 queries and other D run a thread per query from global memory.
 
 With `--target cuda --precision bf16` the CUDA ending uses tensor
-cores instead (flash_mma): key blocks of 64, the diagonal one masked
-(its keys past a query score -INFINITY) so that all run whole, the Q,
-K, V and P tiles in bfloat16 in shared memory
-(`matrix.set_precision(..., "otp_bf16")`, lossy, relative tolerance
-8 x 2^-8 each), Q K^T and P V as warp tile products
+cores instead (flash_mma): the caller passes q, k and v in bfloat16, as
+to FlashAttention (`matrix.set_precision(..., "otp_bf16")` on the
+parameters, the first CUDA steps; lossy, relative tolerance 8 x 2^-8
+each), key blocks of 64, the diagonal one masked (its keys past a query
+score -INFINITY) so that all run whole, the Q, K, V and P tiles in
+bfloat16 in shared memory (K's copied in 16-byte pieces, straight from
+global memory: cp.async), Q K^T and P V as warp tile products
 (`gpu.mma`, fp32 accumulation), the output tile held in the lanes'
 registers across the key blocks (`gpu.lane_order`, `gpu.fragment_layout`);
-`otp bench --target cuda --compare torch`
-then races torch's SDPA on bfloat16 inputs (converted once, untimed)
-restricted to its FlashAttention-2 backend, checking within 2e-2.
+`otp bench --target cuda --compare torch` then races torch's SDPA on the
+same bfloat16 inputs restricted to its FlashAttention-2 backend,
+checking within 2e-2 against the original on the unrounded inputs.
 
 `--compare torch` gives torch (batch, heads, sequence, dim) tensors: with
 3-D (heads, sequence, dim) tensors, torch 2.13's CPU attention leaves its
@@ -66,8 +68,8 @@ FLASH = "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTE
 load("../c_sources/attention.c", sizes={"H": 2, "S": 150, "D": 64})
 if BF16:
     bench("attention", sizes={"H": 32, "S": 4096, "D": 128}, flops="2*H*S*S*D", tolerance=2e-2,
-          torch=f"with {FLASH}: out = {SDPA}(bf16(q).view(1, H, S, D), bf16(k).view(1, H, S, D), "
-                "bf16(v).view(1, H, S, D), is_causal=True).reshape(-1)")
+          torch=f"with {FLASH}: out = {SDPA}(q.view(1, H, S, D), k.view(1, H, S, D), v.view(1, H, S, D), "
+                "is_causal=True).reshape(-1)")
 else:
     bench("attention", sizes={"H": 8, "S": 4096, "D": 64}, flops="2*H*S*S*D",
           torch=f"out = {SDPA}(q.view(1, H, S, D), k.view(1, H, S, D), v.view(1, H, S, D), "
@@ -222,7 +224,7 @@ def scores_from_zero(blocks: str, d: int) -> None:
     lanes = f"{blocks} > for lane{d}_t"
     gpu.lane_order(f"{blocks} > for i#1", lanes)
     flash.move_up(f"{blocks} > def k{d}", f"{blocks} > def sc{d}")
-    flash.move_up(f"{blocks} > for k{d}_1", f"{blocks} > def k{d}")
+    flash.move_up(f"{blocks} > for k{d}_t", f"{blocks} > def k{d}")
     for nest in (f"for lane{d}_t", f"for lane{d}_t > for mi{d}", f"for lane{d}_t > for mi{d} > for nj{d}"):
         loop.fusion(f"{blocks} > {nest}#1")
 
@@ -234,13 +236,14 @@ def flash_mma(h: str, d: int) -> None:
     masked (flash.mask: its keys past a query score -INFINITY), so that
     every key block runs whole (H100, D = 128: 5.86 ms against 6.86 ms with
     the diagonal apart, run by a thread per query in fp32). Q, K and V tiles
-    (of KEYS keys) are staged in shared memory in bfloat16 (V transposed),
+    (of KEYS keys) are staged in shared memory in bfloat16 (V transposed, a
+    column per thread; K in 16-byte pieces, asynchronously),
     and the 64 x KEYS scores (S = Q K^T) and the update of the 64 x d output
     (O += P V, P the exp-scores copied in bfloat16) are warp tile products
     (gpu.mma over k-slices: each lane's accumulators in registers across
     them, fp32), the block's four warps taking a row tile each (gpu.warps;
-    the K and V tiles of D = 128 copied by the 128 threads, a column each:
-    7.3 against 7.7 ms by 64); a thread per query runs the online softmax
+    the V tile of D = 128 copied by the 128 threads, a column each: 7.3
+    against 7.7 ms by 64 when K's was too); a thread per query runs the online softmax
     between them. The output tile stays in the lanes' registers across the
     key blocks (output_in_registers). Rows of the shared tiles are padded
     against bank conflicts (gpu.pad: s is read down its columns by the
@@ -258,13 +261,15 @@ def flash_mma(h: str, d: int) -> None:
     loop.fission(f"{blocks} > for i > after for j#1")
     loop.fission(f"{blocks} > for i#2 > after for j#1")
     loop.fission(f"{blocks} > for i#3 > after for j#3")
-    for array, at in (("k", "i#2"), ("v", "i#4")):  # a column per thread, all of the block's threads
-        gpu.stage(f"{blocks} > for {at}", array, f"{array}{d}", shape, axes=[None, "x"],
-                  region=["h:1", f"bj:{KEYS}", f"0:{d}"], threads=min(d, 128), index=f"{array}{d}_")
+    # K's tile in 16-byte pieces by the block's threads; V's transposed, a column per thread
+    gpu.stage(f"{blocks} > for i#2", "k", f"k{d}", shape, region=["h:1", f"bj:{KEYS}", f"0:{d}"], vector=128,
+              index=f"k{d}_")
+    gpu.async_copy(f"{blocks} > for ck{d}_1")  # straight from global to shared memory (cp.async)
+    gpu.stage(f"{blocks} > for i#4", "v", f"v{d}", shape, axes=[None, "x"], region=["h:1", f"bj:{KEYS}", f"0:{d}"],
+              threads=min(d, 128), index=f"v{d}_")
     matrix.reorder_dims(f"{full} > def v{d}", [1, 0])
     gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None], index=f"p{d}_")
-    for array in ("q", "k", "v", "p"):
-        matrix.set_precision(f"{full} > def {array}{d}", "otp_bf16")
+    matrix.set_precision(f"{full} > def p{d}", "otp_bf16")
     # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d
     mi, nj, kd, mo, nd = (f"{tile}{d}" for tile in ("mi", "nj", "kd", "mo", "nd"))
     tile_product(blocks, "i#2", "j", "d", (mi, nj, kd), f"lane{d}")
@@ -291,6 +296,9 @@ def thread_per_query(h: str, queries: str) -> None:
     gpu.map_threads(f"{h} > for {queries} > for i", "x")
 
 
+if BF16:  # the caller passes bfloat16 q, k and v, as to FlashAttention
+    for param in ("q", "k", "v"):
+        matrix.set_precision(f"attention > param {param}", "otp_bf16")
 if target() == "cuda":
     # 2. (CUDA) one streaming pass over key blocks of 32; 3. blocks of 64
     #    queries (the last S % 64 apart), a copy of the code for D == 64 and

@@ -151,8 +151,12 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert f"sc{d}[j - bj] = j < i + 1 ? s{d}_h[i - bi][j - bj] / scale : -INFINITY;" in cu
     for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
-    # D = 128: the K tile copied by the block's 128 threads, a column each
-    assert "k128[k128_0][k128_1] = otp_to_bf16(k[(h * S + (bj + k128_0)) * 128 + k128_1]);" in cu
+    # q, k and v in bfloat16 (the caller's); D = 128: the K tile copied by the block's 128 threads in 16-byte
+    # pieces straight into shared memory (cp.async), waited for before Q K^T
+    assert "void attention(int H, int S, int D, const otp_bf16 *q, const otp_bf16 *k, const otp_bf16 *v, " in cu
+    assert ("__pipeline_memcpy_async(&k128[k128_0][ck128_1 + rk128_1 * 8], "
+            "&k[(h * S + bj + k128_0) * 128 + ck128_1 + rk128_1 * 8], 16);") in cu
+    assert "v128[v128_1][v128_0] = v[(h * S + (bj + v128_0)) * 128 + v128_1];" in cu
     launch = cu[cu.index("cudaLaunchKernelEx(&otp_launch, attention_kernel2,"):cu.index(
         "cudaLaunchKernelEx(&otp_launch, attention_kernel3,")]  # a later kernel: programmatic dependent launch
     assert "otp_launch = {dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1), " in launch

@@ -283,8 +283,8 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     copy the tile in 16-byte pieces (gpu.vector_pieces): a copy of a 32 x
     128 bfloat16 tile by 128 threads is 4 `int4` loads each, where a thread
     per column makes 32 loads of 2 bytes. `index` names the copy loops'
-    indices as local_buffer's. The obligations are those of the steps it
-    makes.
+    indices as local_buffer's (and, with `vector`, the threads' loop
+    `<index>t`). The obligations are those of the steps it makes.
     """
     if vector and (axes is not None or threads or width != 1):
         raise TransformError("gpu.stage: `vector` shares the copies among the block's threads itself; give no "
@@ -305,7 +305,8 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
         if vector:
-            vector_pieces(_target_at(current_session().current(), m.function, path, 0), vector)
+            vector_pieces(_target_at(current_session().current(), m.function, path, 0), vector,
+                          None if index == "i" else f"{index}t")
             continue
         indices = [lp.index for lp in nest]
         counts, widths = (_per_loop(array, len(nest), given, what, m.node.loc)
@@ -320,7 +321,7 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
 
 
 @composite
-def vector_pieces(target: str, threads: int) -> None:
+def vector_pieces(target: str, threads: int, index: Optional[str] = None) -> None:
     """Share a copy nest (a loop, or two: rows, then consecutive cells of
     each) among `threads` threads, each copying 16-byte pieces: the loop
     over a row's cells is cut into runs of 16 bytes, the rows and runs are
@@ -349,7 +350,8 @@ def vector_pieces(target: str, threads: int) -> None:
           }
         }
 
-    Refused: a nest of more than two loops, a copy that is not one
+    The threads' loop is gpu.cyclic's, its index `index` (default a fresh
+    `t`). Refused: a nest of more than two loops, a copy that is not one
     statement `dst[...] = src[...];` of a scalar type of 1, 2, 4 or 8 bytes,
     and whatever the steps refuse (a row whose bytes are not a multiple of
     16, a count of pieces not a multiple of `threads`).
@@ -382,7 +384,7 @@ def vector_pieces(target: str, threads: int) -> None:
     else:
         loops.normalize(top)
         pieces = runs
-    cyclic(f"{fn} > for {pieces}", threads)
+    cyclic(f"{fn} > for {pieces}", threads, index=index)
     vector_copy(f"{fn} > for {pieces} > for {run}")
 
 
@@ -595,7 +597,8 @@ def _thread_ob(program: ir.Program, function: str, path: Path, claim: str) -> Ob
 
 
 @primitive
-def cyclic(program: ir.Program, target: str, threads: int = 256, axis: str = "x") -> Rewrite:
+def cyclic(program: ir.Program, target: str, threads: int = 256, axis: str = "x",
+           index: Optional[str] = None) -> Rewrite:
     """Share the iterations of a loop inside a block among `threads` threads, cyclically.
 
     Before (`gpu.cyclic("softmax > for j#3", 256)`, inside a block loop):
@@ -614,9 +617,10 @@ def cyclic(program: ir.Program, target: str, threads: int = 256, axis: str = "x"
         }
 
     Thread t runs iterations t, t + 256, ...: neighbouring threads touch
-    neighbouring cells at each step (coalesced). Refused: outside a block
-    loop or inside a thread loop, pragmas, leaving early, a thread count
-    that is not a power of two up to 1024.
+    neighbouring cells at each step (coalesced). The thread index is
+    `index` (a name unused in the function), by default a fresh `t`.
+    Refused: outside a block loop or inside a thread loop, pragmas, leaving
+    early, a thread count that is not a power of two up to 1024.
     """
     who = "gpu.cyclic"
     res = Resolver(program)
@@ -625,7 +629,7 @@ def cyclic(program: ir.Program, target: str, threads: int = 256, axis: str = "x"
     _threads_count(who, threads, loop)
     _checked_loop(who, res, m, axis)
     _in_block_only(who, program, res, m)
-    t = _fresh_local(who, "thread index", None, "t", program, m.path, m.function, loop.loc)
+    t = _fresh_local(who, "thread index", index, "t", program, m.path, m.function, loop.loc)
     new = _cyclic_loop(loop, t, threads, axis, loop.body)
     return Rewrite(replace(program, m.path, new), (_thread_ob(program, m.function, m.path, f"for {t}"),))
 
