@@ -126,7 +126,7 @@ def _arrays(stmts: tuple[ir.Stmt, ...]) -> Optional[list[_Array]]:
                 uses = [j for j, u in enumerate(body) if j != k and s.decl.name in free_vars(u)] or [k]
                 out.append(_Array(s.decl, -(-size // 16) * 16,
                                   _fences(above + (_Span(at, uses[0], uses[-1], syncs, again),))))
-            for block in _blocks(s) if not isinstance(s, ir.Block) else [s]:
+            for block in _blocks(s):
                 if not visit(block.stmts, True, above + (_Span(at, k, k, syncs, again),)):
                     return False
         return True

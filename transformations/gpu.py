@@ -1633,7 +1633,7 @@ TILE_ROWS, TILE_COLS = 16, 8
 cells (g, 2t), (g, 2t + 1), (g + 8, 2t) and (g + 8, 2t + 1)."""
 
 
-def _lane_tiles(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], str, list[tuple[ir.Expr, ...]]]:
+def _lane_tiles(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], str, list[tuple[ir.Expr, ir.Expr]]]:
     """The loops of gpu.mma's lane loop at `m`, from the lane loop down to
     the tile whose body opens with the four loads of its accumulator; the
     accumulated array and those four cells (lane_acc[k] = C[r][c])."""
@@ -1653,7 +1653,8 @@ def _lane_tiles(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], str, l
         raise TransformError(f"{who}: {_where(res, m.path, m.node)} is not gpu.mma's lane loop: a loop over "
                              f"lanes around the tiles' loops, each tile loading its four accumulator cells of a "
                              f"2-D array into a local array first", m.node.loc)
-    return loops, next(iter(bases)).name, [tuple(chain(c)[1]) for c in cells]  # type: ignore[union-attr]
+    rows_cols = [(chain(c)[1][0], chain(c)[1][1]) for c in cells]
+    return loops, next(iter(bases)).name, rows_cols  # type: ignore[union-attr]
 
 
 def _loop_facts(tm: Terms, loops: Sequence[ir.For], rename: dict[str, ir.Expr]) -> Optional[list[z3.BoolRef]]:
@@ -1742,12 +1743,12 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
     cells its lane holds, so that the nest can be fused with the lane loop
     and the cells kept in the thread's registers (gpu.fragment_layout).
 
-    Before (`gpu.lane_order("attention > for h#1 > for bi > for bj > for i#4", "... > for lane64_pv_t")`,
+    Before (`gpu.lane_order("attention > for h#1 > for bi > for bj > for i#3", "... > for lane64_pv_t")`,
     the rescaling of the output rows that the online softmax split off):
 
         for (int i = bi; i < bi + 64; i++) {
           for (int d = 0; d < 64; d++) {
-            o64[i - bi][d] = o64[i - bi][d] * rescale_h[i - bi];
+            o64[i - bi][d] = o64[i - bi][d] * rs64[i - bi];
           }
         }
 
@@ -1812,7 +1813,7 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
                              outer.loc)
     x, y = shifts.pop()
     origin = (_signed((1, outer.start), (1, x)), _signed((1, inner.start), (1, y)))
-    if not _covers_once(loops, [(r, c) for r, c in cells], origin, extents):  # type: ignore[arg-type]
+    if not _covers_once(loops, cells, origin, extents):  # type: ignore[arg-type]
         raise TransformError(f"{who}: the cells the lanes of {_where(res, lm.path, lm.node)} hold are not those "
                              f"of {where}, each once ({extents[0]} x {extents[1]} from "
                              f"[{expr_text(origin[0])}][{expr_text(origin[1])}])", outer.loc)
