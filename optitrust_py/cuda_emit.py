@@ -12,7 +12,8 @@ A function with mapped loops becomes
   comes before or after it, and ends the body of a sequential loop that
   holds one, so every phase sees all writes of the phases before it, as in
   the sequential C (a copy gpu.async_copy marked is waited for at the
-  barrier before its tile's first use, cuda_async). Arrays declared in the
+  barrier before its tile's first use, cuda_async); between phases that
+  meet only within warps, a `__syncwarp()` (cuda_warpsync). Arrays declared in the
   block are shared memory, pointers into one 16-byte aligned buffer
   (cuda_shared), except an array each of whose cells one thread owns (a
   tile of accumulators, see cuda_registers): that becomes a small array
@@ -41,6 +42,7 @@ from .cuda_map import (MAX_THREADS, async_copy, last_first, mapped_loops, mappin
 from .cuda_registers import Register, phase_positions, register_of, to_registers
 from .cuda_shared import SHARED_ALIGN, SYNC, layout_shared
 from .cuda_shuffle import lane_folds
+from .cuda_warpsync import SYNCWARP, WARP, warp_local
 from .errors import OtpError
 from .intrinsics import TILE_PRODUCTS
 from .names import PURE_FUNCTIONS, free_vars, lvalue_bases
@@ -272,7 +274,9 @@ def _kernel(fn: ir.FuncDef, top: ir.For, name: str, scalars: list[ir.Decl], foll
     dims = _thread_dims(fn.name, body)
     body = lane_folds(body, dims, _array_decls(body))
     registers = _register_arrays(body, blocks, dims)
-    emitter = _BlockEmitter(fn.name, dims, registers, _array_decls(body))
+    uniform = {p.name for p in fn.params if p.name} | {d.name for d in scalars if d.name} | indices \
+        | _block_level_indices(body)
+    emitter = _BlockEmitter(fn.name, dims, registers, _array_decls(body), uniform)
     check_sources(body, lambda node, why: _refuse(fn.name, node, why))
     stmts = _index_decls(blocks, "blockIdx") + tuple(emitter.stmts(body.stmts))
     added = {a for lp in blocks for a in sums(lp)}
@@ -407,6 +411,21 @@ def _thread_dims(fn: str, body: ir.Block) -> dict[str, int]:
 # ----------------------------------------------------------------- registers
 
 
+def _block_level_indices(body: ir.Block) -> set[str]:
+    """The indices of the sequential loops outside the phases: every thread of the block sees the same values."""
+    out: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if mapping(node) is not None:
+            return
+        if isinstance(node, ir.For):
+            out.add(node.index)
+        for _, child in children(node):
+            visit(child)
+    visit(body)
+    return out
+
+
 def _array_decls(body: ir.Block) -> dict[str, ir.Decl]:
     """Arrays declared in the block, outside its phases."""
     out: dict[str, ir.Decl] = {}
@@ -439,7 +458,6 @@ def _impure_call(e: Optional[ir.Expr]) -> bool:
     return e is not None and any(isinstance(n, ir.Call) and n.name not in PURE_FUNCTIONS for _, n in walk(e))
 
 
-WARP = 32
 WARP_STEPS = (16, 8, 4, 2, 1)
 _SHUFFLED = ("fmaxf", "fminf", "fmax", "fmin")
 
@@ -565,11 +583,12 @@ class _BlockEmitter:
     """Rewrites the statements of a block (run by every thread) into the kernel's."""
 
     def __init__(self, fn: str, dims: dict[str, int], registers: dict[str, Register],
-                 arrays: dict[str, ir.Decl]) -> None:
+                 arrays: dict[str, ir.Decl], uniform: set[str]) -> None:
         self.fn = fn
         self.dims = dims
         self.registers = registers
         self.arrays = arrays
+        self.uniform = uniform  # the names whose value every thread shares (parameters, block-level loop indices)
         self.locals: set[str] = set()
 
     def stmts(self, stmts: tuple[ir.Stmt, ...]) -> list[ir.Stmt]:
@@ -579,6 +598,7 @@ class _BlockEmitter:
         out: list[ir.Stmt] = []
         pending = after_phase = False
         groups = Groups(set(self.arrays) - set(self.registers), lambda node, why: _refuse(self.fn, node, why))
+        since: Optional[list[ir.For]] = []  # the phases since the last __syncthreads(), None after anything else
         k = 0
         while k < len(stmts):
             s = stmts[k]
@@ -588,9 +608,12 @@ class _BlockEmitter:
                 continue
             has = bool(_phases(s))
             if (pending and has) or after_phase:
-                out.extend(groups.before_barrier(window(stmts, k - 1), stmts[k - 1:]))
-                out.append(SYNC)
+                waits = groups.before_barrier(window(stmts, k - 1), stmts[k - 1:])
+                warp = not waits and self._warp_only(since, s)
+                out.extend(waits)
+                out.append(SYNCWARP if warp else SYNC)
                 pending = after_phase = False
+                since = since if warp else []
             chain = _warp_chain(stmts, k - 1, self.dims)
             if chain is not None and chain[0] in self.arrays:
                 out.append(_shuffles(*chain, self.arrays[chain[0]].type))
@@ -600,9 +623,25 @@ class _BlockEmitter:
             is_phase = mapping(s) is not None
             if is_phase:
                 out.extend(groups.issue(s))
+            since = since + [s] if is_phase and since is not None else None
             pending = pending or not has or is_phase
             after_phase = is_phase
         return out + groups.at_end()
+
+    def _warp_only(self, since: Optional[list[ir.For]], nxt: ir.Stmt) -> bool:
+        """Whether the barrier before `nxt` may be a `__syncwarp()`: only
+        phases ran since the last `__syncthreads()`, the block's threads
+        are whole warps along x, `nxt`, a phase, meets each of them within
+        warps only (cuda_warpsync), and it starts using no shared array
+        (which could otherwise take the bytes of a tile done with at a
+        `__syncthreads()`, cuda_shared)."""
+        if not since or mapping(nxt) is None or set(self.dims) != {"x"} or self.dims["x"] % WARP:
+            return False
+        private = set(self.registers)
+        shared = set(self.arrays) - private
+        if (free_vars(nxt) & shared) - free_vars(tuple(since)):
+            return False
+        return all(warp_local(p, nxt, private, self.uniform) for p in since)  # type: ignore[arg-type]
 
     def closed(self, b: ir.Block) -> ir.Block:
         """A nested body that holds a phase ends with a barrier (it may run again, or be followed)."""

@@ -9,6 +9,7 @@ import z3
 
 from . import ir
 from .contract import int_literal
+from .names import subst
 
 TIMEOUT_MS = 10000
 RLIMIT = 3_000_000
@@ -168,6 +169,20 @@ class Terms:
         if isinstance(e, ir.Unop) and e.op == "!":
             return z3.Not(self.formula(e.arg))
         return self.term(e) != 0
+
+
+def loop_facts(terms: Terms, loops: Iterable[ir.For], rename: dict[str, ir.Expr]) -> list[z3.BoolRef]:
+    """`v = start + step * n, n >= 0, v < stop` for each loop of a positive
+    literal step (the others say nothing), its names renamed by `rename`:
+    what holds of the indices inside the loops."""
+    out = []
+    for lp in loops:
+        if not (isinstance(lp.step, ir.Const) and lp.step.text.isdigit() and int(lp.step.text) > 0):
+            continue
+        v, n = terms.term(subst(ir.Var(lp.index), rename)), z3.Int(f"n_{lp.index}_{len(rename)}")
+        start, stop = terms.term(subst(lp.start, rename)), terms.term(subst(lp.stop, rename))
+        out += [v == start + int(lp.step.text) * n, n >= 0, v < stop]
+    return out
 
 
 QUOTIENT = "quotient:"

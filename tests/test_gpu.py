@@ -731,6 +731,34 @@ def test_warp_rows_folds_by_xor_shuffles_in_registers(ck):
     assert "sum_part_lanes, 4)" not in cu4
 
 
+def test_phases_that_meet_within_warps_are_ordered_by_syncwarp(ck):
+    """softmax, a warp a row (gpu.warp_rows): each phase touches the cells
+    of its warp's row that the one before wrote (x's partials are
+    registers, y's row is the warp's), so the two barriers between them are
+    __syncwarp(). In twice, t[127 - i] reads what another warp wrote: the
+    barrier stays __syncthreads(), as it does before a phase that starts
+    using a shared array (u), which may take another's bytes."""
+    p = gpu.warp_rows.apply(rows_of_four(ck), "softmax > for bi > for i", 32).program
+    cu = to_cuda(p)
+    kernel = cu[cu.index("__global__"):cu.index('extern "C"')]
+    assert kernel.count("__syncwarp();") == 2 and "__syncthreads" not in kernel
+    src = ck.parse(textwrap.dedent("""
+        void twice(int n, const float *x, float *y) {
+          for (int b = 0; b < n; b += 128) {
+            float t[128];
+            float u[128];
+            for (int i = 0; i < 128; i++) { t[i] = x[b + i]; }
+            for (int i = 0; i < 128; i++) { y[b + i] = t[127 - i]; }
+            for (int i = 0; i < 128; i++) { u[i] = 2.0f * x[b + i]; }
+            for (int i = 0; i < 128; i++) { y[n + b + i] = u[127 - i]; }
+          }
+        }"""), "twice.c")
+    p2 = steps(src, (gpu.map_blocks, "twice > for b", "x"),
+               *[(gpu.map_threads, f"twice > for i#{k}", "x") for k in range(1, 5)])
+    kernel = to_cuda(p2).split('extern "C"')[0]
+    assert kernel.count("__syncthreads();") == 3 and "__syncwarp" not in kernel
+
+
 @needs_nvcc
 def test_warp_rows_cuda_compiles(ck, tmp_path):
     p = gpu.warp_rows.apply(rows_of_four(ck), "softmax > for bi > for i", 32).program

@@ -34,7 +34,7 @@ from optitrust_py.target import Match, Resolver
 from optitrust_py.names import INCDEC, free_vars, lvalue_bases, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
 from optitrust_py.layout import signed_sum, terms
-from optitrust_py.smt import Terms, int_term, proves
+from optitrust_py.smt import Terms, int_term, loop_facts, proves
 from optitrust_py.tree import Path, block_of, function_path, get, map_children, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
@@ -1657,19 +1657,6 @@ def _lane_tiles(who: str, res: Resolver, m: Match) -> tuple[list[ir.For], str, l
     return loops, next(iter(bases)).name, rows_cols  # type: ignore[union-attr]
 
 
-def _loop_facts(tm: Terms, loops: Sequence[ir.For], rename: dict[str, ir.Expr]) -> Optional[list[z3.BoolRef]]:
-    """`v = start + step * n, n >= 0, v < stop` for each loop (indices
-    renamed by `rename`), or None for a step that is not a positive literal."""
-    out = []
-    for lp in loops:
-        if not (isinstance(lp.step, ir.Const) and lp.step.text.isdigit() and int(lp.step.text) > 0):
-            return None
-        v, n = tm.term(subst(ir.Var(lp.index), rename)), z3.Int(f"n_{lp.index}_{len(rename)}")
-        start, stop = tm.term(subst(lp.start, rename)), tm.term(subst(lp.stop, rename))
-        out += [v == start + int(lp.step.text) * n, n >= 0, v < stop]
-    return out
-
-
 def _covers_once(loops: list[ir.For], cells: list[tuple[ir.Expr, ir.Expr]], origin: tuple[ir.Expr, ir.Expr],
                  extents: tuple[int, int]) -> bool:
     """Whether the lanes' cells, over every run of `loops`, are the cells
@@ -1686,9 +1673,7 @@ def _covers_once(loops: list[ir.For], cells: list[tuple[ir.Expr, ir.Expr]], orig
         return False
     tm = Terms("lane_order")
     other = {lp.index: ir.Var(f"{lp.index}'") for lp in loops}
-    mine, theirs = _loop_facts(tm, loops, {}), _loop_facts(tm, loops, other)
-    if mine is None or theirs is None:
-        return False
+    mine, theirs = loop_facts(tm, loops, {}), loop_facts(tm, loops, other)
     low = [tm.term(o) for o in origin]
     for r, c in cells:
         at = (tm.term(r), tm.term(c))
@@ -1936,9 +1921,7 @@ def _to_fragment(who: str, program: ir.Program, block: Path, path: Path, node: i
     if len(mapped) != 1 or thread_extent(mapped[0]) != (threads, True):
         raise TransformError(f"{who}: '{line}' is not in a thread loop of {threads} threads", node.loc)
     tm = Terms("fragment")
-    facts = _loop_facts(tm, loops, {})
-    if facts is None:
-        raise TransformError(f"{who}: a loop around '{line}' has a step that is not a positive literal", node.loc)
+    facts = loop_facts(tm, loops, {})
     position = thread_position(mapped[0])
     tiles = [ir.Binop("/", _signed((1, ir.Var(lp.index)), (-1, lp.start)), _c(TILE_COLS)) for lp in loops
              if lp not in mapped and isinstance(lp.step, ir.Const) and lp.step.text.isdigit()
