@@ -10,9 +10,9 @@ the C of the two phases: each pair of accesses to one array (one of them a
 write) from threads t and t' of a block of whole warps along x, with every
 index equal, must imply t / 32 == t' / 32, which Z3 proves from the loops'
 bounds. Anything whose cells are not read off an index (an address taken,
-a call that is not a pure function), an index naming a value that differs
-between threads outside the phases (a block-level local), or a block with
-threads along y or z keeps the full barrier.
+a call that is not a pure function), an index or a loop bound naming a
+value that differs between threads outside the phases (a block-level
+local), or a block with threads along y or z keeps the full barrier.
 """
 from __future__ import annotations
 
@@ -108,9 +108,10 @@ def warp_local(first: ir.For, second: ir.For, private: set[str], uniform: set[st
     if p is None or q is None:
         return False
     rename = {n: ir.Var(f"{n}'") for n in q.bound}
-    for phase in (p, q):
-        named = free_vars(tuple(i for t in phase.touches for i in t.index)) - phase.bound
-        if not named <= uniform:
+    for phase in (p, q):  # indices and loop bounds: the same value for every thread, or the phase's own
+        named = free_vars(tuple(i for t in phase.touches for i in t.index)) \
+            | free_vars(tuple(x for t in phase.touches for lp in t.loops for x in (lp.start, lp.stop, lp.step)))
+        if not named - phase.bound <= uniform:
             return False
     return all(_apart(a, b, first, second, rename) for a in p.touches for b in q.touches
                if a.array == b.array and (a.write or b.write))

@@ -17,6 +17,7 @@ import pytest
 from optitrust_py import ir
 from optitrust_py.cuda_build import compile_check, find_nvcc
 from optitrust_py.cuda_emit import CudaError, to_cuda
+from optitrust_py.cuda_warpsync import warp_local
 from optitrust_py.cuda_map import mapping
 from optitrust_py.errors import TargetError
 from optitrust_py.frontend import parse_text
@@ -757,6 +758,32 @@ def test_phases_that_meet_within_warps_are_ordered_by_syncwarp(ck):
                *[(gpu.map_threads, f"twice > for i#{k}", "x") for k in range(1, 5)])
     kernel = to_cuda(p2).split('extern "C"')[0]
     assert kernel.count("__syncthreads();") == 3 and "__syncwarp" not in kernel
+
+
+def test_warp_local_needs_bounds_every_thread_shares(ck):
+    """cuda_warpsync.warp_local on two phases: warp w / 32 folds the cells
+    its own lanes wrote, so they meet within the warp; but a loop bound
+    that is not the same for every thread (c, when it is not a parameter
+    or a block-level index) keeps the full barrier."""
+    src = ck.parse(textwrap.dedent("""
+        void f(int c, float *s) {
+          #pragma otp gpu thread x
+          for (int w = 0; w < 128; w++) {
+            s[w] = 1.0f;
+          }
+          #pragma otp gpu thread x
+          for (int w = 0; w < 128; w++) {
+            for (int j = 0; j < c; j++) {
+              s[w / 32 * 32 + j % 32] += 1.0f;
+            }
+          }
+        }"""), "f.c")
+    first, second = (n for _, n in walk(src) if isinstance(n, ir.For) and n.index == "w")
+    assert warp_local(first, second, set(), {"c"})
+    assert not warp_local(first, second, set(), set())
+    across = ck.parse(ck.function_text(src, "f").replace("j % 32]", "j % 64]"), "f.c")
+    first, second = (n for _, n in walk(across) if isinstance(n, ir.For) and n.index == "w")
+    assert not warp_local(first, second, set(), {"c"})
 
 
 @needs_nvcc
