@@ -38,7 +38,7 @@ from optitrust_py.smt import Terms, int_term, loop_facts, proves
 from optitrust_py.tree import Path, block_of, function_path, get, map_children, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
 from transformations import arith, loop as loops, matrix, variable
-from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _where
+from transformations.loop import ONE, _check_bounds_stable, _fresh_local, _refuse_early_exit, _top_decls, _where
 
 _WHO = {"block": "gpu.map_blocks", "thread": "gpu.map_threads"}
 ZERO = ir.Const("0")
@@ -1780,7 +1780,7 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
         raise TransformError(f"{who}: {_where(res, lm.path, lm.node)} is not in the function of {where}", outer.loc)
     names = {lp.index for lp in loops}
     heads = set().union(*(free_vars(x) for lp in loops for x in (lp.start, lp.stop, lp.step))) - names
-    body_names = free_vars(inner.body) | set(_top_decls_of(inner.body))
+    body_names = free_vars(inner.body) | set(_top_decls(inner.body))
     if names & body_names or not heads <= set(env_at(program, m.path)):
         raise TransformError(f"{who}: the body of {where} names the lane loop's indices ({', '.join(sorted(names))}) "
                              f"or the lane loop's bounds name variables not visible at {where}", outer.loc)
@@ -1804,7 +1804,7 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
                              f"[{expr_text(origin[0])}][{expr_text(origin[1])}])", outer.loc)
     bodies = [_tidy(subst(inner.body, {outer.index: _signed((1, r), (-1, x)), inner.index: _signed((1, c), (-1, y))}))
               for r, c in cells]
-    scoped = bool(_top_decls_of(inner.body))  # each copy of a body that declares names in a block of its own
+    scoped = bool(_top_decls(inner.body))  # each copy of a body that declares names in a block of its own
     new: ir.Stmt = ir.Block(tuple(b for body in bodies for b in ((body,) if scoped else body.stmts)))
     for lp in reversed(loops):
         new = dataclasses.replace(lp, body=new if isinstance(new, ir.Block) else ir.Block((new,)), loc=outer.loc)
@@ -1813,10 +1813,6 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
            Obligation("parallel", f"distinct iterations of the inner loop of {where} touch disjoint cells",
                       m.function, (m.path + (("body", None), ("stmts", 0)),), before=True))
     return Rewrite(replace(program, m.path, new), obs)
-
-
-def _top_decls_of(body: ir.Block) -> list[str]:
-    return [s.decl.name for s in body.stmts if isinstance(s, ir.DeclStmt) and s.decl.name]
 
 
 def _c(k: int) -> ir.Expr:
