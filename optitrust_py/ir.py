@@ -9,7 +9,7 @@ be targeted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 
 
@@ -435,6 +435,10 @@ class Program:
             if f.name == name:
                 return f
         return None
+
+    def with_includes(self, *lines: str) -> "Program":
+        """The program with each `#include` line it lacks added at the end."""
+        return replace(self, includes=self.includes + tuple(i for i in dict.fromkeys(lines) if i not in self.includes))
 
 
 Node = Union[Expr, Stmt, Decl, CType, FuncDef, Program, ContractClause]

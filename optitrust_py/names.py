@@ -18,12 +18,14 @@ from typing import Any, Iterable, Mapping, Optional
 from . import ir
 from .tree import children, map_children, walk
 
-# Library functions without side effects on the program's state (errno aside).
+# Library functions without side effects on the program's state (errno aside),
+# and otp.h's approximate ones (gpu.fast_math).
 PURE_FUNCTIONS = frozenset({
     "expf", "exp", "exp2f", "exp2", "logf", "log", "log2f", "log2", "sqrtf", "sqrt", "powf", "pow",
     "sinf", "sin", "cosf", "cos", "tanf", "tan", "tanhf", "tanh", "erff", "erf", "fabsf", "fabs",
     "floorf", "floor", "ceilf", "ceil", "roundf", "round", "fmaxf", "fmax", "fminf", "fmin",
     "fmaf", "fma", "fmodf", "fmod", "lroundf", "lround", "isnan", "isinf", "isfinite", "abs", "labs",
+    "otp_fast_expf", "otp_fast_div",
 })
 
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern float for

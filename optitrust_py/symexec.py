@@ -1014,6 +1014,8 @@ what they stand for."""
 
 _MATH: dict[str, Callable[..., Any]] = {
     "expf": lambda x: T.unary("exp", x), "exp": lambda x: T.unary("exp", x),
+    "otp_fast_expf": lambda x: T.unary("exp", x),  # gpu.fast_math: a lossy step, its approximations taken as exact
+    "otp_fast_div": lambda a, b: T.binary("div", a, b),
     "sqrtf": _sqrt, "sqrt": _sqrt,
     "fmaxf": lambda a, b: T.binary("max", a, b), "fminf": lambda a, b: T.binary("min", a, b),
     "roundf": lambda x: T.unary("round", x),

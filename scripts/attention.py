@@ -318,6 +318,8 @@ if target() == "cuda":
     for k in (1, 3, 5):
         thread_per_query(f"attention > for h#{k + 1}", f"bq{k}")
     thread_per_query("attention > for h#5", "bi")
+    # 5. the GPU's approximate exponential and division (__expf, __fdividef), as nvcc's --use_fast_math
+    gpu.fast_math("attention")
 else:
     # 2. one streaming pass over key blocks
     flash.online_softmax("attention > for i", 64)

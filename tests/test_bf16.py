@@ -146,9 +146,11 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert (f"otp_mma_m16n8k16_bf16(&lane{d}_acc[0], &lane{d}_acc[2], &q{d}[mi{d} + lane{d}_t % 32 / 4 - bi]"
                 f"[kd{d}]") in cu
         assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
-    # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound
+    # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound; the
+    # GPU's approximate division and exponential (gpu.fast_math)
     for d in (64, 128):
-        assert f"sc{d}[j - bj] = j < i + 1 ? s{d}_h[i - bi][j - bj] / scale : -INFINITY;" in cu
+        assert f"sc{d}[j - bj] = j < i + 1 ? otp_fast_div(s{d}_h[i - bi][j - bj], scale) : -INFINITY;" in cu
+        assert f"sc{d}[j - bj] = otp_fast_expf(sc{d}[j - bj] - max_val_blk);" in cu
     for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
     # q, k and v in bfloat16 (the caller's); D = 128: the K tile copied by the block's 128 threads in 16-byte

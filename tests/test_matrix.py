@@ -12,11 +12,11 @@ from optitrust_py.layout import delinearize
 from optitrust_py.printer import expr as expr_text
 from optitrust_py.report import badges
 from optitrust_py.runner import new_session, run_script
-from optitrust_py.session import Session
+from optitrust_py.session import Session, inherit_contracts
 from optitrust_py.spec import parse_formula
 from optitrust_py.tree import get
 from transformations import loop, matrix
-from helpers import attention_args, cuda_session, matmul_args, refusal, refuted
+from helpers import attention_args, cuda_session, matmul_args, refusal
 
 FP16_TOL = matrix.LOSSY_FACTOR * 2.0 ** -11
 
@@ -235,7 +235,12 @@ def test_drop_dead_store_refutes_a_store_read_later_and_refuses(ck, gqa_bf16):
     r = matrix.drop_dead_store.apply(program, "gqa_decode > for g#2 > for bt > for d#2 > for i0#2")
     assert "out_parts_b[" not in ck.function_text(r.program, "gqa_decode").split("for (int g = 0")[1].split(
         "for (int g = 0")[0]
-    assert refuted(program, r, gqa_bf16.contracts).startswith("commute")
+    # refuted with a witness, here; the full suite once got Z3's "unknown" on these non-linear flat indices
+    # (its work limit: Z3's search depends on the terms earlier tests built), which fails the step all the same
+    result = check_step(program, r.program, r.obligations, inherit_contracts(gqa_bf16.contracts, r))
+    (failed,) = [v for v in result.verdicts if v.status != "proved"]
+    assert failed.kind == "commute" and failed.status in ("refuted", "unknown") and not result.ok, result.problems
+    assert "out_parts_b" in failed.reason and (failed.status == "refuted" or "work limit" in failed.reason)
     p = ck.load("attention.c")
     assert "'out' is not a buffer that attention allocates (malloc, calloc) before" in refusal(
         matrix.drop_dead_store.apply, p, "attention > for h > for i > for d#2")

@@ -922,17 +922,15 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
     init = (ir.ExprStmt(ir.Assign("=", slot, d.init), m.node.loc),) if d.init is not None else ()
     body = stmts[:k] + init + subst(stmts[k + 1:], {d.name: slot})
     new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=body))
-    includes = program.includes
+    includes: tuple[str, ...] = ()
     if n is not None:
         new: tuple[ir.Stmt, ...] = (ir.DeclStmt(ir.Decl(hname, ir.Array(elem, ir.Const(str(n))))), new_loop)
     else:
         size = ir.Binop("*", _minus(loop.stop, loop.start), ir.SizeofType(elem))
         new = (ir.DeclStmt(ir.Decl(hname, ir.Ptr(elem), ir.Call(ir.Var("malloc"), (size,)))), new_loop,
                ir.ExprStmt(ir.Call(ir.Var("free"), (ir.Var(hname),))))
-        if STDLIB not in includes:
-            includes += (STDLIB,)
-    out = splice(program, loop_path, new)
-    return Rewrite(dataclasses.replace(out, includes=includes))
+        includes = (STDLIB,)
+    return Rewrite(splice(program, loop_path, new).with_includes(*includes))
 
 
 # ----------------------------------------------------------------- shift, scale

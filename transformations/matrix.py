@@ -975,7 +975,7 @@ def _stored_as(program: ir.Program, arr: _Array, accesses: Sequence[_Access], ct
     if conversion is None:
         return new
     new = _converted_stores(new, accesses, conversion, who, arr)
-    return dataclasses.replace(new, includes=new.includes + ((OTP_H,) if OTP_H not in new.includes else ()))
+    return new.with_includes(OTP_H)
 
 
 PARAM_TYPES = {"otp_bf16": "float"}

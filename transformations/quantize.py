@@ -344,8 +344,7 @@ def int8_groups(program: ir.Program, target: str, arrays: dict[str, list[Union[s
     else:
         fns = helpers + (dataclasses.replace(fn, body=body),)
     items = new.items[:index] + fns + new.items[index + 1:]
-    includes = new.includes + tuple(i for i in INCLUDES if i not in new.includes)
-    return Rewrite(ir.Program(includes, items, new.file), tuple(obligations), "lossy", tol)
+    return Rewrite(ir.Program(new.includes, items, new.file).with_includes(*INCLUDES), tuple(obligations), "lossy", tol)
 
 
 def _split(program: ir.Program, fn: ir.FuncDef, body: ir.Block, early: Sequence[_Quantized],
@@ -589,5 +588,4 @@ def integer_product(program: ir.Program, target: str) -> Rewrite:
     decl = ir.DeclStmt(dataclasses.replace(prev.decl, type=INT32, init=ir.Const("0")))
     stmts = parent.stmts[:k - 1] + (decl, new_loop) + as_float
     new = replace(program, block, dataclasses.replace(parent, stmts=stmts))
-    includes = new.includes + (("#include <stdint.h>",) if "#include <stdint.h>" not in new.includes else ())
-    return Rewrite(dataclasses.replace(new, includes=includes))
+    return Rewrite(new.with_includes("#include <stdint.h>"))

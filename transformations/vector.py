@@ -760,8 +760,6 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
         Obligation("lanes", f"the {_trip_count(d.inner)} iterations of for {d.inner.index} (the int8 products of a "
                    f"group) can run at once", m.function, (m.path + p + (("body", None), ("stmts", 1)),),
                    (ir.Const(str(_trip_count(d.inner))),), before=True, names=(d.acc,)) for p, d in dots)
-    includes = program.includes + tuple(i for i in (INCLUDE,) + ((STDINT,) if streaming else ())
-                                        if i not in program.includes)
     known = {f.name for f in program.functions()}
     extra = tuple(_exp_helper(h) for h in sorted(helpers) if f"otp_expf_{h}" not in known)
     if in_place:
@@ -775,7 +773,7 @@ def vectorize(program: ir.Program, target: str, isa: Optional[str] = None, strea
         items = (program.items[:fn_index]
                  + (ir.Pragma("GCC push_options"), ir.Pragma(f'GCC target("{chosen.gcc_target}")'))
                  + extra + (vfn, ir.Pragma("GCC pop_options"), plain) + program.items[fn_index + 1:])
-    out = ir.Program(includes, items, program.file)
+    out = ir.Program(program.includes, items, program.file).with_includes(INCLUDE, *((STDINT,) if streaming else ()))
     inherits = ((variant, fn.name),) if variant != fn.name else ()
     if helpers:
         return Rewrite(out, obligations, "lossy", EXP_TOLERANCE, inherits)

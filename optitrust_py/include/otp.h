@@ -7,6 +7,8 @@
 #ifndef OTP_H
 #define OTP_H
 
+#include <math.h>
+
 #define __requires(s)
 #define __ensures(s)
 #define __reads(s)
@@ -44,6 +46,31 @@ static inline float otp_to_bf16(float x) {
   }
   return b.f;
 }
+#endif
+
+/* gpu.fast_math: the GPU's approximate exponential and division (__expf:
+   a multiply by log2 e and the hardware's base-2 exponential; __fdividef).
+   On the CPU the same two roundings that dominate their error: the multiply
+   by log2 e before an exact-enough exp2f, and the reciprocal before the
+   multiply. */
+#ifdef __CUDACC__
+static __host__ __device__ inline float otp_fast_expf(float x) {
+#ifdef __CUDA_ARCH__
+  return __expf(x);
+#else
+  return exp2f(x * 1.44269504f);
+#endif
+}
+static __host__ __device__ inline float otp_fast_div(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdividef(a, b);
+#else
+  return a * (1.0f / b);
+#endif
+}
+#else
+static inline float otp_fast_expf(float x) { return exp2f(x * 1.44269504f); }
+static inline float otp_fast_div(float a, float b) { return a * (1.0f / b); }
 #endif
 
 /* One lane's share of a warp's tensor-core product (transformations/gpu.py,
