@@ -229,6 +229,20 @@ def scores_from_zero(blocks: str, d: int) -> None:
         loop.fusion(f"{blocks} > {nest}#1")
 
 
+def scores_in_registers(blocks: str, d: int) -> None:
+    """CUDA bf16: each lane holds its accumulators of Q K^T's 8 column tiles
+    at once (loop.hoist over the tiles: `float lane{d}_acc_h[8][4]`, which
+    nvcc keeps in registers), and the k-slices run outside the tiles
+    (loop.fission, loop.swap), so that a slice's Q fragment is loaded once
+    for the 8 tiles rather than once for each (H100, D = 128, the same
+    change made by hand to the emitted kernel: 1.77 against 2.15 ms)."""
+    tiles = f"{blocks} > for lane{d}_t > for mi{d}"
+    loop.hoist(f"{tiles} > for nj{d} > def lane{d}_acc")
+    loop.fission(f"{tiles} > for nj{d} > before for kd{d}")
+    loop.fission(f"{tiles} > for nj{d}#2 > after for kd{d}")
+    loop.swap(f"{tiles} > for nj{d}#2")
+
+
 def flash_mma(h: str, d: int) -> None:
     """CUDA, bf16 with tensor cores, for the copy of the head loop `h` where
     D == d: as flash_tiles, a block per (head, 64 queries) and the key-block
@@ -279,6 +293,7 @@ def flash_mma(h: str, d: int) -> None:
     tile_product(blocks, "i#3", "d", "j", (mo, nd, kj), f"lane{d}_pv")
     output_in_registers(full, blocks, d)
     scores_from_zero(blocks, d)
+    scores_in_registers(blocks, d)
     # rows padded against bank conflicts: a thread per query reads down the
     # columns of s, q and ob; the lanes' fragments take rows g of K, V and P
     for array, amount in (("ob", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):

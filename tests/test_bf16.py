@@ -143,8 +143,8 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
                  "p128)[72]"):
         assert f"otp_bf16 (*{tile} = " in cu
     for d in (64, 128):
-        assert (f"otp_mma_m16n8k16_bf16(&lane{d}_acc[0], &lane{d}_acc[2], &q{d}[mi{d} + lane{d}_t % 32 / 4 - bi]"
-                f"[kd{d}]") in cu
+        assert (f"otp_mma_m16n8k16_bf16(&lane{d}_acc_h[(nj{d} - bj) / 8][0], &lane{d}_acc_h[(nj{d} - bj) / 8][2], "
+                f"&q{d}[mi{d} + lane{d}_t % 32 / 4 - bi][kd{d}]") in cu
         assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
     # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound; the
     # GPU's approximate division and exponential (gpu.fast_math)
@@ -176,6 +176,11 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     body = cu.split("__global__ void attention_kernel3(")[1].split("__global__")[0]
     loop = body[body.index("for (int bj = 0;"):body.index("float (*ob128)")]
     assert loop.count("__syncthreads();") == 5
+    # Q K^T: a lane's accumulators of its 8 column tiles at once, the k-slices outside the tiles (each slice's
+    # Q fragment loaded once for the 8)
+    qk = loop[loop.index("float lane128_acc_h[8][4];"):]
+    assert qk.index("for (int kd128 = 0; kd128 < 128; kd128 += 16) {") < qk.index(
+        "for (int nj128 = bj; nj128 < bj + 64; nj128 += 8) {\n            otp_mma_m16n8k16_bf16(&lane128_acc_h[(nj128 - bj) / 8][0]")
     assert compile_check(cu, "final.cu") == ()
 
 

@@ -863,6 +863,25 @@ def test_hoist_on_the_stack_after_a_tile_of_moe(ck):
     ck.check(m, r.program, "moe", moe_args(ck, hidden=6))
 
 
+def test_hoist_out_of_a_loop_of_constant_step(ck):
+    """moe.c's SiLU loop tiled by 8, then by 2 inside: the local of the
+    pairs' loop (stepping by 2 over 8 columns) gets 4 slots, (bj - bi) / 2;
+    level 2 has nothing to prove and the outputs are the same."""
+    m = ck.load("moe.c")
+    t = loop.tile.apply(m, "moe > for i#3", 8).program
+    t = loop.tile.apply(t, "moe > for bi > for i", 2, "bj").program
+    t = loop.hoist.apply(t, "moe > for bi > for bj > for i > def val", name="v2").program
+    r = loop.hoist.apply(t, "moe > for bi > for bj > def v2", name="v4")
+    assert ck.contains(ck.function_text(r.program, "moe"), """
+      for (int bi = 0; bi < hidden; bi += 8) {
+        float v4[4][2];
+        for (int bj = bi; bj < bi + 8; bj += 2) {
+          for (int i = bj; i < bj + 2; i++) {
+            v4[(bj - bi) / 2][i - bj] = hb[i];""")
+    assert r.obligations == ()
+    ck.check(m, r.program, "moe", moe_args(ck, hidden=16))
+
+
 def test_hoist_a_local_array_adds_stdlib(ck):
     p = ck.parse(c("""
         void f(int n, int D, const float *x, float *y) {
@@ -897,7 +916,8 @@ def test_hoist_a_local_array_adds_stdlib(ck):
 def test_hoist_refusals(ck):
     t = ck.load("transformer.c")
     assert refusal(loop.hoist.apply, t, "transformer_token > for i#1 > def freq") == (
-        "loop.hoist: for i (line 59) has step '2'; only unit-step loops can be hoisted out of")
+        "loop.hoist: for i (line 59) has step 2 and a range known only at run time; only a unit-step loop gets a "
+        "slot array allocated at run time")
     p = ck.parse(c("""
         void f(int n, float *x) {
           for (int i = 0; i < n; i++) {

@@ -866,7 +866,10 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
         free(s_h);
 
     Iteration `i` of a loop from `a` uses slot `i - a` (just `i` when a is
-    0). When the iteration count is a compile-time constant n (literal
+    0), or `(i - a) / s` for a loop of constant step s (its range then a
+    compile-time constant n, the array of n / s slots, rounded up: a tile
+    loop's 8 tiles of 64 columns, `float acc_h[8][4]`). When the range is
+    a compile-time constant n (literal
     bounds, or `bi .. bi + n` after a tile), the array is on the stack,
     `T x_h[n];`; otherwise it is allocated with malloc and freed right after
     the loop, as the c_sources do for scratch buffers (`<stdlib.h>` is
@@ -875,10 +878,12 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
     used as `t_h[i - a][d]`. An initializer becomes an assignment at the
     same place, and a `const` on the local is dropped. The name is `name`,
     by default `<local>_h` made fresh. No obligation: every iteration still
-    works on storage of its own, and `i - a` lies in 0 .. n-1 because the
-    loop has unit step and its body writes neither the index (canonical
-    loop) nor its bounds (checked). Refused for a loop whose step is not 1,
-    that provably runs no iteration, leaves its body early (break, continue,
+    works on storage of its own, and `(i - a) / s` lies in 0 .. n/s - 1,
+    distinct for each iteration, because the loop steps by s from a and
+    its body writes neither the index (canonical loop) nor its bounds
+    (checked). Refused for a loop whose step is not a positive constant,
+    or is not 1 and its range not a compile-time constant, that provably
+    runs no iteration, leaves its body early (break, continue,
     return, goto) or has a contract; for a local with a storage class, of
     function type, an array with an initializer, or whose type depends on
     the index or on what the body writes or declares.
@@ -889,7 +894,10 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
     loop_path, loop, k = _in_loop_body("loop.hoist", res, program, m.path, m.node)
     where = _where(res, loop_path, loop)
     what = f"'{_head(m.node)}' (line {m.line})"
-    _require_unit_step("loop.hoist", "hoisted out of", where, loop)
+    step = int(loop.step.text) if isinstance(loop.step, ir.Const) and loop.step.text.isdigit() else None
+    if step is None or step < 1:
+        raise TransformError(f"loop.hoist: {where} has step '{expr_text(loop.step)}'; only loops of a constant "
+                             f"positive step can be hoisted out of", loop.loc)
     if d.storage or d.name is None:
         kind = f"has storage class '{' '.join(d.storage)}'" if d.storage else "declares no variable"
         raise TransformError(f"loop.hoist: {what} {kind}; only automatic locals can be hoisted", m.node.loc)
@@ -915,10 +923,15 @@ def hoist(program: ir.Program, target: str, name: Optional[str] = None) -> Rewri
         raise TransformError(f"loop.hoist: {where} has a loop contract, which would no longer describe its "
                              f"body; remove it (level 3 infers loop contracts)", loop.loc)
     n = _known_range("loop.hoist", loop, where)
+    if step > 1 and n is None:
+        raise TransformError(f"loop.hoist: {where} has step {step} and a range known only at run time; only a "
+                             f"unit-step loop gets a slot array allocated at run time", loop.loc)
     _in_block("loop.hoist", res, loop_path, loop)
     hname = _fresh_local("loop.hoist", "array", name, f"{d.name}_h", program, m.path, m.function, m.node.loc)
     elem = unqualified(d.type)
-    slot = ir.Index(ir.Var(hname), _minus(ir.Var(loop.index), loop.start))
+    offset = _minus(ir.Var(loop.index), loop.start)
+    slot = ir.Index(ir.Var(hname), offset if step == 1 else ir.Binop("/", offset, loop.step))
+    n = None if n is None else -(-n // step)
     init = (ir.ExprStmt(ir.Assign("=", slot, d.init), m.node.loc),) if d.init is not None else ()
     body = stmts[:k] + init + subst(stmts[k + 1:], {d.name: slot})
     new_loop = dataclasses.replace(loop, body=dataclasses.replace(loop.body, stmts=body))
