@@ -75,8 +75,8 @@ static __m512 otp_expf_avx512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 """}
-EXP_TOLERANCE = 1e-6
-REDUCTION_COPIES = 4  # independent vector accumulators of a reduction loop  # declared relative error of the vector expf, a few ulp
+EXP_TOLERANCE = 1e-6  # declared relative error of the vector expf, a few ulp
+REDUCTION_COPIES = 4  # independent vector accumulators of a reduction loop
 
 
 @lru_cache(maxsize=None)
