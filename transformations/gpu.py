@@ -1960,18 +1960,26 @@ def fast_math(program: ir.Program, target: str, tolerance: float = FAST_MATH_TOL
     attention D = 128 (the emitted kernel, nvcc -O3, side by side): 2.11 ms
     against 2.87 with expf and IEEE division.
 
-    Before (`gpu.fast_math("attention > ... > for j#2")`):
+    Before (`gpu.fast_math("softmax > for i")`, c_sources/softmax.c):
 
-        for (int j = bj; j < bj + 64; j++) {
-          sc[j - bj] = j < i + 1 ? s[i - bi][j - bj] / scale : -INFINITY;
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = expf(x[i * C + j] - max_val);
+          sum += y[i * C + j];
+        }
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = y[i * C + j] / sum;
         }
 
     After (no obligation: the step changes values on purpose and declares
     it, lossy with relative tolerance `tolerance`, FAST_MATH_TOLERANCE by
     default; level 3 takes each helper as the exact operation):
 
-        for (int j = bj; j < bj + 64; j++) {
-          sc[j - bj] = j < i + 1 ? otp_fast_div(s[i - bi][j - bj], scale) : -INFINITY;
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = otp_fast_expf(x[i * C + j] - max_val);
+          sum += y[i * C + j];
+        }
+        for (int j = 0; j < C; j++) {
+          y[i * C + j] = otp_fast_div(y[i * C + j], sum);
         }
 
     Integer and double divisions, and `exp` of a double, are left alone.
