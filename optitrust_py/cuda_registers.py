@@ -21,6 +21,13 @@ run no iteration (`for (k = b; k < b; k++)`, a remainder loop) do not
 count. The period is the count of threads that touch the array: a block of
 128 threads whose every access to the array is in a phase of 64 (the
 others skip it) splits it over 64. An array whose cells' addresses are taken stays shared.
+
+A thread axis may also own two dimensions, as the rows of gpu.warp_rows
+share them: with L lanes to a row, thread w takes row w / L and, along a
+row, the cells congruent to its lane w % L modulo L (`sc[w / 2][j - bj]`,
+`j` from `bj + w % 2` by 2). The row's dimension follows the digit
+w / L (period T / L), the other the digit w % L (period L); the two
+together name one thread, and each dimension keeps size / period cells.
 """
 from __future__ import annotations
 
@@ -31,43 +38,70 @@ import z3
 
 from . import ir
 from .cuda_map import mapping, thread_extent
-from .smt import int_term, proves
+from .layout import cancelled_sum
+from .smt import Terms, int_term, proves
 from .tree import children, map_children, walk
 
 ZERO = ir.Const("0")
 
 
 @dataclass(frozen=True)
+class Owned:
+    """How the threads of one axis share a dimension: they take turns along
+    it with `period` (each owning runs of `width` cells), following the
+    axis's position (`digit` ""), its quotient by `lanes` ("row") or its
+    remainder by `lanes` ("lane")."""
+
+    axis: str
+    period: int
+    width: int = 1
+    digit: str = ""
+    lanes: int = 1
+
+    def position(self, position: ir.Expr) -> ir.Expr:
+        if not self.digit:
+            return position
+        return ir.Binop("/" if self.digit == "row" else "%", position, ir.Const(str(self.lanes)))
+
+
+@dataclass(frozen=True)
 class Register:
     """A block array kept per thread: its element type and, per dimension,
-    the owning thread axis (None for a dimension each thread keeps whole),
-    the period, the width of the runs a thread owns, and the size."""
+    its size and how the threads share it (None: each thread keeps it whole)."""
 
     elem: ir.CType
-    dims: tuple[tuple[Optional[str], int, int, int], ...]
+    dims: tuple[tuple[Optional[Owned], int], ...]
 
     def ctype(self) -> ir.CType:
         t = self.elem
-        for axis, period, _, size in reversed(self.dims):
-            kept = size // period if axis else size
+        for owned, size in reversed(self.dims):
+            kept = size // owned.period if owned else size
             if kept > 1:
                 t = ir.Array(t, ir.Const(str(kept)))
         return t
 
     def access(self, indices: list[ir.Expr], positions: dict[str, ir.Expr], name: str) -> ir.Expr:
         out: ir.Expr = ir.Var(name)
-        for (axis, period, width, size), e in zip(self.dims, indices):
-            if axis is None:
+        for (owned, size), e in zip(self.dims, indices):
+            if owned is None:
                 out = ir.Index(out, e)
-            elif size // period > 1:
-                out = ir.Index(out, _per_thread(e, positions[axis], period, width))
+            elif size // owned.period > 1:
+                out = ir.Index(out, _per_thread(e, owned.position(positions[owned.axis]), owned.period,
+                                                owned.width))
         return out
 
 
 def _per_thread(e: ir.Expr, position: ir.Expr, period: int, width: int) -> ir.Expr:
-    """The per-thread index of cell `e` owned by the thread at `position`."""
+    """The per-thread index of cell `e` owned by the thread at `position`;
+    `jk` for `(bj + w % 2 + 2 * jk - bj - w % 2) / 2`, whose terms cancel
+    (nvcc then sees a constant index in each unrolled iteration: in a long
+    kernel it kept the array on the stack otherwise)."""
     if width == 1:
-        return ir.Binop("/", ir.Binop("-", e, position), ir.Const(str(period)))
+        rest = cancelled_sum((1, e), (-1, position))
+        scale = ir.Const(str(period))
+        if isinstance(rest, ir.Binop) and rest.op == "*" and scale in (rest.left, rest.right):
+            return rest.right if rest.left == scale else rest.left
+        return ir.Binop("/", ir.Binop("-", e, position), scale)
     w = ir.Const(str(width))
     offset = ir.Binop("-", e, ir.Binop("*", w, position))
     run = ir.Binop("/", offset, ir.Const(str(period * width)))
@@ -117,12 +151,13 @@ def _accesses(node: Any, name: str, rank: int, loops: tuple[ir.For, ...], phase:
         _accesses(child, name, rank, loops, phase, out)
 
 
-def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
+def _facts(loops: tuple[ir.For, ...], terms: Optional[Terms] = None) -> list[z3.BoolRef]:
     """`var = start + step * n, n >= 0` and `var < stop` for each loop of
-    integer start and positive constant step (`stop` is exclusive)."""
+    integer start and positive constant step (`stop` is exclusive); with
+    `terms`, bounds with C's `/` and `%` too (`j` from `bj + w % 2`)."""
     out = []
     for lp in loops:
-        start, step, stop = int_term(lp.start), int_term(lp.step), int_term(lp.stop)
+        start, step, stop = (terms.term(e) if terms else int_term(e) for e in (lp.start, lp.step, lp.stop))
         if start is None or step is None or not z3.is_int_value(z3.simplify(step)) \
                 or z3.simplify(step).as_long() <= 0:
             continue
@@ -130,26 +165,53 @@ def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
         out += [var == start + step * n, n >= 0]
         if stop is not None:
             out.append(var < stop)
-    return out
+    return out + (terms.facts if terms else [])
 
 
 WIDTHS = (1, 2, 4, 8)
 """The widths of the runs of cells a thread may own, tried in order."""
 
 
-def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[tuple[str, int]]:
-    """The thread axis, and the width of the runs, such that `e` divided by
-    the width is congruent to the axis's position modulo its period."""
+def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[Owned]:
+    """How a thread axis owns the dimension indexed by `e`: `e` divided by
+    a width congruent to the axis's position modulo its period, else `e`
+    congruent to the position's row w / L modulo T / L, or to its lane
+    w % L modulo L."""
     for lp in a.phase:
         axis = mapping(lp)[1]  # type: ignore[index]
         ext = thread_extent(lp)
         term, pos = int_term(e), int_term(thread_position(lp))
         if ext is None or ext != (periods.get(axis), True) or term is None or pos is None:
             continue
+        facts = _facts(a.loops) + [term >= 0]
         for width in WIDTHS:
-            if proves((term / width - pos) % ext[0] == 0, _facts(a.loops) + [term >= 0]):
-                return axis, width
+            if proves((term / width - pos) % ext[0] == 0, facts):
+                return Owned(axis, ext[0], width)
+    for lp in a.phase:  # a row's lanes: C's `/` and `%` of the position, read by Terms
+        axis, ext = mapping(lp)[1], thread_extent(lp)  # type: ignore[index]
+        if ext is None or ext != (periods.get(axis), True):
+            continue
+        terms = Terms("registers")
+        term = terms.term(e)
+        for lanes in (n for n in WIDTHS[1:] + (16, 32) if n < ext[0] and ext[0] % n == 0):
+            for owned in (Owned(axis, ext[0] // lanes, digit="row", lanes=lanes),
+                          Owned(axis, lanes, digit="lane", lanes=lanes)):
+                digit = terms.term(owned.position(thread_position(lp)))
+                if proves((term - digit) % owned.period == 0, _facts(a.loops, terms) + [term >= 0]):
+                    return owned
     return None
+
+
+def _covers(owners: tuple[Optional[Owned], ...], periods: dict[str, int]) -> bool:
+    """Each axis of more than one thread owns one dimension by its position,
+    or two by its row and lane digits for one lane count."""
+    for axis, n in periods.items():
+        mine = sorted((o.digit, o.lanes) for o in owners if o is not None and o.axis == axis)
+        whole = len(mine) == 1 and mine[0][0] == ""
+        split = len(mine) == 2 and [d for d, _ in mine] == ["lane", "row"] and mine[0][1] == mine[1][1]
+        if (n > 1 and not (whole or split)) or (n == 1 and mine):
+            return False
+    return all(o is None or o.axis in periods for o in owners)
 
 
 def _touching(live: list[_Access], block: dict[str, int]) -> Optional[dict[str, int]]:
@@ -202,13 +264,10 @@ def register_of(body: ir.Block, blocks: list[ir.For], decl: ir.Decl, periods: di
     if len(owners) != 1:
         return None
     owner = owners.pop()
-    used = [x[0] for x in owner if x is not None]
-    if sorted(used) != sorted(a for a, n in periods.items() if n > 1) or len(set(used)) != len(used):
+    if not _covers(owner, periods) or any(o is not None and size % (o.period * o.width)
+                                          for o, size in zip(owner, sizes)):
         return None
-    if any(x is not None and size % (periods[x[0]] * x[1]) for x, size in zip(owner, sizes)):
-        return None
-    return Register(t, tuple((x[0], periods[x[0]], x[1], size) if x else (None, 1, 1, size)
-                             for x, size in zip(owner, sizes)))
+    return Register(t, tuple(zip(owner, sizes)))
 
 
 def to_registers(node: Any, registers: dict[str, Register], positions: dict[str, ir.Expr]) -> Any:

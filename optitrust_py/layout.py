@@ -21,6 +21,18 @@ def terms(e: ir.Expr, sign: int = 1) -> list[tuple[int, ir.Expr]]:
     return [(sign, e)]
 
 
+def cancelled_sum(*sums: tuple[int, ir.Expr]) -> ir.Expr:
+    """The sum of the signed expressions as one signed sum, terms that cancel left out."""
+    parts: list[tuple[int, ir.Expr]] = []
+    for sign, e in sums:
+        for s, t in terms(e, sign):
+            if (-s, t) in parts:
+                parts.remove((-s, t))
+            elif t != ZERO:
+                parts.append((s, t))
+    return signed_sum(parts)
+
+
 def factors(e: ir.Expr) -> list[ir.Expr]:
     if isinstance(e, ir.Binop) and e.op == "*":
         return factors(e.left) + factors(e.right)

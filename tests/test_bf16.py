@@ -147,10 +147,16 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
                 f"&q{d}[mi{d} + lane{d}_t % 32 / 4 - bi][kd{d}]") in cu
         assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
     # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound; the
-    # GPU's approximate division and exponential (gpu.fast_math)
-    for d in (64, 128):
-        assert f"sc{d}[j - bj] = j < i + 1 ? otp_fast_div(s{d}_h[i - bi][j - bj], scale) : -INFINITY;" in cu
-        assert f"sc{d}[j - bj] = otp_fast_expf(sc{d}[j - bj] - max_val_blk);" in cu
+    # GPU's approximate division and exponential (gpu.fast_math); a query's softmax on two lanes (gpu.warp_rows),
+    # each holding its 32 exp-scores in registers (a row's lane digit, cuda_registers), max and sum folded by
+    # one xor shuffle each
+    for d, w, jk in ((64, "w", "jk"), (128, "w_1", "jk_1")):
+        assert f"float sc{d}[32];" in cu
+        assert (f"sc{d}[{jk}] = bj + {w} % 2 + 2 * {jk} < bi + {w} / 2 + 1 ? "
+                f"otp_fast_div(s{d}_h[bi + {w} / 2 - bi][bj + {w} % 2 + 2 * {jk} - bj], scale) : -INFINITY;") in cu
+        assert f"sc{d}[{jk}] = otp_fast_expf(sc{d}[{jk}] - max_val_blk);" in cu
+        assert f"p{d}[bi + {w} / 2 - bi][{w} % 2 + 2 * p{d}_1k] = otp_to_bf16(sc{d}[p{d}_1k]);" in cu
+    assert cu.count("__shfl_xor_sync(0xffffffffu, ") == 4
     for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
     # q, k and v in bfloat16 (the caller's); D = 128: the K tile copied by the block's 128 threads in 16-byte
@@ -163,19 +169,27 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         "cudaLaunchKernelEx(&otp_launch, attention_kernel3,")]  # a later kernel: programmatic dependent launch
     assert "otp_launch = {dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1), " in launch
     # the output tile in the lanes' registers (gpu.fragment_layout); tiles never live together share bytes
-    # (cuda_shared): V over K, done with after Q K^T, the output's copy out over the key blocks' tiles, done
-    # with at the barrier that ends the key loop's body: 61952 bytes of shared memory a block, not 112384
-    assert "float o128[16][4];" in cu and "float (*ob128)[129] = (float (*)[129])(otp_smem + 17408);" in cu
-    assert "float (*s128_h)[65] = (float (*)[65])(otp_smem + 17408);" in cu
-    assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 34048);" in cu
-    assert "otp_bf16 (*v128)[72] = (otp_bf16 (*)[72])(otp_smem + 34048);" in cu
-    assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 52480);" in cu
-    assert "float *rs128 = (float *)(otp_smem + 61696);" in cu
-    assert "dim3(128, 1, 1), 61952, 0, otp_pdl, 1};" in launch
-    # five phases a key block: K's copy, Q K^T (from zero), V's copy, the softmax and P, P V (rescaled first)
+    # (cuda_shared): V over K, done with after Q K^T, P over the scores, read by the softmax's first phase,
+    # the output's copy out over the key blocks' tiles, done with at the barrier that ends the key loop's
+    # body; the running max and sum, which the rows' first lanes keep, in shared memory: 52992 bytes a block
+    assert "float o128[16][4];" in cu and "float (*ob128)[129] = (float (*)[129])(otp_smem + 17920);" in cu
+    assert "float *max_val_h_1 = (float *)(otp_smem + 0);" in cu and "float *sum_h_1 = (float *)(otp_smem + 256);" in cu
+    assert "float (*s128_h)[65] = (float (*)[65])(otp_smem + 17920);" in cu
+    assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 34560);" in cu
+    assert "otp_bf16 (*v128)[72] = (otp_bf16 (*)[72])(otp_smem + 34560);" in cu
+    assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 17920);" in cu
+    assert "float *rs128 = (float *)(otp_smem + 27136);" in cu
+    assert "dim3(128, 1, 1), 52992, 0, otp_pdl, 1};" in launch
+    # seven phases a key block: K's copy, Q K^T (from zero), V's copy, the softmax's three (the scores and
+    # their max; the exp-scores and their sum; the sum's fold and P), P V (rescaled first)
     body = cu.split("__global__ void attention_kernel3(")[1].split("__global__")[0]
     loop = body[body.index("for (int bj = 0;"):body.index("float (*ob128)")]
-    assert loop.count("__syncthreads();") == 5
+    assert loop.count("__syncthreads();") == 7
+    # the output set to zero, and divided by the sums, a thread per column: coalesced
+    assert "int d = (int)threadIdx.x;\n    for (int i = bi; i < bi + 64; i++) {\n      out[(h * S + i) * 128 + d] = 0.0f;" \
+        in body
+    assert ("      out[(h * S + o128_0) * 128 + o128_1] = otp_fast_div(out[(h * S + o128_0) * 128 + o128_1], "
+            "sum_h_1[o128_0 - bi]);") in body
     # Q K^T: a lane's accumulators of its 8 column tiles at once, the k-slices outside the tiles (each slice's
     # Q fragment loaded once for the 8)
     qk = loop[loop.index("float lane128_acc_h[8][4];"):]

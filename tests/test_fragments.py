@@ -43,7 +43,7 @@ def test_lane_order_reorders_the_rescaling_of_the_output_rows(ck, attention_bf16
     the same outputs on the CPU, the reordered nest being independent)."""
     orders = steps(attention_bf16, "gpu.lane_order")
     assert [s.args[0] for s in orders] == [f"'attention > for h#{h} > for bi > for {x}'" for h, d in ((1, 64), (3, 128))
-                                           for x in (f"o{d}_0#1", f"ob{d}_0", "bj > for i#3", "bj > for i#1")]
+                                           for x in (f"o{d}_1#1", f"ob{d}_0", "bj > for i#3", "bj > for i#1")]
     step = orders[2]
     assert "o64[i - bi][d] = o64[i - bi][d] * rs64[i - bi];" in ck.function_text(step.before, "attention")
     assert ck.contains(ck.function_text(step.after, "attention"), """
@@ -150,10 +150,11 @@ def test_fragment_layout_refusals(attention_bf16):
 def test_the_cuda_kernel_keeps_the_output_tile_in_registers(attention_bf16):
     """The printer splits o64 and o128 into one 8 x 4 (16 x 4) array per
     thread: no shared output tile, the block's shared memory down to the
-    Q, K, V, P and score tiles (D = 128: 61,952 bytes; 84,480 with the
-    output tile shared and the copies of V and P apart from the softmax)."""
+    Q, K, V, P and score tiles (D = 128: 52,992 bytes, P over the scores
+    that the softmax's first phase reads; 84,480 with the output tile
+    shared and the copies of V and P apart from the softmax)."""
     cu = to_cuda(attention_bf16.program)
     assert "float o64[8][4];" in cu and "float o128[16][4];" in cu
     assert "float (*o64)" not in cu and "float (*o128)" not in cu
     launch = cu[cu.index("cudaFuncSetAttribute(attention_kernel3"):]
-    assert "dim3(128, 1, 1), 61952, 0, otp_pdl, 1};" in launch
+    assert "dim3(128, 1, 1), 52992, 0, otp_pdl, 1};" in launch

@@ -704,7 +704,9 @@ def test_warp_rows_gives_each_row_a_warp_and_keeps_the_results(ck):
     assert text.count("#pragma otp gpu thread x\n") == 3
     assert "for (int j = 1 + w % 32; j < C; j += 32) {\n" in text
     assert "if (x[(bi + w / 32) * C + j] > max_val_part[w]) {" in text
-    assert "float max_val = x[(bi + w / 32) * C];\n" in text
+    # the max starts at the row's first value: in its first lane's partial, read where the loop starts
+    assert "max_val_part[w] = w % 32 == 0 ? x[(bi + w / 32) * C] : -INFINITY;\n" in text
+    assert "float max_val = -INFINITY;\n" in text
     assert "max_val = fmaxf(max_val, max_val_part[w / 32 * 32 + k]);" in text
     assert "sum += sum_part[w / 32 * 32 + k];" in text
     assert rw.fp == "reassoc"
@@ -811,6 +813,48 @@ def test_warp_rows_lanes_adding_into_one_cell_are_refuted(ck):
     p = steps(ck.load("matmul.c"), (gpu.map_blocks, "matmul > for i", "x"), (loop.tile, "matmul > for j", 4, "bj"))
     reason = refuted(p, gpu.warp_rows.apply(p, "matmul > for bj > for j", 32))
     assert reason.startswith("parallel") and "C[" in reason and "meet" in reason
+
+
+def test_warp_rows_folds_a_partial_sum_and_the_first_lane_adds_it(ck):
+    """matmul as above, each column's k loop first summed apart from C's
+    cell (gpu.partial_sum's braced block, opened into the row): the lanes'
+    sums are folded in every lane and the row's first lane adds the result,
+    so no two lanes write the cell; level 2 proves the rows and phases
+    disjoint, and the outputs agree."""
+    p0 = ck.load("matmul.c")
+    p = steps(p0, (gpu.map_blocks, "matmul > for i", "x"), (loop.tile, "matmul > for j", 4, "bj"),
+              (gpu.partial_sum, "matmul > for bj > for j > for k", "C[i * N + j]"))
+    rw = gpu.warp_rows.apply(p, "matmul > for bj > for j", 32)
+    text = ck.function_text(rw.program, "matmul")
+    assert "acc_part[w] = 0.0f;\n" in text and "float acc = 0.0f;\n" in text
+    assert "if (w % 32 == 0) {\n          C[i * N + (bj + w / 32)] += acc;" in text
+    spec = (ROOT / "specs" / "matmul.spec").read_text().replace("N >= 1", "N >= 4, N % 4 == 0")
+    result = check_step(p, rw.program, rw.obligations, parse_spec_text(spec))
+    assert [v.status for v in result.verdicts] == ["proved"] * 3 and result.ok, result.problems
+    ck.close_outputs(p0, rw.program, "matmul", matmul_args(ck, 3, 8, 40))
+
+
+def test_warp_rows_of_a_thread_loop_start_a_reduction_in_the_first_lane(ck):
+    """softmax, 4 rows a block already run by a thread each: gpu.warp_rows
+    gives each row 32 threads instead. The row's max starts at its first
+    value, a load: the first lane's partial starts there, read where the
+    max loop starts (not after it, where the fold is), the others at
+    -INFINITY. Refused when a statement between the declaration and the
+    loop stores into what the start value reads."""
+    p0 = rows_of_four(ck)
+    threads = gpu.map_threads.apply(p0, "softmax > for bi > for i", "x").program
+    rw = gpu.warp_rows.apply(threads, "softmax > for bi > for i", 32)
+    text = ck.function_text(rw.program, "softmax")
+    assert text.count("#pragma otp gpu thread x\n") == 3 and "for (int i = " not in text
+    assert "max_val_part[w] = w % 32 == 0 ? x[(bi + w / 32) * C] : -INFINITY;\n" in text
+    ck.close_outputs(p0, rw.program, "softmax", [8, 150, ck.floats(1200), ck.floats(1200)])
+    source = (ROOT / "c_sources" / "softmax.c").read_text()
+    changed = source.replace("float max_val = x[i * C];", "float max_val = y[i * C];\n    y[i * C] = 0.0f;")
+    assert changed != source
+    late = steps(ck.parse(changed, "softmax.c"), (loop.tile, "softmax > for i", 4, "bi"),
+                 (gpu.map_blocks, "softmax > for bi", "x"))
+    assert "the value of 'max_val' (y[i * C]) is read where its reduction starts" in \
+        refusal(gpu.warp_rows.apply, late, "softmax > for bi > for i", 32)
 
 
 def test_last_first_counts_the_blocks_from_the_end(ck):

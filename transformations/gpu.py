@@ -33,7 +33,7 @@ from optitrust_py.session import Rewrite, composite, current_session, primitive
 from optitrust_py.target import Match, Resolver
 from optitrust_py.names import INCDEC, free_vars, lvalue_bases, subst, writes_of
 from optitrust_py.printer import expr as expr_text, stmt_text, type_name
-from optitrust_py.layout import signed_sum, terms
+from optitrust_py.layout import cancelled_sum, signed_sum, terms
 from optitrust_py.smt import Terms, int_term, loop_facts, proves
 from optitrust_py.tree import Path, block_of, function_path, get, map_children, replace, splice, walk
 from optitrust_py.typeof import env_at, resolve, type_of, typedefs_of, unqualified
@@ -570,9 +570,22 @@ def _in_block_only(who: str, program: ir.Program, res: Resolver, m: Match) -> No
                              f"any thread loop", m.node.loc)
 
 
-def _strided(loop: ir.For, position: ir.Expr, count: int, body: ir.Block) -> ir.For:
+def _strided(loop: ir.For, position: ir.Expr, count: int, body: ir.Block, counter: Optional[str] = None) -> ir.For:
     """`for (j = start + position * step; j < stop; j += count * step) body`:
-    the share of `loop` of one of `count` workers taking its iterations in turn."""
+    the share of `loop` of one of `count` workers taking its iterations in turn.
+    With a `counter` k, when `loop` runs a constant multiple E of `count`
+    iterations (step 1), `for (k = 0; k < E / count; k++)` with j replaced
+    by `start + position + count * k`: the same iterations, in a count nvcc
+    reads as a constant (it unrolls the loop, and keeps a per-thread array
+    the loop indexes in registers; from `j = bj + w % 2` to `j < bj + 64`,
+    it put it on the stack)."""
+    extent = constant_extent(loop) if counter is not None and not loop.inclusive else None
+    if extent and extent % count == 0:
+        k = ir.Var(counter)  # type: ignore[arg-type]
+        first = position if loop.start == ZERO else ir.Binop("+", loop.start, position)
+        at = ir.Binop("+", first, ir.Binop("*", ir.Const(str(count)), k))
+        return dataclasses.replace(loop, index=counter, start=ZERO, stop=ir.Const(str(extent // count)), step=ONE,
+                                   body=subst(body, {loop.index: at}), inclusive=False, pragmas=())
     literal = loop.step.text if isinstance(loop.step, ir.Const) and loop.step.text.isdigit() else None
     step = ir.Const(str(count * int(literal))) if literal is not None \
         else ir.Binop("*", ir.Const(str(count)), loop.step)  # folded: the checkers read a literal step
@@ -820,6 +833,13 @@ def _row_plan(who: str, program: ir.Program, res: Resolver, m: Match) -> _RowPla
             if var in free_vars(between):
                 raise TransformError(f"{who}: '{var}' is used between its declaration and its reduction at line "
                                      f"{line}: the reduction must be its first use", s.loc)
+            before = ir.Block(tuple(between))
+            changed = writes_of(before) | ({"a call"} if any(isinstance(n, ir.Call) for _, n in walk(before))
+                                           else set())
+            if d.decl.init != _identity(op, code) and changed & (free_vars(d.decl.init) | {"a call"}):
+                raise TransformError(f"{who}: the value of '{var}' ({expr_text(d.decl.init)}) is read where its "
+                                     f"reduction starts, at line {line}, and the statements before it change "
+                                     f"{sorted(changed & (free_vars(d.decl.init) | {'a call'}))[0]}", s.loc)
             found.append((var, op, code, d))
         others = (writes_of(s.body) & scalars) - {v for v, *_ in found}
         if others:
@@ -841,6 +861,28 @@ def _row_plan(who: str, program: ir.Program, res: Resolver, m: Match) -> _RowPla
                                  f"reductions' results", loop.loc)
     return _RowPlan(tuple(tuple(s for s in p if not (isinstance(s, ir.DeclStmt) and s.decl.name in moved))
                           for p in phases), tuple(folds), scalars)
+
+
+def _rows_unmapped(program: ir.Program, m: Match, axis: str) -> ir.Program:
+    """`program` with the row loop of gpu.warp_rows as a plain loop: a loop
+    already run by a thread each (`#pragma otp gpu thread` of `axis`) loses
+    its mapping, its rows being given L threads each instead; and each
+    braced block of its body (gpu.partial_sum's) is opened into the row
+    when that captures no name."""
+    loop: ir.For = m.node
+    if loop.pragmas == (mark("thread", axis),):
+        loop = dataclasses.replace(loop, pragmas=())
+    stmts: list[ir.Stmt] = []
+    for k, s in enumerate(loop.body.stmts):
+        inner = {d.decl.name for d in s.stmts if isinstance(d, ir.DeclStmt)} if isinstance(s, ir.Block) else None
+        rest = loop.body.stmts[:k] + loop.body.stmts[k + 1:]
+        declared = {d.decl.name for d in rest if isinstance(d, ir.DeclStmt)}
+        if inner is not None and not inner & (free_vars(rest) | declared):
+            stmts += s.stmts  # type: ignore[union-attr]
+        else:
+            stmts.append(s)
+    return replace(program, m.path, dataclasses.replace(loop, body=dataclasses.replace(loop.body,
+                                                                                       stmts=tuple(stmts))))
 
 
 def _plain_writes(node: Any) -> set[str]:
@@ -892,8 +934,8 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
         #pragma otp gpu thread x
         for (int w = 0; w < 128; w++) {
           m_part[w] = -INFINITY;
-          for (int t = bt * 64 + w % 32; t < bt * 64 + 64; t += 32) {
-            if (sc[w / 32][t - 64 * bt] > m_part[w]) { m_part[w] = sc[w / 32][t - 64 * bt]; }
+          for (int tk = 0; tk < 2; tk++) {  // t = bt * 64 + w % 32 + 32 * tk
+            if (sc[w / 32][bt * 64 + w % 32 + 32 * tk - 64 * bt] > m_part[w]) { m_part[w] = ...; }
           }
         }
         #pragma otp gpu thread x
@@ -902,7 +944,7 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
           for (int k = 0; k < 32; k++) { m = fmaxf(m, m_part[w / 32 * 32 + k]); }
           if (w % 32 == 0) { max_parts[w / 32] = m; }
           l_part[w] = 0.0f;
-          for (int t = bt * 64 + w % 32; ...; t += 32) { ... l_part[w] += sc[w / 32][t - 64 * bt]; }
+          for (int tk = 0; tk < 2; tk++) { ... l_part[w] += sc[w / 32][bt * 64 + w % 32 + 32 * tk - 64 * bt]; }
         }
         #pragma otp gpu thread x
         for (int w = 0; w < 128; w++) {
@@ -911,26 +953,40 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
           if (w % 32 == 0) { sum_parts[w / 32] = l; }
         }
 
-    Thread w runs lane w % lanes of row w / lanes. The row's body is cut
-    after each loop holding reductions (`s += e`, `m = fmaxf(m, e)`,
-    `if (e > m) m = e`, ... of a float or double declared in the row): a
-    phase per piece. Each loop of the row is shared among the lanes in turn;
-    a reduction's partial results start at its operator's identity and the
-    next phase opens by folding the row's partials, in every lane, into the
-    declared scalar, so all lanes hold the result (the CUDA printer folds
-    them with `__shfl_xor_sync` when the block's threads lie along x in whole
+    Thread w runs lane w % lanes of row w / lanes. The row loop may be a
+    block's loop, or one already run by a thread a row (mapped to the
+    threads of `axis`: it then takes `lanes` threads a row). A braced block
+    in the row (gpu.partial_sum's) is opened into it when that captures no
+    name. The row's body is cut after each loop holding reductions
+    (`s += e`, `m = fmaxf(m, e)`, `if (e > m) m = e`, ... of a float or
+    double declared in the row): a phase per piece. Each loop of the row is
+    shared among the lanes in turn; one of a constant trip count that is a
+    multiple of the lanes becomes a loop of constant count (`tk` above),
+    which nvcc unrolls, keeping a per-thread array it indexes in registers
+    (cuda_registers: the row's lane digit). A reduction's partial results
+    start at its operator's identity, but for the first lane's, which
+    starts at the declared value (read where the loop starts: `m_part[w] =
+    w % 32 == 0 ? x[...] : -INFINITY`), and the next phase opens by folding
+    the row's partials, in every lane, into the declared scalar, from the
+    identity, so all lanes hold the result (the CUDA printer folds them
+    with `__shfl_xor_sync` when the block's threads lie along x in whole
     warps). The row's scalars are computed alike by every lane; any other
     statement runs on the row's first lane. Refused: a loop that is not a
-    block's (or is inside a thread loop), not a constant number of rows
-    with step 1, a lane count not in 2, 4, 8, 16, 32 or more than 1024
-    threads; in the row, an array or a scalar without a value, a reduction
-    into what is not a float or double declared in the row before it (or
-    used in between), a loop setting a row scalar it does not reduce, a
-    statement writing both a row scalar and memory, a write to a scalar
-    declared outside the rows (each thread would set its own copy), a row
-    scalar set on one side of a cut and used on the other.
+    block's or a thread loop of `axis` (or is inside a thread loop), not a
+    constant number of rows with step 1, a lane count not in 2, 4, 8, 16,
+    32 or more than 1024 threads; in the row, an array or a scalar without
+    a value, a reduction into what is not a float or double declared in
+    the row before it (or used in between), a declared value that reads
+    what a statement between the declaration and the loop stores into, a
+    loop setting a row scalar it does not reduce, a statement writing both
+    a row scalar and memory, a write to a scalar declared outside the rows
+    (each thread would set its own copy), a row scalar set on one side of a
+    cut and used on the other.
     """
     who = "gpu.warp_rows"
+    res = Resolver(program)
+    m = res.one(target, "canonical for loop", (ir.For,))
+    program = _rows_unmapped(program, m, axis)
     res = Resolver(program)
     m = res.one(target, "canonical for loop", (ir.For,))
     loop: ir.For = m.node
@@ -958,18 +1014,26 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
     cells = {var: ir.Index(ir.Var(part), tw) for var, part in parts.items()}
     reductions = {var: (op, code) for fold in plan.folds for var, op, code, _ in fold}
     mates = ir.Binop("+", ir.Binop("*", first, group), ir.Var(k))
+    starts = {var: d.decl.init if d.decl.init == _identity(op, code) else
+              ir.Ternary(ir.Binop("==", lane, ZERO), d.decl.init, _identity(op, code))  # type: ignore[arg-type]
+              for fold in plan.folds for var, op, code, d in fold}
     new: list[ir.Stmt] = []
+    counters: dict[str, str] = {}
     for stmts, fold in zip(plan.phases, plan.folds):
         body: list[ir.Stmt] = []
         for var, op, code, d in fold:
-            body += [d, ir.For(k, ZERO, group, ir.Block((_combine(op, code, ir.Var(var),
-                                                                  ir.Index(ir.Var(parts[var]), mates)),)))]
+            body += [dataclasses.replace(d, decl=dataclasses.replace(d.decl, init=_identity(op, code))),
+                     ir.For(k, ZERO, group, ir.Block((_combine(op, code, ir.Var(var),
+                                                               ir.Index(ir.Var(parts[var]), mates)),)))]
         for s in stmts:
             if isinstance(s, ir.For):
                 own = {v for v in writes_of(s.body) if v in reductions}
-                body += [ir.ExprStmt(ir.Assign("=", cells[v], _identity(reductions[v][0], reductions[v][1])))
-                         for v in sorted(own)]
-                body.append(_strided(s, lane, lanes, subst(s.body, {v: cells[v] for v in own})))
+                body += [ir.ExprStmt(ir.Assign("=", cells[v], starts[v])) for v in sorted(own)]
+                if s.index not in counters:
+                    counters[s.index] = _fresh_local(who, "lane's count", None, f"{s.index}k", program, m.path,
+                                                     m.function, s.loc)
+                body.append(_strided(s, lane, lanes, subst(s.body, {v: cells[v] for v in own}),
+                                     counters[s.index]))
             elif isinstance(s, ir.DeclStmt) or (isinstance(s, ir.ExprStmt) and _is_update(s, plan.scalars)):
                 body.append(s)
             else:
@@ -1699,25 +1763,13 @@ def _offset(who: str, index: ir.Expr, var: str, others: set[str], loc: Optional[
     return rest
 
 
-def _signed(*sums: tuple[int, ir.Expr]) -> ir.Expr:
-    """The sum of the signed expressions as one signed sum, terms that cancel left out."""
-    parts: list[tuple[int, ir.Expr]] = []
-    for sign, e in sums:
-        for s, t in terms(e, sign):
-            if (-s, t) in parts:
-                parts.remove((-s, t))
-            elif t != ZERO:
-                parts.append((s, t))
-    return signed_sum(parts)
-
-
 def _tidy(node: Any) -> Any:
     """`node` with each sum in it as one signed sum, terms that cancel left
     out: `bi + (mo + lane / 4 - bi)` is `mo + lane / 4` (the indices the
     lanes' cells substitute read as the lanes' own, and Z3 proves the
     threads' cells apart without cancelling first)."""
     if isinstance(node, ir.Binop) and node.op in ("+", "-"):
-        return _signed(*((s, _tidy(t)) for s, t in terms(node)))
+        return cancelled_sum(*((s, _tidy(t)) for s, t in terms(node)))
     return map_children(node, _tidy)
 
 
@@ -1752,8 +1804,8 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
 
     The nest is two loops of constant trip counts and step 1, the second
     alone in the first; every access of its body to the lane loop's
-    accumulator array C is C[a + x][b + y] (a, b its indices, x, y free of
-    them), one cell per iteration. The lane loop's headers are copied, and
+    accumulator array C is C[a + x][b + y] (a, b its indices, in either
+    order, x, y free of them), one cell per iteration. The lane loop's headers are copied, and
     each of the four cells it loads (lane_acc[k] = C[r][c]) runs the body
     with a = r - x, b = c - y. Refused (besides the shapes above) unless Z3
     proves, from the copied loops' bounds, that these cells are exactly
@@ -1791,18 +1843,22 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
         raise TransformError(f"{who}: the body of {where} must reach '{array}', the lane loop's accumulator, "
                              f"through two indices only", outer.loc)
     indices = {outer.index, inner.index}
-    shifts = {(_offset(who, chain(n)[1][0], outer.index, indices, n.loc),
-               _offset(who, chain(n)[1][1], inner.index, indices, n.loc)) for n in found}
+    # the nest runs the rows outside the columns, or (a copy whose threads take the columns) inside them
+    row, col = (outer, inner) if outer.index in free_vars(chain(found[0])[1][0]) else (inner, outer)
+    shifts = {(_offset(who, chain(n)[1][0], row.index, indices, n.loc),
+               _offset(who, chain(n)[1][1], col.index, indices, n.loc)) for n in found}
     if len(shifts) != 1:
         raise TransformError(f"{who}: the body of {where} reaches more than one cell of '{array}' per iteration",
                              outer.loc)
     x, y = shifts.pop()
-    origin = (_signed((1, outer.start), (1, x)), _signed((1, inner.start), (1, y)))
+    origin = (cancelled_sum((1, row.start), (1, x)), cancelled_sum((1, col.start), (1, y)))
+    extents = (constant_extent(row), constant_extent(col))
     if not _covers_once(loops, cells, origin, extents):  # type: ignore[arg-type]
         raise TransformError(f"{who}: the cells the lanes of {_where(res, lm.path, lm.node)} hold are not those "
                              f"of {where}, each once ({extents[0]} x {extents[1]} from "
                              f"[{expr_text(origin[0])}][{expr_text(origin[1])}])", outer.loc)
-    bodies = [_tidy(subst(inner.body, {outer.index: _signed((1, r), (-1, x)), inner.index: _signed((1, c), (-1, y))}))
+    bodies = [_tidy(subst(inner.body, {row.index: cancelled_sum((1, r), (-1, x)),
+                                       col.index: cancelled_sum((1, c), (-1, y))}))
               for r, c in cells]
     scoped = bool(_top_decls(inner.body))  # each copy of a body that declares names in a block of its own
     new: ir.Stmt = ir.Block(tuple(b for body in bodies for b in ((body,) if scoped else body.stmts)))
@@ -1919,7 +1975,7 @@ def _to_fragment(who: str, program: ir.Program, block: Path, path: Path, node: i
     tm = Terms("fragment")
     facts = loop_facts(tm, loops, {})
     position = thread_position(mapped[0])
-    tiles = [ir.Binop("/", _signed((1, ir.Var(lp.index)), (-1, lp.start)), _c(TILE_COLS)) for lp in loops
+    tiles = [ir.Binop("/", cancelled_sum((1, ir.Var(lp.index)), (-1, lp.start)), _c(TILE_COLS)) for lp in loops
              if lp not in mapped and isinstance(lp.step, ir.Const) and lp.step.text.isdigit()
              and int(lp.step.text) % TILE_COLS == 0]
     wanted = zip(_fragment_formulas(r, c), ([position], tiles, [_c(s) for s in range(4)]))
