@@ -266,7 +266,9 @@ def softmax_two_lanes(blocks: str, d: int) -> None:
     that the block's 128 threads all take part: the two lanes of a row take
     its keys in turn, each keeps its half of the exp-scores in registers,
     and the row's max and sum are folded across them (gpu.warp_rows; the
-    exp-sum first gathered apart from the running sum, gpu.partial_sum)."""
+    exp-sum first gathered apart from the running sum, gpu.partial_sum).
+    H100, D = 128, side by side on the emitted kernels: 1.36 to 1.39 ms
+    against 1.40 and 1.43 with a thread per query."""
     total = "sum_h" if d == 64 else "sum_h_1"
     gpu.partial_sum(f"{blocks} > for i > for j#3", f"{total}[i - bi]")
     gpu.warp_rows(f"{blocks} > for i", 2)
