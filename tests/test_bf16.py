@@ -186,8 +186,8 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     loop = body[body.index("for (int bj = 0;"):body.index("float (*ob128)")]
     assert loop.count("__syncthreads();") == 7
     # the output set to zero, and divided by the sums, a thread per column: coalesced
-    assert "int d = (int)threadIdx.x;\n    for (int i = bi; i < bi + 64; i++) {\n      out[(h * S + i) * 128 + d] = 0.0f;" \
-        in body
+    assert ("int d = (int)threadIdx.x;\n    for (int i = bi; i < bi + 64; i++) {\n"
+            "      out[(h * S + i) * 128 + d] = 0.0f;") in body
     assert ("      out[(h * S + o128_0) * 128 + o128_1] = otp_fast_div(out[(h * S + o128_0) * 128 + o128_1], "
             "sum_h_1[o128_0 - bi]);") in body
     # Q K^T: a lane's accumulators of its 8 column tiles at once, the k-slices outside the tiles (each slice's

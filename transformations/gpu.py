@@ -1805,11 +1805,12 @@ def lane_order(program: ir.Program, target: str, lanes: str) -> Rewrite:
     The nest is two loops of constant trip counts and step 1, the second
     alone in the first; every access of its body to the lane loop's
     accumulator array C is C[a + x][b + y] (a, b its indices, in either
-    order, x, y free of them), one cell per iteration. The lane loop's headers are copied, and
-    each of the four cells it loads (lane_acc[k] = C[r][c]) runs the body
-    with a = r - x, b = c - y. Refused (besides the shapes above) unless Z3
-    proves, from the copied loops' bounds, that these cells are exactly
-    the nest's, each once: in range, pairwise distinct, as many. Also
+    order, x, y free of them), one cell per iteration. The lane loop's
+    headers are copied, and each of the four cells it loads (lane_acc[k] =
+    C[r][c]) runs the body with a = r - x, b = c - y. Refused (besides the
+    shapes above) unless Z3 proves, from the copied loops' bounds, that
+    these cells are exactly the nest's, each once: in range, pairwise
+    distinct, as many. Also
     refused: a nest inside a thread loop or outside a block, a body naming
     the lane loop's indices, bounds of the lane loop that name variables
     not visible at the nest. A body that declares names is copied in a
