@@ -27,7 +27,7 @@ from .intrinsics import CONVERSIONS
 from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms as sum_terms
 from .names import free_vars, has_side_effects, subst
 from .printer import expr as expr_text, type_name
-from .smt import QUOTIENT, Terms, c_mod, solver as new_solver, unknown_reason
+from .smt import QUOTIENT, Terms, c_mod, decide, solver as new_solver
 from .tree import Path, get, walk
 from .typeof import env_at, integer_range, is_arithmetic, type_of, typedefs_of, unqualified
 
@@ -132,16 +132,13 @@ def _decide(place: _Place, claim: _Claim, what: str) -> Outcome:
     """Proved when no model of the hypotheses breaks a fact of the claim;
     otherwise the first fact that breaks, with the model's values."""
     facts = claim.all_facts()
-    solver = new_solver()
-    solver.add(*place.hypotheses, *claim.terms.facts, *place.loaded(claim.terms),
-               z3.Not(z3.And(*[f.formula for f in facts])))
-    answer = solver.check()
+    answer, model, why = decide([*place.hypotheses, *claim.terms.facts, *place.loaded(claim.terms),
+                                 z3.Not(z3.And(*[f.formula for f in facts]))])
     at = f"line {place.line}: " if place.line else ""
-    if answer == z3.unsat:
+    if answer == "unsat":
         return PROVED
-    if answer != z3.sat:
-        return "unknown", f"{at}Z3 could not decide whether {what} ({unknown_reason(solver)})"
-    model = solver.model()
+    if model is None:
+        return "unknown", f"{at}Z3 could not decide whether {what} ({why})"
     failed = next((f for f in facts if z3.is_false(model.eval(f.formula, model_completion=True))), facts[-1])
     return _counterexample(place, model, failed.formula, at + failed.failure(model))
 
@@ -537,16 +534,13 @@ def _covered(place: _Place, claim: _Claim, space: Space, writes: Sequence[_Write
         bound = [z3.Int(loop.index) for loop in a.loops]
         hits.append(z3.Exists(bound, body) if bound else body)
     missed = z3.Not(z3.Or(*hits))
-    solver = new_solver()
-    solver.add(*place.hypotheses, *claim.terms.facts, *box, missed)
-    answer = solver.check()
+    answer, model, why = decide([*place.hypotheses, *claim.terms.facts, *box, missed])
     at = f"line {place.line}: " if place.line else ""
-    if answer == z3.unsat:
+    if answer == "unsat":
         return PROVED
-    if answer != z3.sat:
+    if model is None:
         return "unknown", (f"{at}no store to '{region.array}' has indices of the form loop index + offset over "
-                           f"the region, and Z3 could not decide the quantified query ({unknown_reason(solver)})")
-    model = solver.model()
+                           f"the region, and Z3 could not decide the quantified query ({why})")
     cell = region.array + "".join(f"[{model.eval(c, model_completion=True)}]" for c in cells)
     return _counterexample(place, model, missed, f"{at}the loop never writes {cell}, which is copied back",
                            extra=box)
