@@ -1298,6 +1298,51 @@ def test_stage_with_vector_copies_a_tile_in_16_byte_pieces(ck):
                                        axes=["x"], vector=64)
 
 
+def test_stage_copies_back_along_other_axes(ck, tmp_path):
+    """matmul's 16 x 64 tile of C copied in a thread per row and back a
+    thread per column (`out_axes`): neighbouring threads write neighbouring
+    cells of C. `otp check --level 2 --exec` proves each sub-step (the copy
+    back's loops swapped, its threads apart) and the outputs agree; refused
+    where nothing is copied back, or with `vector`."""
+    p0 = ck.load("matmul.c")
+    tiles = [(loop.tile, "matmul > for i", 16), (loop.tile, "matmul > for bi > for i > for j", 64),
+             (loop.swap, "matmul > for bi > for i"), (gpu.map_blocks, "matmul > for bi", "y"),
+             (gpu.map_blocks, "matmul > for bj", "x")]
+    p = steps(p0, *tiles)
+    rw = gpu.stage.apply(p, "matmul > for bj > for i", "C", "Cs", ["M", "N"], region=["bi:16", "bj:64"],
+                         axes=["x", None], out_axes=[None, "x"])
+    text = ck.function_text(rw.program, "matmul")
+    assert ck.contains(text, """
+        #pragma otp gpu thread x
+        for (int i0 = 0; i0 < 16; i0++) {
+          for (int i1 = 0; i1 < 64; i1++) {
+            Cs[i0][i1] = C[(bi + i0) * N + (bj + i1)];""")
+    assert ck.contains(text, """
+        #pragma otp gpu thread x
+        for (int i1 = 0; i1 < 64; i1++) {
+          for (int i0 = 0; i0 < 16; i0++) {
+            C[(bi + i0) * N + (bj + i1)] = Cs[i0][i1];""")
+    ck.same_outputs(p0, rw.program, "matmul", matmul_args(ck, 32, 128, 5))
+    spec = tmp_path / "tiles.spec"
+    spec.write_text((ROOT / "specs" / "matmul.spec").read_text().replace(
+        "requires M >= 1, N >= 1, K >= 1", "requires M >= 16, N >= 64, K >= 1, M % 16 == 0, N % 64 == 0"))
+    script = tmp_path / "tiles.py"
+    script.write_text(textwrap.dedent(f"""
+        from optitrust_py.script import load
+        from transformations import gpu, loop
+        load({str(ROOT / "c_sources" / "matmul.c")!r}, spec={str(spec)!r}, sizes={{"M": 32, "N": 128, "K": 5}})
+        """) + "".join(f"{fn.__module__.split('.')[-1]}.{fn.__name__}{tuple(args)!r}\n" for fn, *args in tiles)
+        + "gpu.stage('matmul > for bj > for i', 'C', 'Cs', ['M', 'N'], region=['bi:16', 'bj:64'], "
+          "axes=['x', None], out_axes=[None, 'x'])\n")
+    r = otp("check", str(script), "--level", "2", "--exec", "--no-color")
+    assert r.returncode == 0 and "0 obligations not proved" in r.stdout, r.stdout + r.stderr
+    assert "does not write 'A': there is no copy back for `out_axes`" in refusal(
+        gpu.stage.apply, p, "matmul > for bj > for i", "A", "As", ["M", "K"], region=["bi:16", "0:K"],
+        axes=["x", None], out_axes=[None, "x"])
+    assert "give no `axes`, `out_axes`" in refusal(gpu.stage.apply, p, "matmul > for bj > for i", "C", "Cs",
+                                                   ["M", "N"], out_axes=["x", None], vector=64)
+
+
 def test_vector_pieces_refusals(ck):
     src = ck.parse("void f(const float *x, float *y) {\n  float t[2][2][8];\n  for (int a = 0; a < 2; a++) {\n"
                    "    for (int b = 0; b < 2; b++) {\n      for (int k = 0; k < 8; k++) {\n"

@@ -239,7 +239,7 @@ def map_threads(program: ir.Program, target: str, axis: str = "x") -> Rewrite:
 def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[list[str]] = None,
           axes: Optional[list[Optional[str]]] = None, region: Optional[list[str]] = None,
           threads: "int | Sequence[int]" = 0, width: "int | Sequence[int]" = 1, vector: int = 0,
-          index: str = "i") -> None:
+          index: str = "i", out_axes: Optional[list[Optional[str]]] = None) -> None:
     """Stage the tile of `array` that a loop touches in a block array (shared
     memory, or registers when each thread owns its cells), copied in (and
     back, if the loop writes it) by the block's threads.
@@ -284,11 +284,16 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     128 bfloat16 tile by 128 threads is 4 `int4` loads each, where a thread
     per column makes 32 loads of 2 bytes. `index` names the copy loops'
     indices as local_buffer's (and, with `vector`, the threads' loop
-    `<index>t`). The obligations are those of the steps it makes.
+    `<index>t`). `out_axes` are the copy back's own axes when they differ
+    from the copy in's: a tile of registers a thread per row fills (`["x",
+    None]`) can go back to global memory a thread per column (`[None,
+    "x"]`: neighbouring threads write neighbouring cells), once the copy
+    back reads a shared copy of it. The obligations are those of the steps
+    it makes.
     """
-    if vector and (axes is not None or threads or width != 1):
+    if vector and (axes is not None or threads or width != 1 or out_axes is not None):
         raise TransformError("gpu.stage: `vector` shares the copies among the block's threads itself; give no "
-                             "`axes`, `threads` or `width` with it", None)
+                             "`axes`, `out_axes`, `threads` or `width` with it", None)
     before = current_session().current()
     matrix.local_buffer(target, array, name, shape, region, index=index)
     program = current_session().current()
@@ -298,9 +303,13 @@ def stage(target: str, array: str, name: Optional[str] = None, shape: Optional[l
     if not copies:
         raise TransformError(f"gpu.stage: matrix.local_buffer made no copy loop for '{array}' around "
                              f"{_where(res, m.path, m.node)}", m.node.loc)
+    back = [path for path in copies if path[-1][1] > m.path[-1][1]]  # type: ignore[operator]
+    if out_axes is not None and not back:
+        raise TransformError(f"gpu.stage: {_where(res, m.path, m.node)} does not write '{array}': there is no copy "
+                             f"back for `out_axes`", m.node.loc)
     for path in copies:
         nest = _perfect(program, path)
-        chosen = axes or ["z", "y", "x"][-len(nest):]
+        chosen = (out_axes if path in back and out_axes is not None else axes) or ["z", "y", "x"][-len(nest):]
         if len(chosen) != len(nest):
             raise TransformError(f"gpu.stage: the copy of '{array}' is a nest of {len(nest)} loops but "
                                  f"{len(chosen)} axes were given ({chosen})", m.node.loc)
