@@ -39,7 +39,7 @@ import z3
 from . import ir
 from .cuda_map import mapping, thread_extent
 from .layout import cancelled_sum
-from .smt import Terms, int_term, proves
+from .smt import Terms, int_term, loop_facts, proves
 from .tree import children, map_children, walk
 
 ZERO = ir.Const("0")
@@ -151,13 +151,12 @@ def _accesses(node: Any, name: str, rank: int, loops: tuple[ir.For, ...], phase:
         _accesses(child, name, rank, loops, phase, out)
 
 
-def _facts(loops: tuple[ir.For, ...], terms: Optional[Terms] = None) -> list[z3.BoolRef]:
+def _facts(loops: tuple[ir.For, ...]) -> list[z3.BoolRef]:
     """`var = start + step * n, n >= 0` and `var < stop` for each loop of
-    integer start and positive constant step (`stop` is exclusive); with
-    `terms`, bounds with C's `/` and `%` too (`j` from `bj + w % 2`)."""
+    integer start and positive constant step (`stop` is exclusive)."""
     out = []
     for lp in loops:
-        start, step, stop = (terms.term(e) if terms else int_term(e) for e in (lp.start, lp.step, lp.stop))
+        start, step, stop = int_term(lp.start), int_term(lp.step), int_term(lp.stop)
         if start is None or step is None or not z3.is_int_value(z3.simplify(step)) \
                 or z3.simplify(step).as_long() <= 0:
             continue
@@ -165,7 +164,7 @@ def _facts(loops: tuple[ir.For, ...], terms: Optional[Terms] = None) -> list[z3.
         out += [var == start + step * n, n >= 0]
         if stop is not None:
             out.append(var < stop)
-    return out + (terms.facts if terms else [])
+    return out
 
 
 WIDTHS = (1, 2, 4, 8)
@@ -197,7 +196,8 @@ def _owner(a: _Access, e: ir.Expr, periods: dict[str, int]) -> Optional[Owned]:
             for owned in (Owned(axis, ext[0] // lanes, digit="row", lanes=lanes),
                           Owned(axis, lanes, digit="lane", lanes=lanes)):
                 digit = terms.term(owned.position(thread_position(lp)))
-                if proves((term - digit) % owned.period == 0, _facts(a.loops, terms) + [term >= 0]):
+                if proves((term - digit) % owned.period == 0,
+                          loop_facts(terms, a.loops, {}) + terms.facts + [term >= 0]):
                     return owned
     return None
 
