@@ -27,7 +27,7 @@ from .intrinsics import CONVERSIONS
 from .layout import ONE, ZERO, delinearize, linearize, product, signed_sum, terms as sum_terms
 from .names import free_vars, has_side_effects, subst
 from .printer import expr as expr_text, type_name
-from .smt import QUOTIENT, Terms, c_mod, decide, solver as new_solver
+from .smt import QUOTIENT, Terms, c_mod, solver as new_solver, unknown_reason
 from .tree import Path, get, walk
 from .typeof import env_at, integer_range, is_arithmetic, type_of, typedefs_of, unqualified
 
@@ -132,13 +132,16 @@ def _decide(place: _Place, claim: _Claim, what: str) -> Outcome:
     """Proved when no model of the hypotheses breaks a fact of the claim;
     otherwise the first fact that breaks, with the model's values."""
     facts = claim.all_facts()
-    answer, model, why = decide([*place.hypotheses, *claim.terms.facts, *place.loaded(claim.terms),
-                                 z3.Not(z3.And(*[f.formula for f in facts]))])
+    solver = new_solver()
+    solver.add(*place.hypotheses, *claim.terms.facts, *place.loaded(claim.terms),
+               z3.Not(z3.And(*[f.formula for f in facts])))
+    answer = solver.check()
     at = f"line {place.line}: " if place.line else ""
-    if answer == "unsat":
+    if answer == z3.unsat:
         return PROVED
-    if model is None:
-        return "unknown", f"{at}Z3 could not decide whether {what} ({why})"
+    if answer != z3.sat:
+        return "unknown", f"{at}Z3 could not decide whether {what} ({unknown_reason(solver)})"
+    model = solver.model()
     failed = next((f for f in facts if z3.is_false(model.eval(f.formula, model_completion=True))), facts[-1])
     return _counterexample(place, model, failed.formula, at + failed.failure(model))
 
@@ -534,13 +537,16 @@ def _covered(place: _Place, claim: _Claim, space: Space, writes: Sequence[_Write
         bound = [z3.Int(loop.index) for loop in a.loops]
         hits.append(z3.Exists(bound, body) if bound else body)
     missed = z3.Not(z3.Or(*hits))
-    answer, model, why = decide([*place.hypotheses, *claim.terms.facts, *box, missed])
+    solver = new_solver()
+    solver.add(*place.hypotheses, *claim.terms.facts, *box, missed)
+    answer = solver.check()
     at = f"line {place.line}: " if place.line else ""
-    if answer == "unsat":
+    if answer == z3.unsat:
         return PROVED
-    if model is None:
+    if answer != z3.sat:
         return "unknown", (f"{at}no store to '{region.array}' has indices of the form loop index + offset over "
-                           f"the region, and Z3 could not decide the quantified query ({why})")
+                           f"the region, and Z3 could not decide the quantified query ({unknown_reason(solver)})")
+    model = solver.model()
     cell = region.array + "".join(f"[{model.eval(c, model_completion=True)}]" for c in cells)
     return _counterexample(place, model, missed, f"{at}the loop never writes {cell}, which is copied back",
                            extra=box)

@@ -19,7 +19,7 @@ from .dependence import Space
 from .footprint import UNKNOWN, Access, Loop, footprint, function_footprint
 from .names import reached, subst
 from .printer import expr as expr_text
-from .smt import Terms, decide, satisfy
+from .smt import Terms, satisfy, solver as new_solver, unknown_reason
 from .tree import function_path, walk
 
 _CACHE: dict[Any, Optional[str]] = {}
@@ -158,10 +158,12 @@ def _calls(program: ir.Program, f: ir.FuncDef, contracts: Mapping[str, Any]) -> 
         t = Terms(f"~call{len(out)}")
         for r in callee.requires:
             claim = t.formula(subst(r, binding))
-            answer, _, unknown = decide([*space.hypotheses, z3.Not(claim)])
-            if answer != "unsat":
+            solver = new_solver()
+            solver.add(*space.hypotheses, z3.Not(claim))
+            answer = solver.check()
+            if answer != z3.unsat:
                 line = f", line {n.loc.line}" if n.loc else ""
-                why = "may not hold" if answer == "sat" else f"could not be decided ({unknown})"
+                why = "may not hold" if answer == z3.sat else f"could not be decided ({unknown_reason(solver)})"
                 out.append(f"{f.decl.name}{line}: the requirement '{expr_text(r)}' of {n.func.name} {why} for "
                            f"the call '{expr_text(n)}'")
     return out

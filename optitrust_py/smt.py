@@ -18,8 +18,8 @@ RLIMIT = 3_000_000
 a backstop), so a proof never depends on the machine's speed."""
 
 
-def solver(ctx: Optional[z3.Context] = None) -> z3.Solver:
-    s = z3.Solver(ctx=ctx)
+def solver() -> z3.Solver:
+    s = z3.Solver()
     s.set("rlimit", RLIMIT)
     s.set("timeout", TIMEOUT_MS)
     return s
@@ -253,34 +253,11 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
             s.add(*hyps, *cons, *(v == value for v in divisors))
             if s.check() == z3.sat:
                 return "sat", s.model(), ""
-    return decide(hyps + cons)
-
-
-def decide(formulas: list[z3.BoolRef]) -> tuple[str, Optional[z3.ModelRef], str]:
-    """Whether `formulas` hold together ('sat' with a model, 'unsat', or
-    'unknown' with why), asked in the shared context, then, if Z3 gives up
-    there, in one of their own (fresh_check)."""
     s = solver()
-    s.add(*formulas)
-    answer = s.check()
-    if answer == z3.unknown:
-        return fresh_check(formulas)
-    return ("sat", s.model(), "") if answer == z3.sat else ("unsat", None, "")
-
-
-def fresh_check(formulas: list[z3.BoolRef]) -> tuple[str, Optional[z3.ModelRef], str]:
-    """`formulas` asked again in a Z3 context of their own: in the shared
-    context, Z3's search also depends on every term built before (the ids
-    it gives them), so a query that alone needs a few percent of the work
-    limit came back unknown once, after a whole test suite's terms. The
-    answer here depends on the query only; a model comes back translated
-    into the shared context, so that callers can evaluate their terms."""
-    own = z3.Context()
-    s = solver(own)
-    s.add(*(f.translate(own) for f in formulas))
+    s.add(*hyps, *cons)
     answer = s.check()
     if answer == z3.sat:
-        return "sat", s.model().translate(z3.main_ctx()), ""
+        return "sat", s.model(), ""
     if answer == z3.unsat:
         return "unsat", None, ""
     return "unknown", None, unknown_reason(s)
