@@ -529,14 +529,16 @@ def _shuffles(name: str, combine: str, t: str, array: ir.CType) -> ir.Stmt:
     return ir.If(first, ir.Block(tuple(body)))
 
 
-def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int]) -> None:
+def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int], shared: set[str]) -> None:
     """Refuse a warp's tile product (gpu.mma, intrinsics.TILE_PRODUCTS) that
     the 32 lanes of a warp would not call together with their own lane: the
     phase's x loop must start at 0 and run exactly a multiple of 32
     iterations in a block whose x size is a multiple of 32 (a warp is then 32
     neighbouring x), the call's lane must be that index (modulo 32), and no
     test or loop bound inside the phase may depend on the thread otherwise
-    than through its warp (x / 32: gpu.warps' share of the tiles)."""
+    than through its warp (x / 32: gpu.warps' share of the tiles). A product
+    that reads B k-major (`_kn`) loads it with ldmatrix.trans, which reads
+    shared memory only: its B must be one of the block's `shared` arrays."""
     x = next((lp for lp in nest if mapping(lp)[1] == "x"), None)  # type: ignore[index]
     threads = {lp.index for lp in nest}
 
@@ -552,6 +554,9 @@ def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int]) -> None:
     def visit(node: Any, divergent: Optional[str]) -> None:
         if isinstance(node, ir.Call) and node.name in TILE_PRODUCTS:
             why = _lane_problem(node.args[-1] if node.args else None, x, dims) or divergent
+            if not why and node.name.endswith("_kn") and _pointed_array(node.args[4]) not in shared:
+                why = (f"its B ('{expr_text(node.args[4])}') is not a shared tile of the block, which the warp's "
+                       f"ldmatrix.trans needs: stage it (gpu.stage)")
             if why:
                 raise CudaError(f"cannot emit CUDA for {fn}: '{expr_text(node)}' is a warp's tile product, which "
                                 f"the 32 lanes of a warp must make together, each with its own lane; {why}",
@@ -563,6 +568,14 @@ def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int]) -> None:
         for _, child in children(node):
             visit(child, divergent)
     visit(nest[-1].body, None)
+
+
+def _pointed_array(pointer: ir.Expr) -> Optional[str]:
+    """`a` for `&a[..]..[..]`, else None."""
+    e = pointer.arg if isinstance(pointer, ir.Unop) and pointer.op == "&" else None
+    while isinstance(e, ir.Index):
+        e = e.base
+    return e.name if isinstance(e, ir.Var) else None
 
 
 def _lane_problem(lane: Optional[ir.Expr], x: Optional[ir.For], dims: dict[str, int]) -> str:
@@ -701,7 +714,7 @@ class _BlockEmitter:
     def phase(self, top: ir.For) -> ir.Stmt:
         nest = _phase_nest(self.fn, top)
         extents = _phase_extents(self.fn, nest)
-        _whole_warps(self.fn, nest, self.dims)
+        _whole_warps(self.fn, nest, self.dims, set(self.arrays) - set(self.registers))
         inner = to_registers(nest[-1].body, self.registers, phase_positions(nest))
         bounded = [ir.Binop("<", ir.Var(lp.index), lp.stop) for lp in nest
                    if not thread_extent(lp)[1]]  # type: ignore[index]

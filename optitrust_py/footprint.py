@@ -348,11 +348,17 @@ class _Collector:
         touched = memory_args(name, len(c.args)) if name else None
         if touched is not None:
             for k, (a, p) in enumerate(zip(c.args, arg_paths)):
-                if k in touched:
-                    role, lanes = touched[k]
-                    self.pointer_access(a, (ZERO,), ir.Const(str(lanes)), role, c, path, ctx, p)
-                else:
+                if k not in touched:
                     self.expr(a, p, ctx)
+                    continue
+                role, lanes, rows = touched[k]
+                for row in range(rows):
+                    moved = _rows_on(a, row)
+                    if moved is None:
+                        self.expr(a, p, ctx)
+                        self.add(UNKNOWN, (), ONE, role, c, path, ctx)
+                        break
+                    self.pointer_access(moved, (ZERO,), ir.Const(str(lanes)), role, c, path, ctx, p)
             return
         contract = self.contracts.get(name) if name in self.defined else None
         if contract is not None:
@@ -592,6 +598,21 @@ def _expr_children(e: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     for step, child in children(e):
         if isinstance(child, ir.EXPR_TYPES):
             yield path + (step,), child
+
+
+def _rows_on(pointer: ir.Expr, rows: int) -> Optional[ir.Expr]:
+    """`&a[..][r + rows][c]` for the pointer `&a[..][r][c]` (itself for 0
+    rows), or None when it does not name a cell of an array of two or more
+    dimensions: an intrinsic that reaches cells in several rows."""
+    if rows == 0:
+        return pointer
+    if not (isinstance(pointer, ir.Unop) and pointer.op == "&" and isinstance(pointer.arg, ir.Index)
+            and isinstance(pointer.arg.base, ir.Index)):
+        return None
+    row = pointer.arg.base
+    moved = ir.Index(ir.Index(row.base, ir.Binop("+", row.index, ir.Const(str(rows))), row.loc), pointer.arg.index,
+                     pointer.arg.loc)
+    return ir.Unop("&", moved, pointer.loc)
 
 
 def _chain(e: ir.Index, path: Path) -> tuple[list[tuple[ir.Expr, Path]], ir.Expr, Path]:

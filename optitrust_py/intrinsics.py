@@ -30,17 +30,24 @@ CONVERSIONS = {"otp_bf16": "otp_to_bf16"}
 largest finite value, so what it returns is always within the type's range."""
 
 
-TILE_PRODUCTS = {"otp_mma_m16n8k16_bf16": {0: ("update", 2), 1: ("update", 2), 2: ("read", 16), 3: ("read", 16),
-                                           4: ("read", 16), 5: ("read", 16)}}
+TILE_PRODUCTS: dict[str, dict[int, tuple[str, int, int]]] = {
+    "otp_mma_m16n8k16_bf16": {0: ("update", 2, 1), 1: ("update", 2, 1), 2: ("read", 16, 1), 3: ("read", 16, 1),
+                              4: ("read", 16, 1), 5: ("read", 16, 1)},
+    "otp_mma_m16n8k16_bf16_kn": {0: ("update", 2, 1), 1: ("update", 2, 1), 2: ("read", 16, 1), 3: ("read", 16, 1),
+                                 4: ("read", 2, 8), 5: ("read", 2, 8)}}
 """otp's per-lane tensor-core products (include/otp.h, gpu.mma): what one
-call touches through each pointer argument, the cells of its lane: two pairs
-of accumulators it updates, two rows of A and two of B^T it reads."""
+call touches through each pointer argument, the cells of its lane, as
+(role, cells, rows): `cells` consecutive cells from the pointer in each of
+`rows` consecutive rows of its array. Two pairs of accumulators it updates,
+two rows of A it reads, and two rows of B^T (B stored n-major) or the pairs
+of columns 2t, 2t + 1 in the 16 rows of B (stored k-major, `_kn`)."""
 
 
-def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int]]]:
-    """For an intrinsic on vectors: its pointer arguments, each with its role
-    and the number of elements it spans (empty when it touches no memory).
-    None when `name` is not such an intrinsic."""
+def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int, int]]]:
+    """For an intrinsic on vectors: its pointer arguments, each with its role,
+    the number of consecutive elements it spans and the number of rows it
+    spans them in (empty when it touches no memory). None when `name` is not
+    such an intrinsic."""
     if name in CONVERSIONS.values():
         return {}
     if name in TILE_PRODUCTS:
@@ -53,4 +60,4 @@ def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int]]]:
     if spec is None:
         return {}
     position, role = spec
-    return {position: (role, width)} if position < nargs else None
+    return {position: (role, width, 1)} if position < nargs else None

@@ -1007,7 +1007,7 @@ def _opaque(name: str) -> Callable[..., Any]:
     return lambda *args: T.Term.make("call", name, *(T.lift(a) for a in args))
 
 
-_OTP_HELPERS = frozenset({"otp_expf_avx512", "otp_to_bf16", "otp_mma_m16n8k16_bf16"})
+_OTP_HELPERS = frozenset({"otp_expf_avx512", "otp_to_bf16", "otp_mma_m16n8k16_bf16", "otp_mma_m16n8k16_bf16_kn"})
 """otp's own helpers (include/otp.h) whose values `symvector` gives: the
 program may define them too (the CPU build's versions), but level 3 runs
 what they stand for."""

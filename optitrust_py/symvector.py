@@ -8,7 +8,8 @@ combines its lanes as a balanced tree, one association among others, which
 is all level 3 needs since any association is equal over the reals. otp's
 bfloat16 helpers (include/otp.h) are here too: `otp_to_bf16` as the value
 itself (level 3 takes a lossy step's rounding as exact) and gpu.mma's
-per-lane tile product `otp_mma_m16n8k16_bf16` as its 4 sums in k order."""
+per-lane tile products `otp_mma_m16n8k16_bf16` (and `_kn`) as their 4 sums
+in k order."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -64,18 +65,27 @@ def _dpwssd(m: Machine, args: list[Any], e: ir.Call) -> Vec:
                         T.binary("mul", a[2 * j + 1], b[2 * j + 1])) for j in range(len(src)))
 
 
-def _mma(m: Machine, args: list[Any], e: ir.Call) -> None:
-    """gpu.mma's per-lane tile product (include/otp.h): c_top[n] and
+def _mma(m: Machine, args: list[Any], e: ir.Call, k_major: bool) -> None:
+    """gpu.mma's per-lane tile products (include/otp.h): c_top[n] and
     c_bottom[n] (n = 0, 1) each add the 16 products of their row of A with
-    row n of B (b_even, b_odd), in k order, as the CPU version does."""
-    c_top, c_bottom, a_top, a_bottom, b_even, b_odd = args[:6]
-    if not all(isinstance(p, Ptr) for p in args[:6]):
-        raise Unsupported(f"{e.func} on something that is not a pointer", e.loc)
+    column n of B, in k order, as the CPU versions do. B's column n is row n
+    of B^T (b_even, b_odd) or, k-major (`_kn`), cell n of B's rows 0 to 7
+    from b_top and 8 to 15 from b_bottom, a row stride apart."""
+    c_top, c_bottom, a_top, a_bottom, b_first, b_second = args[:6]
+    if not all(isinstance(p, Ptr) for p in args[:6]) or (k_major and b_first.alloc is not b_second.alloc):
+        raise Unsupported(f"{e.func} on something that is not a pointer into B", e.loc)
+    row = (b_second.offset - b_first.offset) // 8
+
+    def b_cell(n: int, k: int) -> int:
+        if k_major:
+            return (b_first if k < 8 else b_second).offset + k % 8 * row + n
+        return (b_first, b_second)[n].offset + k
     for c, a in ((c_top, a_top), (c_bottom, a_bottom)):
-        for n, b in enumerate((b_even, b_odd)):
+        for n in range(2):
             acc = m.load(c.alloc, c.offset + n, e)
             for k in range(16):
-                product = T.binary("mul", m.load(a.alloc, a.offset + k, e), m.load(b.alloc, b.offset + k, e))
+                b = b_first if k_major else (b_first, b_second)[n]
+                product = T.binary("mul", m.load(a.alloc, a.offset + k, e), m.load(b.alloc, b_cell(n, k), e))
                 acc = T.binary("add", acc, product)
             m.store(c.alloc, c.offset + n, acc, e)
 
@@ -86,8 +96,8 @@ def intrinsic(m: Machine, name: str, args: list[Any], e: ir.Call) -> Any:
         return Vec(T.unary("exp", x) for x in args[0])
     if name == "otp_to_bf16":
         return args[0]  # a lossy step's rounding, taken as exact (as a store into _Float16 is)
-    if name == "otp_mma_m16n8k16_bf16":
-        return _mma(m, args, e)
+    if name in ("otp_mma_m16n8k16_bf16", "otp_mma_m16n8k16_bf16_kn"):
+        return _mma(m, args, e, name.endswith("_kn"))
     op = name.split("_", 2)[-1]
     lanes = _lanes(name)
     if op in ("loadu_ps", "load_ps"):

@@ -45,9 +45,9 @@ to FlashAttention (`matrix.set_precision(..., "otp_bf16")` on the
 parameters, the first CUDA steps; lossy, relative tolerance 8 x 2^-8
 each), key blocks of 64, the diagonal one masked (its keys past a query
 score -INFINITY) so that all run whole, the Q, K, V and P tiles in
-bfloat16 in shared memory (K's copied in 16-byte pieces, straight from
-global memory: cp.async), Q K^T and P V as warp tile products
-(`gpu.mma`, fp32 accumulation), the output tile held in the lanes'
+bfloat16 in shared memory (K's and V's copied in 16-byte pieces, straight
+from global memory: cp.async), Q K^T and P V as warp tile products
+(`gpu.mma`, fp32 accumulation; V read k-major), the output tile held in the lanes'
 registers across the key blocks (`gpu.lane_order`, `gpu.fragment_layout`);
 `otp bench --target cuda --compare torch` then races torch's SDPA on the
 same bfloat16 inputs restricted to its FlashAttention-2 backend,
@@ -206,8 +206,8 @@ def output_in_registers(full: str, blocks: str, d: int) -> None:
     # converts its row of P as it ends its softmax, and the rescaling joins
     # P V's lanes (two phases less)
     flash.move_up(f"{blocks} > def v{d}", f"{blocks} > for lane{d}_t")
-    flash.move_up(f"{blocks} > for v{d}_1", f"{blocks} > def v{d}")
-    flash.move_up(f"{blocks} > def p{d}", f"{blocks} > for v{d}_1")
+    flash.move_up(f"{blocks} > for v{d}_t", f"{blocks} > def v{d}")
+    flash.move_up(f"{blocks} > def p{d}", f"{blocks} > for v{d}_t")
     flash.move_up(f"{blocks} > for p{d}_0", f"{blocks} > for i#2")
     for nest in (f"for lane{d}_pv_t", f"for lane{d}_pv_t > for mo{d}", f"for lane{d}_pv_t > for mo{d} > for nd{d}"):
         loop.fusion(f"{blocks} > {nest}#1")
@@ -281,15 +281,15 @@ def flash_mma(h: str, d: int) -> None:
     masked (flash.mask: its keys past a query score -INFINITY), so that
     every key block runs whole (H100, D = 128: 5.86 ms against 6.86 ms with
     the diagonal apart, run by a thread per query in fp32). Q, K and V tiles
-    (of KEYS keys) are staged in shared memory in bfloat16 (V transposed, a
-    column per thread; K in 16-byte pieces, asynchronously),
-    and the 64 x KEYS scores (S = Q K^T) and the update of the 64 x d output
-    (O += P V, P the exp-scores copied in bfloat16) are warp tile products
-    (gpu.mma over k-slices: each lane's accumulators in registers across
-    them, fp32), the block's four warps taking a row tile each (gpu.warps;
-    the V tile of D = 128 copied by the 128 threads, a column each: 7.3
-    against 7.7 ms by 64 when K's was too); a thread per query runs the online softmax
-    between them. The output tile stays in the lanes' registers across the
+    (of KEYS keys) are staged in shared memory in bfloat16 (K and V in
+    16-byte pieces by the block's threads, asynchronously: V's copy runs
+    under the softmax), and the 64 x KEYS scores (S = Q K^T) and the update
+    of the 64 x d output (O += P V, P the exp-scores copied in bfloat16) are
+    warp tile products (gpu.mma over k-slices: each lane's accumulators in
+    registers across them, fp32; V read k-major, as copied: ldmatrix.trans
+    in CUDA, 1.25 against 1.38 ms with V copied transposed a column per
+    thread, H100, D = 128), the block's four warps taking a row tile each
+    (gpu.warps); a thread per query runs the online softmax between them. The output tile stays in the lanes' registers across the
     key blocks (output_in_registers). Rows of the shared tiles are padded
     against bank conflicts (gpu.pad: s is read down its columns by the
     queries' threads, the lanes' fragments take rows of q, k, v and p)."""
@@ -306,13 +306,12 @@ def flash_mma(h: str, d: int) -> None:
     loop.fission(f"{blocks} > for i > after for j#1")
     loop.fission(f"{blocks} > for i#2 > after for j#1")
     loop.fission(f"{blocks} > for i#3 > after for j#3")
-    # K's tile in 16-byte pieces by the block's threads; V's transposed, a column per thread
-    gpu.stage(f"{blocks} > for i#2", "k", f"k{d}", shape, region=["h:1", f"bj:{KEYS}", f"0:{d}"], vector=128,
-              index=f"k{d}_")
-    gpu.async_copy(f"{blocks} > for ck{d}_1")  # straight from global to shared memory (cp.async)
-    gpu.stage(f"{blocks} > for i#4", "v", f"v{d}", shape, axes=[None, "x"], region=["h:1", f"bj:{KEYS}", f"0:{d}"],
-              threads=min(d, 128), index=f"v{d}_")
-    matrix.reorder_dims(f"{full} > def v{d}", [1, 0])
+    # K's and V's tiles in 16-byte pieces by the block's threads, straight
+    # from global to shared memory (cp.async)
+    for array, phase in (("k", 2), ("v", 4)):
+        gpu.stage(f"{blocks} > for i#{phase}", array, f"{array}{d}", shape, region=["h:1", f"bj:{KEYS}", f"0:{d}"],
+                  vector=128, index=f"{array}{d}_")
+        gpu.async_copy(f"{blocks} > for c{array}{d}_1")
     gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None], index=f"p{d}_")
     matrix.set_precision(f"{full} > def p{d}", "otp_bf16")
     # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d

@@ -133,19 +133,22 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     """--precision bf16: the Q, K, V and P tiles of both copies are
     otp_bf16 (__nv_bfloat16) in shared memory, padded, and Q K^T and P V are
     tensor-core calls by the lanes of four warps, accumulating in registers,
-    in the diagonal block too (masked)."""
+    in the diagonal block too (masked); P V reads V's tile as it is copied,
+    k-major (ldmatrix.trans in CUDA)."""
     r = subprocess.run([sys.executable, "-m", "optitrust_py", "run", "scripts/attention.py", "--target", "cuda",
                         "--precision", "bf16", "--quiet", "--no-color", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     cu = (tmp_path / "attention" / "final.cu").read_text()
-    for tile in ("q64)[72]", "k64)[72]", "v64)[72]", "p64)[72]", "q128)[136]", "k128)[136]", "v128)[72]",
+    for tile in ("q64)[72]", "k64)[72]", "v64)[72]", "p64)[72]", "q128)[136]", "k128)[136]", "v128)[136]",
                  "p128)[72]"):
         assert f"otp_bf16 (*{tile} = " in cu
     for d in (64, 128):
         assert (f"otp_mma_m16n8k16_bf16(&lane{d}_acc_h[(nj{d} - bj) / 8][0], &lane{d}_acc_h[(nj{d} - bj) / 8][2], "
                 f"&q{d}[mi{d} + lane{d}_t % 32 / 4 - bi][kd{d}]") in cu
-        assert f"otp_mma_m16n8k16_bf16(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
+        assert f"otp_mma_m16n8k16_bf16_kn(&lane{d}_pv_acc[0], &lane{d}_pv_acc[2], &p{d}[mo{d} + lane{d}_pv_t % 32 / 4" in cu
+        assert (f"&v{d}[kj{d} - bj][nd{d} + 2 * (lane{d}_pv_t % 32 % 4)], &v{d}[kj{d} + 8 - bj][nd{d} + 2 * "
+                f"(lane{d}_pv_t % 32 % 4)], lane{d}_pv_t % 32);") in cu
     # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound; the
     # GPU's approximate division and exponential (gpu.fast_math); a query's softmax on two lanes (gpu.warp_rows),
     # each holding its 32 exp-scores in registers (a row's lane digit, cuda_registers), max and sum folded by
@@ -159,32 +162,36 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     assert cu.count("__shfl_xor_sync(0xffffffffu, ") == 4
     for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
-    # q, k and v in bfloat16 (the caller's); D = 128: the K tile copied by the block's 128 threads in 16-byte
-    # pieces straight into shared memory (cp.async), waited for before Q K^T
+    # q, k and v in bfloat16 (the caller's); D = 128: the K and V tiles copied by the block's 128 threads in
+    # 16-byte pieces straight into shared memory (cp.async), each waited for before the phase that reads it
     assert "void attention(int H, int S, int D, const otp_bf16 *q, const otp_bf16 *k, const otp_bf16 *v, " in cu
     assert ("__pipeline_memcpy_async(&k128[k128_0][ck128_1 + rk128_1 * 8], "
             "&k[(h * S + bj + k128_0) * 128 + ck128_1 + rk128_1 * 8], 16);") in cu
-    assert "v128[v128_1][v128_0] = v[(h * S + (bj + v128_0)) * 128 + v128_1];" in cu
+    assert ("__pipeline_memcpy_async(&v128[v128_0][cv128_1 + rv128_1 * 8], "
+            "&v[(h * S + bj + v128_0) * 128 + cv128_1 + rv128_1 * 8], 16);") in cu
     launch = cu[cu.index("cudaLaunchKernelEx(&otp_launch, attention_kernel2,"):cu.index(
         "cudaLaunchKernelEx(&otp_launch, attention_kernel3,")]  # a later kernel: programmatic dependent launch
     assert "otp_launch = {dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1), " in launch
     # the output tile in the lanes' registers (gpu.fragment_layout); tiles never live together share bytes
     # (cuda_shared): V over K, done with after Q K^T, P over the scores, read by the softmax's first phase,
     # the output's copy out over the key blocks' tiles, done with at the barrier that ends the key loop's
-    # body; the running max and sum, which the rows' first lanes keep, in shared memory: 52992 bytes a block
+    # body; the running max and sum, which the rows' first lanes keep, in shared memory: 51968 bytes a block
     assert "float o128[16][4];" in cu and "float (*ob128)[129] = (float (*)[129])(otp_smem + 17920);" in cu
     assert "float *max_val_h_1 = (float *)(otp_smem + 0);" in cu and "float *sum_h_1 = (float *)(otp_smem + 256);" in cu
     assert "float (*s128_h)[65] = (float (*)[65])(otp_smem + 17920);" in cu
     assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 34560);" in cu
-    assert "otp_bf16 (*v128)[72] = (otp_bf16 (*)[72])(otp_smem + 34560);" in cu
+    assert "otp_bf16 (*v128)[136] = (otp_bf16 (*)[136])(otp_smem + 34560);" in cu
     assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 17920);" in cu
     assert "float *rs128 = (float *)(otp_smem + 27136);" in cu
-    assert "dim3(128, 1, 1), 52992, 0, otp_pdl, 1};" in launch
+    assert "dim3(128, 1, 1), 51968, 0, otp_pdl, 1};" in launch
     # seven phases a key block: K's copy, Q K^T (from zero), V's copy, the softmax's three (the scores and
     # their max; the exp-scores and their sum; the sum's fold and P), P V (rescaled first)
     body = cu.split("__global__ void attention_kernel3(")[1].split("__global__")[0]
     loop = body[body.index("for (int bj = 0;"):body.index("float (*ob128)")]
     assert loop.count("__syncthreads();") == 7
+    # V's copy stays in flight under the softmax: waited for at the barrier before P V
+    assert loop.count("__pipeline_wait_prior(0);") == 2
+    assert "__pipeline_wait_prior(0);\n    __syncthreads();\n    {\n      int lane128_pv_t" in loop
     # the output set to zero, and divided by the sums, a thread per column: coalesced
     assert ("int d = (int)threadIdx.x;\n    for (int i = bi; i < bi + 64; i++) {\n"
             "      out[(h * S + i) * 128 + d] = 0.0f;") in body

@@ -150,11 +150,11 @@ def test_fragment_layout_refusals(attention_bf16):
 def test_the_cuda_kernel_keeps_the_output_tile_in_registers(attention_bf16):
     """The printer splits o64 and o128 into one 8 x 4 (16 x 4) array per
     thread: no shared output tile, the block's shared memory down to the
-    Q, K, V, P and score tiles (D = 128: 52,992 bytes, P over the scores
+    Q, K, V, P and score tiles (D = 128: 51,968 bytes, P over the scores
     that the softmax's first phase reads; 84,480 with the output tile
     shared and the copies of V and P apart from the softmax)."""
     cu = to_cuda(attention_bf16.program)
     assert "float o64[8][4];" in cu and "float o128[16][4];" in cu
     assert "float (*o64)" not in cu and "float (*o128)" not in cu
     launch = cu[cu.index("cudaFuncSetAttribute(attention_kernel3"):]
-    assert "dim3(128, 1, 1), 52992, 0, otp_pdl, 1};" in launch
+    assert "dim3(128, 1, 1), 51968, 0, otp_pdl, 1};" in launch

@@ -4,7 +4,7 @@ footprints of the lanes and warps, the CUDA printer's lane checks, nvcc)."""
 from __future__ import annotations
 
 import textwrap
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -106,11 +106,12 @@ def test_mma_refusals(ck):
         mma, ck.parse(textwrap.dedent(TILES).replace("ct[ROW][j]", "ct[j][w * 16 + i]"), "tiles.c"), NEST)
 
 
-def mapped(ck: Any, row: str) -> tuple[ir.Program, Any]:
-    """The tile product as tensor-core calls: blocks over r, the warps and
-    their lanes collapsed into one loop of 64 threads along x (w = t / 32,
-    lane = t % 32), and the step mapping it."""
-    p = gpu.mma.apply(tiles(ck, row), NEST).program
+def mapped(ck: Any, row: str, product: Optional[ir.Program] = None) -> tuple[ir.Program, Any]:
+    """The tile product as tensor-core calls (gpu.mma's on `tiles(ck, row)`,
+    or `product`): blocks over r, the warps and their lanes collapsed into
+    one loop of 64 threads along x (w = t / 32, lane = t % 32), and the step
+    mapping it."""
+    p = product or gpu.mma.apply(tiles(ck, row), NEST).program
     p = loop.collapse.apply(p, "tiles > for w", "t").program
     p = variable.inline.apply(p, "tiles > def lane").program
     p = variable.inline.apply(p, "tiles > def w").program
@@ -248,3 +249,92 @@ def test_level3_semantics_of_a_lane_s_tile_product():
             assert c.cells[pair + n] == want
     x = T.leaf("input", a.name, 3)
     assert intrinsic(m, "otp_to_bf16", [x], ir.Call(ir.Var("otp_to_bf16"), ())) == x
+
+
+# The same product with B stored k-major, bk[k][j] (16 rows of COLS cells),
+# as attention's V tile: rows of keys, read down the columns.
+KSPEC = parse_spec_text("""
+tiles(n, a, b, c):
+  requires n >= 1
+  reads    a ~> Matrix3(n, 32, 16), b ~> Matrix2(16, 8)
+  writes   c ~> Matrix3(n, 32, 8)
+""")
+
+
+def k_major(ck: Any, cols: int = 8, column: str = "j") -> ir.Program:
+    source = (textwrap.dedent(TILES).replace("ROW", "w * 16 + i")
+              .replace("otp_bf16 bt[8][16];", f"otp_bf16 bt[16][{cols}];")
+              .replace("for (int i = 0; i < 8; i++) {\n      for (int k = 0; k < 16; k++) {\n        bt[i][k] = "
+                       "otp_to_bf16(b[i * 16 + k]);",
+                       "for (int i = 0; i < 16; i++) {\n      for (int k = 0; k < 8; k++) {\n        "
+                       "bt[i][k] = otp_to_bf16(b[i * 8 + k]);")
+              .replace("(float)bt[j][k]", f"(float)bt[k][{column}]"))
+    assert f"(float)bt[k][{column}]" in source and "b[i * 8 + k]" in source
+    return ck.parse(source, "tiles.c")
+
+
+def test_mma_reads_a_k_major_right_operand_through_its_columns(ck):
+    """B read bt[k][j]: one `_kn` call per lane, pointing at the lane's
+    cells (0, 2t) and (8, 2t); the obligation that the tile starts on 16
+    bytes (divides) is proved; the CPU outputs are bit for bit those of the
+    loops; level 2 proves the 64 threads' lanes apart through the 16-row
+    footprint; the CUDA printer emits ldmatrix.trans's helper and nvcc
+    compiles it. Level 3 runs the helper as its sums in k order."""
+    p = k_major(ck)
+    r = gpu.mma.apply(p, NEST)
+    text = ck.function_text(r.program, "tiles")
+    assert ("otp_mma_m16n8k16_bf16_kn(&ct[w * 16 + lane / 4][2 * (lane % 4)], &ct[w * 16 + (lane / 4 + 8)]"
+            "[2 * (lane % 4)], &at[w * 16 + lane / 4][0], &at[w * 16 + (lane / 4 + 8)][0], "
+            "&bt[0][2 * (lane % 4)], &bt[8][2 * (lane % 4)], lane);") in text
+    assert [ob.kind for ob in r.obligations] == ["divides"] and r.fp == "reassoc"
+    ck.compiles(r.program)
+    ck.same_outputs(p, r.program, "tiles", [3, ck.floats(3 * 32 * 16), ck.floats(16 * 8), ck.floats(3 * 32 * 8)])
+    result = check_step(p, r.program, r.obligations, KSPEC)
+    assert [v.status for v in result.verdicts] == ["proved"] and result.problems == ()
+    q, step = mapped(ck, "", r.program)
+    assert [v.status for v in check_step(q, step.program, step.obligations, KSPEC).verdicts] == ["proved"]
+    cu = to_cuda(step.program)
+    assert "otp_mma_m16n8k16_bf16_kn(&ct[t / 32 * 16 + t % 32 / 4][2 * (t % 32 % 4)]" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "tiles.cu") == ()
+    # two threads' lanes into the same rows: level 2 sees the race through the new footprint too
+    same = ck.parse(ck.function_text(q, "tiles").replace("&ct[t / 32 * 16 + t % 32 / 4]", "&ct[t % 32 / 4]"),
+                    "tiles.c")
+    assert refuted(same, gpu.map_threads.apply(same, "tiles > for t", "x"), KSPEC).startswith("parallel: ")
+
+
+def test_mma_k_major_refusals(ck):
+    """Refused or refuted: rows of 12 cells (ldmatrix's rows would not all
+    start on 16 bytes), a tile starting at column 4 of rows of 16 (the
+    obligation divides, refuted), padding that breaks the rows' multiple of
+    8; and the printer refuses a k-major B outside shared memory."""
+    assert "its array's rows must be a constant multiple of 8 cells" in refusal(gpu.mma.apply, k_major(ck, 12),
+                                                                               NEST)
+    off = k_major(ck, 16, "j + 4")
+    reason = refuted(off, gpu.mma.apply(off, NEST), KSPEC)
+    assert reason.startswith("divides: ") and "8 does not divide 0 + 4 = 4" in reason
+    p = gpu.mma.apply(k_major(ck), NEST).program
+    assert "must stay a multiple of 8 cells: pad by a multiple of 8" in refusal(gpu.pad.apply, p, "tiles > def bt", 1)
+    assert "otp_bf16 bt[16][16];" in ck.function_text(gpu.pad.apply(p, "tiles > def bt", 8).program, "tiles")
+    text = ck.function_text(mapped(ck, "", p)[1].program, "tiles")
+    global_b = ck.parse(text.replace("const float *b,", "const float *b, const otp_bf16 (*g)[8],")
+                        .replace("&bt[0][2 * (t % 32 % 4)], &bt[8]", "&g[0][2 * (t % 32 % 4)], &g[8]"), "tiles.c")
+    with pytest.raises(CudaError, match=r"its B \('&g\[0\]\[2 \* \(t % 32 % 4\)\]'\) is not a shared tile of the "
+                                        r"block, which the warp's ldmatrix.trans needs"):
+        to_cuda(global_b)
+
+
+def test_level3_semantics_of_a_k_major_tile_product():
+    """symvector's `_kn`: B's column n of the lane is cell n of B's rows 0
+    to 7 from b_top and 8 to 15 from b_bottom, a row stride apart."""
+    m = Machine(ir.Program((), (), "t.c"), {})
+    a, b, c = (Alloc(n, size, "f", "input") for n, size in (("a", 32), ("b", 16 * 24), ("c", 4)))
+    call = ir.Call(ir.Var(gpu.MMA_KN), ())
+    intrinsic(m, gpu.MMA_KN, [Ptr(c, 0), Ptr(c, 2), Ptr(a, 0), Ptr(a, 16), Ptr(b, 2), Ptr(b, 8 * 24 + 2), 5], call)
+    for row, pair in ((0, 0), (1, 2)):
+        for n in range(2):
+            want = T.leaf("input", c.name, pair + n)
+            for k in range(16):
+                want = T.binary("add", want, T.binary("mul", T.leaf("input", a.name, 16 * row + k),
+                                                      T.leaf("input", b.name, 24 * k + 2 + n)))
+            assert c.cells[pair + n] == want
