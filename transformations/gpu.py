@@ -1578,10 +1578,13 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     the call is then `otp_mma_m16n8k16_bf16_kn(.., &B[r][c + 2t],
     &B[r + 8][c + 2t], lane)`, each lane reading cells 2t and 2t + 1 of
     B's 16 rows; in CUDA the warp loads its fragments with one
-    ldmatrix.trans where the tile lies in shared memory with 16-byte
-    aligned rows (2-byte loads otherwise). This spares the tile a
-    transposed copy (H100, bf16 attention D = 128, by hand: 1.19 against
-    1.37 ms with V copied transposed a column per thread).
+    ldmatrix.trans, which needs B in shared memory (the printer refuses
+    another B) with rows starting on 16 bytes: B's rows must be a constant
+    multiple of 8 cells (refused otherwise; gpu.pad keeps them so) and the
+    tile's first column a multiple of 8 (obligation divides). This spares
+    the tile a transposed copy (H100, bf16 attention D = 128, side by side
+    on the emitted kernels: 1.25 against 1.38 ms with V copied transposed,
+    a column per thread).
 
     Targeted at a loop over k-slices whose body is such a nest (`for kd`,
     around the `for i` above), the lane's four cells stay in a local array
