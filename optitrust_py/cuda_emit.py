@@ -622,7 +622,7 @@ class _BlockEmitter:
             has = bool(_phases(s))
             if (pending and has) or after_phase:
                 waits = groups.before_barrier(window(stmts, k - 1), stmts[k - 1:])
-                warp = not waits and self._warp_only(since, s)
+                warp = not waits and self._warp_only(since, stmts, k - 1)
                 out.extend(waits)
                 out.append(SYNCWARP if warp else SYNC)
                 pending = after_phase = False
@@ -641,20 +641,24 @@ class _BlockEmitter:
             after_phase = is_phase
         return out + groups.at_end()
 
-    def _warp_only(self, since: Optional[list[ir.For]], nxt: ir.Stmt) -> bool:
-        """Whether the barrier before `nxt` may be a `__syncwarp()`: only
-        phases ran since the last `__syncthreads()`, the block's threads
-        are whole warps along x, `nxt`, a phase, meets each of them within
-        warps only (cuda_warpsync), and it starts using no shared array
-        (which could otherwise take the bytes of a tile done with at a
-        `__syncthreads()`, cuda_shared)."""
+    def _warp_only(self, since: Optional[list[ir.For]], stmts: tuple[ir.Stmt, ...], k: int) -> bool:
+        """Whether the barrier before `stmts[k]` may be a `__syncwarp()`:
+        only phases ran since the last `__syncthreads()`, the block's
+        threads are whole warps along x, the next statement, a phase, meets
+        each of them within warps only (cuda_warpsync), and it starts using
+        no shared array while a shared array of this list is done with in
+        those phases (used there and not after): cuda_shared lets two
+        arrays share bytes only across a `__syncthreads()`, and a tile's
+        bytes are worth more than the barrier."""
+        nxt, rest = stmts[k], stmts[k:]
         if not since or mapping(nxt) is None or set(self.dims) != {"x"} or self.dims["x"] % WARP:
             return False
-        private = set(self.registers)
-        shared = set(self.arrays) - private
-        if (free_vars(nxt) & shared) - free_vars(tuple(since)):
+        shared = set(self.arrays) - set(self.registers)
+        before = free_vars(tuple(since)) & shared
+        mine = {s.decl.name for s in stmts if isinstance(s, ir.DeclStmt)}
+        if (free_vars(nxt) & shared) - before and (before & mine) - free_vars(rest):
             return False
-        return all(warp_local(p, nxt, private, self.uniform) for p in since)  # type: ignore[arg-type]
+        return all(warp_local(p, nxt, set(self.registers), self.uniform) for p in since)  # type: ignore[arg-type]
 
     def closed(self, b: ir.Block) -> ir.Block:
         """A nested body that holds a phase ends with a barrier (it may run again, or be followed)."""

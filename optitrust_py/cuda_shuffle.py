@@ -7,9 +7,10 @@ results of its group of L lanes, read from a block array:
 
 Where every thread of the block runs that phase (its x loop from 0 to the
 block's size, the threads along x only, in whole warps), and the fold sits
-directly in the phase (no test or loop around it that could part the
-group), the group's lanes are neighbouring lanes of one warp, so each can
-read its own cell and combine the others' by `__shfl_xor_sync` with
+in the phase with no test around it that could part the group (loops of
+constant bounds, such as the `half` loop of gpu.warp_rows' mma form over
+`m_part[half][...]`, part nothing), the group's lanes are neighbouring
+lanes of one warp, so each can read its own cell and combine the others' by `__shfl_xor_sync` with
 offsets L / 2, ..., 1, the butterfly after which every lane holds the
 group's fold. The cells are then read only by their own thread, so
 cuda_registers keeps the array in registers. The sum is associated
@@ -22,6 +23,7 @@ from typing import Any, Optional
 
 from . import ir
 from .cuda_map import mapping, thread_extent
+from .names import free_vars
 from .tree import map_children
 
 WARP = 32
@@ -29,9 +31,10 @@ FULL_MASK = ir.Const("0xffffffffu")
 _FOLDED = ("fmaxf", "fminf", "fmax", "fmin")
 
 
-def _fold(s: ir.Stmt, w: str) -> Optional[tuple[str, str, str, int]]:
-    """(scalar, combine, array, lanes) of a fold over the lanes of thread
-    `w`'s group, else None."""
+def _fold(s: ir.Stmt, w: str) -> Optional[tuple[str, str, ir.Expr, int]]:
+    """(scalar, combine, cells, lanes) of a fold over the lanes of thread
+    `w`'s group, else None: `cells[w]` is the thread's own partial result
+    (`m_part`, or `m_part[half]` for gpu.warp_rows' mma form)."""
     if not (isinstance(s, ir.For) and s.start == ir.Const("0") and s.step == ir.Const("1") and not s.inclusive
             and not s.pragmas and isinstance(s.stop, ir.Const) and s.stop.text.isdigit()
             and len(s.body.stmts) == 1 and isinstance(s.body.stmts[0], ir.ExprStmt)):
@@ -53,9 +56,28 @@ def _fold(s: ir.Stmt, w: str) -> Optional[tuple[str, str, str, int]]:
         combine = e.rhs.name or ""
     else:
         return None
-    if not (isinstance(cell, ir.Index) and isinstance(cell.base, ir.Var) and cell.index == mates):
+    if not (isinstance(cell, ir.Index) and cell.index == mates and _fixed(cell.base, {w, s.index})):
         return None
-    return e.lhs.name, combine, cell.base.name, lanes
+    return e.lhs.name, combine, cell.base, lanes
+
+
+def _fixed(cells: ir.Expr, names: set[str]) -> bool:
+    """An array, or an array indexed by what does not name `names`."""
+    if isinstance(cells, ir.Var):
+        return True
+    return isinstance(cells, ir.Index) and not free_vars(cells.index) & names and _fixed(cells.base, names)
+
+
+def _root(cells: ir.Expr) -> str:
+    while isinstance(cells, ir.Index):
+        cells = cells.base
+    return cells.name if isinstance(cells, ir.Var) else ""
+
+
+def _uniform(s: ir.Stmt) -> bool:
+    """A plain loop every thread runs alike (constant bounds): it cannot part a group."""
+    return isinstance(s, ir.For) and not s.pragmas and all(
+        isinstance(x, ir.Const) for x in (s.start, s.stop, s.step))
 
 
 def _combined(combine: str, into: ir.Expr, other: ir.Expr) -> ir.Stmt:
@@ -64,11 +86,11 @@ def _combined(combine: str, into: ir.Expr, other: ir.Expr) -> ir.Stmt:
     return ir.ExprStmt(ir.Assign("=", into, ir.Call(ir.Var(combine), (into, other))))
 
 
-def _shuffled(fold: tuple[str, str, str, int], w: str, elem: ir.CType) -> ir.Stmt:
+def _shuffled(fold: tuple[str, str, ir.Expr, int], w: str, elem: ir.CType) -> ir.Stmt:
     """`{ T a_lanes = a[w]; a_lanes = op(a_lanes, __shfl_xor_sync(mask, a_lanes, L / 2)); ...; v = op(v, a_lanes); }`"""
-    var, combine, array, lanes = fold
-    mine = ir.Var(f"{array}_lanes")
-    body: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(mine.name, elem, ir.Index(ir.Var(array), ir.Var(w))))]
+    var, combine, cells, lanes = fold
+    mine = ir.Var(f"{_root(cells)}_lanes")
+    body: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(mine.name, elem, ir.Index(cells, ir.Var(w))))]
     half = lanes // 2
     while half >= 1:
         other = ir.Call(ir.Var("__shfl_xor_sync"), (FULL_MASK, mine, ir.Const(str(half))))
@@ -92,13 +114,21 @@ def lane_folds(body: ir.Block, dims: dict[str, int], arrays: dict[str, ir.Decl])
         n = thread_extent(node)
         if m != ("thread", "x") or node.start != ir.Const("0") or n is None or not n[1] or n[0] != size:
             return node
-        stmts = []
-        for s in node.body.stmts:
-            fold = _fold(s, node.index)
-            decl = arrays.get(fold[2]) if fold else None
+        return dataclasses.replace(node, body=folded(node.body, node.index))
+
+    def folded(block: ir.Block, w: str) -> ir.Block:
+        stmts: list[ir.Stmt] = []
+        for s in block.stmts:
+            fold = _fold(s, w)
+            decl = arrays.get(_root(fold[2])) if fold else None
             if fold and decl is not None and isinstance(decl.type, ir.Array):
-                stmts.append(_shuffled(fold, node.index, decl.type.of))
+                elem = decl.type
+                while isinstance(elem, ir.Array):
+                    elem = elem.of
+                stmts.append(_shuffled(fold, w, elem))
+            elif _uniform(s):
+                stmts.append(dataclasses.replace(s, body=folded(s.body, w)))  # type: ignore[union-attr]
             else:
                 stmts.append(s)
-        return dataclasses.replace(node, body=dataclasses.replace(node.body, stmts=tuple(stmts)))
+        return dataclasses.replace(block, stmts=tuple(stmts))
     return visit(body)

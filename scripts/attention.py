@@ -47,8 +47,10 @@ each), key blocks of 64, the diagonal one masked (its keys past a query
 score -INFINITY) so that all run whole, the Q, K, V and P tiles in
 bfloat16 in shared memory (K's and V's copied in 16-byte pieces, straight
 from global memory: cp.async), Q K^T and P V as warp tile products
-(`gpu.mma`, fp32 accumulation; V read k-major), the output tile held in the lanes'
-registers across the key blocks (`gpu.lane_order`, `gpu.fragment_layout`);
+(`gpu.mma`, fp32 accumulation; V read k-major), the softmax on the
+lanes that hold the scores, which stay in registers (`gpu.warp_rows` in
+its mma form), the output tile held in the lanes' registers across the
+key blocks (`gpu.lane_order`, `gpu.fragment_layout`);
 `otp bench --target cuda --compare torch` then races torch's SDPA on the
 same bfloat16 inputs restricted to its FlashAttention-2 backend,
 checking within 2e-2 against the original on the unrounded inputs.
@@ -261,17 +263,24 @@ def output_by_columns(full: str, d: int) -> None:
     loop.fusion(f"{full} > for o{d}_1 > for o{d}_0")
 
 
-def softmax_two_lanes(blocks: str, d: int) -> None:
-    """CUDA bf16: each query's softmax on two threads rather than one, so
-    that the block's 128 threads all take part: the two lanes of a row take
-    its keys in turn, each keeps its half of the exp-scores in registers,
-    and the row's max and sum are folded across them (gpu.warp_rows; the
-    exp-sum first gathered apart from the running sum, gpu.partial_sum).
-    H100, D = 128, side by side on the emitted kernels: 1.36 to 1.39 ms
-    against 1.40 and 1.43 with a thread per query."""
+def softmax_on_fragments(blocks: str, d: int) -> None:
+    """CUDA bf16: each query's softmax on the four lanes that hold its
+    scores in Q K^T's accumulator tiles (gpu.warp_rows' mma form: a thread
+    takes rows g and g + 8 of its warp's 16, columns 2t and 2t + 1 of each
+    tile of 8), the row's max and sum folded across the quad by two xor
+    shuffles each (the exp-sum first gathered apart from the running sum,
+    gpu.partial_sum). Every cell of the scores is then touched by the
+    thread that computed it, so the scores and exp-scores are stored as the
+    lanes hold them (gpu.fragment_layout): registers, no shared tile of
+    scores, and the softmax's phases meet within warps (__syncwarp). H100,
+    D = 128, side by side on the emitted kernels: 0.864 and 0.873 ms
+    against 1.242 and 1.226 with two lanes a query reading the scores from
+    shared memory."""
     total = "sum_h" if d == 64 else "sum_h_1"
     gpu.partial_sum(f"{blocks} > for i > for j#3", f"{total}[i - bi]")
-    gpu.warp_rows(f"{blocks} > for i", 2)
+    gpu.warp_rows(f"{blocks} > for i", 4, mma=True)
+    for scores in (f"s{d}_h", f"sc{d}"):
+        gpu.fragment_layout(f"{blocks} > def {scores}")
 
 
 def flash_mma(h: str, d: int) -> None:
@@ -289,10 +298,12 @@ def flash_mma(h: str, d: int) -> None:
     registers across them, fp32; V read k-major, as copied: ldmatrix.trans
     in CUDA, 1.25 against 1.38 ms with V copied transposed a column per
     thread, H100, D = 128), the block's four warps taking a row tile each
-    (gpu.warps); a thread per query runs the online softmax between them. The output tile stays in the lanes' registers across the
-    key blocks (output_in_registers). Rows of the shared tiles are padded
-    against bank conflicts (gpu.pad: s is read down its columns by the
-    queries' threads, the lanes' fragments take rows of q, k, v and p)."""
+    (gpu.warps); between them the online softmax runs on the lanes that
+    hold the scores (softmax_on_fragments), which stay in registers. The
+    output tile stays in the lanes' registers across the key blocks
+    (output_in_registers). Rows of the shared tiles are padded against
+    bank conflicts (gpu.pad: the lanes' fragments take rows of q, k, v and
+    p; the output's copy out is read down its columns)."""
     full, shape = query_blocks(h, d)
     blocks = f"{full} > for bj"
     flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
@@ -324,13 +335,13 @@ def flash_mma(h: str, d: int) -> None:
     output_in_registers(full, blocks, d)
     scores_from_zero(blocks, d)
     scores_in_registers(blocks, d)
-    # rows padded against bank conflicts: a thread per query reads down the
-    # columns of s, q and ob; the lanes' fragments take rows g of K, V and P
-    for array, amount in (("ob", 1), ("s", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
+    # rows padded against bank conflicts: a thread per column reads down the
+    # columns of ob; the lanes' fragments take rows g of Q, K, V and P
+    for array, amount in (("ob", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
         gpu.pad(f"{full} > def {array}{d}" + ("_h" if array == "s" else ""), amount)
     # the running max and sum's start, the division by the sum
     output_by_columns(full, d)
-    softmax_two_lanes(blocks, d)
+    softmax_on_fragments(blocks, d)
 
 
 def thread_per_query(h: str, queries: str) -> None:

@@ -150,16 +150,19 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert (f"&v{d}[kj{d} - bj][nd{d} + 2 * (lane{d}_pv_t % 32 % 4)], &v{d}[kj{d} + 8 - bj][nd{d} + 2 * "
                 f"(lane{d}_pv_t % 32 % 4)], lane{d}_pv_t % 32);") in cu
     # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound; the
-    # GPU's approximate division and exponential (gpu.fast_math); a query's softmax on two lanes (gpu.warp_rows),
-    # each holding its 32 exp-scores in registers (a row's lane digit, cuda_registers), max and sum folded by
-    # one xor shuffle each
-    for d, w, jk in ((64, "w", "jk"), (128, "w_1", "jk_1")):
-        assert f"float sc{d}[32];" in cu
-        assert (f"sc{d}[{jk}] = bj + {w} % 2 + 2 * {jk} < bi + {w} / 2 + 1 ? "
-                f"otp_fast_div(s{d}_h[bi + {w} / 2 - bi][bj + {w} % 2 + 2 * {jk} - bj], scale) : -INFINITY;") in cu
-        assert f"sc{d}[{jk}] = otp_fast_expf(sc{d}[{jk}] - max_val_blk);" in cu
-        assert f"p{d}[bi + {w} / 2 - bi][{w} % 2 + 2 * p{d}_1k] = otp_to_bf16(sc{d}[p{d}_1k]);" in cu
-    assert cu.count("__shfl_xor_sync(0xffffffffu, ") == 4
+    # GPU's approximate division and exponential (gpu.fast_math); a query's softmax on the four lanes that hold its
+    # scores (gpu.warp_rows' mma form), the scores and exp-scores in those lanes' registers (gpu.fragment_layout:
+    # no shared tile of scores), max and sum folded by two xor shuffles each
+    for d, w, half, jc in ((64, "w", "half", "jc"), (128, "w_1", "half_1", "jc_1")):
+        assert f"float s{d}_h[8][4];" in cu and f"float sc{d}[8][4];" in cu and f"(*s{d}_h)" not in cu
+        row = f"{w} / 32 * 16 + {w} % 32 / 4 + {half} * 8"
+        assert (f"sc{d}[(j - bj) / 8][2 * {half} + {jc}] = j + 2 * ({w} % 4) + {jc} < bi + {row} + 1 ? "
+                f"otp_fast_div(s{d}_h[(j - bj) / 8][2 * {half} + {jc}], scale) : -INFINITY;") in cu
+        assert (f"sc{d}[(j - bj) / 8][2 * {half} + {jc}] = otp_fast_expf(sc{d}[(j - bj) / 8][2 * {half} + {jc}] "
+                f"- max_val_blk);") in cu
+        assert (f"p{d}[{row}][p{d}_1 + 2 * ({w} % 4) + p{d}_1c] = otp_to_bf16(sc{d}[p{d}_1 / 8][2 * {half} "
+                f"+ p{d}_1c]);") in cu
+    assert cu.count("__shfl_xor_sync(0xffffffffu, ") == 8
     for kernel in ("attention_kernel1", "attention_kernel3"):  # the query blocks of D = 64 and 128
         assert "? bj + 64 : i + 1" not in cu.split(f"__global__ void {kernel}(")[1].split("__global__")[0]
     # q, k and v in bfloat16 (the caller's); D = 128: the K and V tiles copied by the block's 128 threads in
@@ -173,22 +176,23 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         "cudaLaunchKernelEx(&otp_launch, attention_kernel3,")]  # a later kernel: programmatic dependent launch
     assert "otp_launch = {dim3((S - S % 64 + (64 - 1)) / 64, H, 1), dim3(128, 1, 1), " in launch
     # the output tile in the lanes' registers (gpu.fragment_layout); tiles never live together share bytes
-    # (cuda_shared): V over K, done with after Q K^T, P over the scores, read by the softmax's first phase,
-    # the output's copy out over the key blocks' tiles, done with at the barrier that ends the key loop's
-    # body; the running max and sum, which the rows' first lanes keep, in shared memory: 51968 bytes a block
+    # (cuda_shared): V over K, done with after Q K^T, the output's copy out over the key blocks' tiles, done with
+    # at the barrier that ends the key loop's body; P apart (the softmax's phases, a warp's rows each, are
+    # ordered by warp barriers only); the running max and sum, which the rows' first lanes keep, in shared
+    # memory: 50944 bytes a block
     assert "float o128[16][4];" in cu and "float (*ob128)[129] = (float (*)[129])(otp_smem + 17920);" in cu
     assert "float *max_val_h_1 = (float *)(otp_smem + 0);" in cu and "float *sum_h_1 = (float *)(otp_smem + 256);" in cu
-    assert "float (*s128_h)[65] = (float (*)[65])(otp_smem + 17920);" in cu
-    assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 34560);" in cu
-    assert "otp_bf16 (*v128)[136] = (otp_bf16 (*)[136])(otp_smem + 34560);" in cu
-    assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 17920);" in cu
-    assert "float *rs128 = (float *)(otp_smem + 27136);" in cu
-    assert "dim3(128, 1, 1), 51968, 0, otp_pdl, 1};" in launch
-    # seven phases a key block: K's copy, Q K^T (from zero), V's copy, the softmax's three (the scores and
-    # their max; the exp-scores and their sum; the sum's fold and P), P V (rescaled first)
+    assert "otp_bf16 (*k128)[136] = (otp_bf16 (*)[136])(otp_smem + 17920);" in cu
+    assert "otp_bf16 (*v128)[136] = (otp_bf16 (*)[136])(otp_smem + 17920);" in cu
+    assert "otp_bf16 (*p128)[72] = (otp_bf16 (*)[72])(otp_smem + 35328);" in cu
+    assert "float *rs128 = (float *)(otp_smem + 44544);" in cu
+    assert "dim3(128, 1, 1), 50944, 0, otp_pdl, 1};" in launch
+    # four block barriers a key block: after K's copy, after Q K^T (V's copy takes K's bytes), before P V
+    # (V's copy waited for), at the end; V's copy and the softmax's three phases (the scores and their max; the
+    # exp-scores and their sum; the sum's fold and P) are ordered by warp barriers
     body = cu.split("__global__ void attention_kernel3(")[1].split("__global__")[0]
     loop = body[body.index("for (int bj = 0;"):body.index("float (*ob128)")]
-    assert loop.count("__syncthreads();") == 7
+    assert loop.count("__syncthreads();") == 4 and loop.count("__syncwarp();") == 3
     # V's copy stays in flight under the softmax: waited for at the barrier before P V
     assert loop.count("__pipeline_wait_prior(0);") == 2
     assert "__pipeline_wait_prior(0);\n    __syncthreads();\n    {\n      int lane128_pv_t" in loop

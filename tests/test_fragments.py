@@ -1,8 +1,9 @@
-"""gpu.lane_order and gpu.fragment_layout on attention.py's bf16 ending:
-the output tile kept in its lanes' registers across the key blocks (the
-rescaling and the tile's copies reordered to the lanes' cells, then the
-tile stored as the lanes hold it); structure, level 2, CPU outputs and
-refusals."""
+"""gpu.lane_order, gpu.fragment_layout and gpu.warp_rows' mma form on
+attention.py's bf16 ending: the output tile kept in its lanes' registers
+across the key blocks (the rescaling and the tile's copies reordered to
+the lanes' cells, then the tile stored as the lanes hold it), the softmax
+run by the lanes that hold the scores, which then stay in registers;
+structure, level 2, CPU outputs and refusals."""
 from __future__ import annotations
 
 import re
@@ -111,7 +112,8 @@ def test_lane_order_of_a_nest_with_a_race_is_refuted(attention_bf16):
 
 def test_fragment_layout_keeps_the_output_tile_in_the_lanes_registers(ck, attention_bf16):
     """o64[64][64], every access in the lanes' order, becomes o64[128][8][4]:
-    each access names its own thread's row (equals, proved at level 2), the
+    each access names its own thread's row (equals, proved at level 2: the
+    thread digit by digit, the tile and the slot, five a cell), the
     CPU outputs stay, and the CUDA printer keeps a thread's 8 x 4 cells in
     registers across the key blocks (no shared output tile)."""
     step = steps(attention_bf16, "gpu.fragment_layout")[0]
@@ -120,7 +122,7 @@ def test_fragment_layout_keeps_the_output_tile_in_the_lanes_registers(ck, attent
     assert "lane64_pv_acc[2] = o64[lane64_pv_t][nd64 / 8][2];" in after
     assert "o64[lane64_pv_t][nd64 / 8][1] = o64[lane64_pv_t][nd64 / 8][1] * rs64[mo64 + lane64_pv_t % 32 / 4 - bi];" \
         in after
-    assert {o.kind for o in step.obligations} == {"equals"} and len(step.obligations) == 3 * after.count("o64[lane")
+    assert {o.kind for o in step.obligations} == {"equals"} and len(step.obligations) == 5 * after.count("o64[lane")
     proved(attention_bf16, step)
     ck.same_outputs(step.before, step.after, "attention", attention_args(ck, 1, 150, 64))
 
@@ -150,11 +152,75 @@ def test_fragment_layout_refusals(attention_bf16):
 def test_the_cuda_kernel_keeps_the_output_tile_in_registers(attention_bf16):
     """The printer splits o64 and o128 into one 8 x 4 (16 x 4) array per
     thread: no shared output tile, the block's shared memory down to the
-    Q, K, V, P and score tiles (D = 128: 51,968 bytes, P over the scores
-    that the softmax's first phase reads; 84,480 with the output tile
-    shared and the copies of V and P apart from the softmax)."""
+    Q, K, V and P tiles and the output's copy out (D = 128: 50,944 bytes;
+    84,480 with the output tile shared, the scores in shared memory and the
+    copies of V and P apart from the softmax)."""
     cu = to_cuda(attention_bf16.program)
     assert "float o64[8][4];" in cu and "float o128[16][4];" in cu
     assert "float (*o64)" not in cu and "float (*o128)" not in cu
     launch = cu[cu.index("cudaFuncSetAttribute(attention_kernel3"):]
-    assert "dim3(128, 1, 1), 51968, 0, otp_pdl, 1};" in launch
+    assert "dim3(128, 1, 1), 50944, 0, otp_pdl, 1};" in launch
+
+
+def test_warp_rows_mma_form_gives_each_row_the_quad_that_holds_it(ck, attention_bf16):
+    """gpu.warp_rows(..., 4, mma=True) on D = 64's softmax: thread w takes
+    rows 16 (w / 32) + w % 32 / 4 and 8 below (its `half`), and columns 2
+    (w % 4) and the next of each tile of 8, as Q K^T's accumulators hold
+    them; the partial results m_part[2][128]; level 2 proves the rows and
+    each phase's threads apart; the CPU outputs stay, but for the sums'
+    grouping ("reassoc"); in CUDA each fold is
+    two xor shuffles over the quad, the partials in registers."""
+    step = steps(attention_bf16, "gpu.warp_rows")[0]
+    after = ck.function_text(step.after, "attention")
+    row = "w / 32 * 16 + w % 32 / 4 + half * 8"  # bi + row - bi, cancelled
+    for line in ("float max_val_blk_part[2][128];", "for (int half = 0; half < 2; half++) {",
+                 "for (int j = bj; j < bj + 64; j += 8) {", "for (int jc = 0; jc < 2; jc++) {",
+                 f"max_val_blk_part[half][w] = w % 4 == 0 ? max_val_h[{row}] : -INFINITY;",
+                 "max_val_blk = fmaxf(max_val_blk, max_val_blk_part[half][w / 4 * 4 + k_1]);",
+                 f"sc64[{row}][j + 2 * (w % 4) + jc - bj] = expf(sc64[{row}][j + 2 * (w % 4) + jc - bj] - "
+                 "max_val_blk);"):
+        assert line in after, line
+    assert [o.kind for o in step.obligations] == ["parallel"] * 4 and step.fp == "reassoc"
+    proved(attention_bf16, step)
+    ck.close_outputs(step.before, step.after, "attention", attention_args(ck, 1, 150, 64))
+    cu = to_cuda(attention_bf16.program)  # the script's end: every loop mapped
+    assert "float max_val_blk_part[2];" in cu
+    assert "max_val_blk_part_lanes = fmaxf(max_val_blk_part_lanes, __shfl_xor_sync(0xffffffffu, " \
+           "max_val_blk_part_lanes, 2));" in cu
+
+
+def test_warp_rows_mma_form_refusals(attention_bf16):
+    """Refused: lanes other than 4 (a row of an mma tile lies on a quad),
+    rows that are not a multiple of 16, a row's loop whose length is not a
+    multiple of 8 (the tiles' columns)."""
+    before = steps(attention_bf16, "gpu.warp_rows")[0].before
+    rows = f"{BLOCKS} > for i"
+    assert "with mma=True a row takes the 4 lanes of a quad" in refusal(
+        gpu.warp_rows.apply, before, rows, 2, mma=True)
+    text = to_c(before)
+    short = parse_text(text.replace("for (int i = bi; i < bi + 64; i++) {\n            for (int j = bj;",
+                                    "for (int i = bi; i < bi + 56; i++) {\n            for (int j = bj;", 1), "r.c")
+    assert "must run a constant number of rows, a multiple of 16, at most 512" in refusal(
+        gpu.warp_rows.apply, short, rows, 4, mma=True)
+    assert "p64_1 < 64; p64_1++" in text
+    narrow = parse_text(text.replace("p64_1 < 64; p64_1++", "p64_1 < 60; p64_1++", 1), "n.c")
+    assert "the loop 'for p64_1' must run a constant multiple of 8 iterations with step 1" in refusal(
+        gpu.warp_rows.apply, narrow, rows, 4, mma=True)
+
+
+def test_fragment_layout_keeps_the_scores_in_the_lanes_registers(ck, attention_bf16):
+    """After gpu.warp_rows' mma form, every access of the scores s64_h
+    (Q K^T's stores, the softmax's reads) names a cell its own thread
+    holds: s64_h[64][64] becomes s64_h[128][8][4], the softmax's accesses
+    at slot 2 half + jc (equals, proved at level 2); the CPU outputs stay;
+    CUDA keeps 8 x 4 scores a thread in registers."""
+    step = next(s for s in steps(attention_bf16, "gpu.fragment_layout") if "def s64_h" in s.args[0])
+    after = ck.function_text(step.after, "attention")
+    assert "float s64_h[128][8][4];" in after
+    assert "sc64[w / 32 * 16 + w % 32 / 4 + half * 8][j + 2 * (w % 4) + jc - bj] = j + 2 * (w % 4) + jc < bi + w / " \
+        "32 * 16 + w % 32 / 4 + half * 8 + 1 ? s64_h[w][(j - bj) / 8][2 * half + jc] / scale : -INFINITY;" in after
+    assert "s64_h[lane64_t][(nj64 - bj) / 8][3] = lane64_acc_h[(nj64 - bj) / 8][3];" in after
+    assert {o.kind for o in step.obligations} == {"equals"}
+    proved(attention_bf16, step)
+    ck.same_outputs(step.before, step.after, "attention", attention_args(ck, 1, 150, 64))
+    assert "float s64_h[8][4];" in to_cuda(attention_bf16.program)

@@ -321,11 +321,13 @@ _READ_U = "#pragma otp gpu thread x\n for (int i = 0; i < 128; i++) { y[n + b + 
 def test_async_copies_are_waited_for_before_the_phase_that_reads_them(ck):
     """gpu.async_copy's printing: each copy phase is a committed group; the
     barrier before t's reader waits for t's group only (u's may stay in
-    flight: wait_prior(1)), the one before u's reader for the rest."""
+    flight: wait_prior(1)), the one before u's reader for the rest. The two
+    copies touch apart arrays, t still used after them: a warp barrier
+    between them."""
     cu = to_cuda(_async_kernel(_async_phase("t", "x") + _async_phase("u", "z"), _READ_T + _READ_U))
     assert cu.count("__pipeline_memcpy_async(&t[p * 4 + c], &x[b + p * 4 + c], 16);") == 1
     body = cu[cu.index("__global__"):cu.index('extern "C"')]
-    order = ["&t[p * 4 + c]", "__pipeline_commit();", "__syncthreads();", "&u[p * 4 + c]", "__pipeline_commit();",
+    order = ["&t[p * 4 + c]", "__pipeline_commit();", "__syncwarp();", "&u[p * 4 + c]", "__pipeline_commit();",
              "__pipeline_wait_prior(1);", "__syncthreads();", "y[b + i] = t[127 - i];",
              "__pipeline_wait_prior(0);", "__syncthreads();", "y[n + b + i] = u[127 - i];"]
     at = 0
@@ -740,7 +742,8 @@ def test_phases_that_meet_within_warps_are_ordered_by_syncwarp(ck):
     registers, y's row is the warp's), so the two barriers between them are
     __syncwarp(). In twice, t[127 - i] reads what another warp wrote: the
     barrier stays __syncthreads(), as it does before a phase that starts
-    using a shared array (u), which may take another's bytes."""
+    using a shared array (u) when another (t) is done with: u takes t's
+    bytes."""
     p = gpu.warp_rows.apply(rows_of_four(ck), "softmax > for bi > for i", 32).program
     cu = to_cuda(p)
     kernel = cu[cu.index("__global__"):cu.index('extern "C"')]

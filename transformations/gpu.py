@@ -781,6 +781,32 @@ LANE_GROUPS = (2, 4, 8, 16, 32)
 printer's xor shuffles stay inside each group)."""
 
 
+MMA_LANES, MMA_HALVES = 4, 2
+"""gpu.warp_rows with mma=True: a row of an accumulator tile lies on the 4
+lanes of a quad, and each thread holds 2 rows (g and g + 8)."""
+
+
+def _mma_row(w: ir.Expr, half: ir.Expr) -> ir.Expr:
+    """The row thread `w` holds in its `half` (0 or 1) of gpu.mma's
+    accumulator layout: 16 (w / 32) + (w % 32) / 4 + 8 half."""
+    def op(o: str, a: ir.Expr, b: int) -> ir.Expr:
+        return ir.Binop(o, a, ir.Const(str(b)))
+    tile = op("*", op("/", w, 32), TILE_ROWS)
+    return ir.Binop("+", ir.Binop("+", tile, op("/", op("%", w, 32), 4)), op("*", half, 8))
+
+
+def _paired(who: str, loop: ir.For, lane: ir.Expr, body: ir.Block, pair: str) -> ir.For:
+    """gpu.warp_rows' mma form of a row's loop: by tiles of 8 columns, the
+    lane taking columns 2 lane and 2 lane + 1 of each (`pair` over the two)."""
+    extent = constant_extent(loop)
+    if loop.inclusive or extent is None or extent % TILE_COLS:
+        raise TransformError(f"{who}: the loop 'for {loop.index}' must run a constant multiple of {TILE_COLS} "
+                             f"iterations with step 1, to go by tiles of {TILE_COLS} columns", loop.loc)
+    column = ir.Binop("+", ir.Binop("+", ir.Var(loop.index), ir.Binop("*", ir.Const("2"), lane)), ir.Var(pair))
+    inner = ir.For(pair, ZERO, ir.Const("2"), subst(body, {loop.index: column}), loc=loop.loc)
+    return dataclasses.replace(loop, step=ir.Const(str(TILE_COLS)), body=ir.Block((inner,)), pragmas=())
+
+
 @dataclasses.dataclass(frozen=True)
 class _RowPlan:
     """gpu.warp_rows' reading of a row body: the phases' statements (each
@@ -912,7 +938,7 @@ def _is_update(s: ir.ExprStmt, scalars: frozenset[str]) -> bool:
 
 
 @primitive
-def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x") -> Rewrite:
+def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x", mma: bool = False) -> Rewrite:
     """Run each row of a loop of a block on its own group of `lanes`
     threads (a warp for 32): the row's loops shared among its lanes, each
     reduction into a partial result per lane that every lane then folds.
@@ -991,6 +1017,20 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
     a row scalar and memory, a write to a scalar declared outside the rows
     (each thread would set its own copy), a row scalar set on one side of a
     cut and used on the other.
+
+    With `mma=True` (4 lanes), the rows and their cells go to the threads
+    as gpu.mma's accumulator tiles hold them: the warp w takes rows 16 w
+    to 16 w + 15, thread 32 w + 4 g + t its rows 16 w + g and 16 w + g + 8
+    (a loop `half` over the two, inside each phase) and, in each tile of 8
+    columns, columns 2t and 2t + 1 (the row's loops, of a constant multiple
+    of 8 iterations, step by tiles, `for (j = bj; j < bj + 64; j += 8)
+    for (jc = 0; jc < 2; jc++)` with j read as j + 2 t + jc). Each cell
+    a thread touches is then one its lane holds in gpu.mma's layout, so
+    that gpu.fragment_layout keeps scores of a tile product in the
+    registers that computed them. The partial results are `float
+    m_part[2][2 R]` (R rows), a thread's at [half][w]. Refused besides: a
+    lane count other than 4, rows not a multiple of 16, a row's loop not
+    of a constant multiple of 8 iterations with step 1.
     """
     who = "gpu.warp_rows"
     res = Resolver(program)
@@ -1006,21 +1046,36 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
     if isinstance(lanes, bool) or lanes not in LANE_GROUPS:
         raise TransformError(f"{who}: lanes must be one of {', '.join(map(str, LANE_GROUPS))}, got {lanes!r}",
                              loop.loc)
-    if rows is None or rows < 1 or rows * lanes > MAX_THREADS:
-        raise TransformError(f"{who}: {where} must run a constant number of rows, at most {MAX_THREADS // lanes} "
-                             f"for {lanes} lanes each, with step 1", loop.loc)
+    per_thread = MMA_HALVES if mma else 1
+    if mma and lanes != MMA_LANES:
+        raise TransformError(f"{who}: with mma=True a row takes the {MMA_LANES} lanes of a quad (gpu.mma's "
+                             f"accumulator layout), got lanes={lanes!r}", loop.loc)
+    if rows is None or rows < 1 or rows * lanes > MAX_THREADS * per_thread or (mma and rows % TILE_ROWS):
+        what = f"a multiple of {TILE_ROWS}, at most" if mma else "at most"
+        raise TransformError(f"{who}: {where} must run a constant number of rows, {what} "
+                             f"{MAX_THREADS * per_thread // lanes} for {lanes} lanes each, with step 1", loop.loc)
     plan = _row_plan(who, program, res, m)
-    threads = rows * lanes
+    threads = rows * lanes // per_thread
     w = _fresh_local(who, "thread index", None, "w", program, m.path, m.function, loop.loc)
     k = _fresh_local(who, "fold index", None, "k", program, m.path, m.function, loop.loc)
+    half = _fresh_local(who, "row half", None, "half", program, m.path, m.function, loop.loc) if mma else ""
     tw, group = ir.Var(w), ir.Const(str(lanes))
     lane, first = ir.Binop("%", tw, group), ir.Binop("/", tw, group)
-    row = first if loop.start == ZERO else ir.Binop("+", loop.start, first)
+    row_of = _mma_row(tw, ir.Var(half)) if mma else first
+    row = row_of if loop.start == ZERO else ir.Binop("+", loop.start, row_of)
     parts = {var: _fresh_local(who, "partial results", None, f"{var}_part", program, m.path, m.function, loop.loc)
              for fold in plan.folds for var, *_ in fold}
-    decls: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(parts[var], ir.Array(ir.Base((code,)), ir.Const(str(threads)))))
+
+    def part_type(code: str) -> ir.CType:
+        t: ir.CType = ir.Array(ir.Base((code,)), ir.Const(str(threads)))
+        return ir.Array(t, ir.Const(str(MMA_HALVES))) if mma else t
+
+    def part_cell(part: str, at: ir.Expr) -> ir.Index:
+        return ir.Index(ir.Index(ir.Var(part), ir.Var(half)), at) if mma else ir.Index(ir.Var(part), at)
+
+    decls: list[ir.Stmt] = [ir.DeclStmt(ir.Decl(parts[var], part_type(code)))
                             for fold in plan.folds for var, _, code, _ in fold]
-    cells = {var: ir.Index(ir.Var(part), tw) for var, part in parts.items()}
+    cells = {var: part_cell(part, tw) for var, part in parts.items()}
     reductions = {var: (op, code) for fold in plan.folds for var, op, code, _ in fold}
     mates = ir.Binop("+", ir.Binop("*", first, group), ir.Var(k))
     starts = {var: d.decl.init if d.decl.init == _identity(op, code) else
@@ -1032,23 +1087,27 @@ def warp_rows(program: ir.Program, target: str, lanes: int = 32, axis: str = "x"
         body: list[ir.Stmt] = []
         for var, op, code, d in fold:
             body += [dataclasses.replace(d, decl=dataclasses.replace(d.decl, init=_identity(op, code))),
-                     ir.For(k, ZERO, group, ir.Block((_combine(op, code, ir.Var(var),
-                                                               ir.Index(ir.Var(parts[var]), mates)),)))]
+                     ir.For(k, ZERO, group, ir.Block((_combine(op, code, ir.Var(var), part_cell(parts[var], mates)),)))]
         for s in stmts:
             if isinstance(s, ir.For):
                 own = {v for v in writes_of(s.body) if v in reductions}
                 body += [ir.ExprStmt(ir.Assign("=", cells[v], starts[v])) for v in sorted(own)]
                 if s.index not in counters:
-                    counters[s.index] = _fresh_local(who, "lane's count", None, f"{s.index}k", program, m.path,
+                    counters[s.index] = _fresh_local(who, "tile's column" if mma else "lane's count", None,
+                                                     f"{s.index}{'c' if mma else 'k'}", program, m.path,
                                                      m.function, s.loc)
-                body.append(_strided(s, lane, lanes, subst(s.body, {v: cells[v] for v in own}),
-                                     counters[s.index]))
+                inner = subst(s.body, {v: cells[v] for v in own})
+                body.append(_paired(who, s, lane, inner, counters[s.index]) if mma
+                            else _strided(s, lane, lanes, inner, counters[s.index]))
             elif isinstance(s, ir.DeclStmt) or (isinstance(s, ir.ExprStmt) and _is_update(s, plan.scalars)):
                 body.append(s)
             else:
                 body.append(ir.If(ir.Binop("==", lane, ZERO), ir.Block((s,))))
-        new.append(_thread_loop(w, threads, axis, tuple(subst(ir.Block(tuple(body)), {loop.index: row}).stmts),
-                                loop.loc))
+        rows_body = subst(ir.Block(tuple(body)), {loop.index: row})
+        if mma:  # after the substitution, which would rename the loop's index to keep `half` in `row` free;
+            # `bi + (w / 32 * 16 + ...) - bi` as the row it is, which Z3 proves apart without cancelling
+            rows_body = ir.Block((ir.For(half, ZERO, ir.Const(str(MMA_HALVES)), _tidy(rows_body), loc=loop.loc),))
+        new.append(_thread_loop(w, threads, axis, rows_body.stmts, loop.loc))
     out = splice(program, m.path, tuple(decls + new))
     block, at = m.path[:-1], m.path[-1][1]
     assert at is not None
@@ -1950,16 +2009,24 @@ def _c(k: int) -> ir.Expr:
     return ir.Const(str(k))
 
 
-def _fragment_formulas(r: ir.Expr, c: ir.Expr) -> tuple[ir.Expr, ir.Expr, ir.Expr]:
+def _op(o: str, a: ir.Expr, b: "ir.Expr | int") -> ir.Expr:
+    return ir.Binop(o, a, _c(b) if isinstance(b, int) else b)
+
+
+def _fragment_formulas(r: ir.Expr, c: ir.Expr) -> tuple[tuple[ir.Expr, ir.Expr, ir.Expr], ir.Expr, ir.Expr]:
     """Where cell (r, c) of an array of 16 x 8 accumulator tiles (one row
     of tiles a warp) lies in its lanes' registers: the thread 32 (r / 16)
-    + 4 (r % 8) + (c % 8) / 2, its tile c / 8 and its slot 2 ((r % 16) / 8)
+    + 4 (r % 8) + (c % 8) / 2 (its three digits: warp, row of the quad's
+    group, lane of the quad), its tile c / 8 and its slot 2 ((r % 16) / 8)
     + c % 2 in the tile (the order of gpu.mma's lane_acc)."""
-    def op(o: str, a: ir.Expr, b: "ir.Expr | int") -> ir.Expr:
-        return ir.Binop(o, a, _c(b) if isinstance(b, int) else b)
-    thread = op("+", op("+", op("*", _c(32), op("/", r, 16)), op("*", _c(4), op("%", r, 8))), op("/", op("%", c, 8), 2))
-    slot = op("+", op("*", _c(2), op("/", op("%", r, 16), 8)), op("%", c, 2))
-    return thread, op("/", c, TILE_COLS), slot
+    thread = (_op("/", r, 16), _op("%", r, 8), _op("/", _op("%", c, 8), 2))
+    slot = _op("+", _op("*", _c(2), _op("/", _op("%", r, 16), 8)), _op("%", c, 2))
+    return thread, _op("/", c, TILE_COLS), slot
+
+
+def _thread_digits(t: ir.Expr) -> tuple[ir.Expr, ir.Expr, ir.Expr]:
+    """Thread t's warp, row of its quad's group and lane of its quad: t / 32, t % 32 / 4, t % 4."""
+    return _op("/", t, 32), _op("/", _op("%", t, 32), 4), _op("%", t, 4)
 
 
 @primitive
@@ -1992,11 +2059,14 @@ def fragment_layout(program: ir.Program, target: str) -> Rewrite:
     2M x N / 8 x 4 (r splits into r / 16, (r % 16) / 8 and r % 8, c into
     c / 8, (c % 8) / 2 and c % 2), so the program computes the same; the
     indices are in bounds of the old shape (level 2's check of the program
-    before). Each access is rewritten to its thread's position, the index
-    over 8 of one of the loops around it whose step 8 divides, and a
-    constant, the first of these Z3 proves equal to the formulas from the
-    bounds of the loops around; refused when there is none (an access
-    outside gpu.mma's order: gpu.lane_order first). Also refused: an array
+    before). Each access is rewritten to its thread's position t, the
+    index over 8 of one of the loops around it whose step 8 divides, and a
+    slot: a constant, or 2 h + c with h and c indices of loops of two
+    iterations (gpu.warp_rows' mma form gives its rows' cells so); the
+    first of these that Z3 proves equal to the formulas from the bounds of
+    the loops around (the thread digit by digit: r / 16 == t / 32, r % 8
+    == t % 32 / 4, (c % 8) / 2 == t % 4); refused when there is none (an
+    access outside gpu.mma's order: gpu.lane_order first). Also refused: an array
     that is not a float[M][N] without initializer, M a multiple of 16 and
     N of 8; a use other than `C[r][c]` (its address taken); an access
     outside a thread loop of 2M threads.
@@ -2038,12 +2108,26 @@ def fragment_layout(program: ir.Program, target: str) -> Rewrite:
     return Rewrite(program_out, tuple(obs))
 
 
+def _slots(loops: list[ir.For]) -> list[ir.Expr]:
+    """What an access's slot in its tile may be written as: a constant, or
+    2 h + c from loops of two iterations (gpu.warp_rows' mma form: its
+    `half` and the pair of columns)."""
+    pairs = [ir.Var(lp.index) for lp in loops if mapping(lp) is None and lp.start == ZERO and lp.step == ONE
+             and lp.stop == _c(2)]
+    out = [_c(k) for k in range(4)]
+    for h in pairs:
+        out += [ir.Binop("*", _c(2), h), ir.Binop("+", ir.Binop("*", _c(2), h), ONE)]
+        out += [ir.Binop("+", ir.Binop("*", _c(2), h), c) for c in pairs if c != h]
+        out += [h, ir.Binop("+", h, _c(2))]
+    return out
+
+
 def _to_fragment(who: str, program: ir.Program, block: Path, path: Path, node: ir.Index, threads: int,
                  function: str) -> tuple[ir.Expr, list[Obligation]]:
     """The access at `path` in the fragment layout, and the equalities it rests on."""
     loops = [lp for lp in (get(program, path[:i]) for i in range(len(block), len(path))) if isinstance(lp, ir.For)]
     mapped = [lp for lp in loops if (mapping(lp) or ("",))[0] == "thread"]
-    r, c = chain(node)[1]
+    r, c = (_tidy(x) for x in chain(node)[1])  # `bi + (w / 32 * 16 + ...) - bi` as the row it is: easier for Z3
     line = expr_text(node)
     if len(mapped) != 1 or thread_extent(mapped[0]) != (threads, True):
         raise TransformError(f"{who}: '{line}' is not in a thread loop of {threads} threads", node.loc)
@@ -2053,21 +2137,30 @@ def _to_fragment(who: str, program: ir.Program, block: Path, path: Path, node: i
     tiles = [ir.Binop("/", cancelled_sum((1, ir.Var(lp.index)), (-1, lp.start)), _c(TILE_COLS)) for lp in loops
              if lp not in mapped and isinstance(lp.step, ir.Const) and lp.step.text.isdigit()
              and int(lp.step.text) % TILE_COLS == 0]
-    wanted = zip(_fragment_formulas(r, c), ([position], tiles, [_c(s) for s in range(4)]))
-    chosen = []
-    for formula, candidates in wanted:
-        f = tm.term(formula)
-        hit = next((x for x in candidates if proves(f == tm.term(x), facts + tm.facts)), None)
+    digits, tile, slot = _fragment_formulas(r, c)
+
+    def holds(pairs: list[tuple[ir.Expr, ir.Expr]]) -> bool:
+        return all(proves(tm.term(f) == tm.term(x), facts + tm.facts) for f, x in pairs)
+
+    # the thread digit by digit (Z3 gives up on the whole sum of divisions), a tile loop, a slot
+    options = ([list(zip(digits, _thread_digits(position)))], [[(tile, x)] for x in tiles],
+               [[(slot, x)] for x in _slots(loops)])
+    thread = _op("+", _op("+", _op("*", _c(32), digits[0]), _op("*", _c(4), digits[1])), digits[2])
+    claims = []
+    for what, formula, choices in zip(("thread position", "tile loop", "slot"), (thread, tile, slot), options):
+        hit = next((pairs for pairs in choices if holds(pairs)), None)
         if hit is None:
-            raise TransformError(f"{who}: '{line}' is not in gpu.mma's order (no thread position, tile loop or "
-                                 f"slot equals '{expr_text(formula)}'): gpu.lane_order its nest first", node.loc)
-        chosen.append((formula, hit))
+            raise TransformError(f"{who}: '{line}' is not in gpu.mma's order (no {what} equals "
+                                 f"'{expr_text(formula)}'): gpu.lane_order its nest first", node.loc)
+        claims.append(hit)
+    place = (position, claims[1][0][1], claims[2][0][1])
     out: ir.Expr = ir.Var(chain(node)[0].name)  # type: ignore[union-attr]
-    for _, x in chosen:
+    for x in place:
         out = ir.Index(out, x, node.loc)
-    obs = [Obligation("equals", f"'{line}' lies in the registers of thread '{expr_text(chosen[0][1])}', tile "
-                      f"'{expr_text(chosen[1][1])}', slot {expr_text(chosen[2][1])}: {expr_text(f)} == {expr_text(x)}",
-                      function, (path,), (f, x), before=True) for f, x in chosen]
+    where = f"'{line}' lies in the registers of thread '{expr_text(place[0])}', tile '{expr_text(place[1])}', " \
+            f"slot {expr_text(place[2])}"
+    obs = [Obligation("equals", f"{where}: {expr_text(f)} == {expr_text(x)}", function, (path,), (f, x), before=True)
+           for pairs in claims for f, x in pairs]
     return out, obs
 
 
