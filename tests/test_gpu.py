@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import z3
 
 from optitrust_py import ir
 from optitrust_py.cuda_build import compile_check, find_nvcc
@@ -25,6 +26,7 @@ from optitrust_py.level2 import check_step
 from optitrust_py.session import Rewrite
 from optitrust_py.spec import parse_spec_text
 from optitrust_py.printer import to_c
+from optitrust_py.smt import Terms, proves, satisfy
 from optitrust_py.tree import walk
 from transformations import gpu, loop
 from helpers import matmul_args, refusal, refuted
@@ -789,6 +791,27 @@ def test_warp_local_needs_bounds_every_thread_shares(ck):
     across = ck.parse(ck.function_text(src, "f").replace("j % 32]", "j % 64]"), "f.c")
     first, second = (n for _, n in walk(across) if isinstance(n, ir.For) and n.index == "w")
     assert not warp_local(first, second, set(), {"c"})
+
+
+def test_lane_digits_of_two_threads_are_told_apart():
+    """The cells of gpu.warp_rows' mma form, [w / 32 * 16 + w % 32 / 4 + 8
+    h][j + 2 * (w % 4) + c] (j a multiple of 8, h and c below 2), are apart
+    for two threads: Z3's default strategy case-splits the nested digits
+    past its work limit, the retry with Ifs and divisions named proves it
+    (satisfy, proves); with j any number, two threads meet (a model)."""
+    e = parse_text("int f(int w, int h, int j, int c) { return w / 32 * 16 + w % 32 / 4 + 8 * h + "
+                   "(j + 2 * (w % 4) + c) * 1000; }", "d.c").items[0].body.stmts[0].value
+    tm = Terms("digits")
+    w, h, j, c, w2, h2, j2, c2 = z3.Ints("w h j c w2 h2 j2 c2")
+    cell = tm.term(e)
+    other = z3.substitute(cell, (w, w2), (h, h2), (j, j2), (c, c2))
+    bounds = [0 <= w, w < 128, 0 <= w2, w2 < 128, 0 <= h, h < 2, 0 <= h2, h2 < 2, 0 <= c, c < 2, 0 <= c2, c2 < 2,
+              0 <= j, j < 64, 0 <= j2, j2 < 64]
+    tiles = [j % 8 == 0, j2 % 8 == 0]
+    assert satisfy(bounds + tiles, [cell == other, w != w2])[0] == "unsat"
+    assert proves(w == w2, bounds + tiles + [cell == other])
+    answer, model, _ = satisfy(bounds, [cell == other, w != w2])
+    assert answer == "sat" and model is not None
 
 
 @needs_nvcc
