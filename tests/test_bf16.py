@@ -206,6 +206,10 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
     qk = loop[loop.index("float lane128_acc_h[8][4];"):]
     assert qk.index("for (int kd128 = 0; kd128 < 128; kd128 += 16) {") < qk.index(
         "for (int nj128 = bj; nj128 < bj + 64; nj128 += 8) {\n            otp_mma_m16n8k16_bf16(&lane128_acc_h[(nj128 - bj) / 8][0]")
+    # the last S % 64 queries (D = 128): a thread per query, its rows of q and of the output in local arrays
+    tail = cu.split("__global__ void attention_kernel4(")[1].split("__global__")[0]
+    assert "float out_row128[128];" in tail and "otp_bf16 q_row128[128];" in tail
+    assert "out_row128[d] += scores_blk[j - bj] * (float)v[(h * S + j) * 128 + d];" in tail
     assert compile_check(cu, "final.cu") == ()
 
 
