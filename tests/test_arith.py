@@ -7,7 +7,8 @@ import pytest
 
 from optitrust_py.errors import TransformError
 from optitrust_py.session import Session
-from transformations import arith, loop
+from helpers import attention_args
+from transformations import arith, loop, variable
 
 BLOCKED = """
 void blocked(int N, int i, const float *x, float *y, float *z) {
@@ -139,3 +140,34 @@ def test_simplify_uses_in_source_requires_unless_a_pointer_may_change_them(ck, e
     else:
         assert "      y[a] += 1.0f;" in ck.function_text(r.program, "f")
         ck.check(p, r.program, "f", [16, ck.floats(4)])
+
+
+def test_reciprocal_multiplies_the_scores_by_one_over_scale(ck):
+    """attention.c, the scale named and out of the loops (as attention.py's
+    first steps): `s / scale` becomes `s * (1.0f / scale)`, lossy within 3
+    x 2^-24; the reciprocal then goes out of the loops by variable.bind
+    and loop.move_out, and the outputs stay within that tolerance on the
+    CPU."""
+    p = variable.bind.apply(ck.load("attention.c"), "attention > expr 'sqrtf(D)'", "scale").program
+    for _ in range(3):
+        p = loop.move_out.apply(p, "attention > def scale").program
+    r = arith.reciprocal.apply(p, "attention > expr 's / scale'")
+    assert r.obligations == () and r.fp == "lossy" and r.tolerance == arith.RECIPROCAL_TOLERANCE
+    assert "scores[j] = s * (1.0f / scale);" in ck.function_text(r.program, "attention")
+    bound = variable.bind.apply(r.program, "attention > expr '1.0f / scale'", "rscale").program
+    for _ in range(3):
+        bound = loop.move_out.apply(bound, "attention > def rscale").program
+    text = ck.function_text(bound, "attention")
+    assert text.index("float rscale = 1.0f / scale;") < text.index("for (int h = 0;")
+    assert "scores[j] = s * rscale;" in text
+    ck.close_outputs(p, bound, "attention", attention_args(ck, 2, 37, 16), rel=1e-6)
+
+
+def test_reciprocal_refuses_what_is_not_a_float_division(ck):
+    """Refused: a product, an integer division (truncation), a division of
+    doubles (its rounding kept)."""
+    for source, message in (("float f(float a, float b) { return a * b; }", "is not a division"),
+                            ("int f(int a, int b) { return a / b; }", "does not divide a float by a float"),
+                            ("double f(double a, double b) { return a / b; }", "does not divide a float by a float")):
+        with pytest.raises(TransformError, match=message):
+            arith.reciprocal.apply(ck.parse(source), f"f > expr '{source.split('return ')[1].split(';')[0]}'")

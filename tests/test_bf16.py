@@ -150,14 +150,15 @@ def test_attention_bf16_ending_compiles_with_nvcc(tmp_path):
         assert (f"&v{d}[kj{d} - bj][nd{d} + 2 * (lane{d}_pv_t % 32 % 4)], &v{d}[kj{d} + 8 - bj][nd{d} + 2 * "
                 f"(lane{d}_pv_t % 32 % 4)], lane{d}_pv_t % 32);") in cu
     # the diagonal block masked (flash.mask): tile products like the others, no per-query key bound; the
-    # GPU's approximate division and exponential (gpu.fast_math); a query's softmax on the four lanes that hold its
-    # scores (gpu.warp_rows' mma form), the scores and exp-scores in those lanes' registers (gpu.fragment_layout:
-    # no shared tile of scores), max and sum folded by two xor shuffles each
+    # scores multiplied by 1 / scale (arith.reciprocal); the GPU's approximate exponential (gpu.fast_math); a
+    # query's softmax on the four lanes that hold its scores (gpu.warp_rows' mma form), the scores and
+    # exp-scores in those lanes' registers (gpu.fragment_layout: no shared tile of scores), max and sum folded
+    # by two xor shuffles each
     for d, w, half, jc in ((64, "w", "half", "jc"), (128, "w_1", "half_1", "jc_1")):
         assert f"float s{d}_h[8][4];" in cu and f"float sc{d}[8][4];" in cu and f"(*s{d}_h)" not in cu
         row = f"{w} / 32 * 16 + {w} % 32 / 4 + {half} * 8"
         assert (f"sc{d}[(j - bj) / 8][2 * {half} + {jc}] = j + 2 * ({w} % 4) + {jc} < bi + {row} + 1 ? "
-                f"otp_fast_div(s{d}_h[(j - bj) / 8][2 * {half} + {jc}], scale) : -INFINITY;") in cu
+                f"s{d}_h[(j - bj) / 8][2 * {half} + {jc}] * rscale : -INFINITY;") in cu
         assert (f"sc{d}[(j - bj) / 8][2 * {half} + {jc}] = otp_fast_expf(sc{d}[(j - bj) / 8][2 * {half} + {jc}] "
                 f"- max_val_blk);") in cu
         assert (f"p{d}[{row}][p{d}_1 + 2 * ({w} % 4) + p{d}_1c] = otp_to_bf16(sc{d}[p{d}_1 / 8][2 * {half} "

@@ -218,7 +218,7 @@ def test_fragment_layout_keeps_the_scores_in_the_lanes_registers(ck, attention_b
     after = ck.function_text(step.after, "attention")
     assert "float s64_h[128][8][4];" in after
     assert "sc64[w / 32 * 16 + w % 32 / 4 + half * 8][j + 2 * (w % 4) + jc - bj] = j + 2 * (w % 4) + jc < bi + w / " \
-        "32 * 16 + w % 32 / 4 + half * 8 + 1 ? s64_h[w][(j - bj) / 8][2 * half + jc] / scale : -INFINITY;" in after
+        "32 * 16 + w % 32 / 4 + half * 8 + 1 ? s64_h[w][(j - bj) / 8][2 * half + jc] * rscale : -INFINITY;" in after
     assert "s64_h[lane64_t][(nj64 - bj) / 8][3] = lane64_acc_h[(nj64 - bj) / 8][3];" in after
     assert {o.kind for o in step.obligations} == {"equals"}
     proved(attention_bf16, step)

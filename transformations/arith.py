@@ -8,7 +8,9 @@ original (`bi + i - bi` becomes `i`); that is safe as long as the new
 intermediate values fit too, which holds for the forms produced here (terms
 of the original's own expansion, with fewer or smaller summands), but the
 step does not prove it. Unsigned arithmetic wraps around, so unsigned
-expressions are left alone, as are floating-point ones.
+expressions are left alone, as are floating-point ones, but for
+arith.reciprocal: a float division as a product by the divisor's
+reciprocal, a lossy step that says so.
 """
 from __future__ import annotations
 
@@ -485,3 +487,44 @@ def simplify(program: ir.Program, target: str) -> Rewrite:
         warnings.warn(f"arith.simplify: Z3 could not settle the rewrite of {', '.join(reversed(unsettled))} in time; "
                       f"left unchanged", RuntimeWarning)
     return Rewrite(new)
+
+
+RECIPROCAL_TOLERANCE = 3 * 2.0 ** -24
+"""The relative error of `a * (1.0f / b)` against the rounded `a / b`: the
+reciprocal's rounding, the product's and the quotient's, half an ulp each."""
+
+
+@primitive
+def reciprocal(program: ir.Program, target: str) -> Rewrite:
+    """Divide by a float once: `a / b` becomes `a * (1.0f / b)`, so that
+    variable.bind and loop.move_out can take the reciprocal out of the
+    loops, leaving a product where a division ran at every iteration (a
+    division is a reciprocal and a product on the GPU, and several cycles
+    on the CPU).
+
+    Before (`arith.reciprocal("attention > expr 's / scale'")`):
+
+        scores[j] = s / scale;
+
+    After (no obligation; lossy, relative tolerance RECIPROCAL_TOLERANCE,
+    3 x 2^-24: the reciprocal and the product each round where the
+    quotient rounded once):
+
+        scores[j] = s * (1.0f / scale);
+
+    Refused: a target that is not a division, a division whose operands are
+    not both float (a double or an integer division keeps its exact
+    rounding or its truncation).
+    """
+    who = "arith.reciprocal"
+    res = Resolver(program)
+    m = res.one(target, "division", (ir.Binop,))
+    e: ir.Binop = m.node
+    if e.op != "/":
+        raise TransformError(f"{who}: '{expr_text(e)}' (line {m.line}) is not a division", e.loc)
+    env, tds = env_at(program, m.path), typedefs_of(program)
+    kinds = {resolve(type_of(x, env, tds), tds) for x in (e.left, e.right)}
+    if kinds != {ir.Base(("float",))}:
+        raise TransformError(f"{who}: '{expr_text(e)}' (line {m.line}) does not divide a float by a float", e.loc)
+    one = ir.Binop("/", ir.Const("1.0f", "float"), e.right, e.loc)
+    return Rewrite(replace(program, m.path, ir.Binop("*", e.left, one, e.loc)), (), "lossy", RECIPROCAL_TOLERANCE)
