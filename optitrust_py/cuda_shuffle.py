@@ -10,9 +10,10 @@ block's size, the threads along x only, in whole warps), and the fold sits
 in the phase with no test around it that could part the group (loops of
 constant bounds, such as the `half` loop of gpu.warp_rows' mma form over
 `m_part[half][...]`, part nothing), the group's lanes are neighbouring
-lanes of one warp, so each can read its own cell and combine the others' by `__shfl_xor_sync` with
-offsets L / 2, ..., 1, the butterfly after which every lane holds the
-group's fold. The cells are then read only by their own thread, so
+lanes of one warp, so each can read its own cell and combine the others'
+by `__shfl_xor_sync` with offsets L / 2, ..., 1, the butterfly after
+which every lane holds the group's fold. The cells are then read only by
+their own thread, so
 cuda_registers keeps the array in registers. The sum is associated
 differently than in the loop; gpu.warp_rows declares it ("reassoc").
 """

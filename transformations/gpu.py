@@ -789,10 +789,8 @@ lanes of a quad, and each thread holds 2 rows (g and g + 8)."""
 def _mma_row(w: ir.Expr, half: ir.Expr) -> ir.Expr:
     """The row thread `w` holds in its `half` (0 or 1) of gpu.mma's
     accumulator layout: 16 (w / 32) + (w % 32) / 4 + 8 half."""
-    def op(o: str, a: ir.Expr, b: int) -> ir.Expr:
-        return ir.Binop(o, a, ir.Const(str(b)))
-    tile = op("*", op("/", w, 32), TILE_ROWS)
-    return ir.Binop("+", ir.Binop("+", tile, op("/", op("%", w, 32), 4)), op("*", half, 8))
+    tile = _op("*", _op("/", w, 32), TILE_ROWS)
+    return _op("+", _op("+", tile, _op("/", _op("%", w, 32), 4)), _op("*", half, 8))
 
 
 def _paired(who: str, loop: ir.For, lane: ir.Expr, body: ir.Block, pair: str) -> ir.For:
