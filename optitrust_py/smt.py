@@ -54,14 +54,22 @@ def int_term(e: ir.Expr) -> Optional[z3.ArithRef]:
 def proves(claim: z3.BoolRef, hypotheses: Iterable[z3.BoolRef] = ()) -> bool:
     """Whether `claim` holds for every value of its variables that satisfies
     the hypotheses (unsat of the negation; unknown is not a proof)."""
+    return _check([*hypotheses, z3.Not(claim)])[0] == z3.unsat
+
+
+def _check(formulas: list[z3.BoolRef]) -> tuple[z3.CheckSatResult, Optional[z3.ModelRef], str]:
+    """Z3's answer on `formulas` together, asked again of the flattened
+    solver where the default one gives up: the answer, a model when sat,
+    and why the first solver gave up when neither decides."""
+    why = ""
     for flattened in (False, True):
         s = solver(flattened)
-        s.add(*hypotheses)
-        s.add(z3.Not(claim))
+        s.add(*formulas)
         answer = s.check()
         if answer != z3.unknown:
-            return answer == z3.unsat
-    return False
+            return answer, s.model() if answer == z3.sat else None, ""
+        why = why or unknown_reason(s)
+    return z3.unknown, None, why
 
 
 # ----------------------------------------------------------------- C semantics, opaque parts, three-way answers
@@ -263,17 +271,8 @@ def satisfy(hypotheses: Iterable[z3.BoolRef], constraints: Iterable[z3.BoolRef])
             s.add(*hyps, *cons, *(v == value for v in divisors))
             if s.check() == z3.sat:
                 return "sat", s.model(), ""
-    why = ""
-    for flattened in (False, True):
-        s = solver(flattened)
-        s.add(*hyps, *cons)
-        answer = s.check()
-        if answer == z3.sat:
-            return "sat", s.model(), ""
-        if answer == z3.unsat:
-            return "unsat", None, ""
-        why = why or unknown_reason(s)
-    return "unknown", None, why
+    answer, model, why = _check(hyps + cons)
+    return ("sat" if answer == z3.sat else "unsat" if answer == z3.unsat else "unknown"), model, why
 
 
 def unknown_reason(s: z3.Solver) -> str:
