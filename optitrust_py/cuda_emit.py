@@ -536,8 +536,8 @@ def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int], shared: set[
     iterations in a block whose x size is a multiple of 32 (a warp is then 32
     neighbouring x), the call's lane must be that index (modulo 32), and no
     test or loop bound inside the phase may depend on the thread otherwise
-    than through its warp (x / 32: gpu.warps' share of the tiles). A product
-    that reads B k-major (`_kn`) loads it with ldmatrix.trans, which reads
+    than through its warp (x / 32: gpu.warps' share of the tiles). A bfloat16
+    product that reads B k-major (`_kn`) loads it with ldmatrix.trans, which reads
     shared memory only: its B must be one of the block's `shared` arrays."""
     x = next((lp for lp in nest if mapping(lp)[1] == "x"), None)  # type: ignore[index]
     threads = {lp.index for lp in nest}
@@ -554,7 +554,7 @@ def _whole_warps(fn: str, nest: list[ir.For], dims: dict[str, int], shared: set[
     def visit(node: Any, divergent: Optional[str]) -> None:
         if isinstance(node, ir.Call) and node.name in TILE_PRODUCTS:
             why = _lane_problem(node.args[-1] if node.args else None, x, dims) or divergent
-            if not why and node.name.endswith("_kn") and _pointed_array(node.args[4]) not in shared:
+            if not why and node.name.endswith("bf16_kn") and _pointed_array(node.args[4]) not in shared:
                 why = (f"its B ('{expr_text(node.args[4])}') is not a shared tile of the block, which the warp's "
                        f"ldmatrix.trans needs: stage it (gpu.stage)")
             if why:

@@ -4,7 +4,7 @@ checker can give their footprints: a load reads `width` consecutive floats
 from its pointer argument, a store writes them; every other `_mm*` call on
 float or integer vectors is a computation on register values. otp's own
 conversions (`otp_to_bf16`, include/otp.h) touch no memory either, and its
-per-lane tile products (`otp_mma_m16n8k16_bf16`) the cells TILE_PRODUCTS
+per-lane tile products (`otp_mma_m16n8k16_bf16`, ...) the cells TILE_PRODUCTS
 gives."""
 from __future__ import annotations
 
@@ -30,17 +30,19 @@ CONVERSIONS = {"otp_bf16": "otp_to_bf16"}
 largest finite value, so what it returns is always within the type's range."""
 
 
+_N_MAJOR = {0: ("update", 2, 1), 1: ("update", 2, 1), 2: ("read", 16, 1), 3: ("read", 16, 1), 4: ("read", 16, 1),
+            5: ("read", 16, 1)}
+_K_MAJOR = {**_N_MAJOR, 4: ("read", 2, 8), 5: ("read", 2, 8)}
 TILE_PRODUCTS: dict[str, dict[int, tuple[str, int, int]]] = {
-    "otp_mma_m16n8k16_bf16": {0: ("update", 2, 1), 1: ("update", 2, 1), 2: ("read", 16, 1), 3: ("read", 16, 1),
-                              4: ("read", 16, 1), 5: ("read", 16, 1)},
-    "otp_mma_m16n8k16_bf16_kn": {0: ("update", 2, 1), 1: ("update", 2, 1), 2: ("read", 16, 1), 3: ("read", 16, 1),
-                                 4: ("read", 2, 8), 5: ("read", 2, 8)}}
-"""otp's per-lane tensor-core products (include/otp.h, gpu.mma): what one
-call touches through each pointer argument, the cells of its lane, as
-(role, cells, rows): `cells` consecutive cells from the pointer in each of
-`rows` consecutive rows of its array. Two pairs of accumulators it updates,
-two rows of A it reads, and two rows of B^T (B stored n-major) or the pairs
-of columns 2t, 2t + 1 in the 16 rows of B (stored k-major, `_kn`)."""
+    "otp_mma_m16n8k16_bf16": _N_MAJOR, "otp_mma_m16n8k16_bf16_kn": _K_MAJOR,
+    "otp_mma_m16n8k16_tf32x3": _N_MAJOR, "otp_mma_m16n8k16_tf32x3_kn": _K_MAJOR}
+"""otp's per-lane tensor-core products (include/otp.h, gpu.mma; bfloat16 or
+float operands): what one call touches through each pointer argument, the
+cells of its lane, as (role, cells, rows): `cells` consecutive cells from
+the pointer in each of `rows` consecutive rows of its array. Two pairs of
+accumulators it updates, two rows of A it reads, and two rows of B^T (B
+stored n-major) or the pairs of columns 2t, 2t + 1 in the 16 rows of B
+(stored k-major, `_kn`)."""
 
 
 def memory_args(name: str, nargs: int) -> Optional[dict[int, tuple[str, int, int]]]:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 from . import ir, terms as T
 from .contract import Contract
 from .errors import OtpError
+from .intrinsics import TILE_PRODUCTS
 from .terms import Term
 from .typeof import resolve, typedefs_of
 
@@ -1007,7 +1008,7 @@ def _opaque(name: str) -> Callable[..., Any]:
     return lambda *args: T.Term.make("call", name, *(T.lift(a) for a in args))
 
 
-_OTP_HELPERS = frozenset({"otp_expf_avx512", "otp_to_bf16", "otp_mma_m16n8k16_bf16", "otp_mma_m16n8k16_bf16_kn"})
+_OTP_HELPERS = frozenset({"otp_expf_avx512", "otp_to_bf16", *TILE_PRODUCTS})
 """otp's own helpers (include/otp.h) whose values `symvector` gives: the
 program may define them too (the CPU build's versions), but level 3 runs
 what they stand for."""

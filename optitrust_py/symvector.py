@@ -8,13 +8,15 @@ combines its lanes as a balanced tree, one association among others, which
 is all level 3 needs since any association is equal over the reals. otp's
 bfloat16 helpers (include/otp.h) are here too: `otp_to_bf16` as the value
 itself (level 3 takes a lossy step's rounding as exact) and gpu.mma's
-per-lane tile products `otp_mma_m16n8k16_bf16` (and `_kn`) as their 4 sums
+per-lane tile products `otp_mma_m16n8k16_bf16` (and `_kn`, and the
+tf32x3 ones on float operands, their split taken as exact) as their 4 sums
 in k order."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 from . import ir, terms as T
+from .intrinsics import TILE_PRODUCTS
 from .symexec import Machine, Ptr, Unsupported, Vec, convert
 from .terms import Term
 
@@ -96,7 +98,7 @@ def intrinsic(m: Machine, name: str, args: list[Any], e: ir.Call) -> Any:
         return Vec(T.unary("exp", x) for x in args[0])
     if name == "otp_to_bf16":
         return args[0]  # a lossy step's rounding, taken as exact (as a store into _Float16 is)
-    if name in ("otp_mma_m16n8k16_bf16", "otp_mma_m16n8k16_bf16_kn"):
+    if name in TILE_PRODUCTS:  # the tf32x3 split of float operands: a lossy step, taken as exact
         return _mma(m, args, e, name.endswith("_kn"))
     op = name.split("_", 2)[-1]
     lanes = _lanes(name)

@@ -32,31 +32,33 @@ scores to a FlashAttention-shaped kernel.
 
 With `--target cuda`, step 1 is shared, the scores are then multiplied by
 1 / scale, computed once (`arith.reciprocal`, lossy within 3 x 2^-24), and
-the script ends in CUDA (fp32
-flash attention, see flash_tiles below): for D == 64 and D == 128 (copies
-with constant tile sizes) a block per (head, 64 queries), a thread per
-query, the Q tile in shared memory (transposed), the output row, running
-max and sum in registers, the online softmax of step 2 over key blocks of
-16; the key blocks before the diagonal are whole, their K and V tiles
-staged in shared memory and their scores formed along d; the last S % 64
-queries and other D run a thread per query reading K and V from global
-memory (for D == 64 and 128, the query's rows of q and of the output in
-local arrays: H100, bf16, H=8, S=1000, D=128, 3.4 ms against 26.6 ms with
-the output row updated in global memory at every key; still 0.02x
-torch's 0.061 ms, the 40 queries a head of that tail running alone).
+the script ends in a FlashAttention-shaped kernel (flash_mma): for D == 64
+and D == 128 (copies with constant tile sizes) a block per (head, 64
+queries), key blocks of 64, the diagonal one masked (its keys past a query
+score -INFINITY) so that all run whole, the Q, K, V and P tiles in shared
+memory (K's and V's copied in 16-byte pieces, straight from global memory:
+cp.async), Q K^T and P V as warp tile products on the tensor cores
+(`gpu.mma`, fp32 accumulation; V read k-major), the softmax on the lanes
+that hold the scores, which stay in registers (`gpu.warp_rows` in its mma
+form), the output tile held in the lanes' registers across the key blocks
+(`gpu.lane_order`, `gpu.fragment_layout`). The last S % 64 queries and
+other D run a thread per query reading K and V from global memory (for
+D == 64 and 128, the query's rows of q and of the output in local arrays:
+H100, bf16, H=8, S=1000, D=128, 3.4 ms against 26.6 ms with the output row
+updated in global memory at every key; still 0.02x torch's 0.061 ms, the
+40 queries a head of that tail running alone).
 
-With `--target cuda --precision bf16` the CUDA ending uses tensor
-cores instead (flash_mma): the caller passes q, k and v in bfloat16, as
-to FlashAttention (`matrix.set_precision(..., "otp_bf16")` on the
-parameters, the first CUDA steps; lossy, relative tolerance 8 x 2^-8
-each), key blocks of 64, the diagonal one masked (its keys past a query
-score -INFINITY) so that all run whole, the Q, K, V and P tiles in
-bfloat16 in shared memory (K's and V's copied in 16-byte pieces, straight
-from global memory: cp.async), Q K^T and P V as warp tile products
-(`gpu.mma`, fp32 accumulation; V read k-major), the softmax on the
-lanes that hold the scores, which stay in registers (`gpu.warp_rows` in
-its mma form), the output tile held in the lanes' registers across the
-key blocks (`gpu.lane_order`, `gpu.fragment_layout`);
+In fp32 (the default) the tile products take float tiles: gpu.mma splits
+each operand into two TF32 parts and makes three TF32 products (lossy
+within 5 x 2^-22 a product), as torch's memory-efficient fp32 attention
+does (CUTLASS's OpMultiplyAddFastF32). H100, H=32, S=4096, D=128, causal:
+2.88 ms against torch's 3.24 (1.13x), where a thread per query in fp32
+FMAs (the ending before) took 8.2 ms.
+
+With `--precision bf16` the caller passes q, k and v in bfloat16, as to
+FlashAttention (`matrix.set_precision(..., "otp_bf16")` on the parameters,
+the first CUDA steps; lossy, relative tolerance 8 x 2^-8 each), the tiles
+and P are bfloat16 and the tile products one mma.sync each;
 `otp bench --target cuda --compare torch` then races torch's SDPA on the
 same bfloat16 inputs restricted to its FlashAttention-2 backend,
 checking within 2e-2 against the original on the unrounded inputs.
@@ -69,7 +71,7 @@ from optitrust_py.script import bench, load, precision, target
 from transformations import arith, flash, gpu, loop, matrix, parallel, variable, vector
 
 BF16 = target() == "cuda" and precision() == "bf16"
-KEYS = 64 if BF16 else 16  # CUDA: keys per block of the online softmax
+KEYS = 64  # CUDA: keys per block of the online softmax
 SDPA = "torch.nn.functional.scaled_dot_product_attention"
 FLASH = "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)"
 
@@ -111,56 +113,10 @@ def query_blocks(h: str, d: int) -> tuple[str, list[str]]:
     gpu.map_blocks(full, "x")
     gpu.last_first(full)
     shape = ["H", "S", d]
-    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=[None, "x"] if BF16 else ["x", None], index=f"o{d}_")
+    gpu.stage(f"{full} > for bj", "out", f"o{d}", shape, axes=[None, "x"], index=f"o{d}_")
     gpu.stage(f"{full} > for bj", "q", f"q{d}", shape, axes=[None, "x"], region=["h:1", "bi:64", f"0:{d}"],
               threads=64)
     return full, shape
-
-
-def diagonal_apart(full: str, d: int) -> tuple[str, str]:
-    """CUDA, fp32: the key blocks before the diagonal apart from
-    the diagonal one, run whole (no causal guard), each key's score in a
-    row of the block; those two key-block loops."""
-    flash.split_blocks(f"{full} > for bj", "bi")
-    blocks, diagonal = f"{full} > for bj#1", f"{full} > for bj#2"
-    flash.full_blocks(blocks)
-    flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
-    loop.hoist(f"{blocks} > for j#1 > def s", f"s{d}")
-    return blocks, diagonal
-
-
-def flash_tiles(h: str, d: int) -> None:
-    """CUDA, for the copy of the head loop `h` where D == d: a block per
-    (head, 64 queries), a thread per query; the key-block loop outside the
-    queries of a block, up to the diagonal. The Q tile is staged once in
-    shared memory, transposed (thread t reads column t: no bank conflict),
-    the output row of a query stays in registers. The key blocks before the
-    diagonal run whole: their K and V tiles of 16 keys are staged in shared
-    memory (thread t copies column t: coalesced), and the 16 scores of a
-    query are formed along d (16 independent accumulators in registers, each
-    K value read once for the whole warp) rather than key by key (a chain of
-    d dependent FMAs); that loop over d is unrolled by 8, so that nvcc
-    reads neighbouring K values four at a time (16-byte shared loads; H100,
-    D = 128: not unrolled 13.9 ms, by 4 8.6 ms, by 8 8.2 ms side by side,
-    by 16 no faster). The diagonal blocks read K and V in place
-    (every thread of a warp reads the same cell). The query blocks are
-    launched from the last (the longest) to the first (gpu.last_first)."""
-    full, shape = query_blocks(h, d)
-    matrix.reorder_dims(f"{full} > def q{d}", [1, 0])
-    blocks, diagonal = diagonal_apart(full, d)
-    loop.fission(f"{blocks} > for j#1 > after 's{d}[j - bj] = 0.0f'")
-    loop.fission(f"{blocks} > for j#2 > after for d")
-    loop.swap(f"{blocks} > for j#2")
-    loop.unroll(f"{blocks} > for i > for d#1", 8)
-    arith.simplify(f"{blocks} > for i > for d#1")
-    arith.simplify(f"{blocks} > for i > for d#2")
-    for array in ("k", "v"):
-        gpu.stage(f"{blocks} > for i", array, f"{array}{d}", shape, axes=[None, "x"],
-                  region=["h:1", "bj:16", f"0:{d}"], threads=64)
-    gpu.map_threads(f"{full} > for i#1", "x")
-    gpu.map_threads(f"{blocks} > for i", "x")
-    gpu.map_threads(f"{diagonal} > for i", "x")
-    gpu.map_threads(f"{full} > for i#4", "x")
 
 
 def lanes_outside(where: str, tiles: list[str], lanes: str) -> None:
@@ -176,7 +132,7 @@ def lanes_outside(where: str, tiles: list[str], lanes: str) -> None:
 
 
 def tile_product(blocks: str, rows: str, cols: str, inner: str, names: tuple[str, str, str], lane: str) -> None:
-    """CUDA bf16: the product in `blocks` whose rows are loop `rows` (index
+    """CUDA: the product in `blocks` whose rows are loop `rows` (index
     i), its columns loop `cols` and its sum loop `inner`, as warp tile
     products: tiles of 16 rows by 8 columns, k-slices of 16 (loops named
     `names`), gpu.mma over the slices, the lanes outside the tiles."""
@@ -192,7 +148,7 @@ def tile_product(blocks: str, rows: str, cols: str, inner: str, names: tuple[str
 
 
 def output_in_registers(full: str, blocks: str, d: int) -> None:
-    """CUDA bf16: the block's output tile stays in its lanes' registers
+    """CUDA: the block's output tile stays in its lanes' registers
     across the key blocks, in the accumulator layout of P V's tile
     products. The online softmax's rescaling of the output rows is split
     off the softmax (its factors kept per query) and, like the tile's copy
@@ -226,7 +182,7 @@ def output_in_registers(full: str, blocks: str, d: int) -> None:
 
 
 def scores_from_zero(blocks: str, d: int) -> None:
-    """CUDA bf16: the scores' zeroing, reordered to the lanes' cells
+    """CUDA: the scores' zeroing, reordered to the lanes' cells
     (gpu.lane_order), joins Q K^T's lanes, after the copy of K moves above
     it: each lane zeroes the cells it then accumulates (one phase less)."""
     lanes = f"{blocks} > for lane{d}_t"
@@ -237,22 +193,25 @@ def scores_from_zero(blocks: str, d: int) -> None:
         loop.fusion(f"{blocks} > {nest}#1")
 
 
-def scores_in_registers(blocks: str, d: int) -> None:
-    """CUDA bf16: each lane holds its accumulators of Q K^T's 8 column tiles
-    at once (loop.hoist over the tiles: `float lane{d}_acc_h[8][4]`, which
-    nvcc keeps in registers), and the k-slices run outside the tiles
-    (loop.fission, loop.swap), so that a slice's Q fragment is loaded once
-    for the 8 tiles rather than once for each (H100, D = 128, the same
-    change made by hand to the emitted kernel: 1.77 against 2.15 ms)."""
-    tiles = f"{blocks} > for lane{d}_t > for mi{d}"
-    loop.hoist(f"{tiles} > for nj{d} > def lane{d}_acc")
-    loop.fission(f"{tiles} > for nj{d} > before for kd{d}")
-    loop.fission(f"{tiles} > for nj{d}#2 > after for kd{d}")
-    loop.swap(f"{tiles} > for nj{d}#2")
+def slices_outside_tiles(tiles: str, tile: str, acc: str, slices: str) -> None:
+    """CUDA: a lane holds its accumulators of all the tiles of loop `tile`
+    (in `tiles`) at once (loop.hoist over the tiles: `acc` becomes
+    `{acc}_h[n][4]`, which nvcc keeps in registers), and the k-slices
+    (loop `slices`) run outside the tiles (loop.fission, loop.swap), so
+    that a slice's A fragment is loaded once for all the tiles rather than
+    once for each. Q K^T (H100, bf16, D = 128, the same change made by hand
+    to the emitted kernel: 1.77 against 2.15 ms); P V in fp32, where each
+    fragment is split into TF32 parts as it is loaded (H100, D = 128, side
+    by side on the emitted kernels: 2.86 against 4.24 ms; bf16: 0.848
+    against 0.798 ms, not taken)."""
+    loop.hoist(f"{tiles} > for {tile} > def {acc}")
+    loop.fission(f"{tiles} > for {tile} > before for {slices}")
+    loop.fission(f"{tiles} > for {tile}#2 > after for {slices}")
+    loop.swap(f"{tiles} > for {tile}#2")
 
 
 def output_by_columns(full: str, d: int) -> None:
-    """CUDA bf16: the output rows set to zero before the key blocks, and
+    """CUDA: the output rows set to zero before the key blocks, and
     divided by their sums after, a thread per column (the columns outside
     the rows: neighbouring threads write neighbouring cells; H100, D = 128,
     by hand: 1.36 against 1.86 ms with a thread per row); the division
@@ -270,7 +229,7 @@ def output_by_columns(full: str, d: int) -> None:
 
 
 def softmax_on_fragments(blocks: str, d: int) -> None:
-    """CUDA bf16: each query's softmax on the four lanes that hold its
+    """CUDA: each query's softmax on the four lanes that hold its
     scores in Q K^T's accumulator tiles (gpu.warp_rows' mma form: a thread
     takes rows g and g + 8 of its warp's 16, columns 2t and 2t + 1 of each
     tile of 8), the row's max and sum folded across the quad by two xor
@@ -290,26 +249,31 @@ def softmax_on_fragments(blocks: str, d: int) -> None:
 
 
 def flash_mma(h: str, d: int) -> None:
-    """CUDA, bf16 with tensor cores, for the copy of the head loop `h` where
-    D == d: as flash_tiles, a block per (head, 64 queries) and the key-block
-    loop outside the queries, up to the diagonal; the diagonal block is
-    masked (flash.mask: its keys past a query score -INFINITY), so that
-    every key block runs whole (H100, D = 128: 5.86 ms against 6.86 ms with
-    the diagonal apart, run by a thread per query in fp32). Q, K and V tiles
-    (of KEYS keys) are staged in shared memory in bfloat16 (K and V in
-    16-byte pieces by the block's threads, asynchronously: V's copy runs
-    under the softmax), and the 64 x KEYS scores (S = Q K^T) and the update
-    of the 64 x d output (O += P V, P the exp-scores copied in bfloat16) are
-    warp tile products (gpu.mma over k-slices: each lane's accumulators in
-    registers across them, fp32; V read k-major, as copied: ldmatrix.trans
-    in CUDA, 1.25 against 1.38 ms with V copied transposed a column per
-    thread, H100, D = 128), the block's four warps taking a row tile each
-    (gpu.warps); between them the online softmax runs on the lanes that
-    hold the scores (softmax_on_fragments), which stay in registers. The
-    output tile stays in the lanes' registers across the key blocks
-    (output_in_registers). Rows of the shared tiles are padded against
-    bank conflicts (gpu.pad: the lanes' fragments take rows of q, k, v and
-    p; the output's copy out is read down its columns)."""
+    """CUDA, on the tensor cores, for the copy of the head loop `h` where
+    D == d: a block per (head, 64 queries) and the key-block loop outside
+    the queries, up to the diagonal; the diagonal block is masked
+    (flash.mask: its keys past a query score -INFINITY), so that every key
+    block runs whole (H100, bf16, D = 128: 5.86 ms against 6.86 ms with the
+    diagonal apart, run by a thread per query in fp32). Q, K and V tiles
+    (of KEYS keys) are staged in shared memory (K and V in 16-byte pieces
+    by the block's threads, asynchronously: V's copy runs under the
+    softmax), and the 64 x KEYS scores (S = Q K^T) and the update of the
+    64 x d output (O += P V, P the exp-scores, copied in bfloat16 for bf16)
+    are warp tile products (gpu.mma over k-slices: each lane's accumulators
+    in registers across them, fp32; V read k-major, as copied: for bf16
+    ldmatrix.trans in CUDA, 1.25 against 1.38 ms with V copied transposed
+    a column per thread, H100, D = 128), the block's four warps taking a
+    row tile each (gpu.warps), a slice's A fragment loaded once for all the
+    tiles of its row (slices_outside_tiles: Q K^T; P V in fp32); between
+    them the online
+    softmax runs on the lanes that hold the scores (softmax_on_fragments),
+    which stay in registers. The output tile stays in the lanes' registers
+    across the key blocks (output_in_registers). Rows of the shared tiles
+    are padded against bank conflicts (gpu.pad): the lanes' fragments take
+    rows of q, k and p (bf16: pairs of cells, 8 cells of padding; fp32: a
+    cell at columns t and t + 4 of rows g, 4 cells: lane 4g + t on bank
+    4g + t) and columns of v (8 cells: lane 4g + t reads row t, bank
+    8t + g); the output's copy out is read down its columns."""
     full, shape = query_blocks(h, d)
     blocks = f"{full} > for bj"
     flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
@@ -330,7 +294,8 @@ def flash_mma(h: str, d: int) -> None:
                   vector=128, index=f"{array}{d}_")
         gpu.async_copy(f"{blocks} > for c{array}{d}_1")
     gpu.stage(f"{blocks} > for i#4", f"sc{d}", f"p{d}", axes=["x", None], index=f"p{d}_")
-    matrix.set_precision(f"{full} > def p{d}", "otp_bf16")
+    if BF16:
+        matrix.set_precision(f"{full} > def p{d}", "otp_bf16")
     # S = Q K^T: 4 x 2 tiles of 16 x 8, k-slices of 16 along d
     mi, nj, kd, mo, nd = (f"{tile}{d}" for tile in ("mi", "nj", "kd", "mo", "nd"))
     tile_product(blocks, "i#2", "j", "d", (mi, nj, kd), f"lane{d}")
@@ -340,18 +305,21 @@ def flash_mma(h: str, d: int) -> None:
     tile_product(blocks, "i#3", "d", "j", (mo, nd, kj), f"lane{d}_pv")
     output_in_registers(full, blocks, d)
     scores_from_zero(blocks, d)
-    scores_in_registers(blocks, d)
+    slices_outside_tiles(f"{blocks} > for lane{d}_t > for mi{d}", f"nj{d}", f"lane{d}_acc", f"kd{d}")
+    if not BF16:  # P's fragments split once for the d / 8 tiles, not once for each
+        slices_outside_tiles(f"{blocks} > for lane{d}_pv_t > for mo{d}", f"nd{d}", f"lane{d}_pv_acc", f"kj{d}")
     # rows padded against bank conflicts: a thread per column reads down the
     # columns of ob; the lanes' fragments take rows g of Q, K, V and P
-    for array, amount in (("ob", 1), ("q", 8), ("k", 8), ("v", 8), ("p", 8)):
-        gpu.pad(f"{full} > def {array}{d}" + ("_h" if array == "s" else ""), amount)
+    rows = 8 if BF16 else 4
+    for array, amount in (("ob", 1), ("q", rows), ("k", rows), ("v", 8), ("p", rows)):
+        gpu.pad(f"{full} > def {array}{d}", amount)
     # the running max and sum's start, the division by the sum
     output_by_columns(full, d)
     softmax_on_fragments(blocks, d)
 
 
 def thread_per_query(h: str, queries: str, d: int = 0) -> None:
-    """CUDA, for what flash_tiles does not cover: a block per (head, 64
+    """CUDA, for what flash_mma does not cover: a block per (head, 64
     queries), a thread per query, reading k and v where they are; for a
     constant D = d (the last S % 64 queries of the copies for D == 64 and
     128), the query's row of q and its output row in local arrays across
@@ -390,8 +358,8 @@ if target() == "cuda":
         loop.fission(f"attention > for h#{k} > after for bi")
         loop.tile(f"attention > for h#{k + 1} > for i", 64, f"bq{k}", "min")
     # 4. shared K and V tiles, Q and output rows in registers, for D == 64 and 128
-    (flash_mma if BF16 else flash_tiles)("attention > for h#1", 64)
-    (flash_mma if BF16 else flash_tiles)("attention > for h#3", 128)
+    flash_mma("attention > for h#1", 64)
+    flash_mma("attention > for h#3", 128)
     for k in (1, 3, 5):
         thread_per_query(f"attention > for h#{k + 1}", f"bq{k}", {1: 64, 3: 128}.get(k, 0))
     thread_per_query("attention > for h#5", "bi")

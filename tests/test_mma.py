@@ -17,7 +17,7 @@ from optitrust_py.symexec import Alloc, Machine, Ptr
 from optitrust_py.symvector import intrinsic
 from optitrust_py import terms as T
 from transformations import gpu, loop, variable
-from helpers import refusal, refuted
+from helpers import attention_args, cuda_session, refusal, refuted
 
 # Each block multiplies its 32 x 16 rows of a by the 8 x 16 rows of b
 # (C = A B^T): warp w takes rows 16 w .. 16 w + 15.
@@ -98,12 +98,90 @@ def test_mma_refusals(ck):
     assert "must be a nest of three loops" in refusal(mma, p, "tiles > for i#1")
     fp32 = ck.parse(textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("(float)bt[j][k]", "b[j * 16 + k]"),
                     "tiles.c")
-    assert "'b[j * 16 + k]' must read an otp_bf16 array converted to float" in refusal(mma, fp32, NEST)
+    assert "both operands must be otp_bf16 or both float, not '(float)at[w * 16 + i][k]' (otp_bf16) and " \
+        "'b[j * 16 + k]' (float)" in refusal(mma, fp32, NEST)
+    doubled = ck.parse(textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("(float)bt[j][k]",
+                                                                                 "(double)bt[j][k]"), "tiles.c")
+    assert "'(double)bt[j][k]' must read an otp_bf16 array converted to float" in refusal(mma, doubled, NEST)
     gathered = ck.parse(textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("bt[j][k]", "bt[j * j % 8][k]"),
                         "tiles.c")
     assert "must pick its rows by an affine function of j (index 'j * j % 8')" in refusal(mma, gathered, NEST)
     assert "the accumulator 'ct[j][w * 16 + i]' must step by one cell with j" in refusal(
         mma, ck.parse(textwrap.dedent(TILES).replace("ct[ROW][j]", "ct[j][w * 16 + i]"), "tiles.c"), NEST)
+
+
+def float_tiles(ck: Any, b_tile: str = "bt[j][k]", b_shape: tuple[int, int] = (8, 16)) -> ir.Program:
+    """TILES on float tiles (no bfloat16 rounding), B a `b_shape` tile read as `b_tile`."""
+    rows, cols = b_shape
+    source = (textwrap.dedent(TILES).replace("ROW", "w * 16 + i").replace("otp_bf16 ", "float ")
+              .replace("otp_to_bf16(", "(").replace("(float)at[w * 16 + i][k] * (float)bt[j][k]",
+                                                     f"at[w * 16 + i][k] * {b_tile}")
+              .replace("float bt[8][16];", f"float bt[{rows}][{cols}];")
+              .replace("for (int i = 0; i < 8; i++) {\n      for (int k = 0; k < 16; k++) {\n        bt[i][k] = "
+                       "(b[i * 16 + k]);", f"for (int i = 0; i < {rows}; i++) {{\n      for (int k = 0; k < {cols}; "
+                       f"k++) {{\n        bt[i][k] = (b[i * {cols} + k]);"))
+    assert "otp_bf16" not in source and f"* {b_tile};" in source and f"b[i * {cols} + k]" in source
+    return ck.parse(source, "tiles.c")
+
+
+def test_mma_on_float_operands_is_three_tf32_products(ck):
+    """Float A and B: the tf32x3 call, with the same lanes and cells; lossy
+    at TF32X3_TOLERANCE a product. The CPU build splits each operand as the
+    tensor cores get it, so its outputs differ from the loops' (the split is
+    modelled), within 16 products' tolerance; level 2 proves the lanes'
+    footprints; mapped to a warp, the printer emits it and nvcc compiles it.
+    Mixed operands are refused."""
+    p = float_tiles(ck)
+    r = gpu.mma.apply(p, NEST)
+    text = ck.function_text(r.program, "tiles")
+    assert ("otp_mma_m16n8k16_tf32x3(&ct[w * 16 + lane / 4][2 * (lane % 4)], &ct[w * 16 + (lane / 4 + 8)]"
+            "[2 * (lane % 4)], &at[w * 16 + lane / 4][0], &at[w * 16 + (lane / 4 + 8)][0], &bt[2 * (lane % 4)][0], "
+            "&bt[2 * (lane % 4) + 1][0], lane);") in text
+    assert (r.fp, r.tolerance, r.obligations) == ("lossy", gpu.TF32X3_TOLERANCE, ())
+    assert "#include <otp.h>" in r.program.includes
+    ck.roundtrip(r.program)
+    ck.compiles(r.program)
+    args = [3, ck.floats(3 * 32 * 16), ck.floats(8 * 16), ck.floats(3 * 32 * 8)]
+    assert 0 < ck.close_outputs(p, r.program, "tiles", args, 16 * gpu.TF32X3_TOLERANCE, floor=1.0)
+    assert check_step(p, r.program, r.obligations, SPEC).problems == ()
+    before, step = mapped(ck, "", r.program)
+    assert [v.status for v in check_step(before, step.program, step.obligations, SPEC).verdicts] == ["proved"]
+    cu = to_cuda(step.program)
+    assert "otp_mma_m16n8k16_tf32x3(&ct[t / 32 * 16 + t % 32 / 4][2 * (t % 32 % 4)]" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "tiles.cu") == ()
+    mixed = ck.parse(ck.function_text(p, "tiles").replace("float bt[8][16];", "otp_bf16 bt[8][16];")
+                     .replace("* bt[j][k];", "* (float)bt[j][k];"), "tiles.c")
+    assert ("both operands must be otp_bf16 or both float, not 'at[w * 16 + i][k]' (float) and '(float)bt[j][k]' "
+            "(otp_bf16)") in refusal(gpu.mma.apply, mixed, NEST)
+
+
+def test_mma_on_a_float_k_major_operand_reads_it_anywhere(ck):
+    """Float B read k-major (rows of 12 cells, which bfloat16's ldmatrix
+    would refuse): the tf32x3 `_kn` call, no alignment obligation, CPU
+    outputs within tolerance, the threads' lanes proved apart; the printer
+    takes B from global memory too (plain loads); nvcc compiles the kernel."""
+    p = float_tiles(ck, "bt[k][j]", (16, 12))
+    assert "b[i * 12 + k]" in ck.function_text(p, "tiles")
+    r = gpu.mma.apply(p, NEST)
+    assert ("otp_mma_m16n8k16_tf32x3_kn(&ct[w * 16 + lane / 4][2 * (lane % 4)], &ct[w * 16 + (lane / 4 + 8)]"
+            "[2 * (lane % 4)], &at[w * 16 + lane / 4][0], &at[w * 16 + (lane / 4 + 8)][0], &bt[0][2 * (lane % 4)], "
+            "&bt[8][2 * (lane % 4)], lane);") in ck.function_text(r.program, "tiles")
+    assert (r.fp, r.obligations) == ("lossy", ())
+    args = [3, ck.floats(3 * 32 * 16), ck.floats(16 * 12), ck.floats(3 * 32 * 8)]
+    assert 0 < ck.close_outputs(p, r.program, "tiles", args, 16 * gpu.TF32X3_TOLERANCE, floor=1.0)
+    spec = parse_spec_text("tiles(n, a, b, c):\n  requires n >= 1\n  reads a ~> Matrix3(n, 32, 16), "
+                           "b ~> Matrix2(16, 12)\n  writes c ~> Matrix3(n, 32, 8)\n")
+    before, step = mapped(ck, "", r.program)
+    assert [v.status for v in check_step(before, step.program, step.obligations, spec).verdicts] == ["proved"]
+    global_b = ck.parse("#include <otp.h>\n" + ck.function_text(step.program, "tiles").replace(
+        "const float *b,", "const float *b, const float (*g)[12],").replace(
+        "&bt[0][2 * (t % 32 % 4)], &bt[8]", "&g[0][2 * (t % 32 % 4)], &g[8]"), "tiles.c")
+    assert "&g[0][2 * (t % 32 % 4)], &g[8][2 * (t % 32 % 4)], t % 32);" in to_cuda(global_b)
+    cu = to_cuda(step.program)
+    assert "otp_mma_m16n8k16_tf32x3_kn(&ct[t / 32 * 16 + t % 32 / 4][2 * (t % 32 % 4)]" in cu
+    if find_nvcc() is not None:
+        assert compile_check(cu, "tiles.cu") == ()
 
 
 def mapped(ck: Any, row: str, product: Optional[ir.Program] = None) -> tuple[ir.Program, Any]:
@@ -232,14 +310,16 @@ def test_warps_share_the_tiles_of_a_lane_loop(ck):
         assert compile_check(cu, "tiles.cu") == ()
 
 
-def test_level3_semantics_of_a_lane_s_tile_product():
-    """symvector's otp_mma_m16n8k16_bf16: each of the lane's 4 cells adds its
-    row of A times a row of B, in k order, as the CPU version does (the
+@pytest.mark.parametrize("product", [gpu.MMA, gpu.TF32X3])
+def test_level3_semantics_of_a_lane_s_tile_product(product):
+    """symvector's otp_mma_m16n8k16_bf16 (and tf32x3, its split taken as
+    exact, as a lossy step's rounding is): each of the lane's 4 cells adds
+    its row of A times a row of B, in k order, as the CPU version does (the
     terms of the loops it replaced); otp_to_bf16 is the value itself."""
     m = Machine(ir.Program((), (), "t.c"), {})
     a, b, c = (Alloc(n, size, "f", "input") for n, size in (("a", 32), ("b", 32), ("c", 4)))
-    call = ir.Call(ir.Var(gpu.MMA), ())
-    intrinsic(m, gpu.MMA, [Ptr(c, 0), Ptr(c, 2), Ptr(a, 0), Ptr(a, 16), Ptr(b, 0), Ptr(b, 16), 5], call)
+    call = ir.Call(ir.Var(product), ())
+    intrinsic(m, product, [Ptr(c, 0), Ptr(c, 2), Ptr(a, 0), Ptr(a, 16), Ptr(b, 0), Ptr(b, 16), 5], call)
     for row, pair in ((0, 0), (1, 2)):
         for n in range(2):
             want = T.leaf("input", c.name, pair + n)
@@ -338,3 +418,38 @@ def test_level3_semantics_of_a_k_major_tile_product():
                 want = T.binary("add", want, T.binary("mul", T.leaf("input", a.name, 16 * row + k),
                                                       T.leaf("input", b.name, 24 * k + 2 + n)))
             assert c.cells[pair + n] == want
+
+
+def test_attention_fp32_ending_makes_its_tile_products_on_tf32_parts(ck):
+    """attention.py's fp32 CUDA ending (no --precision): the bf16 ending's
+    kernel on float tiles, Q K^T and P V as tf32x3 calls, lossy at
+    TF32X3_TOLERANCE, proved at level 2 and within tolerance of the loops
+    on the CPU (D = 64's Q K^T at S = 150); the tiles padded for the fp32
+    fragments (q, k and p by 4 cells, v by 8), P V's k-slices outside its
+    column tiles (P's fragments split once for the 16), 86,784 bytes of
+    shared memory a block for D = 128; nvcc compiles it."""
+    session = cuda_session("attention.py")
+    products = [s for s in session.steps if s.name == "gpu.mma"]
+    assert len(products) == 4 and {(s.fp, s.tolerance) for s in products} == {("lossy", gpu.TF32X3_TOLERANCE)}
+    first = products[0]
+    result = check_step(first.before, first.after, first.obligations, session.contracts)
+    assert result.ok and not result.problems, result.problems
+    assert 0 < ck.close_outputs(first.before, first.after, "attention", attention_args(ck, 1, 150, 64),
+                                64 * gpu.TF32X3_TOLERANCE, floor=1.0)
+    cu = to_cuda(session.program)
+    for tile in ("q64)[68]", "k64)[68]", "v64)[72]", "p64)[68]", "q128)[132]", "k128)[132]", "v128)[136]",
+                 "p128)[68]"):
+        assert f"float (*{tile} = " in cu
+    assert "otp_bf16" not in cu and "otp_mma_m16n8k16_bf16" not in cu
+    kernel = cu.split("__global__ void attention_kernel3(")[1].split("__global__")[0]
+    pv = kernel[kernel.index("float lane128_pv_acc_h[16][4];"):]
+    assert pv.index("for (int kj128 = bj; kj128 < bj + 64; kj128 += 16) {") < pv.index(
+        "for (int nd128 = 0; nd128 < 128; nd128 += 8) {\n            otp_mma_m16n8k16_tf32x3_kn("
+        "&lane128_pv_acc_h[nd128 / 8][0], &lane128_pv_acc_h[nd128 / 8][2], "
+        "&p128[mo128 + lane128_pv_t % 32 / 4 - bi][kj128 - bj]")
+    assert ("otp_mma_m16n8k16_tf32x3(&lane128_acc_h[(nj128 - bj) / 8][0], &lane128_acc_h[(nj128 - bj) / 8][2], "
+            "&q128[mi128 + lane128_t % 32 / 4 - bi][kd128]") in kernel
+    assert "float o128[16][4];" in kernel and "float s128_h[8][4];" in kernel
+    assert "dim3(128, 1, 1), 86784, 0, otp_pdl, 1};" in cu[cu.index("cudaFuncSetAttribute(attention_kernel3"):]
+    if find_nvcc() is not None:
+        assert compile_check(cu, "final.cu") == ()

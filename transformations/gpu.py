@@ -1502,6 +1502,12 @@ MMA = "otp_mma_m16n8k16_bf16"
 """The warp's tile product (include/otp.h): see mma."""
 MMA_KN = "otp_mma_m16n8k16_bf16_kn"
 """The same with B read k-major (B[k][j]): see mma."""
+TF32X3, TF32X3_KN = "otp_mma_m16n8k16_tf32x3", "otp_mma_m16n8k16_tf32x3_kn"
+"""The same two on float operands, as three TF32 products (see mma)."""
+TF32X3_TOLERANCE = 5 * 2.0 ** -22
+"""The relative error of one product a b that the tf32x3 split declares:
+what it leaves of a and of b (each at most 2^-21 of it) and the dropped
+product of their small parts (at most 2^-22 |a b|)."""
 WARP = 32
 _MMA_SHAPE = (16, 8, 16)
 
@@ -1525,14 +1531,16 @@ def _mma_nest(who: str, where: str, top: ir.For) -> tuple[list[ir.For], ir.Assig
     return nest, e
 
 
-def _bf16_operand(who: str, program: ir.Program, path: Path, e: ir.Expr, loc: Optional[ir.Loc]) -> ir.Expr:
-    """`(float)X[..]` of an otp_bf16 array X: the access."""
-    if isinstance(e, ir.Cast) and type_name(e.type) == "float" and isinstance(e.arg, ir.Index):
-        t = type_of(e.arg, env_at(program, path), typedefs_of(program))
-        if type_name(unqualified(t)) == "otp_bf16":
-            return e.arg
+def _operand(who: str, program: ir.Program, path: Path, e: ir.Expr, loc: Optional[ir.Loc]) -> tuple[ir.Expr, str]:
+    """`(float)X[..]` of an otp_bf16 array X, or `X[..]` of a float array:
+    the access and X's element type."""
+    access = e.arg if isinstance(e, ir.Cast) and type_name(e.type) == "float" else e
+    if isinstance(access, ir.Index):
+        t = type_name(unqualified(type_of(access, env_at(program, path), typedefs_of(program))))
+        if t == ("otp_bf16" if access is not e else "float"):
+            return access, t
     raise TransformError(f"{who}: '{expr_text(e)}' must read an otp_bf16 array converted to float "
-                         f"((float)A[..]; matrix.set_precision(..., \"otp_bf16\") stores one)", loc)
+                         f"((float)A[..]; matrix.set_precision(..., \"otp_bf16\") stores one) or a float array", loc)
 
 
 def _mma_access(who: str, e: ir.Expr, unit: str, absent: str, role: str, loc: Optional[ir.Loc]) -> ir.Expr:
@@ -1643,6 +1651,17 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     on the emitted kernels: 1.25 against 1.38 ms with V copied transposed,
     a column per thread).
 
+    A and B may instead both be float arrays, read without a cast (fp32
+    attention): the calls are then `otp_mma_m16n8k16_tf32x3` (and `_kn`),
+    with the same lanes, cells and footprints, which the tensor cores run
+    as three TF32 products (each operand split into tf32(x) and the rest,
+    the product of the two small parts dropped: include/otp.h),
+    as torch's memory-efficient fp32 attention does on sm80 and later.
+    That step is lossy, declared at TF32X3_TOLERANCE (5 x 2^-22 of |a b| a
+    product); the CPU build makes the same split, so `--exec` compares the
+    values the tensor cores get. B k-major is then read with plain loads
+    (ldmatrix moves 16-bit cells only), from any memory.
+
     Targeted at a loop over k-slices whose body is such a nest (`for kd`,
     around the `for i` above), the lane's four cells stay in a local array
     across the slices (registers in CUDA), read before and written back
@@ -1665,9 +1684,9 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     or B k-major, as above), C must not depend on k, A on j, B on i, B's
     indices must be affine in j (evenly spaced rows: in CUDA lane 4g + t
     reaches row g of the tile from its rows 2t and 2t + 1 by their
-    distance); A and B are otp_bf16 arrays
-    read as `(float)`, C another array of float (the same cells at every
-    slice, when targeted at the slices). Refused otherwise. The lane
+    distance); A and B are otp_bf16 arrays read as `(float)`, or both
+    float arrays, C another array of float (the same cells at every slice,
+    when targeted at the slices). Refused otherwise. The lane
     index is `lane` (a name unused in the function), by default a fresh
     `lane`.
     """
@@ -1686,8 +1705,11 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
     if not (isinstance(product, ir.Binop) and product.op == "*"):
         raise TransformError(f"{who}: the update must add a product (float)A[..] * (float)B[..], not "
                              f"'{expr_text(product)}'", loc)
-    a = _bf16_operand(who, program, inner, product.left, loc)
-    b = _bf16_operand(who, program, inner, product.right, loc)
+    (a, a_type), (b, b_type) = (_operand(who, program, inner, x, loc) for x in (product.left, product.right))
+    if a_type != b_type:
+        raise TransformError(f"{who}: both operands must be otp_bf16 or both float, not '{expr_text(product.left)}' "
+                             f"({a_type}) and '{expr_text(product.right)}' ({b_type})", loc)
+    f32 = a_type == "float"
     c = _mma_access(who, update.lhs, lj.index, lk.index, "the accumulator", loc)
     a = _mma_access(who, a, lk.index, lj.index, "the left operand", loc)
     k_major = _k_major(b, lj.index, lk.index, li.index)
@@ -1717,16 +1739,17 @@ def mma(program: ir.Program, target: str, lane: Optional[str] = None) -> Rewrite
         return ir.Unop("&", cell(x, **by))
     operands = (at(a, i=g), at(a, i=g8)) + ((at(b, j=t2), at(b, j=t2, k=ir.Const("8"))) if k_major
                                             else (at(b, j=t2), at(b, j=t21))) + (ir.Var(lane),)
-    product = MMA_KN if k_major else MMA
-    obligations = (_ldmatrix_rows(who, program, m.function, inner, cell(b), loc),) if k_major else ()
+    product = ((TF32X3, TF32X3_KN) if f32 else (MMA, MMA_KN))[k_major]
+    obligations = (_ldmatrix_rows(who, program, m.function, inner, cell(b), loc),) if k_major and not f32 else ()
     if slices is None:
         call = ir.Call(ir.Var(product), (at(c, i=g, j=t2), at(c, i=g8, j=t2)) + operands, loc)
         lanes = ir.Block((ir.ExprStmt(call, loc),))
     else:
         lanes = _registers(program, m, slices, lane, product, operands,
                            [cell(c, i=i, j=j) for i in (g, g8) for j in (t2, t21)])
-    return Rewrite(replace(program, m.path, ir.For(lane, ZERO, ir.Const(str(WARP)), lanes, loc=m.node.loc)),
-                   obligations, fp="reassoc")
+    new = replace(program, m.path, ir.For(lane, ZERO, ir.Const(str(WARP)), lanes, loc=m.node.loc))
+    return Rewrite(new.with_includes(matrix.OTP_H), obligations,
+                   *(("lossy", TF32X3_TOLERANCE) if f32 else ("reassoc",)))
 
 
 def _registers(program: ir.Program, m: Match, slices: ir.For, lane: str, product: str,

@@ -169,4 +169,116 @@ static inline void otp_mma_m16n8k16_bf16_kn(float *c_top, float *c_bottom, const
 }
 #endif
 
+/* The same tile product on float A and B (gpu.mma on fp32 operands), with
+   the lanes' cells, operands and CPU order of otp_mma_m16n8k16_bf16 (and
+   _kn), as three TF32 tensor-core products (the "3xTF32" split that CUTLASS
+   calls OpMultiplyAddFastF32 and torch's memory-efficient fp32 attention
+   runs on sm80 and later): each operand x is split into big, x rounded to
+   tf32 (10 fraction bits, to nearest, ties away from zero: two integer
+   operations on its bits), and
+   small = x - big (exact), of which the tensor core reads the tf32 part
+   (the 13 low bits dropped); C += small_a big_b + big_a small_b + big_a
+   big_b, dropping small_a small_b (at most 2^-22 |a b|) and what the
+   truncations of small leave of a and b (at most 2^-21 each). Lossy:
+   gpu.mma declares TF32X3_TOLERANCE. The CPU version makes the same split
+   and adds the three products of each k in that order, so the CPU build
+   computes with the values the tensor cores get.
+   In CUDA a k-slice of 16 is two m16n8k8 halves; lane 4g + t loads cells
+   t and t + 4 of each half from A's rows g and g + 8 and from B's row g
+   (n-major: reached from rows 2t and 2t + 1 by their distance) or column
+   g (k-major: rows t and t + 4 of each half, plain loads: ldmatrix moves
+   16-bit cells only). */
+#ifdef __CUDACC__
+static __device__ inline void otp_tf32_split(float x, unsigned *big, unsigned *small) {
+  *big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+  *small = __float_as_uint(x - __uint_as_float(*big));
+}
+static __device__ inline void otp_mma_m16n8k8_tf32(float *c_top, float *c_bottom, const unsigned *a,
+                                                   const unsigned *b) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c_top[0]), "+f"(c_top[1]), "+f"(c_bottom[0]), "+f"(c_bottom[1])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+/* One k-half of 8: a_top, a_bottom at its first cell in rows g and g + 8
+   of A, b0 and b1 the lane's two cells of B (k = t and t + 4, column g). */
+static __device__ inline void otp_mma_k8_tf32x3(float *c_top, float *c_bottom, const float *a_top,
+                                                const float *a_bottom, float b0, float b1, int t) {
+  unsigned ab[4], as[4], bb[2], bs[2];
+  otp_tf32_split(a_top[t], &ab[0], &as[0]);
+  otp_tf32_split(a_bottom[t], &ab[1], &as[1]);
+  otp_tf32_split(a_top[t + 4], &ab[2], &as[2]);
+  otp_tf32_split(a_bottom[t + 4], &ab[3], &as[3]);
+  otp_tf32_split(b0, &bb[0], &bs[0]);
+  otp_tf32_split(b1, &bb[1], &bs[1]);
+  otp_mma_m16n8k8_tf32(c_top, c_bottom, as, bb);
+  otp_mma_m16n8k8_tf32(c_top, c_bottom, ab, bs);
+  otp_mma_m16n8k8_tf32(c_top, c_bottom, ab, bb);
+}
+static __device__ inline void otp_mma_m16n8k16_tf32x3(float *c_top, float *c_bottom, const float *a_top,
+                                                      const float *a_bottom, const float *b_even,
+                                                      const float *b_odd, int lane) {
+  int g = lane >> 2, t = lane & 3;
+  const float *b = b_even + (g - 2 * t) * (b_odd - b_even);
+  otp_mma_k8_tf32x3(c_top, c_bottom, a_top, a_bottom, b[t], b[t + 4], t);
+  otp_mma_k8_tf32x3(c_top, c_bottom, a_top + 8, a_bottom + 8, b[t + 8], b[t + 12], t);
+}
+static __device__ inline void otp_mma_m16n8k16_tf32x3_kn(float *c_top, float *c_bottom, const float *a_top,
+                                                         const float *a_bottom, const float *b_top,
+                                                         const float *b_bottom, int lane) {
+  int g = lane >> 2, t = lane & 3;
+  long row = (b_bottom - b_top) >> 3;
+  const float *top = b_top + (g - 2 * t), *bottom = b_bottom + (g - 2 * t);
+  otp_mma_k8_tf32x3(c_top, c_bottom, a_top, a_bottom, top[t * row], top[(t + 4) * row], t);
+  otp_mma_k8_tf32x3(c_top, c_bottom, a_top + 8, a_bottom + 8, bottom[t * row], bottom[(t + 4) * row], t);
+}
+#else
+static inline float otp_to_tf32(float x) {
+  union { float f; uint32_t u; } b;
+  b.f = x;
+  if ((b.u & 0x7fffffffu) < 0x7f800000u) {
+    b.u += 0x1000u;
+    b.u &= 0xffffe000u;
+  }
+  return b.f;
+}
+static inline float otp_tf32_truncated(float x) {
+  union { float f; uint32_t u; } b;
+  b.f = x;
+  b.u &= 0xffffe000u;
+  return b.f;
+}
+static inline void otp_tf32x3_row(float *c, const float *a, const float *b, long stride) {
+  for (int k = 0; k < 16; k++) {
+    float ab = otp_to_tf32(a[k]), as = otp_tf32_truncated(a[k] - ab);
+    float bb = otp_to_tf32(b[k * stride]), bs = otp_tf32_truncated(b[k * stride] - bb);
+    *c += as * bb;
+    *c += ab * bs;
+    *c += ab * bb;
+  }
+}
+static inline void otp_mma_m16n8k16_tf32x3(float *c_top, float *c_bottom, const float *a_top,
+                                           const float *a_bottom, const float *b_even, const float *b_odd,
+                                           int lane) {
+  (void)lane;
+  for (int n = 0; n < 2; n++) {
+    otp_tf32x3_row(&c_top[n], a_top, n == 0 ? b_even : b_odd, 1);
+  }
+  for (int n = 0; n < 2; n++) {
+    otp_tf32x3_row(&c_bottom[n], a_bottom, n == 0 ? b_even : b_odd, 1);
+  }
+}
+static inline void otp_mma_m16n8k16_tf32x3_kn(float *c_top, float *c_bottom, const float *a_top,
+                                              const float *a_bottom, const float *b_top, const float *b_bottom,
+                                              int lane) {
+  long row = (b_bottom - b_top) / 8;
+  (void)lane;
+  for (int n = 0; n < 2; n++) {
+    otp_tf32x3_row(&c_top[n], a_top, b_top + n, row);
+  }
+  for (int n = 0; n < 2; n++) {
+    otp_tf32x3_row(&c_bottom[n], a_bottom, b_top + n, row);
+  }
+}
+#endif
 #endif /* OTP_H */
