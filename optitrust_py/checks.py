@@ -52,30 +52,34 @@ def run_checks(session: Session, level: int, run_exec: bool) -> Optional[Level2R
 
 def run_level2(session: Session) -> Level2Result:
     """Discharges the obligations of every step (sub-steps included) and
-    checks each output against the contracts; returns the input's check."""
+    checks each output against the contracts; returns the input's check.
+    The primitive steps are checked from both ends where the machine has
+    two cores (`_in_two`); a composite gathers its sub-steps' results."""
     from .level2 import check_step  # Z3 and the dischargers only for level 2
 
     assert session.original is not None
+    primitive = [s for s in _all_steps(session.steps) if not s.substeps and s.error is None]
+
+    def check(step: Step) -> Level2Result:
+        step.checks["level2"] = check_step(step.before, step.after, step.obligations, session.contracts)
+        return step.checks["level2"]
+    results = _in_two(primitive, check)
     for step in session.steps:
-        _level2(step, session)
+        _gather2(step, results)
     return check_step(session.original, session.original, (), session.contracts)
 
 
-def _level2(step: Step, session: Session) -> Optional[Level2Result]:
-    """A primitive step is checked on its own obligations and output; a
-    composite's result gathers its sub-steps' (a composite has no
-    obligations of its own: the session records obligations only from a
-    primitive's rewrite). None for a step that was refused."""
-    from .level2 import check_step
-
-    subs = [r for r in (_level2(s, session) for s in step.substeps) if r is not None]
+def _gather2(step: Step, results: dict[int, Level2Result]) -> Optional[Level2Result]:
+    """A primitive step's result from `results` (by its id), a composite's
+    gathered from its sub-steps' (a composite has no obligations of its
+    own: the session records obligations only from a primitive's rewrite);
+    each kept in its step. None for a step that was refused."""
+    subs = [r for r in (_gather2(s, results) for s in step.substeps) if r is not None]
     if step.error is not None:
         return None
     assert not (step.substeps and step.obligations), f"composite step {step.number} has obligations of its own"
-    result = combine(subs) if step.substeps else check_step(step.before, step.after, step.obligations,
-                                                            session.contracts)
-    step.checks["level2"] = result
-    return result
+    step.checks["level2"] = combine(subs) if step.substeps else results[id(step)]
+    return step.checks["level2"]
 
 
 def run_level3(session: Session, meanwhile: Callable[[], Any] = lambda: None) -> None:
@@ -173,7 +177,7 @@ def _in_two(steps: list[Step], check: Callable[[Step], Any], meanwhile: Callable
         _, code = os.waitpid(pid, 0)
     status, value = pickle.loads(reply) if reply else ("error", f"it ended with status {code} and no answer")
     if status != "ok":
-        raise RuntimeError(f"level 3's second process failed:\n{value}")
+        raise RuntimeError(f"the checks' second process failed:\n{value}")
     done.update(value)
     return {id(steps[k]): r for k, r in done.items()}
 

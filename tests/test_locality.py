@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,11 @@ from optitrust_py.contract import Contract
 from optitrust_py.frontend import parse_text
 from optitrust_py.level3 import Runs, _compare_locally, check_step
 from optitrust_py.names import reached
+from optitrust_py.runner import new_session, run_script
+from optitrust_py.session import Step
 from optitrust_py.spec import parse_spec_text
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = """
     f(n, x, y):
@@ -149,6 +154,22 @@ def test_level_3_of_many_steps_runs_in_two_processes_and_keeps_each_result_with_
     assert len(mine) <= 2, f"the other process took only {12 - len(mine)} of 12 steps that cost nothing in 1 s"
     theirs = [s for _, s in sorted((got[id(s)][2], s) for s in steps if s not in mine)]
     assert theirs == sorted(theirs, reverse=True), "the other process went from the back"
+
+
+def test_level_2_of_a_script_keeps_each_step_s_result_with_its_step() -> None:
+    """run_level2 checks matmul.py's 16 steps in two processes where there
+    are two cores: each step's verdicts are its own obligations' (by claim,
+    in order; a composite's, its sub-steps'), whichever process proved
+    them."""
+    from optitrust_py.checks import run_level2
+
+    def claims(step: Step) -> list[str]:
+        return [c for s in step.substeps for c in claims(s)] if step.substeps else [o.claim for o in step.obligations]
+    session = new_session(ROOT / "scripts" / "matmul.py")
+    assert run_script(session, ROOT / "scripts" / "matmul.py") is None
+    assert len(session.steps) >= 8 and run_level2(session).ok
+    pairs = [([v.claim for v in s.checks["level2"].verdicts], claims(s)) for s in session.steps]
+    assert all(got == want for got, want in pairs) and sum(len(want) for _, want in pairs) >= 8
 
 
 def test_a_failure_in_the_second_process_is_raised_with_its_traceback() -> None:
