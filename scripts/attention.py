@@ -52,7 +52,7 @@ In fp32 (the default) the tile products take float tiles: gpu.mma splits
 each operand into two TF32 parts and makes three TF32 products (lossy
 within 5 x 2^-22 a product), as torch's memory-efficient fp32 attention
 does (CUTLASS's OpMultiplyAddFastF32). H100, H=32, S=4096, D=128, causal:
-2.88 ms against torch's 3.24 (1.13x), where a thread per query in fp32
+2.89 ms against torch's 3.24 (1.12x), where a thread per query in fp32
 FMAs (the ending before) took 8.2 ms.
 
 With `--precision bf16` the caller passes q, k and v in bfloat16, as to

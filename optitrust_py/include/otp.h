@@ -175,14 +175,13 @@ static inline void otp_mma_m16n8k16_bf16_kn(float *c_top, float *c_bottom, const
    calls OpMultiplyAddFastF32 and torch's memory-efficient fp32 attention
    runs on sm80 and later): each operand x is split into big, x rounded to
    tf32 (10 fraction bits, to nearest, ties away from zero: two integer
-   operations on its bits), and
-   small = x - big (exact), of which the tensor core reads the tf32 part
-   (the 13 low bits dropped); C += small_a big_b + big_a small_b + big_a
-   big_b, dropping small_a small_b (at most 2^-22 |a b|) and what the
-   truncations of small leave of a and b (at most 2^-21 each). Lossy:
-   gpu.mma declares TF32X3_TOLERANCE. The CPU version makes the same split
-   and adds the three products of each k in that order, so the CPU build
-   computes with the values the tensor cores get.
+   operations on its bits), and small = x - big (exact), of which the
+   tensor core reads the tf32 part (the 13 low bits dropped); C += small_a
+   big_b + big_a small_b + big_a big_b, dropping small_a small_b (at most
+   2^-22 |a b|) and what the truncations of small leave of a and b (at most
+   2^-21 each). Lossy: gpu.mma declares TF32X3_TOLERANCE. The CPU version
+   makes the same split and adds the three products of each k in that
+   order, so the CPU build computes with the values the tensor cores get.
    In CUDA a k-slice of 16 is two m16n8k8 halves; lane 4g + t loads cells
    t and t + 4 of each half from A's rows g and g + 8 and from B's row g
    (n-major: reached from rows 2t and 2t + 1 by their distance) or column
