@@ -265,15 +265,15 @@ def flash_mma(h: str, d: int) -> None:
     a column per thread, H100, D = 128), the block's four warps taking a
     row tile each (gpu.warps), a slice's A fragment loaded once for all the
     tiles of its row (slices_outside_tiles: Q K^T; P V in fp32); between
-    them the online
-    softmax runs on the lanes that hold the scores (softmax_on_fragments),
-    which stay in registers. The output tile stays in the lanes' registers
-    across the key blocks (output_in_registers). Rows of the shared tiles
-    are padded against bank conflicts (gpu.pad): the lanes' fragments take
-    rows of q, k and p (bf16: pairs of cells, 8 cells of padding; fp32: a
-    cell at columns t and t + 4 of rows g, 4 cells: lane 4g + t on bank
-    4g + t) and columns of v (8 cells: lane 4g + t reads row t, bank
-    8t + g); the output's copy out is read down its columns."""
+    them the online softmax runs on the lanes that hold the scores
+    (softmax_on_fragments), which stay in registers. The output tile stays
+    in the lanes' registers across the key blocks (output_in_registers).
+    Rows of the shared tiles are padded against bank conflicts (gpu.pad):
+    the lanes' fragments take rows of q, k and p (bf16: pairs of cells, 8
+    cells of padding; fp32: a cell at columns t and t + 4 of rows g, 4
+    cells: lane 4g + t on bank 4g + t) and columns of v (8 cells: lane
+    4g + t reads row t, bank 8t + g); the output's copy out is read down
+    its columns."""
     full, shape = query_blocks(h, d)
     blocks = f"{full} > for bj"
     flash.drop_guard(f"{blocks} > for i > 'if (bj < i + 1)'")
